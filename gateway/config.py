@@ -1,0 +1,188 @@
+"""Typed, validated configuration (``config.json``).
+
+Every wrong or missing field raises one ``ConfigError`` that names the field's path and the
+value expected; callers print it and exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.errors import ConfigError
+from gateway.profiles import Catalogue, load_catalogue
+
+POLICIES = ("kairos", "fcfs", "round-robin", "least-outstanding", "power-of-two")
+BACKEND_PROTOCOLS = ("grpc", "http")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolEntry:
+    type: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServersConfig:
+    http_port: int = 9100
+    grpc_port: int = 9300
+    workers: int = 1
+    address_file: str = ".kairos/instances.json"
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    http_port: int = 8000
+    grpc_port: int = 8001
+    policy: str = "kairos"
+    max_pending: int = 2000
+    depth_per_instance: int = 1
+    probe_interval_s: float = 1.0
+    backend_protocol: str = "grpc"
+    max_body_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    model: str
+    qos_ms: float
+    pool: tuple[PoolEntry, ...]
+    host: str = "127.0.0.1"
+    servers: ServersConfig = ServersConfig()
+    gateway: GatewayConfig = GatewayConfig()
+
+    @property
+    def pool_size(self) -> int:
+        return sum(e.count for e in self.pool)
+
+    def instance_types(self) -> list[str]:
+        """One entry per instance, in pool order (the order ports are assigned in)."""
+        return [e.type for e in self.pool for _ in range(e.count)]
+
+
+class _Fields:
+    """Reads typed fields out of one JSON object, naming the full path in every error."""
+
+    def __init__(self, raw: Any, path: str) -> None:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path or 'config'}: expected a JSON object, got {_kind(raw)}")
+        self.raw = raw
+        self.path = path
+
+    def _name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def _get(self, key: str, default: Any) -> Any:
+        if key not in self.raw:
+            if default is _REQUIRED:
+                raise ConfigError(f"{self._name(key)}: missing; it is required")
+            return default
+        return self.raw[key]
+
+    def str(self, key: str, default: Any = None, choices: tuple[str, ...] = ()) -> str:
+        value = self._get(key, default if default is not None else _REQUIRED)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{self._name(key)}: expected a non-empty string, got {value!r}")
+        if choices and value not in choices:
+            raise ConfigError(f"{self._name(key)}: expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def int(self, key: str, default: Any = None, lo: int = 0, hi: int | None = None) -> int:
+        value = self._get(key, default if default is not None else _REQUIRED)
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+            bound = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+            raise ConfigError(f"{self._name(key)}: expected {bound}, got {value!r}")
+        return value
+
+    def float(self, key: str, default: Any = None, positive: bool = True) -> float:
+        value = self._get(key, default if default is not None else _REQUIRED)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and value <= 0):
+            raise ConfigError(f"{self._name(key)}: expected a {'positive ' if positive else ''}number, got {value!r}")
+        return float(value)
+
+    def unknown(self, known: set[str]) -> None:
+        extra = sorted(set(self.raw) - known)
+        if extra:
+            raise ConfigError(
+                f"{self._name(extra[0])}: unknown field; expected one of {', '.join(sorted(known))}"
+            )
+
+
+_REQUIRED = object()
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__ if value is not None else "null"
+
+
+def _port(f: _Fields, key: str, default: int) -> int:
+    return f.int(key, default, lo=0, hi=65535)
+
+
+def parse_config(raw: Any, catalogue: Catalogue | None = None) -> Config:
+    catalogue = catalogue or load_catalogue()
+    top = _Fields(raw, "")
+    top.unknown({"model", "qos_ms", "host", "pool", "servers", "gateway"})
+    model = top.str("model")
+    qos = top.float("qos_ms", catalogue.qos_ms.get(model))
+    pool_raw = top._get("pool", _REQUIRED)
+    if not isinstance(pool_raw, list) or not pool_raw:
+        raise ConfigError(f"pool: expected a non-empty list of {{\"type\", \"count\"}} objects, got {pool_raw!r}")
+    pool = []
+    for i, item in enumerate(pool_raw):
+        f = _Fields(item, f"pool[{i}]")
+        f.unknown({"type", "count"})
+        type_name = f.str("type", choices=tuple(sorted(catalogue.types)))
+        pool.append(PoolEntry(type=type_name, count=f.int("count", lo=0, hi=10_000)))
+    if sum(e.count for e in pool) == 0:
+        raise ConfigError("pool: expected at least one instance (every count is 0)")
+
+    s = _Fields(top._get("servers", {}), "servers")
+    s.unknown({"http_port", "grpc_port", "workers", "address_file", "seed"})
+    d = ServersConfig()
+    servers = ServersConfig(
+        http_port=_port(s, "http_port", d.http_port),
+        grpc_port=_port(s, "grpc_port", d.grpc_port),
+        workers=s.int("workers", d.workers, lo=1, hi=64),
+        address_file=s.str("address_file", d.address_file),
+        seed=s.int("seed", d.seed),
+    )
+    g = _Fields(top._get("gateway", {}), "gateway")
+    g.unknown({f for f in GatewayConfig.__dataclass_fields__})
+    dg = GatewayConfig()
+    gateway = GatewayConfig(
+        http_port=_port(g, "http_port", dg.http_port),
+        grpc_port=_port(g, "grpc_port", dg.grpc_port),
+        policy=g.str("policy", dg.policy, choices=POLICIES),
+        max_pending=g.int("max_pending", dg.max_pending, lo=1),
+        depth_per_instance=g.int("depth_per_instance", dg.depth_per_instance, lo=1, hi=1000),
+        probe_interval_s=g.float("probe_interval_s", dg.probe_interval_s),
+        backend_protocol=g.str("backend_protocol", dg.backend_protocol, choices=BACKEND_PROTOCOLS),
+        max_body_bytes=g.int("max_body_bytes", dg.max_body_bytes, lo=1024),
+    )
+    return Config(
+        model=model,
+        qos_ms=qos,
+        pool=tuple(pool),
+        host=top.str("host", "127.0.0.1"),
+        servers=servers,
+        gateway=gateway,
+    )
+
+
+def load_config(path: str | Path, catalogue: Catalogue | None = None) -> Config:
+    path = Path(path)
+    try:
+        raw = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    try:
+        return parse_config(raw, catalogue)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,54 @@
+"""The project's error hierarchy. Front ends map these to protocol errors in one place each
+(``gateway.protocol.errors``)."""
+
+from __future__ import annotations
+
+
+class KairosError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(KairosError):
+    """A configuration file or flag is wrong; the message names the field and what was expected."""
+
+
+class ProfileError(KairosError):
+    """A latency profile is missing, or asked for outside its range."""
+
+
+class InferenceError(KairosError):
+    """A request could not be served. ``status`` is the HTTP status it maps to."""
+
+    status = 500
+
+
+class BadRequest(InferenceError):
+    status = 400
+
+
+class ModelNotFound(InferenceError):
+    status = 404
+
+
+class PayloadTooLarge(InferenceError):
+    status = 413
+
+
+class Overloaded(InferenceError):
+    """Admission control refused the query; the client should retry later."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unavailable(InferenceError):
+    """No healthy instance could serve the query (or the chosen one failed)."""
+
+    status = 502
+
+
+class DeadlineExceeded(InferenceError):
+    status = 504
