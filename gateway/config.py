@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+import builtins
 from typing import Any
 
 import orjson
@@ -73,17 +74,17 @@ class _Fields:
         self.raw = raw
         self.path = path
 
-    def _name(self, key: str) -> str:
+    def _name(self, key: builtins.str) -> builtins.str:
         return f"{self.path}.{key}" if self.path else key
 
-    def _get(self, key: str, default: Any) -> Any:
+    def _get(self, key: builtins.str, default: Any) -> Any:
         if key not in self.raw:
             if default is _REQUIRED:
                 raise ConfigError(f"{self._name(key)}: missing; it is required")
             return default
         return self.raw[key]
 
-    def str(self, key: str, default: Any = None, choices: tuple[str, ...] = ()) -> str:
+    def str(self, key: builtins.str, default: Any = None, choices: tuple[builtins.str, ...] = ()) -> builtins.str:
         value = self._get(key, default if default is not None else _REQUIRED)
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{self._name(key)}: expected a non-empty string, got {value!r}")
@@ -91,20 +92,20 @@ class _Fields:
             raise ConfigError(f"{self._name(key)}: expected one of {', '.join(choices)}, got {value!r}")
         return value
 
-    def int(self, key: str, default: Any = None, lo: int = 0, hi: int | None = None) -> int:
+    def int(self, key: builtins.str, default: Any = None, lo: builtins.int = 0, hi: builtins.int | None = None) -> builtins.int:
         value = self._get(key, default if default is not None else _REQUIRED)
         if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
             bound = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
             raise ConfigError(f"{self._name(key)}: expected {bound}, got {value!r}")
         return value
 
-    def float(self, key: str, default: Any = None, positive: bool = True) -> float:
+    def float(self, key: builtins.str, default: Any = None, positive: bool = True) -> builtins.float:
         value = self._get(key, default if default is not None else _REQUIRED)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and value <= 0):
             raise ConfigError(f"{self._name(key)}: expected a {'positive ' if positive else ''}number, got {value!r}")
         return float(value)
 
-    def unknown(self, known: set[str]) -> None:
+    def unknown(self, known: builtins.set[builtins.str]) -> None:
         extra = sorted(set(self.raw) - known)
         if extra:
             raise ConfigError(

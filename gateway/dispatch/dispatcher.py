@@ -1,0 +1,184 @@
+"""The event-driven dispatcher core: the pending FIFO, pool state and the policy call.
+
+It does no I/O and reads no clock: a driver tells it the time with each event (arrival,
+completion, failure, health change, timer) and carries out the assignments it returns. The
+live gateway drives it on the wall clock and the simulator on a virtual clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gateway.dispatch.query import Query
+from gateway.errors import Overloaded
+from gateway.estimator import LatencyEstimator
+from gateway.policies import Policy, Snapshot
+
+
+@dataclass(slots=True, eq=False)
+class InstanceState:
+    index: int
+    name: str
+    type_name: str
+    type_index: int
+    healthy: bool = True
+    in_flight: dict[int, Query] = field(default_factory=dict)
+    served: int = 0
+    busy_ms: float = 0.0  # summed service time, for the busy fraction
+
+    def work_left_ms(self, now_ms: float) -> float:
+        """Estimated time until the instance is done with everything it holds (FIFO there)."""
+        if not self.in_flight:
+            return 0.0
+        first_start = min(q.started_ms for q in self.in_flight.values())
+        total = sum(q.est_ms for q in self.in_flight.values())
+        return max(total - (now_ms - first_start), 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    query: Query
+    instance: InstanceState
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        policy: Policy,
+        estimator: LatencyEstimator,
+        instances: Sequence[tuple[str, str]],
+        qos_ms: float,
+        depth: int = 1,
+        max_pending: int | None = None,
+    ) -> None:
+        """``instances``: (name, type name) pairs; every type must be known to the estimator."""
+        self.policy = policy
+        self.estimator = estimator
+        self.qos_ms = qos_ms
+        self.depth = depth
+        self.max_pending = max_pending
+        self.pending: deque[Query] = deque()
+        self.instances = [
+            InstanceState(index=i, name=name, type_name=t, type_index=estimator.type_index(t))
+            for i, (name, t) in enumerate(instances)
+        ]
+        self._types = np.array([inst.type_index for inst in self.instances], dtype=np.int64)
+        self.decisions = 0
+
+    # -- events -------------------------------------------------------------------------------
+
+    def submit(self, query: Query) -> None:
+        """Accept a query into the FIFO, or refuse it (``Overloaded``) when the queue is full."""
+        if self.max_pending is not None and len(self.pending) >= self.max_pending:
+            raise Overloaded(f"pending queue is full ({self.max_pending} queries)", retry_after_s=1.0)
+        self.pending.append(query)
+
+    def requeue(self, query: Query) -> None:
+        """Put a query that must be retried back at the head: it has waited longest."""
+        self.pending.appendleft(query)
+
+    def cancel(self, query: Query) -> bool:
+        try:
+            self.pending.remove(query)
+        except ValueError:
+            return False
+        return True
+
+    def complete(self, query: Query, instance: InstanceState, service_ms: float | None) -> None:
+        """The instance answered. ``service_ms`` (its own measurement) trains the estimator."""
+        instance.in_flight.pop(query.id, None)
+        instance.served += 1
+        if service_ms is not None:
+            instance.busy_ms += service_ms
+            self.estimator.observe(instance.type_index, query.batch, service_ms)
+
+    def fail(self, query: Query, instance: InstanceState) -> None:
+        """The instance failed the query; the caller decides whether to retry or answer."""
+        instance.in_flight.pop(query.id, None)
+        query.tried.add(instance.index)
+
+    def set_healthy(self, instance: InstanceState, healthy: bool) -> bool:
+        """Returns whether this changed the instance's state."""
+        changed = instance.healthy != healthy
+        instance.healthy = healthy
+        return changed
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def free_slots(self) -> np.ndarray:
+        return np.array(
+            [self.depth - len(i.in_flight) if i.healthy else 0 for i in self.instances], dtype=np.int64
+        ).clip(min=0)
+
+    def decide(self, now_ms: float) -> list[Dispatch]:
+        """Run the policy if anything can move; mark and return the dispatches it chose."""
+        if not self.pending:
+            return []
+        free = self.free_slots()
+        total_free = int(free.sum())
+        if total_free == 0:
+            return []
+        n = len(self.instances)
+        window = min(len(self.pending), max(self.policy.window(n, total_free), 1))
+        queries = [self.pending[i] for i in range(window)]
+        batch = np.fromiter((q.batch for q in queries), dtype=np.int64, count=window)
+        deadline = np.fromiter((q.deadline_ms for q in queries), dtype=float, count=window)
+        snap = Snapshot(
+            batch=batch,
+            time_left_ms=deadline - now_ms,
+            qos_ms=self.qos_ms,
+            inst_type=self._types,
+            healthy=np.fromiter((i.healthy for i in self.instances), dtype=bool, count=n),
+            free_slots=free,
+            outstanding=np.fromiter((len(i.in_flight) for i in self.instances), dtype=np.int64, count=n),
+            busy_left_ms=np.fromiter((i.work_left_ms(now_ms) for i in self.instances), dtype=float, count=n),
+            est_ms=self.estimator.estimate(batch),
+            coefficient=self.estimator.coefficient,
+        )
+        self.decisions += 1
+        chosen = self.policy.decide(snap)
+        if not chosen:
+            return []
+        out: list[Dispatch] = []
+        taken: set[int] = set()
+        for pos, j in chosen:
+            inst = self.instances[j]
+            q = queries[pos]
+            if pos in taken or not inst.healthy or len(inst.in_flight) >= self.depth:
+                raise RuntimeError(f"policy {self.policy.name} returned an invalid assignment {(pos, j)}")
+            taken.add(pos)
+            q.attempts += 1
+            q.started_ms = now_ms
+            q.est_ms = float(snap.est_ms[pos, inst.type_index])
+            inst.in_flight[q.id] = q
+            out.append(Dispatch(q, inst))
+        # Remove the dispatched queries, keeping the FIFO order of the rest.
+        if len(taken) == window and window == len(self.pending):
+            self.pending.clear()
+        else:
+            keep = [q for pos, q in enumerate(queries) if pos not in taken]
+            for _ in range(window):
+                self.pending.popleft()
+            self.pending.extendleft(reversed(keep))
+        return out
+
+    def next_deadline_ms(self) -> float | None:
+        """Earliest deadline among the queries a policy sees: a timer there re-runs the policy,
+        since a query that turns late is scored differently."""
+        if not self.pending:
+            return None
+        n = min(len(self.pending), max(self.policy.window(len(self.instances), 1), 1))
+        return min(self.pending[i].deadline_ms for i in range(n))
+
+    # -- views --------------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(i.in_flight) for i in self.instances)
+
+    def has_healthy(self) -> bool:
+        return any(i.healthy for i in self.instances)

@@ -1,0 +1,19 @@
+"""A query as the dispatcher sees it: routing facts only, the payload is opaque."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True, eq=False)
+class Query:
+    id: int
+    batch: int
+    arrival_ms: float
+    deadline_ms: float
+    payload: Any = None  # whatever the driver needs to send and answer it (never read here)
+    attempts: int = 0  # dispatches so far; a retry is the second
+    tried: set[int] = field(default_factory=set)  # instances that failed it
+    started_ms: float = 0.0
+    est_ms: float = 0.0

@@ -1,0 +1,74 @@
+"""Latency estimator: profile means per (instance type, batch), corrected online.
+
+The correction is a per (type, batch bucket) ratio of observed to profiled service time,
+smoothed with an exponentially weighted mean, so a pool whose real latencies differ from its
+profile still routes well. Lookups are table reads: the estimator is on the dispatch hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from gateway.profiles import ProfileSet
+
+BUCKET_WIDTH = 100  # batch sizes per correction bucket
+
+
+class LatencyEstimator:
+    def __init__(
+        self,
+        profiles: ProfileSet,
+        model: str,
+        type_names: Sequence[str],
+        learning_rate: float = 0.05,
+    ) -> None:
+        self.model = model
+        self.type_names = list(type_names)
+        profs = [profiles.get(model, t) for t in self.type_names]
+        self.max_batch = min(p.max_batch for p in profs)
+        sizes = np.arange(self.max_batch + 1)
+        sizes[0] = 1  # batch 0 is never served; keep the row finite
+        # (T, max_batch + 1): profile mean per type and batch size.
+        self._profile_ms = np.stack([p.means_for(sizes) for p in profs])
+        n_buckets = self.max_batch // BUCKET_WIDTH + 1
+        self._correction = np.ones((len(profs), n_buckets))
+        self._observations = np.zeros((len(profs), n_buckets), dtype=np.int64)
+        self.learning_rate = learning_rate
+        # Heterogeneity coefficient: reference (fastest at the largest batch) over each type.
+        at_max = self._profile_ms[:, self.max_batch]
+        self.coefficient = at_max.min() / at_max
+
+    @property
+    def n_types(self) -> int:
+        return len(self.type_names)
+
+    def type_index(self, name: str) -> int:
+        return self.type_names.index(name)
+
+    def estimate(self, batches: np.ndarray) -> np.ndarray:
+        """(Q, T) estimated mean service time (ms) of each batch on each type."""
+        b = np.clip(np.asarray(batches, dtype=np.int64), 1, self.max_batch)
+        return (self._profile_ms[:, b] * self._correction[:, b // BUCKET_WIDTH]).T
+
+    def estimate_one(self, type_index: int, batch: int) -> float:
+        b = min(max(int(batch), 1), self.max_batch)
+        return float(self._profile_ms[type_index, b] * self._correction[type_index, b // BUCKET_WIDTH])
+
+    def observe(self, type_index: int, batch: int, service_ms: float) -> None:
+        """Learn from one observed service time (ms) of ``batch`` on a type."""
+        b = min(max(int(batch), 1), self.max_batch)
+        if service_ms <= 0 or not np.isfinite(service_ms):
+            return
+        bucket = b // BUCKET_WIDTH
+        ratio = service_ms / self._profile_ms[type_index, b]
+        self._observations[type_index, bucket] += 1
+        n = self._observations[type_index, bucket]
+        # A plain mean until there is enough data, then exponential smoothing to track drift.
+        rate = max(1.0 / n, self.learning_rate)
+        current = self._correction[type_index, bucket]
+        self._correction[type_index, bucket] = current + rate * (ratio - current)
+
+    def correction(self, type_index: int, batch: int) -> float:
+        return float(self._correction[type_index, min(batch, self.max_batch) // BUCKET_WIDTH])
