@@ -6,17 +6,17 @@ value expected; callers print it and exit, never a traceback.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from pathlib import Path
-import builtins
 from typing import Any
 
 import orjson
 
 from gateway.errors import ConfigError
+from gateway.policies import POLICY_NAMES
 from gateway.profiles import Catalogue, load_catalogue
 
-POLICIES = ("kairos", "fcfs", "round-robin", "least-outstanding", "power-of-two")
 BACKEND_PROTOCOLS = ("grpc", "http")
 
 
@@ -158,7 +158,7 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None) -> Config:
     gateway = GatewayConfig(
         http_port=_port(g, "http_port", dg.http_port),
         grpc_port=_port(g, "grpc_port", dg.grpc_port),
-        policy=g.str("policy", dg.policy, choices=POLICIES),
+        policy=g.str("policy", dg.policy, choices=POLICY_NAMES),
         max_pending=g.int("max_pending", dg.max_pending, lo=1),
         depth_per_instance=g.int("depth_per_instance", dg.depth_per_instance, lo=1, hi=1000),
         probe_interval_s=g.float("probe_interval_s", dg.probe_interval_s),
