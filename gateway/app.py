@@ -1,0 +1,157 @@
+"""One gateway: core, backend clients, health prober and both front ends, started and stopped
+together on the running event loop. ``kairos-gateway`` runs one; tests may run several."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import grpc
+from aiohttp import web
+
+from gateway.backend import InstanceClient
+from gateway.config import Config
+from gateway.core import GatewayCore
+from gateway.dispatch import Dispatcher
+from gateway.errors import ConfigError, ProfileError
+from gateway.estimator import LatencyEstimator
+from gateway.frontend.grpc import GrpcFrontend
+from gateway.frontend.http import HttpFrontend
+from gateway.metrics import GatewayMetrics
+from gateway.policies import make_policy
+from gateway.pool import Endpoint, HealthProber
+from gateway.profiles import ProfileSet, load_profiles
+
+DRAIN_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """The effective settings: config file values overridden by command-line flags."""
+
+    policy: str
+    depth: int
+    max_pending: int
+    http_port: int
+    grpc_port: int
+    seed: int = 0
+    backend_timeout_ms: float | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, **overrides: object) -> GatewaySettings:
+        g = config.gateway
+        values: dict[str, object] = {
+            "policy": g.policy,
+            "depth": g.depth_per_instance,
+            "max_pending": g.max_pending,
+            "http_port": g.http_port,
+            "grpc_port": g.grpc_port,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def build_dispatcher(
+    config: Config, instances: Sequence[Endpoint], settings: GatewaySettings, profiles: ProfileSet | None = None
+) -> Dispatcher:
+    """The shared dispatcher core for this pool; unknown types or profiles are config errors."""
+    types = list(dict.fromkeys(i.type for i in instances))
+    try:
+        estimator = LatencyEstimator(profiles or load_profiles(), config.model, types)
+    except ProfileError as exc:
+        raise ConfigError(f"instances: {exc}") from None
+    return Dispatcher(
+        make_policy(settings.policy, settings.seed),
+        estimator,
+        [(i.name, i.type) for i in instances],
+        qos_ms=config.qos_ms,
+        depth=settings.depth,
+        max_pending=settings.max_pending,
+    )
+
+
+class Gateway:
+    def __init__(self, config: Config, instances: Sequence[Endpoint], settings: GatewaySettings) -> None:
+        if not instances:
+            raise ConfigError("instances: expected at least one instance")
+        self.config = config
+        self.instances = list(instances)
+        self.settings = settings
+        self.dispatcher = build_dispatcher(config, instances, settings)
+        self.metrics = GatewayMetrics(self.dispatcher, config.model, config.qos_ms)
+        self.http_port = 0
+        self.grpc_port = 0
+        self.core: GatewayCore | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._prober: HealthProber | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._grpc_server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        """Connect to the pool, probe it once, and listen on both front ends."""
+        cfg = self.config
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=False), auto_decompress=False
+        )
+        clients = [
+            InstanceClient(i.name, i.http_url, i.grpc_address, self._session, cfg.gateway.backend_protocol)
+            for i in self.instances
+        ]
+        core = GatewayCore(
+            cfg.model,
+            cfg.qos_ms,
+            self.dispatcher,
+            clients,
+            self.metrics,
+            backend_timeout_ms=self.settings.backend_timeout_ms,
+        )
+        self.core = core
+        self._prober = HealthProber(clients, cfg.model, cfg.gateway.probe_interval_s, core.set_instance_health)
+        await self._prober.probe_all()
+        self._prober.start()
+
+        http = HttpFrontend(core, cfg.gateway.max_body_bytes)
+        self._runner = web.AppRunner(http.app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, cfg.host, self.settings.http_port, backlog=1024, reuse_address=True)
+        await self._site.start()
+        self.http_port = int(self._runner.addresses[0][1])
+
+        max_msg = cfg.gateway.max_body_bytes
+        self._grpc_server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_msg),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self._grpc_server.add_generic_rpc_handlers((GrpcFrontend(core).handler(),))
+        self.grpc_port = self._grpc_server.add_insecure_port(f"{cfg.host}:{self.settings.grpc_port}")
+        if self.grpc_port == 0:
+            raise ConfigError(f"gateway.grpc_port: cannot listen on {cfg.host}:{self.settings.grpc_port}")
+        await self._grpc_server.start()
+
+    async def stop(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Graceful: stop accepting, answer every accepted query, then close everything."""
+        grpc_stopped = None
+        if self._grpc_server is not None:
+            grpc_stopped = asyncio.ensure_future(self._grpc_server.stop(grace=drain_timeout_s))
+        if self._site is not None:
+            await self._site.stop()
+        if self.core is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.core.drain(), drain_timeout_s)
+        if grpc_stopped is not None:
+            await grpc_stopped
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._prober is not None:
+            await self._prober.stop()
+        if self.core is not None:
+            await self.core.close()
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,59 @@
+"""The request the front ends hand to the core, the reply an instance gives back, and the one
+kind of failure that makes the core retry elsewhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+HTTP = "http"
+GRPC = "grpc"
+
+
+@dataclass(slots=True)
+class RoutedRequest:
+    """One inference request as received, plus the routing facts read from it.
+
+    ``body`` is forwarded as is: the serialized ``ModelInferRequest`` for gRPC, the JSON (or
+    JSON header + binary tensors) body for HTTP.
+    """
+
+    protocol: str  # HTTP or GRPC: the front end it came in on and the backend protocol it leaves on
+    model: str
+    batch: int
+    body: bytes
+    request_id: str = ""
+    qos_ms: float | None = None  # per-request QoS; None = the gateway's default
+    version: str | None = None
+    content_type: str | None = None  # HTTP only
+    header_length: int | None = None  # HTTP binary extension: length of the JSON header
+
+
+@dataclass(slots=True)
+class BackendReply:
+    """What an instance answered: a result, or an error that is the client's (4xx, bad argument),
+    passed back unchanged. Instance failures are raised as ``InstanceFailure`` instead."""
+
+    body: bytes
+    status: int = 200  # HTTP status; 200 for gRPC OK
+    content_type: str | None = None
+    header_length: int | None = None
+    grpc_code: grpc.StatusCode = grpc.StatusCode.OK
+    grpc_details: str = ""
+    service_ms: float | None = None  # the instance's own measurement, when it reports one
+    round_trip_ms: float = 0.0  # measured by the gateway around the call
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 400 and self.grpc_code == grpc.StatusCode.OK
+
+
+class InstanceFailure(Exception):
+    """The instance failed the query (connection refused or reset, 5xx, timeout): retryable."""
+
+    def __init__(self, instance: str, reason: str, timeout: bool = False) -> None:
+        super().__init__(f"instance {instance} failed: {reason}")
+        self.instance = instance
+        self.reason = reason
+        self.timeout = timeout

@@ -1,0 +1,80 @@
+"""V2 gRPC backend client over grpc.aio: the serialized request goes out as it came in."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from gateway.backend.base import BackendReply, InstanceFailure, RoutedRequest
+from gateway.protocol import grpc_predict_v2_pb2 as pb
+from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from gateway.protocol.routing import reported_service_ms_proto
+
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    # Come back quickly after an instance restarts (the default backoff grows to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+# Codes that mean the instance, not the request, is at fault: the core retries elsewhere.
+FAILURE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+class GrpcBackend:
+    def __init__(self, name: str, address: str) -> None:
+        self.name = name
+        self.address = address
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        # No serializers: bytes in, bytes out.
+        self._infer = self._channel.unary_unary(INFER_METHOD)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+
+    async def infer(self, request: RoutedRequest, timeout_s: float) -> BackendReply:
+        start = time.perf_counter()
+        try:
+            body: bytes = await self._infer(request.body, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code in FAILURE_CODES:
+                raise InstanceFailure(
+                    self.name, f"{code.name}: {exc.details()}", timeout=code == grpc.StatusCode.DEADLINE_EXCEEDED
+                ) from None
+            return BackendReply(body=b"", status=400, grpc_code=code, grpc_details=exc.details() or "")
+        rtt = (time.perf_counter() - start) * 1000.0
+        service_ms = None
+        try:
+            service_ms = reported_service_ms_proto(pb.ModelInferResponse.FromString(body))
+        except Exception:  # an unparsable reply is passed on; the estimator just learns nothing
+            service_ms = None
+        return BackendReply(body=body, service_ms=service_ms, round_trip_ms=rtt)
+
+    async def model_metadata(self, request: pb.ModelMetadataRequest, timeout_s: float) -> pb.ModelMetadataResponse:
+        try:
+            return await self._stub.ModelMetadata(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise InstanceFailure(self.name, f"{exc.code().name}: {exc.details()}") from None
+
+    async def ready(self, model: str, timeout_s: float) -> bool:
+        try:
+            reply = await self._stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=timeout_s)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.ready)
+
+    async def close(self) -> None:
+        await self._channel.close()

@@ -1,0 +1,118 @@
+"""``kairos-gateway``: the live gateway in front of a V2 pool.
+
+Prints one ready line once both front ends listen (ports resolved when 0 was asked for):
+
+    kairos-gateway ready http=127.0.0.1:8000 grpc=127.0.0.1:8001 policy=kairos model=rm2 instances=14 healthy=14
+
+Config errors print one line and exit 2. SIGTERM/SIGINT stop accepting, answer every query in
+flight, and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from gateway.app import Gateway, GatewaySettings
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from gateway.policies import POLICY_NAMES
+from gateway.pool import load_address_file, parse_instance_flags
+
+PROG = "kairos-gateway"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description="SLO-aware V2 gateway for a heterogeneous inference pool")
+    p.add_argument("--config", default="config.json", help="config file (default: config.json)")
+    p.add_argument("--policy", choices=POLICY_NAMES, help="distribution policy (default: from config)")
+    p.add_argument("--address-file", help="instance address file written by kairos-servers (default: from config)")
+    p.add_argument(
+        "--instance",
+        action="append",
+        default=[],
+        metavar="TYPE=URL",
+        help="an instance by V2 URL, repeatable: TYPE=grpc://HOST:PORT and/or http://HOST:PORT, comma-separated",
+    )
+    p.add_argument("--http-port", type=int, help="HTTP port (0 = any free port)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (0 = any free port)")
+    p.add_argument("--depth", type=int, help="queries in flight per instance (default: from config)")
+    p.add_argument("--max-pending", type=int, help="bound of the pending queue (default: from config)")
+    p.add_argument("--seed", type=int, default=0, help="seed of randomised policies")
+    p.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
+    return p.parse_args(argv)
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    for flag, lo in (("http_port", 0), ("grpc_port", 0), ("depth", 1), ("max_pending", 1)):
+        value = getattr(args, flag)
+        if value is not None and (value < lo or (flag.endswith("port") and value > 65535)):
+            raise ConfigError(f"--{flag.replace('_', '-')}: expected an integer >= {lo}, got {value}")
+
+
+async def serve(args: argparse.Namespace) -> None:
+    config = load_config(args.config)
+    _check_flags(args)
+    if args.instance:
+        instances = parse_instance_flags(args.instance)
+    else:
+        instances = load_address_file(args.address_file or config.servers.address_file, config.model)
+    settings = GatewaySettings.from_config(
+        config,
+        policy=args.policy,
+        depth=args.depth,
+        max_pending=args.max_pending,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        seed=args.seed,
+    )
+    gateway = Gateway(config, instances, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await gateway.start()
+    except OSError as exc:
+        await gateway.stop(0)
+        raise ConfigError(f"cannot listen: {exc}") from None
+    assert gateway.core is not None
+    healthy = sum(i.healthy for i in gateway.dispatcher.instances)
+    print(
+        f"{PROG} ready http={config.host}:{gateway.http_port} grpc={config.host}:{gateway.grpc_port} "
+        f"policy={settings.policy} model={config.model} instances={len(instances)} healthy={healthy}",
+        flush=True,
+    )
+    await stop.wait()
+    logging.getLogger("kairos.gateway").warning("stopping: answering %d queries in flight", gateway.core.outstanding)
+    await gateway.stop()
+
+
+def _run(coro_args: argparse.Namespace) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        asyncio.run(serve(coro_args))
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(coro_args))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format=f"{PROG}: %(message)s", stream=sys.stderr)
+    try:
+        _run(args)
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""The transport-agnostic gateway core: admission, the event-driven drive loop around the shared
+``Dispatcher``, backend calls, retries, health and metrics.
+
+Front ends (HTTP, gRPC) turn a request into a ``RoutedRequest`` and await ``infer``: it returns
+one ``InferResult`` or raises one ``InferenceError``, exactly once per call.
+
+The dispatcher is driven on the event loop's clock (ms): ``decide`` runs, coalesced to once per
+loop iteration, after every arrival, completion, failure and health change, and at a timer set
+to the next deadline a policy could care about. Nothing polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.backend import Backend, BackendReply, InstanceFailure, RoutedRequest
+from gateway.dispatch import Dispatch, Dispatcher, InstanceState, Query
+from gateway.errors import DeadlineExceeded, InferenceError, ModelNotFound, Overloaded, Unavailable
+from gateway.metrics import GatewayMetrics
+
+log = logging.getLogger("kairos.gateway")
+
+MIN_BACKEND_TIMEOUT_MS = 1000.0  # an instance that takes longer than this and 3 QoS has failed
+
+
+@dataclass(slots=True)
+class InferResult:
+    reply: BackendReply  # the instance's answer, unchanged (a result or a client error)
+    instance: str
+    queue_ms: float  # time in the gateway's queue before the (last) dispatch
+    e2e_ms: float  # from arrival in the core to the instance's reply
+    attempts: int
+
+
+@dataclass(slots=True, eq=False)
+class _Ticket:
+    """What the core keeps with a query (``Query.payload``)."""
+
+    request: RoutedRequest
+    future: asyncio.Future[InferResult]
+    queue_ms: float = 0.0
+
+
+class GatewayCore:
+    def __init__(
+        self,
+        model: str,
+        qos_ms: float,
+        dispatcher: Dispatcher,
+        clients: Sequence[Backend],
+        metrics: GatewayMetrics | None = None,
+        backend_timeout_ms: float | None = None,
+    ) -> None:
+        if len(clients) != len(dispatcher.instances):
+            raise ValueError("one client per dispatcher instance is required")
+        self.model = model
+        self.qos_ms = qos_ms
+        self.dispatcher = dispatcher
+        self.clients = list(clients)
+        self.metrics = metrics or GatewayMetrics(dispatcher, model, qos_ms)
+        self.backend_timeout_ms = backend_timeout_ms
+        self._ids = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._outstanding = 0  # accepted queries not yet answered
+        self._closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Ready while accepting and at least one healthy instance serves the model."""
+        return not self._closing and self.dispatcher.has_healthy()
+
+    def model_ready(self, model: str) -> bool:
+        return model == self.model and self.ready
+
+    @property
+    def outstanding(self) -> int:
+        return self._outstanding
+
+    async def infer(self, request: RoutedRequest) -> InferResult:
+        """Route one request and return the instance's reply, or raise one ``InferenceError``:
+        ModelNotFound, Overloaded (queue full or shutting down), Unavailable (no healthy
+        instance, or the instance failed and no retry was possible), DeadlineExceeded."""
+        if request.model != self.model:
+            raise ModelNotFound(f"unknown model {request.model!r}: this gateway serves {self.model!r}")
+        if self._closing:
+            self.metrics.refusals.labels("shutting_down").inc()
+            raise Overloaded("the gateway is shutting down", retry_after_s=1.0)
+        if not self.dispatcher.has_healthy():
+            self.metrics.refusals.labels("no_healthy_instance").inc()
+            raise Unavailable(f"no healthy instance serves model {self.model!r}")
+        loop = self._loop or self._bind_loop()
+        now = loop.time() * 1000.0
+        qos = request.qos_ms if request.qos_ms is not None else self.qos_ms
+        ticket = _Ticket(request, loop.create_future())
+        query = Query(id=next(self._ids), batch=request.batch, arrival_ms=now, deadline_ms=now + qos, payload=ticket)
+        try:
+            self.dispatcher.submit(query)
+        except Overloaded:
+            self.metrics.refusals.labels("queue_full").inc()
+            raise
+        self._outstanding += 1
+        self._idle.clear()
+        self._kick()
+        try:
+            return await ticket.future
+        except asyncio.CancelledError:
+            # The client went away: drop the query if it has not left; an in-flight one finishes
+            # on its instance and its answer is discarded.
+            if self.dispatcher.cancel(query):
+                self._answered(query)
+            raise
+
+    def metadata_clients(self) -> list[Backend]:
+        """Instances to ask for model metadata: the healthy ones first."""
+        order = sorted(self.dispatcher.instances, key=lambda i: not i.healthy)
+        return [self.clients[i.index] for i in order]
+
+    async def drain(self) -> None:
+        """Stop accepting queries and wait until every accepted one is answered."""
+        self._closing = True
+        await self._idle.wait()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def set_instance_health(self, index: int, healthy: bool) -> None:
+        """Probe results and failures: an instance leaves or rejoins the rotation."""
+        inst = self.dispatcher.instances[index]
+        if not self.dispatcher.set_healthy(inst, healthy):
+            return
+        state = "up" if healthy else "down"
+        self.metrics.health_changes.labels(inst.name, state).inc()
+        log.warning("instance %s (%s) is %s", inst.name, inst.type_name, "back in rotation" if healthy else "out of rotation")
+        if healthy:
+            self._kick()
+        elif not self.dispatcher.has_healthy():
+            self._fail_pending(Unavailable(f"no healthy instance serves model {self.model!r}"))
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.close()
+
+    # -- drive loop ---------------------------------------------------------------------------
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _kick(self) -> None:
+        """Run a decision soon: once per loop iteration however many events arrive in it."""
+        if not self._scheduled:
+            self._scheduled = True
+            (self._loop or self._bind_loop()).call_soon(self._decide)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._decide()
+
+    def _decide(self) -> None:
+        self._scheduled = False
+        loop = self._loop or self._bind_loop()
+        d = self.dispatcher
+        now = loop.time() * 1000.0
+        before = d.decisions
+        start = time.perf_counter()
+        dispatches = d.decide(now)
+        if d.decisions != before:
+            self.metrics.decision.observe(time.perf_counter() - start)
+        for dispatch in dispatches:
+            task = loop.create_task(self._send(dispatch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._arm_timer(now)
+
+    def _arm_timer(self, now: float) -> None:
+        """While a policy leaves free instances idle, re-decide when the next query turns late
+        (the same rule the simulator follows)."""
+        d = self.dispatcher
+        due = None
+        if d.pending and any(i.healthy and len(i.in_flight) < d.depth for i in d.instances):
+            due = d.next_deadline_ms()
+        if due is None or due <= now:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            return
+        if self._timer is not None:
+            if self._timer_at == due:
+                return
+            self._timer.cancel()
+        loop = self._loop or self._bind_loop()
+        self._timer_at = due
+        self._timer = loop.call_at(due / 1000.0, self._on_timer)
+
+    # -- one dispatch -------------------------------------------------------------------------
+
+    def _timeout_s(self, query: Query) -> float:
+        if self.backend_timeout_ms is not None:
+            return self.backend_timeout_ms / 1000.0
+        qos = query.deadline_ms - query.arrival_ms
+        return max(3.0 * qos, MIN_BACKEND_TIMEOUT_MS) / 1000.0
+
+    async def _send(self, dispatch: Dispatch) -> None:
+        query, inst = dispatch.query, dispatch.instance
+        ticket: _Ticket = query.payload
+        loop = self._loop or self._bind_loop()
+        ticket.queue_ms = loop.time() * 1000.0 - query.arrival_ms
+        if query.attempts == 1:
+            self.metrics.queue.labels(self.model).observe(ticket.queue_ms / 1000.0)
+        self.metrics.dispatches.labels(inst.name, inst.type_name).inc()
+        try:
+            reply = await self.clients[inst.index].infer(ticket.request, self._timeout_s(query))
+        except InstanceFailure as exc:
+            self._on_failure(query, inst, exc)
+        except InferenceError as exc:  # the instance cannot take this request at all
+            self.dispatcher.fail(query, inst)
+            self._finish(query, exc)
+        except Exception as exc:  # a client bug must not leave the query hanging
+            log.exception("backend call to %s failed unexpectedly", inst.name)
+            self._on_failure(query, inst, InstanceFailure(inst.name, repr(exc)))
+        else:
+            service_ms = reply.service_ms if reply.service_ms is not None else reply.round_trip_ms
+            self.dispatcher.complete(query, inst, service_ms if reply.ok else None)
+            now = loop.time() * 1000.0
+            self._finish(
+                query,
+                InferResult(reply, inst.name, ticket.queue_ms, now - query.arrival_ms, query.attempts),
+            )
+        self._kick()
+
+    def _on_failure(self, query: Query, inst: InstanceState, exc: InstanceFailure) -> None:
+        self.dispatcher.fail(query, inst)
+        self.metrics.failures.labels(inst.name).inc()
+        log.warning("%s", exc)
+        self.set_instance_health(inst.index, False)  # back in rotation when a probe succeeds
+        ticket: _Ticket = query.payload
+        loop = self._loop or self._bind_loop()
+        now = loop.time() * 1000.0
+        if ticket.future.done():  # the client is gone: nothing to retry for
+            self._answered(query)
+            return
+        late = now >= query.deadline_ms
+        others = any(i.healthy and i.index not in query.tried for i in self.dispatcher.instances)
+        if query.attempts < 2 and not late and others:
+            self.metrics.retries.inc()
+            self.dispatcher.requeue(query)
+            return
+        error: InferenceError
+        if late or exc.timeout:
+            error = DeadlineExceeded(f"query not served within its deadline: {exc}")
+        else:
+            error = Unavailable(f"{exc}; " + ("retried once already" if query.attempts >= 2 else "no other healthy instance"))
+        self._finish(query, error)
+
+    def _fail_pending(self, error: InferenceError) -> None:
+        while self.dispatcher.pending:
+            self._finish(self.dispatcher.pending.popleft(), error)
+
+    def _finish(self, query: Query, outcome: InferResult | InferenceError) -> None:
+        ticket: _Ticket = query.payload
+        if not ticket.future.done():
+            loop = self._loop or self._bind_loop()
+            now = loop.time() * 1000.0
+            if isinstance(outcome, InferResult):
+                ticket.future.set_result(outcome)
+                self.metrics.e2e.labels(self.model, ticket.request.protocol).observe(outcome.e2e_ms / 1000.0)
+                if now > query.deadline_ms:
+                    self.metrics.violations.labels(self.model).inc()
+            else:
+                ticket.future.set_exception(outcome)
+                self.metrics.violations.labels(self.model).inc()
+        self._answered(query)
+
+    def _answered(self, query: Query) -> None:
+        self._outstanding -= 1
+        if self._outstanding == 0:
+            self._idle.set()

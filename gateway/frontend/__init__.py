@@ -1,0 +1,1 @@
+"""Front ends: thin V2 adapters (HTTP/REST, gRPC) over ``gateway.core.GatewayCore``."""

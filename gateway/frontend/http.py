@@ -1,0 +1,151 @@
+"""V2 HTTP/REST front end (aiohttp): health, metadata, model ready, infer, and /metrics.
+
+Infer bodies are parsed only as far as routing needs (the JSON header) and forwarded as they
+came; the instance's response comes back with gateway parameters added to its JSON header.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from aiohttp import web
+
+from gateway.backend import InstanceFailure, RoutedRequest
+from gateway.backend.base import HTTP
+from gateway.core import GatewayCore
+from gateway.errors import BadRequest, InferenceError, ModelNotFound, PayloadTooLarge, Unavailable
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.protocol.errors import http_error
+from gateway.protocol.routing import (
+    PARAM_E2E_MS,
+    PARAM_INSTANCE,
+    PARAM_QUEUE_MS,
+    add_json_parameters,
+    routing_from_json,
+)
+from gateway.protocol.v2 import INFERENCE_HEADER, load_json_object, parse_header_length
+
+JSON = "application/json"
+METADATA_TIMEOUT_S = 2.0
+SERVER_NAME = "kairos-gateway"
+SERVER_VERSION = "0.1.0"
+
+
+class HttpFrontend:
+    def __init__(self, core: GatewayCore, max_body_bytes: int) -> None:
+        self.core = core
+        self.max_body_bytes = max_body_bytes
+        self.app = web.Application(client_max_size=max_body_bytes)
+        add = self.app.router.add_route
+        add("GET", "/v2/health/live", self.live)
+        add("GET", "/v2/health/ready", self.ready)
+        add("GET", "/v2", self.server_metadata)
+        add("GET", "/metrics", self.metrics)
+        for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            add("GET", prefix, self.model_metadata)
+            add("GET", prefix + "/ready", self.model_ready)
+            add("POST", prefix + "/infer", self.infer)
+
+    # -- health and metadata --------------------------------------------------------------------
+
+    async def live(self, request: web.Request) -> web.Response:
+        return _json(200, {"live": True})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ready = self.core.ready
+        return _json(200 if ready else 503, {"ready": ready})
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return _json(200, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        model = request.match_info["model"]
+        if model != self.core.model:
+            return self._error(ModelNotFound(f"unknown model {model!r}"), None)
+        ready = self.core.model_ready(model)
+        return _json(200 if ready else 503, {"name": model, "ready": ready})
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        """The instances' own metadata (tensor names, shapes), asked of a healthy one."""
+        model = request.match_info["model"]
+        if model != self.core.model:
+            return self._error(ModelNotFound(f"unknown model {model!r}"), None)
+        path = request.path.removesuffix("/")
+        for client in self.core.metadata_clients():
+            if client.http is None:
+                continue
+            try:
+                status, body, content_type = await client.http.get(path, METADATA_TIMEOUT_S)
+            except InstanceFailure:
+                continue
+            if status < 500:
+                return web.Response(status=status, body=body, content_type=_mime(content_type))
+        return self._error(Unavailable(f"no instance answered metadata for {model!r}"), None)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.core.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    # -- infer ------------------------------------------------------------------------------------
+
+    async def infer(self, request: web.Request) -> web.Response:
+        start = time.perf_counter()
+        model = request.match_info["model"]
+        try:
+            if model != self.core.model:
+                raise ModelNotFound(f"unknown model {model!r}: this gateway serves {self.core.model!r}")
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise PayloadTooLarge(f"request body larger than {self.max_body_bytes} bytes") from None
+            if not body:
+                raise BadRequest("empty request body")
+            header_length = parse_header_length(request.headers.get(INFERENCE_HEADER), len(body))
+            header = body if header_length is None else memoryview(body)[:header_length]
+            info = routing_from_json(load_json_object(header))
+            result = await self.core.infer(
+                RoutedRequest(
+                    protocol=HTTP,
+                    model=model,
+                    batch=info.batch,
+                    body=body,
+                    request_id=info.request_id,
+                    qos_ms=info.qos_ms,
+                    version=request.match_info.get("version"),
+                    content_type=request.headers.get("Content-Type"),
+                    header_length=header_length,
+                )
+            )
+        except InferenceError as exc:
+            return self._error(exc, model)
+        reply = result.reply
+        self._count(model, reply.status)
+        if not reply.ok:  # the instance's own client error, unchanged
+            return web.Response(status=reply.status, body=reply.body, content_type=_mime(reply.content_type))
+        params = {
+            PARAM_INSTANCE: result.instance,
+            PARAM_QUEUE_MS: round(result.queue_ms, 3),
+            PARAM_E2E_MS: round((time.perf_counter() - start) * 1000.0, 3),
+        }
+        body, header_length = add_json_parameters(reply.body, reply.header_length, params)
+        headers = {"Content-Type": reply.content_type or JSON}
+        if header_length is not None:
+            headers[INFERENCE_HEADER] = str(header_length)
+        return web.Response(status=reply.status, body=body, headers=headers)
+
+    def _count(self, model: str | None, status: int) -> None:
+        label = model if model == self.core.model else "other"
+        self.core.metrics.requests.labels(label, str(status), HTTP).inc()
+
+    def _error(self, exc: InferenceError, model: str | None) -> web.Response:
+        error = http_error(exc)
+        self._count(model, error.status)
+        return web.Response(status=error.status, body=error.body, headers=error.headers)
+
+
+def _json(status: int, payload: object) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(payload), content_type=JSON)
+
+
+def _mime(content_type: str | None) -> str:
+    return (content_type or JSON).split(";")[0].strip()

@@ -1,0 +1,106 @@
+"""Prometheus metrics of one gateway, in their own registry (several gateways can share a
+process, e.g. in tests). One prefix, base units (seconds, ratios).
+
+Counters and histograms are updated on events; pool gauges (pending depth, per-instance
+in-flight, busy fraction, health) are read from the dispatcher when scraped, so the hot path
+pays nothing for them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.dispatch import Dispatcher
+
+PREFIX = "kairos"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Fractions of the QoS for latency buckets: dense between 50% and 150% of it.
+QOS_FRACTIONS = (
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95,
+    1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 2.0, 3.0, 5.0, 10.0,
+)  # fmt: skip
+DECISION_BUCKETS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2)
+
+
+def qos_buckets(qos_s: float) -> tuple[float, ...]:
+    return tuple(round(qos_s * f, 9) for f in QOS_FRACTIONS)
+
+
+class _PoolCollector(Collector):
+    def __init__(self, dispatcher: Dispatcher, started: float) -> None:
+        self.dispatcher = dispatcher
+        self.started = started
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        d = self.dispatcher
+        pending = GaugeMetricFamily(f"{PREFIX}_pending_queries", "Queries waiting in the gateway queue")
+        pending.add_metric([], len(d.pending))
+        yield pending
+        labels = ["instance", "type"]
+        in_flight = GaugeMetricFamily(f"{PREFIX}_instance_in_flight", "Queries in flight per instance", labels=labels)
+        busy = GaugeMetricFamily(
+            f"{PREFIX}_instance_busy_ratio",
+            "Fraction of time each instance spent serving (its reported service time over uptime)",
+            labels=labels,
+        )
+        healthy = GaugeMetricFamily(f"{PREFIX}_instance_healthy", "1 while the instance is in rotation", labels=labels)
+        served = GaugeMetricFamily(f"{PREFIX}_instance_served", "Queries answered per instance", labels=labels)
+        uptime_ms = max((time.monotonic() - self.started) * 1000.0, 1e-9)
+        for inst in d.instances:
+            key = [inst.name, inst.type_name]
+            in_flight.add_metric(key, len(inst.in_flight))
+            busy.add_metric(key, min(inst.busy_ms / uptime_ms, 1.0))
+            healthy.add_metric(key, 1.0 if inst.healthy else 0.0)
+            served.add_metric(key, inst.served)
+        yield from (in_flight, busy, healthy, served)
+
+
+class GatewayMetrics:
+    def __init__(self, dispatcher: Dispatcher, model: str, qos_ms: float) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.model = model
+        r = self.registry
+        buckets = qos_buckets(qos_ms / 1000.0)
+        self.requests = Counter(
+            f"{PREFIX}_requests", "Inference requests answered, by model, code and protocol",
+            ["model", "code", "protocol"], registry=r,
+        )  # fmt: skip
+        self.e2e = Histogram(
+            f"{PREFIX}_request_duration_seconds", "End-to-end latency in the gateway (accepted queries)",
+            ["model", "protocol"], buckets=buckets, registry=r,
+        )  # fmt: skip
+        self.queue = Histogram(
+            f"{PREFIX}_queue_duration_seconds", "Time a query waited in the gateway before dispatch",
+            ["model"], buckets=buckets, registry=r,
+        )  # fmt: skip
+        self.violations = Counter(
+            f"{PREFIX}_qos_violations", "Accepted queries answered after their QoS deadline or not at all",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.decision = Histogram(
+            f"{PREFIX}_decision_duration_seconds", "Time of one dispatch decision (policy included)",
+            buckets=DECISION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.dispatches = Counter(
+            f"{PREFIX}_dispatches", "Queries sent to each instance", ["instance", "type"], registry=r
+        )
+        self.retries = Counter(f"{PREFIX}_retries", "Queries re-dispatched after an instance failed", registry=r)
+        self.failures = Counter(
+            f"{PREFIX}_instance_failures", "Instance failures seen on queries", ["instance"], registry=r
+        )
+        self.refusals = Counter(
+            f"{PREFIX}_refusals", "Queries refused at admission, by reason", ["reason"], registry=r
+        )
+        self.health_changes = Counter(
+            f"{PREFIX}_health_changes", "Instances going out of or back into rotation",
+            ["instance", "state"], registry=r,
+        )  # fmt: skip
+        r.register(_PoolCollector(dispatcher, time.monotonic()))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

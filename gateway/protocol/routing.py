@@ -1,0 +1,161 @@
+"""What the gateway reads from a V2 request, and what it adds to a V2 response.
+
+The gateway routes on a handful of facts (model, batch size = shape[0] of the first input,
+request id, an optional per-request QoS) and never decodes tensor data: it parses only the JSON
+header of an HTTP body (the whole body without the binary extension) and the protobuf request's
+scalar fields. Gateway facts go back to the client as response parameters:
+
+* gRPC: a serialized ``ModelInferResponse`` holding only ``parameters`` is appended to the
+  instance's response bytes. Protobuf merges concatenated messages (map entries included), so
+  the client sees the instance's response plus the gateway's parameters, with no re-encoding.
+* HTTP: the JSON header gets the parameters; the binary tensor part after it is untouched and
+  ``Inference-Header-Content-Length`` is recomputed.
+
+Request parsing itself is ``gateway.protocol.v2``'s; this module adds the gateway's reading
+of it (per-request QoS) and the response side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.errors import BadRequest
+from gateway.protocol import grpc_predict_v2_pb2 as pb
+from gateway.protocol.v2 import (
+    INFERENCE_HEADER,
+    decode_proto_infer,
+    json_batch,
+    load_json_object,
+    parse_header_length,
+    proto_batch,
+    proto_param_value,
+)
+
+QOS_PARAMETER = "qos_ms"  # per-request QoS (ms) a client may set in the request parameters
+PARAM_INSTANCE = "gateway_instance"
+PARAM_QUEUE_MS = "gateway_queue_ms"
+PARAM_E2E_MS = "gateway_e2e_ms"
+# Names an instance may report its own service time under (kairos-servers first).
+SERVICE_MS_KEYS = ("service_ms", "service_time_ms")
+
+__all__ = [
+    "INFERENCE_HEADER",
+    "QOS_PARAMETER",
+    "RoutingInfo",
+    "add_json_parameters",
+    "decode_proto_infer",
+    "load_json_object",
+    "parse_header_length",
+    "proto_parameters_suffix",
+    "routing_from_json",
+    "routing_from_proto",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingInfo:
+    batch: int
+    request_id: str
+    qos_ms: float | None
+
+
+# -- HTTP/JSON -------------------------------------------------------------------------------
+
+
+def routing_from_json(header: Mapping[str, Any]) -> RoutingInfo:
+    """Routing facts of a parsed JSON request header; checks only what routing needs (the
+    instance validates the tensors and its 400 comes back unchanged)."""
+    batch = json_batch(header)
+    rid = header.get("id", "")
+    if not isinstance(rid, str):
+        raise BadRequest(f"id: expected a string, got {rid!r}")
+    params = header.get("parameters")
+    qos = None
+    if isinstance(params, dict) and QOS_PARAMETER in params:
+        qos = _qos(params[QOS_PARAMETER])
+    return RoutingInfo(batch=batch, request_id=rid, qos_ms=qos)
+
+
+def add_json_parameters(
+    body: bytes, header_length: int | None, params: Mapping[str, Any]
+) -> tuple[bytes, int | None]:
+    """The response body with ``params`` merged into its "parameters", and the new header length
+    (None for a plain JSON body). Bodies that are not a JSON object are returned unchanged."""
+    try:
+        header = orjson.loads(body if header_length is None else body[:header_length])
+    except orjson.JSONDecodeError:
+        return body, header_length
+    if not isinstance(header, dict):
+        return body, header_length
+    existing = header.get("parameters")
+    header["parameters"] = {**existing, **params} if isinstance(existing, dict) else dict(params)
+    encoded = orjson.dumps(header)
+    if header_length is None:
+        return encoded, None
+    return encoded + body[header_length:], len(encoded)
+
+
+def reported_service_ms_json(body: bytes, header_length: int | None) -> float | None:
+    try:
+        header = orjson.loads(body if header_length is None else body[:header_length])
+    except orjson.JSONDecodeError:
+        return None
+    params = header.get("parameters") if isinstance(header, dict) else None
+    if isinstance(params, dict):
+        for key in SERVICE_MS_KEYS:
+            value = params.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+    return None
+
+
+# -- gRPC/protobuf ---------------------------------------------------------------------------
+
+
+def routing_from_proto(request: pb.ModelInferRequest) -> RoutingInfo:
+    qos = None
+    if QOS_PARAMETER in request.parameters:
+        qos = _qos(proto_param_value(request.parameters[QOS_PARAMETER]))
+    return RoutingInfo(batch=proto_batch(request), request_id=request.id, qos_ms=qos)
+
+
+def proto_parameters_suffix(params: Mapping[str, str | float | int]) -> bytes:
+    """Serialized ``ModelInferResponse`` with only these parameters: append it to a response."""
+    message = pb.ModelInferResponse()
+    for key, value in params.items():
+        p = message.parameters[key]
+        if isinstance(value, str):
+            p.string_param = value
+        elif isinstance(value, bool):
+            p.bool_param = value
+        elif isinstance(value, int):
+            p.int64_param = value
+        else:
+            p.double_param = float(value)
+    return message.SerializeToString()
+
+
+def reported_service_ms_proto(response: pb.ModelInferResponse) -> float | None:
+    for key in SERVICE_MS_KEYS:
+        if key in response.parameters:
+            value = proto_param_value(response.parameters[key])
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+    return None
+
+
+# -- shared checks ---------------------------------------------------------------------------
+
+
+def _qos(value: Any) -> float:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise BadRequest(f"parameter {QOS_PARAMETER}: expected a positive number of ms, got {value!r}")
+    return float(value)

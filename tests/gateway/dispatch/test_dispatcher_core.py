@@ -1,0 +1,82 @@
+"""The Dispatcher: FIFO order, admission bound, requeue at the head, health exclusion."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.dispatch import Dispatcher, Query
+from gateway.errors import Overloaded
+from gateway.estimator import LatencyEstimator
+from gateway.policies import make_policy
+from gateway.profiles import load_profiles
+
+
+def dispatcher(policy: str = "fcfs", n: int = 2, max_pending: int | None = None, depth: int = 1) -> Dispatcher:
+    est = LatencyEstimator(load_profiles(), "rm2", ["r5n.large"])
+    insts = [(f"cpu{i}", "r5n.large") for i in range(n)]
+    return Dispatcher(make_policy(policy), est, insts, qos_ms=350, depth=depth, max_pending=max_pending)
+
+
+def q(i: int, now: float = 0.0) -> Query:
+    return Query(id=i, batch=10, arrival_ms=now, deadline_ms=now + 350)
+
+
+def test_fifo_order_is_kept() -> None:
+    d = dispatcher(n=2)
+    for i in range(5):
+        d.submit(q(i))
+    first = d.decide(0.0)
+    assert [x.query.id for x in first] == [0, 1]
+    assert [x.id for x in d.pending] == [2, 3, 4]
+    d.complete(first[1].query, first[1].instance, 5.0)
+    assert [x.query.id for x in d.decide(1.0)] == [2]
+
+
+def test_admission_bound() -> None:
+    d = dispatcher(max_pending=2)
+    d.submit(q(0))
+    d.submit(q(1))
+    with pytest.raises(Overloaded) as exc:
+        d.submit(q(2))
+    assert exc.value.status == 503 and exc.value.retry_after_s > 0
+
+
+def test_requeue_puts_the_query_at_the_head() -> None:
+    d = dispatcher(n=1)
+    for i in range(3):
+        d.submit(q(i))
+    (first,) = d.decide(0.0)
+    d.fail(first.query, first.instance)
+    d.requeue(first.query)
+    assert [x.id for x in d.pending] == [0, 1, 2]
+    assert first.query.tried == {0}
+    (again,) = d.decide(1.0)
+    assert again.query.id == 0 and again.query.attempts == 2
+
+
+def test_unhealthy_instances_get_nothing() -> None:
+    d = dispatcher(n=3)
+    assert d.set_healthy(d.instances[1], False) is True
+    assert d.set_healthy(d.instances[1], False) is False
+    for i in range(3):
+        d.submit(q(i))
+    chosen = d.decide(0.0)
+    assert sorted(x.instance.index for x in chosen) == [0, 2]
+    assert [x.id for x in d.pending] == [2]
+
+
+def test_depth_bounds_in_flight_per_instance() -> None:
+    d = dispatcher(policy="least-outstanding", n=2, depth=2)
+    for i in range(5):
+        d.submit(q(i))
+    assert len(d.decide(0.0)) == 4
+    assert all(len(i.in_flight) == 2 for i in d.instances)
+
+
+def test_cancel_removes_a_pending_query() -> None:
+    d = dispatcher(n=1)
+    a, b = q(0), q(1)
+    d.submit(a)
+    d.submit(b)
+    assert d.cancel(b) is True and d.cancel(b) is False
+    assert [x.id for x in d.pending] == [0]

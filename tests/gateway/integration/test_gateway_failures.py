@@ -1,0 +1,143 @@
+"""The gateway under failure: an instance killed mid-load, a pool that goes away, a full
+queue, and SIGTERM with queries in flight. rm2 pools (service times of tens of ms)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+import tritonclient.grpc as tg
+from gateway_process import (
+    RunningGateway,
+    gateway_config,
+    instance_flags,
+    json_request,
+    launch_gateway,
+    post_infer,
+)
+from helpers.pool import RunningPool
+
+pytestmark = pytest.mark.slow
+MODEL = "rm2"
+
+
+async def metric(url: str, name: str) -> float:
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+async def test_instance_killed_mid_load_every_query_answered_exactly_once(
+    server_pool: Callable[..., RunningPool], tmp_path: Any
+) -> None:
+    main = server_pool(pool={"g4dn.xlarge": 1, "r5n.large": 1}, model=MODEL)
+    victim = server_pool(pool={"r5n.large": 1}, model=MODEL)  # its own process, to kill
+    config = gateway_config(main.config_path, tmp_path)
+    gw = launch_gateway(config, ["--policy", "round-robin", *instance_flags(main, victim)], tmp_path)
+    try:
+        n, rate = 90, 60.0
+        answers: Counter[str] = Counter()
+        statuses: Counter[int] = Counter()
+
+        async with aiohttp.ClientSession() as s:
+
+            async def one(i: int) -> None:
+                await asyncio.sleep(i / rate)
+                status, doc, _ = await post_infer(s, gw.url, MODEL, json_request(100, f"q{i}"))
+                statuses[status] += 1
+                answers[doc.get("id", f"q{i}") if status == 200 else f"q{i}"] += 1
+
+            load = asyncio.ensure_future(asyncio.gather(*(one(i) for i in range(n))))
+            await asyncio.sleep(0.5)
+            victim.stop(signal.SIGKILL)
+            await asyncio.wait_for(load, 30)
+        assert set(answers) == {f"q{i}" for i in range(n)}
+        assert all(c == 1 for c in answers.values()), "a query was answered twice"
+        assert set(statuses) <= {200, 502, 504}
+        assert statuses[200] >= 0.9 * n, statuses
+        assert await metric(gw.url, "kairos_health_changes_total") >= 1
+        assert await metric(gw.url, "kairos_instance_failures_total") >= 1
+    finally:
+        assert gw.stop() == 0
+
+
+async def test_not_ready_while_every_instance_is_down(
+    server_pool: Callable[..., RunningPool], gateway_proc: Callable[..., RunningGateway]
+) -> None:
+    pool = server_pool(pool={"r5n.large": 1}, model=MODEL)
+    gw = gateway_proc(pool)
+    g = tg.InferenceServerClient(gw.grpc)
+    assert g.is_server_ready()
+    pool.stop()
+    deadline = time.monotonic() + 5
+    while g.is_server_ready() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not g.is_server_ready() and not g.is_model_ready(MODEL)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{gw.url}/v2/health/ready") as resp:
+            assert resp.status == 503
+        status, doc, _ = await post_infer(s, gw.url, MODEL, json_request(1))
+        assert status == 502 and "no healthy instance" in doc["error"]
+
+
+async def test_full_queue_refuses_at_once_with_retry_after(
+    server_pool: Callable[..., RunningPool], gateway_proc: Callable[..., RunningGateway]
+) -> None:
+    pool = server_pool(pool={"r5n.large": 1}, model=MODEL)
+    gw = gateway_proc(pool, "--max-pending", "2")
+    async with aiohttp.ClientSession() as s:
+        start = time.monotonic()
+        results = await asyncio.wait_for(
+            asyncio.gather(*(post_infer(s, gw.url, MODEL, json_request(50, f"b{i}")) for i in range(30))), 20
+        )
+    refused = [r for r in results if r[0] == 503]
+    assert refused and any(r[0] == 200 for r in results)
+    assert {r[0] for r in results} <= {200, 503}
+    assert all(int(h["Retry-After"]) >= 1 and "error" in d for _, d, h in refused)
+    assert time.monotonic() - start < 20
+
+    channel = tg.InferenceServerClient(gw.grpc)
+    errors: list[str] = []
+    answered: list[bool] = []
+
+    def done(result: Any, error: Any) -> None:
+        answered.append(True)
+        if error is not None:
+            errors.append(str(error.status()))
+
+    x = np.zeros((50, 1), dtype=np.float32)
+    inp = tg.InferInput("input0", [50, 1], "FP32")
+    inp.set_data_from_numpy(x)
+    for _ in range(20):
+        channel.async_infer(MODEL, [inp], done)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(answered) < 20:
+        await asyncio.sleep(0.05)
+    assert len(answered) == 20, "a gRPC query was left hanging"
+    assert any("RESOURCE_EXHAUSTED" in e for e in errors), errors
+    assert await metric(gw.url, "kairos_refusals_total") >= len(refused)
+
+
+async def test_sigterm_answers_queries_in_flight_then_exits_0(
+    server_pool: Callable[..., RunningPool], gateway_proc: Callable[..., RunningGateway]
+) -> None:
+    pool = server_pool(pool={"r5n.large": 2}, model=MODEL)
+    gw = gateway_proc(pool)
+    async with aiohttp.ClientSession() as s:
+        load = asyncio.ensure_future(
+            asyncio.gather(*(post_infer(s, gw.url, MODEL, json_request(200, f"s{i}")) for i in range(8)))
+        )
+        await asyncio.sleep(0.15)
+        gw.process.send_signal(signal.SIGTERM)
+        results = await asyncio.wait_for(load, 20)
+    assert [r[0] for r in results] == [200] * 8
+    assert sorted(r[1]["id"] for r in results) == sorted(f"s{i}" for i in range(8))
+    assert await asyncio.get_running_loop().run_in_executor(None, gw.process.wait, 15) == 0

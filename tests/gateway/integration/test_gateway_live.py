@@ -1,0 +1,178 @@
+"""A live gateway in front of a live ncf pool (1 GPU + 2 CPU instances), over HTTP and gRPC with
+tritonclient: traffic, routing, responses, metadata, metrics and bad input."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import grpc
+import numpy as np
+import orjson
+import pytest
+import tritonclient.grpc as tg
+import tritonclient.http as th
+from gateway_process import RunningGateway, gateway_config, json_request, launch_gateway, post_infer
+from helpers.pool import RunningPool, start_pool
+from tritonclient.utils import InferenceServerException
+
+pytestmark = pytest.mark.slow
+MODEL = "ncf"
+GATEWAY_PARAMS = ("gateway_instance", "gateway_queue_ms", "gateway_e2e_ms")
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPool]:
+    with start_pool(tmp_path_factory.mktemp("pool"), pool={"g4dn.xlarge": 1, "r5n.large": 2}, model=MODEL) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def gw(pool: RunningPool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    directory = tmp_path_factory.mktemp("gateway")
+    # ncf's QoS in the paper (5 ms): with a loose QoS, the heterogeneity-weighted slack
+    # (c x -estimate) may rightly prefer a CPU for a large batch.
+    config = gateway_config(pool.config_path, directory, qos_ms=5, max_body_bytes=65536)
+    running = launch_gateway(config, ["--address-file", str(pool.address_file), "--policy", "kairos"], directory)
+    yield running
+    assert running.stop(signal.SIGTERM) == 0
+
+
+def http_input(batch: int, binary: bool) -> th.InferInput:
+    x = np.arange(batch, dtype=np.float32).reshape(batch, 1)
+    inp = th.InferInput("input0", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    return inp
+
+
+def grpc_input(batch: int) -> tg.InferInput:
+    x = np.arange(batch, dtype=np.float32).reshape(batch, 1)
+    inp = tg.InferInput("input0", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return inp
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_http_infer_returns_the_instance_response_plus_gateway_parameters(gw: RunningGateway, binary: bool) -> None:
+    client = th.InferenceServerClient(gw.http)
+    result = client.infer(MODEL, [http_input(3, binary)], request_id="h1",
+                          outputs=[th.InferRequestedOutput("output0", binary_data=binary)])
+    response = result.get_response()
+    assert response["id"] == "h1" and response["model_name"] == MODEL
+    params = response["parameters"]
+    assert all(k in params for k in GATEWAY_PARAMS)
+    assert params["gateway_instance"] == params["instance"]  # the instance's own parameters are kept
+    assert "service_ms" in params and params["gateway_e2e_ms"] >= params["gateway_queue_ms"] >= 0
+    assert result.as_numpy("output0").shape == (3, 1)
+
+
+def test_grpc_infer_returns_the_instance_response_plus_gateway_parameters(gw: RunningGateway) -> None:
+    client = tg.InferenceServerClient(gw.grpc)
+    result = client.infer(MODEL, [grpc_input(4)], request_id="g1")
+    response = result.get_response()
+    assert response.id == "g1"
+    p = response.parameters
+    assert p["gateway_instance"].string_param == p["instance"].string_param
+    assert p["gateway_e2e_ms"].double_param > 0 and "service_ms" in p
+    assert result.as_numpy("output0").shape == (4, 1)
+
+
+def test_kairos_sends_a_batch_of_900_to_the_gpu_when_all_are_idle(gw: RunningGateway) -> None:
+    h = th.InferenceServerClient(gw.http).infer(MODEL, [http_input(900, True)])
+    assert h.get_response()["parameters"]["gateway_instance"].startswith("g4dn.xlarge")
+    g = tg.InferenceServerClient(gw.grpc).infer(MODEL, [grpc_input(900)])
+    assert g.get_response().parameters["gateway_instance"].string_param.startswith("g4dn.xlarge")
+
+
+def test_per_request_qos_is_accepted(gw: RunningGateway) -> None:
+    client = th.InferenceServerClient(gw.http)
+    result = client.infer(MODEL, [http_input(2, True)], parameters={"qos_ms": 50})
+    assert "gateway_instance" in result.get_response()["parameters"]
+
+
+def test_health_and_metadata_over_both_protocols(gw: RunningGateway) -> None:
+    h = th.InferenceServerClient(gw.http)
+    assert h.is_server_live() and h.is_server_ready() and h.is_model_ready(MODEL)
+    assert not h.is_model_ready("dien")
+    assert h.get_server_metadata()["name"] == "kairos-gateway"
+    assert h.get_model_metadata(MODEL)["inputs"][0]["name"] == "input0"
+    g = tg.InferenceServerClient(gw.grpc)
+    assert g.is_server_live() and g.is_server_ready() and g.is_model_ready(MODEL)
+    assert g.get_model_metadata(MODEL).inputs[0].name == "input0"
+    with pytest.raises(InferenceServerException):
+        g.get_model_metadata("dien")
+
+
+async def test_bad_input_gets_v2_errors_and_the_gateway_keeps_serving(gw: RunningGateway) -> None:
+    infer = f"{gw.url}/v2/models/{MODEL}/infer"
+    async with aiohttp.ClientSession() as s:
+        cases: list[tuple[bytes, dict[str, str], int]] = [
+            (b"{not json", {}, 400),
+            (orjson.dumps({"inputs": []}), {}, 400),
+            (orjson.dumps({"inputs": [{"name": "input0", "shape": [], "datatype": "FP32", "data": []}]}), {}, 400),
+            # shape says 3 rows, data has 2: the instance rejects it, its 400 comes back
+            (orjson.dumps({"inputs": [{"name": "input0", "shape": [3, 1], "datatype": "FP32", "data": [1, 2]}]}), {}, 400),
+            (json_request(2), {"Inference-Header-Content-Length": "999999"}, 400),
+            (b"x" * 70_000, {}, 413),
+        ]
+        for body, headers, status in cases:
+            async with s.post(infer, data=body, headers=headers) as resp:
+                assert resp.status == status, (body[:80], await resp.text())
+                assert "error" in orjson.loads(await resp.read())
+        status, doc, _ = await post_infer(s, gw.url, "no-such-model", json_request(1))
+        assert status == 404 and "error" in doc
+        status, doc, _ = await post_infer(s, gw.url, MODEL, json_request(2, "still-ok"))
+        assert status == 200 and doc["id"] == "still-ok"
+
+    channel = grpc.aio.insecure_channel(gw.grpc)
+    infer_raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await infer_raw(b"\xff\xff\xff garbage")
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await channel.close()
+    g = tg.InferenceServerClient(gw.grpc)
+    with pytest.raises(InferenceServerException) as missing:
+        g.infer("no-such-model", [grpc_input(1)])
+    assert "StatusCode.NOT_FOUND" in str(missing.value.status())
+    assert g.infer(MODEL, [grpc_input(1)]).as_numpy("output0").shape == (1, 1)
+
+
+async def test_metrics_are_prometheus_with_one_prefix(gw: RunningGateway) -> None:
+    async with aiohttp.ClientSession() as s:
+        for i in range(3):
+            await post_infer(s, gw.url, MODEL, json_request(5, f"m{i}"))
+        async with s.get(f"{gw.url}/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+    for name in (
+        'kairos_requests_total{code="200",model="ncf",protocol="http"}',
+        'kairos_request_duration_seconds_bucket{le="0.005",model="ncf",protocol="http"}',
+        "kairos_queue_duration_seconds_bucket",
+        "kairos_qos_violations_total",
+        "kairos_pending_queries",
+        'kairos_instance_in_flight{instance="g4dn.xlarge-0",type="g4dn.xlarge"}',
+        "kairos_instance_busy_ratio",
+        "kairos_decision_duration_seconds_count",
+        "kairos_dispatches_total",
+        "kairos_retries_total",
+        "kairos_refusals_total",
+        "kairos_health_changes_total",
+    ):
+        assert name in text, name
+    metric_lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    assert all(ln.startswith("kairos_") for ln in metric_lines)
+
+
+def test_config_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    import subprocess
+
+    from gateway_process import gateway_command
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model": "rm2", "pool": [{"type": "nope", "count": 1}]}')
+    for args in (["--config", str(tmp_path / "missing.json")], ["--config", str(bad)]):
+        proc = subprocess.run([*gateway_command(), *args], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

@@ -1,0 +1,112 @@
+"""The Kairos policy on hand-built snapshots: the paper's slack, penalties and matching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gateway.estimator import LatencyEstimator
+from gateway.policies import Snapshot, make_policy
+from gateway.policies.kairos import AT_RISK_SLACK, MISS_SLACK, slack_matrix
+from gateway.profiles import load_profiles
+
+
+def snap(
+    time_left: list[float],
+    est: list[list[float]],
+    inst_type: list[int],
+    busy_left: list[float] | None = None,
+    free: list[int] | None = None,
+    healthy: list[bool] | None = None,
+    coefficient: list[float] | None = None,
+    qos_ms: float = 100.0,
+) -> Snapshot:
+    n = len(inst_type)
+    t = len(est[0])
+    free_a = np.array(free if free is not None else [1] * n)
+    return Snapshot(
+        batch=np.ones(len(time_left), dtype=np.int64),
+        time_left_ms=np.array(time_left, dtype=float),
+        qos_ms=qos_ms,
+        inst_type=np.array(inst_type),
+        healthy=np.array(healthy if healthy is not None else [True] * n),
+        free_slots=free_a,
+        outstanding=1 - free_a,
+        busy_left_ms=np.array(busy_left if busy_left is not None else [0.0] * n, dtype=float),
+        est_ms=np.array(est, dtype=float),
+        coefficient=np.array(coefficient if coefficient is not None else [1.0] * t),
+    )
+
+
+def one(time_left: float, est: float = 10.0, busy_left: float = 0.0, qos_ms: float = 100.0) -> float:
+    s = snap([time_left], [[est]], [0], busy_left=[busy_left], qos_ms=qos_ms)
+    return float(slack_matrix(s, np.array([0]))[0, 0])
+
+
+def test_slack_is_minus_left_minus_estimate_when_safe() -> None:
+    assert one(time_left=50, est=10, busy_left=5) == pytest.approx(-15)
+
+
+def test_at_risk_within_the_two_percent_safeguard_scores_minus_500() -> None:
+    # residual = 11 - 10 = 1 ms >= 0 but below the safeguard of 2% x 100 ms = 2 ms
+    assert one(time_left=11, est=10) == AT_RISK_SLACK == -500
+    assert one(time_left=12.5, est=10) == pytest.approx(-10)  # residual 2.5 > safeguard: no penalty
+
+
+def test_expected_miss_scores_minus_1000() -> None:
+    assert one(time_left=9, est=10) == MISS_SLACK == -1000
+    assert one(time_left=20, est=10, busy_left=15) == MISS_SLACK  # the wait behind the busy query counts
+
+
+def test_no_penalty_once_the_query_is_late() -> None:
+    assert one(time_left=-5, est=10, busy_left=3) == pytest.approx(-13)
+    assert one(time_left=0, est=10) == pytest.approx(-10)
+
+
+def test_heterogeneity_coefficient_weights_the_slack() -> None:
+    s = snap([100], [[10, 40]], [0, 1], coefficient=[1.0, 0.25])
+    m = slack_matrix(s, np.array([0, 1]))
+    assert m[0].tolist() == pytest.approx([-10, -10])  # 0.25 x -40
+
+
+def test_only_pairs_on_idle_instances_are_dispatched() -> None:
+    # The fast instance 0 is busy for 1 ms; the matching gives it query 0 (higher slack), so
+    # only query 1 -> instance 1 leaves now; query 0 waits for instance 0.
+    s = snap([100, 100], [[10, 60], [10, 60]], [0, 1], busy_left=[1, 0], free=[0, 1])
+    chosen = make_policy("kairos").decide(s)
+    assert chosen == [(1, 1)]
+
+
+def test_an_idle_instance_may_stay_idle() -> None:
+    # One query: waiting 1 ms for the fast instance beats 60 ms on the slow idle one.
+    s = snap([100], [[10, 60]], [0, 1], busy_left=[1, 0], free=[0, 1])
+    assert make_policy("kairos").decide(s) == []
+
+
+def test_unhealthy_instances_are_never_chosen() -> None:
+    s = snap([100, 100], [[10, 60], [10, 60]], [0, 1], healthy=[False, True], free=[0, 1])
+    assert make_policy("kairos").decide(s) == [(0, 1)]
+
+
+def test_window_is_twice_the_pool() -> None:
+    assert make_policy("kairos").window(14, 3) == 28
+
+
+def test_large_batch_goes_to_the_gpu_when_all_idle() -> None:
+    types = ["g4dn.xlarge", "r5n.large"]
+    est = LatencyEstimator(load_profiles(), "ncf", types)
+    batch = np.array([900])
+    s = Snapshot(
+        batch=batch,
+        time_left_ms=np.array([5.0]),
+        qos_ms=5.0,
+        inst_type=np.array([0, 1, 1]),
+        healthy=np.ones(3, dtype=bool),
+        free_slots=np.ones(3, dtype=np.int64),
+        outstanding=np.zeros(3, dtype=np.int64),
+        busy_left_ms=np.zeros(3),
+        est_ms=est.estimate(batch),
+        coefficient=est.coefficient,
+    )
+    assert est.coefficient[0] == 1.0 and est.coefficient[1] < 1.0
+    assert make_policy("kairos").decide(s) == [(0, 0)]

@@ -1,0 +1,174 @@
+"""GatewayCore on fake instances: exactly one answer per query, retry once, admission, drain."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from gateway.app import GatewaySettings, build_dispatcher
+from gateway.backend import BackendReply, InstanceFailure, RoutedRequest
+from gateway.backend.base import GRPC
+from gateway.config import parse_config
+from gateway.core import GatewayCore
+from gateway.errors import DeadlineExceeded, ModelNotFound, Overloaded, Unavailable
+from gateway.pool import Endpoint
+
+Behaviour = Callable[[RoutedRequest], Awaitable[BackendReply]]
+
+
+class FakeInstance:
+    http = None
+    grpc = None
+
+    def __init__(self, name: str, behaviour: Behaviour) -> None:
+        self.name = name
+        self.behaviour = behaviour
+        self.calls: Counter[str] = Counter()
+
+    async def infer(self, request: RoutedRequest, timeout_s: float) -> BackendReply:
+        self.calls[request.request_id] += 1
+        return await asyncio.wait_for(self.behaviour(request), timeout_s)
+
+    async def ready(self, model: str, timeout_s: float) -> bool:
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+def ok_after(ms: float) -> Behaviour:
+    async def run(request: RoutedRequest) -> BackendReply:
+        await asyncio.sleep(ms / 1000)
+        return BackendReply(body=request.request_id.encode(), service_ms=ms)
+
+    return run
+
+
+def failing(name: str, after_ms: float = 0.0) -> Behaviour:
+    async def run(request: RoutedRequest) -> BackendReply:
+        await asyncio.sleep(after_ms / 1000)
+        raise InstanceFailure(name, "connection reset")
+
+    return run
+
+
+def make_core(
+    behaviours: list[Behaviour], policy: str = "fcfs", max_pending: int = 100, qos_ms: float = 350
+) -> tuple[GatewayCore, list[FakeInstance]]:
+    config = parse_config({"model": "rm2", "qos_ms": qos_ms, "pool": [{"type": "r5n.large", "count": 1}]})
+    endpoints = [Endpoint(f"r5n.large-{i}", "r5n.large") for i in range(len(behaviours))]
+    settings = GatewaySettings(policy=policy, depth=1, max_pending=max_pending, http_port=0, grpc_port=0)
+    dispatcher = build_dispatcher(config, endpoints, settings)
+    fakes = [FakeInstance(e.name, b) for e, b in zip(endpoints, behaviours, strict=True)]
+    return GatewayCore("rm2", qos_ms, dispatcher, fakes), fakes
+
+
+def request(i: int, batch: int = 10, qos_ms: float | None = None) -> RoutedRequest:
+    return RoutedRequest(protocol=GRPC, model="rm2", batch=batch, body=b"", request_id=f"q{i}", qos_ms=qos_ms)
+
+
+async def test_every_query_answered_once_in_fifo_order_on_one_instance() -> None:
+    core, (fake,) = make_core([ok_after(1)])
+    results = await asyncio.gather(*(core.infer(request(i)) for i in range(20)))
+    assert [r.reply.body for r in results] == [f"q{i}".encode() for i in range(20)]
+    assert all(n == 1 for n in fake.calls.values()) and len(fake.calls) == 20
+    assert core.outstanding == 0 and not core.dispatcher.pending
+    assert results[-1].queue_ms > results[0].queue_ms
+
+
+async def test_failed_instance_is_retried_once_elsewhere_and_leaves_rotation() -> None:
+    core, (bad, good) = make_core([failing("bad"), ok_after(1)], policy="round-robin")
+    results = await asyncio.gather(*(core.infer(request(i)) for i in range(6)))
+    assert all(r.instance == good.name for r in results)
+    assert sum(bad.calls.values()) == 1  # out of rotation after its first failure
+    assert core.dispatcher.instances[0].healthy is False
+    retried = [r for r in results if r.attempts == 2]
+    assert len(retried) == 1
+
+
+async def test_no_second_retry_gives_unavailable() -> None:
+    core, fakes = make_core([failing("a"), failing("b"), ok_after(1)], policy="round-robin")
+    # Keep the good instance out of rotation: both tries land on failing instances.
+    core.set_instance_health(2, False)
+    with pytest.raises(Unavailable):
+        await core.infer(request(0))
+    assert sum(f.calls["q0"] for f in fakes) == 2
+    assert core.outstanding == 0
+
+
+async def test_failure_after_the_deadline_is_a_deadline_error() -> None:
+    core, _ = make_core([failing("a", after_ms=30), ok_after(1)], policy="round-robin")
+    with pytest.raises(DeadlineExceeded):
+        await core.infer(request(0, qos_ms=10))
+
+
+async def test_hanging_instance_times_out_and_query_is_answered() -> None:
+    core, _ = make_core([ok_after(10_000)])
+    core.backend_timeout_ms = 50
+    with pytest.raises(DeadlineExceeded):
+        await core.infer(request(0, qos_ms=20))
+
+
+async def test_admission_refuses_past_the_bound_and_never_hangs() -> None:
+    core, _ = make_core([ok_after(20)], max_pending=2)
+    outcomes = await asyncio.gather(*(core.infer(request(i)) for i in range(10)), return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, Overloaded)]
+    served = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert refused and served and len(refused) + len(served) == 10
+    assert core.metrics.refusals.labels("queue_full")._value.get() == len(refused)
+
+
+async def test_unknown_model_and_no_healthy_instance() -> None:
+    core, _ = make_core([ok_after(1)])
+    bad = request(0)
+    bad.model = "ncf"
+    with pytest.raises(ModelNotFound):
+        await core.infer(bad)
+    core.set_instance_health(0, False)
+    assert not core.ready
+    with pytest.raises(Unavailable):
+        await core.infer(request(1))
+    core.set_instance_health(0, True)
+    assert core.ready
+    assert (await core.infer(request(2))).reply.body == b"q2"
+
+
+async def test_pending_queries_fail_when_the_last_instance_goes_down() -> None:
+    core, _ = make_core([ok_after(50)])
+    tasks = [asyncio.ensure_future(core.infer(request(i))) for i in range(3)]
+    await asyncio.sleep(0.01)  # q0 in flight, q1 and q2 pending
+    core.set_instance_health(0, False)
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert not isinstance(outcomes[0], BaseException)
+    assert all(isinstance(o, Unavailable) for o in outcomes[1:])
+
+
+async def test_drain_answers_in_flight_then_refuses() -> None:
+    core, _ = make_core([ok_after(20)])
+    tasks = [asyncio.ensure_future(core.infer(request(i))) for i in range(4)]
+    await asyncio.sleep(0)
+    await core.drain()
+    assert all(t.done() and not t.exception() for t in tasks)
+    with pytest.raises(Overloaded):
+        await core.infer(request(9))
+
+
+async def test_cancelled_client_leaves_the_queue() -> None:
+    core, (fake,) = make_core([ok_after(30)])
+    first = asyncio.ensure_future(core.infer(request(0)))
+    second = asyncio.ensure_future(core.infer(request(1)))
+    await asyncio.sleep(0.005)
+    second.cancel()
+    await first
+    await asyncio.sleep(0.05)
+    assert "q1" not in fake.calls and core.outstanding == 0
+
+
+async def test_kairos_holds_a_query_for_the_fast_busy_instance_then_times_out_to_the_idle_one() -> None:
+    """With kairos, an idle instance may be left idle; the deadline timer re-decides later."""
+    core, _ = make_core([ok_after(5), ok_after(5)], policy="kairos", qos_ms=5000)
+    results = await asyncio.gather(*(core.infer(request(i, batch=5)) for i in range(8)))
+    assert len(results) == 8 and core.outstanding == 0

@@ -1,0 +1,72 @@
+"""Routing facts read from requests; gateway parameters added to responses without re-encoding."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from gateway.errors import BadRequest
+from gateway.protocol import grpc_predict_v2_pb2 as pb
+from gateway.protocol.routing import (
+    add_json_parameters,
+    proto_parameters_suffix,
+    reported_service_ms_json,
+    reported_service_ms_proto,
+    routing_from_json,
+    routing_from_proto,
+)
+
+
+def test_json_routing_reads_batch_id_and_qos() -> None:
+    info = routing_from_json(
+        {"id": "a", "parameters": {"qos_ms": 20}, "inputs": [{"name": "x", "shape": [7, 3], "datatype": "FP32"}]}
+    )
+    assert (info.batch, info.request_id, info.qos_ms) == (7, "a", 20.0)
+    assert routing_from_json({"inputs": [{"name": "x", "shape": [1]}]}).qos_ms is None
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {},
+        {"inputs": []},
+        {"inputs": [{"name": "x", "shape": []}]},
+        {"inputs": [{"name": "x", "shape": [0, 3]}]},
+        {"inputs": [{"name": "x", "shape": [2]}], "parameters": {"qos_ms": -1}},
+        {"inputs": [{"name": "x", "shape": [2]}], "id": 5},
+    ],
+)
+def test_json_routing_rejects_what_it_cannot_route(header: dict[str, object]) -> None:
+    with pytest.raises(BadRequest):
+        routing_from_json(header)
+
+
+def test_proto_routing() -> None:
+    r = pb.ModelInferRequest(model_name="rm2", id="z")
+    r.inputs.add(name="x", datatype="FP32", shape=[4, 2])
+    r.parameters["qos_ms"].int64_param = 100
+    info = routing_from_proto(r)
+    assert (info.batch, info.request_id, info.qos_ms) == (4, "z", 100.0)
+
+
+def test_json_parameters_merge_and_binary_tail_is_untouched() -> None:
+    header = orjson.dumps({"id": "a", "parameters": {"service_ms": 3.5}, "outputs": []})
+    tail = bytes(range(256)) * 4
+    body, length = add_json_parameters(header + tail, len(header), {"gateway_instance": "gpu-0"})
+    assert length is not None and body[length:] == tail
+    assert orjson.loads(body[:length])["parameters"] == {"service_ms": 3.5, "gateway_instance": "gpu-0"}
+    assert reported_service_ms_json(header + tail, len(header)) == 3.5
+    plain, none = add_json_parameters(b'{"id": "a"}', None, {"gateway_e2e_ms": 1.0})
+    assert none is None and orjson.loads(plain) == {"id": "a", "parameters": {"gateway_e2e_ms": 1.0}}
+
+
+def test_proto_suffix_merges_into_the_response() -> None:
+    resp = pb.ModelInferResponse(model_name="rm2", id="a", raw_output_contents=[b"\x00" * 16])
+    resp.parameters["service_ms"].double_param = 2.0
+    merged = pb.ModelInferResponse.FromString(
+        resp.SerializeToString() + proto_parameters_suffix({"gateway_instance": "cpu-1", "gateway_queue_ms": 0.5})
+    )
+    assert merged.id == "a" and merged.raw_output_contents == [b"\x00" * 16]
+    assert merged.parameters["gateway_instance"].string_param == "cpu-1"
+    assert merged.parameters["gateway_queue_ms"].double_param == 0.5
+    assert reported_service_ms_proto(merged) == 2.0
