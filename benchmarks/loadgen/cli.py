@@ -1,0 +1,169 @@
+"""``kairos-loadgen``: open-loop load against any V2 endpoint (the gateway, an instance, a peer).
+
+Exit codes: 0 done; 2 bad input (one line on stderr); 1 the endpoint could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any, NoReturn, TypeVar
+
+import orjson
+
+from benchmarks.loadgen.config import ARRIVAL_KINDS, LoadConfig, parse_ramp
+from benchmarks.loadgen.render import plot_report, render_find_max, render_table
+from benchmarks.loadgen.report import LoadReport
+from benchmarks.loadgen.runner import run_load
+from benchmarks.loadgen.search import FindMaxResult, FindMaxStep, find_max
+from benchmarks.loadgen.transport import TargetUnreachable
+from gateway.errors import ConfigError
+
+PROG = "kairos-loadgen"
+T = TypeVar("T")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Open-loop load generator for V2 (KServe) inference endpoints. Send times come from "
+        "the arrival process, never from responses; latency is measured from the scheduled send time.",
+    )
+    p.add_argument("--url", required=True, help="http://HOST:PORT (HTTP/REST) or grpc://HOST:PORT (gRPC)")
+    p.add_argument("--model", required=True, help="model name: ncf, rm2, wnd, mtwnd, dien")
+    p.add_argument("--rate", type=float, help="mean arrival rate, queries/s (start of the search with --find-max)")
+    p.add_argument("--duration", type=float, metavar="S", help="send for S seconds of arrivals")
+    p.add_argument("--queries", type=int, metavar="N", help="send N queries (with --duration: whichever ends first)")
+    p.add_argument("--qos", type=float, metavar="MS", help="latency target in ms (default: the model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arrivals", choices=ARRIVAL_KINDS, default="poisson")
+    p.add_argument("--ramp", metavar="S:QPS,...", help='piecewise Poisson rate, e.g. "30:100,30:300"')
+    p.add_argument("--batch-mix", default="production", help="production | fixed:N | uniform:A-B")
+    p.add_argument("--trace", metavar="CSV", help="replay a trace with columns timestamp_ms,batch")
+    p.add_argument("--binary", action="store_true", help="HTTP: binary tensor extension instead of JSON")
+    p.add_argument("--protocol", choices=("http", "grpc"), help="must match the URL scheme (which decides)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="per-request timeout (default 10)")
+    p.add_argument("--connections", type=int, default=1000, help="HTTP connection pool size (default 1000)")
+    p.add_argument("--no-qos-param", action="store_true", help="do not send qos_ms as a request parameter")
+    p.add_argument("--json", nargs="?", const="-", metavar="PATH", help="write one JSON object to PATH (stdout without PATH)")
+    p.add_argument("--plot", metavar="PNG", help="latency CDF and timeline (for --find-max: of the best step)")
+    p.add_argument("--quiet", action="store_true", help="no progress line, no table")
+    s = p.add_argument_group("--find-max")
+    s.add_argument("--find-max", action="store_true", help="search the highest rate meeting --target within QoS")
+    s.add_argument("--target", type=float, default=0.99, help="fraction of queries within QoS (default 0.99)")
+    s.add_argument("--step-queries", type=int, default=2000, help="queries per search step (default 2000)")
+    s.add_argument("--step-duration", type=float, metavar="S", help="instead: S seconds of arrivals per step")
+    s.add_argument("--resolution", type=float, default=0.05, help="stop when (hi-lo)/hi <= this (default 0.05)")
+    s.add_argument("--pause", type=float, default=1.0, metavar="S", help="pause between steps (default 1 s)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> LoadConfig:
+    if args.protocol is not None and not args.url.startswith(f"{args.protocol}://"):
+        raise ConfigError(f"--protocol {args.protocol} does not match --url {args.url}; the URL scheme decides")
+    return LoadConfig(
+        url=args.url,
+        model=args.model,
+        rate=args.rate,
+        duration_s=args.duration,
+        queries=args.queries,
+        qos_ms=args.qos,
+        seed=args.seed,
+        arrivals=args.arrivals,
+        ramp=parse_ramp(args.ramp) if args.ramp else None,
+        batch_mix=args.batch_mix,
+        trace=args.trace,
+        binary=args.binary,
+        timeout_s=args.timeout,
+        connections=args.connections,
+        progress=not args.quiet,
+        send_qos=not args.no_qos_param,
+    )
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop where available (faster timers and sockets), else the default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def _emit_json(obj: dict[str, Any], dest: str) -> None:
+    data = orjson.dumps(obj, option=orjson.OPT_INDENT_2) + b"\n"
+    if dest == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        with open(dest, "wb") as fh:
+            fh.write(data)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # The table goes to stdout, or to stderr when stdout carries the JSON.
+    table_out = sys.stderr if args.json == "-" else sys.stdout
+    try:
+        config = config_from_args(args)
+        if args.find_max:
+            def on_step(step: FindMaxStep) -> None:
+                if not args.quiet:
+                    j = step.to_json()
+                    print(
+                        f"step {step.rate_qps:,.1f} q/s: {j['within_qos_pct']:.2f}% within QoS, "
+                        f"p99 {j['p99_ms']} ms -> {'pass' if step.passed else 'fail'}",
+                        file=sys.stderr,
+                    )
+
+            if not args.quiet:
+                rule = f"{args.step_duration:g} s of arrivals" if args.step_duration else f"{args.step_queries} queries"
+                print(f"find-max: {rule} per step, >= {100 * args.target:g}% within QoS to pass", file=sys.stderr)
+            result: FindMaxResult = run_async(
+                find_max(
+                    config,
+                    target=args.target,
+                    step_queries=args.step_queries,
+                    step_duration_s=args.step_duration,
+                    resolution=args.resolution,
+                    pause_s=args.pause,
+                    on_step=on_step,
+                )
+            )
+            if not args.quiet:
+                print(render_find_max(result), file=table_out)
+            if args.json is not None:
+                _emit_json(result.to_json(config.validate(need_source=False)), args.json)
+            best = result.best
+            if args.plot and best is not None:
+                plot_report(best.report, args.plot)
+        else:
+            report: LoadReport = run_async(run_load(config))
+            if not args.quiet:
+                print(render_table(report), file=table_out)
+            if args.json is not None:
+                _emit_json(report.to_json(), args.json)
+            if args.plot:
+                plot_report(report, args.plot)
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except TargetUnreachable as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

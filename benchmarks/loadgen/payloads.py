@@ -1,0 +1,181 @@
+"""V2 inference request bodies with realistic shapes per model, built for a hot loop.
+
+Each model has a small table of input tensors (name, datatype, features per query); the batch
+size is ``shape[0]`` of every input, so it is ``shape[0]`` of the first one as V2 routing reads it.
+Tensor data is rendered ONCE for the largest batch (seeded, deterministic) and each request takes
+a prefix of it: a byte slice for JSON text and for raw tensors, so building a request costs a few
+memory copies and no per-element work. Only the request ``id`` changes per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from gateway.errors import ConfigError
+from gateway.protocol import grpc_predict_v2_pb2 as pb
+from gateway.workload.batch_mix import MAX_BATCH
+
+QOS_PARAMETER = "qos_ms"  # per-request QoS the gateway reads from the request parameters
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    datatype: str  # V2 datatype: FP32 or INT64
+    width: int  # features per query: the tensor's shape is [batch, width]
+    high: int = 0  # INT64: ids drawn in [0, high); FP32: ignored (standard normal)
+
+
+_DLRM = (TensorSpec("dense", "FP32", 13), TensorSpec("sparse", "INT64", 26, high=100_000))
+
+# Recommendation models of DeepRecSys, as the paper serves them.
+MODEL_INPUTS: dict[str, tuple[TensorSpec, ...]] = {
+    "ncf": (TensorSpec("user_id", "INT64", 1, high=138_000), TensorSpec("item_id", "INT64", 1, high=27_000)),
+    "rm2": _DLRM,
+    "wnd": _DLRM,
+    "mtwnd": _DLRM,
+    "dien": (TensorSpec("history", "INT64", 100, high=100_000),),
+}
+
+
+def model_inputs(model: str) -> tuple[TensorSpec, ...]:
+    try:
+        return MODEL_INPUTS[model]
+    except KeyError:
+        raise ConfigError(f"unknown model {model!r}; expected one of: {', '.join(MODEL_INPUTS)}") from None
+
+
+class _Tensor:
+    """One input's data for MAX_BATCH queries, as raw little-endian bytes and as JSON text."""
+
+    def __init__(self, spec: TensorSpec, rng: np.random.Generator, max_batch: int) -> None:
+        self.spec = spec
+        n = max_batch * spec.width
+        if spec.datatype == "FP32":
+            values: np.ndarray = np.round(rng.standard_normal(n), 3)  # short JSON text
+            raw = values.astype("<f4")
+        else:
+            values = rng.integers(0, spec.high, n)
+            raw = values.astype("<i8")
+        self.raw = raw.tobytes()
+        self.itemsize = raw.dtype.itemsize
+        # "v0,v1,...": the text for the first k elements is text[:ends[k-1]].
+        tokens = list(map(repr, values.tolist()))
+        self.text = ",".join(tokens).encode()
+        self.ends = np.cumsum(np.fromiter(map(len, tokens), dtype=np.int64, count=n) + 1) - 1
+
+    def raw_prefix(self, batch: int) -> memoryview:
+        return memoryview(self.raw)[: batch * self.spec.width * self.itemsize]
+
+    def text_prefix(self, batch: int) -> bytes:
+        return self.text[: int(self.ends[batch * self.spec.width - 1])]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _len_field(field: int, data: bytes | memoryview) -> bytes:
+    """A protobuf length-delimited field's tag and length (the caller appends the data)."""
+    return _varint(field << 3 | 2) + _varint(len(data))
+
+
+_PROTO_ID = 3  # ModelInferRequest.id
+_PROTO_RAW_INPUT = 7  # ModelInferRequest.raw_input_contents
+
+
+class PayloadFactory:
+    """Builds V2 infer requests for one model and QoS, in three encodings.
+
+    * ``json(batch, id)``: an HTTP/REST JSON body (flat row-major ``data``).
+    * ``binary(batch, id)``: (body, JSON header length) for the HTTP binary tensor extension.
+    * ``grpc(batch, id)``: a serialized ``ModelInferRequest`` with ``raw_input_contents``; the
+      small per-batch prefix (model, parameters, input metadata) is serialized by protobuf once
+      and cached, and the id and raw tensors are appended as protobuf fields (valid encoding:
+      fields may come in any order).
+    """
+
+    def __init__(
+        self, model: str, qos_ms: float | None, *, seed: int = 0, max_batch: int = MAX_BATCH
+    ) -> None:
+        self.model = model
+        self.specs = model_inputs(model)
+        self.max_batch = max_batch
+        rng = np.random.default_rng([seed, 7])
+        self._tensors = [_Tensor(s, rng, max_batch) for s in self.specs]
+        params: dict[str, float] = {} if qos_ms is None else {QOS_PARAMETER: float(qos_ms)}
+        self._json_params = orjson.dumps(params)
+        self._proto_params = {k: pb.InferParameter(double_param=v) for k, v in params.items()}
+        self._proto_prefix: dict[int, bytes] = {}
+        self._binary_header: dict[int, bytes] = {}
+
+    def _check(self, batch: int) -> None:
+        if not 1 <= batch <= self.max_batch:
+            raise ValueError(f"batch {batch} outside 1..{self.max_batch}")
+
+    # -- HTTP/REST JSON ----------------------------------------------------------------------
+    def json(self, batch: int, request_id: str) -> bytes:
+        self._check(batch)
+        parts = [b'{"id":', orjson.dumps(request_id), b',"parameters":', self._json_params, b',"inputs":[']
+        for i, t in enumerate(self._tensors):
+            s = t.spec
+            parts.append(b"," if i else b"")
+            parts.append(b'{"name":"%s","datatype":"%s","shape":[%d,%d],"data":[' % (
+                s.name.encode(), s.datatype.encode(), batch, s.width))
+            parts.append(t.text_prefix(batch))
+            parts.append(b"]}")
+        parts.append(b"]}")
+        return b"".join(parts)
+
+    # -- HTTP/REST binary tensor extension ---------------------------------------------------
+    def binary(self, batch: int, request_id: str) -> tuple[bytes, int]:
+        self._check(batch)
+        tail = self._binary_header.get(batch)
+        if tail is None:
+            inputs = [
+                {
+                    "name": t.spec.name,
+                    "datatype": t.spec.datatype,
+                    "shape": [batch, t.spec.width],
+                    "parameters": {"binary_data_size": len(t.raw_prefix(batch))},
+                }
+                for t in self._tensors
+            ]
+            tail = b',"parameters":' + self._binary_params() + b',"inputs":' + orjson.dumps(inputs) + b"}"
+            self._binary_header[batch] = tail
+        header = b'{"id":' + orjson.dumps(request_id) + tail
+        return b"".join([header, *(t.raw_prefix(batch) for t in self._tensors)]), len(header)
+
+    def _binary_params(self) -> bytes:
+        params = orjson.loads(self._json_params)
+        params["binary_data_output"] = True
+        return orjson.dumps(params)
+
+    # -- gRPC --------------------------------------------------------------------------------
+    def grpc(self, batch: int, request_id: str) -> bytes:
+        self._check(batch)
+        prefix = self._proto_prefix.get(batch)
+        if prefix is None:
+            msg = pb.ModelInferRequest(model_name=self.model, parameters=self._proto_params)
+            for t in self._tensors:
+                msg.inputs.add(name=t.spec.name, datatype=t.spec.datatype, shape=[batch, t.spec.width])
+            prefix = msg.SerializeToString()
+            self._proto_prefix[batch] = prefix
+        rid = request_id.encode()
+        parts: list[bytes | memoryview] = [prefix, _len_field(_PROTO_ID, rid), rid]
+        for t in self._tensors:
+            raw = t.raw_prefix(batch)
+            parts.append(_len_field(_PROTO_RAW_INPUT, raw))
+            parts.append(raw)
+        return b"".join(parts)

@@ -1,0 +1,125 @@
+"""Renderers for a ``LoadReport`` / ``FindMaxResult``: a terminal table and a PNG (matplotlib Agg).
+The JSON form is ``LoadReport.to_json()`` / ``FindMaxResult.to_json()``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.loadgen.report import LoadReport
+from benchmarks.loadgen.search import FindMaxResult
+
+
+def _f(x: float | None, nd: int = 2) -> str:
+    return "-" if x is None else f"{x:,.{nd}f}"
+
+
+def render_table(report: LoadReport) -> str:
+    i = report.info
+    lat = report.latency_ms or {}
+    lag = report.send_lag_ms or {}
+    rate = "trace" if i.rate_qps is None else f"{i.rate_qps:g} q/s"
+    rows: list[tuple[str, str]] = [
+        ("target", f"{i.url}  ({i.protocol}, {i.encoding})  model {i.model}"),
+        ("workload", f"{i.arrivals} {rate}, batch mix {i.batch_mix}, seed {i.seed}"),
+        ("queries", f"{report.scheduled:,} scheduled over {report.schedule_s:.2f} s, {report.sent:,} sent"
+                    + (f", {report.unsent:,} unsent (aborted)" if report.unsent else "")),
+        ("offered", f"{report.offered_qps:,.1f} q/s"),
+        ("achieved", f"{report.achieved_qps:,.1f} q/s ok ({report.goodput_qps:,.1f} q/s within QoS) "
+                     f"over {report.wall_s:.2f} s"),
+        ("latency ms", "  ".join(f"{k} {_f(lat.get(k))}" for k in ("p50", "p90", "p99", "p99_9", "max"))),
+        ("within QoS", f"{report.within_qos_pct:.2f}% of sent ({report.within_qos:,}/{report.sent:,}"
+                       f" within {i.qos_ms:g} ms)"),
+        ("errors", ", ".join(f"{k} {v:,}" for k, v in report.errors.items()) or "none"),
+    ]
+    if report.instances:
+        share = ", ".join(f"{k} {100 * v / report.ok:.1f}%" for k, v in report.instances.items())
+        rows.append(("instances", share))
+    rows.append(("send lag ms", f"p50 {_f(lag.get('p50'), 3)}  p95 {_f(lag.get('p95'), 3)}  "
+                                f"max {_f(lag.get('max'), 3)}  (max in flight {report.max_in_flight:,})"))
+    if report.aborted:
+        rows.append(("aborted", "yes: stopped once the QoS target could no longer be met"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:>{width}}  {v}" for k, v in rows)
+
+
+def render_find_max(result: FindMaxResult) -> str:
+    lines = [
+        f"find-max: >= {100 * result.target:g}% of queries within QoS; {result.step_rule()}, "
+        f"{result.pause_s:g} s pause between steps; resolution {100 * result.resolution:g}%",
+        f"{'step':>4}  {'rate q/s':>10}  {'within QoS':>10}  {'p99 ms':>9}  {'achieved':>9}  "
+        f"{'errors':>6}  verdict",
+    ]
+    for k, s in enumerate(result.steps, 1):
+        j = s.to_json()
+        verdict = "pass" if s.passed else ("fail (stopped early)" if s.report.aborted else "fail")
+        lines.append(
+            f"{k:>4}  {s.rate_qps:>10,.1f}  {j['within_qos_pct']:>9.2f}%  {_f(j['p99_ms']):>9}  "
+            f"{j['achieved_qps']:>9,.1f}  {j['errors']:>6}  {verdict}"
+        )
+    lines.append(f"max_qps {result.max_qps:,.1f}")
+    return "\n".join(lines)
+
+
+def plot_report(report: LoadReport, path: str | Path, title: str | None = None) -> Path:
+    """Latency CDF (left) and a timeline of latency and throughput (right) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
+
+    s = report.samples
+    if s is None:
+        raise ValueError("the report has no samples to plot")
+    i = report.info
+    sched = s.scheduled_s
+    done = np.asarray(s.done_s, dtype=float)
+    ok = ~np.isnan(done) & np.array([e is None for e in s.error], dtype=bool)
+    lat = (done - sched) * 1000.0
+
+    fig, (ax_cdf, ax_t) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig.suptitle(
+        title or f"{i.model} @ {report.offered_qps:,.0f} q/s offered ({i.protocol}), "
+        f"{report.within_qos_pct:.2f}% within {i.qos_ms:g} ms"
+    )
+    ok_lat = np.sort(lat[ok])
+    if len(ok_lat):
+        y = np.arange(1, len(ok_lat) + 1) / max(report.sent, 1)  # errors never reach the top
+        ax_cdf.plot(ok_lat, y, lw=1.5)
+        ax_cdf.set_xscale("log")
+        ax_cdf.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax_cdf.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax_cdf.axvline(i.qos_ms, color="red", ls="--", lw=1, label=f"QoS {i.qos_ms:g} ms")
+    ax_cdf.set_xlabel("latency from scheduled send (ms, log)")
+    ax_cdf.set_ylabel("fraction of sent queries")
+    ax_cdf.set_ylim(0, 1.01)
+    ax_cdf.grid(alpha=0.3)
+    ax_cdf.legend(loc="lower right")
+
+    bins = report.timeline
+    t = [b["t_s"] + report.timeline_bin_s / 2 for b in bins]
+    ax_t.scatter(sched[ok], lat[ok], s=2, alpha=0.25, color="tab:gray", label="query latency")
+    for key, style in (("p50_ms", "-"), ("p99_ms", "--")):
+        vals = [np.nan if b[key] is None else b[key] for b in bins]
+        ax_t.plot(t, vals, style, color="tab:blue", label=key.replace("_ms", ""))
+    ax_t.axhline(i.qos_ms, color="red", ls="--", lw=1)
+    ax_t.set_yscale("log")
+    ax_t.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax_t.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax_t.set_xlabel("time (s, by scheduled send)")
+    ax_t.set_ylabel("latency (ms, log)")
+    ax_t.grid(alpha=0.3)
+    ax_q = ax_t.twinx()
+    ax_q.step(t, [b["achieved_qps"] for b in bins], where="mid", color="tab:green", label="achieved q/s")
+    ax_q.set_ylabel("achieved q/s", color="tab:green")
+    ax_q.set_ylim(bottom=0)
+    h1, l1 = ax_t.get_legend_handles_labels()
+    h2, l2 = ax_q.get_legend_handles_labels()
+    ax_t.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,198 @@
+"""The open-loop sender: ``run_load(config) -> LoadReport``.
+
+Query i is sent at t0 + arrival_ms[i] (an absolute deadline on the event loop's monotonic clock,
+reached with ``asyncio.sleep``; never earlier) in its own task, whatever happened to earlier
+queries: the sender never waits on a response. If it falls behind (a busy machine), it sends the
+overdue queries at once, still in order, and the lag is reported. Latency is measured from the
+scheduled time. The run ends by itself when every sent query has answered, failed or timed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+import numpy as np
+
+from benchmarks.loadgen.config import LoadConfig, build_workload
+from benchmarks.loadgen.payloads import PayloadFactory
+from benchmarks.loadgen.report import LoadReport, RunInfo, Samples
+from benchmarks.loadgen.transport import Target, make_target
+from gateway.workload import QueryTrace
+
+START_DELAY_S = 0.02  # t0 is this far after the connection check: the schedule starts clean
+YIELD_EVERY = 32  # when behind schedule, let the loop run the sends after this many task spawns
+
+
+class _Progress:
+    """One stderr line, rewritten with \\r on a terminal; a line every few seconds otherwise."""
+
+    def __init__(self, stream: TextIO, total: int) -> None:
+        self.stream = stream
+        self.total = total
+        self.tty = stream.isatty()
+        self.interval = 0.2 if self.tty else 5.0
+
+    def line(self, sent: int, done: int, errors: int, elapsed: float) -> str:
+        width = 24
+        filled = int(width * done / self.total) if self.total else width
+        bar = "#" * filled + "." * (width - filled)
+        return (
+            f"[{bar}] sent {sent}/{self.total}  done {done}  errors {errors}"
+            f"  in flight {sent - done}  {elapsed:6.1f} s"
+        )
+
+    def show(self, sent: int, done: int, errors: int, elapsed: float) -> None:
+        text = self.line(sent, done, errors, elapsed)
+        self.stream.write(f"\r{text}\x1b[K" if self.tty else text + "\n")
+        self.stream.flush()
+
+    def finish(self, sent: int, done: int, errors: int, elapsed: float) -> None:
+        self.show(sent, done, errors, elapsed)
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class _Run:
+    def __init__(
+        self,
+        target: Target,
+        workload: QueryTrace,
+        qos_ms: float,
+        abort_after_violations: int | None,
+    ) -> None:
+        self.target = target
+        self.scheduled_s = np.asarray(workload.arrival_ms, dtype=float) / 1000.0
+        self._sched: list[float] = self.scheduled_s.tolist()
+        self.batches: list[int] = [int(b) for b in workload.batch]
+        self.samples = Samples.empty(self.scheduled_s, workload.batch)
+        self.qos_s = qos_ms / 1000.0
+        self.abort_after = abort_after_violations
+        self.aborted = False
+        self.tag = secrets.token_hex(4)
+        self.sent = 0
+        self.done = 0
+        self.errors = 0
+        self.violations = 0
+        self.max_in_flight = 0
+        self.t0 = 0.0
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def _one(self, i: int, loop: asyncio.AbstractEventLoop) -> None:
+        s = self.samples
+        s.sent_s[i] = loop.time() - self.t0
+        self.sent += 1
+        in_flight = self.sent - self.done
+        if in_flight > self.max_in_flight:
+            self.max_in_flight = in_flight
+        try:
+            outcome = await self.target.infer(self.batches[i], f"{self.tag}-{i}")
+            error, instance = outcome.error, outcome.instance
+        except asyncio.CancelledError:
+            error, instance = "cancelled", None
+        now = loop.time() - self.t0
+        s.done_s[i] = now
+        s.error[i] = error
+        s.instance[i] = instance
+        self.done += 1
+        if error is not None:
+            self.errors += 1
+        if error is not None or now - self._sched[i] > self.qos_s:
+            self.violations += 1
+            if self.abort_after is not None and self.violations > self.abort_after and not self.aborted:
+                self.aborted = True
+                me = asyncio.current_task()
+                for t in self.tasks:
+                    if t is not me:
+                        t.cancel()
+
+    async def send_all(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.t0 = loop.time() + START_DELAY_S
+        spawned_without_yield = 0
+        for i, at in enumerate(self._sched):
+            if self.aborted:
+                break
+            delay = self.t0 + at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                spawned_without_yield = 0
+                if self.aborted:
+                    break
+            elif spawned_without_yield >= YIELD_EVERY:
+                await asyncio.sleep(0)
+                spawned_without_yield = 0
+            task = loop.create_task(self._one(i, loop))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            spawned_without_yield += 1
+
+
+async def _progress_loop(run: _Run, progress: _Progress, loop: asyncio.AbstractEventLoop) -> None:
+    while True:
+        await asyncio.sleep(progress.interval)
+        progress.show(run.sent, run.done, run.errors, max(0.0, loop.time() - run.t0))
+
+
+async def run_load(
+    config: LoadConfig,
+    *,
+    workload: QueryTrace | None = None,
+    abort_after_violations: int | None = None,
+    progress_stream: TextIO | None = None,
+    target_factory: Callable[[LoadConfig, PayloadFactory], Target] | None = None,
+) -> LoadReport:
+    """Run one open-loop load and return its report.
+
+    ``workload`` overrides the queries the config describes (its rate/ramp/trace then only
+    label the report). ``abort_after_violations``: stop sending and cancel what is in flight
+    once more than this many queries failed or missed QoS (used by ``find_max``; the report says
+    ``aborted``). Progress goes to ``progress_stream`` (default stderr) when ``config.progress``.
+    Raises ConfigError for a bad config, TargetUnreachable if the endpoint does not answer.
+    """
+    cfg = config.validate(need_source=workload is None)
+    assert cfg.qos_ms is not None
+    wl = workload if workload is not None else build_workload(cfg)
+    endpoint = cfg.endpoint
+    payloads = PayloadFactory(cfg.model, cfg.qos_ms if cfg.send_qos else None, seed=cfg.seed)
+    if target_factory is not None:
+        target = target_factory(cfg, payloads)
+    else:
+        target = make_target(
+            endpoint, payloads, cfg.timeout_s, binary=cfg.binary, connections=cfg.connections
+        )
+    process = cfg.arrival_process()
+    info = RunInfo(
+        url=cfg.url,
+        protocol=endpoint.protocol,
+        encoding="protobuf" if endpoint.protocol == "grpc" else ("binary" if cfg.binary else "json"),
+        model=cfg.model,
+        qos_ms=float(cfg.qos_ms),
+        arrivals="trace" if cfg.trace is not None else (process.name if process is not None else "custom"),
+        rate_qps=None if process is None else float(process.mean_rate),
+        batch_mix="trace" if cfg.trace is not None else cfg.batch_mix,
+        seed=cfg.seed,
+    )
+    loop = asyncio.get_running_loop()
+    async with target:
+        run = _Run(target, wl, cfg.qos_ms, abort_after_violations)
+        progress = _Progress(progress_stream or sys.stderr, len(wl)) if cfg.progress else None
+        ticker = loop.create_task(_progress_loop(run, progress, loop)) if progress else None
+        try:
+            await run.send_all()
+            while run.tasks:  # every request ends: answered, failed, timed out or cancelled
+                await asyncio.wait(set(run.tasks))
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+            for t in list(run.tasks):
+                t.cancel()
+            if run.tasks:
+                await asyncio.gather(*run.tasks, return_exceptions=True)
+        if progress is not None:
+            progress.finish(run.sent, run.done, run.errors, max(0.0, loop.time() - run.t0))
+    return LoadReport.from_samples(info, run.samples, max_in_flight=run.max_in_flight, aborted=run.aborted)
