@@ -1,0 +1,186 @@
+"""One emulated inference instance: profile replay, one query at a time, FIFO.
+
+Transport-free: the HTTP and gRPC front ends (``servers.http``, ``servers.grpc``) validate a
+request, then call ``Instance.serve(batch)``. Like a real single-stream server the instance
+serves queries one after another in arrival order, and a query's service time is drawn from
+the (model, instance type) latency profile at its batch size with the instance's own seeded
+generator. It waits with asynchronous timers and never busy-waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from bisect import bisect_right
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from gateway.errors import BadRequest, ModelNotFound, ProfileError
+from gateway.profiles import LatencyProfile
+
+SERVER_NAME = "kairos-servers"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ("binary_tensor_data",)
+MODEL_VERSION = "1"
+PLATFORM = "kairos-emulated"
+# Advertised in model metadata. Any inputs are accepted (the emulation reads only the batch
+# size); the one output has one value per batch row.
+INPUT_NAME = "input0"
+INPUT_DATATYPE = "FP32"
+INPUT_SHAPE = (-1, -1)
+OUTPUT_NAME = "output0"
+OUTPUT_DATATYPE = "FP32"
+OUTPUT_SHAPE = (-1, 1)
+
+# The clock for service times. uvloop's loop.time() is cached per loop iteration and
+# millisecond-granular, too coarse for ~1 ms fidelity; perf_counter is sub-microsecond.
+clock = time.perf_counter
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRecord:
+    """What happened to one query, reported back in the response parameters."""
+
+    batch: int
+    queue_ms: float  # waiting behind earlier queries
+    service_ms: float  # drawn from the profile (times the latency scale)
+    observed_ms: float  # measured: start of service to ready to respond
+
+
+class FastSampler:
+    """``LatencyProfile.sample`` for integer batches, from a precomputed table.
+
+    The profile's sampler costs ~0.1 ms of numpy calls per draw; this one reads one row of
+    quantiles per batch size and interpolates in pure Python. Same uniform draw, same inverse
+    CDF (linear in batch, then in level), so the same values up to float rounding.
+    """
+
+    def __init__(self, profile: LatencyProfile) -> None:
+        batches = np.arange(1, profile.max_batch + 1)
+        self.levels: list[float] = profile.levels.tolist()
+        table = np.stack([profile.quantiles_for(batches, float(q)) for q in profile.levels], axis=1)
+        self.rows: list[list[float]] = table.tolist()  # rows[batch - 1][level index]
+        self._last = len(self.levels) - 2
+
+    def sample(self, batch: int, rng: np.random.Generator) -> float:
+        u = rng.random()
+        k = min(max(bisect_right(self.levels, u) - 1, 0), self._last)
+        lo, hi = self.levels[k], self.levels[k + 1]
+        row = self.rows[batch - 1]
+        return row[k] + (u - lo) / (hi - lo) * (row[k + 1] - row[k])
+
+
+@cache
+def _sampler(profile: LatencyProfile) -> FastSampler:
+    # One table per profile, shared by every instance of that (model, type) in the process.
+    return FastSampler(profile)
+
+
+async def sleep_until(deadline: float) -> None:
+    """Sleep until ``clock() >= deadline`` (to within a fraction of a ms), with timers only.
+
+    libuv (uvloop) timers tick in whole milliseconds and can fire up to 1 ms early, so sleep
+    to 1 ms before the deadline, then sleep the remainder: a few wake-ups at most, never a spin.
+    """
+    rem = deadline - clock()
+    if rem > 0.002:
+        await asyncio.sleep(rem - 0.001)
+        rem = deadline - clock()
+    for _ in range(3):
+        if rem <= 0.0002:
+            return
+        await asyncio.sleep(rem)
+        rem = deadline - clock()
+
+
+class Instance:
+    """An emulated instance of ``model`` on ``instance_type``.
+
+    ``latency_scale`` multiplies every drawn service time; 0 serves instantly (for measuring
+    the gateway's own overhead). Instance ``index`` of a pool seeded ``seed`` always draws the
+    same sequence, whichever process it runs in.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        name: str,
+        model: str,
+        instance_type: str,
+        profile: LatencyProfile,
+        seed: int = 0,
+        latency_scale: float = 1.0,
+    ) -> None:
+        if latency_scale < 0:
+            raise ValueError(f"latency_scale must be >= 0, got {latency_scale}")
+        self.index = index
+        self.name = name
+        self.model = model
+        self.instance_type = instance_type
+        self.profile = profile
+        self.latency_scale = latency_scale
+        self._rng = np.random.default_rng([seed, index])
+        self._sampler = _sampler(profile)
+        # asyncio.Lock hands itself to waiters in arrival order: that is the FIFO queue.
+        self._lock = asyncio.Lock()
+        self.served = 0
+        # One value per batch row; the model's "prediction" (constant per instance).
+        self.scores = self._rng.random(profile.max_batch, dtype=np.float32)
+
+    @property
+    def max_batch(self) -> int:
+        return self.profile.max_batch
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    def check_model(self, model: str, version: str = "") -> None:
+        """ModelNotFound unless ``model`` (and ``version``, if given) is the one served here."""
+        if model != self.model:
+            raise ModelNotFound(f"unknown model {model!r}: this instance serves {self.model!r}")
+        if version not in ("", MODEL_VERSION):
+            raise ModelNotFound(
+                f"unknown version {version!r} of model {model!r}: available versions: {MODEL_VERSION}"
+            )
+
+    def check_batch(self, batch: int) -> None:
+        """BadRequest unless the profile covers ``batch``."""
+        try:
+            self.profile.check_batch(batch)
+        except ProfileError as exc:
+            raise BadRequest(str(exc)) from None
+
+    async def serve(self, batch: int) -> ServiceRecord:
+        """Queue behind earlier queries, then be busy for a drawn service time."""
+        self.check_batch(batch)
+        arrived = clock()
+        await self._lock.acquire()
+        start = clock()
+        service_s = 0.0
+        if self.latency_scale > 0:
+            service_s = self._sampler.sample(batch, self._rng) * self.latency_scale / 1000.0
+        end = start + service_s
+        try:
+            if service_s > 0:
+                await sleep_until(end)
+        except BaseException:
+            # The caller gave up (client deadline, disconnect, shutdown). A real server would
+            # still be computing, so the instance stays busy until the drawn end.
+            left = end - clock()
+            if left > 0:
+                asyncio.get_running_loop().call_later(left, self._lock.release)
+            else:
+                self._lock.release()
+            raise
+        done = clock()
+        self._lock.release()
+        self.served += 1
+        return ServiceRecord(
+            batch=batch,
+            queue_ms=(start - arrived) * 1000.0,
+            service_ms=service_s * 1000.0,
+            observed_ms=(done - start) * 1000.0,
+        )

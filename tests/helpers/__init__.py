@@ -1,0 +1,2 @@
+"""Helpers shared by test packages (importable as ``helpers``: ``tests/conftest.py`` puts
+``tests/`` on ``sys.path``)."""
