@@ -7,6 +7,7 @@ profile still routes well. Lookups are table reads: the estimator is on the disp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,6 +37,9 @@ class LatencyEstimator:
         self._correction = np.ones((len(profs), n_buckets))
         self._observations = np.zeros((len(profs), n_buckets), dtype=np.int64)
         self.learning_rate = learning_rate
+        # (T, max_batch + 1): profile mean times correction, kept up to date by ``observe`` so
+        # that ``estimate`` is a single gather.
+        self._table = self._profile_ms.copy()
         # Heterogeneity coefficient: reference (fastest at the largest batch) over each type.
         at_max = self._profile_ms[:, self.max_batch]
         self.coefficient = at_max.min() / at_max
@@ -49,17 +53,17 @@ class LatencyEstimator:
 
     def estimate(self, batches: np.ndarray) -> np.ndarray:
         """(Q, T) estimated mean service time (ms) of each batch on each type."""
-        b = np.clip(np.asarray(batches, dtype=np.int64), 1, self.max_batch)
-        return (self._profile_ms[:, b] * self._correction[:, b // BUCKET_WIDTH]).T
+        b = np.minimum(np.maximum(np.asarray(batches, dtype=np.int64), 1), self.max_batch)
+        return self._table[:, b].T
 
     def estimate_one(self, type_index: int, batch: int) -> float:
         b = min(max(int(batch), 1), self.max_batch)
-        return float(self._profile_ms[type_index, b] * self._correction[type_index, b // BUCKET_WIDTH])
+        return float(self._table[type_index, b])
 
     def observe(self, type_index: int, batch: int, service_ms: float) -> None:
         """Learn from one observed service time (ms) of ``batch`` on a type."""
         b = min(max(int(batch), 1), self.max_batch)
-        if service_ms <= 0 or not np.isfinite(service_ms):
+        if service_ms <= 0 or not math.isfinite(service_ms):
             return
         bucket = b // BUCKET_WIDTH
         ratio = service_ms / self._profile_ms[type_index, b]
@@ -68,7 +72,10 @@ class LatencyEstimator:
         # A plain mean until there is enough data, then exponential smoothing to track drift.
         rate = max(1.0 / n, self.learning_rate)
         current = self._correction[type_index, bucket]
-        self._correction[type_index, bucket] = current + rate * (ratio - current)
+        corrected = current + rate * (ratio - current)
+        self._correction[type_index, bucket] = corrected
+        lo, hi = bucket * BUCKET_WIDTH, min((bucket + 1) * BUCKET_WIDTH, self.max_batch + 1)
+        self._table[type_index, lo:hi] = self._profile_ms[type_index, lo:hi] * corrected
 
     def correction(self, type_index: int, batch: int) -> float:
         return float(self._correction[type_index, min(batch, self.max_batch) // BUCKET_WIDTH])

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
@@ -32,10 +33,14 @@ class InstanceState:
 
     def work_left_ms(self, now_ms: float) -> float:
         """Estimated time until the instance is done with everything it holds (FIFO there)."""
-        if not self.in_flight:
+        in_flight = self.in_flight
+        if not in_flight:
             return 0.0
-        first_start = min(q.started_ms for q in self.in_flight.values())
-        total = sum(q.est_ms for q in self.in_flight.values())
+        if len(in_flight) == 1:  # the common case (depth 1): no generator overhead
+            (q,) = in_flight.values()
+            return max(q.est_ms - (now_ms - q.started_ms), 0.0)
+        first_start = min(q.started_ms for q in in_flight.values())
+        total = sum(q.est_ms for q in in_flight.values())
         return max(total - (now_ms - first_start), 0.0)
 
 
@@ -118,24 +123,38 @@ class Dispatcher:
         """Run the policy if anything can move; mark and return the dispatches it chose."""
         if not self.pending:
             return []
-        free = self.free_slots()
-        total_free = int(free.sum())
+        # One pass over the pool builds the per-instance columns (this is the hot path: it runs
+        # on every event, in the simulator tens of thousands of times per second).
+        depth = self.depth
+        instances = self.instances
+        healthy: list[bool] = []
+        outstanding: list[int] = []
+        free_list: list[int] = []
+        total_free = 0
+        for inst in instances:
+            k = len(inst.in_flight)
+            ok = inst.healthy
+            healthy.append(ok)
+            outstanding.append(k)
+            f = depth - k if ok and k < depth else 0
+            free_list.append(f)
+            total_free += f
         if total_free == 0:
             return []
-        n = len(self.instances)
+        n = len(instances)
         window = min(len(self.pending), max(self.policy.window(n, total_free), 1))
-        queries = [self.pending[i] for i in range(window)]
-        batch = np.fromiter((q.batch for q in queries), dtype=np.int64, count=window)
-        deadline = np.fromiter((q.deadline_ms for q in queries), dtype=float, count=window)
+        queries = list(islice(self.pending, window))
+        batch = np.array([q.batch for q in queries], dtype=np.int64)
+        deadline = np.array([q.deadline_ms for q in queries], dtype=float)
         snap = Snapshot(
             batch=batch,
             time_left_ms=deadline - now_ms,
             qos_ms=self.qos_ms,
             inst_type=self._types,
-            healthy=np.fromiter((i.healthy for i in self.instances), dtype=bool, count=n),
-            free_slots=free,
-            outstanding=np.fromiter((len(i.in_flight) for i in self.instances), dtype=np.int64, count=n),
-            busy_left_ms=np.fromiter((i.work_left_ms(now_ms) for i in self.instances), dtype=float, count=n),
+            healthy=np.array(healthy, dtype=bool),
+            free_slots=np.array(free_list, dtype=np.int64),
+            outstanding=np.array(outstanding, dtype=np.int64),
+            busy_left_ms=np.array([inst.work_left_ms(now_ms) for inst in instances], dtype=float),
             est_ms=self.estimator.estimate(batch),
             coefficient=self.estimator.coefficient,
         )
@@ -172,7 +191,7 @@ class Dispatcher:
         if not self.pending:
             return None
         n = min(len(self.pending), max(self.policy.window(len(self.instances), 1), 1))
-        return min(self.pending[i].deadline_ms for i in range(n))
+        return min(q.deadline_ms for q in islice(self.pending, n))
 
     # -- views --------------------------------------------------------------------------------
 

@@ -16,15 +16,18 @@ def slack_matrix(snap: Snapshot, instances: np.ndarray) -> np.ndarray:
     """(Q, len(instances)) scores of placing each query on each of ``instances``."""
     types = snap.inst_type[instances]
     est = snap.est_ms[:, types]  # (Q, M)
-    left = snap.busy_left_ms[instances][None, :]  # (1, M)
-    slack = snap.coefficient[types][None, :] * (-left - est)
-    time_left = np.maximum(snap.time_left_ms, 0.0)[:, None]
-    residual = time_left - left - est
+    left = snap.busy_left_ms[instances]  # (M,)
+    neg_finish = -left - est  # -(estimated time until the query would be done there)
+    slack = snap.coefficient[types] * neg_finish
     # The penalties apply only while the query is not yet late; a late query scores on slack.
-    on_time = (snap.time_left_ms > 0)[:, None]
-    safeguard = SAFEGUARD_FRACTION * snap.qos_ms
-    slack = np.where(on_time & (residual < 0), MISS_SLACK, slack)
-    slack = np.where(on_time & (residual >= 0) & (residual - safeguard < 0), AT_RISK_SLACK, slack)
+    on_time = snap.time_left_ms > 0
+    if on_time.any():
+        # residual = time left - wait - service; penalise a likely miss, then a near miss.
+        residual = (snap.time_left_ms[on_time, None] - left) - est[on_time]
+        rows = slack[on_time]
+        rows[residual < SAFEGUARD_FRACTION * snap.qos_ms] = AT_RISK_SLACK
+        rows[residual < 0] = MISS_SLACK
+        slack[on_time] = rows
     return slack
 
 

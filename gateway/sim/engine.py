@@ -1,0 +1,177 @@
+"""The discrete-event engine: the gateway's own Dispatcher on a virtual clock.
+
+Events are arrivals (read in order from the trace), completions and deadline timers (a heap).
+The clock jumps from one event time to the next. At one instant, completions are handled
+first, then timers, then arrivals (each kind in the order it was scheduled), and then the
+dispatcher decides once: the order is fixed, so the same inputs give the same run.
+
+Service times are drawn up front: for each instance type in the pool, one sample per query
+from that type's profile, with a random stream keyed by (seed, type name). A query's service
+time therefore depends on the type it lands on, and not on the pool's order or composition.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+
+from gateway.dispatch import Dispatcher, Query
+from gateway.estimator import LatencyEstimator
+from gateway.policies import Policy, make_policy
+from gateway.profiles import ProfileSet, load_profiles
+from gateway.sim.pool import PoolSpec, expand_pool, pool_types
+from gateway.sim.result import TAIL_FRACTION, SimResult
+from gateway.workload import QueryTrace
+
+DEFAULT_WARMUP = 0.1
+_COMPLETION, _TIMER = 0, 1
+
+_PROFILE_CACHE: list[ProfileSet] = []
+
+
+def default_profiles() -> ProfileSet:
+    """The shipped profiles, loaded once per process."""
+    if not _PROFILE_CACHE:
+        _PROFILE_CACHE.append(load_profiles())
+    return _PROFILE_CACHE[0]
+
+
+def service_times(
+    profiles: ProfileSet, model: str, types: list[str], batch: np.ndarray, seed: int
+) -> np.ndarray:
+    """(len(types), n) service time (ms) of each query on each type."""
+    out = np.empty((len(types), len(batch)))
+    for k, t in enumerate(types):
+        rng = np.random.default_rng([seed, 2, zlib.crc32(t.encode())])
+        out[k] = profiles.get(model, t).sample_many(batch, rng)
+    return out
+
+
+def simulate(
+    trace: QueryTrace,
+    *,
+    model: str,
+    qos_ms: float,
+    pool: PoolSpec,
+    policy: str | Policy = "kairos",
+    seed: int = 0,
+    depth: int = 1,
+    profiles: ProfileSet | None = None,
+    warmup: float = DEFAULT_WARMUP,
+    stop_below: float | None = None,
+) -> SimResult:
+    """Run ``trace`` through a fresh Dispatcher (policy, estimator) on ``pool``.
+
+    ``policy``: a registered name (seeded with ``seed``) or a Policy object. ``stop_below``: stop
+    as soon as the measured fraction within QoS (or that of its last quarter) can no longer
+    reach this target; the result is then marked ``stopped_early`` (find-max uses it to skip the
+    rest of a run that has already failed).
+    """
+    profiles = profiles or default_profiles()
+    started = time.perf_counter()
+    pol = make_policy(policy, seed) if isinstance(policy, str) else policy
+    instances = expand_pool(pool)
+    types = pool_types(pool)
+    estimator = LatencyEstimator(profiles, model, types)
+    dispatcher = Dispatcher(pol, estimator, instances, qos_ms=qos_ms, depth=depth)
+    n = len(trace)
+    batch = np.asarray(trace.batch, dtype=np.int64)
+    svc = service_times(profiles, model, types, batch, seed)
+    row_of_instance = [types.index(t) for _, t in instances]
+    svc_rows: list[list[float]] = svc.tolist()
+
+    arrivals: list[float] = np.asarray(trace.arrival_ms, dtype=float).tolist()
+    batches: list[int] = batch.tolist()
+    start = [math.nan] * n
+    end = [math.nan] * n
+    where = [-1] * n
+
+    # Early stop bookkeeping: misses among the measured queries (and their last quarter).
+    first_measured = min(math.ceil(warmup * n), n - 1)
+    measured = n - first_measured
+    first_tail = n - max(int(measured * TAIL_FRACTION), 1)
+    if stop_below is not None:
+        budget = math.floor((1.0 - stop_below) * measured + 1e-9)
+        tail_budget = math.floor((1.0 - stop_below) * (n - first_tail) + 1e-9)
+    else:
+        budget = tail_budget = n + 1
+    misses = tail_misses = 0
+
+    heap: list[tuple[float, int, int, Query | None, int]] = []
+    push, pop = heapq.heappush, heapq.heappop
+    seq = 0
+    free = depth * len(instances)
+    timers: set[float] = set()
+    insts = dispatcher.instances
+    decide: Callable[[float], list] = dispatcher.decide
+    submit, complete = dispatcher.submit, dispatcher.complete
+    pending = dispatcher.pending
+    i = 0
+    inf = math.inf
+    stopped = False
+    while i < n or heap:
+        t_arr = arrivals[i] if i < n else inf
+        now = heap[0][0] if heap and heap[0][0] <= t_arr else t_arr
+        while heap and heap[0][0] == now:
+            _, kind, _, q, j = pop(heap)
+            if kind == _COMPLETION:
+                assert q is not None
+                qid = q.id
+                complete(q, insts[j], svc_rows[row_of_instance[j]][qid])
+                end[qid] = now
+                free += 1
+                if now - q.arrival_ms > qos_ms and qid >= first_measured:
+                    misses += 1
+                    if qid >= first_tail:
+                        tail_misses += 1
+                    if misses > budget or tail_misses > tail_budget:
+                        stopped = True
+            else:
+                timers.discard(now)
+        if stopped:
+            break
+        while i < n and arrivals[i] == now:
+            submit(Query(id=i, batch=batches[i], arrival_ms=now, deadline_ms=now + qos_ms))
+            i += 1
+        if free and pending:
+            for d in decide(now):
+                q, j = d.query, d.instance.index
+                qid = q.id
+                push(heap, (now + svc_rows[row_of_instance[j]][qid], _COMPLETION, seq, q, j))
+                seq += 1
+                start[qid] = now
+                where[qid] = j
+                free -= 1
+            if free and pending:
+                # The policy left a free instance idle: re-decide when a query turns late.
+                due = dispatcher.next_deadline_ms()
+                if due is not None and due > now and due not in timers:
+                    timers.add(due)
+                    push(heap, (due, _TIMER, seq, None, -1))
+                    seq += 1
+
+    return SimResult(
+        policy=pol.name,
+        model=model,
+        qos_ms=float(qos_ms),
+        pool=tuple(pool),
+        seed=seed,
+        depth=depth,
+        warmup=warmup,
+        arrival_ms=np.asarray(trace.arrival_ms, dtype=float),
+        batch=batch,
+        start_ms=np.asarray(start),
+        end_ms=np.asarray(end),
+        instance=np.asarray(where, dtype=np.int64),
+        instance_names=tuple(name for name, _ in instances),
+        instance_types=tuple(t for _, t in instances),
+        busy_ms=np.array([inst.busy_ms for inst in insts]),
+        decisions=dispatcher.decisions,
+        stopped_early=stopped,
+        wall_s=time.perf_counter() - started,
+    )

@@ -1,0 +1,86 @@
+"""The simulator's engine: determinism, conservation, and analytic checks on tiny pools."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gateway.sim import parse_pool, service_times, simulate
+from gateway.sim.engine import default_profiles
+from gateway.workload import ConstantArrivals, FixedMix, PoissonArrivals, ProductionMix, make_workload
+
+POOL = parse_pool("g4dn.xlarge=1,r5n.large=3")
+POLICIES = ["kairos", "fcfs", "round-robin", "least-outstanding", "power-of-two"]
+
+
+def _run(policy: str = "kairos", seed: int = 0, rate: float = 30.0, n: int = 800, depth: int = 1, **kw):
+    trace = make_workload(PoissonArrivals(rate), ProductionMix(), n, seed)
+    return simulate(trace, model="rm2", qos_ms=350, pool=POOL, policy=policy, seed=seed, depth=depth, **kw)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_same_seed_same_result_and_other_seed_differs(policy: str) -> None:
+    a, b, c = _run(policy, seed=3), _run(policy, seed=3), _run(policy, seed=4)
+    np.testing.assert_array_equal(a.end_ms, b.end_ms)
+    np.testing.assert_array_equal(a.instance, b.instance)
+    assert a.summary() | {"wall_s": 0} == b.summary() | {"wall_s": 0}
+    assert not np.array_equal(a.latency_ms, c.latency_ms)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("depth", [1, 2])
+def test_every_query_completes_exactly_once(policy: str, depth: int) -> None:
+    r = _run(policy, rate=45.0, depth=depth)
+    assert np.isfinite(r.end_ms).all() and (r.instance >= 0).all()
+    assert (r.start_ms >= r.arrival_ms).all() and (r.end_ms > r.start_ms).all()
+    served = np.bincount(r.instance, minlength=len(r.instance_names))
+    assert served.sum() == r.n_queries
+    assert r.share().sum() == pytest.approx(1.0)
+    # No instance ever holds more than `depth` queries: count overlaps at each start.
+    for j in range(len(r.instance_names)):
+        m = r.instance == j
+        s, e = r.start_ms[m], r.end_ms[m]
+        in_flight = [(np.sum((s <= t) & (e > t))) for t in s]
+        assert max(in_flight, default=0) <= depth
+    # Busy time per instance is the sum of its service times.
+    np.testing.assert_allclose(r.busy_ms, np.bincount(r.instance, r.end_ms - r.start_ms, len(r.instance_names)))
+    if depth == 1:
+        assert ((r.busy_fraction() >= 0) & (r.busy_fraction() <= 1.0 + 1e-9)).all()
+
+
+def test_one_instance_below_capacity_latency_is_the_service_time() -> None:
+    pool = parse_pool("g4dn.xlarge=1")
+    mean = default_profiles().get("rm2", "g4dn.xlarge").mean(100)
+    trace = make_workload(ConstantArrivals(0.5 * 1000 / mean), FixedMix(100), 300, 0)
+    for policy in POLICIES:
+        r = simulate(trace, model="rm2", qos_ms=350, pool=pool, policy=policy, seed=5)
+        svc = service_times(default_profiles(), "rm2", ["g4dn.xlarge"], trace.batch, 5)[0]
+        assert svc.max() < 2 * mean  # every query is done before the next arrives
+        np.testing.assert_allclose(r.latency_ms, svc)
+        np.testing.assert_array_equal(r.start_ms, trace.arrival_ms)
+        assert r.attainment == 1.0
+
+
+def test_above_capacity_the_qos_fraction_collapses() -> None:
+    pool = parse_pool("g4dn.xlarge=1")
+    mean = default_profiles().get("rm2", "g4dn.xlarge").mean(100)
+    trace = make_workload(ConstantArrivals(1.5 * 1000 / mean), FixedMix(100), 2000, 0)
+    r = simulate(trace, model="rm2", qos_ms=350, pool=pool, policy="fcfs")
+    assert r.attainment < 0.2
+    assert r.achieved_qps == pytest.approx(1000 / mean, rel=0.05)  # the instance saturates
+    assert r.busy_fraction()[0] > 0.95
+
+
+def test_stop_below_stops_an_overloaded_run_early() -> None:
+    full = _run("fcfs", rate=400.0, n=2000)
+    early = _run("fcfs", rate=400.0, n=2000, stop_below=0.99)
+    assert early.stopped_early and not full.stopped_early
+    assert not early.meets(0.99) and not full.meets(0.99)
+    assert early.completed_fraction < 1.0
+
+
+def test_kairos_sends_large_queries_to_the_gpu() -> None:
+    r = _run("kairos", rate=20.0, n=1500)
+    mean_batch = r.type_mean_batch()
+    assert mean_batch["g4dn.xlarge"] > mean_batch["r5n.large"]
+    assert r.attainment > _run("fcfs", rate=20.0, n=1500).attainment
