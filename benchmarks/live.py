@@ -1,0 +1,257 @@
+"""Live check of the simulator, and the peer a user would otherwise deploy.
+
+``python -m benchmarks.live`` — for rm2 and dien on the benchmark's pools, the max QPS with
+>= 99% of queries within QoS of ``kairos`` and ``fcfs`` through real processes
+(``kairos-servers`` + ``kairos-gateway`` + the load generator, gRPC), over the simulator's max
+for the same policy, pool and workload; and haproxy (``balance leastconn``, HTTP) in front of
+the same pool, driven by the same workload. Writes results/live.{json,md,png}.
+
+A policy the simulator finds unable to reach the target at any rate (max 0) is run live at a
+fixed rate instead, and its fraction within QoS is compared with the simulator's at that rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from benchmarks.loadgen import LoadConfig, build_workload, find_max, run_load
+from benchmarks.policies import POOLS
+from benchmarks.processes import ServersProcess, start_gateway, start_servers
+from gateway.profiles import load_catalogue
+from gateway.sim import parse_pool, simulate
+from gateway.sim.search import find_max as sim_find_max
+
+HAPROXY_CFG = """global
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+frontend v2
+    bind 127.0.0.1:{port}
+    default_backend pool
+backend pool
+    balance leastconn
+{servers}
+"""
+
+
+@dataclass
+class Row:
+    model: str
+    system: str  # "kairos-gateway/<policy>" or "haproxy/leastconn"
+    sim_max: float | None
+    live_max: float | None
+    fixed_rate: float | None = None  # when the max is 0: the rate compared instead
+    live_within_pct: float | None = None
+    sim_within_pct: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def ratio(self) -> float | None:
+        if self.sim_max and self.live_max is not None:
+            return self.live_max / self.sim_max
+        return None
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def write_config(directory: Path, model: str, pool: str, qos_ms: float) -> Path:
+    doc = {
+        "model": model,
+        "qos_ms": qos_ms,
+        "pool": [{"type": t, "count": n} for t, n in parse_pool(pool)],
+        "servers": {"http_port": 0, "grpc_port": 0, "address_file": str(directory / "instances.json")},
+        "gateway": {"http_port": 0, "grpc_port": 0},
+    }
+    path = directory / f"{model}.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def start_haproxy(servers: ServersProcess, port: int, directory: Path) -> subprocess.Popen[bytes]:
+    lines = "\n".join(
+        f"    server {inst.name} {inst.http.removeprefix('http://')}" for inst in servers.instances
+    )
+    cfg = directory / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CFG.format(port=port, servers=lines))
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    proc = subprocess.Popen([haproxy, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    if proc.poll() is not None:
+        raise RuntimeError(f"haproxy did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+    return proc
+
+
+def live_max(url: str, base: LoadConfig, start_qps: float, step_queries: int) -> float:
+    """Live find-max from ``start_qps``; 0 when even 30% of it misses the target."""
+    result = asyncio.run(find_max(
+        replace(base, url=url), start_qps=start_qps, step_queries=step_queries, min_qps=0.3 * start_qps,
+        resolution=0.03,
+        on_step=lambda s: _say(f"    {s.rate_qps:8.1f} QPS: {'pass' if s.passed else 'fail'}"
+                              f" ({s.report.within_qos_pct:.2f}% within QoS)"),
+    ))
+    return result.max_qps
+
+
+def at_fixed_rate(url: str, base: LoadConfig, rate: float, queries: int, pool: str,
+                  policy: str | None) -> tuple[float, float | None]:
+    """(live % within QoS, the simulator's % for the same queries when ``policy`` is given)."""
+    load = replace(base, url=url, rate=rate, queries=queries)
+    report = asyncio.run(run_load(load))
+    if policy is None:
+        return report.within_qos_pct, None
+    sim = simulate(build_workload(load), model=base.model, qos_ms=float(base.qos_ms or 0), pool=parse_pool(pool),
+                   policy=policy, warmup=0.0)
+    return report.within_qos_pct, 100.0 * sim.attainment
+
+
+def run_model(model: str, policies: list[str], haproxy: bool, step_queries: int, sim_queries: int,
+              haproxy_port: int) -> list[Row]:
+    qos = load_catalogue().qos(model)
+    pool = POOLS[model]
+    rows: list[Row] = []
+    base = LoadConfig(url="grpc://127.0.0.1:1", model=model, rate=1.0, qos_ms=qos, seed=0)
+    sims = {p: sim_find_max(model=model, qos_ms=qos, pool=parse_pool(pool), policy=p, queries=sim_queries).max_qps
+            for p in dict.fromkeys(["kairos", *policies])}
+    # A policy with no sim max is compared at a rate the pool carries easily: half kairos's max.
+    fixed_rate = round(0.5 * sims["kairos"], 1)
+    with tempfile.TemporaryDirectory(prefix=f"kairos-live-{model}-") as tmp:
+        directory = Path(tmp)
+        config = write_config(directory, model, pool, qos)
+        servers = start_servers(config, directory / "instances.json", directory=directory)
+        try:
+            _say(f"{model}: {servers.ready_line}")
+            for policy in policies:
+                started = time.monotonic()
+                _say(f"  kairos-gateway --policy {policy} (sim max {sims[policy]:.1f} QPS)")
+                gateway = start_gateway(config, ["--policy", policy, "--address-file",
+                                                 str(servers.address_file)], directory)
+                url = f"grpc://{gateway.grpc}"
+                try:
+                    if sims[policy] > 0:
+                        row = Row(model, f"kairos-gateway/{policy}", sims[policy],
+                                  live_max(url, base, sims[policy], step_queries))
+                    else:
+                        live_pct, sim_pct = at_fixed_rate(url, base, fixed_rate, step_queries, pool, policy)
+                        row = Row(model, f"kairos-gateway/{policy}", 0.0, None, fixed_rate, live_pct, sim_pct)
+                finally:
+                    gateway.stop()
+                row.seconds = time.monotonic() - started
+                rows.append(row)
+            if haproxy:
+                started = time.monotonic()
+                _say("  haproxy leastconn (HTTP)")
+                proc = start_haproxy(servers, haproxy_port, directory)
+                url = f"http://127.0.0.1:{haproxy_port}"
+                try:
+                    best = live_max(url, base, fixed_rate, step_queries)
+                    row = Row(model, "haproxy/leastconn", None, best)
+                    if best == 0:
+                        row.fixed_rate = fixed_rate
+                        row.live_within_pct, _ = at_fixed_rate(url, base, fixed_rate, step_queries, pool, None)
+                finally:
+                    proc.terminate()
+                    proc.wait(10)
+                row.seconds = time.monotonic() - started
+                rows.append(row)
+        finally:
+            servers.stop()
+    return rows
+
+
+def _f(x: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def render(rows: list[Row]) -> str:
+    out = [
+        "| model | system | sim max QPS | live max QPS | live / sim | fixed rate | live within QoS | sim within QoS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r.model} | {r.system} | {_f(r.sim_max)} | {_f(r.live_max)} | {_f(r.ratio, '{:.2f}')} |"
+            f" {_f(r.fixed_rate)} | {_f(r.live_within_pct, '{:.2f}%')} | {_f(r.sim_within_pct, '{:.2f}%')} |"
+        )
+    return "\n".join(out)
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    labels = [f"{r.model}\n{r.system}" for r in rows]
+    sim = [r.sim_max or 0 for r in rows]
+    live = [r.live_max or 0 for r in rows]
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], sim, 0.4, label="simulated max")
+    ax.bar([i + 0.2 for i in x], live, 0.4, label="live max")
+    ax.set_xticks(list(x), labels, fontsize=7)
+    ax.set_ylabel("max QPS with 99% within QoS")
+    ax.set_yscale("symlog")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.live", description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="rm2,dien")
+    p.add_argument("--policies", default="kairos,fcfs")
+    p.add_argument("--no-haproxy", action="store_true")
+    p.add_argument("--step-queries", type=int, default=2000, help="queries per live find-max step")
+    p.add_argument("--sim-queries", type=int, default=20000, help="queries per simulated find-max step")
+    p.add_argument("--haproxy-port", type=int, default=18999)
+    p.add_argument("--out", default="results/live")
+    args = p.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in POOLS]
+    if unknown:
+        p.error(f"--models: no benchmark pool for {', '.join(unknown)}; expected some of {', '.join(POOLS)}")
+    haproxy = not args.no_haproxy
+    if haproxy and shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
+        p.error("haproxy is not installed (apt-get install haproxy), or pass --no-haproxy")
+    started = time.monotonic()
+    rows: list[Row] = []
+    for model in models:
+        rows.extend(run_model(model, args.policies.split(","), haproxy, args.step_queries, args.sim_queries,
+                              args.haproxy_port))
+    table = render(rows)
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {
+        "command": "python -m benchmarks.live " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "step_queries": args.step_queries,
+        "sim_queries": args.sim_queries,
+        "rows": [{**r.__dict__, "ratio": r.ratio} for r in rows],
+    }
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+    out.with_suffix(".md").write_text(table + "\n")
+    plot(rows, out.with_suffix(".png"))
+    _say(f"wrote {out}.json/.md/.png in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
