@@ -1,17 +1,26 @@
-"""Benchmark: what the gateway adds, against the same instance reached directly.
+"""Benchmark: what the gateway adds, against the same instance reached directly, in one run.
 
-Starts ``kairos-servers --zero-latency`` with one ncf instance and ``kairos-gateway`` in front
-of it (pinned to one core when ``taskset`` works), then, over gRPC and HTTP, runs a load client
-in a separate process (uvloop; grpc.aio / aiohttp; pre-built batch-1 requests):
+Starts ``kairos-servers --zero-latency`` and ``kairos-gateway`` in front of it, and for each
+setup and protocol runs a load client in its own process (uvloop; grpc.aio with pre-serialized
+requests, or the gateway's own keep-alive HTTP/1.1 client; batch-1 ncf requests):
 
 * closed loop, ``--concurrency`` requests outstanding, for max queries/s;
 * open loop at ``--rate`` q/s, for p50/p99 latency;
 
-each straight to the instance and through the gateway. Reports q/s, the ratio gateway/direct,
-and the latency the gateway adds (p50/p99 through it minus direct). Targets: >= 3,000 q/s on
-one core; p99 added <= 2 ms at 1,000 q/s.
+each straight to one instance and through the gateway. Setups (``--setups``):
 
-    python -m benchmarks.gateway_overhead --out results/gateway_overhead.json
+* ``pool8``: 8 instances, one query in flight per instance (the paper's rule, the default);
+* ``single64``: 1 instance, ``--depth 64`` in the gateway (the gateway as a thin proxy).
+
+With two or more CPUs the gateway is pinned to cpu 0 and everything else (instances, load
+client) to cpu 1 (``os.sched_setaffinity``). The second core then caps the q/s of both paths,
+so the report also gives the gateway's own CPU time per query (from /proc, over the closed
+loop) and what that makes one core's capacity. Reports q/s, the ratio gateway/direct, the
+gateway's µs/query and q/s per core, and the latency it adds (p50/p99 through it minus
+direct). ``--repeat`` runs it all again and reports the best and the median. Targets: >= 3,000
+q/s on one core; p99 added <= 2 ms at 1,000 q/s.
+
+    python -m benchmarks.gateway_overhead --repeat 3 --out results/gateway_overhead.json
 """
 
 from __future__ import annotations
@@ -20,20 +29,23 @@ import argparse
 import asyncio
 import json
 import os
-import re
-import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-MODEL = "ncf"
-READY_GW = re.compile(r"^kairos-gateway ready http=(\S+) grpc=(\S+)")
+from benchmarks.processes import start_gateway, start_servers
+from gateway.protocol.v2 import GRPC_INFER_METHOD
 
+MODEL = "ncf"
+SETUPS = {"pool8": (8, 1), "single64": (1, 64)}  # instances, gateway depth per instance
+WARMUP = 200
 
 # -- load client (runs in its own process: ``--worker``) -------------------------------------
 
@@ -47,71 +59,73 @@ def _grpc_request() -> bytes:
     return r.SerializeToString()
 
 
-async def _client(protocol: str, target: str, mode: str, value: float, duration: float) -> dict[str, Any]:
+async def _sender(
+    protocol: str, target: str
+) -> tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
+    """(send one request, close)."""
     if protocol == "grpc":
         import grpc
 
         channel = grpc.aio.insecure_channel(target)
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        call = channel.unary_unary(GRPC_INFER_METHOD)
         body = _grpc_request()
 
         async def send() -> None:
             await call(body)
 
-        close = channel.close
-    else:
-        import aiohttp
+        return send, channel.close
+    from gateway.backend.http1 import Http1Pool
 
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        url = f"http://{target}/v2/models/{MODEL}/infer"
-        jbody = json.dumps({"inputs": [{"name": "input0", "shape": [1, 1], "datatype": "FP32", "data": [0.0]}]})
-        headers = {"Content-Type": "application/json"}
+    host, port = target.rsplit(":", 1)
+    pool = Http1Pool(host, int(port))
+    path = f"/v2/models/{MODEL}/infer"
+    jbody = json.dumps(
+        {"inputs": [{"name": "input0", "shape": [1, 1], "datatype": "FP32", "data": [0.0]}]}
+    ).encode()
 
-        async def send() -> None:
-            async with session.post(url, data=jbody, headers=headers) as resp:
-                await resp.read()
-                if resp.status != 200:
-                    raise RuntimeError(f"HTTP {resp.status}")
+    async def post() -> None:
+        resp = await pool.request("POST", path, "Content-Type: application/json\r\n", jbody)
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}")
 
-        close = session.close
-    for _ in range(200):  # warm up connections
+    return post, pool.close
+
+
+async def _client(protocol: str, target: str, mode: str, value: float, duration: float) -> dict[str, Any]:
+    send, close = await _sender(protocol, target)
+    for _ in range(WARMUP):  # open connections, warm caches
         await send()
+    print("warm", flush=True)  # the parent starts counting the gateway's CPU here
     latencies: list[float] = []
     errors = 0
     loop = asyncio.get_running_loop()
     start = loop.time()
     end = start + duration
+
+    async def timed() -> None:
+        nonlocal errors
+        t0 = time.perf_counter()
+        try:
+            await send()
+        except Exception:
+            errors += 1
+            return
+        latencies.append(time.perf_counter() - t0)
+
     if mode == "closed":
 
         async def worker() -> None:
-            nonlocal errors
             while loop.time() < end:
-                t0 = time.perf_counter()
-                try:
-                    await send()
-                except Exception:
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - t0)
+                await timed()
 
         await asyncio.gather(*(worker() for _ in range(int(value))))
     else:
-        n = int(value * duration)
-        tasks = []
 
-        async def timed(at: float) -> None:
-            nonlocal errors
-            await asyncio.sleep(max(at - loop.time(), 0))
-            t0 = time.perf_counter()
-            try:
-                await send()
-            except Exception:
-                errors += 1
-                return
-            latencies.append(time.perf_counter() - t0)
+        async def at(t: float) -> None:
+            await asyncio.sleep(max(t - loop.time(), 0))
+            await timed()
 
-        tasks = [asyncio.ensure_future(timed(start + i / value)) for i in range(n)]
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*(at(start + i / value) for i in range(int(value * duration))))
     elapsed = loop.time() - start
     await close()
     lat = np.array(latencies) * 1000.0
@@ -128,110 +142,216 @@ def _worker(argv: list[str]) -> None:
     protocol, target, mode, value, duration = argv[0], argv[1], argv[2], float(argv[3]), float(argv[4])
     import uvloop
 
-    print(json.dumps(uvloop.run(_client(protocol, target, mode, value, duration))))
+    print(json.dumps(uvloop.run(_client(protocol, target, mode, value, duration))), flush=True)
 
 
-def run_client(protocol: str, target: str, mode: str, value: float, duration: float, cpu: int | None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.gateway_overhead", "--worker", protocol, target, mode, str(value), str(duration)]
-    out = subprocess.run(_pinned(cmd, cpu), capture_output=True, text=True, timeout=duration + 120, check=True)
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+# -- processes -------------------------------------------------------------------------------
 
 
-# -- processes under test ------------------------------------------------------------------------
+def _popen(cmd: list[str], cpu: int | None, **kw: Any) -> subprocess.Popen[str]:
+    pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
+    return subprocess.Popen(cmd, preexec_fn=pin, text=True, **kw)
 
 
-def _pinned(cmd: list[str], cpu: int | None) -> list[str]:
-    if cpu is None or not shutil.which("taskset"):
-        return cmd
-    return ["taskset", "-c", str(cpu), *cmd]
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _wait_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 60) -> str:
+def run_client(
+    protocol: str, target: str, mode: str, value: float, duration: float, cpu: int | None, watch: int | None
+) -> dict[str, Any]:
+    """One client run; with ``watch``, also that process's CPU seconds per query over the run."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.gateway_overhead",
+        "--worker",
+        protocol,
+        target,
+        mode,
+        str(value),
+        str(duration),
+    ]
+    proc = _popen(cmd, cpu, stdout=subprocess.PIPE)
     assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith(prefix):
-            return line.strip()
-    raise RuntimeError(f"{prefix!r} never printed (exit {proc.poll()})")
+    try:
+        first = proc.stdout.readline()
+        if first.strip() != "warm":
+            raise RuntimeError(f"load client failed before warming up: {first!r}")
+        cpu0 = _cpu_s(watch) if watch else 0.0
+        last = proc.stdout.readline()
+        cpu1 = _cpu_s(watch) if watch else 0.0
+        proc.wait(duration + 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    result = dict(json.loads(last))
+    if watch and result["count"]:
+        result["gateway_us_per_query"] = (cpu1 - cpu0) / result["count"] * 1e6
+    return result
+
+
+def _cpus(cpu: int | None) -> set[int] | None:
+    return None if cpu is None else {cpu}
+
+
+def measure_setup(
+    name: str, args: argparse.Namespace, cpus: tuple[int | None, int | None]
+) -> list[dict[str, Any]]:
+    """One setup: start its pool and gateway, then direct vs gateway for each protocol."""
+    n_instances, depth = SETUPS[name]
+    gw_cpu, other_cpu = cpus
+    tmp = Path(tempfile.mkdtemp(prefix="kairos-overhead-"))
+    config = tmp / "config.json"
+    config.write_text(json.dumps({
+        "model": MODEL, "qos_ms": 5, "pool": [{"type": "r5n.large", "count": n_instances}],
+        "servers": {"http_port": 0, "grpc_port": 0},
+        "gateway": {"http_port": 0, "grpc_port": 0, "policy": args.policy},
+    }))  # fmt: skip
+    address_file = tmp / "instances.json"
+    servers = start_servers(config, address_file, ["--zero-latency"], cpus=_cpus(other_cpu))
+    try:
+        inst = servers.instances[0]
+        gw_args = ["--address-file", str(address_file), "--depth", str(depth)]
+        gateway = start_gateway(config, gw_args, cpus=_cpus(gw_cpu))
+        try:
+            targets = {
+                ("grpc", "direct"): inst.grpc,
+                ("grpc", "gateway"): gateway.grpc,
+                ("http", "direct"): inst.http.removeprefix("http://"),
+                ("http", "gateway"): gateway.http,
+            }
+            rows = [_compare(name, p, targets, args, other_cpu, gateway.pid) for p in args.protocols]
+        finally:
+            gateway.stop()
+    finally:
+        servers.stop()
+    return rows
+
+
+def _compare(
+    name: str,
+    protocol: str,
+    targets: dict[tuple[str, str], str],
+    args: argparse.Namespace,
+    cpu: int | None,
+    gw_pid: int,
+) -> dict[str, Any]:
+    n_instances, depth = SETUPS[name]
+    row: dict[str, Any] = {"setup": name, "instances": n_instances, "depth": depth, "protocol": protocol}
+    for path in ("direct", "gateway"):
+        watch = gw_pid if path == "gateway" else None
+        print(
+            f"[overhead] {name} {protocol} {path}: closed x{args.concurrency}, open {args.rate:g} q/s",
+            flush=True,
+        )
+        closed = run_client(
+            protocol, targets[protocol, path], "closed", args.concurrency, args.duration, cpu, watch
+        )
+        opened = run_client(protocol, targets[protocol, path], "open", args.rate, args.duration, cpu, None)
+        row[path] = {"closed": closed, "open": opened}
+    d, g = row["direct"], row["gateway"]
+    row["qps_ratio"] = g["closed"]["qps"] / d["closed"]["qps"]
+    us = g["closed"].get("gateway_us_per_query")
+    row["gateway_us_per_query"] = us
+    row["gateway_qps_per_core"] = 1e6 / us if us else None
+    row["added_p50_ms"] = g["open"]["p50_ms"] - d["open"]["p50_ms"]
+    row["added_p99_ms"] = g["open"]["p99_ms"] - d["open"]["p99_ms"]
+    return row
+
+
+# -- report ----------------------------------------------------------------------------------
+
+KEYS = ("qps_ratio", "gateway_qps_per_core", "added_p99_ms")
+
+
+def summarise(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per (setup, protocol): best and median over the repeats (best = max q/s, min added p99)."""
+    out = []
+    for i, first in enumerate(runs[0]):
+        rows = [run[i] for run in runs]
+        s: dict[str, Any] = {"setup": first["setup"], "protocol": first["protocol"], "repeats": len(rows)}
+        for key in ("direct_qps", "gateway_qps", *KEYS):
+            values = [v for r in rows if (v := _value(r, key)) is not None]
+            if values:
+                s[key] = {
+                    "best": (min if key == "added_p99_ms" else max)(values),
+                    "median": statistics.median(values),
+                }
+        out.append(s)
+    return out
+
+
+def _value(row: dict[str, Any], key: str) -> float | None:
+    if key == "direct_qps":
+        return float(row["direct"]["closed"]["qps"])
+    if key == "gateway_qps":
+        return float(row["gateway"]["closed"]["qps"])
+    v = row.get(key)
+    return None if v is None else float(v)
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    print(f"{'setup':<8} {'proto':<5} | {'direct q/s':>10} {'gateway q/s':>11} {'ratio':>6} | {'gw us/q':>7} "
+          f"{'q/s/core':>8} | {'direct p50/p99':>15} {'gateway p50/p99':>16} | {'added p50':>9} {'added p99':>9}")  # fmt: skip
+    for r in rows:
+        d, g = r["direct"], r["gateway"]
+        us = r["gateway_us_per_query"]
+        print(f"{r['setup']:<8} {r['protocol']:<5} | {d['closed']['qps']:>10.0f} {g['closed']['qps']:>11.0f} "
+              f"{r['qps_ratio']:>5.2f}x | {us or float('nan'):>7.0f} {r['gateway_qps_per_core'] or float('nan'):>8.0f} | "
+              f"{d['open']['p50_ms']:>6.2f}/{d['open']['p99_ms']:<6.2f}ms {g['open']['p50_ms']:>7.2f}/{g['open']['p99_ms']:<6.2f}ms | "
+              f"{r['added_p50_ms']:>7.2f}ms {r['added_p99_ms']:>7.2f}ms")  # fmt: skip
+
+
+def print_summary(summary: list[dict[str, Any]]) -> None:
+    print(f"\nbest / median over {summary[0]['repeats']} runs")
+    print(
+        f"{'setup':<8} {'proto':<5} | {'direct q/s':>13} {'gateway q/s':>13} {'ratio':>11} | {'gw q/s/core':>13} | {'added p99 ms':>13}"
+    )
+
+    def cell(s: dict[str, Any], key: str, fmt: str) -> str:
+        v = s.get(key)
+        return "-" if v is None else f"{v['best']:{fmt}}/{v['median']:{fmt}}"
+
+    for s in summary:
+        print(f"{s['setup']:<8} {s['protocol']:<5} | {cell(s, 'direct_qps', '.0f'):>13} {cell(s, 'gateway_qps', '.0f'):>13} "
+              f"{cell(s, 'qps_ratio', '.2f'):>11} | {cell(s, 'gateway_qps_per_core', '.0f'):>13} | {cell(s, 'added_p99_ms', '.2f'):>13}")  # fmt: skip
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         _worker(sys.argv[2:])
         return
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
     ap.add_argument("--concurrency", type=int, default=32, help="closed-loop outstanding requests")
     ap.add_argument("--rate", type=float, default=1000.0, help="open-loop rate (q/s)")
     ap.add_argument("--policy", default="kairos")
-    ap.add_argument("--depth", type=int, default=64,
-                    help="gateway depth per instance; 1 (the paper's) serialises the one instance behind a round trip")
-    ap.add_argument("--protocols", nargs="+", default=["grpc", "http"])
+    ap.add_argument("--setups", nargs="+", choices=list(SETUPS), default=list(SETUPS))
+    ap.add_argument("--protocols", nargs="+", choices=["grpc", "http"], default=["grpc", "http"])
+    ap.add_argument("--repeat", type=int, default=1, help="runs of the whole benchmark (best and median)")
     ap.add_argument("--out", default="results/gateway_overhead.json")
     args = ap.parse_args()
-    ncpu = os.cpu_count() or 1
-    gw_cpu, other_cpu = (0, 1) if ncpu >= 2 else (None, None)
-    tmp = Path(tempfile.mkdtemp(prefix="kairos-overhead-"))
-    config = tmp / "config.json"
-    config.write_text(json.dumps({
-        "model": MODEL, "qos_ms": 5, "pool": [{"type": "r5n.large", "count": 1}],
-        "servers": {"http_port": 0, "grpc_port": 0, "address_file": str(tmp / "instances.json")},
-        "gateway": {"http_port": 0, "grpc_port": 0, "policy": args.policy},
-    }))  # fmt: skip
-    bindir = Path(sys.executable).parent
-    servers = subprocess.Popen(_pinned([str(bindir / "kairos-servers"), "--config", str(config), "--zero-latency"], other_cpu),
-                               stdout=subprocess.PIPE, text=True)
-    gateway = None
-    rows = []
-    try:
-        _wait_line(servers, "kairos-servers ready")
-        inst = json.loads((tmp / "instances.json").read_text())["instances"][0]
-        gateway = subprocess.Popen(_pinned([str(bindir / "kairos-gateway"), "--config", str(config), "--depth", str(args.depth)], gw_cpu),
-                                   stdout=subprocess.PIPE, text=True)
-        m = READY_GW.match(_wait_line(gateway, "kairos-gateway ready"))
-        assert m
-        targets = {
-            ("grpc", "direct"): inst["grpc"],
-            ("grpc", "gateway"): m.group(2),
-            ("http", "direct"): inst["http"].removeprefix("http://"),
-            ("http", "gateway"): m.group(1),
-        }
-        print(f"[overhead] gateway pinned to cpu {gw_cpu}, instance and load client to cpu {other_cpu}", flush=True)
-        for protocol in args.protocols:
-            row: dict[str, Any] = {"protocol": protocol}
-            for path in ("direct", "gateway"):
-                print(f"[overhead] {protocol} {path}: closed loop x{args.concurrency} ...", flush=True)
-                closed = run_client(protocol, targets[protocol, path], "closed", args.concurrency, args.duration, other_cpu)
-                print(f"[overhead] {protocol} {path}: open loop at {args.rate:g} q/s ...", flush=True)
-                opened = run_client(protocol, targets[protocol, path], "open", args.rate, args.duration, other_cpu)
-                row[path] = {"closed": closed, "open": opened}
-            d, g = row["direct"], row["gateway"]
-            row["qps_ratio"] = g["closed"]["qps"] / d["closed"]["qps"]
-            row["added_p50_ms"] = g["open"]["p50_ms"] - d["open"]["p50_ms"]
-            row["added_p99_ms"] = g["open"]["p99_ms"] - d["open"]["p99_ms"]
-            rows.append(row)
-    finally:
-        for proc in (gateway, servers):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.wait(15)
-    print()
-    print(f"{'proto':<5} | {'direct q/s':>10} {'gateway q/s':>11} {'ratio':>6} | "
-          f"{'open rate':>9} {'direct p50/p99':>15} {'gateway p50/p99':>16} | {'added p50':>9} {'added p99':>9}")
-    for r in rows:
-        d, g = r["direct"], r["gateway"]
-        print(f"{r['protocol']:<5} | {d['closed']['qps']:>10.0f} {g['closed']['qps']:>11.0f} {r['qps_ratio']:>5.2f}x | "
-              f"{g['open']['qps']:>9.0f} {d['open']['p50_ms']:>6.2f}/{d['open']['p99_ms']:<6.2f}ms "
-              f"{g['open']['p50_ms']:>7.2f}/{g['open']['p99_ms']:<6.2f}ms | "
-              f"{r['added_p50_ms']:>7.2f}ms {r['added_p99_ms']:>7.2f}ms")
+    cpus: tuple[int | None, int | None] = (0, 1) if len(os.sched_getaffinity(0)) >= 2 else (None, None)
+    print(f"[overhead] gateway on cpu {cpus[0]}, instances and load client on cpu {cpus[1]}", flush=True)
+    runs = []
+    for i in range(args.repeat):
+        rows = [row for name in args.setups for row in measure_setup(name, args, cpus)]
+        print(f"\nrun {i + 1}/{args.repeat}")
+        print_rows(rows)
+        runs.append(rows)
+    summary = summarise(runs)
+    print_summary(summary)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": MODEL, "policy": args.policy, "depth": args.depth, "concurrency": args.concurrency,
-                               "rate": args.rate, "duration_s": args.duration, "gateway_cpu": gw_cpu,
-                               "rows": rows}, indent=2))  # fmt: skip
+    out.write_text(json.dumps({
+        "model": MODEL, "policy": args.policy, "concurrency": args.concurrency, "rate": args.rate,
+        "duration_s": args.duration, "gateway_cpu": cpus[0], "command": " ".join(["python -m benchmarks.gateway_overhead", *sys.argv[1:]]),
+        "summary": summary, "runs": runs,
+    }, indent=2))  # fmt: skip
     print(f"\nwrote {out}")
 
 

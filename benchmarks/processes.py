@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.protocol.addresses import AddressList, InstanceAddress, read_address_file
@@ -104,8 +104,8 @@ def launch(
 
 @dataclass
 class ServersProcess(Process):
-    address_file: Path = Path()
-    addresses: AddressList = AddressList(model="", pid=0, instances=())
+    address_file: Path = field(default_factory=Path)
+    addresses: AddressList = field(default_factory=lambda: AddressList(model="", pid=0, instances=()))
 
     @property
     def instances(self) -> tuple[InstanceAddress, ...]:

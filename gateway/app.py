@@ -8,7 +8,6 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import aiohttp
 import grpc
 from aiohttp import web
 
@@ -85,7 +84,6 @@ class Gateway:
         self.http_port = 0
         self.grpc_port = 0
         self.core: GatewayCore | None = None
-        self._session: aiohttp.ClientSession | None = None
         self._prober: HealthProber | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -94,11 +92,8 @@ class Gateway:
     async def start(self) -> None:
         """Connect to the pool, probe it once, and listen on both front ends."""
         cfg = self.config
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=False), auto_decompress=False
-        )
         clients = [
-            InstanceClient(i.name, i.http_url, i.grpc_address, self._session, cfg.gateway.backend_protocol)
+            InstanceClient(i.name, i.http_url, i.grpc_address, cfg.gateway.backend_protocol)
             for i in self.instances
         ]
         core = GatewayCore(
@@ -153,5 +148,3 @@ class Gateway:
             await self._prober.stop()
         if self.core is not None:
             await self.core.close()
-        if self._session is not None:
-            await self._session.close()

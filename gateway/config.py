@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from gateway.errors import ConfigError
+from gateway.jsonfile import read_json_file
 from gateway.policies import POLICY_NAMES
 from gateway.profiles import Catalogue, load_catalogue
 
@@ -177,12 +176,7 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None) -> Config:
 
 def load_config(path: str | Path, catalogue: Catalogue | None = None) -> Config:
     path = Path(path)
-    try:
-        raw = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    raw = read_json_file(path, "config file")
     try:
         return parse_config(raw, catalogue)
     except ConfigError as exc:

@@ -220,8 +220,8 @@ class GatewayCore:
         loop = self._loop or self._bind_loop()
         ticket.queue_ms = loop.time() * 1000.0 - query.arrival_ms
         if query.attempts == 1:
-            self.metrics.queue.labels(self.model).observe(ticket.queue_ms / 1000.0)
-        self.metrics.dispatches.labels(inst.name, inst.type_name).inc()
+            self.metrics.queue_of(self.model).observe(ticket.queue_ms / 1000.0)
+        self.metrics.dispatches_of(inst.name, inst.type_name).inc()
         try:
             reply = await self.clients[inst.index].infer(ticket.request, self._timeout_s(query))
         except InstanceFailure as exc:
@@ -277,12 +277,12 @@ class GatewayCore:
             now = loop.time() * 1000.0
             if isinstance(outcome, InferResult):
                 ticket.future.set_result(outcome)
-                self.metrics.e2e.labels(self.model, ticket.request.protocol).observe(outcome.e2e_ms / 1000.0)
+                self.metrics.e2e_of(self.model, ticket.request.protocol).observe(outcome.e2e_ms / 1000.0)
                 if now > query.deadline_ms:
-                    self.metrics.violations.labels(self.model).inc()
+                    self.metrics.violations_of(self.model).inc()
             else:
                 ticket.future.set_exception(outcome)
-                self.metrics.violations.labels(self.model).inc()
+                self.metrics.violations_of(self.model).inc()
         self._answered(query)
 
     def _answered(self, query: Query) -> None:

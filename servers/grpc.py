@@ -16,7 +16,8 @@ import grpc
 from gateway.errors import BadRequest, InferenceError
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.errors import grpc_status
-from gateway.protocol.v2 import decode_proto_infer, parse_proto_infer
+from gateway.protocol.params import set_proto_parameters
+from gateway.protocol.v2 import GRPC_SERVICE, decode_proto_infer, parse_proto_infer
 from servers.instance import (
     EXTENSIONS,
     INPUT_DATATYPE,
@@ -32,7 +33,6 @@ from servers.instance import (
     Instance,
 )
 
-SERVICE = "inference.GRPCInferenceService"
 # A grpc.aio.ServicerContext; grpcio ships no type stubs, so to mypy it is Any anyway.
 Context: TypeAlias = Any
 
@@ -54,7 +54,7 @@ class GrpcFrontEnd:
             )
 
         return grpc.method_handlers_generic_handler(
-            SERVICE,
+            GRPC_SERVICE,
             {
                 "ServerLive": rpc(self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
                 "ServerReady": rpc(self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
@@ -109,12 +109,7 @@ class GrpcFrontEnd:
         except InferenceError as exc:
             await context.abort(grpc_status(exc), str(exc))
         response = pb.ModelInferResponse(model_name=req.model, model_version=MODEL_VERSION, id=req.id)
-        params = response.parameters
-        params["queue_ms"].double_param = record.queue_ms
-        params["service_ms"].double_param = record.service_ms
-        params["observed_ms"].double_param = record.observed_ms
-        params["instance"].string_param = inst.name
-        params["instance_type"].string_param = inst.instance_type
+        set_proto_parameters(response.parameters, inst.response_parameters(record))
         response.outputs.add(name=OUTPUT_NAME, datatype=OUTPUT_DATATYPE, shape=[record.batch, 1])
         response.raw_output_contents.append(inst.scores[: record.batch].tobytes())
         return response

@@ -145,13 +145,7 @@ class HttpFrontEnd:
             "model_name": model,
             "model_version": MODEL_VERSION,
             "id": request_id,
-            "parameters": {
-                "queue_ms": record.queue_ms,
-                "service_ms": record.service_ms,
-                "observed_ms": record.observed_ms,
-                "instance": inst.name,
-                "instance_type": inst.instance_type,
-            },
+            "parameters": inst.response_parameters(record),
             "outputs": [output],
         }
         if not binary:

@@ -19,6 +19,14 @@ import numpy as np
 
 from gateway.errors import BadRequest, ModelNotFound, ProfileError
 from gateway.profiles import LatencyProfile
+from gateway.protocol.params import (
+    INSTANCE_PARAM,
+    INSTANCE_QUEUE_MS,
+    INSTANCE_TYPE_PARAM,
+    OBSERVED_MS,
+    SERVICE_MS,
+    ParamValue,
+)
 
 SERVER_NAME = "kairos-servers"
 SERVER_VERSION = "0.1.0"
@@ -132,6 +140,16 @@ class Instance:
     @property
     def max_batch(self) -> int:
         return self.profile.max_batch
+
+    def response_parameters(self, record: ServiceRecord) -> dict[str, ParamValue]:
+        """The parameters of an infer response (both protocols): what happened to the query."""
+        return {
+            INSTANCE_QUEUE_MS: record.queue_ms,
+            SERVICE_MS: record.service_ms,
+            OBSERVED_MS: record.observed_ms,
+            INSTANCE_PARAM: self.name,
+            INSTANCE_TYPE_PARAM: self.instance_type,
+        }
 
     @property
     def busy(self) -> bool:

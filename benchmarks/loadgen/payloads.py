@@ -16,9 +16,8 @@ import orjson
 
 from gateway.errors import ConfigError
 from gateway.protocol import grpc_predict_v2_pb2 as pb
+from gateway.protocol.params import QOS_PARAMETER
 from gateway.workload.batch_mix import MAX_BATCH
-
-QOS_PARAMETER = "qos_ms"  # per-request QoS the gateway reads from the request parameters
 
 
 @dataclass(frozen=True, slots=True)

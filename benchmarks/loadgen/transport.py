@@ -1,6 +1,6 @@
 """Targets: send one V2 infer request and classify what came back.
 
-One shared keep-alive connection pool (HTTP, ``http1.Http1Pool``) or one channel (gRPC, grpc.aio) per run. The hot path
+One shared keep-alive connection pool (HTTP, ``gateway.backend.http1.Http1Pool``) or one channel (gRPC, grpc.aio) per run. The hot path
 builds the body with ``PayloadFactory`` and parses only the response ``parameters`` (for the
 per-instance share); it never goes through tritonclient.
 
@@ -21,15 +21,12 @@ from urllib.parse import urlsplit
 import grpc
 import orjson
 
-from benchmarks.loadgen.http1 import Http1Pool, HttpError
 from benchmarks.loadgen.payloads import PayloadFactory
+from gateway.backend.http1 import Http1Pool, HttpError
 from gateway.errors import ConfigError
 from gateway.protocol import grpc_predict_v2_pb2 as pb
-
-INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
-HEADER_LENGTH = "Inference-Header-Content-Length"
-# Response parameters naming the instance that served a query; the gateway's wins.
-INSTANCE_KEYS = ("gateway_instance", "instance")
+from gateway.protocol.params import INSTANCE_KEYS
+from gateway.protocol.v2 import GRPC_INFER_METHOD, INFERENCE_HEADER, proto_param_value
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +134,7 @@ class HttpTarget(Target):
         assert self._pool is not None, "open() the target first"
         if self.binary:
             body, header_len = self.payloads.binary(batch, request_id)
-            headers = f"Content-Type: application/octet-stream\r\n{HEADER_LENGTH}: {header_len}\r\n"
+            headers = f"Content-Type: application/octet-stream\r\n{INFERENCE_HEADER}: {header_len}\r\n"
         else:
             body = self.payloads.json(batch, request_id)
             headers = "Content-Type: application/json\r\n"
@@ -150,7 +147,7 @@ class HttpTarget(Target):
             return Outcome("connection")
         if resp.status != 200:
             return Outcome(f"http_{resp.status}")
-        hl = resp.headers.get(HEADER_LENGTH.lower())
+        hl = resp.headers.get(INFERENCE_HEADER.lower())
         try:
             obj = orjson.loads(resp.body if hl is None else resp.body[: int(hl)])
         except ValueError:
@@ -162,10 +159,9 @@ def _grpc_params(resp: pb.ModelInferResponse) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in INSTANCE_KEYS:
         if key in resp.parameters:
-            p = resp.parameters[key]
-            which = p.WhichOneof("parameter_choice")
-            if which is not None:
-                out[key] = getattr(p, which)
+            value = proto_param_value(resp.parameters[key])
+            if value is not None:
+                out[key] = value
     return out
 
 
@@ -185,7 +181,7 @@ class GrpcTarget(Target):
         )
         # Requests are pre-serialized bytes (no request_serializer); responses are parsed.
         self._call = self._channel.unary_unary(
-            INFER_METHOD, request_serializer=None, response_deserializer=pb.ModelInferResponse.FromString
+            GRPC_INFER_METHOD, request_serializer=None, response_deserializer=pb.ModelInferResponse.FromString
         )
         if not await self._connected(check_timeout_s):
             await self.close()

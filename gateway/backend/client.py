@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import aiohttp
-
 from gateway.backend.base import GRPC, HTTP, BackendReply, RoutedRequest
 from gateway.backend.grpc_client import GrpcBackend
 from gateway.backend.http_client import HttpBackend
@@ -33,11 +31,10 @@ class InstanceClient:
         name: str,
         http_url: str | None,
         grpc_address: str | None,
-        session: aiohttp.ClientSession,
         probe_protocol: str = GRPC,
     ) -> None:
         self.name = name
-        self.http = HttpBackend(name, http_url, session) if http_url else None
+        self.http = HttpBackend(name, http_url) if http_url else None
         self.grpc = GrpcBackend(name, grpc_address) if grpc_address else None
         if probe_protocol == GRPC and self.grpc is None:
             probe_protocol = HTTP
@@ -59,3 +56,5 @@ class InstanceClient:
     async def close(self) -> None:
         if self.grpc is not None:
             await self.grpc.close()
+        if self.http is not None:
+            await self.http.close()

@@ -1,57 +1,65 @@
-"""V2 HTTP/REST backend client over aiohttp: the body (JSON, or JSON header + binary tensors)
-goes out as it came in, with its content headers."""
+"""V2 HTTP/REST backend client: the body (JSON, or JSON header + binary tensors) goes out as it
+came in, with its content headers, over ``http1.Http1Pool`` keep-alive connections (a few µs
+per request where aiohttp's client costs ~0.1 ms)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-
-import aiohttp
+from urllib.parse import urlsplit
 
 from gateway.backend.base import BackendReply, InstanceFailure, RoutedRequest
+from gateway.backend.http1 import Http1Pool, HttpError
+from gateway.errors import ConfigError
 from gateway.protocol.routing import reported_service_ms_json
 from gateway.protocol.v2 import INFERENCE_HEADER
 
+_HEADER_LENGTH_KEY = INFERENCE_HEADER.lower()  # http1 responses have lower-case header names
+
 
 class HttpBackend:
-    def __init__(self, name: str, base_url: str, session: aiohttp.ClientSession) -> None:
+    def __init__(self, name: str, base_url: str) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
-        self._session = session
+        parts = urlsplit(self.base_url)
+        if parts.scheme != "http" or not parts.hostname or parts.port is None:
+            raise ConfigError(f"instance {name}: {base_url!r}: expected http://HOST:PORT")
+        self.prefix = parts.path  # a V2 server mounted under a path
+        self._pool = Http1Pool(parts.hostname, parts.port)
+        self._paths: dict[tuple[str, str | None], str] = {}
 
-    def _model_url(self, model: str, version: str | None) -> str:
-        url = f"{self.base_url}/v2/models/{model}"
-        return f"{url}/versions/{version}" if version else url
+    def _model_path(self, model: str, version: str | None) -> str:
+        path = f"{self.prefix}/v2/models/{model}"
+        return f"{path}/versions/{version}" if version else path
+
+    def _infer_path(self, model: str, version: str | None) -> str:
+        path = self._paths.get((model, version))
+        if path is None:  # one model per gateway: built once
+            path = self._paths[model, version] = self._model_path(model, version) + "/infer"
+        return path
 
     async def infer(self, request: RoutedRequest, timeout_s: float) -> BackendReply:
-        headers = {}
-        if request.content_type:
-            headers["Content-Type"] = request.content_type
+        headers = f"Content-Type: {request.content_type}\r\n" if request.content_type else ""
         if request.header_length is not None:
-            headers[INFERENCE_HEADER] = str(request.header_length)
-        url = self._model_url(request.model, request.version) + "/infer"
+            headers += f"{INFERENCE_HEADER}: {request.header_length}\r\n"
+        path = self._infer_path(request.model, request.version)
         start = time.perf_counter()
         try:
-            async with self._session.post(
-                url, data=request.body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as resp:
-                body = await resp.read()
-                status = resp.status
-                content_type = resp.headers.get("Content-Type")
-                raw_length = resp.headers.get(INFERENCE_HEADER)
+            resp = await self._pool.request("POST", path, headers, request.body, timeout_s)
         except TimeoutError:
             raise InstanceFailure(self.name, f"no answer within {timeout_s:.3f} s", timeout=True) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (HttpError, OSError) as exc:
             raise InstanceFailure(self.name, f"{type(exc).__name__}: {exc}") from None
+        status, body = resp.status, resp.body
         if status >= 500:
             raise InstanceFailure(self.name, f"HTTP {status}: {body[:200]!r}")
+        raw_length = resp.headers.get(_HEADER_LENGTH_KEY)
         header_length = int(raw_length) if raw_length and raw_length.isdigit() else None
         rtt = (time.perf_counter() - start) * 1000.0
         service_ms = reported_service_ms_json(body, header_length) if status < 400 else None
         return BackendReply(
             body=body,
             status=status,
-            content_type=content_type,
+            content_type=resp.headers.get("content-type"),
             header_length=header_length,
             service_ms=service_ms,
             round_trip_ms=rtt,
@@ -60,24 +68,21 @@ class HttpBackend:
     async def get(self, path: str, timeout_s: float) -> tuple[int, bytes, str | None]:
         """GET a V2 path (metadata) from the instance: status, body, content type."""
         try:
-            async with self._session.get(
-                self.base_url + path, timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as resp:
-                return resp.status, await resp.read(), resp.headers.get("Content-Type")
+            resp = await self._pool.request("GET", self.prefix + path, timeout_s=timeout_s)
         except TimeoutError:
             raise InstanceFailure(self.name, f"no answer within {timeout_s:.3f} s", timeout=True) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (HttpError, OSError) as exc:
             raise InstanceFailure(self.name, f"{type(exc).__name__}: {exc}") from None
+        return resp.status, resp.body, resp.headers.get("content-type")
 
     async def ready(self, model: str, timeout_s: float) -> bool:
         try:
-            async with self._session.get(
-                self._model_url(model, None) + "/ready", timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as resp:
-                await resp.read()
-                return resp.status == 200
-        except (TimeoutError, aiohttp.ClientError, OSError, asyncio.CancelledError):
+            resp = await self._pool.request(
+                "GET", self._model_path(model, None) + "/ready", timeout_s=timeout_s
+            )
+        except (TimeoutError, HttpError, OSError):
             return False
+        return resp.status == 200
 
     async def close(self) -> None:
-        pass  # the session is shared and closed by its owner
+        await self._pool.close()

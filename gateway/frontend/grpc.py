@@ -17,21 +17,11 @@ from gateway.backend import InstanceFailure, RoutedRequest
 from gateway.backend.base import GRPC
 from gateway.core import GatewayCore
 from gateway.errors import InferenceError, ModelNotFound, Overloaded, Unavailable
+from gateway.frontend import METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.errors import grpc_status
-from gateway.protocol.routing import (
-    PARAM_E2E_MS,
-    PARAM_INSTANCE,
-    PARAM_QUEUE_MS,
-    proto_parameters_suffix,
-    routing_from_proto,
-)
-from gateway.protocol.v2 import decode_proto_infer
-
-SERVICE = "inference.GRPCInferenceService"
-SERVER_NAME = "kairos-gateway"
-SERVER_VERSION = "0.1.0"
-METADATA_TIMEOUT_S = 2.0
+from gateway.protocol.routing import gateway_parameters, proto_parameters_suffix, routing_from_proto
+from gateway.protocol.v2 import GRPC_SERVICE, decode_proto_infer
 
 
 class GrpcFrontend:
@@ -45,7 +35,7 @@ class GrpcFrontend:
             )
 
         return grpc.method_handlers_generic_handler(
-            SERVICE,
+            GRPC_SERVICE,
             {
                 "ServerLive": typed(self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
                 "ServerReady": typed(self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
@@ -116,16 +106,12 @@ class GrpcFrontend:
         self._count(model, reply.grpc_code)
         if not reply.ok:  # the instance's own client error, unchanged
             await context.abort(reply.grpc_code, reply.grpc_details)
-        params: dict[str, str | float] = {
-            PARAM_INSTANCE: result.instance,
-            PARAM_QUEUE_MS: round(result.queue_ms, 3),
-            PARAM_E2E_MS: round((time.perf_counter() - start) * 1000.0, 3),
-        }
-        return reply.body + proto_parameters_suffix(params)
+        e2e_ms = (time.perf_counter() - start) * 1000.0
+        return reply.body + proto_parameters_suffix(gateway_parameters(result.instance, result.queue_ms, e2e_ms))
 
     def _count(self, model: str | None, code: grpc.StatusCode) -> None:
         label = model if model == self.core.model else "other"
-        self.core.metrics.requests.labels(label, code.name, GRPC).inc()
+        self.core.metrics.requests_of(label, code.name, GRPC).inc()
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: InferenceError, model: str | None) -> None:
         code = grpc_status(exc)

@@ -15,21 +15,13 @@ from gateway.backend import InstanceFailure, RoutedRequest
 from gateway.backend.base import HTTP
 from gateway.core import GatewayCore
 from gateway.errors import BadRequest, InferenceError, ModelNotFound, PayloadTooLarge, Unavailable
+from gateway.frontend import METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.protocol.errors import http_error
-from gateway.protocol.routing import (
-    PARAM_E2E_MS,
-    PARAM_INSTANCE,
-    PARAM_QUEUE_MS,
-    add_json_parameters,
-    routing_from_json,
-)
+from gateway.protocol.routing import add_json_parameters, gateway_parameters, routing_from_json
 from gateway.protocol.v2 import INFERENCE_HEADER, load_json_object, parse_header_length
 
 JSON = "application/json"
-METADATA_TIMEOUT_S = 2.0
-SERVER_NAME = "kairos-gateway"
-SERVER_VERSION = "0.1.0"
 
 
 class HttpFrontend:
@@ -122,11 +114,8 @@ class HttpFrontend:
         self._count(model, reply.status)
         if not reply.ok:  # the instance's own client error, unchanged
             return web.Response(status=reply.status, body=reply.body, content_type=_mime(reply.content_type))
-        params = {
-            PARAM_INSTANCE: result.instance,
-            PARAM_QUEUE_MS: round(result.queue_ms, 3),
-            PARAM_E2E_MS: round((time.perf_counter() - start) * 1000.0, 3),
-        }
+        e2e_ms = (time.perf_counter() - start) * 1000.0
+        params = gateway_parameters(result.instance, result.queue_ms, e2e_ms)
         body, header_length = add_json_parameters(reply.body, reply.header_length, params)
         headers = {"Content-Type": reply.content_type or JSON}
         if header_length is not None:
@@ -135,7 +124,7 @@ class HttpFrontend:
 
     def _count(self, model: str | None, status: int) -> None:
         label = model if model == self.core.model else "other"
-        self.core.metrics.requests.labels(label, str(status), HTTP).inc()
+        self.core.metrics.requests_of(label, str(status), HTTP).inc()
 
     def _error(self, exc: InferenceError, model: str | None) -> web.Response:
         error = http_error(exc)

@@ -21,6 +21,7 @@ from pathlib import Path
 import orjson
 
 from gateway.errors import ConfigError
+from gateway.jsonfile import read_json_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +59,7 @@ def write_address_file(path: str | Path, addresses: AddressList) -> None:
 def read_address_file(path: str | Path) -> AddressList:
     """Read an address file; ConfigError naming the file and the problem if it is wrong."""
     path = Path(path)
-    try:
-        doc = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such address file (is kairos-servers running?)") from None
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    doc = read_json_file(path, "address file (is kairos-servers running?)")
     try:
         instances = tuple(
             InstanceAddress(

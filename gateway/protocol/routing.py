@@ -26,35 +26,16 @@ import orjson
 
 from gateway.errors import BadRequest
 from gateway.protocol import grpc_predict_v2_pb2 as pb
-from gateway.protocol.v2 import (
-    INFERENCE_HEADER,
-    decode_proto_infer,
-    json_batch,
-    load_json_object,
-    parse_header_length,
-    proto_batch,
-    proto_param_value,
+from gateway.protocol.params import (
+    PARAM_E2E_MS,
+    PARAM_INSTANCE,
+    PARAM_QUEUE_MS,
+    QOS_PARAMETER,
+    SERVICE_MS_KEYS,
+    ParamValue,
+    set_proto_parameters,
 )
-
-QOS_PARAMETER = "qos_ms"  # per-request QoS (ms) a client may set in the request parameters
-PARAM_INSTANCE = "gateway_instance"
-PARAM_QUEUE_MS = "gateway_queue_ms"
-PARAM_E2E_MS = "gateway_e2e_ms"
-# Names an instance may report its own service time under (kairos-servers first).
-SERVICE_MS_KEYS = ("service_ms", "service_time_ms")
-
-__all__ = [
-    "INFERENCE_HEADER",
-    "QOS_PARAMETER",
-    "RoutingInfo",
-    "add_json_parameters",
-    "decode_proto_infer",
-    "load_json_object",
-    "parse_header_length",
-    "proto_parameters_suffix",
-    "routing_from_json",
-    "routing_from_proto",
-]
+from gateway.protocol.v2 import json_batch, proto_batch, proto_param_value
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +43,11 @@ class RoutingInfo:
     batch: int
     request_id: str
     qos_ms: float | None
+
+
+def gateway_parameters(instance: str, queue_ms: float, e2e_ms: float) -> dict[str, ParamValue]:
+    """The parameters the gateway adds to every response it passes back (both protocols)."""
+    return {PARAM_INSTANCE: instance, PARAM_QUEUE_MS: round(queue_ms, 3), PARAM_E2E_MS: round(e2e_ms, 3)}
 
 
 # -- HTTP/JSON -------------------------------------------------------------------------------
@@ -124,19 +110,10 @@ def routing_from_proto(request: pb.ModelInferRequest) -> RoutingInfo:
     return RoutingInfo(batch=proto_batch(request), request_id=request.id, qos_ms=qos)
 
 
-def proto_parameters_suffix(params: Mapping[str, str | float | int]) -> bytes:
+def proto_parameters_suffix(params: Mapping[str, ParamValue]) -> bytes:
     """Serialized ``ModelInferResponse`` with only these parameters: append it to a response."""
     message = pb.ModelInferResponse()
-    for key, value in params.items():
-        p = message.parameters[key]
-        if isinstance(value, str):
-            p.string_param = value
-        elif isinstance(value, bool):
-            p.bool_param = value
-        elif isinstance(value, int):
-            p.int64_param = value
-        else:
-            p.double_param = float(value)
+    set_proto_parameters(message.parameters, params)
     return message.SerializeToString()
 
 

@@ -29,6 +29,9 @@ from gateway.protocol.datatypes import byte_size, count_bytes_elements, element_
 
 # HTTP header of the binary tensor extension: the length of the JSON part of the body.
 INFERENCE_HEADER = "Inference-Header-Content-Length"
+# The V2 gRPC service, and ModelInfer's full method name (for calls that send raw bytes).
+GRPC_SERVICE = "inference.GRPCInferenceService"
+GRPC_INFER_METHOD = f"/{GRPC_SERVICE}/ModelInfer"
 
 # Which InferTensorContents field carries each datatype in a gRPC request (FP16/BF16 have
 # none: they can only travel in raw_input_contents).

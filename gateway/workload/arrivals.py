@@ -29,11 +29,10 @@ def _check_rate(rate: float) -> None:
 
 
 @dataclass(frozen=True)
-class PoissonArrivals(ArrivalProcess):
-    """A Poisson process: exponential gaps (the default; closest to real traffic)."""
+class SteadyArrivals(ArrivalProcess):
+    """A process with one fixed rate (queries/s); subclasses say how the gaps are drawn."""
 
     rate: float
-    name: str = "poisson"
 
     def __post_init__(self) -> None:
         _check_rate(self.rate)
@@ -41,41 +40,32 @@ class PoissonArrivals(ArrivalProcess):
     @property
     def mean_rate(self) -> float:
         return self.rate
+
+
+@dataclass(frozen=True)
+class PoissonArrivals(SteadyArrivals):
+    """A Poisson process: exponential gaps (the default; closest to real traffic)."""
+
+    name: str = "poisson"
 
     def times_ms(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return np.cumsum(rng.exponential(1000.0 / self.rate, n))
 
 
 @dataclass(frozen=True)
-class IntegerPoissonArrivals(ArrivalProcess):
+class IntegerPoissonArrivals(SteadyArrivals):
     """The paper harness's gaps: integer ms drawn from Poisson(mean gap). Much smoother than a
     Poisson process."""
 
-    rate: float
     name: str = "integer-poisson"
-
-    def __post_init__(self) -> None:
-        _check_rate(self.rate)
-
-    @property
-    def mean_rate(self) -> float:
-        return self.rate
 
     def times_ms(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return np.cumsum(rng.poisson(1000.0 / self.rate, n).astype(float))
 
 
 @dataclass(frozen=True)
-class ConstantArrivals(ArrivalProcess):
-    rate: float
+class ConstantArrivals(SteadyArrivals):
     name: str = "constant"
-
-    def __post_init__(self) -> None:
-        _check_rate(self.rate)
-
-    @property
-    def mean_rate(self) -> float:
-        return self.rate
 
     def times_ms(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return np.arange(1, n + 1) * (1000.0 / self.rate)
@@ -124,7 +114,7 @@ class PiecewiseRateArrivals(ArrivalProcess):
 
 
 def parse_arrivals(kind: str, rate: float) -> ArrivalProcess:
-    kinds: dict[str, type[PoissonArrivals] | type[IntegerPoissonArrivals] | type[ConstantArrivals]] = {
+    kinds: dict[str, type[SteadyArrivals]] = {
         "poisson": PoissonArrivals,
         "integer-poisson": IntegerPoissonArrivals,
         "constant": ConstantArrivals,

@@ -26,7 +26,6 @@ from benchmarks.loadgen import (
     render_table,
     run_load,
 )
-from benchmarks.loadgen.http1 import _Conn
 from gateway.errors import ConfigError
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.workload import ConstantArrivals, PoissonArrivals, make_workload, parse_batch_mix
@@ -299,47 +298,6 @@ async def test_find_max_brackets_and_bisects(monkeypatch):
     assert j["best"]["mode"] == "run" and json.loads(json.dumps(j)) == j
     down = await find_max(LoadConfig(url="http://h:1", model="ncf", rate=1000.0), step_queries=100, pause_s=0)
     assert 285 <= down.max_qps <= 300
-
-
-# -- HTTP/1.1 response parsing -------------------------------------------------------------
-
-
-class _FakeTransport:
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-
-    def writelines(self, parts):
-        self.written.extend(bytes(p) for p in parts)
-
-    def close(self):
-        pass
-
-
-@pytest.mark.parametrize("split", [1, 7, 1000])
-async def test_http1_parser_content_length_and_chunked(split):
-    loop = asyncio.get_running_loop()
-    conn = _Conn(loop)
-    conn.connection_made(_FakeTransport())  # type: ignore[arg-type]
-
-    def feed(data: bytes) -> None:
-        for i in range(0, len(data), split):
-            conn.data_received(data[i : i + split])
-
-    fut = conn.send([b"GET / HTTP/1.1\r\n\r\n"])
-    feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nInference-Header-Content-Length: 2\r\n\r\nhello")
-    r = await fut
-    assert (r.status, r.body, r.headers["inference-header-content-length"]) == (200, b"hello", "2")
-    fut = conn.send([b"x"])
-    feed(b"HTTP/1.1 503 Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwiki\r\n5;x=1\r\npedia\r\n0\r\n\r\n")
-    r = await fut
-    assert (r.status, r.body) == (503, b"wikipedia") and conn.keep_alive
-    fut = conn.send([b"x"])
-    feed(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-    assert (await fut).body == b"" and not conn.keep_alive
-    fut = conn.send([b"x"])
-    conn.connection_lost(None)
-    with pytest.raises(Exception, match="connection lost"):
-        await fut
 
 
 def test_percentile_convention_is_nearest_rank():

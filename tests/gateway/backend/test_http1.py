@@ -1,0 +1,76 @@
+"""The keep-alive HTTP/1.1 client of the gateway's HTTP backend (and of the load generator)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.backend.http1 import Http1Pool, _Conn
+
+
+class _FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def writelines(self, parts):
+        self.written.extend(bytes(p) for p in parts)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("split", [1, 7, 1000])
+async def test_http1_parser_content_length_and_chunked(split):
+    loop = asyncio.get_running_loop()
+    conn = _Conn(loop)
+    conn.connection_made(_FakeTransport())  # type: ignore[arg-type]
+
+    def feed(data: bytes) -> None:
+        for i in range(0, len(data), split):
+            conn.data_received(data[i : i + split])
+
+    fut = conn.send([b"GET / HTTP/1.1\r\n\r\n"])
+    feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nInference-Header-Content-Length: 2\r\n\r\nhello")
+    r = await fut
+    assert (r.status, r.body, r.headers["inference-header-content-length"]) == (200, b"hello", "2")
+    fut = conn.send([b"x"])
+    feed(
+        b"HTTP/1.1 503 Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwiki\r\n5;x=1\r\npedia\r\n0\r\n\r\n"
+    )
+    r = await fut
+    assert (r.status, r.body) == (503, b"wikipedia") and conn.keep_alive
+    fut = conn.send([b"x"])
+    feed(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    assert (await fut).body == b"" and not conn.keep_alive
+    fut = conn.send([b"x"])
+    conn.connection_lost(None)
+    with pytest.raises(Exception, match="connection lost"):
+        await fut
+
+
+async def test_pool_keeps_alive_and_times_out_without_reusing_the_connection() -> None:
+    """Answers the first request on a connection at once and never answers the second."""
+    seen: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(1)
+        n = 0
+        while await reader.readuntil(b"\r\n\r\n"):
+            n += 1
+            if n == 1:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = Http1Pool("127.0.0.1", port)
+    try:
+        assert (await pool.request("GET", "/", timeout_s=5.0)).body == b"ok"
+        with pytest.raises(TimeoutError):
+            await pool.request("GET", "/", timeout_s=0.05)  # same connection: never answered
+        assert (await pool.request("GET", "/", timeout_s=5.0)).body == b"ok"  # a fresh one
+        assert len(seen) == 2
+    finally:
+        await pool.close()
+        server.close()
