@@ -104,6 +104,7 @@ def launch(
 
 @dataclass
 class ServersProcess(Process):
+    config_path: Path = field(default_factory=Path)
     address_file: Path = field(default_factory=Path)
     addresses: AddressList = field(default_factory=lambda: AddressList(model="", pid=0, instances=()))
 
@@ -134,7 +135,9 @@ def start_servers(
     cmd = [*console_script("kairos-servers", "servers.cli"), "--config", str(config),
            "--address-file", str(address_file), *args]
     proc, _ = launch(cmd, SERVERS_READY, directory / f"servers-{time.monotonic_ns()}.stderr", timeout_s, cpus)
-    return ServersProcess(proc.process, proc.stderr_path, proc.ready_line, address_file, read_address_file(address_file))
+    return ServersProcess(
+        proc.process, proc.stderr_path, proc.ready_line, config, address_file, read_address_file(address_file)
+    )
 
 
 def start_gateway(

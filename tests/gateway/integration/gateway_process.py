@@ -4,16 +4,8 @@ and talk V2 to them with a small asynchronous client."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import select
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,42 +13,16 @@ import aiohttp
 import orjson
 from helpers.pool import RunningPool
 
+from benchmarks.processes import GatewayProcess, console_script, start_gateway
+
 READY = re.compile(r"^kairos-gateway ready http=(\S+) grpc=(\S+)")
 
 
+RunningGateway = GatewayProcess
+
+
 def gateway_command() -> list[str]:
-    script = Path(sys.executable).parent / "kairos-gateway"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("kairos-gateway")
-    return [found] if found else [sys.executable, "-m", "gateway.cli"]
-
-
-@dataclass
-class RunningGateway:
-    process: subprocess.Popen[str]
-    http: str
-    grpc: str
-    stderr_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.http}"
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout:
-            self.process.stdout.close()
-        return int(self.process.returncode)
+    return console_script("kairos-gateway", "gateway.cli")
 
 
 def gateway_config(pool_config: Path, directory: Path, qos_ms: float | None = None, **gateway: Any) -> Path:
@@ -71,29 +37,7 @@ def gateway_config(pool_config: Path, directory: Path, qos_ms: float | None = No
 
 
 def launch_gateway(config: Path, args: Sequence[str], directory: Path, timeout_s: float = 30.0) -> RunningGateway:
-    stderr_path = directory / f"gateway-{time.monotonic_ns()}.stderr"
-    with open(stderr_path, "w") as err:
-        proc = subprocess.Popen(
-            [*gateway_command(), "--config", str(config), *args],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    while (left := deadline - time.monotonic()) > 0:
-        if not select.select([proc.stdout], [], [], left)[0]:
-            break
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if m := READY.match(line):
-            return RunningGateway(proc, m.group(1), m.group(2), stderr_path)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    raise RuntimeError(f"kairos-gateway did not start (exit {proc.returncode}): {stderr_path.read_text()}")
+    return start_gateway(config, args, directory, timeout_s)
 
 
 def instance_flags(*pools: RunningPool) -> list[str]:
