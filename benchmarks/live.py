@@ -2,8 +2,9 @@
 
 ``python -m benchmarks.live`` — for rm2 and dien on the benchmark's pools, the max QPS with
 >= 99% of queries within QoS of ``kairos`` and ``fcfs`` through real processes
-(``kairos-servers`` + ``kairos-gateway`` + the load generator, gRPC), over the simulator's max
-for the same policy, pool and workload; and haproxy (``balance leastconn``, HTTP) in front of
+(``kairos-servers`` + ``kairos-gateway`` + the load generator), over the simulator's max
+for the same policy, pool and workload (HTTP with the binary tensor extension, the cheaper of
+the two transports in Python; the pool spread over 2 worker processes); and haproxy (``balance leastconn``, HTTP) in front of
 the same pool, driven by the same workload. Writes results/live.{json,md,png}.
 
 A policy the simulator finds unable to reach the target at any rate (max 0) is run live at a
@@ -121,11 +122,11 @@ def at_fixed_rate(url: str, base: LoadConfig, rate: float, queries: int, pool: s
 
 
 def run_model(model: str, policies: list[str], haproxy: bool, step_queries: int, sim_queries: int,
-              haproxy_port: int) -> list[Row]:
+              haproxy_port: int, workers: int) -> list[Row]:
     qos = load_catalogue().qos(model)
     pool = POOLS[model]
     rows: list[Row] = []
-    base = LoadConfig(url="grpc://127.0.0.1:1", model=model, rate=1.0, qos_ms=qos, seed=0)
+    base = LoadConfig(url="http://127.0.0.1:1", model=model, rate=1.0, qos_ms=qos, seed=0, binary=True)
     sims = {p: sim_find_max(model=model, qos_ms=qos, pool=parse_pool(pool), policy=p, queries=sim_queries).max_qps
             for p in dict.fromkeys(["kairos", *policies])}
     # A policy with no sim max is compared at a rate the pool carries easily: half kairos's max.
@@ -133,7 +134,7 @@ def run_model(model: str, policies: list[str], haproxy: bool, step_queries: int,
     with tempfile.TemporaryDirectory(prefix=f"kairos-live-{model}-") as tmp:
         directory = Path(tmp)
         config = write_config(directory, model, pool, qos)
-        servers = start_servers(config, directory / "instances.json", directory=directory)
+        servers = start_servers(config, directory / "instances.json", ["--workers", str(workers)], directory)
         try:
             _say(f"{model}: {servers.ready_line}")
             for policy in policies:
@@ -141,7 +142,7 @@ def run_model(model: str, policies: list[str], haproxy: bool, step_queries: int,
                 _say(f"  kairos-gateway --policy {policy} (sim max {sims[policy]:.1f} QPS)")
                 gateway = start_gateway(config, ["--policy", policy, "--address-file",
                                                  str(servers.address_file)], directory)
-                url = f"grpc://{gateway.grpc}"
+                url = gateway.url
                 try:
                     if sims[policy] > 0:
                         row = Row(model, f"kairos-gateway/{policy}", sims[policy],
@@ -221,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-queries", type=int, default=2000, help="queries per live find-max step")
     p.add_argument("--sim-queries", type=int, default=20000, help="queries per simulated find-max step")
     p.add_argument("--haproxy-port", type=int, default=18999)
+    p.add_argument("--workers", type=int, default=2, help="kairos-servers worker processes (default 2)")
     p.add_argument("--out", default="results/live")
     args = p.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for model in models:
         rows.extend(run_model(model, args.policies.split(","), haproxy, args.step_queries, args.sim_queries,
-                              args.haproxy_port))
+                              args.haproxy_port, args.workers))
     table = render(rows)
     print(table)
     out = Path(args.out)
