@@ -206,10 +206,12 @@ def measure_setup(
     gw_cpu, other_cpu = cpus
     tmp = Path(tempfile.mkdtemp(prefix="kairos-overhead-"))
     config = tmp / "config.json"
+    gateway_config: dict[str, Any] = {"http_port": 0, "grpc_port": 0, "policy": args.policy}
+    if args.backend_protocol:
+        gateway_config["backend_protocol"] = args.backend_protocol
     config.write_text(json.dumps({
         "model": MODEL, "qos_ms": 5, "pool": [{"type": "r5n.large", "count": n_instances}],
-        "servers": {"http_port": 0, "grpc_port": 0},
-        "gateway": {"http_port": 0, "grpc_port": 0, "policy": args.policy},
+        "servers": {"http_port": 0, "grpc_port": 0}, "gateway": gateway_config,
     }))  # fmt: skip
     address_file = tmp / "instances.json"
     servers = start_servers(config, address_file, ["--zero-latency"], cpus=_cpus(other_cpu))
@@ -332,6 +334,8 @@ def main() -> None:
     ap.add_argument("--policy", default="kairos")
     ap.add_argument("--setups", nargs="+", choices=list(SETUPS), default=list(SETUPS))
     ap.add_argument("--protocols", nargs="+", choices=["grpc", "http"], default=["grpc", "http"])
+    ap.add_argument("--backend-protocol", choices=["grpc", "http"], default=None,
+                    help="the gateway's gateway.backend_protocol (default: the config default)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of the whole benchmark (best and median)")
     ap.add_argument("--out", default="results/gateway_overhead.json")
     args = ap.parse_args()
@@ -348,7 +352,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "model": MODEL, "policy": args.policy, "concurrency": args.concurrency, "rate": args.rate,
+        "model": MODEL, "policy": args.policy, "backend_protocol": args.backend_protocol, "concurrency": args.concurrency, "rate": args.rate,
         "duration_s": args.duration, "gateway_cpu": cpus[0], "command": " ".join(["python -m benchmarks.gateway_overhead", *sys.argv[1:]]),
         "summary": summary, "runs": runs,
     }, indent=2))  # fmt: skip

@@ -21,6 +21,7 @@ from gateway.config import load_config
 from gateway.errors import ConfigError
 from gateway.policies import POLICY_NAMES
 from gateway.pool import load_address_file, parse_instance_flags
+from gateway.threads import keep_helper_threads_demoted
 
 PROG = "kairos-gateway"
 
@@ -80,6 +81,8 @@ async def serve(args: argparse.Namespace) -> None:
         await gateway.stop(0)
         raise ConfigError(f"cannot listen: {exc}") from None
     assert gateway.core is not None
+    # The gateway owns this process: gRPC's helper threads must not preempt the event loop.
+    demoter = loop.create_task(keep_helper_threads_demoted())
     healthy = sum(i.healthy for i in gateway.dispatcher.instances)
     print(
         f"{PROG} ready http={config.host}:{gateway.http_port} grpc={config.host}:{gateway.grpc_port} "
@@ -88,6 +91,7 @@ async def serve(args: argparse.Namespace) -> None:
     )
     await stop.wait()
     logging.getLogger("kairos.gateway").warning("stopping: answering %d queries in flight", gateway.core.outstanding)
+    demoter.cancel()
     await gateway.stop()
 
 

@@ -42,7 +42,7 @@ class GatewayConfig:
     max_pending: int = 2000
     depth_per_instance: int = 1
     probe_interval_s: float = 1.0
-    backend_protocol: str = "grpc"
+    backend_protocol: str = "http"  # gRPC queries translated to HTTP: cheaper (backend/grpc_over_http.py)
     max_body_bytes: int = 64 * 1024 * 1024
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import grpc
 
+from gateway.protocol import grpc_predict_v2_pb2 as pb
+
 HTTP = "http"
 GRPC = "grpc"
 
@@ -19,7 +21,7 @@ class RoutedRequest:
     JSON header + binary tensors) body for HTTP.
     """
 
-    protocol: str  # HTTP or GRPC: the front end it came in on and the backend protocol it leaves on
+    protocol: str  # HTTP or GRPC: the front end it came in on (gRPC may leave over HTTP, translated)
     model: str
     batch: int
     body: bytes
@@ -28,6 +30,9 @@ class RoutedRequest:
     version: str | None = None
     content_type: str | None = None  # HTTP only
     header_length: int | None = None  # HTTP binary extension: length of the JSON header
+    # gRPC only: ``body`` as the front end parsed it, so that a backend translating the request
+    # to HTTP need not parse it again.
+    message: pb.ModelInferRequest | None = None
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ import time
 from urllib.parse import urlsplit
 
 from gateway.backend.base import BackendReply, InstanceFailure, RoutedRequest
-from gateway.backend.http1 import Http1Pool, HttpError
+from gateway.backend.http1 import Http1Pool, HttpError, Response
 from gateway.errors import ConfigError
 from gateway.protocol.routing import reported_service_ms_json
 from gateway.protocol.v2 import INFERENCE_HEADER
@@ -41,19 +41,10 @@ class HttpBackend:
         headers = f"Content-Type: {request.content_type}\r\n" if request.content_type else ""
         if request.header_length is not None:
             headers += f"{INFERENCE_HEADER}: {request.header_length}\r\n"
-        path = self._infer_path(request.model, request.version)
         start = time.perf_counter()
-        try:
-            resp = await self._pool.request("POST", path, headers, request.body, timeout_s)
-        except TimeoutError:
-            raise InstanceFailure(self.name, f"no answer within {timeout_s:.3f} s", timeout=True) from None
-        except (HttpError, OSError) as exc:
-            raise InstanceFailure(self.name, f"{type(exc).__name__}: {exc}") from None
+        resp = await self.post_infer(request.model, request.version, headers, request.body, timeout_s)
         status, body = resp.status, resp.body
-        if status >= 500:
-            raise InstanceFailure(self.name, f"HTTP {status}: {body[:200]!r}")
-        raw_length = resp.headers.get(_HEADER_LENGTH_KEY)
-        header_length = int(raw_length) if raw_length and raw_length.isdigit() else None
+        header_length = response_header_length(resp)
         rtt = (time.perf_counter() - start) * 1000.0
         service_ms = reported_service_ms_json(body, header_length) if status < 400 else None
         return BackendReply(
@@ -64,6 +55,22 @@ class HttpBackend:
             service_ms=service_ms,
             round_trip_ms=rtt,
         )
+
+    async def post_infer(
+        self, model: str, version: str | None, headers: str, body: bytes, timeout_s: float
+    ) -> Response:
+        """POST an infer body; the response unless the instance failed (InstanceFailure:
+        refused, reset, timeout, 5xx)."""
+        path = self._infer_path(model, version)
+        try:
+            resp = await self._pool.request("POST", path, headers, body, timeout_s)
+        except TimeoutError:
+            raise InstanceFailure(self.name, f"no answer within {timeout_s:.3f} s", timeout=True) from None
+        except (HttpError, OSError) as exc:
+            raise InstanceFailure(self.name, f"{type(exc).__name__}: {exc}") from None
+        if resp.status >= 500:
+            raise InstanceFailure(self.name, f"HTTP {resp.status}: {resp.body[:200]!r}")
+        return resp
 
     async def get(self, path: str, timeout_s: float) -> tuple[int, bytes, str | None]:
         """GET a V2 path (metadata) from the instance: status, body, content type."""
@@ -86,3 +93,9 @@ class HttpBackend:
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+def response_header_length(resp: Response) -> int | None:
+    """``Inference-Header-Content-Length`` of a response (binary extension), None if absent."""
+    raw = resp.headers.get(_HEADER_LENGTH_KEY)
+    return int(raw) if raw and raw.isdigit() else None

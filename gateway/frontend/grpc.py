@@ -97,6 +97,7 @@ class GrpcFrontend:
                     request_id=info.request_id,
                     qos_ms=info.qos_ms,
                     version=request.model_version or None,
+                    message=request,
                 )
             )
         except InferenceError as exc:

@@ -35,7 +35,7 @@ GRPC_INFER_METHOD = f"/{GRPC_SERVICE}/ModelInfer"
 
 # Which InferTensorContents field carries each datatype in a gRPC request (FP16/BF16 have
 # none: they can only travel in raw_input_contents).
-_CONTENTS_FIELD: dict[str, str] = {
+CONTENTS_FIELD: dict[str, str] = {
     "BOOL": "bool_contents",
     "UINT8": "uint_contents",
     "UINT16": "uint_contents",
@@ -357,7 +357,7 @@ def _opt_bool(value: object) -> bool | None:
 
 
 def _check_contents(tensor: InputTensor, t: Any, label: str) -> None:
-    field_name = _CONTENTS_FIELD.get(tensor.datatype)
+    field_name = CONTENTS_FIELD.get(tensor.datatype)
     if field_name is None:
         raise BadRequest(f"{label}: datatype {tensor.datatype} can only be sent in raw_input_contents")
     n = len(getattr(t.contents, field_name))

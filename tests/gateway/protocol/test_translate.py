@@ -1,0 +1,228 @@
+"""gRPC <-> HTTP translation of V2 infer messages (gateway.protocol.translate): pure, no I/O.
+
+Requests are built by tritonclient's own gRPC and HTTP request builders, and responses read
+back by tritonclient's gRPC result, so both ends are checked against a real V2 client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import tritonclient.grpc as tg
+import tritonclient.http as th
+from tritonclient.grpc import service_pb2
+from tritonclient.grpc._utils import _get_inference_request as grpc_request
+from tritonclient.http._utils import _get_inference_request as http_request
+
+from gateway.errors import BadRequest
+from gateway.protocol import grpc_predict_v2_pb2 as pb
+from gateway.protocol.translate import (
+    MalformedResponse,
+    http_response_to_proto,
+    json_data_to_raw,
+    proto_request_to_http,
+    set_json_parameters,
+)
+from gateway.protocol.v2 import parse_http_infer, proto_param_value
+
+TENSORS: dict[str, np.ndarray] = {
+    "f32": np.arange(6, dtype=np.float32).reshape(2, 3),
+    "i64": np.array([[-1], [2**40]], dtype=np.int64),
+    "u8": np.array([[0, 255]], dtype=np.uint8),
+    "b": np.array([[True, False]], dtype=np.bool_),
+    "f16": np.array([0.5, -2.0], dtype=np.float16),
+    "s": np.array([b"xy", b"", "é".encode()], dtype=np.object_),
+}
+PARAMS = {"qos_ms": 5, "flag": True, "tag": "t", "ratio": 0.25}
+
+
+def _grpc_inputs(tensors: dict[str, np.ndarray]) -> list[tg.InferInput]:
+    out = []
+    for name, x in tensors.items():
+        inp = tg.InferInput(name, list(x.shape), tg.np_to_triton_dtype(x.dtype))
+        inp.set_data_from_numpy(x)
+        out.append(inp)
+    return out
+
+
+def _triton_grpc(outputs: list[tg.InferRequestedOutput] | None = None, **kw: Any) -> pb.ModelInferRequest:
+    """A request exactly as tritonclient.grpc serializes it, parsed by the gateway's stubs."""
+    request = grpc_request(
+        "m", _grpc_inputs(kw.pop("tensors", TENSORS)), "", kw.pop("request_id", "r1"), outputs,
+        0, False, False, 0, None, kw.pop("parameters", PARAMS),
+    )  # fmt: skip
+    return pb.ModelInferRequest.FromString(request.SerializeToString())
+
+
+def _split(body: bytes, header_length: int) -> tuple[dict[str, Any], bytes]:
+    return orjson.loads(body[:header_length]), body[header_length:]
+
+
+# -- request ---------------------------------------------------------------------------------
+
+
+def test_a_tritonclient_grpc_request_becomes_what_tritonclient_http_would_send() -> None:
+    request = _triton_grpc([tg.InferRequestedOutput("out", class_count=2)])
+    http = proto_request_to_http(request)
+    head, binary = _split(http.body, http.header_length)
+
+    http_inputs = []
+    for name, x in TENSORS.items():
+        inp = th.InferInput(name, list(x.shape), th.np_to_triton_dtype(x.dtype))
+        inp.set_data_from_numpy(x, binary_data=True)
+        http_inputs.append(inp)
+    outputs = [th.InferRequestedOutput("out", binary_data=True, class_count=2)]
+    expected_body, expected_length = http_request(
+        http_inputs, "r1", outputs, 0, False, False, 0, None, PARAMS
+    )
+    expected_head, expected_binary = _split(expected_body, expected_length)
+
+    assert head == expected_head  # same inputs, shapes, sizes, outputs, parameters, id
+    assert binary == expected_binary == b"".join(request.raw_input_contents)  # bytes untouched
+    parsed = parse_http_infer(http.body, "m", header_length=http.header_length)  # valid V2 for a server
+    assert [t.name for t in parsed.inputs] == list(TENSORS) and parsed.wants_binary("out")
+
+
+def test_with_no_outputs_named_every_output_is_asked_for_in_binary() -> None:
+    http = proto_request_to_http(_triton_grpc(parameters={}, request_id=""))
+    head, _ = _split(http.body, http.header_length)
+    assert "outputs" not in head and "id" not in head
+    assert head["parameters"] == {"binary_data_output": True}
+
+
+def test_typed_contents_are_encoded_as_the_raw_bytes_tritonclient_would_send() -> None:
+    request = _triton_grpc(parameters={})
+    typed = pb.ModelInferRequest(model_name="m")
+    typed.CopyFrom(request)
+    del typed.raw_input_contents[:]
+    contents = {
+        "f32": ("fp32_contents", TENSORS["f32"].ravel().tolist()),
+        "i64": ("int64_contents", TENSORS["i64"].ravel().tolist()),
+        "u8": ("uint_contents", TENSORS["u8"].ravel().tolist()),
+        "b": ("bool_contents", TENSORS["b"].ravel().tolist()),
+        "s": ("bytes_contents", list(TENSORS["s"])),
+    }
+    kept = [t for t in typed.inputs if t.name in contents]
+    del typed.inputs[:]
+    for t in kept:
+        field, values = contents[t.name]
+        getattr(t.contents, field).extend(values)
+        typed.inputs.append(t)
+    http = proto_request_to_http(typed)
+    _, binary = _split(http.body, http.header_length)
+    raw = dict(zip([t.name for t in request.inputs], request.raw_input_contents, strict=True))
+    assert binary == b"".join(raw[name] for name in contents)
+
+
+def test_requests_a_grpc_server_would_refuse_are_refused_with_its_error() -> None:
+    partial = _triton_grpc()
+    del partial.raw_input_contents[-1]  # raw data for some inputs only
+    with pytest.raises(BadRequest, match="raw_input_contents has 5 entries for 6 inputs"):
+        proto_request_to_http(partial)
+    wrong = pb.ModelInferRequest(model_name="m")
+    wrong.inputs.add(name="x", datatype="FP32", shape=[2]).contents.fp32_contents.extend([1.0])
+    with pytest.raises(BadRequest, match="needs 2 elements"):
+        proto_request_to_http(wrong)
+    half = pb.ModelInferRequest(model_name="m")
+    half.inputs.add(name="x", datatype="FP16", shape=[1])
+    with pytest.raises(BadRequest, match="only be sent in raw_input_contents"):
+        proto_request_to_http(half)
+
+
+# -- response --------------------------------------------------------------------------------
+
+
+def _http_response(outputs: dict[str, np.ndarray], binary: bool, **doc: Any) -> tuple[bytes, int | None]:
+    """An HTTP infer response as a V2 server writes it (binary extension or JSON data)."""
+    head: dict[str, Any] = {"model_name": "m", "model_version": "1", "id": "r1", "outputs": [], **doc}
+    raws = []
+    for name, x in outputs.items():
+        datatype = th.np_to_triton_dtype(x.dtype)
+        out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(x.shape)}
+        if binary:
+            raw = tg.serialize_byte_tensor(x).item() if datatype == "BYTES" else x.tobytes()
+            out["parameters"] = {"binary_data_size": len(raw)}
+            raws.append(raw)
+        else:
+            out["data"] = [v.decode() for v in x.ravel()] if datatype == "BYTES" else x.tolist()
+        head["outputs"].append(out)
+    encoded = orjson.dumps(head)
+    return (encoded + b"".join(raws), len(encoded)) if binary else (encoded, None)
+
+
+def _triton_result(data: bytes) -> tg.InferResult:
+    """The translated response as tritonclient.grpc reads it."""
+    return tg.InferResult(service_pb2.ModelInferResponse.FromString(data))
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_responses_read_back_by_tritonclient_give_the_instance_outputs(binary: bool) -> None:
+    params = {"instance": "r5n.large-0", "service_ms": 1.5, "queue_ms": 0.0, "n": 3, "ok": True}
+    body, header_length = _http_response(TENSORS, binary, parameters=params)
+    reply = http_response_to_proto(body, header_length)
+    result = _triton_result(reply.data)
+    for name, x in TENSORS.items():
+        got = result.as_numpy(name)
+        assert got is not None and got.shape == x.shape and got.dtype == x.dtype
+        assert np.array_equal(got, x), name
+    response = result.get_response()
+    assert (response.model_name, response.model_version, response.id) == ("m", "1", "r1")
+    assert {k: proto_param_value(v) for k, v in response.parameters.items()} == params
+    assert isinstance(proto_param_value(response.parameters["queue_ms"]), float)  # 0.0 stays a double
+    assert all("binary_data_size" not in o.parameters for o in response.outputs)
+    assert reply.message.raw_output_contents == [] and len(response.raw_output_contents) == len(TENSORS)
+
+
+def test_the_gateway_parameters_suffix_still_merges_into_a_translated_response() -> None:
+    from gateway.protocol.routing import gateway_parameters, proto_parameters_suffix
+
+    body, header_length = _http_response({"out": TENSORS["f32"]}, True, parameters={"instance": "i0"})
+    data = http_response_to_proto(body, header_length).data
+    merged = service_pb2.ModelInferResponse.FromString(
+        data + proto_parameters_suffix(gateway_parameters("i0", 0.1, 0.2))
+    )
+    assert set(merged.parameters) == {"instance", "gateway_instance", "gateway_queue_ms", "gateway_e2e_ms"}
+    assert np.array_equal(tg.InferResult(merged).as_numpy("out"), TENSORS["f32"])
+
+
+def test_json_data_is_encoded_per_datatype() -> None:
+    assert json_data_to_raw([[1.5], [-2.0]], "FP32") == np.array([1.5, -2.0], "<f4").tobytes()
+    assert json_data_to_raw([1, 0, 1], "BOOL") == b"\x01\x00\x01"
+    assert json_data_to_raw(["ab", "c"], "BYTES") == b"\x02\x00\x00\x00ab\x01\x00\x00\x00c"
+    assert json_data_to_raw([1.0, -2.5], "BF16") == np.array([0x3F80, 0xC020], "<u2").tobytes()
+    with pytest.raises(MalformedResponse, match="unknown datatype"):
+        json_data_to_raw([1], "FP8")
+    with pytest.raises(MalformedResponse, match="cannot be encoded"):
+        json_data_to_raw(["x"], "INT32")
+
+
+def test_json_parameters_map_to_the_protobuf_oneof_by_type() -> None:
+    message = pb.ModelInferResponse()
+    set_json_parameters(
+        message.parameters, {"b": False, "i": -3, "u": 2**63, "d": 2.0, "s": "x", "l": [1, 2], "n": None}
+    )
+    which = {k: v.WhichOneof("parameter_choice") for k, v in message.parameters.items()}
+    assert which == {"b": "bool_param", "i": "int64_param", "u": "uint64_param", "d": "double_param",
+                     "s": "string_param", "l": "string_param"}  # fmt: skip
+    assert message.parameters["l"].string_param == "[1,2]"
+
+
+@pytest.mark.parametrize(
+    ("body", "binary", "match"),
+    [
+        (b"not json", False, "malformed JSON"),
+        (b"[]", False, "expected a JSON object"),
+        (b'{"outputs": {}}', False, "'outputs' is not a list"),
+        (b'{"outputs": [{"name": "o", "datatype": "FP32", "shape": [1]}]}', False, "neither data nor"),
+        (b'{"outputs": [{"name": "o", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 8}}]}1234',
+         True, "runs past the data"),
+        (b'{"model_name": 3}', False, "'model_name' is not a string"),
+    ],
+)  # fmt: skip
+def test_malformed_instance_responses_are_refused(body: bytes, binary: bool, match: str) -> None:
+    header_length = body.index(b"}]}") + 3 if binary else None  # binary: the JSON ends at "}]}"
+    with pytest.raises(MalformedResponse, match=match):
+        http_response_to_proto(body, header_length)
