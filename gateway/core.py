@@ -235,6 +235,9 @@ class GatewayCore:
         else:
             service_ms = reply.service_ms if reply.service_ms is not None else reply.round_trip_ms
             self.dispatcher.complete(query, inst, service_ms if reply.ok else None)
+            if reply.ok and reply.service_ms is not None and self.dispatcher.depth == 1:
+                # With one query per instance the round trip holds no instance queueing.
+                self.dispatcher.estimator.observe_overhead(reply.round_trip_ms - reply.service_ms)
             now = loop.time() * 1000.0
             self._finish(
                 query,

@@ -15,6 +15,8 @@ import numpy as np
 from gateway.profiles import ProfileSet
 
 BUCKET_WIDTH = 100  # batch sizes per correction bucket
+OVERHEAD_WINDOW = 512  # round trips the transport-overhead percentile is taken over
+OVERHEAD_REFRESH = 64  # recompute it every this many observations once the window is full
 
 
 class LatencyEstimator:
@@ -40,6 +42,13 @@ class LatencyEstimator:
         # (T, max_batch + 1): profile mean times correction, kept up to date by ``observe`` so
         # that ``estimate`` is a single gather.
         self._table = self._profile_ms.copy()
+        # Transport and scheduling time around each service (live only; 0 in the simulator), learned
+        # from round trip minus the instance's own service time and added to every estimate:
+        # a deadline sees the round trip, and a policy that packs queries close to their deadline
+        # (kairos's safeguard is 2% of QoS) misses by exactly that much otherwise.
+        self.overhead_ms = 0.0
+        self._overheads = np.zeros(OVERHEAD_WINDOW)
+        self._overhead_observations = 0
         # Heterogeneity coefficient: reference (fastest at the largest batch) over each type.
         at_max = self._profile_ms[:, self.max_batch]
         self.coefficient = at_max.min() / at_max
@@ -54,11 +63,11 @@ class LatencyEstimator:
     def estimate(self, batches: np.ndarray) -> np.ndarray:
         """(Q, T) estimated mean service time (ms) of each batch on each type."""
         b = np.minimum(np.maximum(np.asarray(batches, dtype=np.int64), 1), self.max_batch)
-        return self._table[:, b].T
+        return self._table[:, b].T + self.overhead_ms
 
     def estimate_one(self, type_index: int, batch: int) -> float:
         b = min(max(int(batch), 1), self.max_batch)
-        return float(self._table[type_index, b])
+        return float(self._table[type_index, b]) + self.overhead_ms
 
     def observe(self, type_index: int, batch: int, service_ms: float) -> None:
         """Learn from one observed service time (ms) of ``batch`` on a type."""
@@ -76,6 +85,21 @@ class LatencyEstimator:
         self._correction[type_index, bucket] = corrected
         lo, hi = bucket * BUCKET_WIDTH, min((bucket + 1) * BUCKET_WIDTH, self.max_batch + 1)
         self._table[type_index, lo:hi] = self._profile_ms[type_index, lo:hi] * corrected
+
+    def observe_overhead(self, overhead_ms: float) -> None:
+        """Learn from one round trip's time beyond the instance's own service time (ms).
+
+        The estimate is the 99th percentile of the last ``OVERHEAD_WINDOW`` observations: the
+        QoS is a 99th-percentile target, so 99% of round trips, not the average one, must fit.
+        """
+        if not math.isfinite(overhead_ms):
+            return
+        n = self._overhead_observations
+        self._overheads[n % OVERHEAD_WINDOW] = max(overhead_ms, 0.0)
+        self._overhead_observations = n + 1
+        if n < OVERHEAD_WINDOW or n % OVERHEAD_REFRESH == 0:
+            seen = self._overheads[: min(n + 1, OVERHEAD_WINDOW)]
+            self.overhead_ms = float(np.percentile(seen, 99))
 
     def correction(self, type_index: int, batch: int) -> float:
         return float(self._correction[type_index, min(batch, self.max_batch) // BUCKET_WIDTH])

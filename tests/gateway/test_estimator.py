@@ -1,0 +1,72 @@
+"""The latency estimator: profile means, online correction per type and batch bucket, and the
+learned transport overhead."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gateway.estimator import BUCKET_WIDTH, OVERHEAD_WINDOW, LatencyEstimator
+from gateway.profiles import load_profiles
+
+TYPES = ["g4dn.xlarge", "r5n.large"]
+
+
+@pytest.fixture
+def est() -> LatencyEstimator:
+    return LatencyEstimator(load_profiles(), "rm2", TYPES)
+
+
+def test_starts_from_the_profile_means(est: LatencyEstimator) -> None:
+    profiles = load_profiles()
+    batches = np.array([1, 10, 155, 1000])
+    table = est.estimate(batches)
+    assert table.shape == (4, 2)
+    for j, t in enumerate(TYPES):
+        assert table[:, j] == pytest.approx(profiles.get("rm2", t).means_for(batches))
+    assert est.estimate_one(1, 155) == pytest.approx(table[2, 1])
+
+
+def test_heterogeneity_coefficient_is_one_for_the_fastest_at_the_largest_batch(est: LatencyEstimator) -> None:
+    at_max = est.estimate(np.array([1000]))[0]
+    assert est.coefficient[int(np.argmin(at_max))] == 1.0
+    assert est.coefficient == pytest.approx(at_max.min() / at_max)
+
+
+def test_learns_a_slower_type_in_that_bucket_only(est: LatencyEstimator) -> None:
+    before = est.estimate(np.array([250, 650]))
+    for _ in range(200):
+        est.observe(1, 250, 1.5 * before[0, 1])
+    after = est.estimate(np.array([250, 650]))
+    assert after[0, 1] == pytest.approx(1.5 * before[0, 1], rel=0.01)
+    assert after[0, 0] == pytest.approx(before[0, 0])  # the other type is unchanged
+    assert after[1, 1] == pytest.approx(before[1, 1])  # and so is another bucket
+    assert est.correction(1, 250) == pytest.approx(1.5, rel=0.01)
+    assert 250 // BUCKET_WIDTH != 650 // BUCKET_WIDTH
+
+
+def test_tracks_drift_and_ignores_nonsense(est: LatencyEstimator) -> None:
+    base = est.estimate_one(0, 500)
+    for _ in range(300):
+        est.observe(0, 500, 2.0 * base)
+    for _ in range(300):
+        est.observe(0, 500, 1.0 * base)
+    assert est.estimate_one(0, 500) == pytest.approx(base, rel=0.02)
+    for bad in (0.0, -3.0, float("nan"), float("inf")):
+        est.observe(0, 500, bad)
+    assert est.estimate_one(0, 500) == pytest.approx(base, rel=0.02)
+
+
+def test_overhead_is_the_99th_percentile_of_recent_round_trips(est: LatencyEstimator) -> None:
+    base = est.estimate_one(1, 100)
+    assert est.overhead_ms == 0.0  # the simulator never reports any
+    rng = np.random.default_rng(0)
+    samples = rng.exponential(1.0, OVERHEAD_WINDOW)
+    for x in samples:
+        est.observe_overhead(float(x))
+    assert est.overhead_ms == pytest.approx(float(np.percentile(samples, 99)))
+    assert est.estimate_one(1, 100) == pytest.approx(base + est.overhead_ms)
+    assert est.estimate(np.array([100]))[0, 1] == pytest.approx(base + est.overhead_ms)
+    est.observe_overhead(-5.0)  # clock noise never lowers it below zero
+    est.observe_overhead(float("nan"))
+    assert est.overhead_ms > 0
