@@ -7,6 +7,9 @@ spelled once here. Also the one way to write a Python value into a protobuf para
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import orjson
 
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 
@@ -33,19 +36,26 @@ SERVICE_MS_KEYS = (SERVICE_MS, "service_time_ms")
 INSTANCE_KEYS = (PARAM_INSTANCE, INSTANCE_PARAM)
 
 ParamValue = str | bool | int | float
+_INT64_MAX = 2**63 - 1
 
 
-def set_proto_parameters(
-    target: MutableMapping[str, pb.InferParameter], params: Mapping[str, ParamValue]
-) -> None:
-    """Write ``params`` into a protobuf ``map<string, InferParameter>`` (the oneof by type)."""
+def set_proto_parameters(target: MutableMapping[str, pb.InferParameter], params: Mapping[str, Any]) -> None:
+    """Write JSON parameter values into a protobuf parameter map (the oneof by type; integers
+    past int64 as uint64; null left out; lists and objects as their JSON text)."""
     for key, value in params.items():
+        if value is None:
+            continue
         p = target[key]
-        if isinstance(value, str):
-            p.string_param = value
-        elif isinstance(value, bool):
+        if isinstance(value, bool):
             p.bool_param = value
         elif isinstance(value, int):
-            p.int64_param = value
+            if value > _INT64_MAX:
+                p.uint64_param = value
+            else:
+                p.int64_param = value
+        elif isinstance(value, float):
+            p.double_param = value
+        elif isinstance(value, str):
+            p.string_param = value
         else:
-            p.double_param = float(value)
+            p.string_param = orjson.dumps(value).decode()

@@ -20,7 +20,7 @@ Pure functions, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ import orjson
 
 from gateway.errors import BadRequest
 from gateway.protocol import grpc_predict_v2_pb2 as pb
+from gateway.protocol.params import set_proto_parameters
 from gateway.protocol.v2 import CONTENTS_FIELD, load_json_object, parse_proto_infer, proto_param_value
 
 BINARY_DATA_SIZE = "binary_data_size"
@@ -53,7 +54,6 @@ NUMPY_DTYPES: dict[str, str] = {
     "FP64": "<f8",
 }
 
-_INT64_MAX = 2**63 - 1
 _RAW_OUTPUT_TAG = b"\x32"  # ModelInferResponse.raw_output_contents: field 6, length-delimited
 
 
@@ -157,7 +157,7 @@ def http_response_to_proto(body: bytes, header_length: int | None) -> GrpcInferR
     )
     params = head.get("parameters")
     if isinstance(params, dict):
-        set_json_parameters(message.parameters, params)
+        set_proto_parameters(message.parameters, params)
     outputs = head.get("outputs", [])
     if not isinstance(outputs, list):
         raise MalformedResponse("instance response: 'outputs' is not a list")
@@ -188,33 +188,11 @@ def http_response_to_proto(body: bytes, header_length: int | None) -> GrpcInferR
             raise MalformedResponse(f"instance response: outputs[{i}] has neither data nor binary_data_size")
         tensor = message.outputs.add(name=_str(o, "name"), datatype=datatype, shape=shape)
         if oparams:
-            set_json_parameters(tensor.parameters, oparams)
+            set_proto_parameters(tensor.parameters, oparams)
         tail += (_RAW_OUTPUT_TAG, _varint(len(raw)), raw)
     # Protobuf appends repeated fields met later in the stream: the tensors' bytes go straight
     # after the serialized header fields instead of being copied into the message and out again.
     return GrpcInferResponse(message, b"".join((message.SerializeToString(), *tail)))
-
-
-def set_json_parameters(target: MutableMapping[str, pb.InferParameter], params: Mapping[str, Any]) -> None:
-    """Write JSON parameter values into a protobuf parameter map (the oneof by type; integers
-    past int64 as uint64; null left out; lists and objects as their JSON text)."""
-    for key, value in params.items():
-        if value is None:
-            continue
-        p = target[key]
-        if isinstance(value, bool):
-            p.bool_param = value
-        elif isinstance(value, int):
-            if value > _INT64_MAX:
-                p.uint64_param = value
-            else:
-                p.int64_param = value
-        elif isinstance(value, float):
-            p.double_param = value
-        elif isinstance(value, str):
-            p.string_param = value
-        else:
-            p.string_param = orjson.dumps(value).decode()
 
 
 def json_data_to_raw(data: Any, datatype: str) -> bytes:

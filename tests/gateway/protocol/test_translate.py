@@ -19,12 +19,12 @@ from tritonclient.http._utils import _get_inference_request as http_request
 
 from gateway.errors import BadRequest
 from gateway.protocol import grpc_predict_v2_pb2 as pb
+from gateway.protocol.params import set_proto_parameters
 from gateway.protocol.translate import (
     MalformedResponse,
     http_response_to_proto,
     json_data_to_raw,
     proto_request_to_http,
-    set_json_parameters,
 )
 from gateway.protocol.v2 import parse_http_infer, proto_param_value
 
@@ -201,7 +201,7 @@ def test_json_data_is_encoded_per_datatype() -> None:
 
 def test_json_parameters_map_to_the_protobuf_oneof_by_type() -> None:
     message = pb.ModelInferResponse()
-    set_json_parameters(
+    set_proto_parameters(
         message.parameters, {"b": False, "i": -3, "u": 2**63, "d": 2.0, "s": "x", "l": [1, 2], "n": None}
     )
     which = {k: v.WhichOneof("parameter_choice") for k, v in message.parameters.items()}
