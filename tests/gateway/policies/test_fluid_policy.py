@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from helpers.snapshots import snap
 
 from gateway.policies import POLICY_NAMES, Snapshot, make_policy
 from gateway.policies.fluid import FluidPolicy, plan
@@ -17,33 +18,6 @@ from gateway.workload import ProductionMix, make_workload
 from gateway.workload.arrivals import parse_arrivals
 
 GPU, CPU = 0, 1
-
-
-def snap(
-    time_left: list[float],
-    est: list[list[float]],
-    inst_type: list[int],
-    busy_left: list[float] | None = None,
-    free: list[int] | None = None,
-    healthy: list[bool] | None = None,
-    batch: list[int] | None = None,
-    qos_ms: float = 100.0,
-) -> Snapshot:
-    n = len(inst_type)
-    h = np.array(healthy if healthy is not None else [True] * n)
-    free_a = np.array(free if free is not None else [1] * n) * h
-    return Snapshot(
-        batch=np.array(batch if batch is not None else [1] * len(time_left), dtype=np.int64),
-        time_left_ms=np.array(time_left, dtype=float),
-        qos_ms=qos_ms,
-        inst_type=np.array(inst_type),
-        healthy=h,
-        free_slots=free_a,
-        outstanding=(free_a == 0).astype(np.int64),
-        busy_left_ms=np.array(busy_left if busy_left is not None else [0.0] * n, dtype=float),
-        est_ms=np.array(est, dtype=float),
-        coefficient=np.ones(len(est[0])),
-    )
 
 
 def run(s: Snapshot, prices: tuple[float, float] = (2.0, 1.0), forced: tuple[float, float] = (0.0, 0.0)) -> list[tuple[int, int]]:

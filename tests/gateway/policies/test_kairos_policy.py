@@ -4,38 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.snapshots import snap
 
 from gateway.estimator import LatencyEstimator
 from gateway.policies import Snapshot, make_policy
 from gateway.policies.kairos import AT_RISK_SLACK, MISS_SLACK, slack_matrix
 from gateway.profiles import load_profiles
-
-
-def snap(
-    time_left: list[float],
-    est: list[list[float]],
-    inst_type: list[int],
-    busy_left: list[float] | None = None,
-    free: list[int] | None = None,
-    healthy: list[bool] | None = None,
-    coefficient: list[float] | None = None,
-    qos_ms: float = 100.0,
-) -> Snapshot:
-    n = len(inst_type)
-    t = len(est[0])
-    free_a = np.array(free if free is not None else [1] * n)
-    return Snapshot(
-        batch=np.ones(len(time_left), dtype=np.int64),
-        time_left_ms=np.array(time_left, dtype=float),
-        qos_ms=qos_ms,
-        inst_type=np.array(inst_type),
-        healthy=np.array(healthy if healthy is not None else [True] * n),
-        free_slots=free_a,
-        outstanding=1 - free_a,
-        busy_left_ms=np.array(busy_left if busy_left is not None else [0.0] * n, dtype=float),
-        est_ms=np.array(est, dtype=float),
-        coefficient=np.array(coefficient if coefficient is not None else [1.0] * t),
-    )
 
 
 def one(time_left: float, est: float = 10.0, busy_left: float = 0.0, qos_ms: float = 100.0) -> float:
