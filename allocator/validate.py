@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 
@@ -49,7 +50,10 @@ class SimSettings:
 
 
 def find_simulator() -> str | None:
-    return shutil.which(SIMULATOR)
+    """This environment's ``kairos-sim`` (beside the running interpreter, which a virtual
+    environment need not have on PATH), else the one on PATH."""
+    beside = Path(sys.executable).parent / SIMULATOR
+    return str(beside) if beside.is_file() else shutil.which(SIMULATOR)
 
 
 def parse_max_qps(stdout: str) -> float:

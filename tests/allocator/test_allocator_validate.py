@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -13,10 +12,17 @@ import pytest
 
 from allocator.problem import Problem
 from allocator.search import rank_by_budget
-from allocator.validate import SimSettings, SimulatorUnavailable, pick_validated, simulate, validate
+from allocator.validate import (
+    SimSettings,
+    SimulatorUnavailable,
+    find_simulator,
+    pick_validated,
+    simulate,
+    validate,
+)
 from gateway.policies import POLICY_NAMES
 
-needs_sim = pytest.mark.skipif(shutil.which("kairos-sim") is None, reason="kairos-sim (the simulator) is not installed")
+needs_sim = pytest.mark.skipif(find_simulator() is None, reason="kairos-sim (the simulator) is not installed")
 SIM_QUERIES = 2000  # short runs: enough to see a pool saturate, quick on a shared 2-core machine
 FIND_MAX_SLACK = 0.05  # find-max on finite runs can pass a rate a little above the true limit
 
@@ -54,8 +60,11 @@ def test_validation_degrades_when_simulator_fails(rm2: Problem, tmp_path: Path) 
         validate(cands, SimSettings("rm2", 350.0), k=2, progress=lambda _: None, executable=exe)
 
 
-def test_validation_degrades_when_simulator_missing(rm2: Problem, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_validation_degrades_when_simulator_missing(
+    rm2: Problem, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("PATH", os.devnull)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     cands = rank_by_budget(rm2, 2.5, top=1).candidates
     with pytest.raises(SimulatorUnavailable, match="not installed"):
         validate(cands, SimSettings("rm2", 350.0), k=1, progress=lambda _: None)
@@ -75,7 +84,7 @@ def test_no_policy_beats_the_fluid_limit(rm2: Problem) -> None:
     # A small mixed pool so every policy's run is short.
     cand = next(c for c in rank_by_budget(rm2, 1.0, top=20).candidates if c.pool.count("r5n.large") > 0)
     assert cand.fluid_limit is not None
-    exe = shutil.which("kairos-sim")
+    exe = find_simulator()
     assert exe is not None
 
     def run(policy: str) -> tuple[float | None, str | None]:
