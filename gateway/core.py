@@ -16,7 +16,7 @@ import itertools
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.backend import Backend, BackendReply, InstanceFailure, RoutedRequest
 from gateway.dispatch import Dispatch, Dispatcher, InstanceState, Query
@@ -44,6 +44,9 @@ class _Ticket:
     request: RoutedRequest
     future: asyncio.Future[InferResult]
     queue_ms: float = 0.0
+    # Reported times use perf_counter: uvloop's loop.time() moves in whole milliseconds, fine for
+    # deadlines and timers but too coarse (and a different clock) for the parameters a client reads.
+    arrived_s: float = field(default_factory=time.perf_counter)
 
 
 class GatewayCore:
@@ -217,8 +220,7 @@ class GatewayCore:
     async def _send(self, dispatch: Dispatch) -> None:
         query, inst = dispatch.query, dispatch.instance
         ticket: _Ticket = query.payload
-        loop = self._loop or self._bind_loop()
-        ticket.queue_ms = loop.time() * 1000.0 - query.arrival_ms
+        ticket.queue_ms = (time.perf_counter() - ticket.arrived_s) * 1000.0
         if query.attempts == 1:
             self.metrics.queue_of(self.model).observe(ticket.queue_ms / 1000.0)
         self.metrics.dispatches_of(inst.name, inst.type_name).inc()
@@ -238,11 +240,8 @@ class GatewayCore:
             if reply.ok and reply.service_ms is not None and self.dispatcher.depth == 1:
                 # With one query per instance the round trip holds no instance queueing.
                 self.dispatcher.estimator.observe_overhead(reply.round_trip_ms - reply.service_ms)
-            now = loop.time() * 1000.0
-            self._finish(
-                query,
-                InferResult(reply, inst.name, ticket.queue_ms, now - query.arrival_ms, query.attempts),
-            )
+            e2e_ms = (time.perf_counter() - ticket.arrived_s) * 1000.0
+            self._finish(query, InferResult(reply, inst.name, ticket.queue_ms, e2e_ms, query.attempts))
         self._kick()
 
     def _on_failure(self, query: Query, inst: InstanceState, exc: InstanceFailure) -> None:
