@@ -40,9 +40,6 @@ class SearchSpace:
     def max_array(self) -> np.ndarray:
         return np.asarray(self.max_count, dtype=np.int64)
 
-    def price_map(self) -> dict[str, float]:
-        return dict(zip(self.types, self.prices, strict=True))
-
     def index(self, type_name: str) -> int:
         try:
             return self.types.index(type_name)

@@ -34,10 +34,6 @@ class PolicyRun:
     sim_p99_ms: float
 
 
-def _pool_spec(config: Config) -> tuple[tuple[str, int], ...]:
-    return tuple((e.type, e.count) for e in config.pool if e.count > 0)
-
-
 def _run_config(config_path: Path, directory: Path) -> Path:
     """config.json with free ports and a private address file, so the demo never clashes."""
     doc: dict[str, Any] = json.loads(config_path.read_text())
@@ -52,7 +48,7 @@ def _run_config(config_path: Path, directory: Path) -> Path:
 
 def default_rate(config: Config, fraction: float) -> float:
     """A fraction of what the simulator says ``kairos`` sustains on this pool."""
-    result = find_max(model=config.model, qos_ms=config.qos_ms, pool=_pool_spec(config), queries=4000)
+    result = find_max(model=config.model, qos_ms=config.qos_ms, pool=config.pool_spec(), queries=4000)
     return round(fraction * result.max_qps, 1)
 
 
@@ -74,13 +70,13 @@ def run_policy(
         if code != 0:
             _say(f"[{policy}] gateway exited {code}: {gateway.stderr()[-500:]}")
     trace = build_workload(load)
-    sim = simulate(trace, model=config.model, qos_ms=config.qos_ms, pool=_pool_spec(config), policy=policy,
+    sim = simulate(trace, model=config.model, qos_ms=config.qos_ms, pool=config.pool_spec(), policy=policy,
                    warmup=0.0)
     return PolicyRun(policy, live, 100.0 * sim.attainment, float(sim.percentiles()["p99"]))
 
 
 def render(config: Config, runs: list[PolicyRun]) -> str:
-    pool = " + ".join(f"{n} x {t}" for t, n in _pool_spec(config))
+    pool = " + ".join(f"{n} x {t}" for t, n in config.pool_spec() if n > 0)
     lines = [
         f"{config.model} on {pool}, QoS {config.qos_ms:g} ms",
         "",

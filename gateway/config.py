@@ -59,6 +59,10 @@ class Config:
     def pool_size(self) -> int:
         return sum(e.count for e in self.pool)
 
+    def pool_spec(self) -> tuple[tuple[str, int], ...]:
+        """(type, count) pairs, the form the simulator and the allocator take."""
+        return tuple((e.type, e.count) for e in self.pool)
+
     def instance_types(self) -> list[str]:
         """One entry per instance, in pool order (the order ports are assigned in)."""
         return [e.type for e in self.pool for _ in range(e.count)]

@@ -134,9 +134,6 @@ class WorkerSet:
 
             loop.add_reader(w.process.sentinel, fire)
 
-    def alive(self) -> int:
-        return sum(1 for w in self.workers if w.process.is_alive())
-
     async def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM every worker, wait for them, SIGKILL any that hang."""
         loop = asyncio.get_running_loop()

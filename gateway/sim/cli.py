@@ -84,7 +84,7 @@ def _resolve(args: argparse.Namespace) -> tuple[str, float, PoolSpec, str, int]:
         pool = parse_pool(args.pool)
     else:
         assert config is not None
-        pool = tuple((e.type, e.count) for e in config.pool)
+        pool = config.pool_spec()
     model = args.model or (config.model if config else None)
     if model is None:
         _fail("--model is required when there is no config file")

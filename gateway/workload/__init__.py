@@ -19,7 +19,7 @@ from gateway.workload.batch_mix import (
     UniformMix,
     parse_batch_mix,
 )
-from gateway.workload.trace import QueryTrace, Workload, load_trace_csv, make_workload
+from gateway.workload.trace import QueryTrace, load_trace_csv, make_workload
 
 __all__ = [
     "ArrivalProcess",
@@ -33,7 +33,6 @@ __all__ = [
     "QueryTrace",
     "TraceMix",
     "UniformMix",
-    "Workload",
     "load_trace_csv",
     "make_workload",
     "parse_batch_mix",

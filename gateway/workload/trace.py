@@ -26,10 +26,6 @@ class QueryTrace:
         return float(self.arrival_ms[-1]) if len(self) else 0.0
 
 
-# Alias kept for readability at call sites that build one from a process and a mix.
-Workload = QueryTrace
-
-
 def make_workload(arrivals: ArrivalProcess, mix: BatchMix, n: int, seed: int) -> QueryTrace:
     """The same (seed, arrivals, mix, n) gives the same queries everywhere.
 
