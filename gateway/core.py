@@ -191,18 +191,16 @@ class GatewayCore:
 
     def _arm_timer(self, now: float) -> None:
         """While a policy leaves free instances idle, re-decide when the next query turns late
-        (the same rule the simulator follows)."""
+        (the rule the simulator follows). A timer already due earlier is kept: it re-decides
+        early at worst, and re-arming on every dispatch costs more than that decision."""
         d = self.dispatcher
-        due = None
-        if d.pending and any(i.healthy and len(i.in_flight) < d.depth for i in d.instances):
-            due = d.next_deadline_ms()
+        if not (d.pending and d.free_left):
+            return  # a stale timer only re-runs a cheap decision
+        due = d.next_deadline_ms()
         if due is None or due <= now:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
             return
         if self._timer is not None:
-            if self._timer_at == due:
+            if self._timer_at <= due:
                 return
             self._timer.cancel()
         loop = self._loop or self._bind_loop()

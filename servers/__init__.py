@@ -4,3 +4,5 @@ instance: profile replay, one query at a time, FIFO (transport-free); http, grpc
 ends of one instance; pool: plan ports and serve a group of instances on one event loop;
 workers: spread groups over processes; ready: readiness probes; cli: ``kairos-servers``.
 """
+
+import gateway  # noqa: F401  (its gRPC runtime defaults must precede any grpc import)

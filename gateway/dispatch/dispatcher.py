@@ -19,6 +19,11 @@ from gateway.errors import Overloaded
 from gateway.estimator import LatencyEstimator
 from gateway.policies import Policy, Snapshot
 
+# An instance past its estimate is still working: its answer has not come. Without a floor its
+# time left reads 0, the same as an idle instance's, and a policy may pick it over an idle one
+# (a tie) and hold the query back until it answers.
+OVERDUE_LEFT_MS = 1e-3
+
 
 @dataclass(slots=True, eq=False)
 class InstanceState:
@@ -38,10 +43,10 @@ class InstanceState:
             return 0.0
         if len(in_flight) == 1:  # the common case (depth 1): no generator overhead
             (q,) = in_flight.values()
-            return max(q.est_ms - (now_ms - q.started_ms), 0.0)
+            return max(q.est_ms - (now_ms - q.started_ms), OVERDUE_LEFT_MS)
         first_start = min(q.started_ms for q in in_flight.values())
         total = sum(q.est_ms for q in in_flight.values())
-        return max(total - (now_ms - first_start), 0.0)
+        return max(total - (now_ms - first_start), OVERDUE_LEFT_MS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,8 @@ class Dispatcher:
         ]
         self._types = np.array([inst.type_index for inst in self.instances], dtype=np.int64)
         self.decisions = 0
+        # Free slots the last ``decide`` left unused (a driver reads it right after the call).
+        self.free_left = 0
 
     # -- events -------------------------------------------------------------------------------
 
@@ -121,6 +128,7 @@ class Dispatcher:
 
     def decide(self, now_ms: float) -> list[Dispatch]:
         """Run the policy if anything can move; mark and return the dispatches it chose."""
+        self.free_left = 0
         if not self.pending:
             return []
         # One pass over the pool builds the per-instance columns (this is the hot path: it runs
@@ -141,6 +149,7 @@ class Dispatcher:
             total_free += f
         if total_free == 0:
             return []
+        self.free_left = total_free
         n = len(instances)
         window = min(len(self.pending), max(self.policy.window(n, total_free), 1))
         queries = list(islice(self.pending, window))
@@ -175,6 +184,7 @@ class Dispatcher:
             q.est_ms = float(snap.est_ms[pos, inst.type_index])
             inst.in_flight[q.id] = q
             out.append(Dispatch(q, inst))
+        self.free_left = total_free - len(out)
         # Remove the dispatched queries, keeping the FIFO order of the rest.
         if len(taken) == window and window == len(self.pending):
             self.pending.clear()

@@ -12,20 +12,28 @@ AT_RISK_SLACK = -500.0
 MISS_SLACK = -1000.0
 
 
-def slack_matrix(snap: Snapshot, instances: np.ndarray) -> np.ndarray:
-    """(Q, len(instances)) scores of placing each query on each of ``instances``."""
-    types = snap.inst_type[instances]
+def slack_matrix(snap: Snapshot, instances: np.ndarray | None = None) -> np.ndarray:
+    """(Q, M) scores of placing each query on each of ``instances`` (default: all N)."""
+    if instances is None:  # all healthy, the common case: no gathers
+        types, left = snap.inst_type, snap.busy_left_ms
+    else:
+        types, left = snap.inst_type[instances], snap.busy_left_ms[instances]
     est = snap.est_ms[:, types]  # (Q, M)
-    left = snap.busy_left_ms[instances]  # (M,)
     neg_finish = -left - est  # -(estimated time until the query would be done there)
     slack = snap.coefficient[types] * neg_finish
     # The penalties apply only while the query is not yet late; a late query scores on slack.
-    on_time = snap.time_left_ms > 0
-    if on_time.any():
+    time_left = snap.time_left_ms
+    on_time = time_left > 0
+    safeguard = SAFEGUARD_FRACTION * snap.qos_ms
+    if on_time.all():
         # residual = time left - wait - service; penalise a likely miss, then a near miss.
-        residual = (snap.time_left_ms[on_time, None] - left) - est[on_time]
+        residual = (time_left[:, None] - left) - est
+        slack[residual < safeguard] = AT_RISK_SLACK
+        slack[residual < 0] = MISS_SLACK
+    elif on_time.any():
+        residual = (time_left[on_time, None] - left) - est[on_time]
         rows = slack[on_time]
-        rows[residual < SAFEGUARD_FRACTION * snap.qos_ms] = AT_RISK_SLACK
+        rows[residual < safeguard] = AT_RISK_SLACK
         rows[residual < 0] = MISS_SLACK
         slack[on_time] = rows
     return slack
@@ -44,11 +52,14 @@ class KairosPolicy(Policy):
         return 2 * n_instances
 
     def decide(self, snap: Snapshot) -> list[Assignment]:
-        instances = np.flatnonzero(snap.healthy)
-        if snap.n_queries == 0 or instances.size == 0:
+        if snap.n_queries == 0:
             return []
-        slack = slack_matrix(snap, instances)
-        rows, cols = linear_sum_assignment(slack, maximize=True)
-        chosen = instances[cols]
+        instances: np.ndarray | None = None
+        if not snap.healthy.all():
+            instances = np.flatnonzero(snap.healthy)
+            if instances.size == 0:
+                return []
+        rows, cols = linear_sum_assignment(slack_matrix(snap, instances), maximize=True)
+        chosen = cols if instances is None else instances[cols]
         free = snap.free_slots[chosen] > 0
         return list(zip(rows[free].tolist(), chosen[free].tolist(), strict=True))
