@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.dispatch import Dispatcher, Query
+from gateway.dispatch.dispatcher import OVERDUE_LEFT_MS
 from gateway.errors import Overloaded
 from gateway.estimator import LatencyEstimator
 from gateway.policies import make_policy
@@ -80,3 +81,37 @@ def test_cancel_removes_a_pending_query() -> None:
     d.submit(b)
     assert d.cancel(b) is True and d.cancel(b) is False
     assert [x.id for x in d.pending] == [0]
+
+
+def test_an_overdue_busy_instance_still_has_time_left() -> None:
+    d = dispatcher(n=2)
+    d.submit(q(0))
+    (first,) = d.decide(0.0)
+    busy, idle = first.instance, d.instances[1 - first.instance.index]
+    late = first.query.est_ms + 1000.0
+    assert busy.work_left_ms(late) == OVERDUE_LEFT_MS > 0
+    assert idle.work_left_ms(late) == 0.0
+    assert busy.work_left_ms(0.0) == pytest.approx(first.query.est_ms)  # not overdue: the estimate
+
+
+def test_kairos_sends_a_query_to_the_idle_instance_not_an_overdue_busy_one() -> None:
+    d = dispatcher(policy="kairos", n=2)
+    d.set_healthy(d.instances[1], False)  # so the first query lands on instance 0
+    d.submit(q(0))
+    (first,) = d.decide(0.0)
+    assert first.instance.index == 0
+    d.set_healthy(d.instances[1], True)
+    now = first.query.est_ms + 1000.0  # far past the estimate; instance 0 has not answered
+    d.submit(q(1, now))
+    chosen = d.decide(now)
+    assert [(x.query.id, x.instance.index) for x in chosen] == [(1, 1)]
+    assert not d.pending
+    assert d.free_left == 0  # the only free slot was used
+
+
+def test_free_left_counts_the_free_slots_a_decision_left_unused() -> None:
+    d = dispatcher(policy="kairos", n=2)
+    assert d.decide(0.0) == [] and d.free_left == 0  # nothing pending
+    d.submit(q(0))
+    assert len(d.decide(0.0)) == 1
+    assert d.free_left == 1  # two idle instances, one query

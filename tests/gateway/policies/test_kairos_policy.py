@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers.snapshots import snap
+from scipy.optimize import linear_sum_assignment
 
 from gateway.estimator import LatencyEstimator
 from gateway.policies import Snapshot, make_policy
-from gateway.policies.kairos import AT_RISK_SLACK, MISS_SLACK, slack_matrix
+from gateway.policies.kairos import AT_RISK_SLACK, MISS_SLACK, KairosPolicy, slack_matrix
 from gateway.profiles import load_profiles
 
 
@@ -84,3 +85,61 @@ def test_large_batch_goes_to_the_gpu_when_all_idle() -> None:
     )
     assert est.coefficient[0] == 1.0 and est.coefficient[1] < 1.0
     assert make_policy("kairos").decide(s) == [(0, 0)]
+
+
+def random_snap(rng: np.random.Generator, healthy: list[bool] | None = None) -> Snapshot:
+    """2N queries (some late, some on time) on N instances of T types, some busy."""
+    n_types = int(rng.integers(1, 4))
+    n = int(rng.integers(2, 7)) if healthy is None else len(healthy)
+    n_q = int(rng.integers(1, 2 * n + 1))
+    busy = rng.random(n) < 0.5
+    return snap(
+        time_left=rng.uniform(-50, 150, n_q).tolist(),
+        est=rng.uniform(1, 60, (n_q, n_types)).tolist(),
+        inst_type=rng.integers(0, n_types, n).tolist(),
+        busy_left=np.where(busy, rng.uniform(0, 40, n), 0.0).tolist(),
+        free=(~busy).astype(int).tolist(),
+        healthy=healthy,
+        coefficient=rng.uniform(0.2, 1.0, n_types).tolist(),
+    )
+
+
+def test_slack_matrix_defaults_to_all_instances() -> None:
+    rng = np.random.default_rng(7)
+    mixed = 0
+    for _ in range(200):
+        s = random_snap(rng)
+        late = s.time_left_ms <= 0
+        mixed += bool(late.any() and not late.all())
+        np.testing.assert_array_equal(slack_matrix(s), slack_matrix(s, np.arange(s.n_instances)))
+    assert mixed > 0  # late and on-time queries together were covered
+
+
+def test_decide_when_all_healthy_is_the_matching_over_all_instances() -> None:
+    rng = np.random.default_rng(11)
+    dispatched = 0
+    for _ in range(200):
+        s = random_snap(rng)
+        rows, cols = linear_sum_assignment(slack_matrix(s, np.arange(s.n_instances)), maximize=True)
+        expected = [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if s.free_slots[c] > 0]
+        assert KairosPolicy().decide(s) == expected
+        dispatched += len(expected)
+    assert dispatched > 0
+
+
+def test_decide_never_chooses_an_unhealthy_instance() -> None:
+    rng = np.random.default_rng(13)
+    for _ in range(200):
+        n = int(rng.integers(2, 7))
+        healthy = (rng.random(n) < 0.6).tolist()
+        s = random_snap(rng, healthy=healthy)
+        chosen = KairosPolicy().decide(s)
+        assert all(healthy[j] for _, j in chosen)
+        ok = np.flatnonzero(s.healthy)
+        if ok.size == 0:
+            assert chosen == []
+            continue
+        # The same as matching over the healthy instances only.
+        rows, cols = linear_sum_assignment(slack_matrix(s, ok), maximize=True)
+        expected = [(int(r), int(ok[c])) for r, c in zip(rows, cols, strict=True) if s.free_slots[ok[c]] > 0]
+        assert chosen == expected
