@@ -37,6 +37,7 @@ class GatewaySettings:
     http_port: int
     grpc_port: int
     seed: int = 0
+    pipeline: bool = True
     backend_timeout_ms: float | None = None
 
     @classmethod
@@ -45,6 +46,7 @@ class GatewaySettings:
         values: dict[str, object] = {
             "policy": g.policy,
             "depth": g.depth_per_instance,
+            "pipeline": g.pipeline,
             "max_pending": g.max_pending,
             "http_port": g.http_port,
             "grpc_port": g.grpc_port,
@@ -69,6 +71,7 @@ def build_dispatcher(
         qos_ms=config.qos_ms,
         depth=settings.depth,
         max_pending=settings.max_pending,
+        pipeline=settings.pipeline,
     )
 
 

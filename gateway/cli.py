@@ -41,6 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--http-port", type=int, help="HTTP port (0 = any free port)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (0 = any free port)")
     p.add_argument("--depth", type=int, help="queries in flight per instance (default: from config)")
+    p.add_argument(
+        "--pipeline",
+        action=argparse.BooleanOptionalAction,
+        help="send an instance its next query once its current one has run its estimated service time "
+        "(default: from config, on)",
+    )
     p.add_argument("--max-pending", type=int, help="bound of the pending queue (default: from config)")
     p.add_argument("--seed", type=int, default=0, help="seed of randomised policies")
     p.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
@@ -66,6 +72,7 @@ async def serve(args: argparse.Namespace) -> None:
         policy=args.policy,
         depth=args.depth,
         max_pending=args.max_pending,
+        pipeline=args.pipeline,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         seed=args.seed,

@@ -41,6 +41,9 @@ class GatewayConfig:
     policy: str = "kairos"
     max_pending: int = 2000
     depth_per_instance: int = 1
+    # Send an instance its next query once its current one has run its estimated service time,
+    # so that the transport round trip overlaps service (gateway/dispatch/dispatcher.py).
+    pipeline: bool = True
     probe_interval_s: float = 1.0
     backend_protocol: str = "http"  # gRPC queries translated to HTTP: cheaper (backend/grpc_over_http.py)
     max_body_bytes: int = 64 * 1024 * 1024
@@ -108,6 +111,12 @@ class _Fields:
             raise ConfigError(f"{self._name(key)}: expected a {'positive ' if positive else ''}number, got {value!r}")
         return float(value)
 
+    def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self._name(key)}: expected true or false, got {value!r}")
+        return value
+
     def unknown(self, known: builtins.set[builtins.str]) -> None:
         extra = sorted(set(self.raw) - known)
         if extra:
@@ -164,6 +173,7 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None) -> Config:
         policy=g.str("policy", dg.policy, choices=POLICY_NAMES),
         max_pending=g.int("max_pending", dg.max_pending, lo=1),
         depth_per_instance=g.int("depth_per_instance", dg.depth_per_instance, lo=1, hi=1000),
+        pipeline=g.bool("pipeline", dg.pipeline),
         probe_interval_s=g.float("probe_interval_s", dg.probe_interval_s),
         backend_protocol=g.str("backend_protocol", dg.backend_protocol, choices=BACKEND_PROTOCOLS),
         max_body_bytes=g.int("max_body_bytes", dg.max_body_bytes, lo=1024),

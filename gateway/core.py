@@ -190,14 +190,20 @@ class GatewayCore:
         self._arm_timer(now)
 
     def _arm_timer(self, now: float) -> None:
-        """While a policy leaves free instances idle, re-decide when the next query turns late
-        (the rule the simulator follows). A timer already due earlier is kept: it re-decides
+        """Re-decide at the next moment a decision could change without an event: when a query
+        turns late while a policy leaves free instances idle (the rule the simulator follows),
+        or when a pipelining instance opens. A timer already due earlier is kept: it re-decides
         early at worst, and re-arming on every dispatch costs more than that decision."""
         d = self.dispatcher
-        if not (d.pending and d.free_left):
+        if not d.pending:
             return  # a stale timer only re-runs a cheap decision
-        due = d.next_deadline_ms()
-        if due is None or due <= now:
+        due = d.next_deadline_ms() if d.free_left else None
+        if due is not None and due <= now:
+            due = None
+        opening = d.next_opening_ms(now)
+        if opening is not None and (due is None or opening < due):
+            due = opening
+        if due is None:
             return
         if self._timer is not None:
             if self._timer_at <= due:
@@ -235,8 +241,8 @@ class GatewayCore:
         else:
             service_ms = reply.service_ms if reply.service_ms is not None else reply.round_trip_ms
             self.dispatcher.complete(query, inst, service_ms if reply.ok else None)
-            if reply.ok and reply.service_ms is not None and self.dispatcher.depth == 1:
-                # With one query per instance the round trip holds no instance queueing.
+            if reply.ok and reply.service_ms is not None and self.dispatcher.depth == 1 and not query.pipelined:
+                # Sent to an idle instance, the round trip holds no instance queueing.
                 self.dispatcher.estimator.observe_overhead(reply.round_trip_ms - reply.service_ms)
             e2e_ms = (time.perf_counter() - ticket.arrived_s) * 1000.0
             self._finish(query, InferResult(reply, inst.name, ticket.queue_ms, e2e_ms, query.attempts))

@@ -60,6 +60,17 @@ class _PoolCollector(Collector):
         pending = GaugeMetricFamily(f"{PREFIX}_pending_queries", "Queries waiting in the gateway queue")
         pending.add_metric([], len(d.pending))
         yield pending
+        overhead = GaugeMetricFamily(
+            f"{PREFIX}_transport_overhead_seconds",
+            "Learned 99th percentile of round trip minus the instance's service time, added to estimates",
+        )
+        overhead.add_metric([], d.estimator.overhead_ms / 1000.0)
+        yield overhead
+        pipelined = GaugeMetricFamily(
+            f"{PREFIX}_pipelined_dispatches", "Queries sent to an instance still serving its previous one"
+        )
+        pipelined.add_metric([], d.pipelined)
+        yield pipelined
         labels = ["instance", "type"]
         in_flight = GaugeMetricFamily(f"{PREFIX}_instance_in_flight", "Queries in flight per instance", labels=labels)
         busy = GaugeMetricFamily(

@@ -23,6 +23,9 @@ from gateway.policies import Policy, Snapshot
 # time left reads 0, the same as an idle instance's, and a policy may pick it over an idle one
 # (a tie) and hold the query back until it answers.
 OVERDUE_LEFT_MS = 1e-3
+# A pipelining instance opens this much before its computed time: the event loop's timers fire
+# on a 1 ms grid, and a timer set for the opening must find it open.
+OPENING_EARLY_MS = 1.0
 
 
 @dataclass(slots=True, eq=False)
@@ -48,6 +51,14 @@ class InstanceState:
         total = sum(q.est_ms for q in in_flight.values())
         return max(total - (now_ms - first_start), OVERDUE_LEFT_MS)
 
+    def opens_at_ms(self, lookahead_ms: float) -> float:
+        """When what the instance holds is estimated done within ``lookahead_ms``."""
+        if len(self.in_flight) == 1:  # the common case (depth 1)
+            (q,) = self.in_flight.values()
+            return q.started_ms + q.est_ms - lookahead_ms
+        in_flight = self.in_flight.values()
+        return min(q.started_ms for q in in_flight) + sum(q.est_ms for q in in_flight) - lookahead_ms
+
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
@@ -64,13 +75,22 @@ class Dispatcher:
         qos_ms: float,
         depth: int = 1,
         max_pending: int | None = None,
+        pipeline: bool = False,
     ) -> None:
-        """``instances``: (name, type name) pairs; every type must be known to the estimator."""
+        """``instances``: (name, type name) pairs; every type must be known to the estimator.
+
+        ``pipeline``: an instance holding ``depth`` queries takes one more once what it holds
+        is estimated to be done within the transport overhead (``estimator.overhead_ms``), so
+        the next query is on its way while the last is served and the instance is not left
+        idle for a round trip between the two. With no overhead learned (the simulator) it
+        changes nothing.
+        """
         self.policy = policy
         self.estimator = estimator
         self.qos_ms = qos_ms
         self.depth = depth
         self.max_pending = max_pending
+        self.pipeline = pipeline
         self.pending: deque[Query] = deque()
         self.instances = [
             InstanceState(index=i, name=name, type_name=t, type_index=estimator.type_index(t))
@@ -80,6 +100,7 @@ class Dispatcher:
         self.decisions = 0
         # Free slots the last ``decide`` left unused (a driver reads it right after the call).
         self.free_left = 0
+        self.pipelined = 0  # dispatches to an instance still busy with its previous query
 
     # -- events -------------------------------------------------------------------------------
 
@@ -135,6 +156,7 @@ class Dispatcher:
         # on every event, in the simulator tens of thousands of times per second).
         depth = self.depth
         instances = self.instances
+        lookahead = self.estimator.overhead_ms if self.pipeline else 0.0
         healthy: list[bool] = []
         outstanding: list[int] = []
         free_list: list[int] = []
@@ -145,6 +167,8 @@ class Dispatcher:
             healthy.append(ok)
             outstanding.append(k)
             f = depth - k if ok and k < depth else 0
+            if ok and k == depth and lookahead > 0.0 and inst.opens_at_ms(lookahead) - OPENING_EARLY_MS <= now_ms:
+                f = 1
             free_list.append(f)
             total_free += f
         if total_free == 0:
@@ -176,10 +200,13 @@ class Dispatcher:
         for pos, j in chosen:
             inst = self.instances[j]
             q = queries[pos]
-            if pos in taken or not inst.healthy or len(inst.in_flight) >= self.depth:
+            if pos in taken or free_list[j] <= 0:
                 raise RuntimeError(f"policy {self.policy.name} returned an invalid assignment {(pos, j)}")
             taken.add(pos)
+            free_list[j] -= 1
             q.attempts += 1
+            q.pipelined = len(inst.in_flight) >= depth
+            self.pipelined += q.pipelined
             q.started_ms = now_ms
             q.est_ms = float(snap.est_ms[pos, inst.type_index])
             inst.in_flight[q.id] = q
@@ -194,6 +221,22 @@ class Dispatcher:
                 self.pending.popleft()
             self.pending.extendleft(reversed(keep))
         return out
+
+    def next_opening_ms(self, now_ms: float) -> float | None:
+        """With pipelining, the next time (after ``now_ms``) a full instance is due to take one
+        more query; None if there is none or no overhead is learned. A driver re-decides then:
+        no other event happens at that moment."""
+        lookahead = self.estimator.overhead_ms
+        if not self.pipeline or lookahead <= 0.0:
+            return None
+        depth = self.depth
+        best: float | None = None
+        for inst in self.instances:
+            if inst.healthy and len(inst.in_flight) == depth:
+                at = inst.opens_at_ms(lookahead) - OPENING_EARLY_MS
+                if at > now_ms and (best is None or at < best):
+                    best = at
+        return best
 
     def next_deadline_ms(self) -> float | None:
         """Earliest deadline among the queries a policy sees: a timer there re-runs the policy,

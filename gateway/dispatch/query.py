@@ -17,3 +17,4 @@ class Query:
     tried: set[int] = field(default_factory=set)  # instances that failed it
     started_ms: float = 0.0
     est_ms: float = 0.0
+    pipelined: bool = False  # sent to an instance still busy with its previous query

@@ -5,6 +5,10 @@ The clock jumps from one event time to the next. At one instant, completions are
 first, then timers, then arrivals (each kind in the order it was scheduled), and then the
 dispatcher decides once: the order is fixed, so the same inputs give the same run.
 
+An instance serves its queries one at a time, in the order they reached it (as
+``kairos-servers`` and a Triton model instance do): with a depth above 1, a query sent to a busy
+instance starts when the ones ahead of it are done.
+
 Service times are drawn up front: for each instance type in the pool, one sample per query
 from that type's profile, with a random stream keyed by (seed, type name). A query's service
 time therefore depends on the type it lands on, and not on the pool's order or composition.
@@ -106,6 +110,7 @@ def simulate(
     push, pop = heapq.heappush, heapq.heappop
     seq = 0
     free = depth * len(instances)
+    busy_until = [0.0] * len(instances)  # when each instance is done with what it holds
     timers: set[float] = set()
     insts = dispatcher.instances
     decide: Callable[[float], list] = dispatcher.decide
@@ -142,9 +147,12 @@ def simulate(
             for d in decide(now):
                 q, j = d.query, d.instance.index
                 qid = q.id
-                push(heap, (now + svc_rows[row_of_instance[j]][qid], _COMPLETION, seq, q, j))
+                begin = now if busy_until[j] <= now else busy_until[j]
+                done = begin + svc_rows[row_of_instance[j]][qid]
+                busy_until[j] = done
+                push(heap, (done, _COMPLETION, seq, q, j))
                 seq += 1
-                start[qid] = now
+                start[qid] = begin
                 where[qid] = j
                 free -= 1
             if free and pending:
