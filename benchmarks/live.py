@@ -9,6 +9,13 @@ the same pool, driven by the same workload. Writes results/live.{json,md,png}.
 
 A policy the simulator finds unable to reach the target at any rate (max 0) is run live at a
 fixed rate instead, and its fraction within QoS is compared with the simulator's at that rate.
+
+The simulator's pool is ideal: no time passes between an instance's answer and its next query.
+A live instance loses the round trip around each query (the gateway's measured transport
+overhead, ~1-3 ms in Python on 2 cores), which costs a short-QoS model like dien a good part of
+its capacity. So each gateway row also gives the simulator's max with that round trip
+(``kairos-sim --transport-ms <the gateway's measured mean> --pipeline``): the simulator's
+prediction for this transport, next to its ideal.
 """
 
 from __future__ import annotations
@@ -16,11 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -58,12 +67,20 @@ class Row:
     fixed_rate: float | None = None  # when the max is 0: the rate compared instead
     live_within_pct: float | None = None
     sim_within_pct: float | None = None
+    transport_ms: float | None = None  # the gateway's measured mean round trip beyond service
+    sim_transport_max: float | None = None  # the simulator's max with that round trip
     seconds: float = 0.0
 
     @property
     def ratio(self) -> float | None:
         if self.sim_max and self.live_max is not None:
             return self.live_max / self.sim_max
+        return None
+
+    @property
+    def transport_ratio(self) -> float | None:
+        if self.sim_transport_max and self.live_max is not None:
+            return self.live_max / self.sim_transport_max
         return None
 
 
@@ -96,6 +113,14 @@ def start_haproxy(servers: ServersProcess, port: int, directory: Path) -> subpro
     if proc.poll() is not None:
         raise RuntimeError(f"haproxy did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
     return proc
+
+
+def measured_transport_ms(url: str) -> float | None:
+    """The gateway's mean transport overhead (ms) over its recent queries, from /metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    m = re.search(r"^kairos_transport_overhead_mean_seconds (\S+)$", text, re.MULTILINE)
+    return None if m is None else 1000.0 * float(m[1])
 
 
 def live_max(url: str, base: LoadConfig, start_qps: float, step_queries: int) -> float:
@@ -150,8 +175,15 @@ def run_model(model: str, policies: list[str], haproxy: bool, step_queries: int,
                     else:
                         live_pct, sim_pct = at_fixed_rate(url, base, fixed_rate, step_queries, pool, policy)
                         row = Row(model, f"kairos-gateway/{policy}", 0.0, None, fixed_rate, live_pct, sim_pct)
+                    row.transport_ms = measured_transport_ms(url)
                 finally:
                     gateway.stop()
+                if row.sim_max and row.transport_ms:
+                    row.sim_transport_max = sim_find_max(
+                        model=model, qos_ms=qos, pool=parse_pool(pool), policy=policy, queries=sim_queries,
+                        transport_ms=row.transport_ms, pipeline=True,
+                    ).max_qps
+                    _say(f"    sim with {row.transport_ms:.2f} ms transport: {row.sim_transport_max:.1f} QPS")
                 row.seconds = time.monotonic() - started
                 rows.append(row)
             if haproxy:
@@ -181,12 +213,14 @@ def _f(x: float | None, fmt: str = "{:.1f}") -> str:
 
 def render(rows: list[Row]) -> str:
     out = [
-        "| model | system | sim max QPS | live max QPS | live / sim | fixed rate | live within QoS | sim within QoS |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | system | sim max QPS | live max QPS | live / sim | transport (mean) | sim max with it |"
+        " live / that | fixed rate | live within QoS | sim within QoS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
             f"| {r.model} | {r.system} | {_f(r.sim_max)} | {_f(r.live_max)} | {_f(r.ratio, '{:.2f}')} |"
+            f" {_f(r.transport_ms, '{:.2f} ms')} | {_f(r.sim_transport_max)} | {_f(r.transport_ratio, '{:.2f}')} |"
             f" {_f(r.fixed_rate)} | {_f(r.live_within_pct, '{:.2f}%')} | {_f(r.sim_within_pct, '{:.2f}%')} |"
         )
     return "\n".join(out)
@@ -201,10 +235,12 @@ def plot(rows: list[Row], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4))
     labels = [f"{r.model}\n{r.system}" for r in rows]
     sim = [r.sim_max or 0 for r in rows]
+    sim_transport = [r.sim_transport_max or 0 for r in rows]
     live = [r.live_max or 0 for r in rows]
     x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], sim, 0.4, label="simulated max")
-    ax.bar([i + 0.2 for i in x], live, 0.4, label="live max")
+    ax.bar([i - 0.27 for i in x], sim, 0.27, label="simulated max (ideal pool)")
+    ax.bar(list(x), sim_transport, 0.27, label="simulated max (measured transport)")
+    ax.bar([i + 0.27 for i in x], live, 0.27, label="live max")
     ax.set_xticks(list(x), labels, fontsize=7)
     ax.set_ylabel("max QPS with 99% within QoS")
     ax.set_yscale("symlog")
@@ -246,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "step_queries": args.step_queries,
         "sim_queries": args.sim_queries,
-        "rows": [{**r.__dict__, "ratio": r.ratio} for r in rows],
+        "rows": [{**r.__dict__, "ratio": r.ratio, "transport_ratio": r.transport_ratio} for r in rows],
     }
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
     out.with_suffix(".md").write_text(table + "\n")

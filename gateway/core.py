@@ -4,7 +4,9 @@
 Front ends (HTTP, gRPC) turn a request into a ``RoutedRequest`` and await ``infer``: it returns
 one ``InferResult`` or raises one ``InferenceError``, exactly once per call.
 
-The dispatcher is driven on the event loop's clock (ms): ``decide`` runs, coalesced to once per
+The dispatcher is driven on the monotonic clock (ms; the event loop's timers run on the same
+clock, but uvloop's ``loop.time()`` is read once per loop iteration and moves in whole ms, as
+coarse as kairos's 0.7 ms safeguard at a 35 ms QoS): ``decide`` runs, coalesced to once per
 loop iteration, after every arrival, completion, failure and health change, and at a timer set
 to the next deadline a policy could care about. Nothing polls.
 """
@@ -105,7 +107,7 @@ class GatewayCore:
             self.metrics.refusals.labels("no_healthy_instance").inc()
             raise Unavailable(f"no healthy instance serves model {self.model!r}")
         loop = self._loop or self._bind_loop()
-        now = loop.time() * 1000.0
+        now = time.monotonic() * 1000.0
         qos = request.qos_ms if request.qos_ms is not None else self.qos_ms
         ticket = _Ticket(request, loop.create_future())
         query = Query(id=next(self._ids), batch=request.batch, arrival_ms=now, deadline_ms=now + qos, payload=ticket)
@@ -177,7 +179,7 @@ class GatewayCore:
         self._scheduled = False
         loop = self._loop or self._bind_loop()
         d = self.dispatcher
-        now = loop.time() * 1000.0
+        now = time.monotonic() * 1000.0
         before = d.decisions
         start = time.perf_counter()
         dispatches = d.decide(now)
@@ -254,8 +256,7 @@ class GatewayCore:
         log.warning("%s", exc)
         self.set_instance_health(inst.index, False)  # back in rotation when a probe succeeds
         ticket: _Ticket = query.payload
-        loop = self._loop or self._bind_loop()
-        now = loop.time() * 1000.0
+        now = time.monotonic() * 1000.0
         if ticket.future.done():  # the client is gone: nothing to retry for
             self._answered(query)
             return
@@ -279,8 +280,7 @@ class GatewayCore:
     def _finish(self, query: Query, outcome: InferResult | InferenceError) -> None:
         ticket: _Ticket = query.payload
         if not ticket.future.done():
-            loop = self._loop or self._bind_loop()
-            now = loop.time() * 1000.0
+            now = time.monotonic() * 1000.0
             if isinstance(outcome, InferResult):
                 ticket.future.set_result(outcome)
                 self.metrics.e2e_of(self.model, ticket.request.protocol).observe(outcome.e2e_ms / 1000.0)

@@ -101,5 +101,12 @@ class LatencyEstimator:
             seen = self._overheads[: min(n + 1, OVERHEAD_WINDOW)]
             self.overhead_ms = float(np.percentile(seen, 99))
 
+    @property
+    def overhead_mean_ms(self) -> float:
+        """Mean of the overhead observations in the window (0 before any): what a simulation
+        of this pool's transport takes as its round trip (``kairos-sim --transport-ms``)."""
+        n = min(self._overhead_observations, OVERHEAD_WINDOW)
+        return float(self._overheads[:n].mean()) if n else 0.0
+
     def correction(self, type_index: int, batch: int) -> float:
         return float(self._correction[type_index, min(batch, self.max_batch) // BUCKET_WIDTH])

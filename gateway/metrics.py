@@ -60,12 +60,17 @@ class _PoolCollector(Collector):
         pending = GaugeMetricFamily(f"{PREFIX}_pending_queries", "Queries waiting in the gateway queue")
         pending.add_metric([], len(d.pending))
         yield pending
-        overhead = GaugeMetricFamily(
-            f"{PREFIX}_transport_overhead_seconds",
-            "Learned 99th percentile of round trip minus the instance's service time, added to estimates",
+        p99 = GaugeMetricFamily(
+            f"{PREFIX}_transport_overhead_p99_seconds",
+            "99th percentile of round trip minus the instance's service time (recent queries), added to estimates",
         )
-        overhead.add_metric([], d.estimator.overhead_ms / 1000.0)
-        yield overhead
+        p99.add_metric([], d.estimator.overhead_ms / 1000.0)
+        mean = GaugeMetricFamily(
+            f"{PREFIX}_transport_overhead_mean_seconds",
+            "Mean of round trip minus the instance's service time (recent queries)",
+        )
+        mean.add_metric([], d.estimator.overhead_mean_ms / 1000.0)
+        yield from (p99, mean)
         pipelined = GaugeMetricFamily(
             f"{PREFIX}_pipelined_dispatches", "Queries sent to an instance still serving its previous one"
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sys
+import time
 from collections.abc import Callable
 from typing import TextIO
 
@@ -84,7 +85,7 @@ class _Run:
 
     async def _one(self, i: int, loop: asyncio.AbstractEventLoop) -> None:
         s = self.samples
-        s.sent_s[i] = loop.time() - self.t0
+        s.sent_s[i] = time.monotonic() - self.t0
         self.sent += 1
         in_flight = self.sent - self.done
         if in_flight > self.max_in_flight:
@@ -94,7 +95,9 @@ class _Run:
             error, instance = outcome.error, outcome.instance
         except asyncio.CancelledError:
             error, instance = "cancelled", None
-        now = loop.time() - self.t0
+        # The monotonic clock, not uvloop's loop.time(): that one is read once per loop
+        # iteration and moves in whole ms, which would shave up to 1 ms off latencies.
+        now = time.monotonic() - self.t0
         s.done_s[i] = now
         s.error[i] = error
         s.instance[i] = instance

@@ -23,9 +23,6 @@ from gateway.policies import Policy, Snapshot
 # time left reads 0, the same as an idle instance's, and a policy may pick it over an idle one
 # (a tie) and hold the query back until it answers.
 OVERDUE_LEFT_MS = 1e-3
-# A pipelining instance opens this much before its computed time: the event loop's timers fire
-# on a 1 ms grid, and a timer set for the opening must find it open.
-OPENING_EARLY_MS = 1.0
 
 
 @dataclass(slots=True, eq=False)
@@ -167,7 +164,7 @@ class Dispatcher:
             healthy.append(ok)
             outstanding.append(k)
             f = depth - k if ok and k < depth else 0
-            if ok and k == depth and lookahead > 0.0 and inst.opens_at_ms(lookahead) - OPENING_EARLY_MS <= now_ms:
+            if ok and k == depth and lookahead > 0.0 and inst.opens_at_ms(lookahead) <= now_ms:
                 f = 1
             free_list.append(f)
             total_free += f
@@ -233,7 +230,7 @@ class Dispatcher:
         best: float | None = None
         for inst in self.instances:
             if inst.healthy and len(inst.in_flight) == depth:
-                at = inst.opens_at_ms(lookahead) - OPENING_EARLY_MS
+                at = inst.opens_at_ms(lookahead)
                 if at > now_ms and (best is None or at < best):
                     best = at
         return best

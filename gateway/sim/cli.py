@@ -9,6 +9,7 @@ Bad input prints one line and exits 2.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="find-max: relative width of the final bracket (default 0.01)")
     p.add_argument("--warmup", type=float, default=DEFAULT_WARMUP,
                    help="fraction of the first arrivals left out of the statistics (default 0.1)")
+    p.add_argument("--transport-ms", type=float, default=0.0,
+                   help="round trip around each service, e.g. the live gateway's measured overhead (default 0)")
+    p.add_argument("--pipeline", action="store_true",
+                   help="send an instance its next query once its current one has run its estimated service time")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
 
@@ -164,6 +169,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         _fail(f"--rate: expected a positive number of queries/s, got {args.rate:g}")
     if not 0 <= args.warmup < 1:
         _fail(f"--warmup: expected a fraction in [0, 1), got {args.warmup:g}")
+    if not (args.transport_ms >= 0 and math.isfinite(args.transport_ms)):
+        _fail(f"--transport-ms: expected a number of ms >= 0, got {args.transport_ms:g}")
     mix = parse_batch_mix(args.batch_mix)
     parse_arrivals(args.arrivals, 1.0)  # validates the name
     trace = load_trace_csv(args.trace) if args.trace else None
@@ -175,6 +182,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             model=model, qos_ms=qos, pool=pool, policy=policy, queries=args.queries, seed=args.seed,
             target=args.target, arrivals=args.arrivals, mix=mix, trace=trace, depth=depth,
             resolution=args.resolution, warmup=args.warmup, progress=_progress,
+            transport_ms=args.transport_ms, pipeline=args.pipeline,
         )
         out = fm.to_json() | {"cost_per_hour": round(cost, 4)}
         if not args.json:
@@ -188,7 +196,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         own = (len(trace) - 1) * 1000.0 / max(trace.duration_ms, 1e-9)
         trace = type(trace)(arrival_ms=trace.arrival_ms * (own / args.rate), batch=trace.batch)
     res = simulate(trace, model=model, qos_ms=qos, pool=pool, policy=policy, seed=args.seed, depth=depth,
-                   warmup=args.warmup)
+                   warmup=args.warmup, transport_ms=args.transport_ms, pipeline=args.pipeline)
     if not args.json:
         print(_run_table(res))
     return res.summary() | {"cost_per_hour": round(cost, 4), "target": args.target,

@@ -9,6 +9,12 @@ An instance serves its queries one at a time, in the order they reached it (as
 ``kairos-servers`` and a Triton model instance do): with a depth above 1, a query sent to a busy
 instance starts when the ones ahead of it are done.
 
+``transport_ms`` models the round trip around each service (what the live gateway learns as
+its transport overhead): half of it before the instance starts a query, half after it is done.
+The estimator learns it as the live gateway does, and with ``pipeline`` the dispatcher sends
+an instance its next query while the last is still served (see ``Dispatcher``). Both default
+to the ideal, transport-free pool.
+
 Service times are drawn up front: for each instance type in the pool, one sample per query
 from that type's profile, with a random stream keyed by (seed, type name). A query's service
 time therefore depends on the type it lands on, and not on the pool's order or composition.
@@ -68,6 +74,8 @@ def simulate(
     profiles: ProfileSet | None = None,
     warmup: float = DEFAULT_WARMUP,
     stop_below: float | None = None,
+    transport_ms: float = 0.0,
+    pipeline: bool = False,
 ) -> SimResult:
     """Run ``trace`` through a fresh Dispatcher (policy, estimator) on ``pool``.
 
@@ -82,7 +90,8 @@ def simulate(
     instances = expand_pool(pool)
     types = pool_types(pool)
     estimator = LatencyEstimator(profiles, model, types)
-    dispatcher = Dispatcher(pol, estimator, instances, qos_ms=qos_ms, depth=depth)
+    dispatcher = Dispatcher(pol, estimator, instances, qos_ms=qos_ms, depth=depth, pipeline=pipeline)
+    leg = transport_ms / 2.0
     n = len(trace)
     batch = np.asarray(trace.batch, dtype=np.int64)
     svc = service_times(profiles, model, types, batch, seed)
@@ -128,6 +137,8 @@ def simulate(
                 assert q is not None
                 qid = q.id
                 complete(q, insts[j], svc_rows[row_of_instance[j]][qid])
+                if leg and not q.pipelined:  # as live: only a query that found its instance idle
+                    estimator.observe_overhead(now - q.started_ms - svc_rows[row_of_instance[j]][qid])
                 end[qid] = now
                 free += 1
                 if now - q.arrival_ms > qos_ms and qid >= first_measured:
@@ -143,22 +154,30 @@ def simulate(
         while i < n and arrivals[i] == now:
             submit(Query(id=i, batch=batches[i], arrival_ms=now, deadline_ms=now + qos_ms))
             i += 1
-        if free and pending:
+        if pending and (free > 0 or pipeline):
             for d in decide(now):
                 q, j = d.query, d.instance.index
                 qid = q.id
-                begin = now if busy_until[j] <= now else busy_until[j]
+                arrive = now + leg
+                begin = arrive if busy_until[j] <= arrive else busy_until[j]
                 done = begin + svc_rows[row_of_instance[j]][qid]
                 busy_until[j] = done
-                push(heap, (done, _COMPLETION, seq, q, j))
+                push(heap, (done + leg, _COMPLETION, seq, q, j))
                 seq += 1
                 start[qid] = begin
                 where[qid] = j
                 free -= 1
-            if free and pending:
+            if free > 0 and pending:
                 # The policy left a free instance idle: re-decide when a query turns late.
                 due = dispatcher.next_deadline_ms()
                 if due is not None and due > now and due not in timers:
+                    timers.add(due)
+                    push(heap, (due, _TIMER, seq, None, -1))
+                    seq += 1
+            if pipeline and pending:
+                # Re-decide when a full instance opens to its next query.
+                due = dispatcher.next_opening_ms(now)
+                if due is not None and due not in timers:
                     timers.add(due)
                     push(heap, (due, _TIMER, seq, None, -1))
                     seq += 1
