@@ -19,6 +19,7 @@ import sys
 from gateway.app import Gateway, GatewaySettings
 from gateway.config import load_config
 from gateway.errors import ConfigError
+from gateway.gc_freeze import freeze_startup_objects
 from gateway.policies import POLICY_NAMES
 from gateway.pool import load_address_file, parse_instance_flags
 from gateway.threads import keep_helper_threads_demoted
@@ -91,6 +92,7 @@ async def serve(args: argparse.Namespace) -> None:
     # The gateway owns this process: gRPC's helper threads must not preempt the event loop.
     demoter = loop.create_task(keep_helper_threads_demoted())
     healthy = sum(i.healthy for i in gateway.dispatcher.instances)
+    freeze_startup_objects()
     print(
         f"{PROG} ready http={config.host}:{gateway.http_port} grpc={config.host}:{gateway.grpc_port} "
         f"policy={settings.policy} model={config.model} instances={len(instances)} healthy={healthy}",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError, KairosError, ProfileError
+from gateway.gc_freeze import freeze_startup_objects
 from gateway.profiles import load_profiles
 from gateway.protocol.addresses import AddressList, InstanceAddress, write_address_file
 from servers.pool import DEFAULT_MAX_BODY_BYTES, LocalGroup, PoolOptions, describe, plan_instances
@@ -178,6 +179,7 @@ class Launcher:
             self.workers = WorkerSet(self.specs, self.options, workers, self.use_uvloop)
             addresses = await self.workers.start()
             self.workers.watch(self._worker_exited)
+        freeze_startup_objects()
         missing = await wait_ready(addresses, self.ready_timeout_s)
         if missing:
             names = ", ".join(a.name for a in missing)

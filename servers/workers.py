@@ -21,6 +21,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
 from gateway.errors import KairosError
+from gateway.gc_freeze import freeze_startup_objects
 from gateway.profiles import load_profiles
 from gateway.protocol.addresses import InstanceAddress
 from servers.pool import InstanceSpec, LocalGroup, PoolOptions, StartupError
@@ -67,6 +68,7 @@ async def _worker(specs: list[InstanceSpec], options: PoolOptions, conn: Connect
     except KairosError as exc:
         conn.send(("error", str(exc)))
         return 1
+    freeze_startup_objects()
     conn.send(("ok", [asdict(a) for a in addresses]))
     await stop.wait()
     await group.stop()

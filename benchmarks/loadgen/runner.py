@@ -22,6 +22,7 @@ from benchmarks.loadgen.config import LoadConfig, build_workload
 from benchmarks.loadgen.payloads import PayloadFactory
 from benchmarks.loadgen.report import LoadReport, RunInfo, Samples
 from benchmarks.loadgen.transport import Target, make_target
+from gateway.gc_freeze import freeze_startup_objects
 from gateway.workload import QueryTrace
 
 START_DELAY_S = 0.02  # t0 is this far after the connection check: the schedule starts clean
@@ -181,6 +182,7 @@ async def run_load(
         seed=cfg.seed,
     )
     loop = asyncio.get_running_loop()
+    freeze_startup_objects()  # the client's own GC pauses would show up as latency
     async with target:
         run = _Run(target, wl, cfg.qos_ms, abort_after_violations)
         progress = _Progress(progress_stream or sys.stderr, len(wl)) if cfg.progress else None

@@ -59,12 +59,13 @@ def test_tracks_drift_and_ignores_nonsense(est: LatencyEstimator) -> None:
 
 def test_overhead_is_the_99th_percentile_of_recent_round_trips(est: LatencyEstimator) -> None:
     base = est.estimate_one(1, 100)
-    assert est.overhead_ms == 0.0  # the simulator never reports any
+    assert est.overhead_ms == 0.0 and est.overhead_mean_ms == 0.0  # the simulator never reports any
     rng = np.random.default_rng(0)
     samples = rng.exponential(1.0, OVERHEAD_WINDOW)
     for x in samples:
         est.observe_overhead(float(x))
     assert est.overhead_ms == pytest.approx(float(np.percentile(samples, 99)))
+    assert est.overhead_mean_ms == pytest.approx(float(samples.mean()))
     assert est.estimate_one(1, 100) == pytest.approx(base + est.overhead_ms)
     assert est.estimate(np.array([100]))[0, 1] == pytest.approx(base + est.overhead_ms)
     est.observe_overhead(-5.0)  # clock noise never lowers it below zero

@@ -84,3 +84,31 @@ def test_kairos_sends_large_queries_to_the_gpu() -> None:
     mean_batch = r.type_mean_batch()
     assert mean_batch["g4dn.xlarge"] > mean_batch["r5n.large"]
     assert r.attainment > _run("fcfs", rate=20.0, n=1500).attainment
+
+
+def test_transport_delays_the_start_and_the_answer_by_half_each() -> None:
+    pool = parse_pool("g4dn.xlarge=1")
+    mean = default_profiles().get("rm2", "g4dn.xlarge").mean(100)
+    trace = make_workload(ConstantArrivals(0.3 * 1000 / mean), FixedMix(100), 200, 0)
+    ideal = simulate(trace, model="rm2", qos_ms=350, pool=pool, policy="fcfs", seed=5)
+    slow = simulate(trace, model="rm2", qos_ms=350, pool=pool, policy="fcfs", seed=5, transport_ms=4.0)
+    np.testing.assert_allclose(slow.start_ms, ideal.start_ms + 2.0)
+    np.testing.assert_allclose(slow.latency_ms, ideal.latency_ms + 4.0)
+
+
+def test_pipelining_hides_the_transport_at_saturation() -> None:
+    """Under a backlog, without pipelining an instance idles one round trip between queries;
+    with it, the next query is already there (once the estimator has learned the overhead)."""
+    pool = parse_pool("r5n.large=1")
+    mean = default_profiles().get("rm2", "r5n.large").mean(50)
+    trace = make_workload(ConstantArrivals(2.0 * 1000 / mean), FixedMix(50), 300, 0)
+    gaps = {}
+    for pipeline in (False, True):
+        r = simulate(trace, model="rm2", qos_ms=350, pool=pool, policy="fcfs", seed=1, transport_ms=6.0,
+                     pipeline=pipeline)
+        order = np.argsort(r.start_ms)
+        s, e = r.start_ms[order], r.end_ms[order] - 3.0  # service end: the answer travels 3 ms
+        gaps[pipeline] = np.median(s[100:] - e[99:-1])
+        assert (s[1:] >= e[:-1] - 1e-9).all()  # still one query at a time
+    assert gaps[False] == pytest.approx(6.0)
+    assert gaps[True] < 1.0
