@@ -159,10 +159,27 @@ async def test_metrics_are_prometheus_with_one_prefix(gw: RunningGateway) -> Non
         "kairos_retries_total",
         "kairos_refusals_total",
         "kairos_health_changes_total",
+        "kairos_transport_overhead_p99_seconds",
+        "kairos_transport_overhead_mean_seconds",
+        "kairos_pipelined_dispatches",
     ):
         assert name in text, name
     metric_lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     assert all(ln.startswith("kairos_") for ln in metric_lines)
+    # The instances report their service time, so the gateway has learned the round trip around it.
+    values = dict(ln.rsplit(" ", 1) for ln in metric_lines)
+    mean = float(values["kairos_transport_overhead_mean_seconds"])
+    assert 0.0 < mean <= float(values["kairos_transport_overhead_p99_seconds"]) < 1.0
+
+
+def test_the_live_benchmark_reads_the_measured_transport(gw: RunningGateway) -> None:
+    from benchmarks.live import measured_transport_ms
+
+    client = th.InferenceServerClient(gw.http)
+    for i in range(3):
+        client.infer(MODEL, [http_input(2, True)], request_id=f"t{i}")
+    transport = measured_transport_ms(gw.url)
+    assert transport is not None and 0.0 < transport < 1000.0
 
 
 def test_config_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
