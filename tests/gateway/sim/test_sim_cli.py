@@ -50,6 +50,8 @@ def test_trace_replay(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
         ["--rate", "-3"],
         ["--arrivals", "bursty", "--rate", "5"],
         ["--frobnicate"],
+        ["--rate", "5", "--transport-ms", "-1"],
+        ["--rate", "5", "--transport-ms", "nan"],
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -67,3 +69,12 @@ def test_entry_point_exit_code() -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and not proc.stdout
+
+
+def test_a_transport_round_trip_adds_to_every_latency(capsys: pytest.CaptureFixture[str]) -> None:
+    runs = []
+    for extra in ([], ["--transport-ms", "3", "--pipeline"]):
+        assert main([*POOL, "--policy", "fcfs", "--rate", "2", "--queries", "300", "--json", *extra]) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    ideal, live = (r["latency_ms"]["p50"] for r in runs)
+    assert live == pytest.approx(ideal + 3.0, abs=0.5)  # at 2 QPS nothing queues: the round trip shows as is
