@@ -157,12 +157,14 @@ class Dispatcher:
         healthy: list[bool] = []
         outstanding: list[int] = []
         free_list: list[int] = []
+        busy_left: list[float] = []
         total_free = 0
         for inst in instances:
             k = len(inst.in_flight)
             ok = inst.healthy
             healthy.append(ok)
             outstanding.append(k)
+            busy_left.append(inst.work_left_ms(now_ms) if k else 0.0)
             f = depth - k if ok and k < depth else 0
             if ok and k == depth and lookahead > 0.0 and inst.opens_at_ms(lookahead) <= now_ms:
                 f = 1
@@ -184,7 +186,7 @@ class Dispatcher:
             healthy=np.array(healthy, dtype=bool),
             free_slots=np.array(free_list, dtype=np.int64),
             outstanding=np.array(outstanding, dtype=np.int64),
-            busy_left_ms=np.array([inst.work_left_ms(now_ms) for inst in instances], dtype=float),
+            busy_left_ms=np.array(busy_left, dtype=float),
             est_ms=self.estimator.estimate(batch),
             coefficient=self.estimator.coefficient,
         )

@@ -85,39 +85,47 @@ def plan(snap: Snapshot, instances: np.ndarray, prices: np.ndarray, forced: np.n
     # Per query: how many types it could still make its deadline on, with nothing else planned.
     ok0 = avail[None, :] + need <= time_left[:, None]
     n_ok_types = np.zeros((snap.n_queries, int(types.max()) + 1), dtype=bool)
-    n_ok_types[np.nonzero(ok0)[0], types[np.nonzero(ok0)[1]]] = True
+    rows, cols = np.nonzero(ok0)
+    n_ok_types[rows, types[cols]] = True
     flexible = n_ok_types.sum(axis=1) > 1
     urgent = time_left < -LATE_LIMIT * qos
     reserve = forced[types] * (1.0 + MARGIN)  # (M,) headroom each instance's type must keep
     reserving = bool(forced.any())
-    same = (types[:, None] == types[None, :]) & ~np.eye(types.size, dtype=bool)
+    same = (types[:, None] == types[None, :]) & ~np.eye(types.size, dtype=bool) if reserving else None
     out: list[Assignment] = []
     doomed: list[int] = []
     free_now = int(slots.sum())
+    # Python scalars for the per-query flags: the loop below is the policy's hot path.
+    urgent_l: list[bool] = urgent.tolist()
+    flexible_l: list[bool] = flexible.tolist()
+    time_left_l: list[float] = time_left.tolist()
+    slots_l: list[int] = slots.tolist()
+    instances_l: list[int] = instances.tolist()
     for i in np.lexsort((time_left, flexible, ~urgent)).tolist():
         if free_now == 0:
             break
         finish = avail + need[i]
-        ok = finish <= time_left[i]
-        if urgent[i]:
-            ok[:] = True  # bounded wait: wherever it finishes first, ahead of the rest
-        elif not ok.any():
-            doomed.append(i)
-            continue
-        if flexible[i] and reserving:
+        if urgent_l[i]:
+            ok = np.ones(finish.size, dtype=bool)  # bounded wait: wherever it finishes first, ahead of the rest
+        else:
+            ok = finish <= time_left_l[i]
+            if not ok.any():
+                doomed.append(i)
+                continue
+        if flexible_l[i] and same is not None:
             # After this placement, each type must still take its largest forced query on arrival.
             after = np.minimum(np.where(same, avail[None, :], np.inf).min(axis=1), avail + est[i])
             keep = after + reserve <= qos
             if (ok & keep).any():
                 ok &= keep
-        c = np.where(ok, cost[i], np.inf)
-        best = np.flatnonzero(c == c.min())
-        m = int(best[np.argmin(finish[best])])
+        # The cheapest allowed instance; among equal costs (one type), the earliest finish.
+        m = int(np.lexsort((finish, np.where(ok, cost[i], np.inf)))[0])
         avail[m] += est[i, m]
-        if slots[m] > 0:
-            slots[m] -= 1
+        if slots_l[m] > 0:
+            slots_l[m] -= 1
             free_now -= 1
-            out.append((i, int(instances[m])))
+            out.append((i, instances_l[m]))
+    slots = np.array(slots_l)
     # Queries that miss anyway take the free slots left, where they cost least, but not the last
     # free instance of a type: a query that can still make it may arrive any moment.
     for i in doomed:
