@@ -38,23 +38,23 @@ class InstanceState:
 
     def work_left_ms(self, now_ms: float) -> float:
         """Estimated time until the instance is done with everything it holds (FIFO there)."""
-        in_flight = self.in_flight
-        if not in_flight:
+        if not self.in_flight:
             return 0.0
-        if len(in_flight) == 1:  # the common case (depth 1): no generator overhead
-            (q,) = in_flight.values()
-            return max(q.est_ms - (now_ms - q.started_ms), OVERDUE_LEFT_MS)
-        first_start = min(q.started_ms for q in in_flight.values())
-        total = sum(q.est_ms for q in in_flight.values())
+        first_start, total = self._span()
         return max(total - (now_ms - first_start), OVERDUE_LEFT_MS)
 
     def opens_at_ms(self, lookahead_ms: float) -> float:
         """When what the instance holds is estimated done within ``lookahead_ms``."""
-        if len(self.in_flight) == 1:  # the common case (depth 1)
+        first_start, total = self._span()
+        return first_start + total - lookahead_ms
+
+    def _span(self) -> tuple[float, float]:
+        """(start of the first query it holds, their summed estimates): it serves them in order."""
+        if len(self.in_flight) == 1:  # the common case (depth 1): no generator overhead
             (q,) = self.in_flight.values()
-            return q.started_ms + q.est_ms - lookahead_ms
-        in_flight = self.in_flight.values()
-        return min(q.started_ms for q in in_flight) + sum(q.est_ms for q in in_flight) - lookahead_ms
+            return q.started_ms, q.est_ms
+        held = self.in_flight.values()
+        return min(q.started_ms for q in held), sum(q.est_ms for q in held)
 
 
 @dataclass(frozen=True, slots=True)
