@@ -36,12 +36,15 @@ class LatencyEstimator:
         # (T, max_batch + 1): profile mean per type and batch size.
         self._profile_ms = np.stack([p.means_for(sizes) for p in profs])
         n_buckets = self.max_batch // BUCKET_WIDTH + 1
-        self._correction = np.ones((len(profs), n_buckets))
-        self._observations = np.zeros((len(profs), n_buckets), dtype=np.int64)
+        # Per (type, bucket) learning state as Python lists: ``observe`` runs once per query, and
+        # numpy scalar arithmetic costs several times Python's.
+        self._profile_rows: list[list[float]] = self._profile_ms.tolist()
+        self._correction: list[list[float]] = [[1.0] * n_buckets for _ in profs]
+        self._observations: list[list[int]] = [[0] * n_buckets for _ in profs]
         self.learning_rate = learning_rate
-        # (T, max_batch + 1): profile mean times correction, kept up to date by ``observe`` so
-        # that ``estimate`` is a single gather.
-        self._table = self._profile_ms.copy()
+        # (max_batch + 1, T): profile mean times correction, kept up to date by ``observe`` so
+        # that ``estimate`` is a single gather of contiguous rows.
+        self._by_batch = np.ascontiguousarray(self._profile_ms.T)
         # Transport and scheduling time around each service (live only; 0 in the simulator), learned
         # from round trip minus the instance's own service time and added to every estimate:
         # a deadline sees the round trip, and a policy that packs queries close to their deadline
@@ -63,11 +66,11 @@ class LatencyEstimator:
     def estimate(self, batches: np.ndarray) -> np.ndarray:
         """(Q, T) estimated mean service time (ms) of each batch on each type."""
         b = np.minimum(np.maximum(np.asarray(batches, dtype=np.int64), 1), self.max_batch)
-        return self._table[:, b].T + self.overhead_ms
+        return self._by_batch[b] + self.overhead_ms
 
     def estimate_one(self, type_index: int, batch: int) -> float:
         b = min(max(int(batch), 1), self.max_batch)
-        return float(self._table[type_index, b]) + self.overhead_ms
+        return float(self._by_batch[b, type_index]) + self.overhead_ms
 
     def observe(self, type_index: int, batch: int, service_ms: float) -> None:
         """Learn from one observed service time (ms) of ``batch`` on a type."""
@@ -75,16 +78,17 @@ class LatencyEstimator:
         if service_ms <= 0 or not math.isfinite(service_ms):
             return
         bucket = b // BUCKET_WIDTH
-        ratio = service_ms / self._profile_ms[type_index, b]
-        self._observations[type_index, bucket] += 1
-        n = self._observations[type_index, bucket]
+        ratio = service_ms / self._profile_rows[type_index][b]
+        counts = self._observations[type_index]
+        counts[bucket] += 1
         # A plain mean until there is enough data, then exponential smoothing to track drift.
-        rate = max(1.0 / n, self.learning_rate)
-        current = self._correction[type_index, bucket]
+        rate = max(1.0 / counts[bucket], self.learning_rate)
+        row = self._correction[type_index]
+        current = row[bucket]
         corrected = current + rate * (ratio - current)
-        self._correction[type_index, bucket] = corrected
+        row[bucket] = corrected
         lo, hi = bucket * BUCKET_WIDTH, min((bucket + 1) * BUCKET_WIDTH, self.max_batch + 1)
-        self._table[type_index, lo:hi] = self._profile_ms[type_index, lo:hi] * corrected
+        self._by_batch[lo:hi, type_index] = self._profile_ms[type_index, lo:hi] * corrected
 
     def observe_overhead(self, overhead_ms: float) -> None:
         """Learn from one round trip's time beyond the instance's own service time (ms).
@@ -109,4 +113,4 @@ class LatencyEstimator:
         return float(self._overheads[:n].mean()) if n else 0.0
 
     def correction(self, type_index: int, batch: int) -> float:
-        return float(self._correction[type_index, min(batch, self.max_batch) // BUCKET_WIDTH])
+        return self._correction[type_index][min(batch, self.max_batch) // BUCKET_WIDTH]

@@ -36,26 +36,6 @@ class InstanceState:
     served: int = 0
     busy_ms: float = 0.0  # summed service time, for the busy fraction
 
-    def work_left_ms(self, now_ms: float) -> float:
-        """Estimated time until the instance is done with everything it holds (FIFO there)."""
-        if not self.in_flight:
-            return 0.0
-        first_start, total = self._span()
-        return max(total - (now_ms - first_start), OVERDUE_LEFT_MS)
-
-    def opens_at_ms(self, lookahead_ms: float) -> float:
-        """When what the instance holds is estimated done within ``lookahead_ms``."""
-        first_start, total = self._span()
-        return first_start + total - lookahead_ms
-
-    def _span(self) -> tuple[float, float]:
-        """(start of the first query it holds, their summed estimates): it serves them in order."""
-        if len(self.in_flight) == 1:  # the common case (depth 1): no generator overhead
-            (q,) = self.in_flight.values()
-            return q.started_ms, q.est_ms
-        held = self.in_flight.values()
-        return min(q.started_ms for q in held), sum(q.est_ms for q in held)
-
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
@@ -94,6 +74,23 @@ class Dispatcher:
             for i, (name, t) in enumerate(instances)
         ]
         self._types = np.array([inst.type_index for inst in self.instances], dtype=np.int64)
+        # Per-instance columns, kept current on every event so that a decision reads the pool as
+        # whole arrays instead of walking it (the hot path: every arrival and completion). An
+        # instance serves what it holds in order, so it is estimated done at the first start
+        # plus the summed estimates.
+        n = len(self.instances)
+        self._held = np.zeros(n, dtype=np.int64)  # queries in flight
+        self._ok = np.ones(n, dtype=bool)  # healthy
+        self._span_start = np.zeros(n)  # start of the first query held
+        self._span_total = np.zeros(n)  # summed estimates of the queries held
+        self._busy = np.zeros(n)  # 1.0 while it holds a query
+        self._free = np.full(n, depth, dtype=np.int64)  # queries it may take, pipelining aside
+        self._full = np.zeros(n, dtype=bool)  # healthy and holding ``depth``: may pipeline
+        self._free_of = [depth] * n
+        self._full_of = [False] * n
+        self._total_free = n * depth
+        self._n_full = 0
+        self._healthy_count = n
         self.decisions = 0
         # Free slots the last ``decide`` left unused (a driver reads it right after the call).
         self.free_left = 0
@@ -121,6 +118,7 @@ class Dispatcher:
     def complete(self, query: Query, instance: InstanceState, service_ms: float | None) -> None:
         """The instance answered. ``service_ms`` (its own measurement) trains the estimator."""
         instance.in_flight.pop(query.id, None)
+        self._held_changed(instance)
         instance.served += 1
         if service_ms is not None:
             instance.busy_ms += service_ms
@@ -129,52 +127,98 @@ class Dispatcher:
     def fail(self, query: Query, instance: InstanceState) -> None:
         """The instance failed the query; the caller decides whether to retry or answer."""
         instance.in_flight.pop(query.id, None)
+        self._held_changed(instance)
         query.tried.add(instance.index)
 
     def set_healthy(self, instance: InstanceState, healthy: bool) -> bool:
         """Returns whether this changed the instance's state."""
         changed = instance.healthy != healthy
-        instance.healthy = healthy
+        if changed:
+            instance.healthy = healthy
+            self._ok[instance.index] = healthy
+            self._healthy_count += 1 if healthy else -1
+            self._refresh(instance)
         return changed
+
+    def _held_changed(self, instance: InstanceState) -> None:
+        """Bring the instance's span columns up to date with what it now holds."""
+        held = instance.in_flight
+        j = instance.index
+        if not held:
+            start, total = 0.0, 0.0
+        elif len(held) == 1:  # the common case (depth 1): no generator overhead
+            (q,) = held.values()
+            start, total = q.started_ms, q.est_ms
+        else:
+            start, total = min(q.started_ms for q in held.values()), sum(q.est_ms for q in held.values())
+        self._span_start[j] = start
+        self._span_total[j] = total
+        self._refresh(instance)
+
+    def _refresh(self, instance: InstanceState) -> None:
+        """The instance's count columns, and the pool totals, after its load or health changed.
+        Python mirrors of the columns say what changed: a numpy scalar read costs more."""
+        j, k, depth = instance.index, len(instance.in_flight), self.depth
+        ok = instance.healthy
+        self._held[j] = k
+        self._busy[j] = 1.0 if k else 0.0
+        free = depth - k if ok and k < depth else 0
+        if free != self._free_of[j]:
+            self._total_free += free - self._free_of[j]
+            self._free_of[j] = free
+            self._free[j] = free
+        full = ok and k == depth
+        if full != self._full_of[j]:
+            self._n_full += 1 if full else -1
+            self._full_of[j] = full
+            self._full[j] = full
 
     # -- decisions ----------------------------------------------------------------------------
 
-    def free_slots(self) -> np.ndarray:
-        return np.array(
-            [self.depth - len(i.in_flight) if i.healthy else 0 for i in self.instances], dtype=np.int64
-        ).clip(min=0)
+    def free_slots(self, now_ms: float | None = None) -> np.ndarray:
+        """(N,) queries each instance may take now: 0 when unhealthy; with pipelining (and
+        ``now_ms``), 1 for a full instance estimated done within the transport overhead."""
+        free = self._free.copy()
+        opened = self._opened(now_ms) if now_ms is not None else None
+        if opened is not None:
+            free[opened] = 1
+        return free
+
+    def _opened(self, now_ms: float) -> np.ndarray | None:
+        """Mask of the full instances pipelining opens at ``now_ms``; None when none can."""
+        lookahead = self.estimator.overhead_ms if self.pipeline else 0.0
+        if lookahead <= 0.0 or not self._n_full:
+            return None
+        return self._full & (self._opens_at(lookahead) <= now_ms)
+
+    def work_left_ms(self, now_ms: float) -> np.ndarray:
+        """(N,) estimated time until each instance is done with everything it holds: 0 when
+        idle, at least ``OVERDUE_LEFT_MS`` while it holds a query."""
+        left = self._span_total - (now_ms - self._span_start)
+        np.maximum(left, OVERDUE_LEFT_MS, out=left)
+        left *= self._busy
+        return left
+
+    def _opens_at(self, lookahead_ms: float) -> np.ndarray:
+        """(N,) when what each instance holds is estimated done within ``lookahead_ms``."""
+        return self._span_start + self._span_total - lookahead_ms
 
     def decide(self, now_ms: float) -> list[Dispatch]:
         """Run the policy if anything can move; mark and return the dispatches it chose."""
         self.free_left = 0
         if not self.pending:
             return []
-        # One pass over the pool builds the per-instance columns (this is the hot path: it runs
-        # on every event, in the simulator tens of thousands of times per second).
-        depth = self.depth
-        instances = self.instances
-        lookahead = self.estimator.overhead_ms if self.pipeline else 0.0
-        healthy: list[bool] = []
-        outstanding: list[int] = []
-        free_list: list[int] = []
-        busy_left: list[float] = []
-        total_free = 0
-        for inst in instances:
-            k = len(inst.in_flight)
-            ok = inst.healthy
-            healthy.append(ok)
-            outstanding.append(k)
-            busy_left.append(inst.work_left_ms(now_ms) if k else 0.0)
-            f = depth - k if ok and k < depth else 0
-            if ok and k == depth and lookahead > 0.0 and inst.opens_at_ms(lookahead) <= now_ms:
-                f = 1
-            free_list.append(f)
-            total_free += f
+        opened = self._opened(now_ms)
+        n_opened = 0 if opened is None else int(np.count_nonzero(opened))
+        total_free = self._total_free + n_opened
         if total_free == 0:
             return []
+        free = self._free.copy()
+        if n_opened:
+            free[opened] = 1
         self.free_left = total_free
-        n = len(instances)
-        window = min(len(self.pending), max(self.policy.window(n, total_free), 1))
+        free_list = free.tolist()  # before the policy: it may use the snapshot's arrays as scratch
+        window = min(len(self.pending), max(self.policy.window(len(self.instances), total_free), 1))
         queries = list(islice(self.pending, window))
         batch = np.array([q.batch for q in queries], dtype=np.int64)
         deadline = np.array([q.deadline_ms for q in queries], dtype=float)
@@ -183,10 +227,10 @@ class Dispatcher:
             time_left_ms=deadline - now_ms,
             qos_ms=self.qos_ms,
             inst_type=self._types,
-            healthy=np.array(healthy, dtype=bool),
-            free_slots=np.array(free_list, dtype=np.int64),
-            outstanding=np.array(outstanding, dtype=np.int64),
-            busy_left_ms=np.array(busy_left, dtype=float),
+            healthy=self._ok.copy(),
+            free_slots=free,
+            outstanding=self._held.copy(),
+            busy_left_ms=self.work_left_ms(now_ms),
             est_ms=self.estimator.estimate(batch),
             coefficient=self.estimator.coefficient,
         )
@@ -194,6 +238,7 @@ class Dispatcher:
         chosen = self.policy.decide(snap)
         if not chosen:
             return []
+        depth = self.depth
         out: list[Dispatch] = []
         taken: set[int] = set()
         for pos, j in chosen:
@@ -209,16 +254,15 @@ class Dispatcher:
             q.started_ms = now_ms
             q.est_ms = float(snap.est_ms[pos, inst.type_index])
             inst.in_flight[q.id] = q
+            self._held_changed(inst)
             out.append(Dispatch(q, inst))
         self.free_left = total_free - len(out)
         # Remove the dispatched queries, keeping the FIFO order of the rest.
         if len(taken) == window and window == len(self.pending):
             self.pending.clear()
         else:
-            keep = [q for pos, q in enumerate(queries) if pos not in taken]
-            for _ in range(window):
-                self.pending.popleft()
-            self.pending.extendleft(reversed(keep))
+            for pos in sorted(taken, reverse=True):
+                del self.pending[pos]
         return out
 
     def next_opening_ms(self, now_ms: float) -> float | None:
@@ -226,16 +270,11 @@ class Dispatcher:
         more query; None if there is none or no overhead is learned. A driver re-decides then:
         no other event happens at that moment."""
         lookahead = self.estimator.overhead_ms
-        if not self.pipeline or lookahead <= 0.0:
+        if not self.pipeline or lookahead <= 0.0 or not self._n_full:
             return None
-        depth = self.depth
-        best: float | None = None
-        for inst in self.instances:
-            if inst.healthy and len(inst.in_flight) == depth:
-                at = inst.opens_at_ms(lookahead)
-                if at > now_ms and (best is None or at < best):
-                    best = at
-        return best
+        opens = self._opens_at(lookahead)
+        due = opens[self._full & (opens > now_ms)]
+        return float(due.min()) if due.size else None
 
     def next_deadline_ms(self) -> float | None:
         """Earliest deadline among the queries a policy sees: a timer there re-runs the policy,
@@ -249,7 +288,7 @@ class Dispatcher:
 
     @property
     def in_flight(self) -> int:
-        return sum(len(i.in_flight) for i in self.instances)
+        return int(self._held.sum())
 
     def has_healthy(self) -> bool:
-        return any(i.healthy for i in self.instances)
+        return self._healthy_count > 0

@@ -87,11 +87,11 @@ def test_an_overdue_busy_instance_still_has_time_left() -> None:
     d = dispatcher(n=2)
     d.submit(q(0))
     (first,) = d.decide(0.0)
-    busy, idle = first.instance, d.instances[1 - first.instance.index]
+    busy, idle = first.instance.index, 1 - first.instance.index
     late = first.query.est_ms + 1000.0
-    assert busy.work_left_ms(late) == OVERDUE_LEFT_MS > 0
-    assert idle.work_left_ms(late) == 0.0
-    assert busy.work_left_ms(0.0) == pytest.approx(first.query.est_ms)  # not overdue: the estimate
+    assert d.work_left_ms(late)[busy] == OVERDUE_LEFT_MS > 0
+    assert d.work_left_ms(late)[idle] == 0.0
+    assert d.work_left_ms(0.0)[busy] == pytest.approx(first.query.est_ms)  # not overdue: the estimate
 
 
 def test_kairos_sends_a_query_to_the_idle_instance_not_an_overdue_busy_one() -> None:
