@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import orjson
 
 from gateway.config import Config, load_config
-from gateway.errors import KairosError
+from gateway.errors import ConfigError, KairosError
 from gateway.policies import POLICY_NAMES, make_policy
 from gateway.profiles import load_catalogue
 from gateway.sim.engine import DEFAULT_WARMUP, default_profiles, simulate
@@ -32,6 +32,7 @@ from gateway.sim.search import (
     Step,
     find_max,
 )
+from gateway.sim.transport import lognormal_params
 from gateway.workload import load_trace_csv, make_workload, parse_batch_mix
 from gateway.workload.arrivals import parse_arrivals
 
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the first arrivals left out of the statistics (default 0.1)")
     p.add_argument("--transport-ms", type=float, default=0.0,
                    help="round trip around each service, e.g. the live gateway's measured overhead (default 0)")
+    p.add_argument("--transport-p99-ms", type=float, default=None,
+                   help="draw each query's round trip, log-normal with mean --transport-ms and this 99th "
+                        "percentile (the live gateway's kairos_transport_overhead_p99_seconds), instead of a constant")
     p.add_argument("--pipeline", action="store_true",
                    help="send an instance its next query once its current one has run its estimated service time")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -171,6 +175,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         _fail(f"--warmup: expected a fraction in [0, 1), got {args.warmup:g}")
     if not (args.transport_ms >= 0 and math.isfinite(args.transport_ms)):
         _fail(f"--transport-ms: expected a number of ms >= 0, got {args.transport_ms:g}")
+    if args.transport_p99_ms is not None:
+        try:
+            lognormal_params(args.transport_ms, args.transport_p99_ms)
+        except ConfigError as exc:
+            hint = "" if args.transport_ms > 0 else " (give --transport-ms, the mean, too)"
+            _fail(f"--transport-p99-ms: {exc}{hint}")
+    transport = {"transport_ms": args.transport_ms, "transport_p99_ms": args.transport_p99_ms}
     mix = parse_batch_mix(args.batch_mix)
     parse_arrivals(args.arrivals, 1.0)  # validates the name
     trace = load_trace_csv(args.trace) if args.trace else None
@@ -182,9 +193,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             model=model, qos_ms=qos, pool=pool, policy=policy, queries=args.queries, seed=args.seed,
             target=args.target, arrivals=args.arrivals, mix=mix, trace=trace, depth=depth,
             resolution=args.resolution, warmup=args.warmup, progress=_progress,
-            transport_ms=args.transport_ms, pipeline=args.pipeline,
+            transport_ms=args.transport_ms, pipeline=args.pipeline, transport_p99_ms=args.transport_p99_ms,
         )
-        out = fm.to_json() | {"cost_per_hour": round(cost, 4)}
+        out = fm.to_json() | {"cost_per_hour": round(cost, 4)} | transport
         if not args.json:
             print(_max_table(fm, cost))
         return out
@@ -196,11 +207,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         own = (len(trace) - 1) * 1000.0 / max(trace.duration_ms, 1e-9)
         trace = type(trace)(arrival_ms=trace.arrival_ms * (own / args.rate), batch=trace.batch)
     res = simulate(trace, model=model, qos_ms=qos, pool=pool, policy=policy, seed=args.seed, depth=depth,
-                   warmup=args.warmup, transport_ms=args.transport_ms, pipeline=args.pipeline)
+                   warmup=args.warmup, transport_ms=args.transport_ms, pipeline=args.pipeline,
+                   transport_p99_ms=args.transport_p99_ms)
     if not args.json:
         print(_run_table(res))
     return res.summary() | {"cost_per_hour": round(cost, 4), "target": args.target,
-                            "meets_target": res.meets(args.target)}
+                            "meets_target": res.meets(args.target)} | transport
 
 
 def main(argv: Sequence[str] | None = None) -> int:

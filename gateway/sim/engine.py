@@ -11,6 +11,8 @@ instance starts when the ones ahead of it are done.
 
 ``transport_ms`` models the round trip around each service (what the live gateway learns as
 its transport overhead): half of it before the instance starts a query, half after it is done.
+With ``transport_p99_ms`` each query's round trip is drawn instead, log-normal with that mean
+and 99th percentile (``gateway.sim.transport``).
 The estimator learns it as the live gateway does, and with ``pipeline`` the dispatcher sends
 an instance its next query while the last is still served (see ``Dispatcher``). Both default
 to the ideal, transport-free pool.
@@ -36,6 +38,7 @@ from gateway.policies import Policy, make_policy
 from gateway.profiles import ProfileSet, load_profiles
 from gateway.sim.pool import PoolSpec, expand_pool, pool_types
 from gateway.sim.result import TAIL_FRACTION, SimResult
+from gateway.sim.transport import round_trips
 from gateway.workload import QueryTrace
 
 DEFAULT_WARMUP = 0.1
@@ -76,6 +79,7 @@ def simulate(
     stop_below: float | None = None,
     transport_ms: float = 0.0,
     pipeline: bool = False,
+    transport_p99_ms: float | None = None,
 ) -> SimResult:
     """Run ``trace`` through a fresh Dispatcher (policy, estimator) on ``pool``.
 
@@ -91,8 +95,9 @@ def simulate(
     types = pool_types(pool)
     estimator = LatencyEstimator(profiles, model, types)
     dispatcher = Dispatcher(pol, estimator, instances, qos_ms=qos_ms, depth=depth, pipeline=pipeline)
-    leg = transport_ms / 2.0
     n = len(trace)
+    legs = [rt / 2.0 for rt in round_trips(n, transport_ms, transport_p99_ms, seed)]
+    observe_overhead = transport_ms > 0
     batch = np.asarray(trace.batch, dtype=np.int64)
     svc = service_times(profiles, model, types, batch, seed)
     row_of_instance = [types.index(t) for _, t in instances]
@@ -137,7 +142,7 @@ def simulate(
                 assert q is not None
                 qid = q.id
                 complete(q, insts[j], svc_rows[row_of_instance[j]][qid])
-                if leg and not q.pipelined:  # as live: only a query that found its instance idle
+                if observe_overhead and not q.pipelined:  # as live: only a query that found its instance idle
                     estimator.observe_overhead(now - q.started_ms - svc_rows[row_of_instance[j]][qid])
                 end[qid] = now
                 free += 1
@@ -158,11 +163,11 @@ def simulate(
             for d in decide(now):
                 q, j = d.query, d.instance.index
                 qid = q.id
-                arrive = now + leg
+                arrive = now + legs[qid]
                 begin = arrive if busy_until[j] <= arrive else busy_until[j]
                 done = begin + svc_rows[row_of_instance[j]][qid]
                 busy_until[j] = done
-                push(heap, (done + leg, _COMPLETION, seq, q, j))
+                push(heap, (done + legs[qid], _COMPLETION, seq, q, j))
                 seq += 1
                 start[qid] = begin
                 where[qid] = j

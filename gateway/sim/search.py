@@ -137,6 +137,7 @@ def find_max(
     progress: Callable[[Step], None] | None = None,
     transport_ms: float = 0.0,
     pipeline: bool = False,
+    transport_p99_ms: float | None = None,
 ) -> FindMaxResult:
     """Search the highest rate meeting ``target``. ``policy``: a registered name or a factory of
     fresh Policy objects. ``trace``: replay its batches and arrival pattern, time-scaled to each
@@ -166,7 +167,7 @@ def find_max(
         res = simulate(
             _scaled(base, base_rate, rate), model=model, qos_ms=qos_ms, pool=pool, policy=pol, seed=seed,
             depth=depth, profiles=profiles, warmup=warmup, stop_below=target,
-            transport_ms=transport_ms, pipeline=pipeline,
+            transport_ms=transport_ms, pipeline=pipeline, transport_p99_ms=transport_p99_ms,
         )
         ok = res.meets(target)
         step = Step(rate, res.attainment, res.tail_attainment, ok, res.stopped_early, res.wall_s, res.completed_fraction)

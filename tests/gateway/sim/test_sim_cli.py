@@ -52,6 +52,9 @@ def test_trace_replay(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
         ["--frobnicate"],
         ["--rate", "5", "--transport-ms", "-1"],
         ["--rate", "5", "--transport-ms", "nan"],
+        ["--rate", "5", "--transport-p99-ms", "3"],  # no mean
+        ["--rate", "5", "--transport-ms", "2", "--transport-p99-ms", "1"],  # p99 below the mean
+        ["--rate", "5", "--transport-ms", "0.1", "--transport-p99-ms", "30"],  # no log-normal has it
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -78,3 +81,14 @@ def test_a_transport_round_trip_adds_to_every_latency(capsys: pytest.CaptureFixt
         runs.append(json.loads(capsys.readouterr().out))
     ideal, live = (r["latency_ms"]["p50"] for r in runs)
     assert live == pytest.approx(ideal + 3.0, abs=0.5)  # at 2 QPS nothing queues: the round trip shows as is
+
+
+def test_a_drawn_round_trip_is_reported_and_keeps_its_mean(capsys: pytest.CaptureFixture[str]) -> None:
+    runs = []
+    for extra in (["--transport-ms", "2"], ["--transport-ms", "2", "--transport-p99-ms", "8"]):
+        assert main([*POOL, "--policy", "fcfs", "--rate", "2", "--queries", "400", "--json", *extra]) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    constant, drawn = runs
+    assert constant["transport_ms"] == drawn["transport_ms"] == 2.0
+    assert constant["transport_p99_ms"] is None and drawn["transport_p99_ms"] == 8.0
+    assert drawn["latency_ms"]["mean"] == pytest.approx(constant["latency_ms"]["mean"], abs=0.5)
