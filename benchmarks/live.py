@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -139,10 +140,28 @@ def measured_transport_ms(url: str) -> tuple[float | None, float | None]:
     return gauge("mean"), gauge("p99")
 
 
-def live_max(url: str, base: LoadConfig, start_qps: float, step_queries: int) -> float:
+@dataclass(frozen=True)
+class Steps:
+    """How long a live step runs: at least ``queries`` queries and ``seconds`` seconds. A fixed
+    count gives a fast model's step only a few seconds, and its verdict then turns on a burst or
+    two: over 2026-11-22, dien's live max spread over 435-551 QPS in 9 searches with 2,000-query
+    steps, and over 474-512 QPS in 3 with 6,000 (12 s at ~500 QPS)."""
+
+    queries: int = 2000
+    seconds: float = 12.0
+
+    def count(self, rate: float) -> int:
+        return max(self.queries, math.ceil(rate * self.seconds))
+
+    def describe(self) -> str:
+        return f"at least {self.queries:,} queries and {self.seconds:g} s"
+
+
+def live_max(url: str, base: LoadConfig, start_qps: float, steps: Steps) -> float:
     """Live find-max from ``start_qps``; 0 when even 30% of it misses the target."""
     result = asyncio.run(find_max(
-        replace(base, url=url), start_qps=start_qps, step_queries=step_queries, min_qps=0.3 * start_qps,
+        replace(base, url=url), start_qps=start_qps, step_queries=steps.queries, min_step_queries=steps.queries,
+        step_duration_s=steps.seconds, min_qps=0.3 * start_qps,
         resolution=0.03,
         on_step=lambda s: _say(f"    {s.rate_qps:8.1f} QPS: {'pass' if s.passed else 'fail'}"
                               f" ({s.report.within_qos_pct:.2f}% within QoS)"),
@@ -162,7 +181,7 @@ def at_fixed_rate(url: str, base: LoadConfig, rate: float, queries: int, pool: s
     return report.within_qos_pct, 100.0 * sim.attainment
 
 
-def run_model(model: str, policies: list[str], haproxy: bool, step_queries: int, sim_queries: int,
+def run_model(model: str, policies: list[str], haproxy: bool, steps: Steps, sim_queries: int,
               haproxy_port: int, workers: int) -> list[Row]:
     qos = load_catalogue().qos(model)
     pool = POOLS[model]
@@ -187,9 +206,10 @@ def run_model(model: str, policies: list[str], haproxy: bool, step_queries: int,
                 try:
                     if sims[policy] > 0:
                         row = Row(model, f"kairos-gateway/{policy}", sims[policy],
-                                  live_max(url, base, sims[policy], step_queries))
+                                  live_max(url, base, sims[policy], steps))
                     else:
-                        live_pct, sim_pct = at_fixed_rate(url, base, fixed_rate, step_queries, pool, policy)
+                        live_pct, sim_pct = at_fixed_rate(url, base, fixed_rate, steps.count(fixed_rate),
+                                                          pool, policy)
                         row = Row(model, f"kairos-gateway/{policy}", 0.0, None, fixed_rate, live_pct, sim_pct)
                     row.transport_ms, row.transport_p99_ms = measured_transport_ms(url)
                 finally:
@@ -216,11 +236,12 @@ def run_model(model: str, policies: list[str], haproxy: bool, step_queries: int,
                 proc = start_haproxy(servers, haproxy_port, directory)
                 url = f"http://127.0.0.1:{haproxy_port}"
                 try:
-                    best = live_max(url, base, fixed_rate, step_queries)
+                    best = live_max(url, base, fixed_rate, steps)
                     row = Row(model, "haproxy/leastconn", None, best)
                     if best == 0:
                         row.fixed_rate = fixed_rate
-                        row.live_within_pct, _ = at_fixed_rate(url, base, fixed_rate, step_queries, pool, None)
+                        row.live_within_pct, _ = at_fixed_rate(url, base, fixed_rate, steps.count(fixed_rate),
+                                                               pool, None)
                 finally:
                     proc.terminate()
                     proc.wait(10)
@@ -238,7 +259,7 @@ def _f(x: float | None, fmt: str = "{:.1f}") -> str:
 def render(rows: list[Row]) -> str:
     out = [
         "| model | system | sim max QPS | live max QPS | live / sim | transport mean / p99 |"
-        " sim max, mean transport | live / that | sim max, drawn transport | live / that |"
+        " sim max, mean transport | live / it | sim max, drawn transport | live / that sim |"
         " fixed rate | live within QoS | sim within QoS |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -285,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="rm2,dien")
     p.add_argument("--policies", default="kairos,fcfs")
     p.add_argument("--no-haproxy", action="store_true")
-    p.add_argument("--step-queries", type=int, default=2000, help="queries per live find-max step")
+    p.add_argument("--step-queries", type=int, default=Steps.queries,
+                   help=f"at least this many queries per live step (default {Steps.queries})")
+    p.add_argument("--step-seconds", type=float, default=Steps.seconds,
+                   help=f"and at least this long (default {Steps.seconds:g} s)")
     p.add_argument("--sim-queries", type=int, default=20000, help="queries per simulated find-max step")
     p.add_argument("--haproxy-port", type=int, default=18999)
     p.add_argument("--workers", type=int, default=2, help="kairos-servers worker processes (default 2)")
@@ -298,10 +322,14 @@ def main(argv: list[str] | None = None) -> int:
     haproxy = not args.no_haproxy
     if haproxy and shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
         p.error("haproxy is not installed (apt-get install haproxy), or pass --no-haproxy")
+    if args.step_queries < 100 or not args.step_seconds >= 0:
+        p.error("--step-queries: expected >= 100; --step-seconds: expected >= 0")
+    steps = Steps(args.step_queries, args.step_seconds)
+    _say(f"live find-max steps: {steps.describe()} each")
     started = time.monotonic()
     rows: list[Row] = []
     for model in models:
-        rows.extend(run_model(model, args.policies.split(","), haproxy, args.step_queries, args.sim_queries,
+        rows.extend(run_model(model, args.policies.split(","), haproxy, steps, args.sim_queries,
                               args.haproxy_port, args.workers))
     table = render(rows)
     print(table)
@@ -311,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.live " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
         "step_queries": args.step_queries,
+        "step_seconds": args.step_seconds,
         "sim_queries": args.sim_queries,
         "rows": [{**r.__dict__, "ratio": r.ratio, "transport_ratio": r.transport_ratio, "drawn_ratio": r.drawn_ratio}
                  for r in rows],

@@ -1,0 +1,31 @@
+"""The live benchmark's step length and its report (the live runs themselves are a benchmark)."""
+
+from __future__ import annotations
+
+from benchmarks.live import Row, Steps, render
+
+
+def test_a_step_lasts_a_minimum_count_and_a_minimum_time() -> None:
+    steps = Steps(queries=2000, seconds=12.0)
+    assert steps.count(500.0) == 6000  # a fast model: the time decides
+    assert steps.count(100.0) == 2000  # a slow one: the count does
+    assert steps.count(500.1) == 6002  # never shorter than the time
+
+
+def test_rows_compare_live_with_each_simulation() -> None:
+    row = Row("dien", "kairos-gateway/kairos", sim_max=600.0, live_max=480.0, transport_ms=1.2,
+              transport_p99_ms=3.0, sim_transport_max=580.0, sim_drawn_max=533.3)  # fmt: skip
+    assert row.ratio == 0.8
+    assert round(row.drawn_ratio or 0, 3) == 0.9
+    fixed = Row("rm2", "haproxy/leastconn", None, 0.0, fixed_rate=65.3, live_within_pct=98.6)
+    assert fixed.ratio is None and fixed.drawn_ratio is None
+    lines = render([row, fixed]).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert all(len(c) == len(header) for c in cells)
+    first = dict(zip(header, cells[0], strict=True))
+    assert first["transport mean / p99"] == "1.20 / 3.00 ms"
+    assert first["sim max, drawn transport"] == "533.3" and first["live / that sim"] == "0.90"
+    assert first["live / sim"] == "0.80" and first["live / it"] == "0.83"
+    second = dict(zip(header, cells[1], strict=True))
+    assert second["live / sim"] == "-" and second["live within QoS"] == "98.60%"
