@@ -145,7 +145,7 @@ class Steps:
     """How long a live step runs: at least ``queries`` queries and ``seconds`` seconds. A fixed
     count gives a fast model's step only a few seconds, and its verdict then turns on a burst or
     two: over 2026-11-22, dien's live max spread over 435-551 QPS in 9 searches with 2,000-query
-    steps, and over 474-512 QPS in 3 with 6,000 (12 s at ~500 QPS)."""
+    steps, and over 474-512 QPS in 4 with about 6,000 (12 s at ~500 QPS)."""
 
     queries: int = 2000
     seconds: float = 12.0
@@ -275,28 +275,34 @@ def render(rows: list[Row]) -> str:
 
 
 def plot(rows: list[Row], path: Path) -> None:
+    """One panel per model, linear scale: each system's simulated maxima beside its live max."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4))
-    labels = [f"{r.model}\n{r.system}" for r in rows]
-    sim = [r.sim_max or 0 for r in rows]
-    sim_transport = [r.sim_transport_max or 0 for r in rows]
-    sim_drawn = [r.sim_drawn_max or 0 for r in rows]
-    live = [r.live_max or 0 for r in rows]
-    x = range(len(rows))
+    models = list(dict.fromkeys(r.model for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 4), squeeze=False)
+    series = [
+        ("simulated max (ideal pool)", lambda r: r.sim_max),
+        ("simulated, measured mean transport", lambda r: r.sim_transport_max),
+        ("simulated, transport drawn (measured mean, p99)", lambda r: r.sim_drawn_max),
+        ("live max", lambda r: r.live_max),
+    ]
     w = 0.2
-    ax.bar([i - 1.5 * w for i in x], sim, w, label="simulated max (ideal pool)")
-    ax.bar([i - 0.5 * w for i in x], sim_transport, w, label="simulated max (measured mean transport)")
-    ax.bar([i + 0.5 * w for i in x], sim_drawn, w, label="simulated max (transport drawn, measured mean and p99)")
-    ax.bar([i + 1.5 * w for i in x], live, w, label="live max")
-    ax.set_xticks(list(x), labels, fontsize=7)
-    ax.set_ylabel("max QPS with 99% within QoS")
-    ax.set_yscale("symlog")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    for ax, model in zip(axes[0], models, strict=True):
+        mine = [r for r in rows if r.model == model]
+        for k, (label, value) in enumerate(series):
+            ax.bar([i + (k - 1.5) * w for i in range(len(mine))], [value(r) or 0 for r in mine], w, label=label)
+        for i, r in enumerate(mine):
+            if not any(value(r) for _, value in series):
+                ax.text(i, 0, "no rate reaches\n99% within QoS", ha="center", va="bottom", fontsize=7, rotation=90)
+        ax.set_xticks(range(len(mine)), [r.system.replace("/", "\n") for r in mine], fontsize=7)
+        ax.set_title(model)
+        ax.set_ylabel("max QPS with 99% within QoS")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
