@@ -175,15 +175,6 @@ class Dispatcher:
 
     # -- decisions ----------------------------------------------------------------------------
 
-    def free_slots(self, now_ms: float | None = None) -> np.ndarray:
-        """(N,) queries each instance may take now: 0 when unhealthy; with pipelining (and
-        ``now_ms``), 1 for a full instance estimated done within the transport overhead."""
-        free = self._free.copy()
-        opened = self._opened(now_ms) if now_ms is not None else None
-        if opened is not None:
-            free[opened] = 1
-        return free
-
     def _opened(self, now_ms: float) -> np.ndarray | None:
         """Mask of the full instances pipelining opens at ``now_ms``; None when none can."""
         lookahead = self.estimator.overhead_ms if self.pipeline else 0.0
