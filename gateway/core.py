@@ -248,7 +248,8 @@ class GatewayCore:
                 self.dispatcher.estimator.observe_overhead(reply.round_trip_ms - reply.service_ms)
             e2e_ms = (time.perf_counter() - ticket.arrived_s) * 1000.0
             self._finish(query, InferResult(reply, inst.name, ticket.queue_ms, e2e_ms, query.attempts))
-        self._kick()
+        if self.dispatcher.pending:  # a freed slot matters only to a query that waits
+            self._kick()
 
     def _on_failure(self, query: Query, inst: InstanceState, exc: InstanceFailure) -> None:
         self.dispatcher.fail(query, inst)
