@@ -4,11 +4,16 @@
 Front ends (HTTP, gRPC) turn a request into a ``RoutedRequest`` and await ``infer``: it returns
 one ``InferResult`` or raises one ``InferenceError``, exactly once per call.
 
+Each query lives in the front end's task from arrival to answer: that task waits to be placed,
+makes the backend call itself, and retries there. Why: a task per dispatch, and a future to hand
+its answer back, cost a loop hop each way; on a saturating gRPC load that was ~10% of the
+gateway's CPU per query (``python -m benchmarks.grpc_ladder``).
+
 The dispatcher is driven on the monotonic clock (ms; the event loop's timers run on the same
 clock, but uvloop's ``loop.time()`` is read once per loop iteration and moves in whole ms, as
-coarse as kairos's 0.7 ms safeguard at a 35 ms QoS): ``decide`` runs, coalesced to once per
-loop iteration, after every arrival, completion, failure and health change, and at a timer set
-to the next deadline a policy could care about. Nothing polls.
+coarse as kairos's 0.7 ms safeguard at a 35 ms QoS): ``decide`` runs inline on every arrival,
+completion, failure and health change, as the simulator runs it on every event, and at a timer
+set to the next deadline a policy could care about. Nothing polls.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.backend import Backend, BackendReply, InstanceFailure, RoutedRequest
-from gateway.dispatch import Dispatch, Dispatcher, InstanceState, Query
+from gateway.dispatch import Dispatcher, InstanceState, Query
 from gateway.errors import DeadlineExceeded, InferenceError, ModelNotFound, Overloaded, Unavailable
 from gateway.metrics import GatewayMetrics
 
@@ -41,14 +46,28 @@ class InferResult:
 
 @dataclass(slots=True, eq=False)
 class _Ticket:
-    """What the core keeps with a query (``Query.payload``)."""
+    """What the core keeps with a query (``Query.payload``): how a decision reaches the query's
+    task. A decision taken in that task (on its own arrival) leaves the instance in ``placed``;
+    one taken elsewhere also wakes the task through ``waiter``."""
 
     request: RoutedRequest
-    future: asyncio.Future[InferResult]
-    queue_ms: float = 0.0
     # Reported times use perf_counter: uvloop's loop.time() moves in whole milliseconds, fine for
     # deadlines and timers but too coarse (and a different clock) for the parameters a client reads.
     arrived_s: float = field(default_factory=time.perf_counter)
+    queue_ms: float = 0.0
+    placed: InstanceState | None = None  # dispatched there, not yet sent
+    error: InferenceError | None = None  # failed while pending
+    waiter: asyncio.Future[None] | None = None
+
+    def place(self, instance: InstanceState) -> None:
+        self.placed = instance
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def fail(self, error: InferenceError) -> None:
+        self.error = error
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(error)
 
 
 class GatewayCore:
@@ -71,10 +90,8 @@ class GatewayCore:
         self.backend_timeout_ms = backend_timeout_ms
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
         self._outstanding = 0  # accepted queries not yet answered
         self._closing = False
         self._idle = asyncio.Event()
@@ -106,10 +123,9 @@ class GatewayCore:
         if not self.dispatcher.has_healthy():
             self.metrics.refusals.labels("no_healthy_instance").inc()
             raise Unavailable(f"no healthy instance serves model {self.model!r}")
-        loop = self._loop or self._bind_loop()
         now = time.monotonic() * 1000.0
         qos = request.qos_ms if request.qos_ms is not None else self.qos_ms
-        ticket = _Ticket(request, loop.create_future())
+        ticket = _Ticket(request)
         query = Query(id=next(self._ids), batch=request.batch, arrival_ms=now, deadline_ms=now + qos, payload=ticket)
         try:
             self.dispatcher.submit(query)
@@ -118,15 +134,24 @@ class GatewayCore:
             raise
         self._outstanding += 1
         self._idle.clear()
-        self._kick()
         try:
-            return await ticket.future
-        except asyncio.CancelledError:
-            # The client went away: drop the query if it has not left; an in-flight one finishes
-            # on its instance and its answer is discarded.
-            if self.dispatcher.cancel(query):
-                self._answered(query)
+            self._decide()
+            while True:
+                instance = await self._placement(query, ticket)
+                result = await self._serve(query, instance)
+                if result is not None:
+                    break
+        except InferenceError:
+            self.metrics.violations_of(self.model).inc()
             raise
+        finally:
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self._idle.set()
+        self.metrics.e2e_of(self.model, request.protocol).observe(result.e2e_ms / 1000.0)
+        if time.monotonic() * 1000.0 > query.deadline_ms:
+            self.metrics.violations_of(self.model).inc()
+        return result
 
     def metadata_clients(self) -> list[Backend]:
         """Instances to ask for model metadata: the healthy ones first."""
@@ -137,8 +162,6 @@ class GatewayCore:
         """Stop accepting queries and wait until every accepted one is answered."""
         self._closing = True
         await self._idle.wait()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._timer is not None:
             self._timer.cancel()
 
@@ -151,7 +174,7 @@ class GatewayCore:
         self.metrics.health_changes.labels(inst.name, state).inc()
         log.warning("instance %s (%s) is %s", inst.name, inst.type_name, "back in rotation" if healthy else "out of rotation")
         if healthy:
-            self._kick()
+            self._decide()
         elif not self.dispatcher.has_healthy():
             self._fail_pending(Unavailable(f"no healthy instance serves model {self.model!r}"))
 
@@ -165,20 +188,14 @@ class GatewayCore:
         self._loop = asyncio.get_running_loop()
         return self._loop
 
-    def _kick(self) -> None:
-        """Run a decision soon: once per loop iteration however many events arrive in it."""
-        if not self._scheduled:
-            self._scheduled = True
-            (self._loop or self._bind_loop()).call_soon(self._decide)
-
     def _on_timer(self) -> None:
         self._timer = None
         self._decide()
 
     def _decide(self) -> None:
-        self._scheduled = False
-        loop = self._loop or self._bind_loop()
         d = self.dispatcher
+        if not d.pending:  # nothing could move
+            return
         now = time.monotonic() * 1000.0
         before = d.decisions
         start = time.perf_counter()
@@ -186,9 +203,7 @@ class GatewayCore:
         if d.decisions != before:
             self.metrics.decision.observe(time.perf_counter() - start)
         for dispatch in dispatches:
-            task = loop.create_task(self._send(dispatch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            dispatch.query.payload.place(dispatch.instance)
         self._arm_timer(now)
 
     def _arm_timer(self, now: float) -> None:
@@ -223,8 +238,31 @@ class GatewayCore:
         qos = query.deadline_ms - query.arrival_ms
         return max(3.0 * qos, MIN_BACKEND_TIMEOUT_MS) / 1000.0
 
-    async def _send(self, dispatch: Dispatch) -> None:
-        query, inst = dispatch.query, dispatch.instance
+    async def _placement(self, query: Query, ticket: _Ticket) -> InstanceState:
+        """Wait until a decision places the query (or fails it while pending)."""
+        if ticket.placed is None:
+            if ticket.error is not None:
+                raise ticket.error
+            ticket.waiter = (self._loop or self._bind_loop()).create_future()
+            try:
+                await ticket.waiter
+            except asyncio.CancelledError:
+                # The client went away: drop the query if it still waits; if a decision placed it
+                # in the meantime, give the slot it never used back.
+                if not self.dispatcher.cancel(query) and ticket.placed is not None:
+                    self.dispatcher.fail(query, ticket.placed)
+                    self._decide()
+                raise
+            finally:
+                ticket.waiter = None
+        instance = ticket.placed
+        assert instance is not None
+        ticket.placed = None
+        return instance
+
+    async def _serve(self, query: Query, inst: InstanceState) -> InferResult | None:
+        """One attempt on ``inst``: the result, or None when the query went back to the queue for
+        a retry elsewhere; raises the error that answers the query otherwise."""
         ticket: _Ticket = query.payload
         ticket.queue_ms = (time.perf_counter() - ticket.arrived_s) * 1000.0
         if query.attempts == 1:
@@ -232,67 +270,60 @@ class GatewayCore:
         self.metrics.dispatches_of(inst.name, inst.type_name).inc()
         try:
             reply = await self.clients[inst.index].infer(ticket.request, self._timeout_s(query))
+        except asyncio.CancelledError:
+            self._orphan(query, inst)
+            raise
         except InstanceFailure as exc:
             self._on_failure(query, inst, exc)
-        except InferenceError as exc:  # the instance cannot take this request at all
+            return None
+        except InferenceError:  # the instance cannot take this request at all
             self.dispatcher.fail(query, inst)
-            self._finish(query, exc)
+            self._decide()
+            raise
         except Exception as exc:  # a client bug must not leave the query hanging
             log.exception("backend call to %s failed unexpectedly", inst.name)
             self._on_failure(query, inst, InstanceFailure(inst.name, repr(exc)))
-        else:
-            service_ms = reply.service_ms if reply.service_ms is not None else reply.round_trip_ms
-            self.dispatcher.complete(query, inst, service_ms if reply.ok else None)
-            if reply.ok and reply.service_ms is not None and self.dispatcher.depth == 1 and not query.pipelined:
-                # Sent to an idle instance, the round trip holds no instance queueing.
-                self.dispatcher.estimator.observe_overhead(reply.round_trip_ms - reply.service_ms)
-            e2e_ms = (time.perf_counter() - ticket.arrived_s) * 1000.0
-            self._finish(query, InferResult(reply, inst.name, ticket.queue_ms, e2e_ms, query.attempts))
-        if self.dispatcher.pending:  # a freed slot matters only to a query that waits
-            self._kick()
+            return None
+        e2e_ms = (time.perf_counter() - ticket.arrived_s) * 1000.0
+        service_ms = reply.service_ms if reply.service_ms is not None else reply.round_trip_ms
+        self.dispatcher.complete(query, inst, service_ms if reply.ok else None)
+        if reply.ok and reply.service_ms is not None and self.dispatcher.depth == 1 and not query.pipelined:
+            # Sent to an idle instance, the round trip holds no instance queueing.
+            self.dispatcher.estimator.observe_overhead(reply.round_trip_ms - reply.service_ms)
+        self._decide()  # a freed slot
+        return InferResult(reply, inst.name, ticket.queue_ms, e2e_ms, query.attempts)
+
+    def _orphan(self, query: Query, inst: InstanceState) -> None:
+        """The client went away mid-call. The instance still serves the query (the connection is
+        dropped, its answer has no reader): its slot opens when the estimate says it is done."""
+        now = time.monotonic() * 1000.0
+        left_ms = max(query.started_ms + query.est_ms - now, 0.0)
+        (self._loop or self._bind_loop()).call_later(left_ms / 1000.0, self._orphan_done, query, inst)
+
+    def _orphan_done(self, query: Query, inst: InstanceState) -> None:
+        self.dispatcher.fail(query, inst)
+        self._decide()
 
     def _on_failure(self, query: Query, inst: InstanceState, exc: InstanceFailure) -> None:
+        """Requeue the query for one retry elsewhere if its deadline allows; raise otherwise."""
         self.dispatcher.fail(query, inst)
         self.metrics.failures.labels(inst.name).inc()
         log.warning("%s", exc)
         self.set_instance_health(inst.index, False)  # back in rotation when a probe succeeds
-        ticket: _Ticket = query.payload
         now = time.monotonic() * 1000.0
-        if ticket.future.done():  # the client is gone: nothing to retry for
-            self._answered(query)
-            return
         late = now >= query.deadline_ms
         others = any(i.healthy and i.index not in query.tried for i in self.dispatcher.instances)
-        if query.attempts < 2 and not late and others:
+        retry = query.attempts < 2 and not late and others
+        if retry:
             self.metrics.retries.inc()
             self.dispatcher.requeue(query)
+        self._decide()  # the slot it held, and the retry
+        if retry:
             return
-        error: InferenceError
         if late or exc.timeout:
-            error = DeadlineExceeded(f"query not served within its deadline: {exc}")
-        else:
-            error = Unavailable(f"{exc}; " + ("retried once already" if query.attempts >= 2 else "no other healthy instance"))
-        self._finish(query, error)
+            raise DeadlineExceeded(f"query not served within its deadline: {exc}")
+        raise Unavailable(f"{exc}; " + ("retried once already" if query.attempts >= 2 else "no other healthy instance"))
 
     def _fail_pending(self, error: InferenceError) -> None:
         while self.dispatcher.pending:
-            self._finish(self.dispatcher.pending.popleft(), error)
-
-    def _finish(self, query: Query, outcome: InferResult | InferenceError) -> None:
-        ticket: _Ticket = query.payload
-        if not ticket.future.done():
-            now = time.monotonic() * 1000.0
-            if isinstance(outcome, InferResult):
-                ticket.future.set_result(outcome)
-                self.metrics.e2e_of(self.model, ticket.request.protocol).observe(outcome.e2e_ms / 1000.0)
-                if now > query.deadline_ms:
-                    self.metrics.violations_of(self.model).inc()
-            else:
-                ticket.future.set_exception(outcome)
-                self.metrics.violations_of(self.model).inc()
-        self._answered(query)
-
-    def _answered(self, query: Query) -> None:
-        self._outstanding -= 1
-        if self._outstanding == 0:
-            self._idle.set()
+            self.dispatcher.pending.popleft().payload.fail(error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
@@ -165,6 +166,49 @@ async def test_cancelled_client_leaves_the_queue() -> None:
     await first
     await asyncio.sleep(0.05)
     assert "q1" not in fake.calls and core.outstanding == 0
+
+
+async def test_client_gone_mid_call_holds_the_instance_until_its_estimate() -> None:
+    """The instance still serves a query whose client left; nothing else goes there before the
+    estimate says it is done."""
+    core, (fake,) = make_core([ok_after(10_000)])
+    first = asyncio.ensure_future(core.infer(request(0)))
+    await asyncio.sleep(0.005)
+    inst = core.dispatcher.instances[0]
+    (orphan,) = inst.in_flight.values()
+    assert orphan.est_ms > 5
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert core.outstanding == 0 and inst.in_flight  # answered (by cancellation), still held
+
+    sent_at: list[float] = []
+
+    async def record(req: RoutedRequest) -> BackendReply:
+        sent_at.append(time.monotonic() * 1000.0)
+        return await ok_after(1)(req)
+
+    fake.behaviour = record
+    result = await core.infer(request(1))
+    assert result.reply.body == b"q1" and not inst.in_flight
+    assert sent_at[0] >= orphan.started_ms + orphan.est_ms - 2.0  # the loop's timers may fire ~1 ms early
+
+
+async def test_client_gone_after_its_query_was_placed_gives_the_slot_back() -> None:
+    core, (_, spare) = make_core([ok_after(10_000), ok_after(1)])
+    core.set_instance_health(1, False)
+    first = asyncio.ensure_future(core.infer(request(0)))
+    second = asyncio.ensure_future(core.infer(request(1)))
+    await asyncio.sleep(0.005)
+    assert [q.payload.request.request_id for q in core.dispatcher.pending] == ["q1"]
+    core.set_instance_health(1, True)  # the decision this runs places q1 on the spare ...
+    assert not core.dispatcher.pending and core.dispatcher.instances[1].in_flight
+    second.cancel()  # ... and its client leaves before q1 is sent
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert "q1" not in spare.calls and not core.dispatcher.instances[1].in_flight
+    assert (await core.infer(request(2))).instance == spare.name
+    first.cancel()
 
 
 async def test_kairos_holds_a_query_for_the_fast_busy_instance_then_times_out_to_the_idle_one() -> None:
