@@ -25,6 +25,12 @@ from gateway.policies import Policy, Snapshot
 OVERDUE_LEFT_MS = 1e-3
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 @dataclass(slots=True, eq=False)
 class InstanceState:
     index: int
@@ -86,6 +92,8 @@ class Dispatcher:
         self._busy = np.zeros(n)  # 1.0 while it holds a query
         self._free = np.full(n, depth, dtype=np.int64)  # queries it may take, pipelining aside
         self._full = np.zeros(n, dtype=bool)  # healthy and holding ``depth``: may pipeline
+        # What a snapshot gets of these: read-only views, always current, never copied.
+        self._ok_view, self._held_view, self._free_view = (_read_only(a) for a in (self._ok, self._held, self._free))
         self._free_of = [depth] * n
         self._full_of = [False] * n
         self._total_free = n * depth
@@ -204,25 +212,28 @@ class Dispatcher:
         total_free = self._total_free + n_opened
         if total_free == 0:
             return []
-        free = self._free.copy()
         if n_opened:
+            free = self._free.copy()
             free[opened] = 1
+            free.flags.writeable = False
+            free_list = free.tolist()
+        else:
+            free = self._free_view
+            free_list = list(self._free_of)
         self.free_left = total_free
-        free_list = free.tolist()  # before the policy: it may use the snapshot's arrays as scratch
         window = min(len(self.pending), max(self.policy.window(len(self.instances), total_free), 1))
         queries = list(islice(self.pending, window))
         batch = np.array([q.batch for q in queries], dtype=np.int64)
-        deadline = np.array([q.deadline_ms for q in queries], dtype=float)
         snap = Snapshot(
             batch=batch,
-            time_left_ms=deadline - now_ms,
+            time_left_ms=lambda: np.array([q.deadline_ms for q in queries], dtype=float) - now_ms,
             qos_ms=self.qos_ms,
             inst_type=self._types,
-            healthy=self._ok.copy(),
+            healthy=self._ok_view,
             free_slots=free,
-            outstanding=self._held.copy(),
-            busy_left_ms=self.work_left_ms(now_ms),
-            est_ms=self.estimator.estimate(batch),
+            outstanding=self._held_view,
+            busy_left_ms=lambda: self.work_left_ms(now_ms),
+            est_ms=lambda: self.estimator.estimate(batch),
             coefficient=self.estimator.coefficient,
         )
         self.decisions += 1
@@ -243,7 +254,7 @@ class Dispatcher:
             q.pipelined = len(inst.in_flight) >= depth
             self.pipelined += q.pipelined
             q.started_ms = now_ms
-            q.est_ms = float(snap.est_ms[pos, inst.type_index])
+            q.est_ms = self.estimator.estimate_one(inst.type_index, q.batch)
             inst.in_flight[q.id] = q
             self._held_changed(inst)
             out.append(Dispatch(q, inst))

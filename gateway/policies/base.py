@@ -7,25 +7,81 @@ runs in the live gateway (wall clock) and in the simulator (virtual clock).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+# An input given as its array, or as a function that computes it when a policy first reads it.
+Lazy = np.ndarray | Callable[[], np.ndarray]
 
-@dataclass(frozen=True, slots=True, eq=False)
+
+class _LazyInput:
+    """A snapshot input computed on first read. Why: the baselines never read the estimates,
+    the time left to deadlines or the instances' work left, and computing them anyway was a
+    third of a baseline's decision, which the gateway takes once per query."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, snap: object, owner: object = None) -> np.ndarray:
+        value = getattr(snap, self.slot)
+        if not isinstance(value, np.ndarray):
+            value = value()
+            setattr(snap, self.slot, value)
+        return value
+
+
 class Snapshot:
-    """Pending queries (head of the FIFO first) and instances at one decision."""
+    """Pending queries (head of the FIFO first) and instances at one decision. A policy reads
+    it and never writes to its arrays (the dispatcher passes read-only views of its own)."""
 
-    batch: np.ndarray  # (Q,) int batch sizes
-    time_left_ms: np.ndarray  # (Q,) time to each query's deadline; negative once late
-    qos_ms: float
-    inst_type: np.ndarray  # (N,) type index of each instance
-    healthy: np.ndarray  # (N,) bool
-    free_slots: np.ndarray  # (N,) int: queries the instance may still take (0 when unhealthy)
-    outstanding: np.ndarray  # (N,) int: queries in flight on the instance
-    busy_left_ms: np.ndarray  # (N,) estimated time until the instance has finished its work
-    est_ms: np.ndarray  # (Q, T) estimated mean service time of each query on each type
-    coefficient: np.ndarray  # (T,) heterogeneity coefficient, 1 for the reference type
+    __slots__ = (
+        "_busy_left_ms",
+        "_est_ms",
+        "_time_left_ms",
+        "batch",
+        "coefficient",
+        "free_slots",
+        "healthy",
+        "inst_type",
+        "outstanding",
+        "qos_ms",
+    )  # fmt: skip
+
+    time_left_ms = _LazyInput()  # (Q,) time to each query's deadline; negative once late
+    busy_left_ms = _LazyInput()  # (N,) estimated time until the instance has finished its work
+    est_ms = _LazyInput()  # (Q, T) estimated mean service time of each query on each type
+
+    def __init__(
+        self,
+        *,
+        batch: np.ndarray,  # (Q,) int batch sizes
+        time_left_ms: Lazy,
+        qos_ms: float,
+        inst_type: np.ndarray,  # (N,) type index of each instance
+        healthy: np.ndarray,  # (N,) bool
+        free_slots: np.ndarray,  # (N,) int: queries the instance may still take (0 when unhealthy)
+        outstanding: np.ndarray,  # (N,) int: queries in flight on the instance
+        busy_left_ms: Lazy,
+        est_ms: Lazy,
+        coefficient: np.ndarray,  # (T,) heterogeneity coefficient, 1 for the reference type
+    ) -> None:
+        self.batch = batch
+        self._time_left_ms = time_left_ms
+        self.qos_ms = qos_ms
+        self.inst_type = inst_type
+        self.healthy = healthy
+        self.free_slots = free_slots
+        self.outstanding = outstanding
+        self._busy_left_ms = busy_left_ms
+        self._est_ms = est_ms
+        self.coefficient = coefficient
+
+    def replace(self, **changes: Any) -> Snapshot:
+        """A copy with some inputs changed (``dataclasses.replace`` for this class)."""
+        fields = {name.lstrip("_"): getattr(self, name) for name in self.__slots__}
+        return Snapshot(**{**fields, **changes})
 
     @property
     def n_queries(self) -> int:

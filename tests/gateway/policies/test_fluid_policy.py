@@ -3,8 +3,6 @@ trunk reservation, lost and late queries, and the correctness contract."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 from helpers.snapshots import snap
@@ -160,7 +158,7 @@ def test_respects_free_slots_health_and_positions() -> None:
 def test_no_healthy_instance_or_no_query_gives_nothing() -> None:
     pol = FluidPolicy()
     assert pol.decide(snap([100], [SMALL], POOL, healthy=[False] * 3)) == []
-    empty = replace(snap([100], [SMALL], POOL), batch=np.zeros(0, dtype=np.int64), time_left_ms=np.zeros(0),
+    empty = snap([100], [SMALL], POOL).replace(batch=np.zeros(0, dtype=np.int64), time_left_ms=np.zeros(0),
                     est_ms=np.zeros((0, 2)))
     assert pol.decide(empty) == []
 
