@@ -6,14 +6,17 @@ one ``InferResult`` or raises one ``InferenceError``, exactly once per call.
 
 Each query lives in the front end's task from arrival to answer: that task waits to be placed,
 makes the backend call itself, and retries there. Why: a task per dispatch, and a future to hand
-its answer back, cost a loop hop each way; on a saturating gRPC load that was ~10% of the
-gateway's CPU per query (``python -m benchmarks.grpc_ladder``).
+its answer back, cost a loop hop each way and a task on every query.
 
 The dispatcher is driven on the monotonic clock (ms; the event loop's timers run on the same
 clock, but uvloop's ``loop.time()`` is read once per loop iteration and moves in whole ms, as
-coarse as kairos's 0.7 ms safeguard at a 35 ms QoS): ``decide`` runs inline on every arrival,
-completion, failure and health change, as the simulator runs it on every event, and at a timer
-set to the next deadline a policy could care about. Nothing polls.
+coarse as kairos's 0.7 ms safeguard at a 35 ms QoS): ``decide`` runs, coalesced to once per
+loop iteration, after every arrival, completion, failure and health change, and at a timer set
+to the next deadline a policy could care about. The coalescing matters: aiohttp hands the loop
+several requests and instance answers per iteration, and deciding on each one inline cost the
+HTTP front end 1.8 decisions per query instead of 0.2 (~40% of its CPU per query, ``python -m
+benchmarks.gateway_overhead``); grpc.aio hands over about one per iteration either way.
+Nothing polls.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ class InferResult:
 @dataclass(slots=True, eq=False)
 class _Ticket:
     """What the core keeps with a query (``Query.payload``): how a decision reaches the query's
-    task. A decision taken in that task (on its own arrival) leaves the instance in ``placed``;
-    one taken elsewhere also wakes the task through ``waiter``."""
+    task. It leaves the instance in ``placed`` (or the error in ``error``) and wakes the task
+    through ``waiter`` if it waits."""
 
     request: RoutedRequest
     # Reported times use perf_counter: uvloop's loop.time() moves in whole milliseconds, fine for
@@ -92,6 +95,7 @@ class GatewayCore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._scheduled = False
         self._outstanding = 0  # accepted queries not yet answered
         self._closing = False
         self._idle = asyncio.Event()
@@ -135,7 +139,7 @@ class GatewayCore:
         self._outstanding += 1
         self._idle.clear()
         try:
-            self._decide()
+            self._kick()
             while True:
                 instance = await self._placement(query, ticket)
                 result = await self._serve(query, instance)
@@ -174,7 +178,7 @@ class GatewayCore:
         self.metrics.health_changes.labels(inst.name, state).inc()
         log.warning("instance %s (%s) is %s", inst.name, inst.type_name, "back in rotation" if healthy else "out of rotation")
         if healthy:
-            self._decide()
+            self._kick()
         elif not self.dispatcher.has_healthy():
             self._fail_pending(Unavailable(f"no healthy instance serves model {self.model!r}"))
 
@@ -190,6 +194,16 @@ class GatewayCore:
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._decide()
+
+    def _kick(self) -> None:
+        """Run a decision soon: once per loop iteration however many events arrive in it."""
+        if not self._scheduled:
+            self._scheduled = True
+            (self._loop or self._bind_loop()).call_soon(self._scheduled_decide)
+
+    def _scheduled_decide(self) -> None:
+        self._scheduled = False
         self._decide()
 
     def _decide(self) -> None:
@@ -251,7 +265,7 @@ class GatewayCore:
                 # in the meantime, give the slot it never used back.
                 if not self.dispatcher.cancel(query) and ticket.placed is not None:
                     self.dispatcher.fail(query, ticket.placed)
-                    self._decide()
+                    self._kick()
                 raise
             finally:
                 ticket.waiter = None
@@ -278,7 +292,7 @@ class GatewayCore:
             return None
         except InferenceError:  # the instance cannot take this request at all
             self.dispatcher.fail(query, inst)
-            self._decide()
+            self._kick()
             raise
         except Exception as exc:  # a client bug must not leave the query hanging
             log.exception("backend call to %s failed unexpectedly", inst.name)
@@ -290,7 +304,7 @@ class GatewayCore:
         if reply.ok and reply.service_ms is not None and self.dispatcher.depth == 1 and not query.pipelined:
             # Sent to an idle instance, the round trip holds no instance queueing.
             self.dispatcher.estimator.observe_overhead(reply.round_trip_ms - reply.service_ms)
-        self._decide()  # a freed slot
+        self._kick()  # a freed slot
         return InferResult(reply, inst.name, ticket.queue_ms, e2e_ms, query.attempts)
 
     def _orphan(self, query: Query, inst: InstanceState) -> None:
@@ -302,7 +316,7 @@ class GatewayCore:
 
     def _orphan_done(self, query: Query, inst: InstanceState) -> None:
         self.dispatcher.fail(query, inst)
-        self._decide()
+        self._kick()
 
     def _on_failure(self, query: Query, inst: InstanceState, exc: InstanceFailure) -> None:
         """Requeue the query for one retry elsewhere if its deadline allows; raise otherwise."""
@@ -317,7 +331,7 @@ class GatewayCore:
         if retry:
             self.metrics.retries.inc()
             self.dispatcher.requeue(query)
-        self._decide()  # the slot it held, and the retry
+        self._kick()  # the slot it held, and the retry
         if retry:
             return
         if late or exc.timeout:

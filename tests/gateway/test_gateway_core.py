@@ -201,7 +201,8 @@ async def test_client_gone_after_its_query_was_placed_gives_the_slot_back() -> N
     second = asyncio.ensure_future(core.infer(request(1)))
     await asyncio.sleep(0.005)
     assert [q.payload.request.request_id for q in core.dispatcher.pending] == ["q1"]
-    core.set_instance_health(1, True)  # the decision this runs places q1 on the spare ...
+    core.set_instance_health(1, True)
+    await asyncio.sleep(0)  # the decision this schedules places q1 on the spare ...
     assert not core.dispatcher.pending and core.dispatcher.instances[1].in_flight
     second.cancel()  # ... and its client leaves before q1 is sent
     with pytest.raises(asyncio.CancelledError):
