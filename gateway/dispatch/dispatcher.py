@@ -89,7 +89,8 @@ class Dispatcher:
         self._ok = np.ones(n, dtype=bool)  # healthy
         self._span_start = np.zeros(n)  # start of the first query held
         self._span_total = np.zeros(n)  # summed estimates of the queries held
-        self._busy = np.zeros(n)  # 1.0 while it holds a query
+        self._span_end = np.zeros(n)  # start + total: when it is estimated done with them
+        self._floor = np.zeros(n)  # least work left: OVERDUE_LEFT_MS while it holds a query, else 0
         self._free = np.full(n, depth, dtype=np.int64)  # queries it may take, pipelining aside
         self._full = np.zeros(n, dtype=bool)  # healthy and holding ``depth``: may pipeline
         # What a snapshot gets of these: read-only views, always current, never copied.
@@ -161,6 +162,7 @@ class Dispatcher:
             start, total = min(q.started_ms for q in held.values()), sum(q.est_ms for q in held.values())
         self._span_start[j] = start
         self._span_total[j] = total
+        self._span_end[j] = start + total
         self._refresh(instance)
 
     def _refresh(self, instance: InstanceState) -> None:
@@ -169,7 +171,7 @@ class Dispatcher:
         j, k, depth = instance.index, len(instance.in_flight), self.depth
         ok = instance.healthy
         self._held[j] = k
-        self._busy[j] = 1.0 if k else 0.0
+        self._floor[j] = OVERDUE_LEFT_MS if k else 0.0
         free = depth - k if ok and k < depth else 0
         if free != self._free_of[j]:
             self._total_free += free - self._free_of[j]
@@ -193,14 +195,13 @@ class Dispatcher:
     def work_left_ms(self, now_ms: float) -> np.ndarray:
         """(N,) estimated time until each instance is done with everything it holds: 0 when
         idle, at least ``OVERDUE_LEFT_MS`` while it holds a query."""
-        left = self._span_total - (now_ms - self._span_start)
-        np.maximum(left, OVERDUE_LEFT_MS, out=left)
-        left *= self._busy
+        left = self._span_total - (now_ms - self._span_start)  # an idle instance's: -now_ms
+        np.maximum(left, self._floor, out=left)
         return left
 
     def _opens_at(self, lookahead_ms: float) -> np.ndarray:
         """(N,) when what each instance holds is estimated done within ``lookahead_ms``."""
-        return self._span_start + self._span_total - lookahead_ms
+        return self._span_end - lookahead_ms
 
     def decide(self, now_ms: float) -> list[Dispatch]:
         """Run the policy if anything can move; mark and return the dispatches it chose."""

@@ -18,19 +18,22 @@ def slack_matrix(snap: Snapshot, instances: np.ndarray | None = None) -> np.ndar
         types, left = snap.inst_type, snap.busy_left_ms
     else:
         types, left = snap.inst_type[instances], snap.busy_left_ms[instances]
-    est = snap.est_ms[:, types]  # (Q, M)
+    # ``take`` and ``putmask``: the same as fancy indexing and masked assignment, at a third to
+    # two thirds of the cost on matrices this small (the gateway builds one per query).
+    est = snap.est_ms.take(types, axis=1)  # (Q, M)
     neg_finish = -left - est  # -(estimated time until the query would be done there)
     slack = snap.coefficient[types] * neg_finish
     # The penalties apply only while the query is not yet late; a late query scores on slack.
     time_left = snap.time_left_ms
-    on_time = time_left > 0
     safeguard = SAFEGUARD_FRACTION * snap.qos_ms
-    if on_time.all():
+    if time_left.min() > 0:
         # residual = time left - wait - service; penalise a likely miss, then a near miss.
         residual = (time_left[:, None] - left) - est
-        slack[residual < safeguard] = AT_RISK_SLACK
-        slack[residual < 0] = MISS_SLACK
-    elif on_time.any():
+        np.putmask(slack, residual < safeguard, AT_RISK_SLACK)
+        np.putmask(slack, residual < 0, MISS_SLACK)
+        return slack
+    on_time = time_left > 0
+    if on_time.any():
         residual = (time_left[on_time, None] - left) - est[on_time]
         rows = slack[on_time]
         rows[residual < safeguard] = AT_RISK_SLACK
@@ -61,5 +64,5 @@ class KairosPolicy(Policy):
                 return []
         rows, cols = linear_sum_assignment(slack_matrix(snap, instances), maximize=True)
         chosen = cols if instances is None else instances[cols]
-        free = snap.free_slots[chosen] > 0
-        return list(zip(rows[free].tolist(), chosen[free].tolist(), strict=True))
+        free = snap.free_slots.tolist()
+        return [(i, j) for i, j in zip(rows.tolist(), chosen.tolist(), strict=True) if free[j] > 0]
