@@ -197,8 +197,9 @@ class GatewayCore:
         self._decide()
 
     def _kick(self) -> None:
-        """Run a decision soon: once per loop iteration however many events arrive in it."""
-        if not self._scheduled:
+        """Run a decision soon: once per loop iteration however many events arrive in it (and
+        none while no query waits: nothing could move)."""
+        if not self._scheduled and self.dispatcher.pending:
             self._scheduled = True
             (self._loop or self._bind_loop()).call_soon(self._scheduled_decide)
 
