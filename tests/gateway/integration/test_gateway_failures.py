@@ -141,3 +141,38 @@ async def test_sigterm_answers_queries_in_flight_then_exits_0(
     assert [r[0] for r in results] == [200] * 8
     assert sorted(r[1]["id"] for r in results) == sorted(f"s{i}" for i in range(8))
     assert await asyncio.get_running_loop().run_in_executor(None, gw.process.wait, 15) == 0
+
+
+async def test_grpc_clients_that_give_up_mid_query_leave_the_gateway_serving(
+    server_pool: Callable[..., RunningPool], gateway_proc: Callable[..., RunningGateway]
+) -> None:
+    """Clients whose deadline passes: one query in flight on the only instance, the rest in the
+    gateway's queue. Each gets DEADLINE_EXCEEDED; the queue and the instance are freed; the next
+    client is served."""
+    pool = server_pool(pool={"r5n.large": 1}, model=MODEL)
+    gw = gateway_proc(pool)
+    client = tg.InferenceServerClient(gw.grpc)
+    inp = tg.InferInput("input0", [500, 1], "FP32")  # ~200 ms on the instance
+    inp.set_data_from_numpy(np.zeros((500, 1), dtype=np.float32))
+    errors: list[str] = []
+
+    def done(result: Any, error: Any) -> None:
+        errors.append("ok" if error is None else str(error.status()))
+
+    for i in range(4):
+        client.async_infer(MODEL, [inp], done, request_id=f"gone{i}", client_timeout=0.05)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(errors) < 4:
+        await asyncio.sleep(0.01)
+    assert errors == ["StatusCode.DEADLINE_EXCEEDED"] * 4
+    sent = await metric(gw.url, "kairos_dispatches_total")
+    assert sent <= 1  # the first, if it reached the gateway in time; the queued ones never left
+    result = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: client.infer(MODEL, [inp], request_id="after", client_timeout=10)
+    )
+    assert result.get_response().id == "after"
+    assert await metric(gw.url, "kairos_dispatches_total") == sent + 1
+    while time.monotonic() < deadline and await metric(gw.url, "kairos_instance_in_flight") > 0:
+        await asyncio.sleep(0.05)
+    assert await metric(gw.url, "kairos_instance_in_flight") == 0
+    assert await metric(gw.url, "kairos_pending_queries") == 0
