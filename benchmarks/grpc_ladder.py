@@ -48,7 +48,7 @@ async def _serve(rung: str, http_urls: list[str]) -> None:
     from gateway.backend.base import GRPC, RoutedRequest
     from gateway.backend.grpc_over_http import GrpcOverHttp
     from gateway.backend.http_client import HttpBackend
-    from gateway.protocol.routing import gateway_parameters, proto_parameters_suffix, routing_from_proto
+    from gateway.protocol.routing import gateway_parameters_suffix, routing_from_proto
     from gateway.protocol.translate import BINARY_CONTENT_TYPE, HttpInfer, proto_request_to_http
     from gateway.protocol.v2 import GRPC_SERVICE, INFERENCE_HEADER, decode_proto_infer
 
@@ -74,7 +74,7 @@ async def _serve(rung: str, http_urls: list[str]) -> None:
                                request_id=info.request_id, qos_ms=info.qos_ms, message=request)  # fmt: skip
         reply = await translating[k].infer(routed, 5.0)
         e2e_ms = (time.perf_counter() - start) * 1000.0
-        return reply.body + proto_parameters_suffix(gateway_parameters(backends[k].name, 0.0, e2e_ms))
+        return reply.body + gateway_parameters_suffix(backends[k].name, 0.0, e2e_ms)
 
     server = grpc.aio.server()
     handlers = {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)}

@@ -20,7 +20,7 @@ from gateway.errors import InferenceError, ModelNotFound, Overloaded, Unavailabl
 from gateway.frontend import METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.errors import grpc_status
-from gateway.protocol.routing import gateway_parameters, proto_parameters_suffix, routing_from_proto
+from gateway.protocol.routing import gateway_parameters_suffix, routing_from_proto
 from gateway.protocol.v2 import GRPC_SERVICE, decode_proto_infer
 
 
@@ -108,7 +108,7 @@ class GrpcFrontend:
         if not reply.ok:  # the instance's own client error, unchanged
             await context.abort(reply.grpc_code, reply.grpc_details)
         e2e_ms = (time.perf_counter() - start) * 1000.0
-        return reply.body + proto_parameters_suffix(gateway_parameters(result.instance, result.queue_ms, e2e_ms))
+        return reply.body + gateway_parameters_suffix(result.instance, result.queue_ms, e2e_ms)
 
     def _count(self, model: str | None, code: grpc.StatusCode) -> None:
         label = model if model == self.core.model else "other"

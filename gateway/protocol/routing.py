@@ -26,6 +26,7 @@ import orjson
 
 from gateway.errors import BadRequest
 from gateway.protocol import grpc_predict_v2_pb2 as pb
+from gateway.protocol import wire
 from gateway.protocol.params import (
     PARAM_E2E_MS,
     PARAM_INSTANCE,
@@ -33,7 +34,6 @@ from gateway.protocol.params import (
     QOS_PARAMETER,
     SERVICE_MS_KEYS,
     ParamValue,
-    set_proto_parameters,
 )
 from gateway.protocol.v2 import json_batch, proto_batch, proto_param_value
 
@@ -110,11 +110,15 @@ def routing_from_proto(request: pb.ModelInferRequest) -> RoutingInfo:
     return RoutingInfo(batch=proto_batch(request), request_id=request.id, qos_ms=qos)
 
 
-def proto_parameters_suffix(params: Mapping[str, ParamValue]) -> bytes:
-    """Serialized ``ModelInferResponse`` with only these parameters: append it to a response."""
-    message = pb.ModelInferResponse()
-    set_proto_parameters(message.parameters, params)
-    return message.SerializeToString()
+def gateway_parameters_suffix(instance: str, queue_ms: float, e2e_ms: float) -> bytes:
+    """``gateway_parameters(...)`` as a serialized ``ModelInferResponse`` to append to one (gRPC),
+    written by hand: its shape never changes, and building a message for it cost ~2 us per
+    response against ~0.5 us."""
+    return (
+        wire.string_parameter(PARAM_INSTANCE, instance)
+        + wire.double_parameter(PARAM_QUEUE_MS, round(queue_ms, 3))
+        + wire.double_parameter(PARAM_E2E_MS, round(e2e_ms, 3))
+    )
 
 
 def reported_service_ms_proto(response: pb.ModelInferResponse) -> float | None:

@@ -31,6 +31,7 @@ from gateway.errors import BadRequest
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.params import set_proto_parameters
 from gateway.protocol.v2 import CONTENTS_FIELD, load_json_object, parse_proto_infer, proto_param_value
+from gateway.protocol.wire import RAW_OUTPUT_TAG, varint
 
 BINARY_DATA_SIZE = "binary_data_size"
 BINARY_DATA = "binary_data"
@@ -54,7 +55,6 @@ NUMPY_DTYPES: dict[str, str] = {
     "FP64": "<f8",
 }
 
-_RAW_OUTPUT_TAG = b"\x32"  # ModelInferResponse.raw_output_contents: field 6, length-delimited
 
 
 class MalformedResponse(ValueError):
@@ -189,7 +189,7 @@ def http_response_to_proto(body: bytes, header_length: int | None) -> GrpcInferR
         tensor = message.outputs.add(name=_str(o, "name"), datatype=datatype, shape=shape)
         if oparams:
             set_proto_parameters(tensor.parameters, oparams)
-        tail += (_RAW_OUTPUT_TAG, _varint(len(raw)), raw)
+        tail += (RAW_OUTPUT_TAG, varint(len(raw)), raw)
     # Protobuf appends repeated fields met later in the stream: the tensors' bytes go straight
     # after the serialized header fields instead of being copied into the message and out again.
     return GrpcInferResponse(message, b"".join((message.SerializeToString(), *tail)))
@@ -228,12 +228,3 @@ def _str(obj: Mapping[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise MalformedResponse(f"instance response: {key!r} is not a string")
     return value
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)

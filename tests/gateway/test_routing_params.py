@@ -7,9 +7,11 @@ import pytest
 
 from gateway.errors import BadRequest
 from gateway.protocol import grpc_predict_v2_pb2 as pb
+from gateway.protocol.params import set_proto_parameters
 from gateway.protocol.routing import (
     add_json_parameters,
-    proto_parameters_suffix,
+    gateway_parameters,
+    gateway_parameters_suffix,
     reported_service_ms_json,
     reported_service_ms_proto,
     routing_from_json,
@@ -63,10 +65,21 @@ def test_json_parameters_merge_and_binary_tail_is_untouched() -> None:
 def test_proto_suffix_merges_into_the_response() -> None:
     resp = pb.ModelInferResponse(model_name="rm2", id="a", raw_output_contents=[b"\x00" * 16])
     resp.parameters["service_ms"].double_param = 2.0
-    merged = pb.ModelInferResponse.FromString(
-        resp.SerializeToString() + proto_parameters_suffix({"gateway_instance": "cpu-1", "gateway_queue_ms": 0.5})
-    )
+    resp.parameters["gateway_instance"].string_param = "set by the instance"  # the gateway's wins
+    merged = pb.ModelInferResponse.FromString(resp.SerializeToString() + gateway_parameters_suffix("cpu-1", 0.5, 7.25))
     assert merged.id == "a" and merged.raw_output_contents == [b"\x00" * 16]
     assert merged.parameters["gateway_instance"].string_param == "cpu-1"
     assert merged.parameters["gateway_queue_ms"].double_param == 0.5
+    assert merged.parameters["gateway_e2e_ms"].double_param == 7.25
     assert reported_service_ms_proto(merged) == 2.0
+
+
+@pytest.mark.parametrize("instance", ["cpu-1", "é" * 70, "x" * 300, ""])
+@pytest.mark.parametrize(("queue_ms", "e2e_ms"), [(0.0, 0.0), (0.12345, 3.9996), (1e9, 2.5e-7)])
+def test_hand_written_suffix_is_what_protobuf_would_write(instance: str, queue_ms: float, e2e_ms: float) -> None:
+    """Against the message protobuf builds from ``gateway_parameters`` (long and non-ASCII names
+    take multi-byte lengths)."""
+    reference = pb.ModelInferResponse()
+    set_proto_parameters(reference.parameters, gateway_parameters(instance, queue_ms, e2e_ms))
+    ours = pb.ModelInferResponse.FromString(gateway_parameters_suffix(instance, queue_ms, e2e_ms))
+    assert ours == reference and len(ours.parameters) == 3

@@ -177,12 +177,12 @@ def test_responses_read_back_by_tritonclient_give_the_instance_outputs(binary: b
 
 
 def test_the_gateway_parameters_suffix_still_merges_into_a_translated_response() -> None:
-    from gateway.protocol.routing import gateway_parameters, proto_parameters_suffix
+    from gateway.protocol.routing import gateway_parameters_suffix
 
     body, header_length = _http_response({"out": TENSORS["f32"]}, True, parameters={"instance": "i0"})
     data = http_response_to_proto(body, header_length).data
     merged = service_pb2.ModelInferResponse.FromString(
-        data + proto_parameters_suffix(gateway_parameters("i0", 0.1, 0.2))
+        data + gateway_parameters_suffix("i0", 0.1, 0.2)
     )
     assert set(merged.parameters) == {"instance", "gateway_instance", "gateway_queue_ms", "gateway_e2e_ms"}
     assert np.array_equal(tg.InferResult(merged).as_numpy("out"), TENSORS["f32"])
