@@ -24,6 +24,7 @@ from gateway.gc_freeze import freeze_startup_objects
 from gateway.profiles import load_profiles
 from gateway.protocol.addresses import AddressList, InstanceAddress, write_address_file
 from servers.pool import DEFAULT_MAX_BODY_BYTES, LocalGroup, PoolOptions, describe, plan_instances
+from servers.precise_sleep import TIMERS
 from servers.ready import wait_ready
 from servers.workers import Worker, WorkerSet, run_loop
 
@@ -83,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--zero-latency", action="store_true", help="serve instantly (same as --latency-scale 0)"
     )
     p.add_argument(
+        "--timers",
+        choices=TIMERS,
+        default="timerfd",
+        help="how an instance waits out a service time: a Linux timerfd, to tens of µs, or the "
+        "event loop's timers, in whole ms (the fallback where there is no timerfd) "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--max-body-bytes",
         type=_int_at_least(1024),
         default=DEFAULT_MAX_BODY_BYTES,
@@ -125,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=config.servers.seed,
         latency_scale=0.0 if args.zero_latency else args.latency_scale,
         max_body_bytes=args.max_body_bytes,
+        timers=args.timers,
     )
     launcher = Launcher(config, options, args.loop == "uvloop", args.ready_timeout)
     try:

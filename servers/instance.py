@@ -10,7 +10,6 @@ generator. It waits with asynchronous timers and never busy-waits.
 from __future__ import annotations
 
 import asyncio
-import time
 from bisect import bisect_right
 from dataclasses import dataclass
 from functools import cache
@@ -27,6 +26,7 @@ from gateway.protocol.params import (
     SERVICE_MS,
     ParamValue,
 )
+from servers.precise_sleep import clock, sleeper_for
 
 SERVER_NAME = "kairos-servers"
 SERVER_VERSION = "0.1.0"
@@ -42,9 +42,8 @@ OUTPUT_NAME = "output0"
 OUTPUT_DATATYPE = "FP32"
 OUTPUT_SHAPE = (-1, 1)
 
-# The clock for service times. uvloop's loop.time() is cached per loop iteration and
-# millisecond-granular, too coarse for ~1 ms fidelity; perf_counter is sub-microsecond.
-clock = time.perf_counter
+# The clock for service times (``precise_sleep``'s). uvloop's loop.time() is cached per loop
+# iteration and millisecond-granular, too coarse for ~1 ms fidelity; perf_counter is sub-µs.
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,26 +85,10 @@ def _sampler(profile: LatencyProfile) -> FastSampler:
     return FastSampler(profile)
 
 
-async def sleep_until(deadline: float) -> None:
-    """Sleep until ``clock() >= deadline`` (to within a fraction of a ms), with timers only.
-
-    libuv (uvloop) timers tick in whole milliseconds and can fire up to 1 ms early, so sleep
-    to 1 ms before the deadline, then sleep the remainder: a few wake-ups at most, never a spin.
-    """
-    rem = deadline - clock()
-    if rem > 0.002:
-        await asyncio.sleep(rem - 0.001)
-        rem = deadline - clock()
-    for _ in range(3):
-        if rem <= 0.0002:
-            return
-        await asyncio.sleep(rem)
-        rem = deadline - clock()
-
-
 class Instance:
     """An emulated instance of ``model`` on ``instance_type``.
 
+    ``timers`` picks how it waits out a service time (``servers.precise_sleep.TIMERS``).
     ``latency_scale`` multiplies every drawn service time; 0 serves instantly (for measuring
     the gateway's own overhead). Instance ``index`` of a pool seeded ``seed`` always draws the
     same sequence, whichever process it runs in.
@@ -120,6 +103,7 @@ class Instance:
         profile: LatencyProfile,
         seed: int = 0,
         latency_scale: float = 1.0,
+        timers: str = "timerfd",
     ) -> None:
         if latency_scale < 0:
             raise ValueError(f"latency_scale must be >= 0, got {latency_scale}")
@@ -129,6 +113,7 @@ class Instance:
         self.instance_type = instance_type
         self.profile = profile
         self.latency_scale = latency_scale
+        self._sleep_until = sleeper_for(timers)
         self._rng = np.random.default_rng([seed, index])
         self._sampler = _sampler(profile)
         # asyncio.Lock hands itself to waiters in arrival order: that is the FIFO queue.
@@ -183,7 +168,7 @@ class Instance:
         end = start + service_s
         try:
             if service_s > 0:
-                await sleep_until(end)
+                await self._sleep_until(end)
         except BaseException:
             # The caller gave up (client deadline, disconnect, shutdown). A real server would
             # still be computing, so the instance stays busy until the drawn end.

@@ -50,6 +50,7 @@ class PoolOptions:
     seed: int = 0
     latency_scale: float = 1.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    timers: str = "timerfd"  # how an instance waits out a service time (servers.precise_sleep)
 
 
 def plan_instances(config: Config) -> list[InstanceSpec]:
@@ -139,6 +140,7 @@ class LocalGroup:
             profile=self.profiles.get(spec.model, spec.type),
             seed=opts.seed,
             latency_scale=opts.latency_scale,
+            timers=opts.timers,
         )
         what = f"instance {spec.index} ({spec.name})"
         sock = _listen(spec.host, spec.http_port, f"{what} http")

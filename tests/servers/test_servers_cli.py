@@ -57,6 +57,18 @@ def test_zero_latency_flag(server_pool: PoolFactory) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("timers", ["timerfd", "loop"])
+def test_timer_modes_reach_the_workers(server_pool: PoolFactory, timers: str) -> None:
+    pool = server_pool(pool={"r5n.large": 2}, args=["--workers", "2", "--timers", timers])
+    for address in pool.instances:
+        params = _infer(address.http, batch=10)
+        assert params["service_ms"] > 0
+        # A timerfd never wakes before the end; the loop's whole-ms timers can, by under 1 ms.
+        early_ms = 0.0 if timers == "timerfd" else 1.0
+        assert params["observed_ms"] >= params["service_ms"] - early_ms
+
+
+@pytest.mark.slow
 def test_workers_spread_instances_and_survive_a_dead_worker(server_pool: PoolFactory) -> None:
     pool = server_pool(pool={"g4dn.xlarge": 1, "r5n.large": 3}, args=["--workers", "2"])
     assert "in 2 processes" in pool.ready_line
@@ -129,6 +141,9 @@ def test_bad_json_and_bad_flags_exit_2(tmp_path: Path, capsys: pytest.CaptureFix
     with pytest.raises(SystemExit) as info:
         main(["--config", str(tmp_path / "bad.json"), "--latency-scale", "-1"])
     assert info.value.code == 2 and "--latency-scale" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["--config", str(tmp_path / "bad.json"), "--timers", "spin"])
+    assert info.value.code == 2 and "--timers" in capsys.readouterr().err
 
 
 def test_port_in_use_exits_1(tmp_path: Path) -> None:
