@@ -41,11 +41,11 @@ import numpy as np
 import orjson
 
 from gateway.config import load_config
+from gateway.precise_sleep import TIMERS, sleep_until
 from gateway.profiles import load_profiles
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.addresses import AddressList, read_address_file
 from gateway.workload import PoissonArrivals, make_workload, parse_batch_mix
-from servers.precise_sleep import TIMERS, sleep_until
 
 TARGET_P99_MS = 2.0
 FEATURES = 8  # FP32 values per batch row in each request (payload size only; never read)

@@ -17,6 +17,7 @@ from functools import cache
 import numpy as np
 
 from gateway.errors import BadRequest, ModelNotFound, ProfileError
+from gateway.precise_sleep import clock, sleeper_for
 from gateway.profiles import LatencyProfile
 from gateway.protocol.params import (
     INSTANCE_PARAM,
@@ -26,7 +27,6 @@ from gateway.protocol.params import (
     SERVICE_MS,
     ParamValue,
 )
-from servers.precise_sleep import clock, sleeper_for
 
 SERVER_NAME = "kairos-servers"
 SERVER_VERSION = "0.1.0"
@@ -88,7 +88,7 @@ def _sampler(profile: LatencyProfile) -> FastSampler:
 class Instance:
     """An emulated instance of ``model`` on ``instance_type``.
 
-    ``timers`` picks how it waits out a service time (``servers.precise_sleep.TIMERS``).
+    ``timers`` picks how it waits out a service time (``gateway.precise_sleep.TIMERS``).
     ``latency_scale`` multiplies every drawn service time; 0 serves instantly (for measuring
     the gateway's own overhead). Instance ``index`` of a pool seeded ``seed`` always draws the
     same sequence, whichever process it runs in.

@@ -6,8 +6,8 @@ import sys
 import pytest
 import uvloop
 
-from servers import precise_sleep
-from servers.precise_sleep import clock, sleep_until, timer_sleep_until, timerfd_sleeper
+from gateway import precise_sleep
+from gateway.precise_sleep import clock, sleep_until, timer_sleep_until, timerfd_sleeper
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux-only")
 

@@ -1,13 +1,14 @@
 """Sleeps that end within tens of µs of their deadline, from one Linux timerfd per event loop.
 
 Why: uvloop's (libuv's) timers count whole milliseconds and fire up to ~0.5 ms early or ~1 ms
-late. An emulated instance that sleeps its drawn service time on them was off by 0.14 ms at the
-median and 1.4 ms at the p99 at 500 dien queries/s, and the gateway counts all of that as round
-trip, which kairos must then leave as margin before every deadline. A timerfd armed at the
-absolute deadline (``CLOCK_MONOTONIC``, the clock of ``time.perf_counter`` on Linux) makes the
-loop's own poll return then: still no busy wait, and no thread.
+late. An emulated instance (``servers.instance``) that waited out its drawn service time on them
+was off by 0.27 ms at the median and 1.1 ms at the p99 (``python -m benchmarks.server_fidelity``),
+and ``kairos-loadgen`` sent its queries 0.56 ms after their scheduled time at the median, 1.1 ms
+at the p95; with a 35 ms QoS (dien) both decide which queries miss. A timerfd armed at the
+absolute deadline (``CLOCK_MONOTONIC``: the clock of ``time.perf_counter`` and
+``time.monotonic`` on Linux) makes the loop's own poll return then: no busy wait, no thread.
 
-Where there is no timerfd (not Linux, or libc without it), ``sleep_until`` falls back to the
+Where there is no timerfd (not Linux, or a libc without it), ``sleep_until`` falls back to the
 loop's timers, as close as they allow.
 """
 
