@@ -41,7 +41,7 @@ import numpy as np
 import orjson
 
 from gateway.config import load_config
-from gateway.precise_sleep import TIMERS, sleep_until
+from gateway.precise_timers import TIMERS, sleep_until
 from gateway.profiles import load_profiles
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.addresses import AddressList, read_address_file

@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from gateway import precise_timers
 from gateway.backend import Backend, BackendReply, InstanceFailure, RoutedRequest
 from gateway.dispatch import Dispatcher, InstanceState, Query
 from gateway.errors import DeadlineExceeded, InferenceError, ModelNotFound, Overloaded, Unavailable
@@ -93,7 +94,9 @@ class GatewayCore:
         self.backend_timeout_ms = backend_timeout_ms
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        # A timerfd's, not the loop's: uvloop's timers fire up to ~0.5 ms early and ~1 ms late,
+        # and an early one re-runs a decision that cannot open anything yet.
+        self._timer: precise_timers.TimerHandle | asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._scheduled = False
         self._outstanding = 0  # accepted queries not yet answered
@@ -241,9 +244,8 @@ class GatewayCore:
             if self._timer_at <= due:
                 return
             self._timer.cancel()
-        loop = self._loop or self._bind_loop()
         self._timer_at = due
-        self._timer = loop.call_at(due / 1000.0, self._on_timer)
+        self._timer = precise_timers.call_at(due / 1000.0, self._on_timer)
 
     # -- one dispatch -------------------------------------------------------------------------
 

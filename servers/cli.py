@@ -21,7 +21,7 @@ from pathlib import Path
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError, KairosError, ProfileError
 from gateway.gc_freeze import freeze_startup_objects
-from gateway.precise_sleep import TIMERS
+from gateway.precise_timers import TIMERS
 from gateway.profiles import load_profiles
 from gateway.protocol.addresses import AddressList, InstanceAddress, write_address_file
 from servers.pool import DEFAULT_MAX_BODY_BYTES, LocalGroup, PoolOptions, describe, plan_instances

@@ -17,7 +17,7 @@ from functools import cache
 import numpy as np
 
 from gateway.errors import BadRequest, ModelNotFound, ProfileError
-from gateway.precise_sleep import clock, sleeper_for
+from gateway.precise_timers import clock, sleeper_for
 from gateway.profiles import LatencyProfile
 from gateway.protocol.params import (
     INSTANCE_PARAM,
@@ -42,7 +42,7 @@ OUTPUT_NAME = "output0"
 OUTPUT_DATATYPE = "FP32"
 OUTPUT_SHAPE = (-1, 1)
 
-# The clock for service times (``precise_sleep``'s). uvloop's loop.time() is cached per loop
+# The clock for service times (``precise_timers``'s). uvloop's loop.time() is cached per loop
 # iteration and millisecond-granular, too coarse for ~1 ms fidelity; perf_counter is sub-µs.
 
 
@@ -88,7 +88,7 @@ def _sampler(profile: LatencyProfile) -> FastSampler:
 class Instance:
     """An emulated instance of ``model`` on ``instance_type``.
 
-    ``timers`` picks how it waits out a service time (``gateway.precise_sleep.TIMERS``).
+    ``timers`` picks how it waits out a service time (``gateway.precise_timers.TIMERS``).
     ``latency_scale`` multiplies every drawn service time; 0 serves instantly (for measuring
     the gateway's own overhead). Instance ``index`` of a pool seeded ``seed`` always draws the
     same sequence, whichever process it runs in.

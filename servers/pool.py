@@ -50,7 +50,7 @@ class PoolOptions:
     seed: int = 0
     latency_scale: float = 1.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    timers: str = "timerfd"  # how an instance waits out a service time (gateway.precise_sleep)
+    timers: str = "timerfd"  # how an instance waits out a service time (gateway.precise_timers)
 
 
 def plan_instances(config: Config) -> list[InstanceSpec]:

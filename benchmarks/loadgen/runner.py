@@ -1,7 +1,7 @@
 """The open-loop sender: ``run_load(config) -> LoadReport``.
 
 Query i is sent at t0 + arrival_ms[i] (an absolute deadline on the monotonic clock, reached with
-``gateway.precise_sleep``, within tens of µs and never earlier, where uvloop's whole-ms timers
+``gateway.precise_timers``, within tens of µs and never earlier, where uvloop's whole-ms timers
 sent at a median 0.56 ms late) in its own task, whatever happened to earlier queries: the sender
 never waits on a response. If it falls behind (a busy machine), it sends the
 overdue queries at once, still in order, and the lag is reported. Latency is measured from the
@@ -23,7 +23,7 @@ from benchmarks.loadgen.payloads import PayloadFactory
 from benchmarks.loadgen.report import LoadReport, RunInfo, Samples
 from benchmarks.loadgen.transport import Target, make_target
 from gateway.gc_freeze import freeze_startup_objects
-from gateway.precise_sleep import clock, sleep_until
+from gateway.precise_timers import clock, sleep_until
 from gateway.workload import QueryTrace
 
 START_DELAY_S = 0.02  # t0 is this far after the connection check: the schedule starts clean

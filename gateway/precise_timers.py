@@ -1,15 +1,16 @@
-"""Sleeps that end within tens of µs of their deadline, from one Linux timerfd per event loop.
+"""Timers that fire within tens of µs of their time, from one Linux timerfd per event loop.
 
 Why: uvloop's (libuv's) timers count whole milliseconds and fire up to ~0.5 ms early or ~1 ms
 late. An emulated instance (``servers.instance``) that waited out its drawn service time on them
-was off by 0.27 ms at the median and 1.1 ms at the p99 (``python -m benchmarks.server_fidelity``),
-and ``kairos-loadgen`` sent its queries 0.56 ms after their scheduled time at the median, 1.1 ms
-at the p95; with a 35 ms QoS (dien) both decide which queries miss. A timerfd armed at the
-absolute deadline (``CLOCK_MONOTONIC``: the clock of ``time.perf_counter`` and
-``time.monotonic`` on Linux) makes the loop's own poll return then: no busy wait, no thread.
+was off by 0.27 ms at the median and 1.1 ms at the p99 (``python -m benchmarks.server_fidelity``);
+``kairos-loadgen`` sent its queries 0.56 ms after their scheduled time at the median, 1.1 ms at
+the p95; and the gateway's pipelining timer re-ran decisions that could not open anything yet.
+With a 35 ms QoS (dien) all of these decide which queries miss. A timerfd armed at the absolute
+time (``CLOCK_MONOTONIC``: the clock of ``time.perf_counter`` and ``time.monotonic`` on Linux)
+makes the loop's own poll return then: no busy wait, no thread.
 
-Where there is no timerfd (not Linux, or a libc without it), ``sleep_until`` falls back to the
-loop's timers, as close as they allow.
+Where there is no timerfd (not Linux, or a libc without it), ``sleep_until`` and ``call_at``
+fall back to the loop's timers, as close as they allow.
 """
 
 from __future__ import annotations
@@ -57,8 +58,23 @@ def _load_libc() -> ctypes.CDLL | None:
 _libc = _load_libc()
 
 
-class TimerFdSleeper:
-    """The sleepers of one event loop, woken by one timerfd armed at the earliest deadline."""
+class TimerHandle:
+    """A callback due at a time on ``clock``; ``cancel`` keeps it from running."""
+
+    __slots__ = ("args", "callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[..., object], args: tuple[object, ...]) -> None:
+        self.when = when
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class TimerFd:
+    """The timers of one event loop, run by one timerfd armed at the earliest of them."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, libc: ctypes.CDLL) -> None:
         fd = libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
@@ -66,23 +82,32 @@ class TimerFdSleeper:
             raise OSError(ctypes.get_errno(), "timerfd_create failed")
         self._libc = libc
         self._fd = fd
-        self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._heap: list[tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()
         self._armed_at = float("inf")
         self._spec = _ITimerspec()
-        # The loop holds the sleeper (its reader) and the sleeper never holds the loop, so a
+        # The loop holds this object (its reader) and this object never holds the loop, so a
         # finished loop takes it along and the finalizer closes the fd.
         loop.add_reader(fd, self._on_expiry)
         weakref.finalize(self, os.close, fd)
+
+    def call_at(self, when: float, callback: Callable[..., object], *args: object) -> TimerHandle:
+        """Run ``callback(*args)`` on the loop once ``clock() >= when`` (seconds)."""
+        handle = TimerHandle(when, callback, args)
+        heapq.heappush(self._heap, (when, next(self._seq), handle))
+        if when < self._armed_at:
+            self._arm(when)
+        return handle  # cancelled: its entry stays in the heap and is skipped when due
 
     async def sleep_until(self, deadline: float) -> None:
         if deadline <= clock():
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._heap, (deadline, next(self._seq), future))
-        if deadline < self._armed_at:
-            self._arm(deadline)
-        await future  # cancelled: its entry stays in the heap and is skipped when due
+        handle = self.call_at(deadline, _wake, future)
+        try:
+            await future
+        finally:
+            handle.cancel()
 
     def _arm(self, deadline: float) -> None:
         seconds = int(deadline)
@@ -99,37 +124,57 @@ class TimerFdSleeper:
         heap = self._heap
         now = clock()
         while heap and heap[0][0] <= now:
-            future = heapq.heappop(heap)[2]
-            if not future.done():
-                future.set_result(None)
+            handle = heapq.heappop(heap)[2]
+            if handle.cancelled:
+                continue
+            try:
+                handle.callback(*handle.args)
+            except Exception as exc:  # as the loop does for its own timers: report, go on
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": f"exception in timer callback {handle.callback!r}", "exception": exc}
+                )
         if heap:
             self._arm(heap[0][0])
 
 
-_sleepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerFdSleeper] = weakref.WeakKeyDictionary()
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
-def timerfd_sleeper() -> TimerFdSleeper | None:
-    """This loop's sleeper, made on first use; None where there is no timerfd."""
+_timerfds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimerFd] = weakref.WeakKeyDictionary()
+
+
+def loop_timerfd() -> TimerFd | None:
+    """The running loop's timerfd, made on first use; None where there is none."""
     if _libc is None:
         return None
     loop = asyncio.get_running_loop()
-    sleeper = _sleepers.get(loop)
-    if sleeper is None:
+    timers = _timerfds.get(loop)
+    if timers is None:
         try:
-            sleeper = TimerFdSleeper(loop, _libc)
+            timers = TimerFd(loop, _libc)
         except (OSError, NotImplementedError):
             return None
-        _sleepers[loop] = sleeper
-    return sleeper
+        _timerfds[loop] = timers
+    return timers
+
+
+def call_at(when: float, callback: Callable[..., object], *args: object) -> TimerHandle | asyncio.TimerHandle:
+    """``loop.call_at`` to within tens of µs (``when`` on ``clock``, in seconds); the loop's own
+    timer where there is no timerfd."""
+    timers = loop_timerfd()
+    if timers is not None:
+        return timers.call_at(when, callback, *args)
+    return asyncio.get_running_loop().call_at(when, callback, *args)
 
 
 async def sleep_until(deadline: float) -> None:
     """Sleep until ``clock() >= deadline`` (seconds on ``clock``), to within tens of µs where
     the loop is free to wake then."""
-    sleeper = timerfd_sleeper()
-    if sleeper is not None:
-        await sleeper.sleep_until(deadline)
+    timers = loop_timerfd()
+    if timers is not None:
+        await timers.sleep_until(deadline)
     else:
         await timer_sleep_until(deadline)
 

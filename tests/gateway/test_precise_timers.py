@@ -6,8 +6,8 @@ import sys
 import pytest
 import uvloop
 
-from gateway import precise_sleep
-from gateway.precise_sleep import clock, sleep_until, timer_sleep_until, timerfd_sleeper
+from gateway import precise_timers
+from gateway.precise_timers import clock, loop_timerfd, sleep_until, timer_sleep_until
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timerfd is Linux-only")
 
@@ -20,7 +20,7 @@ def run(main):
 def test_a_sleep_never_ends_before_its_deadline():
     # uvloop's own timers can fire ~0.5 ms early; the timerfd fires at or after the deadline.
     async def main():
-        assert timerfd_sleeper() is not None
+        assert loop_timerfd() is not None
         late = []
         for k in range(40):
             deadline = clock() + 0.0003 + k * 0.00007
@@ -75,10 +75,10 @@ def test_a_deadline_already_past_returns_at_once():
 
 
 def test_without_a_timerfd_the_loop_timers_are_used(monkeypatch):
-    monkeypatch.setattr(precise_sleep, "_libc", None)
+    monkeypatch.setattr(precise_timers, "_libc", None)
 
     async def main():
-        assert timerfd_sleeper() is None
+        assert loop_timerfd() is None
         deadline = clock() + 0.01
         await sleep_until(deadline)
         # The loop's timers count whole milliseconds and can fire early: the fallback ends
@@ -97,7 +97,7 @@ def test_each_loop_gets_its_own_timer_and_a_finished_loop_closes_it():
         loop_fds = open_fds()
         await sleep_until(clock() + 0.001)
         await sleep_until(clock() + 0.001)
-        assert timerfd_sleeper() is timerfd_sleeper()  # one per loop, reused
+        assert loop_timerfd() is loop_timerfd()  # one per loop, reused
         return open_fds() - loop_fds
 
     gc.collect()
@@ -105,3 +105,59 @@ def test_each_loop_gets_its_own_timer_and_a_finished_loop_closes_it():
     assert [run(main) for _ in range(3)] == [1, 1, 1]
     gc.collect()
     assert open_fds() == before  # each closed with its loop
+
+
+@linux_only
+def test_call_at_runs_callbacks_in_time_order_and_skips_cancelled_ones():
+    async def main():
+        ran: list[tuple[str, float]] = []
+        done = asyncio.get_running_loop().create_future()
+        base = clock() + 0.003
+
+        def note(name: str, when: float) -> None:
+            ran.append((name, clock() - when))
+
+        precise_timers.call_at(base + 0.004, note, "c", base + 0.004)
+        precise_timers.call_at(base, note, "a", base)
+        dropped = precise_timers.call_at(base + 0.002, note, "b", base + 0.002)
+        precise_timers.call_at(base + 0.006, done.set_result, None)
+        dropped.cancel()
+        await done
+        return ran
+
+    ran = run(main)
+    assert [name for name, _ in ran] == ["a", "c"]
+    assert all(late >= 0.0 for _, late in ran)
+
+
+@linux_only
+def test_a_failing_callback_is_reported_and_the_others_still_run():
+    async def main():
+        loop = asyncio.get_running_loop()
+        reported: list[BaseException] = []
+        loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx["exception"]))
+        done = loop.create_future()
+        when = clock() + 0.002
+
+        def boom() -> None:
+            raise RuntimeError("boom")
+
+        precise_timers.call_at(when, boom)
+        precise_timers.call_at(when, done.set_result, "after")
+        return await done, reported
+
+    result, reported = run(main)
+    assert result == "after"
+    assert [str(e) for e in reported] == ["boom"]
+
+
+def test_call_at_without_a_timerfd_uses_the_loop(monkeypatch):
+    monkeypatch.setattr(precise_timers, "_libc", None)
+
+    async def main():
+        done = asyncio.get_running_loop().create_future()
+        handle = precise_timers.call_at(clock() + 0.002, done.set_result, "fired")
+        assert not isinstance(handle, precise_timers.TimerHandle)  # the loop's own
+        return await done
+
+    assert run(main) == "fired"
