@@ -96,7 +96,8 @@ class GatewayCore:
         self._loop: asyncio.AbstractEventLoop | None = None
         # A timerfd's, not the loop's: uvloop's timers fire up to ~0.5 ms early and ~1 ms late,
         # and an early one re-runs a decision that cannot open anything yet.
-        self._timer: precise_timers.TimerHandle | asyncio.TimerHandle | None = None
+        self._timer: precise_timers.Handle | None = None
+        self._call_at: precise_timers.CallAt | None = None
         self._timer_at = 0.0
         self._scheduled = False
         self._outstanding = 0  # accepted queries not yet answered
@@ -245,7 +246,9 @@ class GatewayCore:
                 return
             self._timer.cancel()
         self._timer_at = due
-        self._timer = precise_timers.call_at(due / 1000.0, self._on_timer)
+        if self._call_at is None:
+            self._call_at = precise_timers.call_at_function()
+        self._timer = self._call_at(due / 1000.0, self._on_timer)
 
     # -- one dispatch -------------------------------------------------------------------------
 

@@ -160,13 +160,20 @@ def loop_timerfd() -> TimerFd | None:
     return timers
 
 
-def call_at(when: float, callback: Callable[..., object], *args: object) -> TimerHandle | asyncio.TimerHandle:
-    """``loop.call_at`` to within tens of µs (``when`` on ``clock``, in seconds); the loop's own
-    timer where there is no timerfd."""
+Handle = TimerHandle | asyncio.TimerHandle
+CallAt = Callable[..., Handle]  # (when, callback, *args) -> a handle with cancel()
+
+
+def call_at_function() -> CallAt:
+    """The running loop's precise ``call_at`` (``when`` on ``clock``, in seconds), to keep and
+    call on a hot path: the timerfd's, or the loop's own where there is no timerfd."""
     timers = loop_timerfd()
-    if timers is not None:
-        return timers.call_at(when, callback, *args)
-    return asyncio.get_running_loop().call_at(when, callback, *args)
+    return timers.call_at if timers is not None else asyncio.get_running_loop().call_at
+
+
+def call_at(when: float, callback: Callable[..., object], *args: object) -> Handle:
+    """``loop.call_at`` to within tens of µs (see ``call_at_function``)."""
+    return call_at_function()(when, callback, *args)
 
 
 async def sleep_until(deadline: float) -> None:
