@@ -28,7 +28,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway import precise_timers
 from gateway.backend import Backend, BackendReply, InstanceFailure, RoutedRequest
 from gateway.dispatch import Dispatcher, InstanceState, Query
 from gateway.errors import DeadlineExceeded, InferenceError, ModelNotFound, Overloaded, Unavailable
@@ -94,10 +93,7 @@ class GatewayCore:
         self.backend_timeout_ms = backend_timeout_ms
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
-        # A timerfd's, not the loop's: uvloop's timers fire up to ~0.5 ms early and ~1 ms late,
-        # and an early one re-runs a decision that cannot open anything yet.
-        self._timer: precise_timers.Handle | None = None
-        self._call_at: precise_timers.CallAt | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._scheduled = False
         self._outstanding = 0  # accepted queries not yet answered
@@ -245,10 +241,9 @@ class GatewayCore:
             if self._timer_at <= due:
                 return
             self._timer.cancel()
+        loop = self._loop or self._bind_loop()
         self._timer_at = due
-        if self._call_at is None:
-            self._call_at = precise_timers.call_at_function()
-        self._timer = self._call_at(due / 1000.0, self._on_timer)
+        self._timer = loop.call_at(due / 1000.0, self._on_timer)
 
     # -- one dispatch -------------------------------------------------------------------------
 

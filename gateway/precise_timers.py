@@ -4,13 +4,13 @@ Why: uvloop's (libuv's) timers count whole milliseconds and fire up to ~0.5 ms e
 late. An emulated instance (``servers.instance``) that waited out its drawn service time on them
 was off by 0.27 ms at the median and 1.1 ms at the p99 (``python -m benchmarks.server_fidelity``);
 ``kairos-loadgen`` sent its queries 0.56 ms after their scheduled time at the median, 1.1 ms at
-the p95; and the gateway's pipelining timer re-ran decisions that could not open anything yet.
-With a 35 ms QoS (dien) all of these decide which queries miss. A timerfd armed at the absolute
+the p95. With a 35 ms QoS (dien) both decide which queries miss. A timerfd armed at the absolute
 time (``CLOCK_MONOTONIC``: the clock of ``time.perf_counter`` and ``time.monotonic`` on Linux)
 makes the loop's own poll return then: no busy wait, no thread.
 
-Where there is no timerfd (not Linux, or a libc without it), ``sleep_until`` and ``call_at``
-fall back to the loop's timers, as close as they allow.
+Where there is no timerfd (not Linux, or a libc without it), ``sleep_until`` falls back to the
+loop's timers, as close as they allow. The gateway's own decision timer stays on the loop's
+timers: on the timerfd it cost a syscall or two per re-arm, and live dien showed no gain.
 """
 
 from __future__ import annotations
@@ -158,22 +158,6 @@ def loop_timerfd() -> TimerFd | None:
             return None
         _timerfds[loop] = timers
     return timers
-
-
-Handle = TimerHandle | asyncio.TimerHandle
-CallAt = Callable[..., Handle]  # (when, callback, *args) -> a handle with cancel()
-
-
-def call_at_function() -> CallAt:
-    """The running loop's precise ``call_at`` (``when`` on ``clock``, in seconds), to keep and
-    call on a hot path: the timerfd's, or the loop's own where there is no timerfd."""
-    timers = loop_timerfd()
-    return timers.call_at if timers is not None else asyncio.get_running_loop().call_at
-
-
-def call_at(when: float, callback: Callable[..., object], *args: object) -> Handle:
-    """``loop.call_at`` to within tens of µs (see ``call_at_function``)."""
-    return call_at_function()(when, callback, *args)
 
 
 async def sleep_until(deadline: float) -> None:
