@@ -86,10 +86,7 @@ class HttpFrontend:
         try:
             if model != self.core.model:
                 raise ModelNotFound(f"unknown model {model!r}: this gateway serves {self.core.model!r}")
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                raise PayloadTooLarge(f"request body larger than {self.max_body_bytes} bytes") from None
+            body = await self._read_body(request)
             if not body:
                 raise BadRequest("empty request body")
             header_length = parse_header_length(request.headers.get(INFERENCE_HEADER), len(body))
@@ -121,6 +118,22 @@ class HttpFrontend:
         if header_length is not None:
             headers[INFERENCE_HEADER] = str(header_length)
         return web.Response(status=reply.status, body=body, headers=headers)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body as one bytes object, joined once from the chunks the parser made. Why:
+        ``request.read()`` copies a body three times (join, bytearray, bytes); at dien's ~160 KB
+        bodies that was ~10% of the gateway's CPU per query."""
+        declared = request.content_length
+        if declared is not None and declared > self.max_body_bytes:
+            raise PayloadTooLarge(f"request body larger than {self.max_body_bytes} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise PayloadTooLarge(f"request body larger than {self.max_body_bytes} bytes")
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _count(self, model: str | None, status: int) -> None:
         label = model if model == self.core.model else "other"

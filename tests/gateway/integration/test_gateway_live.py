@@ -3,8 +3,9 @@ tritonclient: traffic, routing, responses, metadata, metrics and bad input."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -121,6 +122,20 @@ async def test_bad_input_gets_v2_errors_and_the_gateway_keeps_serving(gw: Runnin
             async with s.post(infer, data=body, headers=headers) as resp:
                 assert resp.status == status, (body[:80], await resp.text())
                 assert "error" in orjson.loads(await resp.read())
+        # Chunked, no Content-Length: the limit holds while reading, and a body that arrives in
+        # pieces is read whole.
+        async def pieces(body: bytes, n: int) -> AsyncIterator[bytes]:
+            step = -(-len(body) // n)
+            for k in range(0, len(body), step):
+                yield body[k : k + step]
+                await asyncio.sleep(0.005)
+
+        async with s.post(infer, data=pieces(b"x" * 70_000, 7)) as resp:
+            assert resp.status == 413 and "error" in orjson.loads(await resp.read())
+        async with s.post(infer, data=pieces(json_request(2, "in-pieces"), 3)) as resp:
+            assert resp.status == 200 and orjson.loads(await resp.read())["id"] == "in-pieces"
+        async with s.post(infer, data=b"") as resp:
+            assert resp.status == 400 and "empty" in orjson.loads(await resp.read())["error"]
         status, doc, _ = await post_infer(s, gw.url, "no-such-model", json_request(1))
         assert status == 404 and "error" in doc
         status, doc, _ = await post_infer(s, gw.url, MODEL, json_request(2, "still-ok"))
