@@ -204,7 +204,23 @@ class Dispatcher:
         return self._span_end - lookahead_ms
 
     def decide(self, now_ms: float) -> list[Dispatch]:
-        """Run the policy if anything can move; mark and return the dispatches it chose."""
+        """Run the policy if anything can move; mark and return the dispatches it chose.
+
+        A policy that matches at most one query to each instance (``Policy.one_per_instance``:
+        kairos, one matrix column per instance) is run again while an instance it just dispatched
+        to still has a free slot (depth > 1) and queries wait: otherwise they would wait for the
+        next event although that instance could take them now. At depth 1 a dispatched-to
+        instance has no slot left, so this never re-runs it.
+        """
+        out = self._decide_once(now_ms)
+        if self.policy.one_per_instance:
+            placed = out
+            while placed and self.pending and any(self._free_of[d.instance.index] for d in placed):
+                placed = self._decide_once(now_ms)
+                out += placed
+        return out
+
+    def _decide_once(self, now_ms: float) -> list[Dispatch]:
         self.free_left = 0
         if not self.pending:
             return []

@@ -103,6 +103,9 @@ class Policy(ABC):
     """
 
     name: str
+    # Places at most one query on each instance per call, whatever its free slots: the
+    # dispatcher then calls it again while an instance it chose keeps a free slot.
+    one_per_instance = False
 
     def window(self, n_instances: int, free_slots: int) -> int:
         """How many queries from the head of the queue the policy wants to see."""

@@ -47,6 +47,7 @@ class KairosPolicy(Policy):
     maximising total slack; dispatch only the pairs whose instance is free now."""
 
     name = "kairos"
+    one_per_instance = True  # one matrix column per instance
 
     def __init__(self, seed: int = 0) -> None:
         pass  # deterministic; the seed is accepted for a uniform constructor

@@ -115,3 +115,33 @@ def test_free_left_counts_the_free_slots_a_decision_left_unused() -> None:
     d.submit(q(0))
     assert len(d.decide(0.0)) == 1
     assert d.free_left == 1  # two idle instances, one query
+
+
+def test_kairos_fills_the_free_slots_of_a_deep_instance_in_one_decision() -> None:
+    # kairos's matrix has one column per instance, so one matching places at most one query on
+    # each; at depth 4 the dispatcher matches again while the chosen instance has room.
+    d = dispatcher("kairos", n=1, depth=4)
+    for i in range(6):
+        d.submit(q(i))
+    placed = d.decide(0.0)
+    assert [x.query.id for x in placed] == [0, 1, 2, 3]  # FIFO, up to the instance's depth
+    assert [x.id for x in d.pending] == [4, 5]
+    assert d.decisions == 4 and d.free_left == 0
+    assert d.decide(1.0) == [] and d.decisions == 4  # full: no policy call at all
+
+
+def test_at_depth_one_kairos_is_matched_once_per_decision() -> None:
+    d = dispatcher("kairos", n=3, depth=1)
+    for i in range(5):
+        d.submit(q(i))
+    assert len(d.decide(0.0)) == 3
+    assert d.decisions == 1
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "round-robin", "least-outstanding", "power-of-two", "fluid"])
+def test_policies_that_fill_many_slots_are_called_once(policy: str) -> None:
+    d = dispatcher(policy, n=2, depth=3)
+    for i in range(4):
+        d.submit(q(i))
+    d.decide(0.0)
+    assert d.decisions == 1
