@@ -210,10 +210,10 @@ class Dispatcher:
         kairos, one matrix column per instance) is run again while an instance it just dispatched
         to still has a free slot (depth > 1) and queries wait: otherwise they would wait for the
         next event although that instance could take them now. At depth 1 a dispatched-to
-        instance has no slot left, so this never re-runs it.
+        instance has no slot left.
         """
         out = self._decide_once(now_ms)
-        if self.policy.one_per_instance:
+        if self.depth > 1 and self.policy.one_per_instance:
             placed = out
             while placed and self.pending and any(self._free_of[d.instance.index] for d in placed):
                 placed = self._decide_once(now_ms)
