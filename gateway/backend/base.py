@@ -4,6 +4,7 @@ kind of failure that makes the core retry elsewhere."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -48,6 +49,9 @@ class BackendReply:
     grpc_details: str = ""
     service_ms: float | None = None  # the instance's own measurement, when it reports one
     round_trip_ms: float = 0.0  # measured by the gateway around the call
+    # HTTP: the body's JSON header as the backend parsed it (None if not a JSON object), so that
+    # the front end adds its parameters without parsing it again.
+    json_header: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from gateway.backend.base import BackendReply, InstanceFailure, RoutedRequest
 from gateway.backend.http1 import Http1Pool, HttpError, Response
 from gateway.errors import ConfigError
-from gateway.protocol.routing import reported_service_ms_json
+from gateway.protocol.routing import json_response_header, reported_service_ms_json
 from gateway.protocol.v2 import INFERENCE_HEADER
 
 _HEADER_LENGTH_KEY = INFERENCE_HEADER.lower()  # http1 responses have lower-case header names
@@ -46,14 +46,17 @@ class HttpBackend:
         status, body = resp.status, resp.body
         header_length = response_header_length(resp)
         rtt = (time.perf_counter() - start) * 1000.0
-        service_ms = reported_service_ms_json(body, header_length) if status < 400 else None
+        if status >= 400:  # the client's error, passed back unread
+            return BackendReply(body, status, resp.headers.get("content-type"), header_length, round_trip_ms=rtt)
+        header = json_response_header(body, header_length)
         return BackendReply(
             body=body,
             status=status,
             content_type=resp.headers.get("content-type"),
             header_length=header_length,
-            service_ms=service_ms,
+            service_ms=reported_service_ms_json(header),
             round_trip_ms=rtt,
+            json_header=header,
         )
 
     async def post_infer(

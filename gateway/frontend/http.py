@@ -113,7 +113,7 @@ class HttpFrontend:
             return web.Response(status=reply.status, body=reply.body, content_type=_mime(reply.content_type))
         e2e_ms = (time.perf_counter() - start) * 1000.0
         params = gateway_parameters(result.instance, result.queue_ms, e2e_ms)
-        body, header_length = add_json_parameters(reply.body, reply.header_length, params)
+        body, header_length = add_json_parameters(reply.body, reply.header_length, params, reply.json_header)
         headers = {"Content-Type": reply.content_type or JSON}
         if header_length is not None:
             headers[INFERENCE_HEADER] = str(header_length)

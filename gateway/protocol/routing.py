@@ -67,17 +67,28 @@ def routing_from_json(header: Mapping[str, Any]) -> RoutingInfo:
     return RoutingInfo(batch=batch, request_id=rid, qos_ms=qos)
 
 
+def json_response_header(body: bytes, header_length: int | None) -> dict[str, Any] | None:
+    """The JSON header of an HTTP infer response (the whole body without the binary extension),
+    None when it is not a JSON object. Parsed once per reply: the backend reads the instance's
+    service time from it and the front end adds the gateway's parameters to it."""
+    try:
+        header = orjson.loads(body if header_length is None else memoryview(body)[:header_length])
+    except orjson.JSONDecodeError:
+        return None
+    return header if isinstance(header, dict) else None
+
+
 def add_json_parameters(
-    body: bytes, header_length: int | None, params: Mapping[str, Any]
+    body: bytes, header_length: int | None, params: Mapping[str, Any], header: dict[str, Any] | None = None
 ) -> tuple[bytes, int | None]:
     """The response body with ``params`` merged into its "parameters", and the new header length
-    (None for a plain JSON body). Bodies that are not a JSON object are returned unchanged."""
-    try:
-        header = orjson.loads(body if header_length is None else body[:header_length])
-    except orjson.JSONDecodeError:
-        return body, header_length
-    if not isinstance(header, dict):
-        return body, header_length
+    (None for a plain JSON body). ``header``: the body's header as ``json_response_header`` gave
+    it (parsed here if not given; it is changed in place). Bodies that are not a JSON object are
+    returned unchanged."""
+    if header is None:
+        header = json_response_header(body, header_length)
+        if header is None:
+            return body, header_length
     existing = header.get("parameters")
     header["parameters"] = {**existing, **params} if isinstance(existing, dict) else dict(params)
     encoded = orjson.dumps(header)
@@ -86,12 +97,9 @@ def add_json_parameters(
     return encoded + body[header_length:], len(encoded)
 
 
-def reported_service_ms_json(body: bytes, header_length: int | None) -> float | None:
-    try:
-        header = orjson.loads(body if header_length is None else body[:header_length])
-    except orjson.JSONDecodeError:
-        return None
-    params = header.get("parameters") if isinstance(header, dict) else None
+def reported_service_ms_json(header: Mapping[str, Any] | None) -> float | None:
+    """The service time an instance reported in a JSON response header, if any."""
+    params = header.get("parameters") if header is not None else None
     if isinstance(params, dict):
         for key in SERVICE_MS_KEYS:
             value = params.get(key)

@@ -12,6 +12,7 @@ from gateway.protocol.routing import (
     add_json_parameters,
     gateway_parameters,
     gateway_parameters_suffix,
+    json_response_header,
     reported_service_ms_json,
     reported_service_ms_proto,
     routing_from_json,
@@ -57,7 +58,12 @@ def test_json_parameters_merge_and_binary_tail_is_untouched() -> None:
     body, length = add_json_parameters(header + tail, len(header), {"gateway_instance": "gpu-0"})
     assert length is not None and body[length:] == tail
     assert orjson.loads(body[:length])["parameters"] == {"service_ms": 3.5, "gateway_instance": "gpu-0"}
-    assert reported_service_ms_json(header + tail, len(header)) == 3.5
+    assert reported_service_ms_json(json_response_header(header + tail, len(header))) == 3.5
+    assert reported_service_ms_json(json_response_header(b"[1, 2]", None)) is None  # not an object
+    assert reported_service_ms_json(json_response_header(b"{not json", None)) is None
+    # A header parsed once by the backend is reused, and the body is the same as parsing it here.
+    parsed = json_response_header(header + tail, len(header))
+    assert add_json_parameters(header + tail, len(header), {"gateway_instance": "gpu-0"}, parsed) == (body, length)
     plain, none = add_json_parameters(b'{"id": "a"}', None, {"gateway_e2e_ms": 1.0})
     assert none is None and orjson.loads(plain) == {"id": "a", "parameters": {"gateway_e2e_ms": 1.0}}
 
