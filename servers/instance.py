@@ -17,7 +17,7 @@ from functools import cache
 import numpy as np
 
 from gateway.errors import BadRequest, ModelNotFound, ProfileError
-from gateway.precise_timers import clock, sleeper_for
+from gateway.precise_timers import clock, sleeper_for  # clock: perf_counter, not whole-ms loop.time()
 from gateway.profiles import LatencyProfile
 from gateway.protocol.params import (
     INSTANCE_PARAM,
@@ -41,9 +41,6 @@ INPUT_SHAPE = (-1, -1)
 OUTPUT_NAME = "output0"
 OUTPUT_DATATYPE = "FP32"
 OUTPUT_SHAPE = (-1, 1)
-
-# The clock for service times (``precise_timers``'s). uvloop's loop.time() is cached per loop
-# iteration and millisecond-granular, too coarse for ~1 ms fidelity; perf_counter is sub-µs.
 
 
 @dataclass(frozen=True, slots=True)

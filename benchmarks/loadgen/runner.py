@@ -139,7 +139,7 @@ class _Run:
             spawned_without_yield += 1
 
 
-async def _progress_loop(run: _Run, progress: _Progress, loop: asyncio.AbstractEventLoop) -> None:
+async def _progress_loop(run: _Run, progress: _Progress) -> None:
     while True:
         await asyncio.sleep(progress.interval)
         progress.show(run.sent, run.done, run.errors, max(0.0, clock() - run.t0))
@@ -189,7 +189,7 @@ async def run_load(
     async with target:
         run = _Run(target, wl, cfg.qos_ms, abort_after_violations)
         progress = _Progress(progress_stream or sys.stderr, len(wl)) if cfg.progress else None
-        ticker = loop.create_task(_progress_loop(run, progress, loop)) if progress else None
+        ticker = loop.create_task(_progress_loop(run, progress)) if progress else None
         try:
             await run.send_all()
             while run.tasks:  # every request ends: answered, failed, timed out or cancelled
