@@ -65,8 +65,11 @@ class LatencyEstimator:
 
     def estimate(self, batches: np.ndarray) -> np.ndarray:
         """(Q, T) estimated mean service time (ms) of each batch on each type."""
-        b = np.minimum(np.maximum(np.asarray(batches, dtype=np.int64), 1), self.max_batch)
-        return self._by_batch.take(b, axis=0) + self.overhead_ms  # take: ~4x faster than [b] here
+        # Row 0 always equals row 1 (batch 0 is never served and shares batch 1's bucket), so
+        # clipping the indices to [0, max_batch] clamps the batches to [1, max_batch]: one call
+        # instead of three. take: ~4x faster than [b] here.
+        b = np.asarray(batches, dtype=np.int64)
+        return self._by_batch.take(b, axis=0, mode="clip") + self.overhead_ms
 
     def estimate_one(self, type_index: int, batch: int) -> float:
         b = min(max(int(batch), 1), self.max_batch)

@@ -22,7 +22,7 @@ def slack_matrix(snap: Snapshot, instances: np.ndarray | None = None) -> np.ndar
     # two thirds of the cost on matrices this small (the gateway builds one per query).
     est = snap.est_ms.take(types, axis=1)  # (Q, M)
     neg_finish = -left - est  # -(estimated time until the query would be done there)
-    slack = snap.coefficient[types] * neg_finish
+    slack = snap.coefficient.take(types) * neg_finish
     # The penalties apply only while the query is not yet late; a late query scores on slack.
     time_left = snap.time_left_ms
     safeguard = SAFEGUARD_FRACTION * snap.qos_ms

@@ -27,6 +27,16 @@ def test_starts_from_the_profile_means(est: LatencyEstimator) -> None:
     assert est.estimate_one(1, 155) == pytest.approx(table[2, 1])
 
 
+def test_batches_outside_the_profile_are_clamped_to_it_before_and_after_learning(est: LatencyEstimator) -> None:
+    odd = np.array([-3, 0, 1, est.max_batch, est.max_batch + 1, 10 * est.max_batch])
+    clamped = np.array([1, 1, 1, est.max_batch, est.max_batch, est.max_batch])
+    for _ in range(2):
+        assert np.array_equal(est.estimate(odd), est.estimate(clamped))
+        assert [est.estimate_one(1, int(b)) for b in odd] == [est.estimate_one(1, int(b)) for b in clamped]
+        est.observe(1, 1, 3.0 * est.estimate_one(1, 1))  # learning moves batch 1's bucket
+        est.observe(1, est.max_batch, 0.5 * est.estimate_one(1, est.max_batch))
+
+
 def test_heterogeneity_coefficient_is_one_for_the_fastest_at_the_largest_batch(est: LatencyEstimator) -> None:
     at_max = est.estimate(np.array([1000]))[0]
     assert est.coefficient[int(np.argmin(at_max))] == 1.0
