@@ -59,12 +59,12 @@ _libc = _load_libc()
 
 
 class TimerHandle:
-    """A callback due at a time on ``clock``; ``cancel`` keeps it from running."""
+    """A callback due at a time on ``clock`` (kept in the heap entry); ``cancel`` keeps it from
+    running."""
 
-    __slots__ = ("args", "callback", "cancelled", "when")
+    __slots__ = ("args", "callback", "cancelled")
 
-    def __init__(self, when: float, callback: Callable[..., object], args: tuple[object, ...]) -> None:
-        self.when = when
+    def __init__(self, callback: Callable[..., object], args: tuple[object, ...]) -> None:
         self.callback = callback
         self.args = args
         self.cancelled = False
@@ -93,7 +93,7 @@ class TimerFd:
 
     def call_at(self, when: float, callback: Callable[..., object], *args: object) -> TimerHandle:
         """Run ``callback(*args)`` on the loop once ``clock() >= when`` (seconds)."""
-        handle = TimerHandle(when, callback, args)
+        handle = TimerHandle(callback, args)
         heapq.heappush(self._heap, (when, next(self._seq), handle))
         if when < self._armed_at:
             self._arm(when)
