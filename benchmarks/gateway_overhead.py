@@ -12,6 +12,9 @@ each straight to one instance and through the gateway. Setups (``--setups``):
 * ``pool8``: 8 instances, one query in flight per instance (the paper's rule, the default);
 * ``single64``: 1 instance, ``--depth 64`` in the gateway (the gateway as a thin proxy).
 
+gRPC goes through each of the gateway's gRPC servers (``--grpc-servers``: its own, ``native``,
+and grpc.aio's, ``grpcio``), each against its own direct measurement in the same run.
+
 With two or more CPUs the gateway is pinned to cpu 0 and everything else (instances, load
 client) to cpu 1 (``os.sched_setaffinity``). The second core then caps the q/s of both paths,
 so the report also gives the gateway's own CPU time per query (from /proc, over the closed
@@ -215,20 +218,27 @@ def measure_setup(
     }))  # fmt: skip
     address_file = tmp / "instances.json"
     servers = start_servers(config, address_file, ["--zero-latency"], cpus=_cpus(other_cpu))
+    rows: list[dict[str, Any]] = []
     try:
         inst = servers.instances[0]
         gw_args = ["--address-file", str(address_file), "--depth", str(depth)]
-        gateway = start_gateway(config, gw_args, cpus=_cpus(gw_cpu))
-        try:
-            targets = {
-                ("grpc", "direct"): inst.grpc,
-                ("grpc", "gateway"): gateway.grpc,
-                ("http", "direct"): inst.http.removeprefix("http://"),
-                ("http", "gateway"): gateway.http,
-            }
-            rows = [_compare(name, p, targets, args, other_cpu, gateway.pid) for p in args.protocols]
-        finally:
-            gateway.stop()
+        for k, grpc_server in enumerate(args.grpc_servers):
+            # HTTP does not depend on the gRPC server: measured with the first one only.
+            protocols = [p for p in args.protocols if k == 0 or p == "grpc"]
+            if not protocols:
+                continue
+            gateway = start_gateway(config, [*gw_args, "--grpc-server", grpc_server], cpus=_cpus(gw_cpu))
+            try:
+                targets = {
+                    ("grpc", "direct"): inst.grpc,
+                    ("grpc", "gateway"): gateway.grpc,
+                    ("http", "direct"): inst.http.removeprefix("http://"),
+                    ("http", "gateway"): gateway.http,
+                }
+                server = {"grpc": grpc_server, "http": None}
+                rows += [_compare(name, p, server[p], targets, args, other_cpu, gateway.pid) for p in protocols]
+            finally:
+                gateway.stop()
     finally:
         servers.stop()
     return rows
@@ -237,17 +247,19 @@ def measure_setup(
 def _compare(
     name: str,
     protocol: str,
+    grpc_server: str | None,
     targets: dict[tuple[str, str], str],
     args: argparse.Namespace,
     cpu: int | None,
     gw_pid: int,
 ) -> dict[str, Any]:
     n_instances, depth = SETUPS[name]
-    row: dict[str, Any] = {"setup": name, "instances": n_instances, "depth": depth, "protocol": protocol}
+    row: dict[str, Any] = {"setup": name, "instances": n_instances, "depth": depth, "protocol": protocol,
+                           "grpc_server": grpc_server}  # fmt: skip
     for path in ("direct", "gateway"):
         watch = gw_pid if path == "gateway" else None
         print(
-            f"[overhead] {name} {protocol} {path}: closed x{args.concurrency}, open {args.rate:g} q/s",
+            f"[overhead] {name} {_label(row)} {path}: closed x{args.concurrency}, open {args.rate:g} q/s",
             flush=True,
         )
         closed = run_client(
@@ -275,7 +287,8 @@ def summarise(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     out = []
     for i, first in enumerate(runs[0]):
         rows = [run[i] for run in runs]
-        s: dict[str, Any] = {"setup": first["setup"], "protocol": first["protocol"], "repeats": len(rows)}
+        s: dict[str, Any] = {"setup": first["setup"], "protocol": first["protocol"],
+                             "grpc_server": first["grpc_server"], "repeats": len(rows)}  # fmt: skip
         for key in ("direct_qps", "gateway_qps", *KEYS):
             values = [v for r in rows if (v := _value(r, key)) is not None]
             if values:
@@ -285,6 +298,11 @@ def summarise(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
                 }
         out.append(s)
     return out
+
+
+def _label(row: dict[str, Any]) -> str:
+    """The protocol, and for gRPC the gateway's server: ``grpc/native``."""
+    return row["protocol"] if row["grpc_server"] is None else f"{row['protocol']}/{row['grpc_server']}"
 
 
 def _value(row: dict[str, Any], key: str) -> float | None:
@@ -297,12 +315,12 @@ def _value(row: dict[str, Any], key: str) -> float | None:
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
-    print(f"{'setup':<8} {'proto':<5} | {'direct q/s':>10} {'gateway q/s':>11} {'ratio':>6} | {'gw us/q':>7} "
+    print(f"{'setup':<8} {'proto':<11} | {'direct q/s':>10} {'gateway q/s':>11} {'ratio':>6} | {'gw us/q':>7} "
           f"{'q/s/core':>8} | {'direct p50/p99':>15} {'gateway p50/p99':>16} | {'added p50':>9} {'added p99':>9}")  # fmt: skip
     for r in rows:
         d, g = r["direct"], r["gateway"]
         us = r["gateway_us_per_query"]
-        print(f"{r['setup']:<8} {r['protocol']:<5} | {d['closed']['qps']:>10.0f} {g['closed']['qps']:>11.0f} "
+        print(f"{r['setup']:<8} {_label(r):<11} | {d['closed']['qps']:>10.0f} {g['closed']['qps']:>11.0f} "
               f"{r['qps_ratio']:>5.2f}x | {us or float('nan'):>7.0f} {r['gateway_qps_per_core'] or float('nan'):>8.0f} | "
               f"{d['open']['p50_ms']:>6.2f}/{d['open']['p99_ms']:<6.2f}ms {g['open']['p50_ms']:>7.2f}/{g['open']['p99_ms']:<6.2f}ms | "
               f"{r['added_p50_ms']:>7.2f}ms {r['added_p99_ms']:>7.2f}ms")  # fmt: skip
@@ -311,7 +329,7 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
 def print_summary(summary: list[dict[str, Any]]) -> None:
     print(f"\nbest / median over {summary[0]['repeats']} runs")
     print(
-        f"{'setup':<8} {'proto':<5} | {'direct q/s':>13} {'gateway q/s':>13} {'ratio':>11} | {'gw q/s/core':>13} | {'added p99 ms':>13}"
+        f"{'setup':<8} {'proto':<11} | {'direct q/s':>13} {'gateway q/s':>13} {'ratio':>11} | {'gw q/s/core':>13} | {'added p99 ms':>13}"
     )
 
     def cell(s: dict[str, Any], key: str, fmt: str) -> str:
@@ -319,7 +337,7 @@ def print_summary(summary: list[dict[str, Any]]) -> None:
         return "-" if v is None else f"{v['best']:{fmt}}/{v['median']:{fmt}}"
 
     for s in summary:
-        print(f"{s['setup']:<8} {s['protocol']:<5} | {cell(s, 'direct_qps', '.0f'):>13} {cell(s, 'gateway_qps', '.0f'):>13} "
+        print(f"{s['setup']:<8} {_label(s):<11} | {cell(s, 'direct_qps', '.0f'):>13} {cell(s, 'gateway_qps', '.0f'):>13} "
               f"{cell(s, 'qps_ratio', '.2f'):>11} | {cell(s, 'gateway_qps_per_core', '.0f'):>13} | {cell(s, 'added_p99_ms', '.2f'):>13}")  # fmt: skip
 
 
@@ -336,6 +354,8 @@ def main() -> None:
     ap.add_argument("--protocols", nargs="+", choices=["grpc", "http"], default=["grpc", "http"])
     ap.add_argument("--backend-protocol", choices=["grpc", "http"], default=None,
                     help="the gateway's gateway.backend_protocol (default: the config default)")
+    ap.add_argument("--grpc-servers", nargs="+", choices=["native", "grpcio"], default=["native", "grpcio"],
+                    help="the gateway's gRPC servers to measure, each in the same run (default: both)")
     ap.add_argument("--repeat", type=int, default=1, help="runs of the whole benchmark (best and median)")
     ap.add_argument("--out", default="results/gateway_overhead.json")
     args = ap.parse_args()
@@ -352,7 +372,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "model": MODEL, "policy": args.policy, "backend_protocol": args.backend_protocol, "concurrency": args.concurrency, "rate": args.rate,
+        "model": MODEL, "policy": args.policy, "backend_protocol": args.backend_protocol, "grpc_servers": args.grpc_servers, "concurrency": args.concurrency, "rate": args.rate,
         "duration_s": args.duration, "gateway_cpu": cpus[0], "command": " ".join(["python -m benchmarks.gateway_overhead", *sys.argv[1:]]),
         "summary": summary, "runs": runs,
     }, indent=2))  # fmt: skip

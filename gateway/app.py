@@ -18,7 +18,10 @@ from gateway.dispatch import Dispatcher
 from gateway.errors import ConfigError, ProfileError
 from gateway.estimator import LatencyEstimator
 from gateway.frontend.grpc import GrpcFrontend
+from gateway.frontend.grpcio import start_grpcio_server
 from gateway.frontend.http import HttpFrontend
+from gateway.grpc_server import GrpcServer
+from gateway.grpc_server.server import ServerSettings
 from gateway.metrics import GatewayMetrics
 from gateway.policies import make_policy
 from gateway.pool import Endpoint, HealthProber
@@ -36,6 +39,7 @@ class GatewaySettings:
     max_pending: int
     http_port: int
     grpc_port: int
+    grpc_server: str = "native"
     seed: int = 0
     pipeline: bool = True
     backend_timeout_ms: float | None = None
@@ -50,6 +54,7 @@ class GatewaySettings:
             "max_pending": g.max_pending,
             "http_port": g.http_port,
             "grpc_port": g.grpc_port,
+            "grpc_server": g.grpc_server,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
@@ -90,7 +95,7 @@ class Gateway:
         self._prober: HealthProber | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        self._grpc_server: grpc.aio.Server | None = None
+        self._grpc_server: GrpcServer | grpc.aio.Server | None = None
 
     async def start(self) -> None:
         """Connect to the pool, probe it once, and listen on both front ends."""
@@ -119,19 +124,17 @@ class Gateway:
         await self._site.start()
         self.http_port = int(self._runner.addresses[0][1])
 
+        methods = GrpcFrontend(core).methods()
         max_msg = cfg.gateway.max_body_bytes
-        self._grpc_server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", max_msg),
-                ("grpc.max_send_message_length", -1),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        self._grpc_server.add_generic_rpc_handlers((GrpcFrontend(core).handler(),))
-        self.grpc_port = self._grpc_server.add_insecure_port(f"{cfg.host}:{self.settings.grpc_port}")
-        if self.grpc_port == 0:
-            raise ConfigError(f"gateway.grpc_port: cannot listen on {cfg.host}:{self.settings.grpc_port}")
-        await self._grpc_server.start()
+        if self.settings.grpc_server == "grpcio":
+            self._grpc_server, self.grpc_port = await start_grpcio_server(
+                methods, cfg.host, self.settings.grpc_port, max_msg
+            )
+            if self.grpc_port == 0:
+                raise ConfigError(f"gateway.grpc_port: cannot listen on {cfg.host}:{self.settings.grpc_port}")
+        else:
+            self._grpc_server = GrpcServer(methods, ServerSettings(max_message_bytes=max_msg))
+            self.grpc_port = await self._grpc_server.start(cfg.host, self.settings.grpc_port)
 
     async def stop(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Graceful: stop accepting, answer every accepted query, then close everything."""

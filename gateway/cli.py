@@ -17,7 +17,7 @@ import signal
 import sys
 
 from gateway.app import Gateway, GatewaySettings
-from gateway.config import load_config
+from gateway.config import GRPC_SERVERS, load_config
 from gateway.errors import ConfigError
 from gateway.gc_freeze import freeze_startup_objects
 from gateway.policies import POLICY_NAMES
@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--http-port", type=int, help="HTTP port (0 = any free port)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (0 = any free port)")
+    p.add_argument(
+        "--grpc-server", choices=GRPC_SERVERS, help="gRPC server: native (on the event loop) or grpcio (default: from config)"
+    )
     p.add_argument("--depth", type=int, help="queries in flight per instance (default: from config)")
     p.add_argument(
         "--pipeline",
@@ -76,6 +79,7 @@ async def serve(args: argparse.Namespace) -> None:
         pipeline=args.pipeline,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
+        grpc_server=args.grpc_server,
         seed=args.seed,
     )
     gateway = Gateway(config, instances, settings)

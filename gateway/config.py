@@ -17,6 +17,8 @@ from gateway.policies import POLICY_NAMES
 from gateway.profiles import Catalogue, load_catalogue
 
 BACKEND_PROTOCOLS = ("grpc", "http")
+# The gateway's own gRPC server on the event loop, or grpc.aio's (gateway/grpc_server/).
+GRPC_SERVERS = ("native", "grpcio")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,7 @@ class GatewayConfig:
     probe_interval_s: float = 1.0
     backend_protocol: str = "http"  # gRPC queries translated to HTTP: cheaper (backend/grpc_over_http.py)
     max_body_bytes: int = 64 * 1024 * 1024
+    grpc_server: str = "native"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,7 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None) -> Config:
         probe_interval_s=g.float("probe_interval_s", dg.probe_interval_s),
         backend_protocol=g.str("backend_protocol", dg.backend_protocol, choices=BACKEND_PROTOCOLS),
         max_body_bytes=g.int("max_body_bytes", dg.max_body_bytes, lo=1024),
+        grpc_server=g.str("grpc_server", dg.grpc_server, choices=GRPC_SERVERS),
     )
     return Config(
         model=model,

@@ -1,74 +1,85 @@
-"""V2 gRPC front end (grpc.aio GRPCInferenceService).
+"""V2 gRPC front end: the GRPCInferenceService's methods as bytes in, bytes out.
 
-``ModelInfer`` is registered without (de)serializers: the request arrives as bytes, is parsed
-once for routing and forwarded as those same bytes; the instance's response bytes go back with
-the gateway's parameters appended as a serialized map entry (protobuf merges them).
+The same methods are served by either gRPC server (``gateway.grpc_server``, the default, or
+grpc.aio through ``gateway.frontend.grpcio``); errors leave as ``RpcError`` and each server
+turns them into its status. ``ModelInfer``'s request is parsed once for routing and forwarded
+as those same bytes; the instance's response bytes go back with the gateway's parameters
+appended as a serialized map entry (protobuf merges them).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from gateway.backend import InstanceFailure, RoutedRequest
 from gateway.backend.base import GRPC
 from gateway.core import GatewayCore
 from gateway.errors import InferenceError, ModelNotFound, Overloaded, Unavailable
 from gateway.frontend import METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
+from gateway.grpc_server import RpcError, UnaryMethod
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.errors import grpc_status
 from gateway.protocol.routing import gateway_parameters_suffix, routing_from_proto
 from gateway.protocol.v2 import GRPC_SERVICE, decode_proto_infer
 
 
+class _Message(Protocol):
+    def SerializeToString(self) -> bytes: ...
+
+
+def _typed(fn: Callable[[Any], Awaitable[_Message]], request_type: Any) -> UnaryMethod:
+    """A method on protobuf messages as one on their bytes."""
+
+    async def call(raw: bytes) -> bytes:
+        try:
+            request = request_type.FromString(raw)
+        except DecodeError:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot parse {request_type.__name__}") from None
+        return (await fn(request)).SerializeToString()
+
+    return call
+
+
 class GrpcFrontend:
     def __init__(self, core: GatewayCore) -> None:
         self.core = core
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        def typed(fn: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler:
-            return grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
-            )
+    def methods(self) -> dict[str, UnaryMethod]:
+        """Every method by its full path (``/inference.GRPCInferenceService/ModelInfer``)."""
+        typed = {
+            "ServerLive": _typed(self.server_live, pb.ServerLiveRequest),
+            "ServerReady": _typed(self.server_ready, pb.ServerReadyRequest),
+            "ModelReady": _typed(self.model_ready, pb.ModelReadyRequest),
+            "ServerMetadata": _typed(self.server_metadata, pb.ServerMetadataRequest),
+            "ModelMetadata": _typed(self.model_metadata, pb.ModelMetadataRequest),
+        }
+        methods: dict[str, UnaryMethod] = {f"/{GRPC_SERVICE}/{name}": fn for name, fn in typed.items()}
+        methods[f"/{GRPC_SERVICE}/ModelInfer"] = self.model_infer  # bytes in and out
+        return methods
 
-        return grpc.method_handlers_generic_handler(
-            GRPC_SERVICE,
-            {
-                "ServerLive": typed(self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
-                "ServerReady": typed(self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
-                "ModelReady": typed(self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
-                "ServerMetadata": typed(self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
-                "ModelMetadata": typed(self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-                "ModelInfer": grpc.unary_unary_rpc_method_handler(self.model_infer),  # bytes in and out
-            },
-        )
-
-    async def server_live(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+    async def server_live(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def server_ready(
-        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ServerReadyResponse:
+    async def server_ready(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.core.ready)
 
-    async def model_ready(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+    async def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
         if request.name != self.core.model:
-            await self._abort(context, ModelNotFound(f"unknown model {request.name!r}"), request.name)
+            raise self._abort(ModelNotFound(f"unknown model {request.name!r}"), request.name)
         return pb.ModelReadyResponse(ready=self.core.model_ready(request.name))
 
-    async def server_metadata(
-        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ServerMetadataResponse:
+    async def server_metadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
 
-    async def model_metadata(
-        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelMetadataResponse:
+    async def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
         if request.name != self.core.model:
-            await self._abort(context, ModelNotFound(f"unknown model {request.name!r}"), request.name)
+            raise self._abort(ModelNotFound(f"unknown model {request.name!r}"), request.name)
         for client in self.core.metadata_clients():
             if client.grpc is None:
                 continue
@@ -76,10 +87,9 @@ class GrpcFrontend:
                 return await client.grpc.model_metadata(request, METADATA_TIMEOUT_S)
             except InstanceFailure:
                 continue
-        await self._abort(context, Unavailable(f"no instance answered metadata for {request.name!r}"), request.name)
-        raise AssertionError("unreachable")
+        raise self._abort(Unavailable(f"no instance answered metadata for {request.name!r}"), request.name)
 
-    async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def model_infer(self, raw: bytes) -> bytes:
         start = time.perf_counter()
         model: str | None = None
         try:
@@ -101,12 +111,11 @@ class GrpcFrontend:
                 )
             )
         except InferenceError as exc:
-            await self._abort(context, exc, model)
-            raise AssertionError("unreachable") from None
+            raise self._abort(exc, model) from None
         reply = result.reply
         self._count(model, reply.grpc_code)
         if not reply.ok:  # the instance's own client error, unchanged
-            await context.abort(reply.grpc_code, reply.grpc_details)
+            raise RpcError(reply.grpc_code, reply.grpc_details)
         e2e_ms = (time.perf_counter() - start) * 1000.0
         return reply.body + gateway_parameters_suffix(result.instance, result.queue_ms, e2e_ms)
 
@@ -114,9 +123,11 @@ class GrpcFrontend:
         label = model if model == self.core.model else "other"
         self.core.metrics.requests_of(label, code.name, GRPC).inc()
 
-    async def _abort(self, context: grpc.aio.ServicerContext, exc: InferenceError, model: str | None) -> None:
+    def _abort(self, exc: InferenceError, model: str | None) -> RpcError:
+        """Count the error; returns it as the status to raise."""
         code = grpc_status(exc)
         self._count(model, code)
+        trailers: tuple[tuple[str, str], ...] = ()
         if isinstance(exc, Overloaded):
-            context.set_trailing_metadata((("retry-after", str(max(1, math.ceil(exc.retry_after_s)))),))
-        await context.abort(code, str(exc))
+            trailers = (("retry-after", str(max(1, math.ceil(exc.retry_after_s)))),)
+        return RpcError(code, str(exc), trailers)

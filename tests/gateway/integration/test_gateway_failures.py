@@ -1,5 +1,5 @@
 """The gateway under failure: an instance killed mid-load, a pool that goes away, a full
-queue, and SIGTERM with queries in flight. rm2 pools (service times of tens of ms)."""
+queue, and SIGTERM with queries in flight (HTTP, and gRPC on either server). rm2 pools (service times of tens of ms)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tg
@@ -24,6 +25,9 @@ from gateway_process import (
     post_infer,
 )
 from helpers.pool import RunningPool
+
+from gateway.protocol import grpc_predict_v2_pb2 as pb
+from gateway.protocol.v2 import GRPC_INFER_METHOD
 
 pytestmark = pytest.mark.slow
 MODEL = "rm2"
@@ -140,6 +144,30 @@ async def test_sigterm_answers_queries_in_flight_then_exits_0(
         results = await asyncio.wait_for(load, 20)
     assert [r[0] for r in results] == [200] * 8
     assert sorted(r[1]["id"] for r in results) == sorted(f"s{i}" for i in range(8))
+    assert await asyncio.get_running_loop().run_in_executor(None, gw.process.wait, 15) == 0
+
+
+@pytest.mark.parametrize("grpc_server", ["native", "grpcio"])
+async def test_sigterm_answers_grpc_queries_in_flight_then_exits_0(
+    server_pool: Callable[..., RunningPool], gateway_proc: Callable[..., RunningGateway], grpc_server: str
+) -> None:
+    pool = server_pool(pool={"r5n.large": 2}, model=MODEL)
+    gw = gateway_proc(pool, gateway={"grpc_server": grpc_server})
+    channel = grpc.aio.insecure_channel(gw.grpc)
+    call = channel.unary_unary(GRPC_INFER_METHOD)
+    requests = []
+    for i in range(8):
+        r = pb.ModelInferRequest(model_name=MODEL, id=f"s{i}")
+        r.inputs.add(name="input0", datatype="FP32", shape=[200, 1])
+        r.raw_input_contents.append(np.zeros(200, dtype=np.float32).tobytes())
+        requests.append(r.SerializeToString())
+    load = asyncio.gather(*(call(body, timeout=20) for body in requests), return_exceptions=True)
+    await asyncio.sleep(0.15)
+    gw.process.send_signal(signal.SIGTERM)
+    replies = await asyncio.wait_for(load, 20)
+    await channel.close()
+    assert all(isinstance(r, bytes) for r in replies), replies
+    assert sorted(pb.ModelInferResponse.FromString(r).id for r in replies) == sorted(f"s{i}" for i in range(8))
     assert await asyncio.get_running_loop().run_in_executor(None, gw.process.wait, 15) == 0
 
 

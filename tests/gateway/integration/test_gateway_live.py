@@ -1,5 +1,6 @@
 """A live gateway in front of a live ncf pool (1 GPU + 2 CPU instances), over HTTP and gRPC with
-tritonclient: traffic, routing, responses, metadata, metrics and bad input."""
+tritonclient: traffic, routing, responses, metadata, metrics and bad input; once with each gRPC
+server (the gateway's own and grpc.aio)."""
 
 from __future__ import annotations
 
@@ -30,12 +31,16 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPool]:
         yield p
 
 
-@pytest.fixture(scope="module")
-def gw(pool: RunningPool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+@pytest.fixture(scope="module", params=["native", "grpcio"])
+def gw(
+    pool: RunningPool, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[RunningGateway]:
     directory = tmp_path_factory.mktemp("gateway")
     # ncf's QoS in the paper (5 ms): with a loose QoS, the heterogeneity-weighted slack
     # (c x -estimate) may rightly prefer a CPU for a large batch.
-    config = gateway_config(pool.config_path, directory, qos_ms=5, max_body_bytes=65536)
+    config = gateway_config(
+        pool.config_path, directory, qos_ms=5, max_body_bytes=65536, grpc_server=request.param
+    )
     running = launch_gateway(config, ["--address-file", str(pool.address_file), "--policy", "kairos"], directory)
     yield running
     assert running.stop(signal.SIGTERM) == 0
