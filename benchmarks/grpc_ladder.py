@@ -4,7 +4,7 @@ The same closed-loop gRPC client (``gateway_overhead``'s, batch-1 ncf, 32 in fli
 ladder of servers on cpu 0, each doing a little more of what the gateway does, in front of the
 same 8 zero-latency instances on cpu 1:
 
-* ``echo``: a grpc.aio server that returns the request: grpc.aio's own cost per call;
+* ``echo``: a gRPC server that returns the request: the server's own cost per call;
 * ``forward``: each call POSTs the same HTTP body (the first request, translated once) to an
   instance over the gateway's HTTP/1.1 client (``HttpBackend``) and returns the answer's bytes;
 * ``translate``: each call is read as the gateway's front end reads it, sent to an instance
@@ -12,6 +12,9 @@ same 8 zero-latency instances on cpu 1:
   translated), and answered with the gateway's parameters appended;
 * ``gateway-fcfs``, ``gateway-kairos``: ``kairos-gateway`` itself (core, dispatcher, policy,
   metrics on top).
+
+The ladder is climbed once on each gRPC server of ``--grpc-servers``: the gateway's own
+(``native``) and grpc.aio (``grpcio``); the gateway rungs are started with the same choice.
 
 Reports the CPU time of the server process per query (all its threads, from /proc) per rung,
 the median over ``--repeat`` rounds (rungs interleaved within a round), and what each rung adds.
@@ -22,6 +25,7 @@ the median over ``--repeat`` rounds (rungs interleaved within a round), and what
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import os
@@ -41,23 +45,23 @@ GATEWAY_RUNGS = {"gateway-fcfs": "fcfs", "gateway-kairos": "kairos"}
 RUNGS = (*SERVER_RUNGS, *GATEWAY_RUNGS)
 
 
-async def _serve(rung: str, http_urls: list[str]) -> None:
+async def _serve(rung: str, grpc_server: str, http_urls: list[str]) -> None:
     """One ladder server (``--server``): prints its port, serves until killed."""
-    import grpc
-
     from gateway.backend.base import GRPC, RoutedRequest
     from gateway.backend.grpc_over_http import GrpcOverHttp
     from gateway.backend.http_client import HttpBackend
+    from gateway.frontend.grpcio import start_grpcio_server
+    from gateway.grpc_server import GrpcServer
     from gateway.protocol.routing import gateway_parameters_suffix, routing_from_proto
     from gateway.protocol.translate import BINARY_CONTENT_TYPE, HttpInfer, proto_request_to_http
-    from gateway.protocol.v2 import GRPC_SERVICE, INFERENCE_HEADER, decode_proto_infer
+    from gateway.protocol.v2 import GRPC_INFER_METHOD, INFERENCE_HEADER, decode_proto_infer
 
     backends = [HttpBackend(f"i{k}", url) for k, url in enumerate(http_urls)]
     translating = [GrpcOverHttp(b) for b in backends]
     turn = itertools.count()
     first: list[HttpInfer] = []
 
-    async def infer(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def infer(raw: bytes) -> bytes:
         if rung == "echo":
             return raw
         k = next(turn) % len(backends)
@@ -76,19 +80,22 @@ async def _serve(rung: str, http_urls: list[str]) -> None:
         e2e_ms = (time.perf_counter() - start) * 1000.0
         return reply.body + gateway_parameters_suffix(backends[k].name, 0.0, e2e_ms)
 
-    server = grpc.aio.server()
-    handlers = {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(GRPC_SERVICE, handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    methods = {GRPC_INFER_METHOD: infer}
+    if grpc_server == "native":
+        server = GrpcServer(methods)
+        print(await server.start("127.0.0.1", 0), flush=True)
+        await asyncio.Event().wait()
+    aio, port = await start_grpcio_server(methods, "127.0.0.1", 0, 4 * 1024 * 1024)
     print(port, flush=True)
-    await server.wait_for_termination()
+    await aio.wait_for_termination()
 
 
-def _measure_server(rung: str, http_urls: list[str], args: argparse.Namespace, cpus: tuple[Any, Any]) -> dict[str, Any]:
+def _measure_server(
+    rung: str, grpc_server: str, http_urls: list[str], args: argparse.Namespace, cpus: tuple[Any, Any]
+) -> dict[str, Any]:
     gw_cpu, other_cpu = cpus
     pin = None if gw_cpu is None else (lambda: os.sched_setaffinity(0, {gw_cpu}))
-    cmd = [sys.executable, "-m", "benchmarks.grpc_ladder", "--server", rung, *http_urls]
+    cmd = [sys.executable, "-m", "benchmarks.grpc_ladder", "--server", rung, grpc_server, *http_urls]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=pin)
     try:
         assert proc.stdout is not None
@@ -99,7 +106,8 @@ def _measure_server(rung: str, http_urls: list[str], args: argparse.Namespace, c
         proc.wait()
 
 
-def _round(args: argparse.Namespace, cpus: tuple[Any, Any]) -> dict[str, dict[str, Any]]:
+def _round(args: argparse.Namespace, cpus: tuple[Any, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{grpc server: {rung: client result}} for one round."""
     gw_cpu, other_cpu = cpus
     tmp = Path(tempfile.mkdtemp(prefix="kairos-ladder-"))
     config = tmp / "config.json"
@@ -109,27 +117,30 @@ def _round(args: argparse.Namespace, cpus: tuple[Any, Any]) -> dict[str, dict[st
     }))  # fmt: skip
     address_file = tmp / "instances.json"
     servers = start_servers(config, address_file, ["--zero-latency"], cpus=None if other_cpu is None else {other_cpu})
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, dict[str, Any]]] = {g: {} for g in args.grpc_servers}
     try:
         urls = [inst.http for inst in servers.instances]
         for rung in args.rungs:
-            print(f"[ladder] {rung}", flush=True)
-            if rung in SERVER_RUNGS:
-                out[rung] = _measure_server(rung, urls, args, cpus)
-                continue
-            gateway = start_gateway(config, ["--address-file", str(address_file), "--policy", GATEWAY_RUNGS[rung]],
-                                    cpus=None if gw_cpu is None else {gw_cpu})  # fmt: skip
-            try:
-                out[rung] = run_client("grpc", gateway.grpc, "closed", args.concurrency, args.duration, other_cpu,
-                                       gateway.pid)  # fmt: skip
-            finally:
-                gateway.stop()
+            for grpc_server in args.grpc_servers:
+                print(f"[ladder] {grpc_server} {rung}", flush=True)
+                if rung in SERVER_RUNGS:
+                    out[grpc_server][rung] = _measure_server(rung, grpc_server, urls, args, cpus)
+                    continue
+                gateway = start_gateway(config, ["--address-file", str(address_file), "--policy", GATEWAY_RUNGS[rung],
+                                                 "--grpc-server", grpc_server],
+                                        cpus=None if gw_cpu is None else {gw_cpu})  # fmt: skip
+                try:
+                    out[grpc_server][rung] = run_client("grpc", gateway.grpc, "closed", args.concurrency,
+                                                        args.duration, other_cpu, gateway.pid)  # fmt: skip
+                finally:
+                    gateway.stop()
     finally:
         servers.stop()
     return out
 
 
 def summarise(rounds: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Rows per rung, over rounds of one server: {rung: client result}."""
     rows = []
     previous = None
     for rung in [r for r in RUNGS if r in rounds[0]]:
@@ -144,18 +155,21 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     return rows
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(by_server: dict[str, list[dict[str, Any]]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    names = [r["rung"] for r in rows]
-    ax.bar(names, [r["median_us"] or 0 for r in rows], color="tab:blue")
-    for i, r in enumerate(rows):
-        for v in r["us_per_query"]:
-            ax.plot(i, v, "k.", ms=4)
+    fig, ax = plt.subplots(figsize=(7.5, 3.5))
+    width = 0.8 / len(by_server)
+    for k, (server, rows) in enumerate(by_server.items()):
+        xs = [i + (k - (len(by_server) - 1) / 2) * width for i in range(len(rows))]
+        ax.bar(xs, [r["median_us"] or 0 for r in rows], width, label=server)
+        for x, r in zip(xs, rows, strict=True):
+            ax.plot([x] * len(r["us_per_query"]), r["us_per_query"], "k.", ms=3)
+    first = next(iter(by_server.values()))
+    ax.set_xticks(range(len(first)), [r["rung"] for r in first])
     ax.axhline(1e6 / 3000, color="tab:red", ls="--", lw=1, label="3,000 q/s per core")
     ax.set_ylabel("server CPU per gRPC query (us)")
     ax.legend(fontsize=8)
@@ -171,13 +185,15 @@ def main(argv: list[str] | None = None) -> int:
 
         import gateway  # noqa: F401  (the gRPC core settings, before grpc loads)
 
-        uvloop.run(_serve(argv[1], argv[2:]))
+        uvloop.run(_serve(argv[1], argv[2], argv[3:]))
         return 0
     ap = argparse.ArgumentParser(prog="python -m benchmarks.grpc_ladder", description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--duration", type=float, default=6.0, help="seconds per measurement")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=3, help="rounds over the whole ladder (medians reported)")
     ap.add_argument("--rungs", default=",".join(RUNGS), help=f"some of {','.join(RUNGS)}")
+    ap.add_argument("--grpc-servers", nargs="+", choices=["native", "grpcio"], default=["native", "grpcio"],
+                    help="gRPC servers to climb the ladder on, in the same run (default: both)")
     ap.add_argument("--out", default="results/grpc_ladder.json")
     args = ap.parse_args(argv)
     args.rungs = [r for r in RUNGS if r in args.rungs.split(",")]
@@ -188,20 +204,22 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.repeat):
         print(f"[ladder] round {i + 1}/{args.repeat}", flush=True)
         rounds.append(_round(args, cpus))
-    rows = summarise(rounds)
-    print(f"\n{'rung':<16} {'us/query (median)':>18} {'adds':>8} {'q/s':>8}   each round")
-    for r in rows:
-        adds = "" if r["adds_us"] is None else f"{r['adds_us']:+.0f}"
-        each = " ".join(f"{v:.0f}" for v in r["us_per_query"])
-        print(f"{r['rung']:<16} {r['median_us'] or float('nan'):>18.0f} {adds:>8} {r['median_qps']:>8.0f}   {each}")
+    by_server = {g: summarise([r[g] for r in rounds]) for g in args.grpc_servers}
+    print(f"\n{'server':<7} {'rung':<16} {'us/query (median)':>18} {'adds':>8} {'q/s':>8}   each round")
+    for server, rows in by_server.items():
+        for r in rows:
+            adds = "" if r["adds_us"] is None else f"{r['adds_us']:+.0f}"
+            each = " ".join(f"{v:.0f}" for v in r["us_per_query"])
+            print(f"{server:<7} {r['rung']:<16} {r['median_us'] or float('nan'):>18.0f} {adds:>8} "
+                  f"{r['median_qps']:>8.0f}   {each}")  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "command": " ".join(["python -m benchmarks.grpc_ladder", *argv]), "date": time.strftime("%Y-%m-%d"),
-        "concurrency": args.concurrency, "duration_s": args.duration, "server_cpu": cpus[0], "rows": rows,
+        "concurrency": args.concurrency, "duration_s": args.duration, "server_cpu": cpus[0], "rows": by_server,
         "rounds": rounds,
     }, indent=1))  # fmt: skip
-    plot(rows, out.with_suffix(".png"))
+    plot(by_server, out.with_suffix(".png"))
     print(f"\nwrote {out} and {out.with_suffix('.png')}")
     return 0
 
