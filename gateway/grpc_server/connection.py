@@ -470,7 +470,7 @@ class GrpcConnection(asyncio.Protocol):
         """Send what flow control allows of a stream's answer; its trailers once all is sent."""
         pending = stream.pending
         assert pending is not None
-        while pending and self._send_window > 0:
+        while pending and stream.send_window > 0 and self._send_window > 0:
             n = min(len(pending), stream.send_window, self._send_window, self._peer_max_frame)
             self._write(frame(_DATA, 0, stream.id, pending[:n]))
             pending = pending[n:]
