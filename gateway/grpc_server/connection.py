@@ -55,6 +55,7 @@ _DATA, _HEADERS, _CONTINUATION = FrameType.DATA, FrameType.HEADERS, FrameType.CO
 _END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = Flag.END_STREAM, Flag.END_HEADERS, Flag.PADDED, Flag.PRIORITY
 _MESSAGE_PREFIX = struct.Struct(">BI")  # gRPC message framing: compressed flag, length
 _U32 = struct.Struct(">I")
+CLOSE_LINGER_S = 1.0  # how long a drained connection waits for the client to close it
 _OK_TRAILERS_FRAME_FLAGS = Flag.END_HEADERS | Flag.END_STREAM
 
 
@@ -95,6 +96,7 @@ class GrpcConnection(asyncio.Protocol):
         self._send_window = DEFAULT_WINDOW
         self._recv_unacked = 0
         self._draining = False  # GOAWAY sent or received: no new streams, close when idle
+        self._eof_sent = False
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -111,7 +113,10 @@ class GrpcConnection(asyncio.Protocol):
         })  # fmt: skip
         if s.connection_window > DEFAULT_WINDOW:  # an increment of 0 is a connection error (RFC 9113 6.9)
             preface += window_update(0, s.connection_window - DEFAULT_WINDOW)
+        if self._draining:  # the server began to stop before this connection was set up
+            preface += goaway(0, ErrorCode.NO_ERROR)
         transport.write(preface)
+        self._close_if_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -121,6 +126,8 @@ class GrpcConnection(asyncio.Protocol):
             self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self._eof_sent:  # read and dropped, so that the close is not a reset
+            return
         if self._buf:
             self._buf += data
             buf: bytes | bytearray = self._buf
@@ -142,11 +149,12 @@ class GrpcConnection(asyncio.Protocol):
 
     def drain(self) -> None:
         """Refuse new streams (GOAWAY), finish the open ones, then close."""
-        if self._transport is None or self._draining:
+        if self._draining:
             return
         self._draining = True
-        self._transport.write(goaway(self._last_stream_id, ErrorCode.NO_ERROR))
-        self._close_if_idle()
+        if self._transport is not None:  # else connection_made sends it
+            self._transport.write(goaway(self._last_stream_id, ErrorCode.NO_ERROR))
+            self._close_if_idle()
 
     def abort(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
         """Close now: GOAWAY with ``code``, then the socket (open calls are cancelled)."""
@@ -154,12 +162,28 @@ class GrpcConnection(asyncio.Protocol):
             return
         if code != ErrorCode.NO_ERROR:
             log.info("gRPC connection error %s: %s", code.name, reason)
-        self._transport.write(goaway(self._last_stream_id, code, reason.encode()[:256]))
+        self._write(goaway(self._last_stream_id, code, reason.encode()[:256]))
         self._transport.close()
 
     def _close_if_idle(self) -> None:
-        if self._draining and not self._streams and self._transport is not None:
-            self._transport.close()
+        """Once draining and idle: half-close, and close when the client does (or in a second).
+
+        Why not close at once: a socket closed with unread bytes (a PING or WINDOW_UPDATE in
+        flight) is reset, and a reset may drop the end of the last answer on its way out.
+        """
+        transport = self._transport
+        if not self._draining or self._streams or transport is None or self._eof_sent:
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self._eof_sent = True
+        try:
+            transport.write_eof()
+        except OSError:  # the client is gone already
+            transport.close()
+            return
+        self._loop.call_later(CLOSE_LINGER_S, transport.close)
 
     # -- frames in ---------------------------------------------------------------------------
 
@@ -315,8 +339,10 @@ class GrpcConnection(asyncio.Protocol):
             else:
                 self._end_of_request(stream)
             return
-        if stream_id % 2 == 0 or stream_id <= self._last_stream_id:
-            raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, f"HEADERS opening stream {stream_id} out of order")
+        if stream_id % 2 == 0:
+            raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, f"HEADERS on server stream {stream_id}")
+        if stream_id <= self._last_stream_id:
+            return  # a stream this server answered or reset: its frames may still be in flight
         self._last_stream_id = stream_id
         if self._draining or len(self._streams) >= self._settings.max_concurrent_streams:
             self._write(rst_stream(stream_id, ErrorCode.REFUSED_STREAM))
@@ -363,6 +389,8 @@ class GrpcConnection(asyncio.Protocol):
             raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
         counted = len(payload)  # padding included, as flow control counts it
         self._recv_unacked += counted
+        if self._recv_unacked > self._settings.connection_window:
+            raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "DATA past the connection window")
         if self._recv_unacked >= self._settings.connection_window // 2:
             self._write(window_update(0, self._recv_unacked))
             self._recv_unacked = 0
@@ -373,6 +401,10 @@ class GrpcConnection(asyncio.Protocol):
             return  # a stream already answered or refused: its data may still be in flight
         if stream.remote_closed:
             self._reset(stream, ErrorCode.STREAM_CLOSED)
+            return
+        stream.unacked += counted
+        if stream.unacked > self._settings.stream_window:
+            self._reset(stream, ErrorCode.FLOW_CONTROL_ERROR)
             return
         stream.size += len(payload)
         limit = self._settings.max_message_bytes
@@ -388,7 +420,6 @@ class GrpcConnection(asyncio.Protocol):
             stream.remote_closed = True
             self._end_of_request(stream)
             return
-        stream.unacked += counted
         if stream.unacked >= self._settings.stream_window // 2:
             self._write(window_update(stream_id, stream.unacked))
             stream.unacked = 0
@@ -442,7 +473,7 @@ class GrpcConnection(asyncio.Protocol):
     # -- frames out --------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        if self._transport is not None:
+        if self._transport is not None and not self._eof_sent:
             self._transport.write(data)
 
     def _send_reply(self, stream: _Stream, reply: bytes) -> None:
