@@ -17,7 +17,9 @@ class GrpcioHandler(grpc.GenericRpcHandler):
     """Looks a call's full method path up in ``methods``; requests and responses stay bytes."""
 
     def __init__(self, methods: Mapping[str, UnaryMethod]) -> None:
-        self._handlers = {path: grpc.unary_unary_rpc_method_handler(_adapt(fn)) for path, fn in methods.items()}
+        self._handlers = {
+            path: grpc.unary_unary_rpc_method_handler(_adapt(fn)) for path, fn in methods.items()
+        }
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         return self._handlers.get(handler_call_details.method)

@@ -60,8 +60,8 @@ _OK_TRAILERS_FRAME_FLAGS = Flag.END_HEADERS | Flag.END_STREAM
 
 
 class _Stream:
-    __slots__ = ("id", "method", "chunks", "size", "unacked", "send_window", "remote_closed", "closed",
-                 "headers_sent", "pending", "task", "timer")  # fmt: skip
+    __slots__ = ("chunks", "closed", "headers_sent", "id", "method", "pending", "remote_closed", "send_window",
+                 "size", "task", "timer", "unacked")  # fmt: skip
 
     def __init__(self, stream_id: int, send_window: int) -> None:
         self.id = stream_id
@@ -206,14 +206,18 @@ class GrpcConnection(asyncio.Protocol):
             hi, lo, kind, flags, stream_id = FRAME_HEADER.unpack_from(buf, pos)
             length = (hi << 16) | lo
             if length > max_frame:
-                raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} bytes over {max_frame}")
+                raise ConnectionError_(
+                    ErrorCode.FRAME_SIZE_ERROR, f"frame of {length} bytes over {max_frame}"
+                )
             end = pos + HEADER_SIZE + length
             if end > n:
                 break
             payload = view[pos + HEADER_SIZE : end]
             pos = end
             stream_id &= 0x7FFFFFFF
-            if self._continuation is not None and (kind != _CONTINUATION or stream_id != self._continuation[0]):
+            if self._continuation is not None and (
+                kind != _CONTINUATION or stream_id != self._continuation[0]
+            ):
                 raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "expected CONTINUATION")
             if kind == _DATA:
                 self._on_data(flags, stream_id, payload)
@@ -335,7 +339,9 @@ class GrpcConnection(asyncio.Protocol):
         stream = self._streams.get(stream_id)
         if stream is not None:  # trailers, which a unary request has no use for
             if stream.remote_closed or not flags & _END_STREAM:
-                self._reset(stream, ErrorCode.STREAM_CLOSED if stream.remote_closed else ErrorCode.PROTOCOL_ERROR)
+                self._reset(
+                    stream, ErrorCode.STREAM_CLOSED if stream.remote_closed else ErrorCode.PROTOCOL_ERROR
+                )
             else:
                 self._end_of_request(stream)
             return
@@ -367,7 +373,11 @@ class GrpcConnection(asyncio.Protocol):
         elif content_type is None or not content_type.startswith(b"application/grpc"):
             self._send_http_status(stream, 415)
         elif (handler := self._methods.get(path or b"")) is None:
-            self._send_status(stream, grpc.StatusCode.UNIMPLEMENTED, f"unknown method {(path or b'').decode(errors='replace')}")
+            self._send_status(
+                stream,
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"unknown method {(path or b'').decode(errors='replace')}",
+            )
         elif encoding not in (None, b"identity"):
             self._send_status(
                 stream, grpc.StatusCode.UNIMPLEMENTED, f"grpc-encoding {encoding.decode(errors='replace')} is not supported",

@@ -44,7 +44,9 @@ RESPONSE_HEADERS = _STATUS_200 + literal(b"content-type", GRPC_CONTENT_TYPE)
 OK_TRAILERS = literal(b"grpc-status", b"0")
 
 
-def status_block(code: int, message: str, metadata: Iterable[tuple[str, str]] = (), *, with_headers: bool) -> bytes:
+def status_block(
+    code: int, message: str, metadata: Iterable[tuple[str, str]] = (), *, with_headers: bool
+) -> bytes:
     """Trailers with a gRPC status; ``with_headers``: a Trailers-Only response (the response
     headers and the status in one block)."""
     parts = [RESPONSE_HEADERS] if with_headers else []

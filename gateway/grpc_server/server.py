@@ -30,7 +30,10 @@ class ServerSettings:
     def __post_init__(self) -> None:
         if not DEFAULT_MAX_FRAME <= self.max_frame_bytes <= LARGEST_MAX_FRAME:
             raise ValueError(f"max_frame_bytes must be in [{DEFAULT_MAX_FRAME}, {LARGEST_MAX_FRAME}]")
-        if not 65_535 <= self.stream_window <= MAX_WINDOW or not 65_535 <= self.connection_window <= MAX_WINDOW:
+        if (
+            not 65_535 <= self.stream_window <= MAX_WINDOW
+            or not 65_535 <= self.connection_window <= MAX_WINDOW
+        ):
             raise ValueError("windows must be in [65535, 2^31-1]")
         if self.max_message_bytes < 0 or self.max_concurrent_streams < 1:
             raise ValueError("max_message_bytes must be >= 0 and max_concurrent_streams >= 1")
@@ -53,7 +56,9 @@ class GrpcServer:
     async def start(self, host: str, port: int, *, backlog: int = 1024) -> int:
         """Listen; returns the port (useful with 0). OSError if the address is taken."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._connection, host, port, backlog=backlog, reuse_address=True)
+        self._server = await loop.create_server(
+            self._connection, host, port, backlog=backlog, reuse_address=True
+        )
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port
 

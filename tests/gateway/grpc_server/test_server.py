@@ -959,6 +959,128 @@ async def test_raw_request_fed_in_pieces() -> None:
         assert flags & Flag.END_STREAM
 
 
+async def raw_exchange(
+    data: bytes, settings: ServerSettings | None = None
+) -> list[tuple[int, int, int, bytes]]:
+    """The frames the server sends for ``data`` (a whole client side), up to a PING barrier."""
+    async with serving(settings=settings) as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data + frame(FrameType.PING, 0, 0, b"barrier!"))
+        received = b""
+        while not any(k == FrameType.PING and f & Flag.ACK and p == b"barrier!"
+                      for k, f, _, p in parse_frames_prefix(received)):  # fmt: skip
+            chunk = await within(reader.read(65536))
+            assert chunk, "the server closed the connection"
+            received += chunk
+        writer.close()
+        await echo_works(port)
+    return parse_frames_prefix(received)
+
+
+def parse_frames_prefix(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    """The whole frames at the start of ``data``."""
+    end = 0
+    while len(data) - end >= 9:
+        hi, lo = struct.unpack_from(">BH", data, end)
+        if end + 9 + ((hi << 16) | lo) > len(data):
+            break
+        end += 9 + ((hi << 16) | lo)
+    return parse_frames(data[:end])
+
+
+async def test_raw_headers_on_an_answered_stream_are_ignored() -> None:
+    # A client may still send on a stream the server has answered (RFC 9113 5.1).
+    async with serving() as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            CLIENT_START
+            + frame(FrameType.HEADERS, Flag.END_HEADERS, 1, header_block(ECHO))
+            + frame(FrameType.DATA, Flag.END_STREAM, 1, message(b"first"))
+        )
+        received = b""
+        while not any(k == FrameType.HEADERS and f & Flag.END_STREAM and sid == 1
+                      for k, f, sid, _ in parse_frames_prefix(received)):  # fmt: skip
+            received += await within(reader.read(65536))
+        late = hpack.Encoder().encode([("x", "y")])  # a fresh encoder: no table entries needed
+        writer.write(frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, 1, late))
+        writer.write(frame(FrameType.PING, 0, 0, b"barrier!"))
+        while not any(k == FrameType.PING and f & Flag.ACK for k, f, _, _ in parse_frames_prefix(received)):
+            chunk = await within(reader.read(65536))
+            assert chunk, "the server closed the connection"
+            received += chunk
+        writer.close()
+    frames = parse_frames_prefix(received)
+    assert not [f for f in frames if f[0] in (FrameType.GOAWAY, FrameType.RST_STREAM)]
+    assert b"".join(p for k, _, sid, p in frames if k == FrameType.DATA and sid == 1) == message(b"first")
+
+
+async def test_raw_data_past_the_stream_window_resets_the_stream() -> None:
+    # The server gives window back at half use, so only one frame larger than the window overruns it.
+    settings = ServerSettings(stream_window=65_535, max_frame_bytes=100_000)
+    frames = await raw_exchange(
+        CLIENT_START
+        + frame(FrameType.HEADERS, Flag.END_HEADERS, 1, header_block(ECHO))
+        + frame(FrameType.DATA, 0, 1, b"x" * 70_000),
+        settings,
+    )
+    resets = [struct.unpack(">I", p)[0] for k, _, sid, p in frames if k == FrameType.RST_STREAM and sid == 1]
+    assert resets == [ErrorCode.FLOW_CONTROL_ERROR]
+    assert not [f for f in frames if f[0] == FrameType.GOAWAY]
+
+
+async def test_raw_data_past_the_connection_window_is_a_connection_error() -> None:
+    settings = ServerSettings(connection_window=65_535, max_frame_bytes=100_000)
+    async with serving(settings=settings) as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            CLIENT_START
+            + frame(FrameType.HEADERS, Flag.END_HEADERS, 1, header_block(ECHO))
+            + frame(FrameType.DATA, 0, 1, b"x" * 70_000)
+        )
+        received = await within(reader.read())
+        writer.close()
+        await echo_works(port)
+    kind, _, _, payload = parse_frames(received)[-1]
+    assert kind == FrameType.GOAWAY
+    assert struct.unpack_from(">II", payload)[1] == ErrorCode.FLOW_CONTROL_ERROR
+
+
+async def test_drain_before_the_connection_is_set_up_still_sends_goaway() -> None:
+    conn = GrpcConnection({ECHO.encode(): echo}, ServerSettings())
+    conn.drain()
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    frames = parse_frames(bytes(transport.out))
+    assert [k for k, _, _, _ in frames] == [FrameType.SETTINGS, FrameType.WINDOW_UPDATE, FrameType.GOAWAY]
+    assert transport.closing  # idle: closed (the fake has no half-close)
+
+
+async def test_a_drained_connection_half_closes_and_still_reads() -> None:
+    # After the last answer the server sends EOF but keeps reading until the client closes, so a
+    # frame in flight does not turn the close into a reset that could eat the answer.
+    gate = Gate()
+    async with serving(methods(gate)) as (server, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            CLIENT_START
+            + frame(FrameType.HEADERS, Flag.END_HEADERS, 1, header_block(WAIT))
+            + frame(FrameType.DATA, Flag.END_STREAM, 1, message(b"last"))
+        )
+        await within(gate.started.wait())
+        stopping = asyncio.ensure_future(server.stop(grace=5))
+        gate.release.set()
+        received = await within(reader.read())  # EOF from the server: it half-closed
+        writer.write(frame(FrameType.PING, 0, 0, b"in fligh"))  # the server still reads this
+        await writer.drain()
+        writer.close()
+        await within(stopping)
+    frames = parse_frames(received)
+    assert b"".join(p for k, _, sid, p in frames if k == FrameType.DATA and sid == 1) == message(
+        b"released:last"
+    )
+    assert any(k == FrameType.HEADERS and f & Flag.END_STREAM and sid == 1 for k, f, sid, _ in frames)
+
+
 class FakeTransport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
@@ -975,6 +1097,9 @@ class FakeTransport(asyncio.Transport):
 
     def is_closing(self) -> bool:
         return self.closing
+
+    def can_write_eof(self) -> bool:
+        return False
 
 
 async def feed(data: bytes, step: int) -> bytes:
