@@ -32,6 +32,7 @@ from gateway.grpc_server.frames import (
     FrameType,
     Setting,
     frame,
+    frame_header,
     goaway,
     rst_stream,
     settings_frame,
@@ -424,8 +425,7 @@ class GrpcConnection(asyncio.Protocol):
                 f"Received message larger than max ({stream.size - _MESSAGE_PREFIX.size} vs. {limit})",
             )  # fmt: skip
             return
-        if stream.method is not None:  # not answered yet
-            stream.chunks.append(bytes(payload))
+        stream.chunks.append(bytes(payload))
         if flags & _END_STREAM:
             stream.remote_closed = True
             self._end_of_request(stream)
@@ -497,7 +497,7 @@ class GrpcConnection(asyncio.Protocol):
             self._send_window -= size
             self._write(b"".join((
                 frame(_HEADERS, _END_HEADERS, sid, RESPONSE_HEADERS),
-                _frame_header(_DATA, 0, sid, size), prefix, reply,
+                frame_header(_DATA, 0, sid, size), prefix, reply,
                 frame(_HEADERS, _OK_TRAILERS_FRAME_FLAGS, sid, OK_TRAILERS),
             )))  # fmt: skip
             self._finish(stream)
@@ -583,10 +583,6 @@ class GrpcConnection(asyncio.Protocol):
         self._blocked.pop(stream.id, None)
         if self._draining and not self._streams:
             self._close_if_idle()
-
-
-def _frame_header(kind: int, flags: int, stream_id: int, length: int) -> bytes:
-    return FRAME_HEADER.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id)
 
 
 def _unpad(flags: int, payload: memoryview) -> memoryview:

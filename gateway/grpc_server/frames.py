@@ -67,9 +67,13 @@ class ConnectionError_(Exception):
         self.code = code
 
 
+def frame_header(kind: int, flags: int, stream_id: int, length: int) -> bytes:
+    """The 9 bytes before a payload of ``length`` (for writing the payload without a copy)."""
+    return FRAME_HEADER.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id)
+
+
 def frame(kind: int, flags: int, stream_id: int, payload: bytes | memoryview = b"") -> bytes:
-    n = len(payload)
-    return FRAME_HEADER.pack(n >> 16, n & 0xFFFF, kind, flags, stream_id) + payload
+    return frame_header(kind, flags, stream_id, len(payload)) + payload
 
 
 def settings_frame(values: dict[Setting, int]) -> bytes:

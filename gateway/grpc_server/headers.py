@@ -33,10 +33,6 @@ def literal(name: bytes, value: bytes) -> bytes:
     return b"\x00" + _length(len(name)) + name + _length(len(value)) + value
 
 
-def _status_line(code: int) -> bytes:
-    return _STATUS_200 if code == 200 else literal(b":status", str(code).encode())
-
-
 # grpc-message is percent-encoded: printable ASCII but "%" passes unchanged.
 _MESSAGE_SAFE = " " + string.punctuation.replace("%", "")
 
@@ -59,7 +55,7 @@ def status_block(
 
 def http_status_block(status: int) -> bytes:
     """A plain HTTP response to a request that is not gRPC (wrong method or content type)."""
-    return _status_line(status) + literal(b"content-type", b"text/plain")
+    return literal(b":status", str(status).encode()) + literal(b"content-type", b"text/plain")
 
 
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
