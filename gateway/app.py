@@ -43,6 +43,7 @@ class GatewaySettings:
     seed: int = 0
     pipeline: bool = True
     backend_timeout_ms: float | None = None
+    client_margin_ms: float = 0.0
 
     @classmethod
     def from_config(cls, config: Config, **overrides: object) -> GatewaySettings:
@@ -55,6 +56,7 @@ class GatewaySettings:
             "http_port": g.http_port,
             "grpc_port": g.grpc_port,
             "grpc_server": g.grpc_server,
+            "client_margin_ms": g.client_margin_ms,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
@@ -111,6 +113,7 @@ class Gateway:
             clients,
             self.metrics,
             backend_timeout_ms=self.settings.backend_timeout_ms,
+            client_margin_ms=self.settings.client_margin_ms,
         )
         self.core = core
         self._prober = HealthProber(clients, cfg.model, cfg.gateway.probe_interval_s, core.set_instance_health)

@@ -17,7 +17,7 @@ import signal
 import sys
 
 from gateway.app import Gateway, GatewaySettings
-from gateway.config import GRPC_SERVERS, load_config
+from gateway.config import GRPC_SERVERS, client_margin, load_config
 from gateway.errors import ConfigError
 from gateway.gc_freeze import freeze_startup_objects
 from gateway.policies import POLICY_NAMES
@@ -52,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default: from config, on)",
     )
     p.add_argument("--max-pending", type=int, help="bound of the pending queue (default: from config)")
+    p.add_argument(
+        "--client-margin-ms",
+        type=float,
+        metavar="MS",
+        help="time out of each query's QoS for the legs between client and gateway (default: from config, 0)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of randomised policies")
     p.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
     return p.parse_args(argv)
@@ -81,6 +87,9 @@ async def serve(args: argparse.Namespace) -> None:
         grpc_port=args.grpc_port,
         grpc_server=args.grpc_server,
         seed=args.seed,
+        client_margin_ms=None if args.client_margin_ms is None else client_margin(
+            args.client_margin_ms, config.qos_ms, "--client-margin-ms"
+        ),
     )
     gateway = Gateway(config, instances, settings)
     stop = asyncio.Event()

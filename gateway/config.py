@@ -50,6 +50,9 @@ class GatewayConfig:
     backend_protocol: str = "http"  # gRPC queries translated to HTTP: cheaper (backend/grpc_over_http.py)
     max_body_bytes: int = 64 * 1024 * 1024
     grpc_server: str = "native"
+    # Out of each query's QoS, what the legs the gateway does not see take: the request's way in
+    # (before the gateway has read it) and the answer's way back. QoS is met at the client.
+    client_margin_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,7 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None) -> Config:
         backend_protocol=g.str("backend_protocol", dg.backend_protocol, choices=BACKEND_PROTOCOLS),
         max_body_bytes=g.int("max_body_bytes", dg.max_body_bytes, lo=1024),
         grpc_server=g.str("grpc_server", dg.grpc_server, choices=GRPC_SERVERS),
+        client_margin_ms=client_margin(g.float("client_margin_ms", dg.client_margin_ms, positive=False), qos),
     )
     return Config(
         model=model,
@@ -190,6 +194,13 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None) -> Config:
         servers=servers,
         gateway=gateway,
     )
+
+
+def client_margin(margin_ms: float, qos_ms: float, name: str = "gateway.client_margin_ms") -> float:
+    """``margin_ms`` if it is a number of ms in [0, QoS); ConfigError otherwise."""
+    if not (0.0 <= margin_ms < qos_ms):
+        raise ConfigError(f"{name}: expected a number of ms >= 0 and below the QoS ({qos_ms:g} ms), got {margin_ms:g}")
+    return margin_ms
 
 
 def load_config(path: str | Path, catalogue: Catalogue | None = None) -> Config:

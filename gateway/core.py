@@ -82,6 +82,7 @@ class GatewayCore:
         clients: Sequence[Backend],
         metrics: GatewayMetrics | None = None,
         backend_timeout_ms: float | None = None,
+        client_margin_ms: float = 0.0,
     ) -> None:
         if len(clients) != len(dispatcher.instances):
             raise ValueError("one client per dispatcher instance is required")
@@ -91,6 +92,8 @@ class GatewayCore:
         self.clients = list(clients)
         self.metrics = metrics or GatewayMetrics(dispatcher, model, qos_ms)
         self.backend_timeout_ms = backend_timeout_ms
+        # Each deadline leaves this much of the QoS to the client legs, which the gateway cannot see.
+        self.client_margin_ms = client_margin_ms
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -130,7 +133,8 @@ class GatewayCore:
         now = time.monotonic() * 1000.0
         qos = request.qos_ms if request.qos_ms is not None else self.qos_ms
         ticket = _Ticket(request)
-        query = Query(id=next(self._ids), batch=request.batch, arrival_ms=now, deadline_ms=now + qos, payload=ticket)
+        deadline = now + max(qos - self.client_margin_ms, 0.0)
+        query = Query(id=next(self._ids), batch=request.batch, arrival_ms=now, deadline_ms=deadline, payload=ticket)
         try:
             self.dispatcher.submit(query)
         except Overloaded:
@@ -301,7 +305,7 @@ class GatewayCore:
             return None
         e2e_ms = (time.perf_counter() - ticket.arrived_s) * 1000.0
         service_ms = reply.service_ms if reply.service_ms is not None else reply.round_trip_ms
-        self.dispatcher.complete(query, inst, service_ms if reply.ok else None)
+        self.dispatcher.complete(query, inst, service_ms if reply.ok else None, time.monotonic() * 1000.0)
         if reply.ok and reply.service_ms is not None and self.dispatcher.depth == 1 and not query.pipelined:
             # Sent to an idle instance, the round trip holds no instance queueing.
             self.dispatcher.estimator.observe_overhead(reply.round_trip_ms - reply.service_ms)

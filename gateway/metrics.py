@@ -61,17 +61,23 @@ class _PoolCollector(Collector):
         pending = GaugeMetricFamily(f"{PREFIX}_pending_queries", "Queries waiting in the gateway queue")
         pending.add_metric([], len(d.pending))
         yield pending
+        p75 = GaugeMetricFamily(
+            f"{PREFIX}_transport_overhead_p75_seconds",
+            "75th percentile of round trip minus the instance's service time (recent queries), added to estimates",
+        )
+        p75.add_metric([], d.estimator.overhead_ms / 1000.0)
         p99 = GaugeMetricFamily(
             f"{PREFIX}_transport_overhead_p99_seconds",
-            "99th percentile of round trip minus the instance's service time (recent queries), added to estimates",
+            "99th percentile of round trip minus the instance's service time (recent queries): how early a "
+            "pipelining instance takes its next query",
         )
-        p99.add_metric([], d.estimator.overhead_ms / 1000.0)
+        p99.add_metric([], d.estimator.overhead_p99_ms / 1000.0)
         mean = GaugeMetricFamily(
             f"{PREFIX}_transport_overhead_mean_seconds",
             "Mean of round trip minus the instance's service time (recent queries)",
         )
         mean.add_metric([], d.estimator.overhead_mean_ms / 1000.0)
-        yield from (p99, mean)
+        yield from (p75, p99, mean)
         pipelined = GaugeMetricFamily(
             f"{PREFIX}_pipelined_dispatches", "Queries sent to an instance still serving its previous one"
         )

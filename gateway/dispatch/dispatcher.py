@@ -63,7 +63,7 @@ class Dispatcher:
         """``instances``: (name, type name) pairs; every type must be known to the estimator.
 
         ``pipeline``: an instance holding ``depth`` queries takes one more once what it holds
-        is estimated to be done within the transport overhead (``estimator.overhead_ms``), so
+        is estimated to be done within the round trip's 99th percentile (``overhead_p99_ms``), so
         the next query is on its way while the last is served and the instance is not left
         idle for a round trip between the two. With no overhead learned (the simulator) it
         changes nothing.
@@ -124,9 +124,26 @@ class Dispatcher:
             return False
         return True
 
-    def complete(self, query: Query, instance: InstanceState, service_ms: float | None) -> None:
-        """The instance answered. ``service_ms`` (its own measurement) trains the estimator."""
-        instance.in_flight.pop(query.id, None)
+    def complete(
+        self, query: Query, instance: InstanceState, service_ms: float | None, now_ms: float | None = None
+    ) -> None:
+        """The instance answered at ``now_ms``. ``service_ms`` (its own measurement) trains the
+        estimator.
+
+        What the instance still holds was queued behind this query (pipelined, or depth > 1), so
+        its service started when this one was done: about half a round trip before its answer
+        arrived. The estimated span of what it holds is rebased to then. Left at the send time,
+        the span ends too early by the wait behind this query (up to the pipelining lookahead,
+        plus this query's overrun), the instance opens for its next query that much too soon, and
+        the deadline check passes queries that then wait it out there.
+        """
+        held = instance.in_flight
+        held.pop(query.id, None)
+        if held and now_ms is not None:
+            done_ms = now_ms - self.estimator.overhead_ms / 2.0
+            for q in held.values():
+                if q.started_ms < done_ms:
+                    q.started_ms = done_ms
         self._held_changed(instance)
         instance.served += 1
         if service_ms is not None:
@@ -187,7 +204,7 @@ class Dispatcher:
 
     def _opened(self, now_ms: float) -> np.ndarray | None:
         """Mask of the full instances pipelining opens at ``now_ms``; None when none can."""
-        lookahead = self.estimator.overhead_ms if self.pipeline else 0.0
+        lookahead = self.estimator.overhead_p99_ms if self.pipeline else 0.0
         if lookahead <= 0.0 or not self._n_full:
             return None
         return self._full & (self._opens_at(lookahead) <= now_ms)
@@ -288,7 +305,7 @@ class Dispatcher:
         """With pipelining, the next time (after ``now_ms``) a full instance is due to take one
         more query; None if there is none or no overhead is learned. A driver re-decides then:
         no other event happens at that moment."""
-        lookahead = self.estimator.overhead_ms
+        lookahead = self.estimator.overhead_p99_ms
         if not self.pipeline or lookahead <= 0.0 or not self._n_full:
             return None
         opens = self._opens_at(lookahead)

@@ -141,7 +141,7 @@ def simulate(
             if kind == _COMPLETION:
                 assert q is not None
                 qid = q.id
-                complete(q, insts[j], svc_rows[row_of_instance[j]][qid])
+                complete(q, insts[j], svc_rows[row_of_instance[j]][qid], now)
                 if observe_overhead and not q.pipelined:  # as live: only a query that found its instance idle
                     estimator.observe_overhead(now - q.started_ms - svc_rows[row_of_instance[j]][qid])
                 end[qid] = now

@@ -57,14 +57,18 @@ def failing(name: str, after_ms: float = 0.0) -> Behaviour:
 
 
 def make_core(
-    behaviours: list[Behaviour], policy: str = "fcfs", max_pending: int = 100, qos_ms: float = 350
+    behaviours: list[Behaviour],
+    policy: str = "fcfs",
+    max_pending: int = 100,
+    qos_ms: float = 350,
+    client_margin_ms: float = 0.0,
 ) -> tuple[GatewayCore, list[FakeInstance]]:
     config = parse_config({"model": "rm2", "qos_ms": qos_ms, "pool": [{"type": "r5n.large", "count": 1}]})
     endpoints = [Endpoint(f"r5n.large-{i}", "r5n.large") for i in range(len(behaviours))]
     settings = GatewaySettings(policy=policy, depth=1, max_pending=max_pending, http_port=0, grpc_port=0)
     dispatcher = build_dispatcher(config, endpoints, settings)
     fakes = [FakeInstance(e.name, b) for e, b in zip(endpoints, behaviours, strict=True)]
-    return GatewayCore("rm2", qos_ms, dispatcher, fakes), fakes
+    return GatewayCore("rm2", qos_ms, dispatcher, fakes, client_margin_ms=client_margin_ms), fakes
 
 
 def request(i: int, batch: int = 10, qos_ms: float | None = None) -> RoutedRequest:
@@ -217,3 +221,24 @@ async def test_kairos_holds_a_query_for_the_fast_busy_instance_then_times_out_to
     core, _ = make_core([ok_after(5), ok_after(5)], policy="kairos", qos_ms=5000)
     results = await asyncio.gather(*(core.infer(request(i, batch=5)) for i in range(8)))
     assert len(results) == 8 and core.outstanding == 0
+
+
+async def test_the_client_margin_comes_off_every_deadline() -> None:
+    """QoS is met at the client: the gateway's deadline leaves the margin to the legs it cannot
+    see, for the pool's QoS and for a query's own."""
+    seen: list[float] = []
+
+    def recording(core: GatewayCore) -> Behaviour:
+        async def run(request: RoutedRequest) -> BackendReply:
+            (held,) = core.dispatcher.instances[0].in_flight.values()
+            seen.append(held.deadline_ms - held.arrival_ms)
+            return BackendReply(body=b"", service_ms=1.0)
+
+        return run
+
+    core, (fake,) = make_core([ok_after(0)], client_margin_ms=2.5)
+    fake.behaviour = recording(core)
+    await core.infer(request(0))
+    await core.infer(request(1, qos_ms=20.0))
+    await core.infer(request(2, qos_ms=1.0))  # a QoS below the margin: due at once, still served
+    assert seen == [pytest.approx(347.5), pytest.approx(17.5), 0.0]
