@@ -131,19 +131,21 @@ class Dispatcher:
         estimator.
 
         What the instance still holds was queued behind this query (pipelined, or depth > 1), so
-        its service started when this one was done: about half a round trip before its answer
-        arrived. The estimated span of what it holds is rebased to then. Left at the send time,
-        the span ends too early by the wait behind this query (up to the pipelining lookahead,
-        plus this query's overrun), the instance opens for its next query that much too soon, and
-        the deadline check passes queries that then wait it out there.
+        its service started when this one was done, and the estimated span of what it holds is
+        rebased to the answer's arrival. Left at the send time, the span ends too early by the
+        wait behind this query (up to the pipelining lookahead, plus this query's overrun), the
+        instance opens for its next query that much too soon, and the deadline check passes
+        queries that then wait it out there. The answer's way back is the short part of the round
+        trip (a few KB against a request of up to 800 KB for dien: ~0.2 ms of ~0.6-1.9 ms), so it
+        is not taken off; live at 560 dien QPS, taking half the round trip off instead gave
+        98.74-98.95% within QoS (4 runs) against 98.99-99.24%.
         """
         held = instance.in_flight
         held.pop(query.id, None)
         if held and now_ms is not None:
-            done_ms = now_ms - self.estimator.overhead_ms / 2.0
             for q in held.values():
-                if q.started_ms < done_ms:
-                    q.started_ms = done_ms
+                if q.started_ms < now_ms:
+                    q.started_ms = now_ms
         self._held_changed(instance)
         instance.served += 1
         if service_ms is not None:

@@ -97,8 +97,11 @@ def test_transport_delays_the_start_and_the_answer_by_half_each() -> None:
 
 
 def test_pipelining_hides_the_transport_at_saturation() -> None:
-    """Under a backlog, without pipelining an instance idles one round trip between queries;
-    with it, the next query is already there (once the estimator has learned the overhead)."""
+    """Under a backlog, without pipelining an instance idles one round trip between queries; with
+    it (once the estimator has learned the overhead), the next query is on its way before the
+    instance is done. The gateway dates the next query's start at the answer's arrival (live, the
+    answer's way is the short part of the round trip); the simulator's answer takes half the
+    round trip, so about that much stays idle here at most."""
     pool = parse_pool("r5n.large=1")
     mean = default_profiles().get("rm2", "r5n.large").mean(50)
     trace = make_workload(ConstantArrivals(2.0 * 1000 / mean), FixedMix(50), 300, 0)
@@ -111,4 +114,4 @@ def test_pipelining_hides_the_transport_at_saturation() -> None:
         gaps[pipeline] = np.median(s[100:] - e[99:-1])
         assert (s[1:] >= e[:-1] - 1e-9).all()  # still one query at a time
     assert gaps[False] == pytest.approx(6.0)
-    assert gaps[True] < 1.0
+    assert gaps[True] < 3.0
