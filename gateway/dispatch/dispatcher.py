@@ -138,7 +138,7 @@ class Dispatcher:
         queries that then wait it out there. The answer's way back is the short part of the round
         trip (a few KB against a request of up to 800 KB for dien: ~0.2 ms of ~0.6-1.9 ms), so it
         is not taken off; live at 560 dien QPS, taking half the round trip off instead gave
-        98.74-98.95% within QoS (4 runs) against 98.80-99.24% (6 runs).
+        98.74-98.95% within QoS (3 runs) against 98.80-99.24% (6 runs).
         """
         held = instance.in_flight
         held.pop(query.id, None)
