@@ -131,6 +131,8 @@ class GatewayCore:
             self.metrics.refusals.labels("no_healthy_instance").inc()
             raise Unavailable(f"no healthy instance serves model {self.model!r}")
         now = time.monotonic() * 1000.0
+        if request.received_s is not None:
+            now = min(now, request.received_s * 1000.0)
         qos = request.qos_ms if request.qos_ms is not None else self.qos_ms
         ticket = _Ticket(request)
         deadline = now + max(qos - self.client_margin_ms, 0.0)

@@ -18,7 +18,7 @@ from benchmarks.loadgen.payloads import MODEL_INPUTS, PayloadFactory, TensorSpec
 from benchmarks.loadgen.render import plot_report, render_find_max, render_table
 from benchmarks.loadgen.report import SCHEMA, LoadReport, RunInfo, Samples
 from benchmarks.loadgen.runner import run_load
-from benchmarks.loadgen.search import FindMaxResult, FindMaxStep, find_max
+from benchmarks.loadgen.search import FindMaxResult, FindMaxStep, find_max, search_rates
 from benchmarks.loadgen.transport import Endpoint, Outcome, Target, TargetUnreachable, parse_url
 
 __all__ = [
@@ -44,4 +44,5 @@ __all__ = [
     "render_find_max",
     "render_table",
     "run_load",
+    "search_rates",
 ]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -93,6 +93,53 @@ class FindMaxResult:
         return out
 
 
+async def search_rates(
+    step: Callable[[float], Awaitable[bool]],
+    first: float,
+    *,
+    resolution: float,
+    min_qps: float,
+    max_qps: float,
+    max_steps: int,
+) -> float:
+    """The search of ``find_max`` over any step (``step(rate)``: did that rate pass?): the
+    highest passing rate, 0 if none passed. The live check runs the simulator through it on the
+    same rates and queries as a live search."""
+    taken = 0
+
+    async def run(rate: float) -> bool:
+        nonlocal taken
+        taken += 1
+        return await step(rate)
+
+    lo, hi = 0.0, math.inf
+    rate = first
+    if await run(rate):
+        lo = rate
+        while taken < max_steps and rate * 2 <= max_qps:
+            rate *= 2
+            if not await run(rate):
+                hi = rate
+                break
+            lo = rate
+    else:
+        hi = rate
+        while taken < max_steps and rate / 2 >= min_qps:
+            rate /= 2
+            if await run(rate):
+                lo = rate
+                break
+            hi = rate
+    if lo > 0 and math.isfinite(hi):
+        while taken < max_steps and (hi - lo) / hi > resolution:
+            mid = (lo + hi) / 2
+            if await run(mid):
+                lo = mid
+            else:
+                hi = mid
+    return lo
+
+
 async def find_max(
     config: LoadConfig,
     *,
@@ -144,31 +191,9 @@ async def find_max(
             on_step(s)
         return passed
 
-    lo, hi = 0.0, math.inf
-    rate = first
-    if await step(rate):
-        lo = rate
-        while len(steps) < max_steps and rate * 2 <= max_qps:
-            rate *= 2
-            if not await step(rate):
-                hi = rate
-                break
-            lo = rate
-    else:
-        hi = rate
-        while len(steps) < max_steps and rate / 2 >= min_qps:
-            rate /= 2
-            if await step(rate):
-                lo = rate
-                break
-            hi = rate
-    if lo > 0 and math.isfinite(hi):
-        while len(steps) < max_steps and (hi - lo) / hi > resolution:
-            mid = (lo + hi) / 2
-            if await step(mid):
-                lo = mid
-            else:
-                hi = mid
+    lo = await search_rates(
+        step, first, resolution=resolution, min_qps=min_qps, max_qps=max_qps, max_steps=max_steps
+    )
     return FindMaxResult(
         max_qps=lo,
         target=target,

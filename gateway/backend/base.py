@@ -34,6 +34,9 @@ class RoutedRequest:
     # gRPC only: ``body`` as the front end parsed it, so that a backend translating the request
     # to HTTP need not parse it again.
     message: pb.ModelInferRequest | None = None
+    # When the front end first saw the request (``time.monotonic()``, s): the QoS clock starts
+    # there, not once the body is read and parsed. None: when the core receives it.
+    received_s: float | None = None
 
 
 @dataclass(slots=True)

@@ -82,6 +82,7 @@ class HttpFrontend:
 
     async def infer(self, request: web.Request) -> web.Response:
         start = time.perf_counter()
+        received = time.monotonic()  # aiohttp calls the handler once the headers are parsed
         model = request.match_info["model"]
         try:
             if model != self.core.model:
@@ -103,6 +104,7 @@ class HttpFrontend:
                     version=request.match_info.get("version"),
                     content_type=request.headers.get("Content-Type"),
                     header_length=header_length,
+                    received_s=received,
                 )
             )
         except InferenceError as exc:

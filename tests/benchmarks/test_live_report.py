@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from benchmarks.live import Row, Steps, render
+import math
+from dataclasses import replace
+
+from benchmarks.live import Row, Steps, render, sim_live_search
+from benchmarks.loadgen import LoadConfig, build_workload
+from benchmarks.policies import POOLS
+from gateway.sim import parse_pool, simulate
 
 
 def test_a_step_lasts_a_minimum_count_and_a_minimum_time() -> None:
@@ -14,7 +20,8 @@ def test_a_step_lasts_a_minimum_count_and_a_minimum_time() -> None:
 
 def test_rows_compare_live_with_each_simulation() -> None:
     row = Row("dien", "kairos-gateway/kairos", sim_max=600.0, live_max=480.0, transport_ms=1.2,
-              transport_p99_ms=3.0, sim_transport_max=580.0, sim_drawn_max=533.3)  # fmt: skip
+              transport_p99_ms=3.0, sim_transport_max=580.0, sim_drawn_max=533.3,
+              table_sim_max=618.4)  # fmt: skip
     assert row.ratio == 0.8
     assert round(row.drawn_ratio or 0, 3) == 0.9
     fixed = Row("rm2", "haproxy/leastconn", None, 0.0, fixed_rate=65.3, live_within_pct=98.6)
@@ -27,5 +34,19 @@ def test_rows_compare_live_with_each_simulation() -> None:
     assert first["transport mean / p99"] == "1.20 / 3.00 ms"
     assert first["sim max, drawn transport"] == "533.3" and first["live / that sim"] == "0.90"
     assert first["live / sim"] == "0.80" and first["live / it"] == "0.83"
+    assert first["policies-table sim max"] == "618.4" and first["sim max, same queries"] == "600.0"
     second = dict(zip(header, cells[1], strict=True))
     assert second["live / sim"] == "-" and second["live within QoS"] == "98.60%"
+
+
+def test_the_simulator_searches_on_the_live_search_s_own_queries() -> None:
+    base = LoadConfig(url="http://127.0.0.1:1", model="rm2", rate=1.0, qos_ms=350.0, seed=3, binary=True)
+    steps = Steps(queries=500, seconds=0.0)
+    found = sim_live_search(base, POOLS["rm2"], "kairos", 100.0, steps)
+    assert found > 0 and sim_live_search(base, POOLS["rm2"], "kairos", 100.0, steps) == found
+    # Its max passes as a live step passes: >= 99% of exactly the queries a live step sends.
+    queries = build_workload(replace(base, rate=found, queries=steps.count(found)))
+    res = simulate(
+        queries, model="rm2", qos_ms=350.0, pool=parse_pool(POOLS["rm2"]), policy="kairos", seed=3, warmup=0.0
+    )
+    assert len(queries) == 500 and int(res.within_qos().sum()) >= math.ceil(0.99 * 500)

@@ -242,3 +242,26 @@ async def test_the_client_margin_comes_off_every_deadline() -> None:
     await core.infer(request(1, qos_ms=20.0))
     await core.infer(request(2, qos_ms=1.0))  # a QoS below the margin: due at once, still served
     assert seen == [pytest.approx(347.5), pytest.approx(17.5), 0.0]
+
+
+async def test_the_deadline_counts_from_when_the_front_end_saw_the_request() -> None:
+    """A front end that stamps ``received_s`` (the HTTP one: once the headers are parsed) starts
+    the QoS clock there, not once the body is read; a stamp from the future is ignored."""
+    seen: list[float] = []
+
+    def recording(core: GatewayCore) -> Behaviour:
+        async def run(request: RoutedRequest) -> BackendReply:
+            (held,) = core.dispatcher.instances[0].in_flight.values()
+            seen.append(held.deadline_ms - time.monotonic() * 1000.0)
+            return BackendReply(body=b"", service_ms=1.0)
+
+        return run
+
+    core, (fake,) = make_core([ok_after(0)], qos_ms=100)
+    fake.behaviour = recording(core)
+    now = time.monotonic()
+    await core.infer(RoutedRequest(protocol=GRPC, model="rm2", batch=1, body=b"", received_s=now - 0.040))
+    await core.infer(RoutedRequest(protocol=GRPC, model="rm2", batch=1, body=b"", received_s=now + 10.0))
+    await core.infer(request(2))
+    assert 50.0 < seen[0] <= 60.0  # 40 ms of the 100 ms QoS were spent before the core saw it
+    assert 90.0 < seen[1] <= 100.0 and 90.0 < seen[2] <= 100.0

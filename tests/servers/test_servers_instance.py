@@ -9,7 +9,7 @@ import pytest
 
 from gateway.errors import BadRequest, ModelNotFound
 from gateway.profiles import load_profiles
-from servers.instance import FastSampler, Instance
+from servers.instance import MAX_WAKE_LEAD_S, WAKE_STEP_S, FastSampler, Instance
 
 PROFILES = load_profiles()
 
@@ -50,6 +50,27 @@ async def test_fifo_one_at_a_time(timers: str) -> None:
     for r in records:
         assert r.observed_ms >= r.service_ms - early_ms
         assert r.observed_ms - r.service_ms < 50.0  # gross errors only: the machine is shared
+
+
+async def test_a_queued_query_starts_when_the_one_ahead_is_due_to_end() -> None:
+    """The device's timeline is its own: a queued query starts at the drawn end of the one ahead
+    of it, however late the process wakes to answer that one."""
+    inst = _instance(scale=0.2)
+    records = await asyncio.gather(*(inst.serve(100) for _ in range(3)))
+    first, second, third = records
+    assert second.queue_ms == pytest.approx(first.service_ms, abs=1.0)
+    assert third.queue_ms == pytest.approx(first.service_ms + second.service_ms, abs=1.0)
+    assert not inst.busy
+
+
+async def test_the_instance_learns_to_set_its_timer_before_the_drawn_end() -> None:
+    inst = _instance(scale=0.02)
+    assert inst.wake_lead_s == 0.0
+    await inst.serve(10)  # a timerfd never fires early: this answer was late
+    assert inst.wake_lead_s == pytest.approx(WAKE_STEP_S)
+    for _ in range(30):
+        await inst.serve(10)
+    assert 0.0 <= inst.wake_lead_s <= MAX_WAKE_LEAD_S
 
 
 def test_an_unknown_timer_mode_is_refused() -> None:

@@ -25,6 +25,7 @@ from benchmarks.loadgen import (
     parse_url,
     render_table,
     run_load,
+    search_rates,
 )
 from gateway.errors import ConfigError
 from gateway.protocol import grpc_predict_v2_pb2 as pb
@@ -298,6 +299,26 @@ async def test_find_max_brackets_and_bisects(monkeypatch):
     assert j["best"]["mode"] == "run" and json.loads(json.dumps(j)) == j
     down = await find_max(LoadConfig(url="http://h:1", model="ncf", rate=1000.0), step_queries=100, pause_s=0)
     assert 285 <= down.max_qps <= 300
+
+
+async def test_search_rates_finds_any_steps_capacity_within_the_resolution_and_step_budget():
+    tried: list[float] = []
+
+    async def below(capacity: float):
+        async def step(rate: float) -> bool:
+            tried.append(rate)
+            return rate <= capacity
+
+        return step
+
+    found = await search_rates(await below(437.0), 100.0, resolution=0.03, min_qps=1.0, max_qps=1e6, max_steps=24)
+    assert 437.0 * 0.97 <= found <= 437.0 and tried[:4] == [100.0, 200.0, 400.0, 800.0]
+    tried.clear()
+    assert await search_rates(await below(0.5), 100.0, resolution=0.03, min_qps=30.0, max_qps=1e6, max_steps=24) == 0
+    assert tried == [100.0, 50.0]  # gives up below min_qps
+    tried.clear()
+    capped = await search_rates(await below(437.0), 100.0, resolution=0.001, min_qps=1.0, max_qps=1e6, max_steps=5)
+    assert len(tried) == 5 and capped == 400.0
 
 
 def test_percentile_convention_is_nearest_rank():
