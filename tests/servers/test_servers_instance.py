@@ -9,7 +9,7 @@ import pytest
 
 from gateway.errors import BadRequest, ModelNotFound
 from gateway.profiles import load_profiles
-from servers.instance import FastSampler, Instance
+from servers.instance import MAX_WAKE_LEAD_S, WAKE_STEP_S, FastSampler, Instance
 
 PROFILES = load_profiles()
 
@@ -61,6 +61,16 @@ async def test_a_queued_query_starts_when_the_one_ahead_is_due_to_end() -> None:
     assert second.queue_ms == pytest.approx(first.service_ms, abs=1.0)
     assert third.queue_ms == pytest.approx(first.service_ms + second.service_ms, abs=1.0)
     assert not inst.busy
+
+
+async def test_the_instance_learns_to_set_its_timer_before_the_drawn_end() -> None:
+    inst = _instance(scale=0.02)
+    assert inst.wake_lead_s == 0.0
+    await inst.serve(10)  # a timerfd never fires early: this answer was late
+    assert inst.wake_lead_s == pytest.approx(WAKE_STEP_S)
+    for _ in range(30):
+        await inst.serve(10)
+    assert 0.0 <= inst.wake_lead_s <= MAX_WAKE_LEAD_S
 
 
 def test_an_unknown_timer_mode_is_refused() -> None:
