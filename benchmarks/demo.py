@@ -9,7 +9,6 @@ Every process it starts is stopped before it returns, also on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.loadgen import LoadConfig, LoadReport, build_workload, run_load
+from benchmarks.loadgen import LoadConfig, LoadReport, build_workload, run_async, run_load
 from benchmarks.processes import GatewayProcess, ServersProcess, start_gateway, start_servers
 from gateway.config import Config, load_config
 from gateway.errors import KairosError
@@ -64,7 +63,7 @@ def run_policy(
     )
     try:
         _say(f"[{policy}] gateway ready at grpc://{gateway.grpc}; {load.rate} QPS for {load.duration_s} s")
-        live = asyncio.run(run_load(replace(load, url=f"grpc://{gateway.grpc}")))
+        live = run_async(run_load(replace(load, url=f"grpc://{gateway.grpc}")))
     finally:
         code = gateway.stop()
         if code != 0:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.loadgen import LoadConfig, build_workload, find_max, run_load, search_rates
+from benchmarks.loadgen import LoadConfig, build_workload, find_max, run_async, run_load, search_rates
 from benchmarks.policies import POOLS
 from benchmarks.processes import ServersProcess, start_gateway, start_servers
 from gateway.errors import ConfigError
@@ -178,7 +178,7 @@ MIN_FRACTION = 0.3  # a search gives up below this fraction of its first rate
 
 def live_max(url: str, base: LoadConfig, start_qps: float, steps: Steps) -> float:
     """Live find-max from ``start_qps``; 0 when even 30% of it misses the target."""
-    result = asyncio.run(find_max(
+    result = run_async(find_max(
         replace(base, url=url), target=TARGET, start_qps=start_qps, step_queries=steps.queries,
         min_step_queries=steps.queries, step_duration_s=steps.seconds, min_qps=MIN_FRACTION * start_qps,
         resolution=RESOLUTION,
@@ -213,7 +213,7 @@ def at_fixed_rate(url: str, base: LoadConfig, rate: float, queries: int, pool: s
                   policy: str | None) -> tuple[float, float | None]:
     """(live % within QoS, the simulator's % for the same queries when ``policy`` is given)."""
     load = replace(base, url=url, rate=rate, queries=queries)
-    report = asyncio.run(run_load(load))
+    report = run_async(run_load(load))
     if policy is None:
         return report.within_qos_pct, None
     sim = simulate(build_workload(load), model=base.model, qos_ms=float(base.qos_ms or 0), pool=parse_pool(pool),

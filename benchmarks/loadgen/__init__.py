@@ -17,7 +17,7 @@ from benchmarks.loadgen.config import LoadConfig, build_workload, parse_ramp
 from benchmarks.loadgen.payloads import MODEL_INPUTS, PayloadFactory, TensorSpec
 from benchmarks.loadgen.render import plot_report, render_find_max, render_table
 from benchmarks.loadgen.report import SCHEMA, LoadReport, RunInfo, Samples
-from benchmarks.loadgen.runner import run_load
+from benchmarks.loadgen.runner import run_async, run_load
 from benchmarks.loadgen.search import FindMaxResult, FindMaxStep, find_max, search_rates
 from benchmarks.loadgen.transport import Endpoint, Outcome, Target, TargetUnreachable, parse_url
 
@@ -43,6 +43,7 @@ __all__ = [
     "plot_report",
     "render_find_max",
     "render_table",
+    "run_async",
     "run_load",
     "search_rates",
 ]

@@ -6,23 +6,21 @@ Exit codes: 0 done; 2 bad input (one line on stderr); 1 the endpoint could not b
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import Coroutine, Sequence
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import orjson
 
 from benchmarks.loadgen.config import ARRIVAL_KINDS, LoadConfig, parse_ramp
 from benchmarks.loadgen.render import plot_report, render_find_max, render_table
 from benchmarks.loadgen.report import LoadReport
-from benchmarks.loadgen.runner import run_load
+from benchmarks.loadgen.runner import run_async, run_load
 from benchmarks.loadgen.search import FindMaxResult, FindMaxStep, find_max
 from benchmarks.loadgen.transport import TargetUnreachable
 from gateway.errors import ConfigError
 
 PROG = "kairos-loadgen"
-T = TypeVar("T")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,16 +84,6 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         progress=not args.quiet,
         send_qos=not args.no_qos_param,
     )
-
-
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop where available (faster timers and sockets), else the default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
 
 
 def _emit_json(obj: dict[str, Any], dest: str) -> None:
