@@ -19,11 +19,12 @@ fixed rate instead, and its fraction within QoS is compared with the simulator's
 The simulator's pool is ideal: no time passes between an instance's answer and its next query.
 A live instance loses the round trip around each query (the gateway's measured transport
 overhead, ~1-3 ms in Python on 2 cores), which costs a short-QoS model like dien a good part of
-its capacity. So each gateway row also gives the simulator's max with that round trip
-(``kairos-sim --transport-ms <the gateway's measured mean> --pipeline``), and with each query's
-round trip drawn from a log-normal with the measured mean and 99th percentile
-(``... --transport-p99-ms <measured p99>``): a QoS-tight policy feels the tail of the round
-trip, not its mean. These are the simulator's predictions for this transport, next to its ideal.
+its capacity. So each gateway row also gives the simulator's max, on the same queries, with that
+round trip (what ``kairos-sim --transport-ms <the gateway's measured mean> --pipeline`` models),
+and with each query's round trip drawn from a log-normal with the measured mean and 99th
+percentile (``... --transport-p99-ms <measured p99>``): a QoS-tight policy feels the tail of the
+round trip, not its mean. These are the simulator's predictions for this transport, next to its
+ideal.
 """
 
 from __future__ import annotations
