@@ -22,7 +22,7 @@ from gateway.backend.base import GRPC
 from gateway.core import GatewayCore
 from gateway.errors import InferenceError, ModelNotFound, Overloaded, Unavailable
 from gateway.frontend import METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
-from gateway.grpc_server import RpcError, UnaryMethod
+from gateway.grpc_server import RpcError, UnaryMethod, call_opened
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.errors import grpc_status
 from gateway.protocol.routing import gateway_parameters_suffix, routing_from_proto
@@ -108,6 +108,7 @@ class GrpcFrontend:
                     qos_ms=info.qos_ms,
                     version=request.model_version or None,
                     message=request,
+                    received_s=call_opened.get(),
                 )
             )
         except InferenceError as exc:

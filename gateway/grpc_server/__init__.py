@@ -9,6 +9,6 @@ status trailers.
 """
 
 from gateway.grpc_server.server import GrpcServer
-from gateway.grpc_server.service import RpcError, UnaryMethod
+from gateway.grpc_server.service import RpcError, UnaryMethod, call_opened
 
-__all__ = ["GrpcServer", "RpcError", "UnaryMethod"]
+__all__ = ["GrpcServer", "RpcError", "UnaryMethod", "call_opened"]

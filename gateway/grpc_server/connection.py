@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
@@ -45,7 +46,7 @@ from gateway.grpc_server.headers import (
     parse_timeout,
     status_block,
 )
-from gateway.grpc_server.service import RpcError, UnaryMethod
+from gateway.grpc_server.service import RpcError, UnaryMethod, call_opened
 
 if TYPE_CHECKING:
     from gateway.grpc_server.server import ServerSettings
@@ -61,11 +62,12 @@ _OK_TRAILERS_FRAME_FLAGS = Flag.END_HEADERS | Flag.END_STREAM
 
 
 class _Stream:
-    __slots__ = ("chunks", "closed", "headers_sent", "id", "method", "pending", "remote_closed", "send_window",
-                 "size", "task", "timer", "unacked")  # fmt: skip
+    __slots__ = ("chunks", "closed", "headers_sent", "id", "method", "opened", "pending", "remote_closed",
+                 "send_window", "size", "task", "timer", "unacked")  # fmt: skip
 
     def __init__(self, stream_id: int, send_window: int) -> None:
         self.id = stream_id
+        self.opened = time.monotonic()  # its HEADERS arrived
         self.method: UnaryMethod | None = None
         self.chunks: list[bytes] = []
         self.size = 0  # request bytes received
@@ -459,6 +461,7 @@ class GrpcConnection(asyncio.Protocol):
         stream.task = self._loop.create_task(self._call(stream, stream.method, body[_MESSAGE_PREFIX.size :]))
 
     async def _call(self, stream: _Stream, method: UnaryMethod, message: bytes) -> None:
+        call_opened.set(stream.opened)  # this task's own context: seen by this call only
         try:
             reply = await method(message)
         except RpcError as exc:

@@ -21,7 +21,7 @@ import h2.settings
 import hpack
 import pytest
 
-from gateway.grpc_server import GrpcServer, RpcError, UnaryMethod
+from gateway.grpc_server import GrpcServer, RpcError, UnaryMethod, call_opened
 from gateway.grpc_server.connection import GrpcConnection
 from gateway.grpc_server.frames import PREFACE, ErrorCode, Flag, FrameType, frame, settings_frame
 from gateway.grpc_server.headers import parse_timeout, status_block
@@ -113,6 +113,28 @@ async def test_echo_round_trip() -> None:
     async with serving() as (_, port), grpc_channel(port) as channel:
         assert await channel.unary_unary(ECHO)(b"hello", timeout=5) == b"hello"
         assert await channel.unary_unary(ECHO)(b"", timeout=5) == b""
+
+
+async def test_a_method_sees_when_its_call_opened() -> None:
+    """``call_opened``: when the call's HEADERS arrived, set for the method's own task only."""
+    seen: list[tuple[float | None, float]] = []
+
+    async def opened(request: bytes) -> bytes:
+        seen.append((call_opened.get(), time.monotonic()))
+        return b""
+
+    before = time.monotonic()
+    async with (
+        serving(methods() | {"/test.Service/Opened": opened}) as (_, port),
+        grpc_channel(port) as channel,
+    ):
+        stub = channel.unary_unary("/test.Service/Opened")
+        await stub(b"a", timeout=5)
+        await stub(b"b" * MiB, timeout=5)
+    assert call_opened.get() is None
+    assert len(seen) == 2 and seen[0][0] != seen[1][0]
+    for stamp, entered in seen:
+        assert stamp is not None and before <= stamp <= entered
 
 
 async def test_many_concurrent_calls_each_get_their_own_answer() -> None:
