@@ -49,7 +49,7 @@ from benchmarks.policies import POOLS
 from benchmarks.processes import ServersProcess, start_gateway, start_servers
 from gateway.errors import ConfigError
 from gateway.profiles import load_catalogue
-from gateway.sim import parse_pool, simulate
+from gateway.sim import SimResult, parse_pool, simulate
 from gateway.sim.search import find_max as sim_find_max
 
 HAPROXY_CFG = """global
@@ -189,6 +189,13 @@ def live_max(url: str, base: LoadConfig, start_qps: float, steps: Steps) -> floa
     return result.max_qps
 
 
+def simulate_load(load: LoadConfig, pool: str, policy: str, **transport: Any) -> SimResult:
+    """The simulator on exactly the queries ``load`` sends, every one of them measured (no
+    warm-up left out, as a live run counts them). ``transport``: ``simulate``'s options."""
+    return simulate(build_workload(load), model=load.model, qos_ms=float(load.qos_ms or 0), pool=parse_pool(pool),
+                    policy=policy, seed=load.seed, warmup=0.0, **transport)
+
+
 def sim_live_search(base: LoadConfig, pool: str, policy: str, start_qps: float, steps: Steps,
                     **transport: Any) -> float:
     """The live search, run by the simulator on the same queries: from the same first rate, each
@@ -197,13 +204,10 @@ def sim_live_search(base: LoadConfig, pool: str, policy: str, start_qps: float, 
     from the live search: a live step's verdict also turns on which queries it holds, and over
     seeds 0-2 the simulator's own max for dien spread by ~5% (575-625 QPS, transport drawn).
     ``transport``: ``simulate``'s transport options."""
-    qos = float(base.qos_ms or 0)
 
     async def step(rate: float) -> bool:
         n = steps.count(rate)
-        queries = build_workload(replace(base, rate=rate, queries=n))
-        res = simulate(queries, model=base.model, qos_ms=qos, pool=parse_pool(pool), policy=policy, seed=base.seed,
-                       warmup=0.0, **transport)
+        res = simulate_load(replace(base, rate=rate, queries=n), pool, policy, **transport)
         return int(res.within_qos().sum()) >= math.ceil(TARGET * n - 1e-9)
 
     return asyncio.run(search_rates(step, start_qps, resolution=RESOLUTION, min_qps=MIN_FRACTION * start_qps,
@@ -217,9 +221,7 @@ def at_fixed_rate(url: str, base: LoadConfig, rate: float, queries: int, pool: s
     report = run_async(run_load(load))
     if policy is None:
         return report.within_qos_pct, None
-    sim = simulate(build_workload(load), model=base.model, qos_ms=float(base.qos_ms or 0), pool=parse_pool(pool),
-                   policy=policy, warmup=0.0)
-    return report.within_qos_pct, 100.0 * sim.attainment
+    return report.within_qos_pct, 100.0 * simulate_load(load, pool, policy).attainment
 
 
 def run_model(model: str, policies: list[str], haproxy: bool, steps: Steps, sim_queries: int,
