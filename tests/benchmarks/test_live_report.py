@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from pathlib import Path
 
-from benchmarks.live import Row, Steps, render, sim_live_search
+import pytest
+
+from benchmarks.live import Row, Steps, main, median_max, plot, render, sim_live_search
 from benchmarks.loadgen import LoadConfig, build_workload
 from benchmarks.policies import POOLS
 from gateway.sim import parse_pool, simulate
@@ -37,6 +40,32 @@ def test_rows_compare_live_with_each_simulation() -> None:
     assert first["policies-table sim max"] == "618.4" and first["sim max, same queries"] == "600.0"
     second = dict(zip(header, cells[1], strict=True))
     assert second["live / sim"] == "-" and second["live within QoS"] == "98.60%"
+
+
+def test_several_searches_report_their_median_and_each_one(tmp_path: Path) -> None:
+    assert median_max([531.4, 550.8, 541.1]) == 541.1
+    assert median_max([531.4, 550.8, 541.1, 560.4]) == 541.1  # a rate that ran, not a midpoint
+    assert median_max([512.1]) == 512.1
+    row = Row("dien", "kairos-gateway/kairos", sim_max=608.7, live_max=541.1,
+              live_searches=(531.4, 541.1, 550.8))  # fmt: skip
+    one = Row("rm2", "kairos-gateway/kairos", sim_max=138.8, live_max=138.8, live_searches=(138.8,))
+    lines = render([row, one]).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = [
+        dict(zip(header, [c.strip() for c in line.strip("|").split("|")], strict=True)) for line in lines[2:]
+    ]
+    assert cells[0]["live max QPS"] == "541.1 (median of 531.4, 541.1, 550.8)"
+    assert cells[0]["live / sim"] == "0.89"
+    assert cells[1]["live max QPS"] == "138.8"  # one search: just its max
+    plot([row, one], tmp_path / "live.png")
+    assert (tmp_path / "live.png").stat().st_size > 0
+
+
+def test_the_command_refuses_a_search_count_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--searches", "0", "--no-haproxy"])
+    assert info.value.code == 2
+    assert "--searches: expected >= 1" in capsys.readouterr().err
 
 
 def test_the_simulator_searches_on_the_live_search_s_own_queries() -> None:
