@@ -4,7 +4,7 @@ together on the running event loop. ``kairos-gateway`` runs one; tests may run s
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,12 +14,12 @@ from aiohttp import web
 from gateway.backend import InstanceClient
 from gateway.config import Config
 from gateway.core import GatewayCore
-from gateway.dispatch import Dispatcher
-from gateway.errors import ConfigError, ProfileError
+from gateway.dispatch import Dispatcher, OverloadControl
+from gateway.errors import ConfigError, Overloaded, ProfileError
 from gateway.estimator import LatencyEstimator
 from gateway.frontend.grpc import GrpcFrontend
 from gateway.frontend.grpcio import start_grpcio_server
-from gateway.frontend.http import HttpFrontend
+from gateway.frontend.http import ClientErrorLog, HttpFrontend
 from gateway.grpc_server import GrpcServer
 from gateway.grpc_server.server import ServerSettings
 from gateway.metrics import GatewayMetrics
@@ -44,6 +44,8 @@ class GatewaySettings:
     pipeline: bool = True
     backend_timeout_ms: float | None = None
     client_margin_ms: float = 0.0
+    late_queries: str = "shed"
+    max_wait_ms: float | None = None
 
     @classmethod
     def from_config(cls, config: Config, **overrides: object) -> GatewaySettings:
@@ -57,13 +59,18 @@ class GatewaySettings:
             "grpc_port": g.grpc_port,
             "grpc_server": g.grpc_server,
             "client_margin_ms": g.client_margin_ms,
+            "late_queries": g.late_queries,
+            "max_wait_ms": g.max_wait_ms,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
 
 def build_dispatcher(
-    config: Config, instances: Sequence[Endpoint], settings: GatewaySettings, profiles: ProfileSet | None = None
+    config: Config,
+    instances: Sequence[Endpoint],
+    settings: GatewaySettings,
+    profiles: ProfileSet | None = None,
 ) -> Dispatcher:
     """The shared dispatcher core for this pool; unknown types or profiles are config errors."""
     types = list(dict.fromkeys(i.type for i in instances))
@@ -79,7 +86,16 @@ def build_dispatcher(
         depth=settings.depth,
         max_pending=settings.max_pending,
         pipeline=settings.pipeline,
+        overload=overload_control(settings, config.qos_ms),
     )
+
+
+def overload_control(settings: GatewaySettings, qos_ms: float) -> OverloadControl:
+    """``late_queries``: shed (deadline errors at once, admission control) or serve (late, but
+    each query within ``max_wait_ms`` of arriving)."""
+    if settings.late_queries == "shed":
+        return OverloadControl(shed_late=True, admission=True)
+    return OverloadControl(max_wait_ms=settings.max_wait_ms if settings.max_wait_ms is not None else qos_ms)
 
 
 class Gateway:
@@ -114,16 +130,31 @@ class Gateway:
             self.metrics,
             backend_timeout_ms=self.settings.backend_timeout_ms,
             client_margin_ms=self.settings.client_margin_ms,
+            consecutive_errors=cfg.gateway.outlier_consecutive_errors,
+            max_attempts=cfg.gateway.max_attempts,
         )
         self.core = core
-        self._prober = HealthProber(clients, cfg.model, cfg.gateway.probe_interval_s, core.set_instance_health)
+        self._prober = HealthProber(
+            clients, cfg.model, cfg.gateway.probe_interval_s, core.set_instance_health
+        )
         await self._prober.probe_all()
         self._prober.start()
 
-        http = HttpFrontend(core, cfg.gateway.max_body_bytes)
-        self._runner = web.AppRunner(http.app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        http = HttpFrontend(core, cfg.gateway.max_body_bytes, cfg.gateway.body_timeout_s)
+        # aiohttp closes a connection that has not sent a whole request head this long after it
+        # opened or after its last answer (slowloris; idle keep-alive connections go too).
+        self._runner = web.AppRunner(
+            http.app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=5.0,
+            keepalive_timeout=cfg.gateway.header_timeout_s,
+            logger=ClientErrorLog(logging.getLogger("kairos.gateway.http")),
+        )
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, cfg.host, self.settings.http_port, backlog=1024, reuse_address=True)
+        self._site = web.TCPSite(
+            self._runner, cfg.host, self.settings.http_port, backlog=1024, reuse_address=True
+        )
         await self._site.start()
         self.http_port = int(self._runner.addresses[0][1])
 
@@ -147,8 +178,11 @@ class Gateway:
         if self._site is not None:
             await self._site.stop()
         if self.core is not None:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self.core.drain(), drain_timeout_s)
+            except TimeoutError:
+                # Whatever is still queued gets its one answer before the connections close.
+                self.core.abort_pending(Overloaded("the gateway is shutting down", retry_after_s=1.0))
         if grpc_stopped is not None:
             await grpc_stopped
         if self._runner is not None:

@@ -19,6 +19,7 @@ from gateway.profiles import Catalogue, load_catalogue
 BACKEND_PROTOCOLS = ("grpc", "http")
 # The gateway's own gRPC server on the event loop, or grpc.aio's (gateway/grpc_server/).
 GRPC_SERVERS = ("native", "grpcio")
+LATE_QUERIES = ("shed", "serve")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,16 @@ class GatewayConfig:
     # Out of each query's QoS, what the legs the gateway does not see take: the request's way in
     # (before the gateway has read it) and the answer's way back. QoS is met at the client.
     client_margin_ms: float = 0.0
+    # A query that can no longer meet its deadline: "shed" answers it at once with a deadline
+    # error and refuses at admission what the pool cannot serve in time; "serve" serves it late,
+    # every query within ``max_wait_ms`` of arriving (None: the QoS).
+    late_queries: str = "shed"
+    max_wait_ms: float | None = None
+    # Error answers (5xx, gRPC INTERNAL) in a row that take an instance out of rotation.
+    outlier_consecutive_errors: int = 5
+    max_attempts: int = 3  # dispatches per query: the first and retries on other instances
+    header_timeout_s: float = 10.0  # HTTP/1.1: the request head must arrive within this
+    body_timeout_s: float = 10.0  # HTTP/1.1: the body, within this once the head is in
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +107,9 @@ class _Fields:
             return default
         return self.raw[key]
 
-    def str(self, key: builtins.str, default: Any = None, choices: tuple[builtins.str, ...] = ()) -> builtins.str:
+    def str(
+        self, key: builtins.str, default: Any = None, choices: tuple[builtins.str, ...] = ()
+    ) -> builtins.str:
         value = self._get(key, default if default is not None else _REQUIRED)
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{self._name(key)}: expected a non-empty string, got {value!r}")
@@ -104,9 +117,16 @@ class _Fields:
             raise ConfigError(f"{self._name(key)}: expected one of {', '.join(choices)}, got {value!r}")
         return value
 
-    def int(self, key: builtins.str, default: Any = None, lo: builtins.int = 0, hi: builtins.int | None = None) -> builtins.int:
+    def int(
+        self, key: builtins.str, default: Any = None, lo: builtins.int = 0, hi: builtins.int | None = None
+    ) -> builtins.int:
         value = self._get(key, default if default is not None else _REQUIRED)
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < lo
+            or (hi is not None and value > hi)
+        ):
             bound = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
             raise ConfigError(f"{self._name(key)}: expected {bound}, got {value!r}")
         return value
@@ -114,7 +134,9 @@ class _Fields:
     def float(self, key: builtins.str, default: Any = None, positive: bool = True) -> builtins.float:
         value = self._get(key, default if default is not None else _REQUIRED)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and value <= 0):
-            raise ConfigError(f"{self._name(key)}: expected a {'positive ' if positive else ''}number, got {value!r}")
+            raise ConfigError(
+                f"{self._name(key)}: expected a {'positive ' if positive else ''}number, got {value!r}"
+            )
         return float(value)
 
     def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
@@ -150,7 +172,7 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None) -> Config:
     qos = top.float("qos_ms", catalogue.qos_ms.get(model))
     pool_raw = top._get("pool", _REQUIRED)
     if not isinstance(pool_raw, list) or not pool_raw:
-        raise ConfigError(f"pool: expected a non-empty list of {{\"type\", \"count\"}} objects, got {pool_raw!r}")
+        raise ConfigError(f'pool: expected a non-empty list of {{"type", "count"}} objects, got {pool_raw!r}')
     pool = []
     for i, item in enumerate(pool_raw):
         f = _Fields(item, f"pool[{i}]")
@@ -185,6 +207,14 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None) -> Config:
         max_body_bytes=g.int("max_body_bytes", dg.max_body_bytes, lo=1024),
         grpc_server=g.str("grpc_server", dg.grpc_server, choices=GRPC_SERVERS),
         client_margin_ms=client_margin(g.float("client_margin_ms", dg.client_margin_ms, positive=False), qos),
+        late_queries=g.str("late_queries", dg.late_queries, choices=LATE_QUERIES),
+        max_wait_ms=g.float("max_wait_ms", qos) if g.raw.get("max_wait_ms") is not None else None,
+        outlier_consecutive_errors=g.int(
+            "outlier_consecutive_errors", dg.outlier_consecutive_errors, lo=1, hi=1000
+        ),
+        max_attempts=g.int("max_attempts", dg.max_attempts, lo=1, hi=10),
+        header_timeout_s=g.float("header_timeout_s", dg.header_timeout_s),
+        body_timeout_s=g.float("body_timeout_s", dg.body_timeout_s),
     )
     return Config(
         model=model,
@@ -199,7 +229,9 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None) -> Config:
 def client_margin(margin_ms: float, qos_ms: float, name: str = "gateway.client_margin_ms") -> float:
     """``margin_ms`` if it is a number of ms in [0, QoS); ConfigError otherwise."""
     if not (0.0 <= margin_ms < qos_ms):
-        raise ConfigError(f"{name}: expected a number of ms >= 0 and below the QoS ({qos_ms:g} ms), got {margin_ms:g}")
+        raise ConfigError(
+            f"{name}: expected a number of ms >= 0 and below the QoS ({qos_ms:g} ms), got {margin_ms:g}"
+        )
     return margin_ms
 
 

@@ -30,12 +30,23 @@ from dataclasses import dataclass, field
 
 from gateway.backend import Backend, BackendReply, InstanceFailure, RoutedRequest
 from gateway.dispatch import Dispatcher, InstanceState, Query
-from gateway.errors import DeadlineExceeded, InferenceError, ModelNotFound, Overloaded, Unavailable
+from gateway.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    InferenceError,
+    InternalError,
+    ModelNotFound,
+    Overloaded,
+    Unavailable,
+)
 from gateway.metrics import GatewayMetrics
+from gateway.outlier import DEFAULT_CONSECUTIVE_ERRORS, ConsecutiveErrors
+from gateway.protocol.limits import quote
 
 log = logging.getLogger("kairos.gateway")
 
 MIN_BACKEND_TIMEOUT_MS = 1000.0  # an instance that takes longer than this and 3 QoS has failed
+DEFAULT_MAX_ATTEMPTS = 3
 
 
 @dataclass(slots=True)
@@ -83,6 +94,8 @@ class GatewayCore:
         metrics: GatewayMetrics | None = None,
         backend_timeout_ms: float | None = None,
         client_margin_ms: float = 0.0,
+        consecutive_errors: int = DEFAULT_CONSECUTIVE_ERRORS,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         if len(clients) != len(dispatcher.instances):
             raise ValueError("one client per dispatcher instance is required")
@@ -94,6 +107,9 @@ class GatewayCore:
         self.backend_timeout_ms = backend_timeout_ms
         # Each deadline leaves this much of the QoS to the client legs, which the gateway cannot see.
         self.client_margin_ms = client_margin_ms
+        self.max_batch = dispatcher.estimator.max_batch
+        self.max_attempts = max_attempts
+        self._outliers = ConsecutiveErrors(consecutive_errors)
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -123,7 +139,11 @@ class GatewayCore:
         ModelNotFound, Overloaded (queue full or shutting down), Unavailable (no healthy
         instance, or the instance failed and no retry was possible), DeadlineExceeded."""
         if request.model != self.model:
-            raise ModelNotFound(f"unknown model {request.model!r}: this gateway serves {self.model!r}")
+            raise ModelNotFound(f"unknown model {quote(request.model)}: this gateway serves {self.model!r}")
+        if not 1 <= request.batch <= self.max_batch:
+            raise BadRequest(
+                f"batch size {request.batch}: model {self.model!r} is served in batches of 1 to {self.max_batch}"
+            )
         if self._closing:
             self.metrics.refusals.labels("shutting_down").inc()
             raise Overloaded("the gateway is shutting down", retry_after_s=1.0)
@@ -136,12 +156,21 @@ class GatewayCore:
         qos = request.qos_ms if request.qos_ms is not None else self.qos_ms
         ticket = _Ticket(request)
         deadline = now + max(qos - self.client_margin_ms, 0.0)
-        query = Query(id=next(self._ids), batch=request.batch, arrival_ms=now, deadline_ms=deadline, payload=ticket)
+        query = Query(
+            id=next(self._ids), batch=request.batch, arrival_ms=now, deadline_ms=deadline, payload=ticket
+        )
         try:
-            self.dispatcher.submit(query)
-        except Overloaded:
-            self.metrics.refusals.labels("queue_full").inc()
+            self.dispatcher.submit(query, now)
+        except DeadlineExceeded:
+            self.metrics.refusals.labels("deadline").inc()
             raise
+        except Overloaded as exc:
+            full = (
+                self.dispatcher.max_pending is not None
+                and len(self.dispatcher.pending) >= self.dispatcher.max_pending
+            )
+            self.metrics.refusals.labels("queue_full" if full else "deadline").inc()
+            raise exc from None
         self._outstanding += 1
         self._idle.clear()
         try:
@@ -175,14 +204,27 @@ class GatewayCore:
         if self._timer is not None:
             self._timer.cancel()
 
+    def abort_pending(self, error: InferenceError) -> int:
+        """Answer every query still waiting to be placed with ``error`` (a drain that ran out of
+        time); returns how many."""
+        n = len(self.dispatcher.pending)
+        self._fail_pending(error)
+        return n
+
     def set_instance_health(self, index: int, healthy: bool) -> None:
         """Probe results and failures: an instance leaves or rejoins the rotation."""
         inst = self.dispatcher.instances[index]
         if not self.dispatcher.set_healthy(inst, healthy):
             return
+        self._outliers.reset(index)
         state = "up" if healthy else "down"
         self.metrics.health_changes.labels(inst.name, state).inc()
-        log.warning("instance %s (%s) is %s", inst.name, inst.type_name, "back in rotation" if healthy else "out of rotation")
+        log.warning(
+            "instance %s (%s) is %s",
+            inst.name,
+            inst.type_name,
+            "back in rotation" if healthy else "out of rotation",
+        )
         if healthy:
             self._kick()
         elif not self.dispatcher.has_healthy():
@@ -218,9 +260,25 @@ class GatewayCore:
         if not d.pending:  # nothing could move
             return
         now = time.monotonic() * 1000.0
+        for query in d.shed(now):
+            self.metrics.refusals.labels("shed").inc()
+            query.payload.fail(
+                DeadlineExceeded(
+                    f"shed: this query cannot be served within its deadline any more "
+                    f"({query.deadline_ms - now:.1f} ms left, batch {query.batch})"
+                )
+            )
+        if not d.pending:
+            return
         before = d.decisions
         start = time.perf_counter()
-        dispatches = d.decide(now)
+        try:
+            dispatches = d.decide(now)
+        except Exception:
+            # A bug in a decision must fail the queries it saw, never stop dispatching for all.
+            log.exception("dispatch decision failed; failing the pending queries")
+            self._fail_pending(InternalError("the gateway failed to dispatch this query"))
+            return
         if d.decisions != before:
             self.metrics.decision.observe(time.perf_counter() - start)
         for dispatch in dispatches:
@@ -241,6 +299,9 @@ class GatewayCore:
         opening = d.next_opening_ms(now)
         if opening is not None and (due is None or opening < due):
             due = opening
+        shed = d.next_shed_ms()
+        if shed is not None and (due is None or shed < due):
+            due = max(shed, now)
         if due is None:
             return
         if self._timer is not None:
@@ -301,13 +362,18 @@ class GatewayCore:
             self.dispatcher.fail(query, inst)
             self._kick()
             raise
-        except Exception as exc:  # a client bug must not leave the query hanging
-            log.exception("backend call to %s failed unexpectedly", inst.name)
-            self._on_failure(query, inst, InstanceFailure(inst.name, repr(exc)))
-            return None
+        except Exception:  # the gateway's own bug: the query fails, the instance is not blamed
+            log.exception("backend call to %s failed in the gateway", inst.name)
+            self.dispatcher.fail(query, inst)
+            self._kick()
+            raise InternalError("the gateway failed to send this query") from None
         e2e_ms = (time.perf_counter() - ticket.arrived_s) * 1000.0
         service_ms = reply.service_ms if reply.service_ms is not None else reply.round_trip_ms
         self.dispatcher.complete(query, inst, service_ms if reply.ok else None, time.monotonic() * 1000.0)
+        if self._outliers.record(inst.index, reply.server_error):
+            self.metrics.failures.labels(inst.name).inc()
+            log.warning("instance %s: %d error answers in a row", inst.name, self._outliers.threshold)
+            self.set_instance_health(inst.index, False)
         if reply.ok and reply.service_ms is not None and self.dispatcher.depth == 1 and not query.pipelined:
             # Sent to an idle instance, the round trip holds no instance queueing.
             self.dispatcher.estimator.observe_overhead(reply.round_trip_ms - reply.service_ms)
@@ -334,17 +400,24 @@ class GatewayCore:
         now = time.monotonic() * 1000.0
         late = now >= query.deadline_ms
         others = any(i.healthy and i.index not in query.tried for i in self.dispatcher.instances)
-        retry = query.attempts < 2 and not late and others
+        retry = query.attempts < self.max_attempts and not late and others
         if retry:
             self.metrics.retries.inc()
             self.dispatcher.requeue(query)
         self._kick()  # the slot it held, and the retry
         if retry:
             return
+        # The reason stays in the log: it names the instance's address and what it sent.
+        what = f"instance {inst.name} " + ("did not answer in time" if exc.timeout else "failed")
         if late or exc.timeout:
-            raise DeadlineExceeded(f"query not served within its deadline: {exc}")
-        raise Unavailable(f"{exc}; " + ("retried once already" if query.attempts >= 2 else "no other healthy instance"))
+            raise DeadlineExceeded(f"query not served within its deadline: {what}")
+        tries = f"tried {query.attempts} instances" if query.attempts > 1 else "no other healthy instance"
+        raise Unavailable(f"{what}; {tries}")
 
     def _fail_pending(self, error: InferenceError) -> None:
-        while self.dispatcher.pending:
-            self.dispatcher.pending.popleft().payload.fail(error)
+        d = self.dispatcher
+        while d.pending:
+            query = d.pending[0]
+            if not d.cancel(query):
+                d.pending.popleft()
+            query.payload.fail(error)

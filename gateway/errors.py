@@ -26,6 +26,12 @@ class BadRequest(InferenceError):
     status = 400
 
 
+class RequestTimeout(InferenceError):
+    """The client did not send the whole request in time."""
+
+    status = 408
+
+
 class ModelNotFound(InferenceError):
     status = 404
 
@@ -52,3 +58,9 @@ class Unavailable(InferenceError):
 
 class DeadlineExceeded(InferenceError):
     status = 504
+
+
+class InternalError(InferenceError):
+    """The gateway itself failed on a request: the instance is not blamed."""
+
+    status = 500

@@ -12,6 +12,9 @@ from gateway.protocol import grpc_predict_v2_pb2 as pb
 
 HTTP = "http"
 GRPC = "grpc"
+SERVER_ERROR_CODES = frozenset(
+    {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.UNIMPLEMENTED}
+)
 
 
 @dataclass(slots=True)
@@ -41,8 +44,9 @@ class RoutedRequest:
 
 @dataclass(slots=True)
 class BackendReply:
-    """What an instance answered: a result, or an error that is the client's (4xx, bad argument),
-    passed back unchanged. Instance failures are raised as ``InstanceFailure`` instead."""
+    """What an instance answered: a result, or an error answer (4xx, bad argument, or a 5xx
+    that may be the request's fault), passed back unchanged. Failures that are the instance's
+    alone (no answer, timeout, unavailable) are raised as ``InstanceFailure`` instead."""
 
     body: bytes
     status: int = 200  # HTTP status; 200 for gRPC OK
@@ -59,6 +63,12 @@ class BackendReply:
     @property
     def ok(self) -> bool:
         return self.status < 400 and self.grpc_code == grpc.StatusCode.OK
+
+    @property
+    def server_error(self) -> bool:
+        """An error answer that may be the instance's fault (HTTP 5xx, gRPC INTERNAL and the
+        like): passed back to the client, and counted by outlier detection."""
+        return self.status >= 500 or self.grpc_code in SERVER_ERROR_CODES
 
 
 class InstanceFailure(Exception):

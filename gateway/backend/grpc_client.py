@@ -6,7 +6,7 @@ import time
 
 import grpc
 
-from gateway.backend.base import BackendReply, InstanceFailure, RoutedRequest
+from gateway.backend.base import SERVER_ERROR_CODES, BackendReply, InstanceFailure, RoutedRequest
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from gateway.protocol.routing import reported_service_ms_proto
@@ -20,17 +20,16 @@ CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
-# Codes that mean the instance, not the request, is at fault: the core retries elsewhere.
+# Codes that mean the instance cannot serve now, whatever the request: the core retries
+# elsewhere. INTERNAL, UNKNOWN and DATA_LOSS may be the request's fault (MLServer answers
+# INTERNAL to a wrong feature count): they are answers, which outlier detection counts.
 FAILURE_CODES = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.CANCELLED,
         grpc.StatusCode.ABORTED,
-        grpc.StatusCode.DATA_LOSS,
     }
 )
 
@@ -50,11 +49,15 @@ class GrpcBackend:
             body: bytes = await self._infer(request.body, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
+            details = exc.details() or ""
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+                return BackendReply(body=b"", status=413, grpc_code=code, grpc_details=details)
             if code in FAILURE_CODES:
                 raise InstanceFailure(
                     self.name, f"{code.name}: {exc.details()}", timeout=code == grpc.StatusCode.DEADLINE_EXCEEDED
                 ) from None
-            return BackendReply(body=b"", status=400, grpc_code=code, grpc_details=exc.details() or "")
+            status = 500 if code in SERVER_ERROR_CODES else 400
+            return BackendReply(body=b"", status=status, grpc_code=code, grpc_details=details)
         rtt = (time.perf_counter() - start) * 1000.0
         service_ms = None
         try:

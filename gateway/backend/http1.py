@@ -17,6 +17,15 @@ from functools import partial
 from typing import cast
 
 _CRLF2 = b"\r\n\r\n"
+_UNSAFE_PATH = frozenset(" \r\n\t\x00")
+
+
+def _safe_head(path: str, headers: str) -> bool:
+    """Defence in depth under the front ends' checks: a path or header value carrying CR, LF or
+    NUL would let one request smuggle a second onto a shared keep-alive connection."""
+    if _UNSAFE_PATH.intersection(path):
+        return False
+    return "\x00" not in headers and headers.count("\r\n") == headers.count("\n") == headers.count("\r")
 
 
 class HttpError(Exception):
@@ -49,11 +58,17 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        if self.waiter is not None:
-            try:
-                self._parse()
-            except (ValueError, IndexError) as exc:
-                self._fail(HttpError(f"malformed HTTP response: {exc}"))
+        if self.waiter is None:
+            # Bytes nobody asked for (a second response to one request): whatever follows on
+            # this connection could be answered to the wrong request.
+            self.keep_alive = False
+            self.close()
+            return
+        try:
+            self._parse()
+        except (ValueError, IndexError) as exc:
+            self._fail(HttpError(f"malformed HTTP response: {exc}"))
+            self.close()
 
     def eof_received(self) -> bool | None:
         if self._head is not None and self._length is None and self.waiter is not None:
@@ -92,7 +107,8 @@ class _Conn(asyncio.Protocol):
         status, headers = self._head
         self._head, self._length = None, None
         w, self.waiter = self.waiter, None
-        if headers.get("connection", "").lower() == "close":
+        if headers.get("connection", "").lower() == "close" or self.buf:
+            # Bytes past the end of the response: an extra response, not this request's.
             self.keep_alive = False
         if w is not None and not w.done():
             w.set_result(Response(status, headers, body))
@@ -236,6 +252,8 @@ class Http1Pool:
             f"{method} {path} HTTP/1.1\r\nHost: {self.host_header}\r\nContent-Length: {len(body)}\r\n"
             f"{headers}\r\n"
         ).encode("latin-1")
+        if not _safe_head(path, headers):
+            raise ValueError("refusing a request head with control characters or a space in its path")
         # The common case: a kept-alive connection is free (and no one queues for one). It knows
         # its loop: on Python 3.11 asyncio.get_running_loop() makes a getpid() syscall, ~3% of
         # the gateway's CPU per gRPC query.

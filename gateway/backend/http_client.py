@@ -14,6 +14,10 @@ from gateway.protocol.routing import json_response_header, reported_service_ms_j
 from gateway.protocol.v2 import INFERENCE_HEADER
 
 _HEADER_LENGTH_KEY = INFERENCE_HEADER.lower()  # http1 responses have lower-case header names
+MAX_CACHED_PATHS = 64
+# Answers that say the instance cannot serve now (overloaded, a proxy in front of it failing):
+# retried elsewhere. Any other 5xx is an answer, passed back; outlier detection counts it.
+UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 
 
 class HttpBackend:
@@ -33,8 +37,10 @@ class HttpBackend:
 
     def _infer_path(self, model: str, version: str | None) -> str:
         path = self._paths.get((model, version))
-        if path is None:  # one model per gateway: built once
-            path = self._paths[model, version] = self._model_path(model, version) + "/infer"
+        if path is None:  # built once per (model, version); versions come from clients: bounded
+            path = self._model_path(model, version) + "/infer"
+            if len(self._paths) < MAX_CACHED_PATHS:
+                self._paths[model, version] = path
         return path
 
     async def infer(self, request: RoutedRequest, timeout_s: float) -> BackendReply:
@@ -46,7 +52,7 @@ class HttpBackend:
         status, body = resp.status, resp.body
         header_length = response_header_length(resp)
         rtt = (time.perf_counter() - start) * 1000.0
-        if status >= 400:  # the client's error, passed back unread
+        if status >= 400:  # the instance's error answer, passed back unread
             return BackendReply(body, status, resp.headers.get("content-type"), header_length, round_trip_ms=rtt)
         header = json_response_header(body, header_length)
         return BackendReply(
@@ -63,7 +69,7 @@ class HttpBackend:
         self, model: str, version: str | None, headers: str, body: bytes, timeout_s: float
     ) -> Response:
         """POST an infer body; the response unless the instance failed (InstanceFailure:
-        refused, reset, timeout, 5xx)."""
+        refused, reset, timeout, 502-504)."""
         path = self._infer_path(model, version)
         try:
             resp = await self._pool.request("POST", path, headers, body, timeout_s)
@@ -71,7 +77,7 @@ class HttpBackend:
             raise InstanceFailure(self.name, f"no answer within {timeout_s:.3f} s", timeout=True) from None
         except (HttpError, OSError) as exc:
             raise InstanceFailure(self.name, f"{type(exc).__name__}: {exc}") from None
-        if resp.status >= 500:
+        if resp.status in UNAVAILABLE_STATUSES:
             raise InstanceFailure(self.name, f"HTTP {resp.status}: {resp.body[:200]!r}")
         return resp
 

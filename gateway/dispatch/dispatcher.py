@@ -7,6 +7,7 @@ live gateway drives it on the wall clock and the simulator on a virtual clock.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from itertools import islice
 import numpy as np
 
 from gateway.dispatch.query import Query
-from gateway.errors import Overloaded
+from gateway.errors import DeadlineExceeded, Overloaded
 from gateway.estimator import LatencyEstimator
 from gateway.policies import Policy, Snapshot
 
@@ -44,6 +45,25 @@ class InstanceState:
 
 
 @dataclass(frozen=True, slots=True)
+class OverloadControl:
+    """What the dispatcher does with queries the pool cannot serve in time.
+
+    ``shed_late``: a queued query that can no longer meet its deadline on any healthy instance
+    is removed (``Dispatcher.shed``) and answered at once with a deadline error, instead of being
+    served late. ``admission``: ``submit`` refuses a query when the work queued ahead of it,
+    spread over the pool, plus its own fastest service would end past its deadline
+    (``admission_factor`` scales that estimate: above 1 refuses earlier). ``max_wait_ms``: a
+    query that has waited this long is served next, whatever the policy prefers (bounds every
+    query's wait when late queries are served).
+    """
+
+    shed_late: bool = False
+    admission: bool = False
+    admission_factor: float = 1.0
+    max_wait_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Dispatch:
     query: Query
     instance: InstanceState
@@ -59,8 +79,12 @@ class Dispatcher:
         depth: int = 1,
         max_pending: int | None = None,
         pipeline: bool = False,
+        overload: OverloadControl | None = None,
     ) -> None:
         """``instances``: (name, type name) pairs; every type must be known to the estimator.
+
+        ``overload``: what happens to queries the pool cannot serve in time (see
+        ``OverloadControl``); None: every query is served, however late (the simulator's ideal).
 
         ``pipeline``: an instance holding ``depth`` queries takes one more once what it holds
         is estimated to be done within the round trip's 99th percentile (``overhead_p99_ms``), so
@@ -74,12 +98,17 @@ class Dispatcher:
         self.depth = depth
         self.max_pending = max_pending
         self.pipeline = pipeline
+        self.overload = overload or OverloadControl()
         self.pending: deque[Query] = deque()
+        # (latest start, id, query) of queued queries, when hopeless ones are shed.
+        self._latest_start: list[tuple[float, int, Query]] = []
+        self._backlog_ms = 0.0  # summed pool cost of the queued queries (admission control)
         self.instances = [
             InstanceState(index=i, name=name, type_name=t, type_index=estimator.type_index(t))
             for i, (name, t) in enumerate(instances)
         ]
         self._types = np.array([inst.type_index for inst in self.instances], dtype=np.int64)
+        self._type_healthy = np.bincount(self._types, minlength=estimator.n_types)  # healthy per type
         # Per-instance columns, kept current on every event so that a decision reads the pool as
         # whole arrays instead of walking it (the hot path: every arrival and completion). An
         # instance serves what it holds in order, so it is estimated done at the first start
@@ -94,7 +123,9 @@ class Dispatcher:
         self._free = np.full(n, depth, dtype=np.int64)  # queries it may take, pipelining aside
         self._full = np.zeros(n, dtype=bool)  # healthy and holding ``depth``: may pipeline
         # What a snapshot gets of these: read-only views, always current, never copied.
-        self._ok_view, self._held_view, self._free_view = (_read_only(a) for a in (self._ok, self._held, self._free))
+        self._ok_view, self._held_view, self._free_view = (
+            _read_only(a) for a in (self._ok, self._held, self._free)
+        )
         self._free_of = [depth] * n
         self._full_of = [False] * n
         self._total_free = n * depth
@@ -107,22 +138,105 @@ class Dispatcher:
 
     # -- events -------------------------------------------------------------------------------
 
-    def submit(self, query: Query) -> None:
-        """Accept a query into the FIFO, or refuse it (``Overloaded``) when the queue is full."""
+    def submit(self, query: Query, now_ms: float | None = None) -> None:
+        """Accept a query into the FIFO, or refuse it (``Overloaded``) when the queue is full or,
+        with admission control and ``now_ms`` given, when the pool cannot serve it in time."""
         if self.max_pending is not None and len(self.pending) >= self.max_pending:
             raise Overloaded(f"pending queue is full ({self.max_pending} queries)", retry_after_s=1.0)
+        control = self.overload
+        if control.admission and now_ms is not None:
+            fastest = self.fastest_ms(query.batch)
+            if now_ms + fastest > query.deadline_ms:
+                raise DeadlineExceeded(
+                    f"cannot be served within its deadline even at once: {fastest:.1f} ms to serve "
+                    f"batch {query.batch} on the fastest healthy instance, {query.deadline_ms - now_ms:.1f} ms left"
+                )
+            wait = self.expected_wait_ms(now_ms)
+            if now_ms + control.admission_factor * (wait + fastest) > query.deadline_ms:
+                raise Overloaded(
+                    f"cannot be served within its deadline: about {wait:.0f} ms of queued work ahead "
+                    f"and {fastest:.1f} ms to serve it, {query.deadline_ms - now_ms:.0f} ms left",
+                    retry_after_s=1.0,
+                )
+        self._enqueue(query)
         self.pending.append(query)
 
     def requeue(self, query: Query) -> None:
         """Put a query that must be retried back at the head: it has waited longest."""
+        self._enqueue(query)
         self.pending.appendleft(query)
 
+    def _enqueue(self, query: Query) -> None:
+        query.queued = True
+        if self.overload.admission:
+            query.cost_ms = self._pool_cost_ms(query.batch)
+            self._backlog_ms += query.cost_ms
+        if self.overload.shed_late:
+            latest = query.deadline_ms - self.fastest_ms(query.batch)
+            heapq.heappush(self._latest_start, (latest, query.id, query))
+
+    def _dequeued(self, query: Query) -> None:
+        query.queued = False
+        if query.cost_ms:
+            self._backlog_ms -= query.cost_ms
+            query.cost_ms = 0.0
+            if not self.pending:
+                self._backlog_ms = 0.0  # no drift once the queue is empty
+
     def cancel(self, query: Query) -> bool:
+        if not query.queued:
+            return False
         try:
             self.pending.remove(query)
         except ValueError:
             return False
+        self._dequeued(query)
         return True
+
+    def shed(self, now_ms: float) -> list[Query]:
+        """Remove and return the queued queries that can no longer meet their deadline on any
+        healthy instance, even if served at once (only with ``OverloadControl.shed_late``)."""
+        heap = self._latest_start
+        out: list[Query] = []
+        while heap and heap[0][0] < now_ms:
+            query = heapq.heappop(heap)[2]
+            if query.queued and self.cancel(query):
+                out.append(query)
+        if not self.pending:
+            heap.clear()
+        return out
+
+    def next_shed_ms(self) -> float | None:
+        """When the next queued query turns hopeless (a driver sheds it then)."""
+        heap = self._latest_start
+        while heap and not heap[0][2].queued:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def fastest_ms(self, batch: int) -> float:
+        """Estimated service time of ``batch`` on the fastest type with a healthy instance."""
+        est = self.estimator.estimate(np.array([batch]))[0]
+        healthy = self._type_healthy > 0
+        return float(est[healthy].min()) if healthy.any() else float("inf")
+
+    def _pool_cost_ms(self, batch: int) -> float:
+        """The pool time a query of ``batch`` takes, spread over every healthy instance at its
+        type's speed (1 / sum of rates): what it adds to the queue's drain time."""
+        est = self.estimator.estimate(np.array([batch]))[0]
+        rate = float((self._type_healthy / est).sum())
+        return 1.0 / rate if rate > 0 else float("inf")
+
+    def expected_wait_ms(self, now_ms: float) -> float:
+        """Roughly how long a query arriving now waits to start: none while an instance is free
+        and no query queues, else the queued work plus what the instances hold, spread over the
+        pool."""
+        if self._total_free and not self.pending:
+            return 0.0
+        healthy = self._healthy_count
+        if not healthy:
+            return float("inf")
+        left = np.maximum(self._span_end - now_ms, 0.0)
+        return self._backlog_ms + float(left[self._ok].sum()) / healthy
 
     def complete(
         self, query: Query, instance: InstanceState, service_ms: float | None, now_ms: float | None = None
@@ -165,6 +279,7 @@ class Dispatcher:
             instance.healthy = healthy
             self._ok[instance.index] = healthy
             self._healthy_count += 1 if healthy else -1
+            self._type_healthy[instance.type_index] += 1 if healthy else -1
             self._refresh(instance)
         return changed
 
@@ -209,7 +324,9 @@ class Dispatcher:
         lookahead = self.estimator.overhead_p99_ms if self.pipeline else 0.0
         if lookahead <= 0.0 or not self._n_full:
             return None
-        return self._full & (self._opens_at(lookahead) <= now_ms)
+        # Not an instance overdue by more than the lookahead: it may be hung, and a query sent
+        # behind one would share its fate.
+        return self._full & (self._opens_at(lookahead) <= now_ms) & (self._span_end + lookahead >= now_ms)
 
     def work_left_ms(self, now_ms: float) -> np.ndarray:
         """(N,) estimated time until each instance is done with everything it holds: 0 when
@@ -257,6 +374,19 @@ class Dispatcher:
             free = self._free_view
             free_list = list(self._free_of)
         self.free_left = total_free
+        aged: list[Dispatch] = []
+        max_wait = self.overload.max_wait_ms
+        if max_wait is not None and self.pending[0].arrival_ms + max_wait <= now_ms:
+            aged = self._serve_aged(now_ms, max_wait, free_list)
+            total_free -= len(aged)
+            self.free_left = total_free
+            if not self.pending or total_free <= 0:
+                return aged
+            if n_opened:
+                free = np.asarray(free_list, dtype=np.int64)
+                free.flags.writeable = False
+            else:
+                free = self._free_view
         window = min(len(self.pending), max(self.policy.window(len(self.instances), total_free), 1))
         queries = list(islice(self.pending, window))
         batch = np.array([q.batch for q in queries], dtype=np.int64)
@@ -275,32 +405,53 @@ class Dispatcher:
         self.decisions += 1
         chosen = self.policy.decide(snap)
         if not chosen:
-            return []
-        depth = self.depth
-        out: list[Dispatch] = []
+            return aged
+        out: list[Dispatch] = aged
         taken: set[int] = set()
         for pos, j in chosen:
-            inst = self.instances[j]
-            q = queries[pos]
-            if pos in taken or free_list[j] <= 0:
+            if pos in taken or not 0 <= j < len(free_list) or free_list[j] <= 0:
                 raise RuntimeError(f"policy {self.policy.name} returned an invalid assignment {(pos, j)}")
             taken.add(pos)
             free_list[j] -= 1
-            q.attempts += 1
-            q.pipelined = len(inst.in_flight) >= depth
-            self.pipelined += q.pipelined
-            q.started_ms = now_ms
-            q.est_ms = self.estimator.estimate_one(inst.type_index, q.batch)
-            inst.in_flight[q.id] = q
-            self._held_changed(inst)
-            out.append(Dispatch(q, inst))
-        self.free_left = total_free - len(out)
+            out.append(self._assign(queries[pos], self.instances[j], now_ms))
+        self.free_left = total_free - len(taken)
         # Remove the dispatched queries, keeping the FIFO order of the rest.
         if len(taken) == window and window == len(self.pending):
             self.pending.clear()
         else:
             for pos in sorted(taken, reverse=True):
                 del self.pending[pos]
+        return out
+
+    def _assign(self, q: Query, inst: InstanceState, now_ms: float) -> Dispatch:
+        """Mark ``q`` as sent to ``inst`` at ``now_ms`` (the caller removes it from the FIFO)."""
+        self._dequeued(q)
+        q.attempts += 1
+        q.pipelined = len(inst.in_flight) >= self.depth
+        self.pipelined += q.pipelined
+        q.started_ms = now_ms
+        q.est_ms = self.estimator.estimate_one(inst.type_index, q.batch)
+        inst.in_flight[q.id] = q
+        self._held_changed(inst)
+        return Dispatch(q, inst)
+
+    def _serve_aged(self, now_ms: float, max_wait_ms: float, free_list: list[int]) -> list[Dispatch]:
+        """Queries waiting past ``max_wait_ms`` go first, oldest first, each to the free instance
+        estimated to finish it soonest: a policy that favours queries it can still serve in time
+        would otherwise starve them (large batches under a backlog)."""
+        out: list[Dispatch] = []
+        left = self.work_left_ms(now_ms)
+        while self.pending and self.pending[0].arrival_ms + max_wait_ms <= now_ms:
+            candidates = [j for j, f in enumerate(free_list) if f > 0]
+            if not candidates:
+                break
+            q = self.pending[0]
+            est = self.estimator.estimate(np.array([q.batch]))[0]
+            j = min(candidates, key=lambda k: float(est[self._types[k]] + left[k]))
+            self.pending.popleft()
+            free_list[j] -= 1
+            out.append(self._assign(q, self.instances[j], now_ms))
+            left[j] = float(left[j] + est[self._types[j]])
         return out
 
     def next_opening_ms(self, now_ms: float) -> float | None:

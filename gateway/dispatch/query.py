@@ -18,3 +18,5 @@ class Query:
     started_ms: float = 0.0
     est_ms: float = 0.0
     pipelined: bool = False  # sent to an instance still busy with its previous query
+    queued: bool = False  # in the dispatcher's pending FIFO now
+    cost_ms: float = 0.0  # its share of the pool's backlog while queued (admission control)

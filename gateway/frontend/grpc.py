@@ -25,6 +25,7 @@ from gateway.frontend import METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
 from gateway.grpc_server import RpcError, UnaryMethod, call_opened
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.errors import grpc_status
+from gateway.protocol.limits import quote
 from gateway.protocol.routing import gateway_parameters_suffix, routing_from_proto
 from gateway.protocol.v2 import GRPC_SERVICE, decode_proto_infer
 
@@ -71,7 +72,7 @@ class GrpcFrontend:
 
     async def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
         if request.name != self.core.model:
-            raise self._abort(ModelNotFound(f"unknown model {request.name!r}"), request.name)
+            raise self._abort(ModelNotFound(f"unknown model {quote(request.name)}"), request.name)
         return pb.ModelReadyResponse(ready=self.core.model_ready(request.name))
 
     async def server_metadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
@@ -79,7 +80,7 @@ class GrpcFrontend:
 
     async def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
         if request.name != self.core.model:
-            raise self._abort(ModelNotFound(f"unknown model {request.name!r}"), request.name)
+            raise self._abort(ModelNotFound(f"unknown model {quote(request.name)}"), request.name)
         for client in self.core.metadata_clients():
             if client.grpc is None:
                 continue
@@ -87,7 +88,7 @@ class GrpcFrontend:
                 return await client.grpc.model_metadata(request, METADATA_TIMEOUT_S)
             except InstanceFailure:
                 continue
-        raise self._abort(Unavailable(f"no instance answered metadata for {request.name!r}"), request.name)
+        raise self._abort(Unavailable(f"no instance answered metadata for {quote(request.name)}"), request.name)
 
     async def model_infer(self, raw: bytes) -> bytes:
         start = time.perf_counter()
@@ -96,7 +97,7 @@ class GrpcFrontend:
             request = decode_proto_infer(raw)
             model = request.model_name
             if model != self.core.model:
-                raise ModelNotFound(f"unknown model {model!r}: this gateway serves {self.core.model!r}")
+                raise ModelNotFound(f"unknown model {quote(model)}: this gateway serves {self.core.model!r}")
             info = routing_from_proto(request)
             result = await self.core.infer(
                 RoutedRequest(

@@ -6,28 +6,41 @@ came; the instance's response comes back with gateway parameters added to its JS
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.backend import InstanceFailure, RoutedRequest
 from gateway.backend.base import HTTP
 from gateway.core import GatewayCore
-from gateway.errors import BadRequest, InferenceError, ModelNotFound, PayloadTooLarge, Unavailable
+from gateway.errors import (
+    BadRequest,
+    InferenceError,
+    ModelNotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unavailable,
+)
 from gateway.frontend import METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.protocol.errors import http_error
-from gateway.protocol.routing import add_json_parameters, gateway_parameters, routing_from_json
-from gateway.protocol.v2 import INFERENCE_HEADER, load_json_object, parse_header_length
+from gateway.protocol.limits import check_content_type, check_version, quote
+from gateway.protocol.routing import add_json_parameters, gateway_parameters, routing_from_json_body
+from gateway.protocol.v2 import INFERENCE_HEADER, parse_header_length
 
 JSON = "application/json"
 
 
 class HttpFrontend:
-    def __init__(self, core: GatewayCore, max_body_bytes: int) -> None:
+    def __init__(self, core: GatewayCore, max_body_bytes: int, body_timeout_s: float = 10.0) -> None:
         self.core = core
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self.app = web.Application(client_max_size=max_body_bytes)
         add = self.app.router.add_route
         add("GET", "/v2/health/live", self.live)
@@ -49,12 +62,14 @@ class HttpFrontend:
         return _json(200 if ready else 503, {"ready": ready})
 
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return _json(200, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
+        return _json(
+            200, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
+        )
 
     async def model_ready(self, request: web.Request) -> web.Response:
         model = request.match_info["model"]
         if model != self.core.model:
-            return self._error(ModelNotFound(f"unknown model {model!r}"), None)
+            return self._error(ModelNotFound(f"unknown model {quote(model)}"), None)
         ready = self.core.model_ready(model)
         return _json(200 if ready else 503, {"name": model, "ready": ready})
 
@@ -62,8 +77,13 @@ class HttpFrontend:
         """The instances' own metadata (tensor names, shapes), asked of a healthy one."""
         model = request.match_info["model"]
         if model != self.core.model:
-            return self._error(ModelNotFound(f"unknown model {model!r}"), None)
-        path = request.path.removesuffix("/")
+            return self._error(ModelNotFound(f"unknown model {quote(model)}"), None)
+        try:
+            version = check_version(request.match_info.get("version"))
+        except BadRequest as exc:
+            return self._error(exc, model)
+        # Built from validated parts only: the path goes into the instance's request line.
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
         for client in self.core.metadata_clients():
             if client.http is None:
                 continue
@@ -86,13 +106,14 @@ class HttpFrontend:
         model = request.match_info["model"]
         try:
             if model != self.core.model:
-                raise ModelNotFound(f"unknown model {model!r}: this gateway serves {self.core.model!r}")
+                raise ModelNotFound(f"unknown model {quote(model)}: this gateway serves {self.core.model!r}")
+            content_type = check_content_type(request.headers.get("Content-Type"))
             body = await self._read_body(request)
             if not body:
                 raise BadRequest("empty request body")
             header_length = parse_header_length(request.headers.get(INFERENCE_HEADER), len(body))
             header = body if header_length is None else memoryview(body)[:header_length]
-            info = routing_from_json(load_json_object(header))
+            info = routing_from_json_body(header, request.match_info.get("version"))
             result = await self.core.infer(
                 RoutedRequest(
                     protocol=HTTP,
@@ -101,8 +122,8 @@ class HttpFrontend:
                     body=body,
                     request_id=info.request_id,
                     qos_ms=info.qos_ms,
-                    version=request.match_info.get("version"),
-                    content_type=request.headers.get("Content-Type"),
+                    version=info.version,
+                    content_type=content_type,
                     header_length=header_length,
                     received_s=received,
                 )
@@ -130,11 +151,15 @@ class HttpFrontend:
             raise PayloadTooLarge(f"request body larger than {self.max_body_bytes} bytes")
         chunks: list[bytes] = []
         size = 0
-        while chunk := await request.content.readany():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise PayloadTooLarge(f"request body larger than {self.max_body_bytes} bytes")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                while chunk := await request.content.readany():
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        raise PayloadTooLarge(f"request body larger than {self.max_body_bytes} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestTimeout(f"request body not received within {self.body_timeout_s:g} s") from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _count(self, model: str | None, status: int) -> None:
@@ -153,3 +178,15 @@ def _json(status: int, payload: object) -> web.Response:
 
 def _mime(content_type: str | None) -> str:
     return (content_type or JSON).split(";")[0].strip()
+
+
+class ClientErrorLog(logging.LoggerAdapter):
+    """aiohttp's server log with a client's malformed HTTP as one line, not a traceback: any
+    client can send it, and a traceback each time floods the log. Other errors keep theirs."""
+
+    def exception(self, msg: object, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else None
+        if isinstance(exc, (HttpProcessingError, ConnectionError)):
+            self.info("%s: %s", str(msg) % args if args else msg, exc, **kwargs)
+            return
+        self.error(msg, *args, exc_info=exc_info, **kwargs)

@@ -27,6 +27,7 @@ import orjson
 from gateway.errors import BadRequest
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol import wire
+from gateway.protocol.limits import check_nesting, check_request_id, check_version, json_too_deep, quote
 from gateway.protocol.params import (
     PARAM_E2E_MS,
     PARAM_INSTANCE,
@@ -35,7 +36,15 @@ from gateway.protocol.params import (
     SERVICE_MS_KEYS,
     ParamValue,
 )
-from gateway.protocol.v2 import json_batch, proto_batch, proto_param_value
+from gateway.protocol.v2 import (
+    json_batch,
+    load_json_object,
+    parse_proto_infer,
+    proto_batch,
+    proto_param_value,
+)
+
+MAX_QOS_MS = 3_600_000  # an hour: past it a deadline means nothing to the dispatcher
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +52,7 @@ class RoutingInfo:
     batch: int
     request_id: str
     qos_ms: float | None
+    version: str | None = None  # validated: safe in a URL path and a request line
 
 
 def gateway_parameters(instance: str, queue_ms: float, e2e_ms: float) -> dict[str, ParamValue]:
@@ -53,18 +63,33 @@ def gateway_parameters(instance: str, queue_ms: float, e2e_ms: float) -> dict[st
 # -- HTTP/JSON -------------------------------------------------------------------------------
 
 
-def routing_from_json(header: Mapping[str, Any]) -> RoutingInfo:
-    """Routing facts of a parsed JSON request header; checks only what routing needs (the
-    instance validates the tensors and its 400 comes back unchanged)."""
+def routing_from_json(header: Mapping[str, Any], version: str | None = None) -> RoutingInfo:
+    """Routing facts of a parsed JSON request header; checks what routing needs and the bounds
+    of what is forwarded (the instance validates the tensors and its 400 comes back unchanged)."""
     batch = json_batch(header)
     rid = header.get("id", "")
     if not isinstance(rid, str):
-        raise BadRequest(f"id: expected a string, got {rid!r}")
+        raise BadRequest(f"id: expected a string, got {quote(rid)}")
     params = header.get("parameters")
     qos = None
     if isinstance(params, dict) and QOS_PARAMETER in params:
         qos = _qos(params[QOS_PARAMETER])
-    return RoutingInfo(batch=batch, request_id=rid, qos_ms=qos)
+    return RoutingInfo(
+        batch=batch, request_id=check_request_id(rid), qos_ms=qos, version=check_version(version)
+    )
+
+
+def routing_from_json_body(header: bytes | memoryview, version: str | None = None) -> RoutingInfo:
+    """``routing_from_json`` of a request's JSON header as received, with its nesting bounded
+    first: an instance that recurses over deeply nested data fails on it."""
+    obj = load_json_object(header)
+    if json_too_deep(header):
+        inputs = obj.get("inputs")
+        for i, tensor in enumerate(inputs if isinstance(inputs, list) else ()):
+            if isinstance(tensor, dict) and isinstance(tensor.get("shape"), list):
+                check_nesting(tensor.get("data"), max(len(tensor["shape"]), 1), f"inputs[{i}]")
+        check_nesting(obj.get("parameters"), 2, "parameters")
+    return routing_from_json(obj, version)
 
 
 def json_response_header(body: bytes, header_length: int | None) -> dict[str, Any] | None:
@@ -112,10 +137,21 @@ def reported_service_ms_json(header: Mapping[str, Any] | None) -> float | None:
 
 
 def routing_from_proto(request: pb.ModelInferRequest) -> RoutingInfo:
+    """Routing facts of a gRPC request, and the bounds of what is forwarded: typed contents are
+    checked in full (they are re-encoded for an HTTP instance, and a value out of its
+    datatype's range must be the client's error, not the instance's)."""
     qos = None
     if QOS_PARAMETER in request.parameters:
         qos = _qos(proto_param_value(request.parameters[QOS_PARAMETER]))
-    return RoutingInfo(batch=proto_batch(request), request_id=request.id, qos_ms=qos)
+    batch = proto_batch(request)
+    if len(request.raw_input_contents) != len(request.inputs):
+        parse_proto_infer(request)
+    return RoutingInfo(
+        batch=batch,
+        request_id=check_request_id(request.id),
+        qos_ms=qos,
+        version=check_version(request.model_version),
+    )
 
 
 def gateway_parameters_suffix(instance: str, queue_ms: float, e2e_ms: float) -> bytes:
@@ -145,6 +181,8 @@ def _qos(value: Any) -> float:
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
             value = float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise BadRequest(f"parameter {QOS_PARAMETER}: expected a positive number of ms, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_QOS_MS:
+        raise BadRequest(
+            f"parameter {QOS_PARAMETER}: expected a number of ms in (0, {MAX_QOS_MS}], got {quote(value)}"
+        )
     return float(value)

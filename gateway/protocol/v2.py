@@ -26,6 +26,7 @@ from google.protobuf.message import DecodeError
 from gateway.errors import BadRequest
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.datatypes import byte_size, count_bytes_elements, element_count, element_size
+from gateway.protocol.limits import check_nesting, check_shape, quote
 
 # HTTP header of the binary tensor extension: the length of the JSON part of the body.
 INFERENCE_HEADER = "Inference-Header-Content-Length"
@@ -48,6 +49,14 @@ CONTENTS_FIELD: dict[str, str] = {
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
+}
+
+# Datatypes narrower than the contents field that carries them: the range a value must be in.
+CONTENTS_RANGE: dict[str, tuple[int, int]] = {
+    "UINT8": (0, 2**8 - 1),
+    "UINT16": (0, 2**16 - 1),
+    "INT8": (-(2**7), 2**7 - 1),
+    "INT16": (-(2**15), 2**15 - 1),
 }
 
 
@@ -101,7 +110,7 @@ class InferRequest:
 
 def batch_of_shape(shape: Sequence[int], input_name: str = "") -> int:
     """shape[0] of the first input, checked to be a batch size >= 1."""
-    what = f"first input {input_name!r}" if input_name else "first input"
+    what = f"first input {quote(input_name)}" if input_name else "first input"
     if len(shape) == 0:
         raise BadRequest(f"{what} has shape []: expected [batch, ...] with batch >= 1")
     if shape[0] < 1:
@@ -231,6 +240,7 @@ def _json_input(raw: Any, i: int) -> InputTensor:
         return InputTensor(name, datatype, shape, raw_size=size)
     if not has_data:
         raise BadRequest(f"{label}: has no data: expected 'data' or parameters.binary_data_size")
+    check_nesting(raw["data"], max(len(shape), 1), label)
     n = _count_json_elements(raw["data"])
     if n != element_count(shape):
         raise BadRequest(
@@ -240,12 +250,19 @@ def _json_input(raw: Any, i: int) -> InputTensor:
 
 
 def _count_json_elements(data: Any) -> int:
-    # V2 allows the data flat or nested row-major; a scalar counts as one element.
-    if not isinstance(data, list):
-        return 1
-    if any(isinstance(x, list) for x in data):
-        return sum(_count_json_elements(x) for x in data)
-    return len(data)
+    # V2 allows the data flat or nested row-major; a scalar counts as one element. Iterative:
+    # the nesting is bounded by ``check_nesting`` first, but the stack must not be the bound.
+    count = 0
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if not isinstance(value, list):
+            count += 1
+        elif any(isinstance(x, list) for x in value):
+            stack.extend(value)
+        else:
+            count += len(value)
+    return count
 
 
 def _json_outputs(raw: Any) -> tuple[OutputRequest, ...]:
@@ -265,15 +282,15 @@ def _json_outputs(raw: Any) -> tuple[OutputRequest, ...]:
 
 def _shape(raw: Any, label: str) -> tuple[int, ...]:
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in raw):
-        raise BadRequest(f"{label}: 'shape' must be a list of integers, got {raw!r}")
+        raise BadRequest(f"{label}: 'shape' must be a list of integers, got {quote(raw)}")
     if any(d < 0 for d in raw):
-        raise BadRequest(f"{label}: shape {raw} has a negative dimension")
-    return tuple(raw)
+        raise BadRequest(f"{label}: shape {quote(raw)} has a negative dimension")
+    return check_shape(tuple(raw), label)
 
 
 def _input_label(raw: Any, i: int) -> str:
     if isinstance(raw, dict) and isinstance(raw.get("name"), str):
-        return f"input {raw['name']!r}"
+        return f"input {quote(raw['name'])}"
     return f"inputs[{i}]"
 
 
@@ -302,7 +319,10 @@ def proto_batch(request: pb.ModelInferRequest) -> int:
     if not request.inputs:
         raise BadRequest("request has no inputs: expected at least one input tensor")
     first = request.inputs[0]
-    return batch_of_shape(list(first.shape), first.name)
+    label = f"input {quote(first.name)}"
+    if any(d < 0 for d in first.shape):
+        raise BadRequest(f"{label}: shape {quote(list(first.shape))} has a negative dimension")
+    return batch_of_shape(check_shape(tuple(first.shape), label), first.name)
 
 
 def parse_proto_infer(request: pb.ModelInferRequest) -> InferRequest:
@@ -317,13 +337,14 @@ def parse_proto_infer(request: pb.ModelInferRequest) -> InferRequest:
         )
     inputs: list[InputTensor] = []
     for i, t in enumerate(request.inputs):
-        label = f"input {t.name!r}" if t.name else f"inputs[{i}]"
+        label = f"input {quote(t.name)}" if t.name else f"inputs[{i}]"
         if not t.name:
             raise BadRequest(f"{label}: 'name' must be a non-empty string")
         element_size(t.datatype)
         if any(d < 0 for d in t.shape):
-            raise BadRequest(f"{label}: shape {list(t.shape)} has a negative dimension")
-        tensor = InputTensor(t.name, t.datatype, tuple(t.shape), raw_size=len(raw[i]) if raw else None)
+            raise BadRequest(f"{label}: shape {quote(list(t.shape))} has a negative dimension")
+        shape = check_shape(tuple(t.shape), label)
+        tensor = InputTensor(t.name, t.datatype, shape, raw_size=len(raw[i]) if raw else None)
         if raw:
             _check_raw(tensor, raw[i])
         else:
@@ -360,11 +381,18 @@ def _check_contents(tensor: InputTensor, t: Any, label: str) -> None:
     field_name = CONTENTS_FIELD.get(tensor.datatype)
     if field_name is None:
         raise BadRequest(f"{label}: datatype {tensor.datatype} can only be sent in raw_input_contents")
-    n = len(getattr(t.contents, field_name))
+    values = getattr(t.contents, field_name)
+    n = len(values)
     if n != element_count(tensor.shape):
         raise BadRequest(
             f"{label}: shape {list(tensor.shape)} needs {element_count(tensor.shape)} elements but "
             f"contents.{field_name} has {n}"
+        )
+    bounds = CONTENTS_RANGE.get(tensor.datatype)
+    if bounds is not None and n and (min(values) < bounds[0] or max(values) > bounds[1]):
+        raise BadRequest(
+            f"{label}: contents.{field_name} holds a value outside {tensor.datatype}'s range "
+            f"[{bounds[0]}, {bounds[1]}]"
         )
 
 

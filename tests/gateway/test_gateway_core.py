@@ -13,8 +13,8 @@ from gateway.app import GatewaySettings, build_dispatcher
 from gateway.backend import BackendReply, InstanceFailure, RoutedRequest
 from gateway.backend.base import GRPC
 from gateway.config import parse_config
-from gateway.core import GatewayCore
-from gateway.errors import DeadlineExceeded, ModelNotFound, Overloaded, Unavailable
+from gateway.core import GatewayCore, InferResult
+from gateway.errors import BadRequest, DeadlineExceeded, InternalError, ModelNotFound, Overloaded, Unavailable
 from gateway.pool import Endpoint
 
 Behaviour = Callable[[RoutedRequest], Awaitable[BackendReply]]
@@ -31,7 +31,10 @@ class FakeInstance:
 
     async def infer(self, request: RoutedRequest, timeout_s: float) -> BackendReply:
         self.calls[request.request_id] += 1
-        return await asyncio.wait_for(self.behaviour(request), timeout_s)
+        try:
+            return await asyncio.wait_for(self.behaviour(request), timeout_s)
+        except TimeoutError:  # as the real clients report it
+            raise InstanceFailure(self.name, "no answer in time", timeout=True) from None
 
     async def ready(self, model: str, timeout_s: float) -> bool:
         return True
@@ -62,10 +65,13 @@ def make_core(
     max_pending: int = 100,
     qos_ms: float = 350,
     client_margin_ms: float = 0.0,
+    late_queries: str = "shed",
 ) -> tuple[GatewayCore, list[FakeInstance]]:
     config = parse_config({"model": "rm2", "qos_ms": qos_ms, "pool": [{"type": "r5n.large", "count": 1}]})
     endpoints = [Endpoint(f"r5n.large-{i}", "r5n.large") for i in range(len(behaviours))]
-    settings = GatewaySettings(policy=policy, depth=1, max_pending=max_pending, http_port=0, grpc_port=0)
+    settings = GatewaySettings(
+        policy=policy, depth=1, max_pending=max_pending, http_port=0, grpc_port=0, late_queries=late_queries
+    )
     dispatcher = build_dispatcher(config, endpoints, settings)
     fakes = [FakeInstance(e.name, b) for e, b in zip(endpoints, behaviours, strict=True)]
     return GatewayCore("rm2", qos_ms, dispatcher, fakes, client_margin_ms=client_margin_ms), fakes
@@ -236,7 +242,7 @@ async def test_the_client_margin_comes_off_every_deadline() -> None:
 
         return run
 
-    core, (fake,) = make_core([ok_after(0)], client_margin_ms=2.5)
+    core, (fake,) = make_core([ok_after(0)], client_margin_ms=2.5, late_queries="serve")
     fake.behaviour = recording(core)
     await core.infer(request(0))
     await core.infer(request(1, qos_ms=20.0))
@@ -265,3 +271,111 @@ async def test_the_deadline_counts_from_when_the_front_end_saw_the_request() -> 
     await core.infer(request(2))
     assert 50.0 < seen[0] <= 60.0  # 40 ms of the 100 ms QoS were spent before the core saw it
     assert 90.0 < seen[1] <= 100.0 and 90.0 < seen[2] <= 100.0
+
+
+def answering(status: int) -> Behaviour:
+    async def run(request: RoutedRequest) -> BackendReply:
+        return BackendReply(body=b'{"error": "bad features"}', status=status, service_ms=1.0)
+
+    return run
+
+
+async def test_error_answers_pass_back_and_eject_only_after_five_in_a_row() -> None:
+    """An instance answering 500 (as MLServer does to a wrong feature count) may be answering a
+    bad request: the answer goes back, nothing is retried, and only a run of them ejects it."""
+    core, (fake,) = make_core([answering(500)], late_queries="serve")
+    for i in range(4):
+        result = await core.infer(request(i))
+        assert result.reply.status == 500 and result.attempts == 1
+    assert core.dispatcher.instances[0].healthy
+    fake.behaviour = ok_after(0)
+    await core.infer(request(4))  # a good answer resets the count
+    fake.behaviour = answering(500)
+    for i in range(4):
+        await core.infer(request(10 + i))
+    assert core.dispatcher.instances[0].healthy
+    await core.infer(request(20))
+    assert not core.dispatcher.instances[0].healthy
+    assert sum(fake.calls.values()) == 10  # never retried
+
+
+async def test_a_client_error_answer_never_ejects() -> None:
+    core, _ = make_core([answering(400)])
+    for i in range(20):
+        assert (await core.infer(request(i))).reply.status == 400
+    assert core.dispatcher.instances[0].healthy
+
+
+async def test_retries_go_on_past_a_second_dead_instance() -> None:
+    """Two instances of one dead process fail in turn: the third attempt reaches the live one."""
+    core, _ = make_core([failing("a"), failing("b"), ok_after(1)], policy="round-robin")
+    result = await core.infer(request(0))
+    assert result.attempts == 3 and result.instance == "r5n.large-2"
+    core2, _ = make_core([failing("a"), failing("b"), failing("c")], policy="round-robin")
+    with pytest.raises(Unavailable) as exc:
+        await core2.infer(request(0))
+    assert "tried 3 instances" in str(exc.value)
+
+
+async def test_a_gateway_bug_in_the_backend_call_fails_the_query_not_the_instance() -> None:
+    async def broken(request: RoutedRequest) -> BackendReply:
+        raise UnicodeEncodeError("latin-1", "☃", 0, 1, "not latin-1")
+
+    core, (fake,) = make_core([broken])
+    with pytest.raises(InternalError):
+        await core.infer(request(0))
+    assert core.dispatcher.instances[0].healthy
+    fake.behaviour = ok_after(0)
+    assert (await core.infer(request(1))).reply.ok
+
+
+async def test_a_failing_decision_fails_its_queries_and_dispatching_goes_on() -> None:
+    core, _ = make_core([ok_after(1)])
+    real = core.dispatcher.decide
+    calls = {"n": 0}
+
+    def once_broken(now: float) -> list:  # type: ignore[type-arg]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OverflowError("Python int too large to convert to C long")
+        return real(now)
+
+    core.dispatcher.decide = once_broken  # type: ignore[method-assign]
+    with pytest.raises(InternalError):
+        await core.infer(request(0))
+    assert (await core.infer(request(1))).reply.ok
+
+
+async def test_batches_outside_the_profile_are_refused_before_the_dispatcher() -> None:
+    core, _ = make_core([ok_after(1)], late_queries="serve")  # the largest batch overruns the QoS
+    for batch in (0, core.max_batch + 1, 2**63):
+        with pytest.raises(BadRequest):
+            await core.infer(request(0, batch=batch))
+    assert not core.dispatcher.pending
+    assert (await core.infer(request(1, batch=core.max_batch))).reply.ok
+
+
+async def test_hopeless_queries_are_shed_at_once_and_counted() -> None:
+    core, _ = make_core([ok_after(300)])
+    first = asyncio.ensure_future(core.infer(request(0, batch=10)))
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    # Admitted (the estimate says it ends in time) but the instance overruns: shed when hopeless.
+    with pytest.raises(DeadlineExceeded) as exc:
+        await core.infer(request(1, batch=10, qos_ms=60))
+    assert "shed" in str(exc.value) or "deadline" in str(exc.value)
+    assert time.monotonic() - started < 0.2
+    await first
+    shed = core.metrics.refusals.labels("shed")._value.get()
+    refused = core.metrics.refusals.labels("deadline")._value.get()
+    assert shed + refused == 1
+
+
+async def test_abort_pending_answers_every_queued_query() -> None:
+    core, _ = make_core([ok_after(200)], late_queries="serve")
+    tasks = [asyncio.ensure_future(core.infer(request(i))) for i in range(5)]
+    await asyncio.sleep(0.01)
+    assert core.abort_pending(Overloaded("the gateway is shutting down")) == 4
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert sum(isinstance(o, Overloaded) for o in outcomes) == 4
+    assert sum(isinstance(o, InferResult) for o in outcomes) == 1

@@ -47,6 +47,7 @@ def test_json_routing_rejects_what_it_cannot_route(header: dict[str, object]) ->
 def test_proto_routing() -> None:
     r = pb.ModelInferRequest(model_name="rm2", id="z")
     r.inputs.add(name="x", datatype="FP32", shape=[4, 2])
+    r.raw_input_contents.append(bytes(32))
     r.parameters["qos_ms"].int64_param = 100
     info = routing_from_proto(r)
     assert (info.batch, info.request_id, info.qos_ms) == (4, "z", 100.0)

@@ -74,3 +74,31 @@ async def test_pool_keeps_alive_and_times_out_without_reusing_the_connection() -
     finally:
         await pool.close()
         server.close()
+
+
+async def test_a_second_response_to_one_request_retires_the_connection() -> None:
+    """An instance that answers twice (a smuggled request): the extra answer must never reach the
+    next request on that connection."""
+
+    async def twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readuntil(b"\r\n\r\n"):
+            one = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
+            writer.write(one + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra")
+            await writer.drain()
+
+    server = await asyncio.start_server(twice, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = Http1Pool("127.0.0.1", port)
+    try:
+        bodies = [(await pool.request("GET", "/", timeout_s=5)).body for _ in range(5)]
+        assert bodies == [b"first"] * 5
+    finally:
+        await pool.close()
+        server.close()
+
+
+async def test_a_request_head_with_crlf_is_refused_before_it_is_sent() -> None:
+    pool = Http1Pool("127.0.0.1", 9)  # nothing is sent: no server needed
+    for path, headers in (("/v2/models/m/versions/1\r\nX: y/infer", ""), ("/a b", ""), ("/ok", "X: a\rb\r\n")):
+        with pytest.raises(ValueError):
+            await pool.request("POST", path, headers, b"{}", timeout_s=1)

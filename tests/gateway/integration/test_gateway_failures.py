@@ -134,7 +134,8 @@ async def test_sigterm_answers_queries_in_flight_then_exits_0(
     server_pool: Callable[..., RunningPool], gateway_proc: Callable[..., RunningGateway]
 ) -> None:
     pool = server_pool(pool={"r5n.large": 2}, model=MODEL)
-    gw = gateway_proc(pool)
+    # Late answers served: the 8th of these may end past its deadline, and shedding would refuse it.
+    gw = gateway_proc(pool, gateway={"late_queries": "serve"})
     async with aiohttp.ClientSession() as s:
         load = asyncio.ensure_future(
             asyncio.gather(*(post_infer(s, gw.url, MODEL, json_request(200, f"s{i}")) for i in range(8)))
@@ -152,7 +153,7 @@ async def test_sigterm_answers_grpc_queries_in_flight_then_exits_0(
     server_pool: Callable[..., RunningPool], gateway_proc: Callable[..., RunningGateway], grpc_server: str
 ) -> None:
     pool = server_pool(pool={"r5n.large": 2}, model=MODEL)
-    gw = gateway_proc(pool, gateway={"grpc_server": grpc_server})
+    gw = gateway_proc(pool, gateway={"grpc_server": grpc_server, "late_queries": "serve"})
     channel = grpc.aio.insecure_channel(gw.grpc)
     call = channel.unary_unary(GRPC_INFER_METHOD)
     requests = []
@@ -176,9 +177,9 @@ async def test_grpc_clients_that_give_up_mid_query_leave_the_gateway_serving(
 ) -> None:
     """Clients whose deadline passes: one query in flight on the only instance, the rest in the
     gateway's queue. Each gets DEADLINE_EXCEEDED; the queue and the instance are freed; the next
-    client is served."""
+    client is served. Late queries served: shedding would refuse the queued ones first."""
     pool = server_pool(pool={"r5n.large": 1}, model=MODEL)
-    gw = gateway_proc(pool)
+    gw = gateway_proc(pool, gateway={"late_queries": "serve"})
     client = tg.InferenceServerClient(gw.grpc)
     inp = tg.InferInput("input0", [500, 1], "FP32")  # ~200 ms on the instance
     inp.set_data_from_numpy(np.zeros((500, 1), dtype=np.float32))

@@ -137,7 +137,8 @@ async def test_bad_input_gets_v2_errors_and_the_gateway_keeps_serving(gw: Runnin
 
         async with s.post(infer, data=pieces(b"x" * 70_000, 7)) as resp:
             assert resp.status == 413 and "error" in orjson.loads(await resp.read())
-        async with s.post(infer, data=pieces(json_request(2, "in-pieces"), 3)) as resp:
+        # (a QoS that leaves time for the pieces: ncf's 5 ms would have it shed)
+        async with s.post(infer, data=pieces(json_request(2, "in-pieces", qos_ms=1000), 3)) as resp:
             assert resp.status == 200 and orjson.loads(await resp.read())["id"] == "in-pieces"
         async with s.post(infer, data=b"") as resp:
             assert resp.status == 400 and "empty" in orjson.loads(await resp.read())["error"]
