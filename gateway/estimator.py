@@ -46,7 +46,7 @@ class LatencyEstimator:
         self.learning_rate = learning_rate
         # (max_batch + 1, T): profile mean times correction, kept up to date by ``observe`` so
         # that ``estimate`` is a single gather of contiguous rows.
-        self._by_batch = np.ascontiguousarray(self._profile_ms.T)
+        self._by_batch = np.array(self._profile_ms.T, order="C")  # a copy: with one type, .T is contiguous and would be a view
         # Transport and scheduling time around each service (live only; 0 in the ideal simulator),
         # learned from round trip minus the instance's own service time. Its 75th percentile is
         # added to every estimate: a deadline sees the round trip, and a policy that packs queries

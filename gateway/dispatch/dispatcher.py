@@ -8,6 +8,7 @@ live gateway drives it on the wall clock and the simulator on a virtual clock.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from gateway.policies import Policy, Snapshot
 # time left reads 0, the same as an idle instance's, and a policy may pick it over an idle one
 # (a tie) and hold the query back until it answers.
 OVERDUE_LEFT_MS = 1e-3
+ADMISSION_STEP_UP = 1.1
+ADMISSION_FACTOR_MAX = 8.0
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -51,15 +54,18 @@ class OverloadControl:
     ``shed_late``: a queued query that can no longer meet its deadline on any healthy instance
     is removed (``Dispatcher.shed``) and answered at once with a deadline error, instead of being
     served late. ``admission``: ``submit`` refuses a query when the work queued ahead of it,
-    spread over the pool, plus its own fastest service would end past its deadline
-    (``admission_factor`` scales that estimate: above 1 refuses earlier). ``max_wait_ms``: a
+    spread over the pool, plus its own fastest service would end past its deadline, times a
+    factor that learns from shedding: up by ``ADMISSION_STEP_UP`` at every query shed, down a
+    little at every query dispatched in time, so that about ``shed_target`` of the admitted
+    queries are shed at equilibrium (the estimate ignores which queries only some types can
+    serve in time, and the policy's order; the factor absorbs both). ``max_wait_ms``: a
     query that has waited this long is served next, whatever the policy prefers (bounds every
     query's wait when late queries are served).
     """
 
     shed_late: bool = False
     admission: bool = False
-    admission_factor: float = 1.0
+    shed_target: float = 0.002
     max_wait_ms: float | None = None
 
 
@@ -103,6 +109,10 @@ class Dispatcher:
         # (latest start, id, query) of queued queries, when hopeless ones are shed.
         self._latest_start: list[tuple[float, int, Query]] = []
         self._backlog_ms = 0.0  # summed pool cost of the queued queries (admission control)
+        self.admission_factor = 1.0
+        # Per dispatch, the step down that balances ADMISSION_STEP_UP per shed at shed_target.
+        target = self.overload.shed_target
+        self._step_down = math.exp(-target * math.log(ADMISSION_STEP_UP) / (1.0 - target))
         self.instances = [
             InstanceState(index=i, name=name, type_name=t, type_index=estimator.type_index(t))
             for i, (name, t) in enumerate(instances)
@@ -152,7 +162,7 @@ class Dispatcher:
                     f"batch {query.batch} on the fastest healthy instance, {query.deadline_ms - now_ms:.1f} ms left"
                 )
             wait = self.expected_wait_ms(now_ms)
-            if now_ms + control.admission_factor * (wait + fastest) > query.deadline_ms:
+            if now_ms + self.admission_factor * (wait + fastest) > query.deadline_ms:
                 raise Overloaded(
                     f"cannot be served within its deadline: about {wait:.0f} ms of queued work ahead "
                     f"and {fastest:.1f} ms to serve it, {query.deadline_ms - now_ms:.0f} ms left",
@@ -169,7 +179,7 @@ class Dispatcher:
     def _enqueue(self, query: Query) -> None:
         query.queued = True
         if self.overload.admission:
-            query.cost_ms = self._pool_cost_ms(query.batch)
+            query.cost_ms = self._pool_cost_ms(query.batch, query.deadline_ms - query.arrival_ms)
             self._backlog_ms += query.cost_ms
         if self.overload.shed_late:
             latest = query.deadline_ms - self.fastest_ms(query.batch)
@@ -202,6 +212,7 @@ class Dispatcher:
             query = heapq.heappop(heap)[2]
             if query.queued and self.cancel(query):
                 out.append(query)
+                self.admission_factor = min(self.admission_factor * ADMISSION_STEP_UP, ADMISSION_FACTOR_MAX)
         if not self.pending:
             heap.clear()
         return out
@@ -219,11 +230,15 @@ class Dispatcher:
         healthy = self._type_healthy > 0
         return float(est[healthy].min()) if healthy.any() else float("inf")
 
-    def _pool_cost_ms(self, batch: int) -> float:
-        """The pool time a query of ``batch`` takes, spread over every healthy instance at its
-        type's speed (1 / sum of rates): what it adds to the queue's drain time."""
+    def _pool_cost_ms(self, batch: int, qos_ms: float) -> float:
+        """The pool time a query of ``batch`` takes, spread over the healthy instances of the
+        types that can serve it within ``qos_ms``, at their speed (1 / sum of rates): what it
+        adds to the queue's drain time."""
         est = self.estimator.estimate(np.array([batch]))[0]
-        rate = float((self._type_healthy / est).sum())
+        able = self._type_healthy * (est <= qos_ms)
+        if not able.any():
+            able = self._type_healthy
+        rate = float((able / est).sum())
         return 1.0 / rate if rate > 0 else float("inf")
 
     def expected_wait_ms(self, now_ms: float) -> float:
@@ -425,6 +440,8 @@ class Dispatcher:
 
     def _assign(self, q: Query, inst: InstanceState, now_ms: float) -> Dispatch:
         """Mark ``q`` as sent to ``inst`` at ``now_ms`` (the caller removes it from the FIFO)."""
+        if q.cost_ms and self.admission_factor > 1.0:
+            self.admission_factor = max(self.admission_factor * self._step_down, 1.0)
         self._dequeued(q)
         q.attempts += 1
         q.pipelined = len(inst.in_flight) >= self.depth

@@ -85,3 +85,13 @@ def test_estimates_carry_the_75th_percentile_of_recent_round_trips_and_pipelinin
     est.observe_overhead(-5.0)  # clock noise never lowers it below zero
     est.observe_overhead(float("nan"))
     assert est.overhead_ms > 0
+
+
+def test_a_single_type_pool_learns_without_drifting() -> None:
+    """With one type the profile's transpose is already contiguous: the learned table must still
+    be a copy, or every observation rescales the profile itself and the estimate decays to 0."""
+    est = LatencyEstimator(load_profiles(), "rm2", ["r5n.large"])
+    profiled = est.estimate_one(0, 10)
+    for _ in range(2000):
+        est.observe(0, 10, profiled / 2)
+    assert est.estimate_one(0, 10) == pytest.approx(profiled / 2, rel=0.01)
