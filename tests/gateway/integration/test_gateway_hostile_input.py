@@ -63,7 +63,7 @@ async def metric(url: str, name: str) -> float:
 async def assert_pool_whole_and_serving(gw: RunningGateway) -> None:
     """No instance left the rotation, and a legitimate query is answered, as itself."""
     assert await metric(gw.url, "kairos_instance_healthy") == POOL_SIZE
-    assert await metric(gw.url, "kairos_instance_health_changes_total") == 0
+    assert await metric(gw.url, "kairos_health_changes_total") == 0
     async with aiohttp.ClientSession() as s:
         status, doc, _ = await post_infer(s, gw.url, MODEL, json_request(10, "legit"))
     assert status == 200 and doc["id"] == "legit"
