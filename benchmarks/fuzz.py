@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import orjson
@@ -54,7 +55,7 @@ CLIENT_CODES = frozenset(
 # -- malformed HTTP ------------------------------------------------------------------------------
 
 
-def _doc(batch: int = 2) -> dict[str, object]:
+def _doc(batch: int = 2) -> dict[str, Any]:
     return {
         "id": "x",
         "inputs": [{"name": "dense", "datatype": "FP32", "shape": [batch, 13], "data": [0.5] * (13 * batch)}],
@@ -74,7 +75,7 @@ INFER = f"/v2/models/{MODEL}/infer"
 def _json_case(rng: random.Random) -> bytes:
     """A JSON infer body that is malformed by construction, with a valid HTTP head."""
     doc = _doc(rng.randint(1, 8))
-    inp = doc["inputs"][0]  # type: ignore[index]
+    inp = doc["inputs"][0]
     kind = rng.randrange(16)
     body: bytes
     if kind == 0:
@@ -94,14 +95,14 @@ def _json_case(rng: random.Random) -> bytes:
         inp["datatype"] = rng.choice(["FP33", "", "fp32", 7, None, "☃"])
         body = orjson.dumps(doc)
     elif kind == 6:
-        del inp["data"]  # type: ignore[attr-defined]
+        del inp["data"]
         body = orjson.dumps(doc)
     elif kind == 7:
-        inp["data"] = inp["data"][: -rng.randint(1, 5)]  # type: ignore[index]
+        inp["data"] = inp["data"][: -rng.randint(1, 5)]
         body = orjson.dumps(doc)
     elif kind == 8:
         depth = rng.randint(40, 1000)
-        inp["shape"] = [1, 1]  # type: ignore[index]
+        inp["shape"] = [1, 1]
         body = orjson.dumps(doc).replace(b'"data":[0.5]', b'"data":' + b"[" * depth + b"1" + b"]" * depth)
     elif kind == 9:
         doc["id"] = rng.choice([3, ["a"], {"a": 1}, "i" * rng.randint(1025, 5000)])
@@ -113,16 +114,16 @@ def _json_case(rng: random.Random) -> bytes:
         doc["parameters"] = rng.choice([[], "x", 5])
         body = orjson.dumps(doc)
     elif kind == 12:
-        inp["shape"] = [rng.randint(1001, 100_000), 13]  # type: ignore[index]
+        inp["shape"] = [rng.randint(1001, 100_000), 13]
         body = orjson.dumps(doc)
     elif kind == 13:
-        inp["shape"] = [2] * rng.randint(33, 60)  # type: ignore[index]
+        inp["shape"] = [2] * rng.randint(33, 60)
         body = orjson.dumps(doc)
     elif kind == 14:
         inp["name"] = rng.choice(["", None, 5])
         body = orjson.dumps(doc)
     else:
-        doc["inputs"] = [inp, dict(inp)]  # type: ignore[list-item]
+        doc["inputs"] = [inp, dict(inp)]
         body = orjson.dumps(doc)
     return _infer_head(INFER, body) + body
 
@@ -148,9 +149,9 @@ def _head_case(rng: random.Random) -> bytes:
         return _infer_head(INFER, b"") + b""  # empty body
     if kind == 5:  # binary extension: sizes that do not add up
         head_doc = _doc(2)
-        inp = head_doc["inputs"][0]  # type: ignore[index]
-        del inp["data"]  # type: ignore[attr-defined]
-        inp["parameters"] = {"binary_data_size": rng.choice([-4, 10**9, "8"])}  # type: ignore[index]
+        inp = head_doc["inputs"][0]
+        del inp["data"]
+        inp["parameters"] = {"binary_data_size": rng.choice([-4, 10**9, "8"])}
         header = orjson.dumps(head_doc)
         full = header + bytes(104)
         return (
