@@ -140,7 +140,9 @@ class Gateway:
         await self._prober.probe_all()
         self._prober.start()
 
-        http = HttpFrontend(core, cfg.gateway.max_body_bytes, cfg.gateway.body_timeout_s)
+        http = HttpFrontend(
+            core, cfg.gateway.max_body_bytes, cfg.gateway.body_timeout_s, cfg.gateway.max_buffered_bytes
+        )
         # aiohttp closes a connection that has not sent a whole request head this long after it
         # opened or after its last answer (slowloris; idle keep-alive connections go too).
         self._runner = web.AppRunner(

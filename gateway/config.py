@@ -64,6 +64,8 @@ class GatewayConfig:
     max_attempts: int = 3  # dispatches per query: the first and retries on other instances
     header_timeout_s: float = 10.0  # HTTP/1.1: the request head must arrive within this
     body_timeout_s: float = 10.0  # HTTP/1.1: the body, within this once the head is in
+    # Request bytes the HTTP front end holds at once, across connections (None: 4 bodies, >= 256 MiB).
+    max_buffered_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +217,7 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None) -> Config:
         max_attempts=g.int("max_attempts", dg.max_attempts, lo=1, hi=10),
         header_timeout_s=g.float("header_timeout_s", dg.header_timeout_s),
         body_timeout_s=g.float("body_timeout_s", dg.body_timeout_s),
+        max_buffered_bytes=g.int("max_buffered_bytes", lo=1024) if g.raw.get("max_buffered_bytes") is not None else None,
     )
     return Config(
         model=model,
