@@ -86,16 +86,8 @@ def build_dispatcher(
         depth=settings.depth,
         max_pending=settings.max_pending,
         pipeline=settings.pipeline,
-        overload=overload_control(settings, config.qos_ms),
+        overload=OverloadControl.for_mode(settings.late_queries, config.qos_ms, settings.max_wait_ms),
     )
-
-
-def overload_control(settings: GatewaySettings, qos_ms: float) -> OverloadControl:
-    """``late_queries``: shed (deadline errors at once, admission control) or serve (late, but
-    each query within ``max_wait_ms`` of arriving)."""
-    if settings.late_queries == "shed":
-        return OverloadControl(shed_late=True, admission=True)
-    return OverloadControl(max_wait_ms=settings.max_wait_ms if settings.max_wait_ms is not None else qos_ms)
 
 
 class Gateway:

@@ -68,6 +68,16 @@ class OverloadControl:
     shed_target: float = 0.002
     max_wait_ms: float | None = None
 
+    @classmethod
+    def for_mode(cls, late_queries: str, qos_ms: float, max_wait_ms: float | None = None) -> OverloadControl:
+        """``gateway.late_queries``: "shed" (deadline errors at once, admission control) or
+        "serve" (late, but each query within ``max_wait_ms``, default the QoS, of arriving)."""
+        if late_queries == "shed":
+            return cls(shed_late=True, admission=True)
+        if late_queries == "serve":
+            return cls(max_wait_ms=max_wait_ms if max_wait_ms is not None else qos_ms)
+        raise ValueError(f"late_queries: expected shed or serve, got {late_queries!r}")
+
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
@@ -208,7 +218,7 @@ class Dispatcher:
         healthy instance, even if served at once (only with ``OverloadControl.shed_late``)."""
         heap = self._latest_start
         out: list[Query] = []
-        while heap and heap[0][0] < now_ms:
+        while heap and heap[0][0] <= now_ms:
             query = heapq.heappop(heap)[2]
             if query.queued and self.cancel(query):
                 out.append(query)
@@ -218,7 +228,8 @@ class Dispatcher:
         return out
 
     def next_shed_ms(self) -> float | None:
-        """When the next queued query turns hopeless (a driver sheds it then)."""
+        """When the next queued query turns hopeless (a driver sheds it then); after ``shed(now)``
+        it is later than ``now``."""
         heap = self._latest_start
         while heap and not heap[0][2].queued:
             heapq.heappop(heap)
@@ -339,9 +350,10 @@ class Dispatcher:
         lookahead = self.estimator.overhead_p99_ms if self.pipeline else 0.0
         if lookahead <= 0.0 or not self._n_full:
             return None
-        # Not an instance overdue by more than the lookahead: it may be hung, and a query sent
-        # behind one would share its fate.
-        return self._full & (self._opens_at(lookahead) <= now_ms) & (self._span_end + lookahead >= now_ms)
+        # Not an instance long overdue (past twice its estimated work, or the lookahead): it may
+        # be hung, and a query sent behind one would share its fate.
+        fresh = self._span_end + np.maximum(self._span_total, lookahead) >= now_ms
+        return self._full & (self._opens_at(lookahead) <= now_ms) & fresh
 
     def work_left_ms(self, now_ms: float) -> np.ndarray:
         """(N,) estimated time until each instance is done with everything it holds: 0 when

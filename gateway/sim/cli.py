@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import orjson
 
 from gateway.config import Config, load_config
+from gateway.dispatch import OverloadControl
 from gateway.errors import ConfigError, KairosError
 from gateway.policies import POLICY_NAMES, make_policy
 from gateway.profiles import load_catalogue
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "percentile (the live gateway's kairos_transport_overhead_p99_seconds), instead of a constant")
     p.add_argument("--pipeline", action="store_true",
                    help="send an instance its next query once its current one has run its estimated service time")
+    p.add_argument("--late", choices=("shed", "serve"),
+                   help="the gateway's overload control (gateway.late_queries) in a single run: refused and shed "
+                        "queries are counted apart (default: neither, every query served)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
 
@@ -134,6 +138,13 @@ def _run_table(res: SimResult) -> str:
         f"offered {s['offered_qps']:.2f} QPS, achieved {s['achieved_qps']:.2f} QPS",
         f"within QoS {100 * s['within_qos']:.3f}% (last quarter {100 * s['within_qos_last_quarter']:.3f}%)",
         "latency ms: " + "  ".join(f"{k} {v:.2f}" for k, v in lat.items()),
+    ]
+    if "refused" in s:
+        lines.append(
+            f"refused {s['refused']}, shed {s['shed']}; within QoS of the accepted "
+            f"{100 * s['within_qos_of_accepted']:.3f}%"
+        )
+    lines += [
         "",
         f"{'instance':<18} {'type':<14} {'share':>7} {'busy':>7}",
     ]
@@ -186,6 +197,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parse_arrivals(args.arrivals, 1.0)  # validates the name
     trace = load_trace_csv(args.trace) if args.trace else None
     cost = pool_cost(pool, load_catalogue())
+    if args.find_max and args.late:
+        _fail("--late applies to a single run (--rate), not to --find-max")
     if args.find_max:
         if not args.json:
             print(f"find-max: {args.queries if trace is None else len(trace)} queries per step", file=sys.stderr, flush=True)
@@ -208,7 +221,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         trace = type(trace)(arrival_ms=trace.arrival_ms * (own / args.rate), batch=trace.batch)
     res = simulate(trace, model=model, qos_ms=qos, pool=pool, policy=policy, seed=args.seed, depth=depth,
                    warmup=args.warmup, transport_ms=args.transport_ms, pipeline=args.pipeline,
-                   transport_p99_ms=args.transport_p99_ms)
+                   transport_p99_ms=args.transport_p99_ms,
+                   overload=OverloadControl.for_mode(args.late, qos) if args.late else None)
     if not args.json:
         print(_run_table(res))
     return res.summary() | {"cost_per_hour": round(cost, 4), "target": args.target,

@@ -32,7 +32,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gateway.dispatch import Dispatcher, Query
+from gateway.dispatch import Dispatcher, OverloadControl, Query
+from gateway.errors import InferenceError
 from gateway.estimator import LatencyEstimator
 from gateway.policies import Policy, make_policy
 from gateway.profiles import ProfileSet, load_profiles
@@ -80,13 +81,16 @@ def simulate(
     transport_ms: float = 0.0,
     pipeline: bool = False,
     transport_p99_ms: float | None = None,
+    overload: OverloadControl | None = None,
 ) -> SimResult:
     """Run ``trace`` through a fresh Dispatcher (policy, estimator) on ``pool``.
 
     ``policy``: a registered name (seeded with ``seed``) or a Policy object. ``stop_below``: stop
     as soon as the measured fraction within QoS (or that of its last quarter) can no longer
     reach this target; the result is then marked ``stopped_early`` (find-max uses it to skip the
-    rest of a run that has already failed).
+    rest of a run that has already failed). ``overload``: the live gateway's shedding, admission
+    and wait bound (``gateway.late_queries``); refused and shed queries never complete and are
+    marked in the result. None: every query is served (the ideal pool).
     """
     profiles = profiles or default_profiles()
     started = time.perf_counter()
@@ -94,7 +98,11 @@ def simulate(
     instances = expand_pool(pool)
     types = pool_types(pool)
     estimator = LatencyEstimator(profiles, model, types)
-    dispatcher = Dispatcher(pol, estimator, instances, qos_ms=qos_ms, depth=depth, pipeline=pipeline)
+    dispatcher = Dispatcher(
+        pol, estimator, instances, qos_ms=qos_ms, depth=depth, pipeline=pipeline, overload=overload
+    )
+    control = dispatcher.overload
+    sheds = control.shed_late
     n = len(trace)
     legs = [rt / 2.0 for rt in round_trips(n, transport_ms, transport_p99_ms, seed)]
     observe_overhead = transport_ms > 0
@@ -108,6 +116,8 @@ def simulate(
     start = [math.nan] * n
     end = [math.nan] * n
     where = [-1] * n
+    refused = np.zeros(n, dtype=bool)
+    shed = np.zeros(n, dtype=bool)
 
     # Early stop bookkeeping: misses among the measured queries (and their last quarter).
     first_measured = min(math.ceil(warmup * n), n - 1)
@@ -157,8 +167,22 @@ def simulate(
         if stopped:
             break
         while i < n and arrivals[i] == now:
-            submit(Query(id=i, batch=batches[i], arrival_ms=now, deadline_ms=now + qos_ms))
+            if control.admission:
+                try:
+                    submit(Query(id=i, batch=batches[i], arrival_ms=now, deadline_ms=now + qos_ms), now)
+                except InferenceError:
+                    refused[i] = True
+            else:
+                submit(Query(id=i, batch=batches[i], arrival_ms=now, deadline_ms=now + qos_ms))
             i += 1
+        if sheds and pending:
+            for q in dispatcher.shed(now):
+                shed[q.id] = True
+            due = dispatcher.next_shed_ms()
+            if due is not None and due > now and due not in timers:
+                timers.add(due)
+                push(heap, (due, _TIMER, seq, None, -1))
+                seq += 1
         if pending and (free > 0 or pipeline):
             for d in decide(now):
                 q, j = d.query, d.instance.index
@@ -206,4 +230,5 @@ def simulate(
         decisions=dispatcher.decisions,
         stopped_early=stopped,
         wall_s=time.perf_counter() - started,
+        **({"refused": refused, "shed": shed} if control.admission or sheds else {}),
     )

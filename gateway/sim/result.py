@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,9 @@ class SimResult:
     decisions: int  # policy calls
     stopped_early: bool  # the run stopped once the target could no longer be met
     wall_s: float
+    # (n,) refused at admission, and shed while queued (``OverloadControl``); empty: none were.
+    refused: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    shed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     # -- per query ------------------------------------------------------------------------------
 
@@ -72,6 +75,16 @@ class SimResult:
         return float(self.within_qos()[self.measured].mean())
 
     @property
+    def accepted_attainment(self) -> float:
+        """Fraction of the measured queries admitted (not refused) that were within QoS: what the
+        gateway promises under overload control."""
+        ok = self.within_qos()[self.measured]
+        if not self.refused.size:
+            return float(ok.mean())
+        accepted = ~self.refused[self.measured]
+        return float(ok[accepted].mean()) if accepted.any() else float("nan")
+
+    @property
     def tail_attainment(self) -> float:
         """Fraction within QoS over the last quarter of the measured queries: a queue that grows
         without bound (a rate above capacity) shows there first."""
@@ -83,7 +96,13 @@ class SimResult:
         return not self.stopped_early and self.attainment >= target and self.tail_attainment >= target
 
     def percentiles(self) -> dict[str, float]:
+        """Latency percentiles of the measured queries (of those served, when some were refused
+        or shed: those have no latency)."""
         lat = self.latency_ms[self.measured]
+        if self.refused.size:
+            lat = lat[~(self.refused | self.shed)[self.measured]]
+            if not lat.size:
+                return {**{f"p{p:g}": float("nan") for p in PERCENTILES}, "max": float("nan"), "mean": float("nan")}
         lat = np.where(np.isfinite(lat), lat, np.inf)  # an unfinished query is slower than any finished one
         out = {f"p{p:g}": float(np.percentile(lat, p)) for p in PERCENTILES}
         out["max"] = float(lat.max())
@@ -160,6 +179,15 @@ class SimResult:
             "within_qos_last_quarter": round(self.tail_attainment, 5),
             "latency_ms": {k: round(v, 3) for k, v in self.percentiles().items()},
             "stopped_early": self.stopped_early,
+            **(
+                {
+                    "refused": int(self.refused.sum()),
+                    "shed": int(self.shed.sum()),
+                    "within_qos_of_accepted": round(self.accepted_attainment, 5),
+                }
+                if self.refused.size
+                else {}
+            ),
             "type_share": {k: round(v, 4) for k, v in self.type_share().items()},
             "type_mean_batch": {k: round(v, 1) for k, v in self.type_mean_batch().items()},
             "instances": [

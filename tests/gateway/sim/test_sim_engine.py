@@ -115,3 +115,23 @@ def test_pipelining_hides_the_transport_at_saturation() -> None:
         assert (s[1:] >= e[:-1] - 1e-9).all()  # still one query at a time
     assert gaps[False] == pytest.approx(6.0)
     assert gaps[True] < 3.0
+
+
+def test_the_gateways_overload_control_on_the_virtual_clock() -> None:
+    """At 3x capacity: "shed" refuses or sheds what it cannot serve in time and serves the rest
+    within QoS; "serve" serves all, late, with every wait bounded; both deterministic."""
+    from gateway.dispatch import OverloadControl
+
+    shed = _run(rate=100.0, n=3000, overload=OverloadControl.for_mode("shed", 350))
+    again = _run(rate=100.0, n=3000, overload=OverloadControl.for_mode("shed", 350))
+    np.testing.assert_array_equal(shed.end_ms, again.end_ms)
+    np.testing.assert_array_equal(shed.refused, again.refused)
+    assert shed.refused.sum() > 0.3 * shed.n_queries
+    assert shed.accepted_attainment >= 0.99
+    dropped = shed.refused | shed.shed
+    assert np.isnan(shed.end_ms[dropped]).all() and np.isfinite(shed.end_ms[~dropped]).all()
+    assert shed.summary()["refused"] == int(shed.refused.sum())
+
+    served = _run(rate=100.0, n=3000, overload=OverloadControl.for_mode("serve", 350))
+    assert np.isfinite(served.end_ms).all() and served.attainment < 0.5
+    assert "refused" not in _run(n=200).summary()  # no overload control: the summary is unchanged
