@@ -62,9 +62,10 @@ class GatewayConfig:
     # Error answers (5xx, gRPC INTERNAL) in a row that take an instance out of rotation.
     outlier_consecutive_errors: int = 5
     max_attempts: int = 3  # dispatches per query: the first and retries on other instances
-    header_timeout_s: float = 10.0  # HTTP/1.1: the request head must arrive within this
+    header_timeout_s: float = 5.0  # HTTP/1.1: the request head must arrive within this
     body_timeout_s: float = 10.0  # HTTP/1.1: the body, within this once the head is in
-    # Request bytes the HTTP front end holds at once, across connections (None: 4 bodies, >= 256 MiB).
+    # Bytes of HTTP request bodies being received at once, across connections (None: the larger
+    # of max_body_bytes and 64 MiB); past it the slowest is evicted (408).
     max_buffered_bytes: int | None = None
 
 

@@ -28,7 +28,7 @@ from gateway.errors import (
     Unavailable,
 )
 from gateway.frontend import METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
-from gateway.frontend.budget import ByteBudget
+from gateway.frontend.budget import BodyBudget
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.protocol.errors import http_error
 from gateway.protocol.limits import check_content_type, check_version, quote
@@ -49,7 +49,7 @@ class HttpFrontend:
         self.core = core
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
-        self.buffered = ByteBudget(max_buffered_bytes or max(4 * max_body_bytes, 256 * 1024 * 1024))
+        self.bodies = BodyBudget(max_buffered_bytes or max(max_body_bytes, 64 * 1024 * 1024))
         self.app = web.Application(client_max_size=max_body_bytes)
         add = self.app.router.add_route
         add("GET", "/v2/health/live", self.live)
@@ -113,12 +113,11 @@ class HttpFrontend:
         start = time.perf_counter()
         received = time.monotonic()  # aiohttp calls the handler once the headers are parsed
         model = request.match_info["model"]
-        held = [0]  # body bytes reserved from the budget, given back once answered
         try:
             if model != self.core.model:
                 raise ModelNotFound(f"unknown model {quote(model)}: this gateway serves {self.core.model!r}")
             content_type = check_content_type(request.headers.get("Content-Type"))
-            body = await self._read_body(request, held)
+            body = await self._read_body(request)
             if not body:
                 raise BadRequest("empty request body")
             header_length = parse_header_length(request.headers.get(INFERENCE_HEADER), len(body))
@@ -140,8 +139,6 @@ class HttpFrontend:
             )
         except InferenceError as exc:
             return self._error(exc, model)
-        finally:
-            self.buffered.give(held[0])
         reply = result.reply
         self._count(model, reply.status)
         if not reply.ok:  # the instance's own client error, unchanged
@@ -154,7 +151,7 @@ class HttpFrontend:
             headers[INFERENCE_HEADER] = str(header_length)
         return web.Response(status=reply.status, body=body, headers=headers)
 
-    async def _read_body(self, request: web.Request, held: list[int]) -> bytes:
+    async def _read_body(self, request: web.Request) -> bytes:
         """The body as one bytes object, joined once from the chunks the parser made. Why:
         ``request.read()`` copies a body up to three times (join, bytearray, bytes); at dien's
         ~160 KB bodies it held 12% of the gateway's py-spy samples."""
@@ -163,18 +160,25 @@ class HttpFrontend:
             raise PayloadTooLarge(f"request body larger than {self.max_body_bytes} bytes")
         chunks: list[bytes] = []
         size = 0
+        read = self.bodies.open()
         try:
             async with asyncio.timeout(self.body_timeout_s):
                 while chunk := await request.content.readany():
                     size += len(chunk)
                     if size > self.max_body_bytes:
                         raise PayloadTooLarge(f"request body larger than {self.max_body_bytes} bytes")
-                    if not self.buffered.take(len(chunk)):
-                        raise Overloaded("the gateway holds too many request bytes; retry later")
-                    held[0] += len(chunk)
+                    if not self.bodies.take(read, len(chunk)):
+                        raise Overloaded("the gateway is receiving too many request bytes; retry later")
                     chunks.append(chunk)
         except TimeoutError:
             raise RequestTimeout(f"request body not received within {self.body_timeout_s:g} s") from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not read.evicted or task is None or task.uncancel():
+                raise
+            raise RequestTimeout("request body too slow while the gateway's receive buffer is full") from None
+        finally:
+            self.bodies.close(read)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _count(self, model: str | None, status: int) -> None:
