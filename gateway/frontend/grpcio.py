@@ -47,6 +47,8 @@ async def start_grpcio_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),
+            # As the native server: bounds the streams (and held requests) of one connection.
+            ("grpc.max_concurrent_streams", 1024),
         ]
     )
     server.add_generic_rpc_handlers((GrpcioHandler(methods),))
