@@ -162,7 +162,9 @@ class Gateway:
             if self.grpc_port == 0:
                 raise ConfigError(f"gateway.grpc_port: cannot listen on {cfg.host}:{self.settings.grpc_port}")
         else:
-            self._grpc_server = GrpcServer(methods, ServerSettings(max_message_bytes=max_msg))
+            # A gRPC request must arrive within the same time as an HTTP body.
+            limits = ServerSettings(max_message_bytes=max_msg, request_timeout_s=cfg.gateway.body_timeout_s)
+            self._grpc_server = GrpcServer(methods, limits)
             self.grpc_port = await self._grpc_server.start(cfg.host, self.settings.grpc_port)
 
     async def stop(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:

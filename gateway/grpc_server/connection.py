@@ -5,6 +5,26 @@ stream with RST_STREAM. Every call that reaches a method ends with exactly one s
 method's answer, its ``RpcError``, INTERNAL for anything else it raises, or DEADLINE_EXCEEDED
 when the client's ``grpc-timeout`` passes first. A call the client resets, or whose connection
 is lost, has its method's task cancelled.
+
+What one connection may cost the server is bounded by its ``ServerSettings``:
+
+* request bytes: the connection window is given back only for bytes that a request handed to
+  its method or that a closed stream let go, so unfinished requests never hold more than that
+  window. If they fill it, none can end: the oldest that fit in it whole are kept and the
+  others refused (REFUSED_STREAM), so that a client that interleaves its requests still gets on;
+* answer bytes: reading pauses while the socket's write buffer is over ``write_buffer_bytes``,
+  and an answer that would take the answers buffered on the connection over
+  ``max_buffered_answer_bytes`` ends its call with RESOURCE_EXHAUSTED instead;
+* time: a request not fully arrived ``request_timeout_s`` after its HEADERS is ended without
+  calling its method; an answer that flow control holds back, or writes that the client does
+  not read, for ``stall_timeout_s`` end the stream or the connection. One timer per connection
+  checks, ticking only while the connection has streams or stalled writes;
+* CPU: frames that make the server work without asking for a call (PING, SETTINGS, PRIORITY,
+  RST_STREAM, idle WINDOW_UPDATE, empty DATA or CONTINUATION, unknown types, streams reset by
+  the client or for its errors, or refused) spend a budget that refills with time and with
+  answered calls; once it is spent the connection ends with GOAWAY ENHANCE_YOUR_CALM (as
+  against CVE-2019-9512/9515/9518, CVE-2023-44487 "rapid reset" and CVE-2025-8671
+  "MadeYouReset"). Header blocks are bounded in bytes and in CONTINUATION frames.
 """
 
 from __future__ import annotations
@@ -59,24 +79,34 @@ _MESSAGE_PREFIX = struct.Struct(">BI")  # gRPC message framing: compressed flag,
 _U32 = struct.Struct(">I")
 CLOSE_LINGER_S = 1.0  # how long a drained connection waits for the client to close it
 _OK_TRAILERS_FRAME_FLAGS = Flag.END_HEADERS | Flag.END_STREAM
+MIN_CONTINUATIONS = 64  # CONTINUATION frames allowed per header block (more if the list size needs them)
+_PRODUCTIVE = 1024  # answer bytes a WINDOW_UPDATE must let out to cost no budget
+_SETTINGS_PER_UNIT = 10  # a SETTINGS frame costs one unit more per this many settings
+# Budget each stream brings: clients send a WINDOW_UPDATE or two per call (grpc-core does).
+# A client's reset of an open stream takes it back, plus a unit each for the reset and the HEADERS.
+_STREAM_ALLOWANCE = 2.0
+_TIMED_OUT_STREAM_UNITS = 10.0
 
 
 class _Stream:
-    __slots__ = ("chunks", "closed", "headers_sent", "id", "method", "opened", "pending", "remote_closed",
-                 "send_window", "size", "task", "timer", "unacked")  # fmt: skip
+    __slots__ = ("body", "closed", "headers_sent", "held", "id", "method", "opened", "pending",
+                 "remote_closed", "send_window", "size", "stalled_at", "task", "timer",
+                 "unacked")  # fmt: skip
 
     def __init__(self, stream_id: int, send_window: int) -> None:
         self.id = stream_id
         self.opened = time.monotonic()  # its HEADERS arrived
         self.method: UnaryMethod | None = None
-        self.chunks: list[bytes] = []
+        self.body: bytes | bytearray = b""  # not a list of chunks: a bytes object per 1-byte frame is ~40x
         self.size = 0  # request bytes received
+        self.held = 0  # request bytes in ``body`` that the connection window has not had back
         self.unacked = 0  # request bytes not yet given back to the client's stream window
         self.send_window = send_window
         self.remote_closed = False  # the client sent END_STREAM
         self.closed = False
         self.headers_sent = False
         self.pending: memoryview | None = None  # response DATA waiting for flow control
+        self.stalled_at = 0.0  # when ``pending`` last moved
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
 
@@ -94,12 +124,34 @@ class GrpcConnection(asyncio.Protocol):
         self._blocked: dict[int, _Stream] = {}  # answers waiting for a window, in order
         self._last_stream_id = 0
         self._continuation: tuple[int, int, list[bytes]] | None = None
+        self._continuation_size = 0
+        self._continuation_frames = 0
+        self._max_continuations = max(
+            MIN_CONTINUATIONS, 2 * settings.max_header_list_bytes // DEFAULT_MAX_FRAME + 2
+        )
         self._peer_initial_window = DEFAULT_WINDOW
         self._peer_max_frame = DEFAULT_MAX_FRAME
         self._send_window = DEFAULT_WINDOW
-        self._recv_unacked = 0
+        self._stream_window = settings.stream_window
+        self._stream_half = settings.stream_window // 2
+        self._max_request = settings.max_message_bytes + _MESSAGE_PREFIX.size
+        self._recv_window = settings.receive_window
+        self._recv_half = self._recv_window // 2
+        self._min_update = min(DEFAULT_MAX_FRAME, self._recv_half)
+        self._recv_unacked = 0  # bytes received that the client's connection window has not had back
+        self._recv_held = 0  # of them, those in requests that have not ended
+        self._budget = float(settings.control_frame_budget)
+        self._budget_at = time.monotonic()
+        self._call_credit = settings.control_frame_credit_per_call
+        self._pending_bytes = 0  # answer bytes waiting for flow control, all streams
+        self._released = 0  # answer bytes flow control let out (tells a useful WINDOW_UPDATE)
+        self._write_paused = False
+        self._paused_at = 0.0
+        self._tick: asyncio.TimerHandle | None = None
+        self._tick_s = min(1.0, settings.request_timeout_s / 2, settings.stall_timeout_s / 2)
         self._draining = False  # GOAWAY sent or received: no new streams, close when idle
         self._eof_sent = False
+        self._out_closed = False  # EOF sent or the transport closing: nothing more is written
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -108,14 +160,15 @@ class GrpcConnection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._transport = transport
         s = self._settings
+        transport.set_write_buffer_limits(high=s.write_buffer_bytes)
         preface = settings_frame({
             Setting.MAX_CONCURRENT_STREAMS: s.max_concurrent_streams,
             Setting.INITIAL_WINDOW_SIZE: s.stream_window,
             Setting.MAX_FRAME_SIZE: s.max_frame_bytes,
             Setting.MAX_HEADER_LIST_SIZE: s.max_header_list_bytes,
         })  # fmt: skip
-        if s.connection_window > DEFAULT_WINDOW:  # an increment of 0 is a connection error (RFC 9113 6.9)
-            preface += window_update(0, s.connection_window - DEFAULT_WINDOW)
+        if self._recv_window > DEFAULT_WINDOW:  # an increment of 0 is a connection error (RFC 9113 6.9)
+            preface += window_update(0, self._recv_window - DEFAULT_WINDOW)
         if self._draining:  # the server began to stop before this connection was set up
             preface += goaway(0, ErrorCode.NO_ERROR)
         transport.write(preface)
@@ -123,6 +176,9 @@ class GrpcConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
         for stream in list(self._streams.values()):
             self._drop(stream)
         if not self.closed.done():
@@ -148,6 +204,19 @@ class GrpcConnection(asyncio.Protocol):
         elif pos or buf is data:  # a partial frame left: keep it (a fresh copy, never resized under views)
             self._buf = bytearray(memoryview(buf)[pos:])
 
+    def pause_writing(self) -> None:
+        # The client reads slower than it asks: read no more of it until it catches up.
+        self._write_paused = True
+        self._paused_at = time.monotonic()
+        if self._transport is not None:
+            self._transport.pause_reading()
+            self._start_tick()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
     # -- shutdown ----------------------------------------------------------------------------
 
     def drain(self) -> None:
@@ -160,33 +229,106 @@ class GrpcConnection(asyncio.Protocol):
             self._close_if_idle()
 
     def abort(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
-        """Close now: GOAWAY with ``code``, then the socket (open calls are cancelled)."""
-        if self._transport is None:
+        """Close now: GOAWAY with ``code``, cancel the open calls, then close the socket (after
+        a linger, as ``_close_if_idle`` does, so that the GOAWAY reaches the client)."""
+        transport = self._transport
+        if transport is None:
             return
         if code != ErrorCode.NO_ERROR:
             log.info("gRPC connection error %s: %s", code.name, reason)
-        self._write(goaway(self._last_stream_id, code, reason.encode()[:256]))
-        self._transport.close()
+        self._draining = True
+        if self._out_closed:  # half-closed already: nothing more to say
+            self._close()
+        else:
+            self._write(goaway(self._last_stream_id, code, reason.encode()[:256]))
+            self._linger(transport)
+        for stream in list(self._streams.values()):
+            self._drop(stream)
 
     def _close_if_idle(self) -> None:
-        """Once draining and idle: half-close, and close when the client does (or in a second).
-
-        Why not close at once: a socket closed with unread bytes (a PING or WINDOW_UPDATE in
-        flight) is reset, and a reset may drop the end of the last answer on its way out.
-        """
+        """Once draining and idle: half-close, and close when the client does (or in a second)."""
         transport = self._transport
-        if not self._draining or self._streams or transport is None or self._eof_sent:
+        if not self._draining or self._streams or transport is None or self._out_closed:
             return
+        self._linger(transport)
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Half-close, read and drop what still comes, and close in a second (or when the client
+        does). Why not close at once: a socket closed with unread bytes (a PING or WINDOW_UPDATE
+        in flight, or the rest of a flood) is reset, and a reset may drop what was last written."""
         if not transport.can_write_eof():
-            transport.close()
+            self._close()
             return
-        self._eof_sent = True
+        self._eof_sent = self._out_closed = True
         try:
             transport.write_eof()
         except OSError:  # the client is gone already
-            transport.close()
+            self._close()
             return
-        self._loop.call_later(CLOSE_LINGER_S, transport.close)
+        self._loop.call_later(CLOSE_LINGER_S, self._close)
+
+    def _close(self) -> None:
+        """Close once the buffered writes are out; drop them if the client will not take them."""
+        self._out_closed = True
+        if self._transport is not None:
+            self._transport.close()
+            self._loop.call_later(self._settings.stall_timeout_s, self._kill)
+
+    def _kill(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- limits ------------------------------------------------------------------------------
+
+    def _charge(self, what: str, units: float = 1.0) -> None:
+        """Spend the budget for a frame that asks for no call; ENHANCE_YOUR_CALM once it is spent."""
+        s = self._settings
+        now = time.monotonic()
+        budget = self._budget + (now - self._budget_at) * s.control_frame_refill_per_s
+        if budget > s.control_frame_budget:
+            budget = s.control_frame_budget
+        self._budget = budget - units
+        self._budget_at = now
+        if self._budget < 0:
+            raise ConnectionError_(
+                ErrorCode.ENHANCE_YOUR_CALM, f"too many frames that ask for nothing ({what})"
+            )
+
+    def _start_tick(self) -> None:
+        if self._tick is None:
+            self._tick = self._loop.call_later(self._tick_s, self._on_tick)
+
+    def _on_tick(self) -> None:
+        """End what has waited too long: writes nobody reads, requests that do not arrive,
+        answers that flow control holds back."""
+        self._tick = None
+        transport = self._transport
+        if transport is None:
+            return
+        s = self._settings
+        now = time.monotonic()
+        if self._write_paused and now - self._paused_at > s.stall_timeout_s:
+            log.info("gRPC connection aborted: the client read nothing for %g s", s.stall_timeout_s)
+            self._out_closed = True
+            transport.abort()
+            return
+        try:
+            for stream in list(self._streams.values()):
+                if not stream.remote_closed and now - stream.opened > s.request_timeout_s:
+                    message = f"the request did not arrive within {s.request_timeout_s:g} s"
+                    self._send_status(stream, grpc.StatusCode.CANCELLED, message)
+                elif stream.pending is not None and now - stream.stalled_at > s.stall_timeout_s:
+                    self._reset(stream, ErrorCode.CANCEL)
+                else:
+                    continue
+                # A client that keeps streams it never completes or never reads is cut off
+                # once they add up, not only its streams.
+                self._charge("timed-out stream", _TIMED_OUT_STREAM_UNITS)
+        except ConnectionError_ as exc:
+            self.abort(exc.code, str(exc))
+            return
+        if self._streams or self._write_paused:
+            self._start_tick()
 
     # -- frames in ---------------------------------------------------------------------------
 
@@ -242,6 +384,7 @@ class GrpcConnection(asyncio.Protocol):
                 raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "PING on a stream")
             if len(payload) != 8:
                 raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, "PING of other than 8 bytes")
+            self._charge("PING")  # an ack too: this server sends no PING
             if not flags & Flag.ACK:
                 self._write(frame(FrameType.PING, Flag.ACK, 0, bytes(payload)))
         elif kind == FrameType.RST_STREAM:
@@ -249,16 +392,22 @@ class GrpcConnection(asyncio.Protocol):
                 raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "bad RST_STREAM")
             self._idle_check(stream_id, "RST_STREAM")
             stream = self._streams.get(stream_id)
+            # A stream opened only to be reset costs its HEADERS too ("rapid reset").
+            self._charge("RST_STREAM", 1.0 if stream is None else 2.0 + _STREAM_ALLOWANCE)
             if stream is not None:
                 self._drop(stream)
         elif kind == FrameType.GOAWAY:
+            self._charge("GOAWAY")
             self._draining = True
             self._close_if_idle()
         elif kind == FrameType.PUSH_PROMISE:
             raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
-        elif kind == FrameType.PRIORITY and stream_id == 0:
-            raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
-        # PRIORITY and frame types this server does not know are ignored, as RFC 9113 asks.
+        elif kind == FrameType.PRIORITY:
+            if stream_id == 0:
+                raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
+            self._charge("PRIORITY")
+        else:  # frame types this server does not know are ignored, as RFC 9113 asks
+            self._charge("unknown type")
 
     def _on_settings(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if stream_id != 0:
@@ -266,17 +415,17 @@ class GrpcConnection(asyncio.Protocol):
         if flags & Flag.ACK:
             if payload:
                 raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ack with a payload")
+            self._charge("SETTINGS")
             return
         if len(payload) % 6:
             raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
+        self._charge("SETTINGS", 1.0 + len(payload) // (6 * _SETTINGS_PER_UNIT))
+        window = None
         for key, value in struct.iter_unpack(">HI", payload):
             if key == Setting.INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
                     raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE too large")
-                delta = value - self._peer_initial_window
-                self._peer_initial_window = value
-                for stream in self._streams.values():
-                    stream.send_window += delta
+                window = value
             elif key == Setting.MAX_FRAME_SIZE:
                 if not DEFAULT_MAX_FRAME <= value <= LARGEST_MAX_FRAME:
                     raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "MAX_FRAME_SIZE out of range")
@@ -286,29 +435,43 @@ class GrpcConnection(asyncio.Protocol):
             # The header table size bounds the encoder's dynamic table, which this server's
             # literal-only header blocks never use; the other settings concern the client.
         self._write(frame(FrameType.SETTINGS, Flag.ACK, 0))
-        self._flush_blocked()
+        # Only the last value counts, and only a change walks the streams.
+        delta = 0 if window is None else window - self._peer_initial_window
+        if delta:
+            self._peer_initial_window += delta
+            for stream in self._streams.values():
+                stream.send_window += delta
+                if stream.send_window > MAX_WINDOW:
+                    raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "a stream window over 2^31-1")
+            if delta > 0:
+                self._flush_blocked()
 
     def _on_window_update(self, stream_id: int, payload: memoryview) -> None:
         if len(payload) != 4:
             raise ConnectionError_(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE of other than 4 bytes")
         increment = _U32.unpack(payload)[0] & 0x7FFFFFFF
+        released = self._released
         if stream_id == 0:
             if increment == 0:
                 raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
             self._send_window += increment
             if self._send_window > MAX_WINDOW:
                 raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "connection window over 2^31-1")
-            self._flush_blocked()
-            return
-        self._idle_check(stream_id, "WINDOW_UPDATE")
-        stream = self._streams.get(stream_id)
-        if stream is None:
-            return  # closed already: an update in flight
-        stream.send_window += increment
-        if increment == 0 or stream.send_window > MAX_WINDOW:
-            self._reset(stream, ErrorCode.PROTOCOL_ERROR if increment == 0 else ErrorCode.FLOW_CONTROL_ERROR)
-        elif stream.pending is not None:
-            self._flush(stream)
+            if self._blocked:
+                self._flush_blocked()
+        else:
+            self._idle_check(stream_id, "WINDOW_UPDATE")
+            stream = self._streams.get(stream_id)
+            if stream is not None:  # else closed already: an update in flight
+                stream.send_window += increment
+                if increment == 0 or stream.send_window > MAX_WINDOW:
+                    code = ErrorCode.PROTOCOL_ERROR if increment == 0 else ErrorCode.FLOW_CONTROL_ERROR
+                    self._stream_error(stream, code)
+                elif stream.pending is not None:
+                    self._flush(stream)
+        # One that lets an answer move is paid for by the answer; any other costs the budget.
+        if self._released - released < _PRODUCTIVE:
+            self._charge("WINDOW_UPDATE")
 
     def _on_headers(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if stream_id == 0:
@@ -322,14 +485,24 @@ class GrpcConnection(asyncio.Protocol):
             self._on_header_block(flags, stream_id, bytes(payload))
         else:
             self._continuation = (stream_id, flags, [bytes(payload)])
+            self._continuation_size = len(payload)
+            self._continuation_frames = 0
 
     def _on_continuation(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if self._continuation is None:
             raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "CONTINUATION without HEADERS")
         first_flags, parts = self._continuation[1], self._continuation[2]
-        parts.append(bytes(payload))
-        if sum(map(len, parts)) > 2 * self._settings.max_header_list_bytes:
+        self._continuation_size += len(payload)
+        self._continuation_frames += 1
+        if self._continuation_size > 2 * self._settings.max_header_list_bytes:
             raise ConnectionError_(ErrorCode.ENHANCE_YOUR_CALM, "header block too large")
+        if self._continuation_frames > self._max_continuations:
+            raise ConnectionError_(
+                ErrorCode.ENHANCE_YOUR_CALM, "header block in too many CONTINUATION frames"
+            )
+        if not payload:
+            self._charge("empty CONTINUATION")
+        parts.append(bytes(payload))
         if flags & _END_HEADERS:
             self._continuation = None
             self._on_header_block(first_flags, stream_id, b"".join(parts))
@@ -342,7 +515,7 @@ class GrpcConnection(asyncio.Protocol):
         stream = self._streams.get(stream_id)
         if stream is not None:  # trailers, which a unary request has no use for
             if stream.remote_closed or not flags & _END_STREAM:
-                self._reset(
+                self._stream_error(
                     stream, ErrorCode.STREAM_CLOSED if stream.remote_closed else ErrorCode.PROTOCOL_ERROR
                 )
             else:
@@ -351,13 +524,18 @@ class GrpcConnection(asyncio.Protocol):
         if stream_id % 2 == 0:
             raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, f"HEADERS on server stream {stream_id}")
         if stream_id <= self._last_stream_id:
+            self._charge("HEADERS on a closed stream")
             return  # a stream this server answered or reset: its frames may still be in flight
         self._last_stream_id = stream_id
         if self._draining or len(self._streams) >= self._settings.max_concurrent_streams:
+            self._charge("refused stream")
             self._write(rst_stream(stream_id, ErrorCode.REFUSED_STREAM))
             return
         stream = _Stream(stream_id, self._peer_initial_window)
         self._streams[stream_id] = stream
+        self._budget += _STREAM_ALLOWANCE
+        if self._tick is None:
+            self._start_tick()
         stream.remote_closed = bool(flags & _END_STREAM)
         method = path = content_type = timeout = encoding = None
         for name, value in headers:
@@ -402,39 +580,86 @@ class GrpcConnection(asyncio.Protocol):
             raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
         counted = len(payload)  # padding included, as flow control counts it
         self._recv_unacked += counted
-        if self._recv_unacked > self._settings.connection_window:
+        if self._recv_unacked > self._recv_window:
             raise ConnectionError_(ErrorCode.FLOW_CONTROL_ERROR, "DATA past the connection window")
-        if self._recv_unacked >= self._settings.connection_window // 2:
-            self._write(window_update(0, self._recv_unacked))
-            self._recv_unacked = 0
         payload = _unpad(flags, payload)
         stream = self._streams.get(stream_id)
         if stream is None:
-            self._idle_check(stream_id, "DATA")
-            return  # a stream already answered or refused: its data may still be in flight
-        if stream.remote_closed:
-            self._reset(stream, ErrorCode.STREAM_CLOSED)
-            return
-        stream.unacked += counted
-        if stream.unacked > self._settings.stream_window:
-            self._reset(stream, ErrorCode.FLOW_CONTROL_ERROR)
-            return
-        stream.size += len(payload)
-        limit = self._settings.max_message_bytes
-        if stream.size > limit + _MESSAGE_PREFIX.size:
-            self._send_status(
-                stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"Received message larger than max ({stream.size - _MESSAGE_PREFIX.size} vs. {limit})",
-            )  # fmt: skip
-            return
-        stream.chunks.append(bytes(payload))
-        if flags & _END_STREAM:
-            stream.remote_closed = True
-            self._end_of_request(stream)
-            return
-        if stream.unacked >= self._settings.stream_window // 2:
-            self._write(window_update(stream_id, stream.unacked))
-            stream.unacked = 0
+            self._idle_check(stream_id, "DATA")  # else a stream already answered or refused
+            if not counted and not flags & _END_STREAM:
+                self._charge("empty DATA")
+        elif stream.remote_closed:
+            self._stream_error(stream, ErrorCode.STREAM_CLOSED)
+        else:
+            stream.unacked += counted
+            n = len(payload)
+            stream.size += n
+            if stream.unacked > self._stream_window:
+                self._stream_error(stream, ErrorCode.FLOW_CONTROL_ERROR)
+            elif stream.size > self._max_request:
+                limit = self._settings.max_message_bytes
+                self._send_status(
+                    stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"Received message larger than max ({stream.size - _MESSAGE_PREFIX.size} vs. {limit})",
+                )  # fmt: skip
+            else:
+                if n:
+                    if not stream.body:
+                        stream.body = bytes(payload)
+                    else:
+                        if type(stream.body) is bytes:
+                            stream.body = bytearray(stream.body)
+                        stream.body += payload
+                elif not flags & _END_STREAM:
+                    self._charge("empty DATA")
+                if flags & _END_STREAM:
+                    self._end_of_request(stream)  # this frame's bytes go straight to the method
+                else:
+                    stream.held += n
+                    self._recv_held += n
+                    if stream.unacked >= self._stream_half:
+                        self._write(window_update(stream_id, stream.unacked))
+                        stream.unacked = 0
+        if self._recv_unacked >= self._recv_half:
+            self._give_back()
+            if self._recv_held >= self._recv_window:
+                self._unjam()
+
+    def _give_back(self) -> None:
+        """WINDOW_UPDATE on stream 0 for the bytes that no unfinished request holds: in large
+        increments, or in any while the client is short of window."""
+        free = self._recv_unacked - self._recv_held
+        if free >= self._min_update or (
+            free > 0 and self._recv_window - self._recv_unacked < self._min_update
+        ):
+            self._write(window_update(0, free))
+            self._recv_unacked -= free
+
+    def _unjam(self) -> None:
+        """Unfinished requests hold the whole connection window, so none can end (a client
+        spreads its DATA over its streams). Keep the oldest that fit in the window whole, so
+        that they can end however the client interleaves them; refuse the others (REFUSED_STREAM:
+        never seen by a method, safe to retry)."""
+        room = self._recv_window
+        refused = []
+        for stream in self._streams.values():  # oldest first
+            if stream.held:
+                whole = self._whole_request(stream)
+                if whole <= room:
+                    room -= whole
+                else:
+                    refused.append(stream)
+        for stream in refused:
+            self._charge("refused stream", 1.0 + _STREAM_ALLOWANCE)
+            self._reset(stream, ErrorCode.REFUSED_STREAM)
+
+    def _whole_request(self, stream: _Stream) -> int:
+        """The bytes the stream's request will hold once whole (its gRPC prefix tells)."""
+        largest = self._settings.max_message_bytes + _MESSAGE_PREFIX.size
+        if stream.size < _MESSAGE_PREFIX.size:
+            return largest
+        length = _MESSAGE_PREFIX.size + _MESSAGE_PREFIX.unpack_from(stream.body)[1]
+        return min(largest, max(length, stream.size))
 
     def _idle_check(self, stream_id: int, what: str) -> None:
         if stream_id > self._last_stream_id:
@@ -446,8 +671,10 @@ class GrpcConnection(asyncio.Protocol):
         stream.remote_closed = True
         if stream.method is None or stream.closed:
             return
-        body = stream.chunks[0] if len(stream.chunks) == 1 else b"".join(stream.chunks)
-        stream.chunks = []
+        body = stream.body
+        stream.body = b""
+        if stream.held:
+            self._release(stream)
         if len(body) < _MESSAGE_PREFIX.size:
             self._send_status(stream, grpc.StatusCode.INTERNAL, "expected one request message, got none")
             return
@@ -458,13 +685,27 @@ class GrpcConnection(asyncio.Protocol):
         if compressed:
             self._send_status(stream, grpc.StatusCode.INTERNAL, "compressed message without grpc-encoding")
             return
-        stream.task = self._loop.create_task(self._call(stream, stream.method, body[_MESSAGE_PREFIX.size :]))
+        message = (
+            body[_MESSAGE_PREFIX.size :]
+            if type(body) is bytes
+            else bytes(memoryview(body)[_MESSAGE_PREFIX.size :])
+        )
+        stream.task = self._loop.create_task(self._call(stream, stream.method, message))
+
+    def _release(self, stream: _Stream) -> None:
+        """The stream's request bytes no longer hold the connection window."""
+        if stream.held:
+            self._recv_held -= stream.held
+            stream.held = 0
+            if self._recv_unacked >= self._recv_half:
+                self._give_back()
 
     async def _call(self, stream: _Stream, method: UnaryMethod, message: bytes) -> None:
         call_opened.set(stream.opened)  # this task's own context: seen by this call only
         try:
             reply = await method(message)
         except RpcError as exc:
+            self._budget += self._call_credit
             self._send_status(stream, exc.code, exc.details, exc.trailers)
         except asyncio.CancelledError:
             # The server's own cancels (reset, deadline, lost connection) close the stream first;
@@ -475,6 +716,7 @@ class GrpcConnection(asyncio.Protocol):
             log.exception("gRPC method failed on stream %d", stream.id)
             self._send_status(stream, grpc.StatusCode.INTERNAL, "internal error")
         else:
+            self._budget += self._call_credit  # an answered call pays for a few control frames
             self._send_reply(stream, reply)
 
     def _expire(self, stream: _Stream) -> None:
@@ -486,7 +728,7 @@ class GrpcConnection(asyncio.Protocol):
     # -- frames out --------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        if self._transport is not None and not self._eof_sent:
+        if self._transport is not None and not self._out_closed:
             self._transport.write(data)
 
     def _send_reply(self, stream: _Stream, reply: bytes) -> None:
@@ -495,7 +737,12 @@ class GrpcConnection(asyncio.Protocol):
         sid = stream.id
         size = _MESSAGE_PREFIX.size + len(reply)
         prefix = _MESSAGE_PREFIX.pack(0, len(reply))
-        if size <= stream.send_window and size <= self._send_window and size <= self._peer_max_frame:
+        if (
+            size <= stream.send_window
+            and size <= self._send_window
+            and size <= self._peer_max_frame
+            and not self._write_paused
+        ):
             stream.send_window -= size
             self._send_window -= size
             self._write(b"".join((
@@ -505,26 +752,47 @@ class GrpcConnection(asyncio.Protocol):
             )))  # fmt: skip
             self._finish(stream)
             return
+        # Buffered answers past the limit end their calls; while the buffer is under the
+        # socket's high-water mark any one answer may go, however large.
+        transport = self._transport
+        buffered = self._pending_bytes + (transport.get_write_buffer_size() if transport is not None else 0)
+        if (
+            buffered > self._settings.write_buffer_bytes
+            and buffered + size > self._settings.max_buffered_answer_bytes
+        ):
+            self._send_status(
+                stream, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many answers wait for the client"
+            )
+            return
         self._write(frame(_HEADERS, _END_HEADERS, sid, RESPONSE_HEADERS))
         stream.headers_sent = True
         stream.pending = memoryview(prefix + reply)
+        stream.stalled_at = time.monotonic()
+        self._pending_bytes += size
         self._flush(stream)
 
     def _flush(self, stream: _Stream) -> None:
         """Send what flow control allows of a stream's answer; its trailers once all is sent."""
         pending = stream.pending
         assert pending is not None
+        sent = 0
         while pending and stream.send_window > 0 and self._send_window > 0:
             n = min(len(pending), stream.send_window, self._send_window, self._peer_max_frame)
             self._write(frame(_DATA, 0, stream.id, pending[:n]))
             pending = pending[n:]
             stream.send_window -= n
             self._send_window -= n
+            sent += n
+        self._pending_bytes -= sent
+        self._released += sent
         if pending:
             stream.pending = pending
             self._blocked[stream.id] = stream
+            if sent:
+                stream.stalled_at = time.monotonic()
             return
         stream.pending = None
+        self._released += _PRODUCTIVE  # the end of an answer, however short, is progress
         self._blocked.pop(stream.id, None)
         self._write(frame(_HEADERS, _OK_TRAILERS_FRAME_FLAGS, stream.id, OK_TRAILERS))
         self._finish(stream)
@@ -564,6 +832,12 @@ class GrpcConnection(asyncio.Protocol):
         self._write(out)
         self._finish(stream)
 
+    def _stream_error(self, stream: _Stream, code: ErrorCode) -> None:
+        """Reset a stream for the client's error: as costly as the client resetting it, or
+        errors would reset streams for free ("MadeYouReset", CVE-2025-8671)."""
+        self._charge("stream error", 2.0 + _STREAM_ALLOWANCE)
+        self._reset(stream, code)
+
     def _reset(self, stream: _Stream, code: ErrorCode) -> None:
         self._write(rst_stream(stream.id, code))
         self._drop(stream)
@@ -577,8 +851,12 @@ class GrpcConnection(asyncio.Protocol):
 
     def _finish(self, stream: _Stream) -> None:
         stream.closed = True
-        stream.pending = None
-        stream.chunks = []
+        if stream.pending is not None:
+            self._pending_bytes -= len(stream.pending)
+            stream.pending = None
+        stream.body = b""
+        if stream.held:
+            self._release(stream)
         if stream.timer is not None:
             stream.timer.cancel()
             stream.timer = None

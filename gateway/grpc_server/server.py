@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -16,8 +17,30 @@ from gateway.grpc_server.service import UnaryMethod
 class ServerSettings:
     """What the server advertises and enforces per connection.
 
-    The receive windows are large and given back early, so a client never waits on them for
-    one request; what a request may hold is bounded by ``max_message_bytes`` instead.
+    The receive windows are large, and the stream windows given back early, so a client never
+    waits on them for one request; what a request may hold is bounded by ``max_message_bytes``.
+    The connection window is given back only as requests end, so it also bounds the bytes of
+    unfinished requests on one connection; it is at least ``max_message_bytes`` + 5 (the gRPC
+    prefix) + 16 KiB, so that one request of the largest size always fits (``receive_window``).
+
+    The rest bound what one connection may cost (see ``connection.py``):
+
+    * ``request_timeout_s``: a request must have fully arrived this long after its HEADERS, or
+      its call ends (CANCELLED) and its method is never called. Generous, for large requests on
+      slow links; the client's ``grpc-timeout``, if shorter, still ends the call first;
+    * ``stall_timeout_s``: an answer held back by flow control, or writes the client does not
+      read (reading from it is paused meanwhile), for this long end the stream (RST_STREAM
+      CANCEL) or the connection;
+    * ``write_buffer_bytes``: the socket's write buffer high-water mark, over which the server
+      stops reading the client;
+    * ``max_buffered_answer_bytes``: answers waiting for the client (for flow control or in the
+      write buffer) on one connection; past it, and once the write buffer is over its mark, a
+      new answer ends its call with RESOURCE_EXHAUSTED instead of waiting too;
+    * ``control_frame_*``: a token bucket per connection. Each frame that asks for no call
+      (PING, SETTINGS, PRIORITY, RST_STREAM, a WINDOW_UPDATE that lets no answer out, empty
+      DATA or CONTINUATION, unknown types, a stream reset or refused) takes a unit; the bucket
+      holds ``control_frame_budget``, refills ``control_frame_refill_per_s`` units a second and
+      ``control_frame_credit_per_call`` per answered call. Empty: GOAWAY ENHANCE_YOUR_CALM.
     """
 
     max_message_bytes: int = 4 * 1024 * 1024  # grpc's default receive limit
@@ -26,6 +49,13 @@ class ServerSettings:
     connection_window: int = 32 * 1024 * 1024
     max_frame_bytes: int = 1024 * 1024
     max_header_list_bytes: int = 64 * 1024
+    request_timeout_s: float = 30.0
+    stall_timeout_s: float = 10.0
+    write_buffer_bytes: int = 1024 * 1024
+    max_buffered_answer_bytes: int = 64 * 1024 * 1024
+    control_frame_budget: int = 1000
+    control_frame_refill_per_s: float = 100.0
+    control_frame_credit_per_call: int = 10
 
     def __post_init__(self) -> None:
         if not DEFAULT_MAX_FRAME <= self.max_frame_bytes <= LARGEST_MAX_FRAME:
@@ -40,6 +70,20 @@ class ServerSettings:
         # Both go out as 32-bit SETTINGS values: checked here, not on every connection.
         if self.max_concurrent_streams > MAX_SETTING or not 0 <= self.max_header_list_bytes <= MAX_SETTING:
             raise ValueError("max_concurrent_streams and max_header_list_bytes must fit in 32 bits")
+        for name in ("request_timeout_s", "stall_timeout_s", "control_frame_refill_per_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0")
+        if self.write_buffer_bytes < 1 or self.max_buffered_answer_bytes < 1:
+            raise ValueError("write_buffer_bytes and max_buffered_answer_bytes must be >= 1")
+        if self.control_frame_budget < 1 or self.control_frame_credit_per_call < 0:
+            raise ValueError("control_frame_budget must be >= 1 and control_frame_credit_per_call >= 0")
+
+    @property
+    def receive_window(self) -> int:
+        """The connection window the server advertises: ``connection_window``, or more so that
+        one request of ``max_message_bytes`` fits."""
+        return min(MAX_WINDOW, max(self.connection_window, self.max_message_bytes + 5 + DEFAULT_MAX_FRAME))
 
 
 class GrpcServer:

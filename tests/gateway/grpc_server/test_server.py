@@ -663,7 +663,8 @@ async def test_h2_ping_is_acked_with_its_payload() -> None:
 
 async def test_h2_server_settings_are_the_server_settings() -> None:
     settings = ServerSettings(max_concurrent_streams=77, stream_window=100_000, connection_window=1_000_000,
-                              max_frame_bytes=32_768, max_header_list_bytes=9_000)  # fmt: skip
+                              max_frame_bytes=32_768, max_header_list_bytes=9_000,
+                              max_message_bytes=500_000)  # fmt: skip
     async with serving(settings=settings) as (_, port), h2_client(port) as client:
         await client.wait_for(h2.events.RemoteSettingsChanged)
         await client.wait_for(h2.events.WindowUpdated, lambda e: e.stream_id == 0)
@@ -679,19 +680,23 @@ async def test_h2_server_settings_are_the_server_settings() -> None:
 
 async def test_h2_smallest_connection_window_sends_no_zero_window_update() -> None:
     # WINDOW_UPDATE with an increment of 0 is a connection error (RFC 9113 6.9): with the
-    # default connection window the server must not send one.
-    settings = ServerSettings(connection_window=65_535, stream_window=65_535)
-    body = os.urandom(300_000)  # more than both windows, each way
+    # default connection window the server must not send one. (The connection window holds at
+    # least one whole request, so that window needs a small max_message_bytes.)
+    settings = ServerSettings(connection_window=65_535, stream_window=65_535, max_message_bytes=40_000)
+    assert settings.receive_window == 65_535
+    body = os.urandom(40_000)
     async with serving(settings=settings) as (_, port), h2_client(port) as client:
-        sid = client.request(ECHO, None, end=False)
-        await client.send(sid, message(body))
-        reply = await client.response(sid)
-    assert reply.body == message(body)
+        for _ in range(4):  # more than both windows, each way, over the calls
+            sid = client.request(ECHO, None, end=False)
+            await client.send(sid, message(body))
+            reply = await client.response(sid)
+            assert reply.body == message(body)
     assert not [e for e in client.events if isinstance(e, h2.events.ConnectionTerminated)]
 
 
 async def test_h2_large_request_within_the_server_windows() -> None:
-    # A client that keeps to the server's windows gets them back as the server reads.
+    # A client that keeps to the server's windows gets them back: the stream's as the server
+    # reads, the connection's as each request ends.
     settings = ServerSettings(connection_window=100_000, stream_window=70_000, max_message_bytes=1 * MiB)
     body = os.urandom(900_000)
     async with serving(settings=settings) as (_, port), h2_client(port) as client:
@@ -1051,7 +1056,8 @@ async def test_raw_data_past_the_stream_window_resets_the_stream() -> None:
 
 
 async def test_raw_data_past_the_connection_window_is_a_connection_error() -> None:
-    settings = ServerSettings(connection_window=65_535, max_frame_bytes=100_000)
+    # A small max_message_bytes: the connection window is never below what one request needs.
+    settings = ServerSettings(connection_window=65_535, max_frame_bytes=100_000, max_message_bytes=1000)
     async with serving(settings=settings) as (_, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(
@@ -1117,11 +1123,20 @@ class FakeTransport(asyncio.Transport):
     def close(self) -> None:
         self.closing = True
 
+    def abort(self) -> None:
+        self.closing = True
+
     def is_closing(self) -> bool:
         return self.closing
 
     def can_write_eof(self) -> bool:
         return False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
 
 async def feed(data: bytes, step: int) -> bytes:
