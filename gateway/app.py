@@ -143,7 +143,7 @@ class Gateway:
             handle_signals=False,
             shutdown_timeout=5.0,
             keepalive_timeout=cfg.gateway.header_timeout_s,
-            lingering_time=1.0,  # after an early answer (408, 413), read what still comes for 1 s, then close
+            lingering_time=0.5,  # after an early answer (408, 413), read what still comes briefly, then close
             logger=ClientErrorLog(logging.getLogger("kairos.gateway.http")),
         )
         await self._runner.setup()

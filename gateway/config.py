@@ -65,7 +65,8 @@ class GatewayConfig:
     header_timeout_s: float = 5.0  # HTTP/1.1: the request head must arrive within this
     body_timeout_s: float = 10.0  # HTTP/1.1: the body, within this once the head is in
     # Bytes of HTTP request bodies being received at once, across connections (None: the larger
-    # of max_body_bytes and 64 MiB); past it the slowest is evicted (408).
+    # of max_body_bytes and 32 MiB);
+    # past it the largest unfinished ones are evicted (408).
     max_buffered_bytes: int | None = None
 
 

@@ -48,7 +48,7 @@ async def start_grpcio_server(
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),
             # As the native server: bounds the streams (and held requests) of one connection.
-            ("grpc.max_concurrent_streams", 1024),
+            ("grpc.max_concurrent_streams", 256),
         ]
     )
     server.add_generic_rpc_handlers((GrpcioHandler(methods),))

@@ -49,7 +49,7 @@ class HttpFrontend:
         self.core = core
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
-        self.bodies = BodyBudget(max_buffered_bytes or max(max_body_bytes, 64 * 1024 * 1024))
+        self.bodies = BodyBudget(max_buffered_bytes or max(max_body_bytes, 32 * 1024 * 1024))
         self.app = web.Application(client_max_size=max_body_bytes)
         add = self.app.router.add_route
         add("GET", "/v2/health/live", self.live)
@@ -176,7 +176,7 @@ class HttpFrontend:
             task = asyncio.current_task()
             if not read.evicted or task is None or task.uncancel():
                 raise
-            raise RequestTimeout("request body too slow while the gateway's receive buffer is full") from None
+            raise RequestTimeout("request body evicted: the gateway's receive buffer is full") from None
         finally:
             self.bodies.close(read)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)

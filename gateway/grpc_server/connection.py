@@ -85,7 +85,7 @@ _SETTINGS_PER_UNIT = 10  # a SETTINGS frame costs one unit more per this many se
 # Budget each stream brings: clients send a WINDOW_UPDATE or two per call (grpc-core does).
 # A client's reset of an open stream takes it back, plus a unit each for the reset and the HEADERS.
 _STREAM_ALLOWANCE = 2.0
-_TIMED_OUT_STREAM_UNITS = 10.0
+_TIMED_OUT_STREAM_UNITS = 100.0  # ten of them spend a full budget
 
 
 class _Stream:
@@ -106,7 +106,7 @@ class _Stream:
         self.closed = False
         self.headers_sent = False
         self.pending: memoryview | None = None  # response DATA waiting for flow control
-        self.stalled_at = 0.0  # when ``pending`` last moved
+        self.stalled_at = 0.0  # when its answer first waited for flow control (a trickle does not reset it)
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
 
@@ -788,8 +788,6 @@ class GrpcConnection(asyncio.Protocol):
         if pending:
             stream.pending = pending
             self._blocked[stream.id] = stream
-            if sent:
-                stream.stalled_at = time.monotonic()
             return
         stream.pending = None
         self._released += _PRODUCTIVE  # the end of an answer, however short, is progress

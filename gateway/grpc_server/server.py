@@ -44,7 +44,9 @@ class ServerSettings:
     """
 
     max_message_bytes: int = 4 * 1024 * 1024  # grpc's default receive limit
-    max_concurrent_streams: int = 1024
+    # As Go's HTTP/2 server (250) and nginx (128): a client's burst of calls, or of streams it
+    # then holds, stays a bounded share of the loop.
+    max_concurrent_streams: int = 256
     stream_window: int = 8 * 1024 * 1024
     connection_window: int = 32 * 1024 * 1024
     max_frame_bytes: int = 1024 * 1024

@@ -1,4 +1,4 @@
-"""The gateway-wide budget on request bodies being received: oldest slow reads evicted first."""
+"""The gateway-wide budget on request bodies being received: the largest unfinished ones go."""
 
 from __future__ import annotations
 
@@ -7,31 +7,41 @@ import asyncio
 from gateway.frontend.budget import BodyBudget
 
 
-async def test_the_oldest_read_is_evicted_for_a_new_one_and_its_task_cancelled() -> None:
-    budget = BodyBudget(100, min_age_s=0.0)
+async def test_the_largest_read_is_evicted_for_a_new_one_and_its_task_cancelled() -> None:
+    budget = BodyBudget(100)
     gate = asyncio.Event()
 
-    async def slow() -> None:
+    async def holding(n: int) -> None:
         read = budget.open()
-        assert budget.take(read, 60)
+        assert budget.take(read, n)
         await gate.wait()
 
-    old = asyncio.ensure_future(slow())
+    big, small = asyncio.ensure_future(holding(60)), asyncio.ensure_future(holding(30))
     await asyncio.sleep(0)
     fresh = budget.open()
-    assert budget.take(fresh, 70)  # evicts the old read
+    assert budget.take(fresh, 20)  # 110 > 100: the 60-byte read goes, the 30-byte one stays
     await asyncio.sleep(0)
-    assert old.cancelled() and budget.used == 70 and budget.evictions == 1
+    assert big.cancelled() and not small.done()
+    assert budget.used == 50 and budget.evictions == 1
     budget.close(fresh)
-    assert budget.used == 0
+    gate.set()
+    await small
 
 
-async def test_young_reads_are_not_evicted_and_a_chunk_that_cannot_fit_is_refused() -> None:
-    budget = BodyBudget(100, min_age_s=60.0)
+async def test_a_smaller_read_is_never_evicted_for_a_larger_one() -> None:
+    budget = BodyBudget(100)
     a, b = budget.open(), budget.open()
+    assert budget.take(a, 40)
+    assert budget.take(b, 50)
+    assert not budget.take(b, 20)  # b (50) is the largest: a (40) is not evicted for it
+    assert budget.used == 90 and not a.evicted
+
+
+async def test_closing_gives_the_bytes_back_once() -> None:
+    budget = BodyBudget(100)
+    a = budget.open()
     assert budget.take(a, 80)
-    assert not budget.take(b, 30)  # a is too young to evict
-    assert budget.used == 80 and not a.evicted
+    assert not budget.take(a, 30)  # nothing smaller to evict: over the budget
     budget.close(a)
-    budget.close(a)  # closing twice gives nothing back twice
+    budget.close(a)
     assert budget.used == 0

@@ -268,7 +268,7 @@ async def test_errors_do_not_expose_backend_addresses(pool: RunningPool, tmp_pat
 
 async def test_unfinished_bodies_across_connections_are_bounded(pool: RunningPool, tmp_path: Path) -> None:
     """Connections that each send most of a large body and stop hold at most the gateway-wide
-    budget; a client that sends its body at once evicts the oldest of them (408) and is served."""
+    budget; a client that sends its body at once evicts the largest of them (408) and is served."""
     config = gateway_config(
         pool.config_path, tmp_path, max_body_bytes=65536, max_buffered_bytes=150_000, body_timeout_s=30.0
     )
@@ -276,7 +276,7 @@ async def test_unfinished_bodies_across_connections_are_bounded(pool: RunningPoo
     host, port = gw.http.rsplit(":", 1)
     try:
         stalled = []
-        for _ in range(3):  # the third fits only by evicting the first
+        for _ in range(3):  # the third fits only by evicting one of the first two
             sock = socket.create_connection((host, int(port)), timeout=5)
             sock.sendall(f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 65000\r\n\r\n".encode())
             sock.sendall(b"x" * 60_000)
@@ -287,8 +287,14 @@ async def test_unfinished_bodies_across_connections_are_bounded(pool: RunningPoo
             status, doc, _ = await post_infer(s, gw.url, MODEL, b" " * 50_000 + json_request(2, "big"))
             assert status == 200 and doc["id"] == "big"
             assert time.monotonic() - started < 5.0  # not after the stalled bodies time out (30 s)
-        evicted = [status_of(sock.recv(4096)) for sock in stalled[:2]]
-        assert evicted == [408, 408]
+        answers = []
+        for sock in stalled:
+            sock.settimeout(1.0)
+            try:
+                answers.append(status_of(sock.recv(4096)))
+            except TimeoutError:
+                answers.append(None)
+        assert sorted(answers, key=str) == [408, 408, None]  # two evicted, one still within budget
         for sock in stalled:
             sock.close()
         assert "Traceback" not in gw.stderr()
