@@ -30,8 +30,10 @@ What one connection may cost the server is bounded by its ``ServerSettings``:
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import struct
+import termios
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, cast
@@ -85,6 +87,7 @@ _SETTINGS_PER_UNIT = 10  # a SETTINGS frame costs one unit more per this many se
 # Budget each stream brings: clients send a WINDOW_UPDATE or two per call (grpc-core does).
 # A client's reset of an open stream takes it back, plus a unit each for the reset and the HEADERS.
 _STREAM_ALLOWANCE = 2.0
+MIN_DRAIN_BYTES_PER_S = 1024  # a client reading slower than this, with answers waiting, is stalled
 _TIMED_OUT_STREAM_UNITS = 100.0  # ten of them spend a full budget
 
 
@@ -147,6 +150,10 @@ class GrpcConnection(asyncio.Protocol):
         self._released = 0  # answer bytes flow control let out (tells a useful WINDOW_UPDATE)
         self._write_paused = False
         self._paused_at = 0.0
+        self._written = 0  # bytes handed to the transport (answers and frames)
+        # While written bytes wait to be sent: since when, and how many had been sent then.
+        self._unsent_since: float | None = None
+        self._sent_then = 0
         self._tick: asyncio.TimerHandle | None = None
         self._tick_s = min(1.0, settings.request_timeout_s / 2, settings.stall_timeout_s / 2)
         self._draining = False  # GOAWAY sent or received: no new streams, close when idle
@@ -312,6 +319,22 @@ class GrpcConnection(asyncio.Protocol):
             self._out_closed = True
             transport.abort()
             return
+        # A client that reads a few bytes a second keeps its answers in the kernel's send queue,
+        # where no write ever pauses: cut off when, with bytes waiting all along, fewer than
+        # MIN_DRAIN_BYTES_PER_S went out over the stall timeout.
+        unsent = _unsent_bytes(transport)
+        if not unsent:
+            self._unsent_since = None
+        elif self._unsent_since is None:
+            self._unsent_since, self._sent_then = now, self._written - unsent
+        elif now - self._unsent_since > s.stall_timeout_s:
+            sent = self._written - unsent
+            if sent - self._sent_then < MIN_DRAIN_BYTES_PER_S * (now - self._unsent_since):
+                log.info("gRPC connection aborted: its answers drained too slowly for %g s", s.stall_timeout_s)
+                self._out_closed = True
+                transport.abort()
+                return
+            self._unsent_since, self._sent_then = now, sent
         try:
             for stream in list(self._streams.values()):
                 if not stream.remote_closed and now - stream.opened > s.request_timeout_s:
@@ -327,7 +350,7 @@ class GrpcConnection(asyncio.Protocol):
         except ConnectionError_ as exc:
             self.abort(exc.code, str(exc))
             return
-        if self._streams or self._write_paused:
+        if self._streams or self._write_paused or self._unsent_since is not None:
             self._start_tick()
 
     # -- frames in ---------------------------------------------------------------------------
@@ -730,6 +753,7 @@ class GrpcConnection(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         if self._transport is not None and not self._out_closed:
             self._transport.write(data)
+            self._written += len(data)
 
     def _send_reply(self, stream: _Stream, reply: bytes) -> None:
         if stream.closed:
@@ -860,8 +884,25 @@ class GrpcConnection(asyncio.Protocol):
             stream.timer = None
         self._streams.pop(stream.id, None)
         self._blocked.pop(stream.id, None)
-        if self._draining and not self._streams:
-            self._close_if_idle()
+        if not self._streams:
+            if self._draining:
+                self._close_if_idle()
+            else:
+                self._start_tick()  # one more look: is what was written being read?
+
+
+def _unsent_bytes(transport: asyncio.Transport) -> int:
+    """Bytes written but not yet sent: in the transport's buffer and the socket's send queue
+    (Linux ``TIOCOUTQ``; elsewhere only the transport's)."""
+    buffered = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return buffered
+    try:
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (OSError, AttributeError, ValueError):
+        return buffered
+    return buffered + int(queued)
 
 
 def _unpad(flags: int, payload: memoryview) -> memoryview:

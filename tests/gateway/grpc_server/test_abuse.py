@@ -544,6 +544,37 @@ async def test_a_client_that_never_reads_is_paused_then_aborted() -> None:
         await legit_while(attack(), port)
 
 
+async def test_a_client_that_reads_a_trickle_is_cut_off_though_no_write_pauses() -> None:
+    """Answers small enough to leave the transport at once sit in the kernel's send queue of a
+    client that hardly reads: no write pauses, yet the connection is cut off once they drain
+    slower than MIN_DRAIN_BYTES_PER_S for the stall timeout."""
+    answer = os.urandom(16 * 1024)
+
+    async def mid(request: bytes) -> bytes:
+        return answer
+
+    settings = ServerSettings(stall_timeout_s=0.5)  # the default 1 MiB write buffer: never paused
+    async with serving(methods() | {BIG: mid}, settings) as (server, port), raw(port, rcvbuf=4096) as client:
+        encoder = hpack.Encoder()
+        requests = b"".join(
+            frame(FrameType.HEADERS, HEADERS_END, sid, encoder.encode(request_headers(BIG)))
+            + frame(FrameType.DATA, Flag.END_STREAM, sid, message(b"x"))
+            for sid in range(1, 64, 2)
+        )
+        windows = settings_frame({Setting.INITIAL_WINDOW_SIZE: 2**31 - 1}) + window_update(
+            0, 2**31 - 1 - 65_535
+        )
+        await client.send(CLIENT_START[:-9] + windows + requests)
+        await wait_until(lambda: bool(server._connections))
+        conn = the_connection(server)
+
+        async def attack() -> None:
+            await within(asyncio.shield(conn.closed))
+            assert not conn._write_paused
+
+        await legit_while(attack(), port)
+
+
 # -- unfinished requests and the connection window -------------------------------------------
 
 
