@@ -157,6 +157,7 @@ class GrpcConnection(asyncio.Protocol):
         self._tick: asyncio.TimerHandle | None = None
         self._tick_s = min(1.0, settings.request_timeout_s / 2, settings.stall_timeout_s / 2)
         self._draining = False  # GOAWAY sent or received: no new streams, close when idle
+        self._misbehaved = False  # ended by a connection error: closed without waiting on writes
         self._eof_sent = False
         self._out_closed = False  # EOF sent or the transport closing: nothing more is written
         self.closed: asyncio.Future[None] = self._loop.create_future()
@@ -243,6 +244,7 @@ class GrpcConnection(asyncio.Protocol):
             return
         if code != ErrorCode.NO_ERROR:
             log.info("gRPC connection error %s: %s", code.name, reason)
+            self._misbehaved = True
         self._draining = True
         if self._out_closed:  # half-closed already: nothing more to say
             self._close()
@@ -279,7 +281,9 @@ class GrpcConnection(asyncio.Protocol):
         self._out_closed = True
         if self._transport is not None:
             self._transport.close()
-            self._loop.call_later(self._settings.stall_timeout_s, self._kill)
+            # A client cut off for misbehaving gets its GOAWAY's linger, not a stall timeout more.
+            wait = CLOSE_LINGER_S if self._misbehaved else self._settings.stall_timeout_s
+            self._loop.call_later(wait, self._kill)
 
     def _kill(self) -> None:
         if self._transport is not None:
