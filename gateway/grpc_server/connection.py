@@ -87,6 +87,7 @@ _SETTINGS_PER_UNIT = 10  # a SETTINGS frame costs one unit more per this many se
 # Budget each stream brings: clients send a WINDOW_UPDATE or two per call (grpc-core does).
 # A client's reset of an open stream takes it back, plus a unit each for the reset and the HEADERS.
 _STREAM_ALLOWANCE = 2.0
+CALLS_PER_TURN = 32  # calls one read may start before the connection yields the loop
 MIN_DRAIN_BYTES_PER_S = 1024  # a client reading slower than this, with answers waiting, is stalled
 _TIMED_OUT_STREAM_UNITS = 100.0  # ten of them spend a full budget
 
@@ -158,6 +159,8 @@ class GrpcConnection(asyncio.Protocol):
         self._tick_s = min(1.0, settings.request_timeout_s / 2, settings.stall_timeout_s / 2)
         self._draining = False  # GOAWAY sent or received: no new streams, close when idle
         self._misbehaved = False  # ended by a connection error: closed without waiting on writes
+        self._calls_this_turn = 0  # calls started from the frames of this read
+        self._turn_paused = False  # reading paused until the loop has run what this read started
         self._eof_sent = False
         self._out_closed = False  # EOF sent or the transport closing: nothing more is written
         self.closed: asyncio.Future[None] = self._loop.create_future()
@@ -195,6 +198,8 @@ class GrpcConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._eof_sent:  # read and dropped, so that the close is not a reset
             return
+        if not self._turn_paused:
+            self._calls_this_turn = 0
         if self._buf:
             self._buf += data
             buf: bytes | bytearray = self._buf
@@ -222,8 +227,25 @@ class GrpcConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._transport is not None and not self._transport.is_closing():
+        if self._transport is not None and not self._transport.is_closing() and not self._turn_paused:
             self._transport.resume_reading()
+
+    def _yield_turn(self) -> None:
+        """Enough calls started from one read: let other connections and the calls run before
+        this connection's next frames (a burst of thousands of calls would hold the loop)."""
+        self._turn_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+        self._loop.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn_paused = False
+        self._calls_this_turn = 0
+        if self._buf:
+            self.data_received(b"")
+        transport = self._transport
+        if transport is not None and not self._turn_paused and not self._write_paused and not transport.is_closing():
+            transport.resume_reading()
 
     # -- shutdown ----------------------------------------------------------------------------
 
@@ -375,6 +397,9 @@ class GrpcConnection(asyncio.Protocol):
             pos = len(PREFACE)
         max_frame = self._settings.max_frame_bytes
         while n - pos >= HEADER_SIZE and self._transport is not None:
+            if self._calls_this_turn >= CALLS_PER_TURN:
+                self._yield_turn()
+                break
             hi, lo, kind, flags, stream_id = FRAME_HEADER.unpack_from(buf, pos)
             length = (hi << 16) | lo
             if length > max_frame:
@@ -718,6 +743,7 @@ class GrpcConnection(asyncio.Protocol):
             else bytes(memoryview(body)[_MESSAGE_PREFIX.size :])
         )
         stream.task = self._loop.create_task(self._call(stream, stream.method, message))
+        self._calls_this_turn += 1
 
     def _release(self, stream: _Stream) -> None:
         """The stream's request bytes no longer hold the connection window."""

@@ -734,3 +734,34 @@ def test_limit_settings_defaults() -> None:
 )
 def test_receive_window_holds_one_largest_request(kwargs: dict[str, int], window: int) -> None:
     assert ServerSettings(**kwargs).receive_window == window
+
+
+async def test_a_burst_of_calls_on_one_connection_takes_turns_with_other_connections() -> None:
+    """600 calls in one write start CALLS_PER_TURN at a time: a call on another connection is
+    served between turns, not after the whole burst."""
+    started = 0
+
+    async def counting(request: bytes) -> bytes:
+        nonlocal started
+        started += 1
+        await asyncio.sleep(0)
+        return request
+
+    async def probe(request: bytes) -> bytes:
+        return str(started).encode()
+
+    probe_path = "/test.Service/Probe"
+    async with serving({ECHO: counting, probe_path: probe}) as (_server, port), raw(port) as client:
+        encoder = hpack.Encoder()
+        burst = b"".join(
+            frame(FrameType.HEADERS, HEADERS_END, sid, encoder.encode(request_headers(ECHO)))
+            + frame(FrameType.DATA, Flag.END_STREAM, sid, message(b"b"))
+            for sid in range(1, 1200, 2)
+        )
+        async with grpc_channel(port) as channel:
+            call = channel.unary_unary(probe_path)
+            await call(b"", timeout=5)  # the channel is connected before the burst
+            await client.send(CLIENT_START + burst)
+            seen = int(await call(b"", timeout=5))
+        await wait_until(lambda: started == 600)
+    assert seen < 600
