@@ -87,7 +87,7 @@ _SETTINGS_PER_UNIT = 10  # a SETTINGS frame costs one unit more per this many se
 # Budget each stream brings: clients send a WINDOW_UPDATE or two per call (grpc-core does).
 # A client's reset of an open stream takes it back, plus a unit each for the reset and the HEADERS.
 _STREAM_ALLOWANCE = 2.0
-CALLS_PER_TURN = 32  # calls one read may start before the connection yields the loop
+CALLS_PER_TURN = 16  # header blocks (calls) one read may handle before the connection yields the loop
 MIN_DRAIN_BYTES_PER_S = 1024  # a client reading slower than this, with answers waiting, is stalled
 _TIMED_OUT_STREAM_UNITS = 100.0  # ten of them spend a full budget
 
@@ -159,7 +159,7 @@ class GrpcConnection(asyncio.Protocol):
         self._tick_s = min(1.0, settings.request_timeout_s / 2, settings.stall_timeout_s / 2)
         self._draining = False  # GOAWAY sent or received: no new streams, close when idle
         self._misbehaved = False  # ended by a connection error: closed without waiting on writes
-        self._calls_this_turn = 0  # calls started from the frames of this read
+        self._calls_this_turn = 0  # header blocks handled from this read
         self._turn_paused = False  # reading paused until the loop has run what this read started
         self._eof_sent = False
         self._out_closed = False  # EOF sent or the transport closing: nothing more is written
@@ -231,8 +231,8 @@ class GrpcConnection(asyncio.Protocol):
             self._transport.resume_reading()
 
     def _yield_turn(self) -> None:
-        """Enough calls started from one read: let other connections and the calls run before
-        this connection's next frames (a burst of thousands of calls would hold the loop)."""
+        """Enough header blocks handled from one read: let other connections and the calls run
+        before this connection's next frames (a burst of thousands of calls would hold the loop)."""
         self._turn_paused = True
         if self._transport is not None:
             self._transport.pause_reading()
@@ -560,6 +560,7 @@ class GrpcConnection(asyncio.Protocol):
             self._on_header_block(first_flags, stream_id, b"".join(parts))
 
     def _on_header_block(self, flags: int, stream_id: int, block: bytes) -> None:
+        self._calls_this_turn += 1  # decoding a block, and the call it may start, is the costly part
         try:  # always decoded: the HPACK table is the connection's, whatever becomes of the stream
             headers = self._decoder.decode(block, raw=True)
         except hpack.HPACKError as exc:
@@ -743,7 +744,6 @@ class GrpcConnection(asyncio.Protocol):
             else bytes(memoryview(body)[_MESSAGE_PREFIX.size :])
         )
         stream.task = self._loop.create_task(self._call(stream, stream.method, message))
-        self._calls_this_turn += 1
 
     def _release(self, stream: _Stream) -> None:
         """The stream's request bytes no longer hold the connection window."""
