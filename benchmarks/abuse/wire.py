@@ -232,6 +232,11 @@ class Conn:
         while not self.gone:
             if interval_s:
                 await asyncio.sleep(interval_s)
+                # A slow reader would read its buffered bytes for minutes before seeing a reset
+                # the server sent: the kernel's TCP state says it at once.
+                if _tcp_closed(self.sock):
+                    self.mark_closed("reset (TCP state)")
+                    return
             try:
                 data = await self.loop.sock_recv(self.sock, chunk)
             except OSError as exc:
@@ -394,3 +399,16 @@ def data_frame(sid: int, payload: bytes | memoryview, *, end_stream: bool = Fals
     return frame_header(FrameType.DATA, Flag.END_STREAM if end_stream else 0, sid, len(payload)) + bytes(
         payload
     )
+
+
+_TCP_CLOSE = 7  # linux/tcp_states.h
+_TCP_CLOSE_WAIT = 8
+
+
+def _tcp_closed(sock: socket.socket) -> bool:
+    """Whether the peer ended the connection (reset or FIN), from TCP_INFO (Linux; else False)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+    except (OSError, AttributeError):
+        return False
+    return info[0] in (_TCP_CLOSE, _TCP_CLOSE_WAIT)

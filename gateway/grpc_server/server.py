@@ -52,7 +52,7 @@ class ServerSettings:
     max_frame_bytes: int = 1024 * 1024
     max_header_list_bytes: int = 64 * 1024
     request_timeout_s: float = 30.0
-    stall_timeout_s: float = 10.0
+    stall_timeout_s: float = 5.0
     write_buffer_bytes: int = 1024 * 1024
     max_buffered_answer_bytes: int = 64 * 1024 * 1024
     control_frame_budget: int = 1000

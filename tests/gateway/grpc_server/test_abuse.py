@@ -714,7 +714,7 @@ def test_limit_settings_accept_the_edges(kwargs: dict[str, Any]) -> None:
 
 def test_limit_settings_defaults() -> None:
     s = ServerSettings()
-    assert (s.request_timeout_s, s.stall_timeout_s) == (30.0, 10.0)
+    assert (s.request_timeout_s, s.stall_timeout_s) == (30.0, 5.0)
     assert (s.write_buffer_bytes, s.max_buffered_answer_bytes) == (1 * MiB, 64 * MiB)
     assert (s.control_frame_budget, s.control_frame_refill_per_s, s.control_frame_credit_per_call) == (
         1000,
