@@ -512,6 +512,19 @@ async def test_answers_past_the_buffer_limit_are_resource_exhausted() -> None:
         assert reply.body == message(answer) and reply.status == 0
 
 
+def calls_with_open_windows(path: str, n: int) -> bytes:
+    """A client preface with the largest windows, then ``n`` whole calls to ``path``: all their
+    answers may go at once, whatever becomes of them on the way."""
+    encoder = hpack.Encoder()
+    requests = b"".join(
+        frame(FrameType.HEADERS, HEADERS_END, sid, encoder.encode(request_headers(path)))
+        + frame(FrameType.DATA, Flag.END_STREAM, sid, message(b"x"))
+        for sid in range(1, 2 * n, 2)
+    )
+    windows = settings_frame({Setting.INITIAL_WINDOW_SIZE: 2**31 - 1}) + window_update(0, 2**31 - 1 - 65_535)
+    return CLIENT_START[:-9] + windows + requests
+
+
 async def test_a_client_that_never_reads_is_paused_then_aborted() -> None:
     answer = os.urandom(1 * MiB)
 
@@ -520,16 +533,7 @@ async def test_a_client_that_never_reads_is_paused_then_aborted() -> None:
 
     settings = ServerSettings(write_buffer_bytes=64 * 1024, stall_timeout_s=0.5)
     async with serving(methods() | {BIG: big}, settings) as (server, port), raw(port, rcvbuf=4096) as client:
-        encoder = hpack.Encoder()
-        requests = b"".join(
-            frame(FrameType.HEADERS, HEADERS_END, sid, encoder.encode(request_headers(BIG)))
-            + frame(FrameType.DATA, Flag.END_STREAM, sid, message(b"x"))
-            for sid in range(1, 64, 2)
-        )
-        windows = settings_frame({Setting.INITIAL_WINDOW_SIZE: 2**31 - 1}) + window_update(
-            0, 2**31 - 1 - 65_535
-        )
-        await client.send(CLIENT_START[:-9] + windows + requests)
+        await client.send(calls_with_open_windows(BIG, 32))
 
         await wait_until(lambda: bool(server._connections))
         conn = the_connection(server)  # before the legitimate client's
@@ -555,16 +559,7 @@ async def test_a_client_that_reads_a_trickle_is_cut_off_though_no_write_pauses()
 
     settings = ServerSettings(stall_timeout_s=0.5)  # the default 1 MiB write buffer: never paused
     async with serving(methods() | {BIG: mid}, settings) as (server, port), raw(port, rcvbuf=4096) as client:
-        encoder = hpack.Encoder()
-        requests = b"".join(
-            frame(FrameType.HEADERS, HEADERS_END, sid, encoder.encode(request_headers(BIG)))
-            + frame(FrameType.DATA, Flag.END_STREAM, sid, message(b"x"))
-            for sid in range(1, 64, 2)
-        )
-        windows = settings_frame({Setting.INITIAL_WINDOW_SIZE: 2**31 - 1}) + window_update(
-            0, 2**31 - 1 - 65_535
-        )
-        await client.send(CLIENT_START[:-9] + windows + requests)
+        await client.send(calls_with_open_windows(BIG, 32))
         await wait_until(lambda: bool(server._connections))
         conn = the_connection(server)
 
