@@ -370,7 +370,7 @@ class GatewayCore:
         e2e_ms = (time.perf_counter() - ticket.arrived_s) * 1000.0
         service_ms = reply.service_ms if reply.service_ms is not None else reply.round_trip_ms
         self.dispatcher.complete(query, inst, service_ms if reply.ok else None, time.monotonic() * 1000.0)
-        if self._outliers.record(inst.index, reply.server_error):
+        if self._outliers.record(inst.index, reply.server_error) and self._may_eject():
             self.metrics.failures.labels(inst.name).inc()
             log.warning("instance %s: %d error answers in a row", inst.name, self._outliers.threshold)
             self.set_instance_health(inst.index, False)
@@ -379,6 +379,13 @@ class GatewayCore:
             self.dispatcher.estimator.observe_overhead(reply.round_trip_ms - reply.service_ms)
         self._kick()  # a freed slot
         return InferResult(reply, inst.name, ticket.queue_ms, e2e_ms, query.attempts)
+
+    def _may_eject(self) -> bool:
+        """Outlier detection leaves at least half the pool in rotation (Envoy's
+        max_ejection_percent): error answers may all be one client's bad requests, and a pool
+        emptied by them answers everyone 'no healthy instance' instead."""
+        d = self.dispatcher
+        return sum(i.healthy for i in d.instances) - 1 >= len(d.instances) / 2
 
     def _orphan(self, query: Query, inst: InstanceState) -> None:
         """The client went away mid-call. The instance still serves the query (the connection is

@@ -49,6 +49,8 @@ class _Conn(asyncio.Protocol):
         self.waiter: asyncio.Future[Response] | None = None
         self.closed = False
         self.keep_alive = True
+        self.served = 0  # responses completed on this connection
+        self.answered = False  # bytes of the current request's response have come
         self._head: tuple[int, dict[str, str]] | None = None
         self._length: int | None = None  # body length; -1 chunked; None until EOF
 
@@ -64,6 +66,7 @@ class _Conn(asyncio.Protocol):
             self.keep_alive = False
             self.close()
             return
+        self.answered = True
         try:
             self._parse()
         except (ValueError, IndexError) as exc:
@@ -82,6 +85,7 @@ class _Conn(asyncio.Protocol):
     # -- client side -------------------------------------------------------------------------
     def send(self, parts: list[bytes | memoryview]) -> asyncio.Future[Response]:
         assert self.transport is not None and self.waiter is None
+        self.answered = False
         self.waiter = self.loop.create_future()
         self.transport.writelines(parts)
         return self.waiter
@@ -107,6 +111,7 @@ class _Conn(asyncio.Protocol):
         status, headers = self._head
         self._head, self._length = None, None
         w, self.waiter = self.waiter, None
+        self.served += 1
         if headers.get("connection", "").lower() == "close" or self.buf:
             # Bytes past the end of the response: an extra response, not this request's.
             self.keep_alive = False
@@ -254,29 +259,40 @@ class Http1Pool:
         ).encode("latin-1")
         if not _safe_head(path, headers):
             raise ValueError("refusing a request head with control characters or a space in its path")
+        parts: list[bytes | memoryview] = [head, body] if body else [head]
         # The common case: a kept-alive connection is free (and no one queues for one). It knows
         # its loop: on Python 3.11 asyncio.get_running_loop() makes a getpid() syscall, ~3% of
         # the gateway's CPU per gRPC query.
         conn = None if self._waiters else self._take_idle()
         loop = asyncio.get_running_loop() if conn is None else conn.loop
         deadline = None if timeout_s is None else loop.time() + timeout_s
-        if conn is None:
-            if deadline is None:
-                conn = await self._acquire()
-            else:
-                async with asyncio.timeout_at(deadline):
+        for retry in (False, True):
+            if conn is None:
+                if deadline is None:
                     conn = await self._acquire()
-        ok = False
-        # One timer handle, not an asyncio.timeout block: this runs once per query.
-        timer = None if deadline is None else loop.call_at(deadline, conn.expire)
-        try:
-            resp = await conn.send([head, body] if body else [head])
-            ok = True
-            return resp
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self._release(conn, ok)
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        conn = await self._acquire()
+            ok = False
+            reused = conn.served > 0
+            # One timer handle, not an asyncio.timeout block: this runs once per query.
+            timer = None if deadline is None else loop.call_at(deadline, conn.expire)
+            try:
+                resp = await conn.send(parts)
+                ok = True
+                return resp
+            except HttpError:
+                # A kept-alive connection the server had closed as this request went out (uvicorn
+                # closes one after every 500, without saying so): nothing of an answer came, so
+                # the request goes once more, on a fresh connection.
+                if retry or not reused or conn.answered:
+                    raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                self._release(conn, ok)
+            conn = None
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         for conn in list(self._all):

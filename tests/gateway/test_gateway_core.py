@@ -15,6 +15,7 @@ from gateway.backend.base import GRPC
 from gateway.config import parse_config
 from gateway.core import GatewayCore, InferResult
 from gateway.errors import BadRequest, DeadlineExceeded, InternalError, ModelNotFound, Overloaded, Unavailable
+from gateway.outlier import ConsecutiveErrors
 from gateway.pool import Endpoint
 
 Behaviour = Callable[[RoutedRequest], Awaitable[BackendReply]]
@@ -280,23 +281,34 @@ def answering(status: int) -> Behaviour:
     return run
 
 
-async def test_error_answers_pass_back_and_eject_only_after_five_in_a_row() -> None:
-    """An instance answering 500 (as MLServer does to a wrong feature count) may be answering a
-    bad request: the answer goes back, nothing is retried, and only a run of them ejects it."""
-    core, (fake,) = make_core([answering(500)], late_queries="serve")
-    for i in range(4):
-        result = await core.infer(request(i))
-        assert result.reply.status == 500 and result.attempts == 1
+async def test_error_answers_pass_back_and_eject_only_runs_of_five_leaving_half_the_pool() -> None:
+    """Instances answering 500 (as MLServer does to a wrong feature count) may be answering bad
+    requests: each answer goes back, nothing is retried; five in a row eject an instance, but
+    never past half the pool."""
+    behaviours = [answering(500), answering(500), ok_after(0)]
+    core, fakes = make_core(behaviours, policy="round-robin", late_queries="serve")
+    statuses = [(await core.infer(request(i))).reply.status for i in range(30)]
+    assert statuses.count(500) >= 10 and all(s in (200, 500) for s in statuses)
+    healthy = [i.healthy for i in core.dispatcher.instances]
+    assert healthy.count(False) == 1 and healthy[2]  # one bad one out; the other stays: 2 of 3 left
+    assert sum(sum(f.calls.values()) for f in fakes) == 30  # never retried
+
+
+def test_a_good_answer_resets_the_run() -> None:
+    runs = ConsecutiveErrors(3)
+    assert not runs.record(0, True) and not runs.record(0, True)
+    assert not runs.record(0, False)  # reset
+    assert not runs.record(0, True) and not runs.record(0, True) and runs.record(0, True)
+    assert not runs.record(1, True)  # per instance
+
+
+async def test_outlier_detection_never_empties_the_pool() -> None:
+    """One instance, a client sending only bad requests: every answer is the instance's 500,
+    and the instance stays in rotation for the next client."""
+    core, _ = make_core([answering(500)], late_queries="serve")
+    for i in range(20):
+        assert (await core.infer(request(i))).reply.status == 500
     assert core.dispatcher.instances[0].healthy
-    fake.behaviour = ok_after(0)
-    await core.infer(request(4))  # a good answer resets the count
-    fake.behaviour = answering(500)
-    for i in range(4):
-        await core.infer(request(10 + i))
-    assert core.dispatcher.instances[0].healthy
-    await core.infer(request(20))
-    assert not core.dispatcher.instances[0].healthy
-    assert sum(fake.calls.values()) == 10  # never retried
 
 
 async def test_a_client_error_answer_never_ejects() -> None:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.backend.http1 import Http1Pool, _Conn
+from gateway.backend.http1 import Http1Pool, HttpError, _Conn
 
 
 class _FakeTransport:
@@ -102,3 +102,43 @@ async def test_a_request_head_with_crlf_is_refused_before_it_is_sent() -> None:
     for path, headers in (("/v2/models/m/versions/1\r\nX: y/infer", ""), ("/a b", ""), ("/ok", "X: a\rb\r\n")):
         with pytest.raises(ValueError):
             await pool.request("POST", path, headers, b"{}", timeout_s=1)
+
+
+async def test_a_request_on_a_connection_the_server_closed_goes_again_on_a_fresh_one() -> None:
+    """A server that answers one request per connection and drops the next unanswered (as
+    uvicorn does after a 500): the second request is sent again on a new connection, once."""
+    connections = 0
+
+    async def one_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 3\r\n\r\nbad")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")  # the next request on this connection: dropped
+        writer.transport.abort()
+
+    server = await asyncio.start_server(one_per_connection, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = Http1Pool("127.0.0.1", port)
+    try:
+        statuses = [(await pool.request("POST", "/", body=b"{}", timeout_s=5)).status for _ in range(3)]
+        assert statuses == [500, 500, 500] and connections == 3
+    finally:
+        await pool.close()
+        server.close()
+
+
+async def test_a_fresh_connection_that_fails_is_not_retried() -> None:
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.transport.abort()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    pool = Http1Pool("127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        with pytest.raises(HttpError):
+            await pool.request("POST", "/", body=b"{}", timeout_s=5)
+    finally:
+        await pool.close()
+        server.close()
