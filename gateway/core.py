@@ -157,7 +157,12 @@ class GatewayCore:
         ticket = _Ticket(request)
         deadline = now + max(qos - self.client_margin_ms, 0.0)
         query = Query(
-            id=next(self._ids), batch=request.batch, arrival_ms=now, deadline_ms=deadline, payload=ticket
+            id=next(self._ids),
+            batch=request.batch,
+            arrival_ms=now,
+            deadline_ms=deadline,
+            payload=ticket,
+            sheddable=request.late != "serve",  # a client may ask for a late answer instead
         )
         try:
             self.dispatcher.submit(query, now)

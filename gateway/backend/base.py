@@ -31,6 +31,7 @@ class RoutedRequest:
     body: bytes
     request_id: str = ""
     qos_ms: float | None = None  # per-request QoS; None = the gateway's default
+    late: str | None = None  # per-request "shed" / "serve"; None = the gateway's late_queries
     version: str | None = None
     content_type: str | None = None  # HTTP only
     header_length: int | None = None  # HTTP binary extension: length of the JSON header

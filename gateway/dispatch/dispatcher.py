@@ -164,7 +164,7 @@ class Dispatcher:
         if self.max_pending is not None and len(self.pending) >= self.max_pending:
             raise Overloaded(f"pending queue is full ({self.max_pending} queries)", retry_after_s=1.0)
         control = self.overload
-        if control.admission and now_ms is not None:
+        if control.admission and now_ms is not None and query.sheddable:
             fastest = self.fastest_ms(query.batch)
             if now_ms + fastest > query.deadline_ms:
                 raise DeadlineExceeded(
@@ -191,7 +191,7 @@ class Dispatcher:
         if self.overload.admission:
             query.cost_ms = self._pool_cost_ms(query.batch, query.deadline_ms - query.arrival_ms)
             self._backlog_ms += query.cost_ms
-        if self.overload.shed_late:
+        if self.overload.shed_late and query.sheddable:
             latest = query.deadline_ms - self.fastest_ms(query.batch)
             heapq.heappush(self._latest_start, (latest, query.id, query))
 

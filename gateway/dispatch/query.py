@@ -19,4 +19,5 @@ class Query:
     est_ms: float = 0.0
     pipelined: bool = False  # sent to an instance still busy with its previous query
     queued: bool = False  # in the dispatcher's pending FIFO now
+    sheddable: bool = True  # False: served however late, whatever the overload control says
     cost_ms: float = 0.0  # its share of the pool's backlog while queued (admission control)

@@ -107,6 +107,7 @@ class GrpcFrontend:
                     body=raw,
                     request_id=info.request_id,
                     qos_ms=info.qos_ms,
+                    late=info.late,
                     version=request.model_version or None,
                     message=request,
                     received_s=call_opened.get(),

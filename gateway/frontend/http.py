@@ -131,6 +131,7 @@ class HttpFrontend:
                     body=body,
                     request_id=info.request_id,
                     qos_ms=info.qos_ms,
+                    late=info.late,
                     version=info.version,
                     content_type=content_type,
                     header_length=header_length,

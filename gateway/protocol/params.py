@@ -15,6 +15,8 @@ from gateway.protocol import grpc_predict_v2_pb2 as pb
 
 # Request: the per-request QoS (ms) a client may set; the gateway's default applies otherwise.
 QOS_PARAMETER = "qos_ms"
+# Request: "serve" asks for a late answer rather than a deadline error when the gateway sheds.
+LATE_PARAMETER = "late_queries"
 
 # Response, added by the gateway: the instance chosen, the time the query waited in the
 # gateway's queue, and the gateway's end-to-end time.

@@ -29,6 +29,7 @@ from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol import wire
 from gateway.protocol.limits import check_nesting, check_request_id, check_version, json_too_deep, quote
 from gateway.protocol.params import (
+    LATE_PARAMETER,
     PARAM_E2E_MS,
     PARAM_INSTANCE,
     PARAM_QUEUE_MS,
@@ -53,6 +54,7 @@ class RoutingInfo:
     request_id: str
     qos_ms: float | None
     version: str | None = None  # validated: safe in a URL path and a request line
+    late: str | None = None  # "shed" or "serve" (parameter late_queries); None: the gateway's
 
 
 def gateway_parameters(instance: str, queue_ms: float, e2e_ms: float) -> dict[str, ParamValue]:
@@ -71,11 +73,14 @@ def routing_from_json(header: Mapping[str, Any], version: str | None = None) -> 
     if not isinstance(rid, str):
         raise BadRequest(f"id: expected a string, got {quote(rid)}")
     params = header.get("parameters")
-    qos = None
-    if isinstance(params, dict) and QOS_PARAMETER in params:
-        qos = _qos(params[QOS_PARAMETER])
+    qos = late = None
+    if isinstance(params, dict):
+        if QOS_PARAMETER in params:
+            qos = _qos(params[QOS_PARAMETER])
+        if LATE_PARAMETER in params:
+            late = _late(params[LATE_PARAMETER])
     return RoutingInfo(
-        batch=batch, request_id=check_request_id(rid), qos_ms=qos, version=check_version(version)
+        batch=batch, request_id=check_request_id(rid), qos_ms=qos, version=check_version(version), late=late
     )
 
 
@@ -140,9 +145,11 @@ def routing_from_proto(request: pb.ModelInferRequest) -> RoutingInfo:
     """Routing facts of a gRPC request, and the bounds of what is forwarded: typed contents are
     checked in full (they are re-encoded for an HTTP instance, and a value out of its
     datatype's range must be the client's error, not the instance's)."""
-    qos = None
+    qos = late = None
     if QOS_PARAMETER in request.parameters:
         qos = _qos(proto_param_value(request.parameters[QOS_PARAMETER]))
+    if LATE_PARAMETER in request.parameters:
+        late = _late(proto_param_value(request.parameters[LATE_PARAMETER]))
     batch = proto_batch(request)
     if len(request.raw_input_contents) != len(request.inputs):
         parse_proto_infer(request)
@@ -151,6 +158,7 @@ def routing_from_proto(request: pb.ModelInferRequest) -> RoutingInfo:
         request_id=check_request_id(request.id),
         qos_ms=qos,
         version=check_version(request.model_version),
+        late=late,
     )
 
 
@@ -175,6 +183,12 @@ def reported_service_ms_proto(response: pb.ModelInferResponse) -> float | None:
 
 
 # -- shared checks ---------------------------------------------------------------------------
+
+
+def _late(value: Any) -> str:
+    if value not in ("shed", "serve"):
+        raise BadRequest(f"parameter {LATE_PARAMETER}: expected \"shed\" or \"serve\", got {quote(value)}")
+    return str(value)
 
 
 def _qos(value: Any) -> float:

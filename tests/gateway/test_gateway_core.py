@@ -391,3 +391,17 @@ async def test_abort_pending_answers_every_queued_query() -> None:
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     assert sum(isinstance(o, Overloaded) for o in outcomes) == 4
     assert sum(isinstance(o, InferResult) for o in outcomes) == 1
+
+
+async def test_a_client_may_ask_for_a_late_answer_instead_of_shedding() -> None:
+    """With shedding on, a query with the request parameter late_queries="serve" is neither
+    refused at admission nor shed: it is served, late."""
+    core, _ = make_core([ok_after(300)])
+    first = asyncio.ensure_future(core.infer(request(0)))
+    await asyncio.sleep(0)
+    late = request(1, qos_ms=60)
+    late.late = "serve"
+    result = await core.infer(late)
+    assert result.reply.ok and result.e2e_ms > 60
+    await first
+    assert core.metrics.refusals.labels("shed")._value.get() == 0

@@ -90,3 +90,16 @@ def test_hand_written_suffix_is_what_protobuf_would_write(instance: str, queue_m
     set_proto_parameters(reference.parameters, gateway_parameters(instance, queue_ms, e2e_ms))
     ours = pb.ModelInferResponse.FromString(gateway_parameters_suffix(instance, queue_ms, e2e_ms))
     assert ours == reference and len(ours.parameters) == 3
+
+
+def test_late_queries_parameter_is_read_and_checked() -> None:
+    header = {"inputs": [{"name": "x", "shape": [1]}], "parameters": {"late_queries": "serve"}}
+    assert routing_from_json(header).late == "serve"
+    assert routing_from_json({"inputs": [{"name": "x", "shape": [1]}]}).late is None
+    with pytest.raises(BadRequest, match="late_queries"):
+        routing_from_json({"inputs": [{"name": "x", "shape": [1]}], "parameters": {"late_queries": "never"}})
+    r = pb.ModelInferRequest(model_name="rm2")
+    r.inputs.add(name="x", datatype="FP32", shape=[1, 1])
+    r.raw_input_contents.append(bytes(4))
+    r.parameters["late_queries"].string_param = "serve"
+    assert routing_from_proto(r).late == "serve"
