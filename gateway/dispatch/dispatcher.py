@@ -65,7 +65,7 @@ class OverloadControl:
 
     shed_late: bool = False
     admission: bool = False
-    shed_target: float = 0.002
+    shed_target: float = 0.005
     max_wait_ms: float | None = None
 
     @classmethod
@@ -118,7 +118,9 @@ class Dispatcher:
         self.pending: deque[Query] = deque()
         # (latest start, id, query) of queued queries, when hopeless ones are shed.
         self._latest_start: list[tuple[float, int, Query]] = []
-        self._backlog_ms = 0.0  # summed pool cost of the queued queries (admission control)
+        # Per type: the summed pool cost of the queued queries that type can serve in time
+        # (admission control): a big batch only a GPU can serve queues for the GPU, not for all.
+        self._backlog = np.zeros(estimator.n_types)
         self.admission_factor = 1.0
         # Per dispatch, the step down that balances ADMISSION_STEP_UP per shed at shed_target.
         target = self.overload.shed_target
@@ -171,11 +173,11 @@ class Dispatcher:
                     f"cannot be served within its deadline even at once: {fastest:.1f} ms to serve "
                     f"batch {query.batch} on the fastest healthy instance, {query.deadline_ms - now_ms:.1f} ms left"
                 )
-            wait = self.expected_wait_ms(now_ms)
-            if now_ms + self.admission_factor * (wait + fastest) > query.deadline_ms:
+            done = self.expected_done_ms(now_ms, query.batch, query.deadline_ms - now_ms)
+            if now_ms + self.admission_factor * done > query.deadline_ms:
                 raise Overloaded(
-                    f"cannot be served within its deadline: about {wait:.0f} ms of queued work ahead "
-                    f"and {fastest:.1f} ms to serve it, {query.deadline_ms - now_ms:.0f} ms left",
+                    f"cannot be served within its deadline: expected done in about {done:.0f} ms with the "
+                    f"work queued ahead, {query.deadline_ms - now_ms:.0f} ms left",
                     retry_after_s=1.0,
                 )
         self._enqueue(query)
@@ -189,8 +191,11 @@ class Dispatcher:
     def _enqueue(self, query: Query) -> None:
         query.queued = True
         if self.overload.admission:
-            query.cost_ms = self._pool_cost_ms(query.batch, query.deadline_ms - query.arrival_ms)
-            self._backlog_ms += query.cost_ms
+            est, able = self._able_types(query.batch, query.deadline_ms - query.arrival_ms)
+            rate = float((self._type_healthy[able] / est[able]).sum())
+            query.cost_ms = 1.0 / rate if rate > 0 else 0.0
+            query.able = able
+            self._backlog[able] += query.cost_ms
         if self.overload.shed_late and query.sheddable:
             latest = query.deadline_ms - self.fastest_ms(query.batch)
             heapq.heappush(self._latest_start, (latest, query.id, query))
@@ -198,10 +203,10 @@ class Dispatcher:
     def _dequeued(self, query: Query) -> None:
         query.queued = False
         if query.cost_ms:
-            self._backlog_ms -= query.cost_ms
+            self._backlog[query.able] -= query.cost_ms
             query.cost_ms = 0.0
             if not self.pending:
-                self._backlog_ms = 0.0  # no drift once the queue is empty
+                self._backlog[:] = 0.0  # no drift once the queue is empty
 
     def cancel(self, query: Query) -> bool:
         if not query.queued:
@@ -241,28 +246,27 @@ class Dispatcher:
         healthy = self._type_healthy > 0
         return float(est[healthy].min()) if healthy.any() else float("inf")
 
-    def _pool_cost_ms(self, batch: int, qos_ms: float) -> float:
-        """The pool time a query of ``batch`` takes, spread over the healthy instances of the
-        types that can serve it within ``qos_ms``, at their speed (1 / sum of rates): what it
-        adds to the queue's drain time."""
+    def _able_types(self, batch: int, qos_ms: float) -> tuple[np.ndarray, np.ndarray]:
+        """(T,) estimates of ``batch`` per type, and the mask of the healthy types that serve it
+        within ``qos_ms`` (every healthy type when none does)."""
         est = self.estimator.estimate(np.array([batch]))[0]
-        able = self._type_healthy * (est <= qos_ms)
-        if not able.any():
-            able = self._type_healthy
-        rate = float((able / est).sum())
-        return 1.0 / rate if rate > 0 else float("inf")
+        healthy = self._type_healthy > 0
+        able = healthy & (est <= qos_ms)
+        return est, able if able.any() else healthy
 
-    def expected_wait_ms(self, now_ms: float) -> float:
-        """Roughly how long a query arriving now waits to start: none while an instance is free
-        and no query queues, else the queued work plus what the instances hold, spread over the
-        pool."""
-        if self._total_free and not self.pending:
-            return 0.0
-        healthy = self._healthy_count
-        if not healthy:
+    def expected_done_ms(self, now_ms: float, batch: int, qos_ms: float) -> float:
+        """Roughly how long until a query of ``batch`` arriving now is served: on the best of the
+        types that can serve it in time, the work queued for that type (its share of each queued
+        query it could serve, 1 / the sum of their rates) and what its instances hold on average,
+        then its own service there. No wait while an instance is free and nothing queues."""
+        est, able = self._able_types(batch, qos_ms)
+        if not able.any():
             return float("inf")
-        left = np.maximum(self._span_end - now_ms, 0.0)
-        return self._backlog_ms + float(left[self._ok].sum()) / healthy
+        if self._total_free and not self.pending:
+            return float(est[able].min())
+        left = np.maximum(self._span_end - now_ms, 0.0) * self._ok
+        held = np.bincount(self._types, weights=left, minlength=len(est)) / np.maximum(self._type_healthy, 1)
+        return float((self._backlog + held + est)[able].min())
 
     def complete(
         self, query: Query, instance: InstanceState, service_ms: float | None, now_ms: float | None = None

@@ -21,3 +21,4 @@ class Query:
     queued: bool = False  # in the dispatcher's pending FIFO now
     sheddable: bool = True  # False: served however late, whatever the overload control says
     cost_ms: float = 0.0  # its share of the pool's backlog while queued (admission control)
+    able: Any = None  # while queued with admission control: the types that can serve it in time
