@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import tempfile
+import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,10 @@ class OverloadResult:
     refusal_max_ms: float
     refusal_p99_ms: float
     accepted_p99_ms: float
+    # The gateway's own time from a request's arrival to its refusal (kairos_refusal_duration_
+    # seconds): the upper bound of the bucket holding the 99th percentile, and of the last one used.
+    gateway_refusal_p99_ms: float | None = None
+    gateway_refusal_max_ms: float | None = None
 
     @property
     def within_pct_of_accepted(self) -> float:
@@ -60,7 +66,25 @@ class OverloadResult:
         return {**self.__dict__, "within_pct_of_accepted": round(self.within_pct_of_accepted, 3)}
 
 
-def summarize(late: str, report: LoadReport) -> OverloadResult:
+def refusal_buckets(metrics: str) -> tuple[float | None, float | None]:
+    """(p99, max) upper bounds in ms from the gateway's refusal histogram, None if it refused nothing."""
+    bounds: list[tuple[float, float]] = []
+    for m in re.finditer(r'^kairos_refusal_duration_seconds_bucket\{le="([^"]+)"\} (\S+)$', metrics, re.M):
+        bounds.append((float(m[1]), float(m[2])))
+    if not bounds or bounds[-1][1] == 0:
+        return None, None
+    total = bounds[-1][1]
+    p99 = next(le for le, count in bounds if count >= 0.99 * total)
+    top = next(le for le, count in bounds if count >= total)
+    return p99 * 1000.0, top * 1000.0
+
+
+def scrape(http_addr: str) -> str:
+    with urllib.request.urlopen(f"http://{http_addr}/metrics", timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+def summarize(late: str, report: LoadReport, metrics: str = "") -> OverloadResult:
     s = report.samples
     assert s is not None
     sent_s = np.asarray(s.sent_s, dtype=float)
@@ -80,6 +104,7 @@ def summarize(late: str, report: LoadReport) -> OverloadResult:
             other[e] = other.get(e, 0) + 1
     refusal_rt = round_trip_ms[refused]
     acc_lat = latency_ms[ok]
+    gw_p99, gw_max = refusal_buckets(metrics)
     return OverloadResult(
         late=late,
         offered_qps=round(report.offered_qps, 1),
@@ -92,21 +117,28 @@ def summarize(late: str, report: LoadReport) -> OverloadResult:
         refusal_max_ms=round(float(refusal_rt.max()), 3) if refusal_rt.size else 0.0,
         refusal_p99_ms=round(float(np.percentile(refusal_rt, 99)), 3) if refusal_rt.size else 0.0,
         accepted_p99_ms=round(float(np.percentile(acc_lat, 99)), 1) if acc_lat.size else math.nan,
+        gateway_refusal_p99_ms=gw_p99,
+        gateway_refusal_max_ms=gw_max,
     )
 
 
 def render(results: list[OverloadResult], qos_ms: float) -> str:
     lines = [
         f"{'late':<6} {'offered':>8} {'sent':>6} {'accepted':>9} {'within QoS':>11} {'shed':>6} {'refused':>8}"
-        f" {'refusal max ms':>15} {'accepted p99 ms':>16}  (QoS {qos_ms:g} ms)"
+        f" {'refusal max ms':>15} {'accepted p99 ms':>16} {'gateway refusal p99/max ms':>27}  (QoS {qos_ms:g} ms)"
     ]
     for r in results:
         lines.append(
             f"{r.late:<6} {r.offered_qps:>8.1f} {r.sent:>6d} {r.accepted:>9d} {r.within_pct_of_accepted:>10.2f}%"
             f" {r.shed:>6d} {r.refused:>8d} {r.refusal_max_ms:>15.2f} {r.accepted_p99_ms:>16.1f}"
+            f" {_bound(r.gateway_refusal_p99_ms) + ' / ' + _bound(r.gateway_refusal_max_ms):>27}"
             + (f"  other errors {r.other_errors}" if r.other_errors else "")
         )
     return "\n".join(lines)
+
+
+def _bound(ms: float | None) -> str:
+    return "-" if ms is None else f"<= {ms:g}"
 
 
 def plot(reports: list[tuple[str, LoadReport]], qos_ms: float, path: Path) -> None:
@@ -183,9 +215,10 @@ def main(argv: list[str] | None = None) -> None:
                         qos_ms=config.qos_ms, timeout_s=60.0, progress=True,
                     )  # fmt: skip
                     report = run_async(run_load(replace(load)))
+                    metrics = scrape(gw.http)
                 finally:
                     gw.stop()
-                results.append(summarize(mode, report))
+                results.append(summarize(mode, report, metrics))
                 reports.append((mode, report))
         finally:
             servers.stop()

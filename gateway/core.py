@@ -145,10 +145,10 @@ class GatewayCore:
                 f"batch size {request.batch}: model {self.model!r} is served in batches of 1 to {self.max_batch}"
             )
         if self._closing:
-            self.metrics.refusals.labels("shutting_down").inc()
+            self._refused("shutting_down", request)
             raise Overloaded("the gateway is shutting down", retry_after_s=1.0)
         if not self.dispatcher.has_healthy():
-            self.metrics.refusals.labels("no_healthy_instance").inc()
+            self._refused("no_healthy_instance", request)
             raise Unavailable(f"no healthy instance serves model {self.model!r}")
         now = time.monotonic() * 1000.0
         if request.received_s is not None:
@@ -167,14 +167,14 @@ class GatewayCore:
         try:
             self.dispatcher.submit(query, now)
         except DeadlineExceeded:
-            self.metrics.refusals.labels("deadline").inc()
+            self._refused("deadline", request)
             raise
         except Overloaded as exc:
             full = (
                 self.dispatcher.max_pending is not None
                 and len(self.dispatcher.pending) >= self.dispatcher.max_pending
             )
-            self.metrics.refusals.labels("queue_full" if full else "deadline").inc()
+            self._refused("queue_full" if full else "deadline", request)
             raise exc from None
         self._outstanding += 1
         self._idle.clear()
@@ -208,6 +208,11 @@ class GatewayCore:
         await self._idle.wait()
         if self._timer is not None:
             self._timer.cancel()
+
+    def _refused(self, reason: str, request: RoutedRequest) -> None:
+        self.metrics.refusals.labels(reason).inc()
+        if request.received_s is not None:
+            self.metrics.refusal_time.observe(max(time.monotonic() - request.received_s, 0.0))
 
     def abort_pending(self, error: InferenceError) -> int:
         """Answer every query still waiting to be placed with ``error`` (a drain that ran out of

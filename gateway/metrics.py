@@ -138,6 +138,11 @@ class GatewayMetrics:
         self.refusals = Counter(
             f"{PREFIX}_refusals", "Queries refused at admission, by reason", ["reason"], registry=r
         )
+        self.refusal_time = LoopHistogram(
+            f"{PREFIX}_refusal_duration_seconds",
+            "From a request's arrival at the front end to its refusal at admission",
+            buckets=DECISION_BUCKETS, registry=r,
+        )  # fmt: skip
         self.health_changes = Counter(
             f"{PREFIX}_health_changes", "Instances going out of or back into rotation",
             ["instance", "state"], registry=r,

@@ -405,3 +405,14 @@ async def test_a_client_may_ask_for_a_late_answer_instead_of_shedding() -> None:
     assert result.reply.ok and result.e2e_ms > 60
     await first
     assert core.metrics.refusals.labels("shed")._value.get() == 0
+
+
+async def test_refusals_are_timed_from_the_front_end() -> None:
+    core, _ = make_core([ok_after(20)], max_pending=1, late_queries="serve")
+    reqs = [request(i) for i in range(4)]
+    for r in reqs:
+        r.received_s = time.monotonic()
+    outcomes = await asyncio.gather(*(core.infer(r) for r in reqs), return_exceptions=True)
+    refused = sum(isinstance(o, Overloaded) for o in outcomes)
+    assert refused >= 1
+    assert b'kairos_refusal_duration_seconds_count ' + str(float(refused)).encode() in core.metrics.render()
