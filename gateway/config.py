@@ -65,8 +65,7 @@ class GatewayConfig:
     header_timeout_s: float = 5.0  # HTTP/1.1: the request head must arrive within this
     body_timeout_s: float = 10.0  # HTTP/1.1: the body, within this once the head is in
     # Bytes of HTTP request bodies being received at once, across connections (None: the larger
-    # of max_body_bytes and 32 MiB);
-    # past it the largest unfinished ones are evicted (408).
+    # of max_body_bytes and 32 MiB); past it the largest unfinished ones are evicted (408).
     max_buffered_bytes: int | None = None
 
 
@@ -212,7 +211,7 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None) -> Config:
         grpc_server=g.str("grpc_server", dg.grpc_server, choices=GRPC_SERVERS),
         client_margin_ms=client_margin(g.float("client_margin_ms", dg.client_margin_ms, positive=False), qos),
         late_queries=g.str("late_queries", dg.late_queries, choices=LATE_QUERIES),
-        max_wait_ms=g.float("max_wait_ms", qos) if g.raw.get("max_wait_ms") is not None else None,
+        max_wait_ms=g.float("max_wait_ms") if g.raw.get("max_wait_ms") is not None else None,
         outlier_consecutive_errors=g.int(
             "outlier_consecutive_errors", dg.outlier_consecutive_errors, lo=1, hi=1000
         ),

@@ -170,12 +170,8 @@ class GatewayCore:
             self._refused("deadline", request)
             raise
         except Overloaded as exc:
-            full = (
-                self.dispatcher.max_pending is not None
-                and len(self.dispatcher.pending) >= self.dispatcher.max_pending
-            )
-            self._refused("queue_full" if full else "deadline", request)
-            raise exc from None
+            self._refused(exc.reason, request)
+            raise
         self._outstanding += 1
         self._idle.clear()
         try:

@@ -45,9 +45,10 @@ class Overloaded(InferenceError):
 
     status = 503
 
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+    def __init__(self, message: str, retry_after_s: float = 1.0, reason: str = "overloaded") -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.reason = reason  # the refusal's label in kairos_refusals_total
 
 
 class Unavailable(InferenceError):

@@ -20,6 +20,12 @@ MAX_CACHED_PATHS = 64
 UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 
 
+def model_path(model: str, version: str | None) -> str:
+    """A model's V2 path, for validated names only: it goes into a request line."""
+    path = f"/v2/models/{model}"
+    return f"{path}/versions/{version}" if version else path
+
+
 class HttpBackend:
     def __init__(self, name: str, base_url: str) -> None:
         self.name = name
@@ -32,8 +38,7 @@ class HttpBackend:
         self._paths: dict[tuple[str, str | None], str] = {}
 
     def _model_path(self, model: str, version: str | None) -> str:
-        path = f"{self.prefix}/v2/models/{model}"
-        return f"{path}/versions/{version}" if version else path
+        return self.prefix + model_path(model, version)
 
     def _infer_path(self, model: str, version: str | None) -> str:
         path = self._paths.get((model, version))

@@ -53,12 +53,13 @@ class OverloadControl:
 
     ``shed_late``: a queued query that can no longer meet its deadline on any healthy instance
     is removed (``Dispatcher.shed``) and answered at once with a deadline error, instead of being
-    served late. ``admission``: ``submit`` refuses a query when the work queued ahead of it,
-    spread over the pool, plus its own fastest service would end past its deadline, times a
-    factor that learns from shedding: up by ``ADMISSION_STEP_UP`` at every query shed, down a
-    little at every query dispatched in time, so that about ``shed_target`` of the admitted
-    queries are shed at equilibrium (the estimate ignores which queries only some types can
-    serve in time, and the policy's order; the factor absorbs both). ``max_wait_ms``: a
+    served late. ``admission``: ``submit`` refuses a query when, on the best type that can serve
+    its batch in time, the work queued for that type and held by its instances plus its own
+    service would end past its deadline, times a factor that learns from shedding: up by
+    ``ADMISSION_STEP_UP`` at every query shed, down a little at every query dispatched in time,
+    so that about ``shed_target`` of the admitted queries are shed at equilibrium (the estimate
+    ignores the policy's order and the spread of service times; the factor absorbs both).
+    ``max_wait_ms``: a
     query that has waited this long is served next, whatever the policy prefers (bounds every
     query's wait when late queries are served).
     """
@@ -164,23 +165,28 @@ class Dispatcher:
         """Accept a query into the FIFO, or refuse it (``Overloaded``) when the queue is full or,
         with admission control and ``now_ms`` given, when the pool cannot serve it in time."""
         if self.max_pending is not None and len(self.pending) >= self.max_pending:
-            raise Overloaded(f"pending queue is full ({self.max_pending} queries)", retry_after_s=1.0)
+            raise Overloaded(
+                f"pending queue is full ({self.max_pending} queries)", retry_after_s=1.0, reason="queue_full"
+            )
         control = self.overload
+        est = None  # the batch's estimates per type, computed once per arrival
         if control.admission and now_ms is not None and query.sheddable:
-            fastest = self.fastest_ms(query.batch)
+            est = self._estimate(query.batch)
+            fastest = self._fastest(est)
             if now_ms + fastest > query.deadline_ms:
                 raise DeadlineExceeded(
                     f"cannot be served within its deadline even at once: {fastest:.1f} ms to serve "
                     f"batch {query.batch} on the fastest healthy instance, {query.deadline_ms - now_ms:.1f} ms left"
                 )
-            done = self.expected_done_ms(now_ms, query.batch, query.deadline_ms - now_ms)
+            done = self._done_ms(now_ms, est, self._able(est, query.deadline_ms - now_ms))
             if now_ms + self.admission_factor * done > query.deadline_ms:
                 raise Overloaded(
                     f"cannot be served within its deadline: expected done in about {done:.0f} ms with the "
                     f"work queued ahead, {query.deadline_ms - now_ms:.0f} ms left",
                     retry_after_s=1.0,
+                    reason="deadline",
                 )
-        self._enqueue(query)
+        self._enqueue(query, est)
         self.pending.append(query)
 
     def requeue(self, query: Query) -> None:
@@ -188,16 +194,22 @@ class Dispatcher:
         self._enqueue(query)
         self.pending.appendleft(query)
 
-    def _enqueue(self, query: Query) -> None:
+    def _enqueue(self, query: Query, est: np.ndarray | None = None) -> None:
         query.queued = True
-        if self.overload.admission:
-            est, able = self._able_types(query.batch, query.deadline_ms - query.arrival_ms)
+        control = self.overload
+        shed = control.shed_late and query.sheddable
+        if est is None and (control.admission or shed):
+            est = self._estimate(query.batch)
+        if control.admission:
+            assert est is not None
+            able = self._able(est, query.deadline_ms - query.arrival_ms)
             rate = float((self._type_healthy[able] / est[able]).sum())
             query.cost_ms = 1.0 / rate if rate > 0 else 0.0
             query.able = able
             self._backlog[able] += query.cost_ms
-        if self.overload.shed_late and query.sheddable:
-            latest = query.deadline_ms - self.fastest_ms(query.batch)
+        if shed:
+            assert est is not None
+            latest = query.deadline_ms - self._fastest(est)
             heapq.heappush(self._latest_start, (latest, query.id, query))
 
     def _dequeued(self, query: Query) -> None:
@@ -242,24 +254,33 @@ class Dispatcher:
 
     def fastest_ms(self, batch: int) -> float:
         """Estimated service time of ``batch`` on the fastest type with a healthy instance."""
-        est = self.estimator.estimate(np.array([batch]))[0]
+        return self._fastest(self._estimate(batch))
+
+    def expected_done_ms(self, now_ms: float, batch: int, qos_ms: float) -> float:
+        """Roughly how long until a query of ``batch`` arriving now is served (``_done_ms``)."""
+        est = self._estimate(batch)
+        return self._done_ms(now_ms, est, self._able(est, qos_ms))
+
+    def _estimate(self, batch: int) -> np.ndarray:
+        """(T,) estimated service time of ``batch`` on each type."""
+        return self.estimator.estimate(np.array([batch]))[0]
+
+    def _fastest(self, est: np.ndarray) -> float:
         healthy = self._type_healthy > 0
         return float(est[healthy].min()) if healthy.any() else float("inf")
 
-    def _able_types(self, batch: int, qos_ms: float) -> tuple[np.ndarray, np.ndarray]:
-        """(T,) estimates of ``batch`` per type, and the mask of the healthy types that serve it
-        within ``qos_ms`` (every healthy type when none does)."""
-        est = self.estimator.estimate(np.array([batch]))[0]
+    def _able(self, est: np.ndarray, qos_ms: float) -> np.ndarray:
+        """Mask of the healthy types whose estimate ``est`` is within ``qos_ms`` (every healthy
+        type when none is)."""
         healthy = self._type_healthy > 0
         able = healthy & (est <= qos_ms)
-        return est, able if able.any() else healthy
+        return able if able.any() else healthy
 
-    def expected_done_ms(self, now_ms: float, batch: int, qos_ms: float) -> float:
-        """Roughly how long until a query of ``batch`` arriving now is served: on the best of the
-        types that can serve it in time, the work queued for that type (its share of each queued
-        query it could serve, 1 / the sum of their rates) and what its instances hold on average,
-        then its own service there. No wait while an instance is free and nothing queues."""
-        est, able = self._able_types(batch, qos_ms)
+    def _done_ms(self, now_ms: float, est: np.ndarray, able: np.ndarray) -> float:
+        """On the best of the ``able`` types: the work queued for that type (its share of each
+        queued query it could serve, 1 / the sum of their rates), what its instances hold on
+        average, then this query's own service there (``est``). No wait while an instance is
+        free and nothing queues."""
         if not able.any():
             return float("inf")
         if self._total_free and not self.pending:

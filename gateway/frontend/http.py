@@ -17,6 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.backend import InstanceFailure, RoutedRequest
 from gateway.backend.base import HTTP
+from gateway.backend.http_client import model_path
 from gateway.core import GatewayCore
 from gateway.errors import (
     BadRequest,
@@ -91,8 +92,7 @@ class HttpFrontend:
             version = check_version(request.match_info.get("version"))
         except BadRequest as exc:
             return self._error(exc, model)
-        # Built from validated parts only: the path goes into the instance's request line.
-        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
+        path = model_path(model, version)  # from validated parts only
         for client in self.core.metadata_clients():
             if client.http is None:
                 continue

@@ -17,8 +17,9 @@ What one connection may cost the server is bounded by its ``ServerSettings``:
   ``max_buffered_answer_bytes`` ends its call with RESOURCE_EXHAUSTED instead;
 * time: a request not fully arrived ``request_timeout_s`` after its HEADERS is ended without
   calling its method; an answer that flow control holds back, or writes that the client does
-  not read, for ``stall_timeout_s`` end the stream or the connection. One timer per connection
-  checks, ticking only while the connection has streams or stalled writes;
+  not read (nor drained from the kernel's send queue), for ``stall_timeout_s`` end the stream
+  or the connection. One timer per connection checks, ticking only while the connection has
+  streams, paused writes or unsent bytes;
 * CPU: frames that make the server work without asking for a call (PING, SETTINGS, PRIORITY,
   RST_STREAM, idle WINDOW_UPDATE, empty DATA or CONTINUATION, unknown types, streams reset by
   the client or for its errors, or refused) spend a budget that refills with time and with
