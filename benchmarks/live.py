@@ -157,7 +157,7 @@ def measured_transport_ms(url: str) -> tuple[float | None, float | None]:
 # The gateway's ``--client-margin-ms``: the QoS is met at the load generator, and the legs between
 # it and the gateway (its send, the request's way in before the gateway has read it, the answer's
 # way back) took 0.50-0.67 ms at the median at 560 dien QPS on the 2-core development machine
-# (the load generator's latency minus the gateway's own ``gateway_e2e_ms``).
+# (the load generator's latency minus the gateway's own ``gateway_e2e_us``).
 CLIENT_MARGIN_MS = 0.5
 
 

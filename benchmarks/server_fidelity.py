@@ -50,6 +50,9 @@ from gateway.workload import PoissonArrivals, make_workload, parse_batch_mix
 TARGET_P99_MS = 2.0
 FEATURES = 8  # FP32 values per batch row in each request (payload size only; never read)
 
+# What an instance reports per query, in whole µs: its queue, its drawn service time, the time it measured.
+_TIMES = ("queue_us", "service_us", "observed_us")
+
 
 @dataclass
 class Sample:
@@ -167,7 +170,7 @@ async def _grpc_sender(addresses: AddressList) -> tuple[Send, Callable[[], Await
     async def send(inst: int, batch: int) -> tuple[float, float, float]:
         data = cache.get(batch) or cache.setdefault(batch, _request(addresses.model, batch))
         p = (await calls[inst](data, timeout=30)).parameters
-        return p["queue_ms"].double_param, p["service_ms"].double_param, p["observed_ms"].double_param
+        return tuple(p[k].int64_param / 1000.0 for k in _TIMES)  # type: ignore[return-value]
 
     async def close() -> None:
         for ch in channels:
@@ -191,7 +194,7 @@ async def _http_sender(addresses: AddressList) -> tuple[Send, Callable[[], Await
                 raise RuntimeError(f"HTTP {resp.status}: {data[:200]!r}")
             n = int(resp.headers.get("Inference-Header-Content-Length", len(data)))
         p = orjson.loads(data[:n])["parameters"]
-        return p["queue_ms"], p["service_ms"], p["observed_ms"]
+        return tuple(p[k] / 1000.0 for k in _TIMES)  # type: ignore[return-value]
 
     return send, session.close
 

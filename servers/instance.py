@@ -32,11 +32,12 @@ from gateway.precise_timers import clock, sleeper_for  # clock: perf_counter, no
 from gateway.profiles import LatencyProfile
 from gateway.protocol.params import (
     INSTANCE_PARAM,
-    INSTANCE_QUEUE_MS,
+    INSTANCE_QUEUE_US,
     INSTANCE_TYPE_PARAM,
-    OBSERVED_MS,
-    SERVICE_MS,
+    OBSERVED_US,
+    SERVICE_US,
     ParamValue,
+    to_us,
 )
 
 SERVER_NAME = "kairos-servers"
@@ -142,9 +143,9 @@ class Instance:
     def response_parameters(self, record: ServiceRecord) -> dict[str, ParamValue]:
         """The parameters of an infer response (both protocols): what happened to the query."""
         return {
-            INSTANCE_QUEUE_MS: record.queue_ms,
-            SERVICE_MS: record.service_ms,
-            OBSERVED_MS: record.observed_ms,
+            INSTANCE_QUEUE_US: to_us(record.queue_ms),
+            SERVICE_US: to_us(record.service_ms),
+            OBSERVED_US: to_us(record.observed_ms),
             INSTANCE_PARAM: self.name,
             INSTANCE_TYPE_PARAM: self.instance_type,
         }

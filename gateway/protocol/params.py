@@ -19,26 +19,33 @@ QOS_PARAMETER = "qos_ms"
 LATE_PARAMETER = "late_queries"
 
 # Response, added by the gateway: the instance chosen, the time the query waited in the
-# gateway's queue, and the gateway's end-to-end time.
+# gateway's queue, and the gateway's end-to-end time. Times are whole microseconds (int64):
+# KServe's and MLServer's protobufs have no double parameter, only bool, int64 and string.
 PARAM_INSTANCE = "gateway_instance"
-PARAM_QUEUE_MS = "gateway_queue_ms"
-PARAM_E2E_MS = "gateway_e2e_ms"
+PARAM_QUEUE_US = "gateway_queue_us"
+PARAM_E2E_US = "gateway_e2e_us"
 
 # Response, reported by an instance (kairos-servers): its name and type, the time the query
-# waited there, its service time (drawn) and the time it measured.
+# waited there, its service time (drawn) and the time it measured, in microseconds.
 INSTANCE_PARAM = "instance"
 INSTANCE_TYPE_PARAM = "instance_type"
-INSTANCE_QUEUE_MS = "queue_ms"
-SERVICE_MS = "service_ms"
-OBSERVED_MS = "observed_ms"
+INSTANCE_QUEUE_US = "queue_us"
+SERVICE_US = "service_us"
+OBSERVED_US = "observed_us"
 
-# Names an instance may report its own service time under (kairos-servers' first).
-SERVICE_MS_KEYS = (SERVICE_MS, "service_time_ms")
+# Names an instance may report its own service time under, with each one's unit in ms
+# (kairos-servers' first).
+SERVICE_TIME_KEYS = ((SERVICE_US, 1e-3), ("service_ms", 1.0), ("service_time_ms", 1.0))
 # Names a response may carry the serving instance under; the gateway's wins.
 INSTANCE_KEYS = (PARAM_INSTANCE, INSTANCE_PARAM)
 
 ParamValue = str | bool | int | float
 _INT64_MAX = 2**63 - 1
+
+
+def to_us(ms: float) -> int:
+    """A time in ms as whole microseconds, the unit of every time parameter written."""
+    return round(ms * 1000.0)
 
 
 def set_proto_parameters(target: MutableMapping[str, pb.InferParameter], params: Mapping[str, Any]) -> None:

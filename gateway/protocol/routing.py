@@ -30,12 +30,13 @@ from gateway.protocol import wire
 from gateway.protocol.limits import check_nesting, check_request_id, check_version, json_too_deep, quote
 from gateway.protocol.params import (
     LATE_PARAMETER,
-    PARAM_E2E_MS,
+    PARAM_E2E_US,
     PARAM_INSTANCE,
-    PARAM_QUEUE_MS,
+    PARAM_QUEUE_US,
     QOS_PARAMETER,
-    SERVICE_MS_KEYS,
+    SERVICE_TIME_KEYS,
     ParamValue,
+    to_us,
 )
 from gateway.protocol.v2 import (
     json_batch,
@@ -59,7 +60,7 @@ class RoutingInfo:
 
 def gateway_parameters(instance: str, queue_ms: float, e2e_ms: float) -> dict[str, ParamValue]:
     """The parameters the gateway adds to every response it passes back (both protocols)."""
-    return {PARAM_INSTANCE: instance, PARAM_QUEUE_MS: round(queue_ms, 3), PARAM_E2E_MS: round(e2e_ms, 3)}
+    return {PARAM_INSTANCE: instance, PARAM_QUEUE_US: to_us(queue_ms), PARAM_E2E_US: to_us(e2e_ms)}
 
 
 # -- HTTP/JSON -------------------------------------------------------------------------------
@@ -131,10 +132,10 @@ def reported_service_ms_json(header: Mapping[str, Any] | None) -> float | None:
     """The service time an instance reported in a JSON response header, if any."""
     params = header.get("parameters") if header is not None else None
     if isinstance(params, dict):
-        for key in SERVICE_MS_KEYS:
+        for key, unit_ms in SERVICE_TIME_KEYS:
             value = params.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
+                return float(value) * unit_ms
     return None
 
 
@@ -168,17 +169,17 @@ def gateway_parameters_suffix(instance: str, queue_ms: float, e2e_ms: float) -> 
     response against ~0.5 us."""
     return (
         wire.string_parameter(PARAM_INSTANCE, instance)
-        + wire.double_parameter(PARAM_QUEUE_MS, round(queue_ms, 3))
-        + wire.double_parameter(PARAM_E2E_MS, round(e2e_ms, 3))
+        + wire.int64_parameter(PARAM_QUEUE_US, to_us(queue_ms))
+        + wire.int64_parameter(PARAM_E2E_US, to_us(e2e_ms))
     )
 
 
 def reported_service_ms_proto(response: pb.ModelInferResponse) -> float | None:
-    for key in SERVICE_MS_KEYS:
+    for key, unit_ms in SERVICE_TIME_KEYS:
         if key in response.parameters:
             value = proto_param_value(response.parameters[key])
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
+                return float(value) * unit_ms
     return None
 
 

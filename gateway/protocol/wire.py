@@ -7,7 +7,6 @@ its repeated fields and map, and a later map entry replaces an earlier one with 
 
 from __future__ import annotations
 
-import struct
 from functools import lru_cache
 
 # ModelInferResponse: parameters (field 4, map<string, InferParameter>) and raw_output_contents
@@ -15,9 +14,8 @@ from functools import lru_cache
 PARAMETERS_TAG = b"\x22"
 RAW_OUTPUT_TAG = b"\x32"
 _KEY_TAG, _VALUE_TAG = b"\x0a", b"\x12"
-# InferParameter's oneof: string_param (field 3, length-delimited), double_param (field 4, 64-bit).
-_STRING_PARAM_TAG, _DOUBLE_PARAM_TAG = b"\x1a", b"\x21"
-_double = struct.Struct("<d").pack
+# InferParameter's oneof: int64_param (field 2, varint), string_param (field 3, length-delimited).
+_INT64_PARAM_TAG, _STRING_PARAM_TAG = b"\x10", b"\x1a"
 
 
 def varint(n: int) -> bytes:
@@ -44,10 +42,11 @@ def string_parameter(key: str, value: str) -> bytes:
 
 
 @lru_cache(maxsize=256)
-def _double_prefix(key: str) -> bytes:
-    return _parameter_entry(key, _DOUBLE_PARAM_TAG + bytes(8))[:-8]
+def _int64_prefix(key: str, size: int) -> bytes:
+    return _parameter_entry(key, _INT64_PARAM_TAG + bytes(size))[:-size]
 
 
-def double_parameter(key: str, value: float) -> bytes:
+def int64_parameter(key: str, value: int) -> bytes:
     """A serialized ``ModelInferResponse`` holding only the parameter ``key`` = ``value``."""
-    return _double_prefix(key) + _double(value)
+    encoded = varint(value if value >= 0 else value + (1 << 64))  # negative: 10-byte two's complement
+    return _int64_prefix(key, len(encoded)) + encoded

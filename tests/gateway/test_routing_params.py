@@ -65,24 +65,26 @@ def test_json_parameters_merge_and_binary_tail_is_untouched() -> None:
     # A header parsed once by the backend is reused, and the body is the same as parsing it here.
     parsed = json_response_header(header + tail, len(header))
     assert add_json_parameters(header + tail, len(header), {"gateway_instance": "gpu-0"}, parsed) == (body, length)
-    plain, none = add_json_parameters(b'{"id": "a"}', None, {"gateway_e2e_ms": 1.0})
-    assert none is None and orjson.loads(plain) == {"id": "a", "parameters": {"gateway_e2e_ms": 1.0}}
+    plain, none = add_json_parameters(b'{"id": "a"}', None, {"gateway_e2e_us": 1000})
+    assert none is None and orjson.loads(plain) == {"id": "a", "parameters": {"gateway_e2e_us": 1000}}
 
 
 def test_proto_suffix_merges_into_the_response() -> None:
     resp = pb.ModelInferResponse(model_name="rm2", id="a", raw_output_contents=[b"\x00" * 16])
-    resp.parameters["service_ms"].double_param = 2.0
+    resp.parameters["service_us"].int64_param = 2000
     resp.parameters["gateway_instance"].string_param = "set by the instance"  # the gateway's wins
     merged = pb.ModelInferResponse.FromString(resp.SerializeToString() + gateway_parameters_suffix("cpu-1", 0.5, 7.25))
     assert merged.id == "a" and merged.raw_output_contents == [b"\x00" * 16]
     assert merged.parameters["gateway_instance"].string_param == "cpu-1"
-    assert merged.parameters["gateway_queue_ms"].double_param == 0.5
-    assert merged.parameters["gateway_e2e_ms"].double_param == 7.25
+    # int64 microseconds: the parameter type every V2 protobuf (KServe, MLServer, Triton) has.
+    assert merged.parameters["gateway_queue_us"].WhichOneof("parameter_choice") == "int64_param"
+    assert merged.parameters["gateway_queue_us"].int64_param == 500
+    assert merged.parameters["gateway_e2e_us"].int64_param == 7250
     assert reported_service_ms_proto(merged) == 2.0
 
 
 @pytest.mark.parametrize("instance", ["cpu-1", "é" * 70, "x" * 300, ""])
-@pytest.mark.parametrize(("queue_ms", "e2e_ms"), [(0.0, 0.0), (0.12345, 3.9996), (1e9, 2.5e-7)])
+@pytest.mark.parametrize(("queue_ms", "e2e_ms"), [(0.0, 0.0), (0.12345, 3.9996), (1e9, 2.5e-7), (-0.5, 3e12)])
 def test_hand_written_suffix_is_what_protobuf_would_write(instance: str, queue_ms: float, e2e_ms: float) -> None:
     """Against the message protobuf builds from ``gateway_parameters`` (long and non-ASCII names
     take multi-byte lengths)."""

@@ -20,8 +20,8 @@ from gateway.protocol.v2 import GRPC_INFER_METHOD, proto_param_value
 
 pytestmark = pytest.mark.slow
 MODEL = "ncf"
-GATEWAY_PARAMS = {"gateway_instance", "gateway_queue_ms", "gateway_e2e_ms"}
-VARYING = {"queue_ms", "service_ms", "observed_ms"}  # the instance's timings differ per query
+GATEWAY_PARAMS = {"gateway_instance", "gateway_queue_us", "gateway_e2e_us"}
+VARYING = {"queue_us", "service_us", "observed_us"}  # the instance's timings differ per query
 
 
 @pytest.fixture(scope="module")

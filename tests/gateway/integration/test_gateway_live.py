@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.slow
 MODEL = "ncf"
-GATEWAY_PARAMS = ("gateway_instance", "gateway_queue_ms", "gateway_e2e_ms")
+GATEWAY_PARAMS = ("gateway_instance", "gateway_queue_us", "gateway_e2e_us")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_http_infer_returns_the_instance_response_plus_gateway_parameters(gw: Ru
     params = response["parameters"]
     assert all(k in params for k in GATEWAY_PARAMS)
     assert params["gateway_instance"] == params["instance"]  # the instance's own parameters are kept
-    assert "service_ms" in params and params["gateway_e2e_ms"] >= params["gateway_queue_ms"] >= 0
+    assert "service_us" in params and params["gateway_e2e_us"] >= params["gateway_queue_us"] >= 0
     assert result.as_numpy("output0").shape == (3, 1)
 
 
@@ -81,7 +81,7 @@ def test_grpc_infer_returns_the_instance_response_plus_gateway_parameters(gw: Ru
     assert response.id == "g1"
     p = response.parameters
     assert p["gateway_instance"].string_param == p["instance"].string_param
-    assert p["gateway_e2e_ms"].double_param > 0 and "service_ms" in p
+    assert p["gateway_e2e_us"].int64_param > 0 and "service_us" in p
     assert result.as_numpy("output0").shape == (4, 1)
 
 

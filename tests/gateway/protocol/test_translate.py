@@ -184,7 +184,7 @@ def test_the_gateway_parameters_suffix_still_merges_into_a_translated_response()
     merged = service_pb2.ModelInferResponse.FromString(
         data + gateway_parameters_suffix("i0", 0.1, 0.2)
     )
-    assert set(merged.parameters) == {"instance", "gateway_instance", "gateway_queue_ms", "gateway_e2e_ms"}
+    assert set(merged.parameters) == {"instance", "gateway_instance", "gateway_queue_us", "gateway_e2e_us"}
     assert np.array_equal(tg.InferResult(merged).as_numpy("out"), TENSORS["f32"])
 
 
