@@ -170,7 +170,8 @@ async def _grpc_sender(addresses: AddressList) -> tuple[Send, Callable[[], Await
     async def send(inst: int, batch: int) -> tuple[float, float, float]:
         data = cache.get(batch) or cache.setdefault(batch, _request(addresses.model, batch))
         p = (await calls[inst](data, timeout=30)).parameters
-        return tuple(p[k].int64_param / 1000.0 for k in _TIMES)  # type: ignore[return-value]
+        queue, service, observed = (p[k].int64_param / 1000.0 for k in _TIMES)
+        return queue, service, observed
 
     async def close() -> None:
         for ch in channels:
@@ -194,7 +195,8 @@ async def _http_sender(addresses: AddressList) -> tuple[Send, Callable[[], Await
                 raise RuntimeError(f"HTTP {resp.status}: {data[:200]!r}")
             n = int(resp.headers.get("Inference-Header-Content-Length", len(data)))
         p = orjson.loads(data[:n])["parameters"]
-        return tuple(p[k] / 1000.0 for k in _TIMES)  # type: ignore[return-value]
+        queue, service, observed = (p[k] / 1000.0 for k in _TIMES)
+        return queue, service, observed
 
     return send, session.close
 
