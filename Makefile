@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The KServe SDK, for the integration tests' client, in a venv of its own: it pins protobuf 5,
+# tritonclient's gRPC client protobuf 6.
+KSERVE_VENV := .venv-kserve
+KSERVE_STAMP := $(KSERVE_VENV)/.installed
 
 .PHONY: setup demo test lint typecheck check bench clean
 
@@ -12,12 +16,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(KSERVE_STAMP):
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install -q --upgrade pip
+	$(KSERVE_VENV)/bin/pip install -q 'kserve>=0.14' numpy
+	touch $(KSERVE_STAMP)
+
+setup: $(STAMP) $(KSERVE_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/kairos-demo --config config.json
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) $(KSERVE_STAMP) lint typecheck
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -27,4 +37,4 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .kairos .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(KSERVE_VENV) .kairos .pytest_cache .mypy_cache .ruff_cache

@@ -12,7 +12,7 @@ import grpc
 from aiohttp import web
 
 from gateway.backend import InstanceClient
-from gateway.config import Config
+from gateway.config import DEFAULT_MAX_BATCH, Config
 from gateway.core import GatewayCore
 from gateway.dispatch import Dispatcher, OverloadControl
 from gateway.errors import ConfigError, Overloaded, ProfileError
@@ -25,9 +25,11 @@ from gateway.grpc_server.server import ServerSettings
 from gateway.metrics import GatewayMetrics
 from gateway.policies import make_policy
 from gateway.pool import Endpoint, HealthProber
-from gateway.profiles import ProfileSet, load_profiles
+from gateway.profiles import ProfileSet
+from gateway.profiles.prior import prior_profile
 
 DRAIN_TIMEOUT_S = 60.0
+log = logging.getLogger("kairos.gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +74,28 @@ def build_dispatcher(
     settings: GatewaySettings,
     profiles: ProfileSet | None = None,
 ) -> Dispatcher:
-    """The shared dispatcher core for this pool; unknown types or profiles are config errors."""
+    """The shared dispatcher core for this pool. A type without a latency profile starts from
+    a prior and learns (logged); a profile file that cannot be read is a config error."""
     types = list(dict.fromkeys(i.type for i in instances))
     try:
-        estimator = LatencyEstimator(profiles or load_profiles(), config.model, types)
+        profiles = profiles or config.profile_set()
     except ProfileError as exc:
-        raise ConfigError(f"instances: {exc}") from None
+        raise ConfigError(f"profiles: {exc}") from None
+    unprofiled = [t for t in types if not profiles.has(config.model, t)]
+    if unprofiled:
+        max_batch = config.max_batch or min(
+            (profiles.get(config.model, t).max_batch for t in types if t not in unprofiled),
+            default=DEFAULT_MAX_BATCH,
+        )
+        priors = [prior_profile(config.model, t, config.qos_ms, max_batch) for t in unprofiled]
+        profiles = profiles.merged(ProfileSet({(p.model, p.instance_type): p for p in priors}))
+        log.warning(
+            "no latency profile for model %s on %s: starting from a prior (%.4g ms at batch 1, "
+            "%.4g ms at batch %d) and learning from observed service times; measure one with "
+            "kairos-profile",
+            config.model, ", ".join(unprofiled), priors[0].means[0], priors[0].means[-1], max_batch,
+        )
+    estimator = LatencyEstimator(profiles, config.model, types, prior_types=unprofiled)
     return Dispatcher(
         make_policy(settings.policy, settings.seed),
         estimator,

@@ -21,7 +21,7 @@ from gateway.config import GRPC_SERVERS, client_margin, load_config
 from gateway.errors import ConfigError
 from gateway.gc_freeze import freeze_startup_objects
 from gateway.policies import POLICY_NAMES
-from gateway.pool import load_address_file, parse_instance_flags
+from gateway.pool import Endpoint, load_address_file, parse_instance_flags
 from gateway.threads import keep_helper_threads_demoted
 
 PROG = "kairos-gateway"
@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="TYPE=URL",
-        help="an instance by V2 URL, repeatable: TYPE=grpc://HOST:PORT and/or http://HOST:PORT, comma-separated",
+        help="an instance by V2 URL, repeatable: TYPE=grpc://HOST:PORT and/or http://HOST:PORT, comma-separated "
+        "(default: the config's instances, else the address file)",
     )
     p.add_argument("--http-port", type=int, help="HTTP port (0 = any free port)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (0 = any free port)")
@@ -75,6 +76,8 @@ async def serve(args: argparse.Namespace) -> None:
     _check_flags(args)
     if args.instance:
         instances = parse_instance_flags(args.instance)
+    elif config.instances and not args.address_file:
+        instances = [Endpoint(i.name, i.type, i.http, i.grpc) for i in config.instances]
     else:
         instances = load_address_file(args.address_file or config.servers.address_file, config.model)
     settings = GatewaySettings.from_config(

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import ConfigError
+from gateway.errors import BadRequest, ConfigError
 from gateway.jsonfile import read_json_file
 from gateway.policies import POLICY_NAMES
-from gateway.profiles import Catalogue, load_catalogue
+from gateway.profiles import Catalogue, InstanceType, ProfileSet, load_catalogue, load_profiles
+from gateway.protocol.limits import check_name
 
 BACKEND_PROTOCOLS = ("grpc", "http")
 # The gateway's own gRPC server on the event loop, or grpc.aio's (gateway/grpc_server/).
@@ -26,6 +27,20 @@ LATE_QUERIES = ("shed", "serve")
 class PoolEntry:
     type: str
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceEntry:
+    """One running V2 server the gateway fronts (any server: MLServer, Triton, KServe, ours)."""
+
+    name: str
+    type: str
+    http: str | None = None  # http://host:port
+    grpc: str | None = None  # host:port
+
+
+# Batch limit of a model with no latency profile (with one, the profile's largest batch).
+DEFAULT_MAX_BATCH = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +88,22 @@ class GatewayConfig:
 class Config:
     model: str
     qos_ms: float
+    # The emulated pool ``kairos-servers`` starts; when only ``instances`` are listed, their
+    # count per type (what the simulator and the allocator take).
     pool: tuple[PoolEntry, ...]
     host: str = "127.0.0.1"
     servers: ServersConfig = ServersConfig()
     gateway: GatewayConfig = GatewayConfig()
+    instances: tuple[InstanceEntry, ...] = ()  # real servers to front (empty: the emulated pool)
+    # Latency profiles (a file, or a directory of files) on top of the shipped ones.
+    profiles: Path | None = None
+    max_batch: int | None = None  # without a profile: the largest batch accepted
+    catalogue: Catalogue | None = None  # shipped instance types plus the declared ones
+
+    def profile_set(self) -> ProfileSet:
+        """The shipped profiles, with this config's own on top."""
+        shipped = load_profiles()
+        return shipped.merged(load_profiles(self.profiles)) if self.profiles is not None else shipped
 
     @property
     def pool_size(self) -> int:
@@ -167,23 +194,35 @@ def _port(f: _Fields, key: str, default: int) -> int:
     return f.int(key, default, lo=0, hi=65535)
 
 
-def parse_config(raw: Any, catalogue: Catalogue | None = None) -> Config:
-    catalogue = catalogue or load_catalogue()
+def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | None = None) -> Config:
+    """``base_dir``: where relative paths (profiles) are taken from; the config file's directory."""
     top = _Fields(raw, "")
-    top.unknown({"model", "qos_ms", "host", "pool", "servers", "gateway"})
-    model = top.str("model")
+    top.unknown(
+        {"model", "qos_ms", "host", "pool", "instances", "instance_types", "profiles", "max_batch",
+         "servers", "gateway"}
+    )
+    catalogue = _with_declared_types(catalogue or load_catalogue(), top._get("instance_types", {}))
+    type_names = tuple(sorted(catalogue.types))
+    model = check_model_name(top.str("model"))
+    if "qos_ms" not in top.raw and model not in catalogue.qos_ms:
+        raise ConfigError(f"qos_ms: missing; it is required for a model without a shipped target ({model!r})")
     qos = top.float("qos_ms", catalogue.qos_ms.get(model))
-    pool_raw = top._get("pool", _REQUIRED)
-    if not isinstance(pool_raw, list) or not pool_raw:
-        raise ConfigError(f'pool: expected a non-empty list of {{"type", "count"}} objects, got {pool_raw!r}')
-    pool = []
-    for i, item in enumerate(pool_raw):
-        f = _Fields(item, f"pool[{i}]")
-        f.unknown({"type", "count"})
-        type_name = f.str("type", choices=tuple(sorted(catalogue.types)))
-        pool.append(PoolEntry(type=type_name, count=f.int("count", lo=0, hi=10_000)))
-    if sum(e.count for e in pool) == 0:
-        raise ConfigError("pool: expected at least one instance (every count is 0)")
+    instances = _instances(top._get("instances", []), type_names)
+    if "pool" in top.raw or not instances:
+        pool = _pool(top._get("pool", _REQUIRED), type_names)
+    else:
+        counts: dict[str, int] = {}
+        for inst in instances:
+            counts[inst.type] = counts.get(inst.type, 0) + 1
+        pool = [PoolEntry(t, n) for t, n in counts.items()]
+    profiles = None
+    if "profiles" in top.raw:
+        profiles = Path(top.str("profiles"))
+        if base_dir is not None and not profiles.is_absolute():
+            profiles = base_dir / profiles
+        if not profiles.exists():
+            raise ConfigError(f"profiles: no such file or directory {str(profiles)!r}")
+    max_batch = top.int("max_batch", lo=1, hi=1 << 20) if "max_batch" in top.raw else None
 
     s = _Fields(top._get("servers", {}), "servers")
     s.unknown({"http_port", "grpc_port", "workers", "address_file", "seed"})
@@ -227,7 +266,74 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None) -> Config:
         host=top.str("host", "127.0.0.1"),
         servers=servers,
         gateway=gateway,
+        instances=tuple(instances),
+        profiles=profiles,
+        max_batch=max_batch,
+        catalogue=catalogue,
     )
+
+
+def _pool(raw: Any, type_names: tuple[str, ...]) -> list[PoolEntry]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f'pool: expected a non-empty list of {{"type", "count"}} objects, got {raw!r}')
+    pool = []
+    for i, item in enumerate(raw):
+        f = _Fields(item, f"pool[{i}]")
+        f.unknown({"type", "count"})
+        type_name = f.str("type", choices=type_names)
+        pool.append(PoolEntry(type=type_name, count=f.int("count", lo=0, hi=10_000)))
+    if sum(e.count for e in pool) == 0:
+        raise ConfigError("pool: expected at least one instance (every count is 0)")
+    return pool
+
+
+def _instances(raw: Any, type_names: tuple[str, ...]) -> list[InstanceEntry]:
+    if not isinstance(raw, list) or len(raw) > 10_000:
+        raise ConfigError('instances: expected a list of {"type", "http", "grpc"} objects')
+    out: list[InstanceEntry] = []
+    for i, item in enumerate(raw):
+        f = _Fields(item, f"instances[{i}]")
+        f.unknown({"name", "type", "http", "grpc"})
+        type_name = f.str("type", choices=type_names)
+        http = f.str("http") if "http" in f.raw else None
+        grpc = f.str("grpc").removeprefix("grpc://") if "grpc" in f.raw else None
+        if http is None and grpc is None:
+            raise ConfigError(f"instances[{i}]: expected an http URL, a grpc address, or both")
+        if http is not None and not http.startswith("http://"):
+            raise ConfigError(f"instances[{i}].http: expected http://HOST:PORT, got {http!r}")
+        name = check_model_name(f.str("name", f"{type_name}-{i}"), f"instances[{i}].name")
+        out.append(InstanceEntry(name=name, type=type_name, http=http.rstrip("/") if http else None, grpc=grpc))
+    names = [e.name for e in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"instances: names must be unique, got {names}")
+    return out
+
+
+def _with_declared_types(catalogue: Catalogue, raw: Any) -> Catalogue:
+    """The catalogue plus the instance types a config declares (a declared one wins)."""
+    if not isinstance(raw, dict):
+        raise ConfigError('instance_types: expected an object of {"NAME": {"price_per_hour": P}}')
+    if not raw:
+        return catalogue
+    types = dict(catalogue.types)
+    for name, spec in raw.items():
+        check_model_name(name, f"instance_types.{name}")
+        f = _Fields(spec, f"instance_types.{name}")
+        f.unknown({"price_per_hour", "accelerator"})
+        types[name] = InstanceType(
+            name=name,
+            price_per_hour=f.float("price_per_hour", positive=False),
+            accelerator=f.bool("accelerator", False),
+        )
+    return Catalogue(types=types, qos_ms=catalogue.qos_ms)
+
+
+def check_model_name(name: str, field: str = "model") -> str:
+    """A model or instance name: it goes into URLs and metric labels."""
+    try:
+        return check_name(name, field)
+    except BadRequest as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def client_margin(margin_ms: float, qos_ms: float, name: str = "gateway.client_margin_ms") -> float:
@@ -243,6 +349,6 @@ def load_config(path: str | Path, catalogue: Catalogue | None = None) -> Config:
     path = Path(path)
     raw = read_json_file(path, "config file")
     try:
-        return parse_config(raw, catalogue)
+        return parse_config(raw, catalogue, path.parent)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None

@@ -28,9 +28,14 @@ class LatencyEstimator:
         model: str,
         type_names: Sequence[str],
         learning_rate: float = 0.05,
+        prior_types: Sequence[str] = (),
     ) -> None:
+        """``prior_types``: types whose profile is a prior (``gateway.profiles.prior``), not a
+        measurement: a batch bucket never observed on them takes the correction of the nearest
+        observed one, so the first answers teach every batch size."""
         self.model = model
         self.type_names = list(type_names)
+        self.from_prior = [t in prior_types for t in self.type_names]
         profs = [profiles.get(model, t) for t in self.type_names]
         self.max_batch = min(p.max_batch for p in profs)
         sizes = np.arange(self.max_batch + 1)
@@ -99,8 +104,27 @@ class LatencyEstimator:
         current = row[bucket]
         corrected = current + rate * (ratio - current)
         row[bucket] = corrected
+        self._apply(type_index, bucket, corrected)
+        if self.from_prior[type_index] and 0 in counts:
+            self._spread(type_index)
+
+    def _apply(self, type_index: int, bucket: int, correction: float) -> None:
         lo, hi = bucket * BUCKET_WIDTH, min((bucket + 1) * BUCKET_WIDTH, self.max_batch + 1)
-        self._by_batch[lo:hi, type_index] = self._profile_ms[type_index, lo:hi] * corrected
+        self._by_batch[lo:hi, type_index] = self._profile_ms[type_index, lo:hi] * correction
+
+    def _spread(self, type_index: int) -> None:
+        """Unobserved buckets of a prior type take the nearest observed bucket's correction."""
+        counts, row = self._observations[type_index], self._correction[type_index]
+        seen = [i for i, n in enumerate(counts) if n]
+        for bucket, n in enumerate(counts):
+            if not n:
+                nearest = min(seen, key=lambda i: abs(i - bucket))
+                row[bucket] = row[nearest]
+                self._apply(type_index, bucket, row[nearest])
+
+    def observations(self, type_index: int) -> int:
+        """Service times learned from on a type."""
+        return sum(self._observations[type_index])
 
     def observe_overhead(self, overhead_ms: float) -> None:
         """Learn from one round trip's time beyond the instance's own service time (ms): the

@@ -78,6 +78,22 @@ class _PoolCollector(Collector):
         )
         mean.add_metric([], d.estimator.overhead_mean_ms / 1000.0)
         yield from (p75, p99, mean)
+        est = d.estimator
+        prior = GaugeMetricFamily(
+            f"{PREFIX}_estimator_prior",
+            "1 where an instance type has no latency profile and its estimates started from a prior, "
+            "learned from observed service times; 0 where they started from a profile",
+            labels=["instance_type"],
+        )
+        learned = GaugeMetricFamily(
+            f"{PREFIX}_estimator_observations",
+            "Service times the latency estimator has learned from, per instance type",
+            labels=["instance_type"],
+        )
+        for k, name in enumerate(est.type_names):
+            prior.add_metric([name], float(est.from_prior[k]))
+            learned.add_metric([name], float(est.observations(k)))
+        yield from (prior, learned)
         pipelined = GaugeMetricFamily(
             f"{PREFIX}_pipelined_dispatches", "Queries sent to an instance still serving its previous one"
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.backend import Backend
+from gateway.config import check_model_name
 from gateway.errors import ConfigError
 from gateway.protocol.addresses import read_address_file
 
@@ -44,6 +45,7 @@ def parse_instance_flags(specs: Sequence[str]) -> list[Endpoint]:
         type_name, sep, urls = spec.partition("=")
         if not sep or not type_name or not urls:
             raise ConfigError(f"--instance {spec!r}: expected TYPE=URL, e.g. r5n.large=grpc://127.0.0.1:9300")
+        check_model_name(type_name, f"--instance {spec!r}: the type")
         http_url = grpc_address = None
         for url in urls.split(","):
             if url.startswith(("http://", "https://")):

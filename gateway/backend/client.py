@@ -1,18 +1,28 @@
-"""One instance's clients. HTTP requests leave over HTTP, untranslated. gRPC requests leave over
-gRPC, untranslated, when ``backend_protocol`` is ``grpc``; when it is ``http`` they are
-translated to the HTTP binary tensor extension and back (``GrpcOverHttp``), which costs the
-gateway far less CPU than a grpc.aio client call. An instance with one endpoint only gets every
-request on that one. ``backend_protocol`` also picks the protocol of readiness probes."""
+"""One instance's clients, and which protocol each request leaves in.
+
+HTTP requests leave over HTTP, untranslated, except that a binary-tensor request goes as plain
+JSON to a server without the binary extension. gRPC requests leave over gRPC, untranslated,
+when ``backend_protocol`` is ``grpc``; when it is ``http`` they are translated to the instance's
+HTTP endpoint (``GrpcOverHttp``: binary tensors where the server takes them, which costs the
+gateway far less CPU than a grpc.aio client call), or forwarded over gRPC to a server without
+the binary extension that has a gRPC endpoint. What a server supports is read from its server
+metadata whenever it becomes ready (``gateway.backend.negotiation``); until then it gets JSON.
+An instance with one endpoint only gets every request on that one. ``backend_protocol`` also
+picks the protocol of readiness probes."""
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 from gateway.backend.base import GRPC, HTTP, BackendReply, RoutedRequest
 from gateway.backend.grpc_client import GrpcBackend
 from gateway.backend.grpc_over_http import GrpcOverHttp
 from gateway.backend.http_client import HttpBackend
+from gateway.backend.negotiation import ServerInfo
 from gateway.errors import Unavailable
+
+log = logging.getLogger("kairos.gateway.backend")
 
 
 class Backend(Protocol):
@@ -45,21 +55,40 @@ class InstanceClient:
         if backend_protocol == HTTP and self.http is None:
             backend_protocol = GRPC
         self.probe_protocol = backend_protocol
-        # Where gRPC requests go: translated to this instance's HTTP endpoint, or as they are.
-        self._grpc_infer: GrpcBackend | GrpcOverHttp | None = self.grpc
-        if self.http is not None and backend_protocol == HTTP:
-            self._grpc_infer = GrpcOverHttp(self.http)
+        # gRPC requests translated to this instance's HTTP endpoint (None: sent as they are).
+        self._over_http = GrpcOverHttp(self.http) if self.http is not None and backend_protocol == HTTP else None
+        self.server: ServerInfo | None = None  # what its server supports, once read
+        self._ready = False
+
+    @property
+    def binary_tensors(self) -> bool:
+        return self.server is not None and self.server.binary_tensors
 
     async def infer(self, request: RoutedRequest, timeout_s: float) -> BackendReply:
-        backend = self._grpc_infer if request.protocol == GRPC else self.http
-        if backend is None:
-            raise Unavailable(f"instance {self.name} has no {request.protocol} endpoint")
-        return await backend.infer(request, timeout_s)
+        binary = self.binary_tensors
+        if request.protocol == GRPC:
+            if self._over_http is not None and (binary or self.grpc is None):
+                return await self._over_http.infer(request, timeout_s, binary)
+            if self.grpc is None:
+                raise Unavailable(f"instance {self.name} has no grpc endpoint")
+            return await self.grpc.infer(request, timeout_s)
+        if self.http is None:
+            raise Unavailable(f"instance {self.name} has no http endpoint")
+        return await self.http.infer(request, timeout_s, binary)
 
     async def ready(self, model: str, timeout_s: float) -> bool:
+        """Readiness of ``model``; the server's metadata is read again each time it becomes
+        ready (a restarted instance may run another server)."""
         backend = self.grpc if self.probe_protocol == GRPC else self.http
         assert backend is not None
-        return await backend.ready(model, timeout_s)
+        ok = await backend.ready(model, timeout_s)
+        if ok and (self.server is None or not self._ready):
+            server = await backend.server_metadata(timeout_s)
+            if server != self.server:
+                log.info("instance %s: %s", self.name, server.describe() if server else "no server metadata")
+            self.server = server
+        self._ready = ok
+        return ok
 
     async def close(self) -> None:
         if self.grpc is not None:

@@ -7,6 +7,7 @@ import time
 import grpc
 
 from gateway.backend.base import SERVER_ERROR_CODES, BackendReply, InstanceFailure, RoutedRequest
+from gateway.backend.negotiation import ServerInfo
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
 from gateway.protocol.routing import reported_service_ms_proto
@@ -71,6 +72,14 @@ class GrpcBackend:
             return await self._stub.ModelMetadata(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise InstanceFailure(self.name, f"{exc.code().name}: {exc.details()}") from None
+
+    async def server_metadata(self, timeout_s: float) -> ServerInfo | None:
+        """The server's V2 metadata; None if it does not answer."""
+        try:
+            reply = await self._stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError:
+            return None
+        return ServerInfo.from_proto(reply.name, reply.version, reply.extensions)
 
     async def ready(self, model: str, timeout_s: float) -> bool:
         try:

@@ -23,10 +23,12 @@ from gateway.protocol.translate import (
     MalformedResponse,
     http_response_to_proto,
     proto_request_to_http,
+    proto_request_to_json,
 )
 from gateway.protocol.v2 import INFERENCE_HEADER, decode_proto_infer
 
 _HEADERS = f"Content-Type: {BINARY_CONTENT_TYPE}\r\n{INFERENCE_HEADER}: %d\r\n"
+_JSON_HEADERS = "Content-Type: application/json\r\n"
 
 
 class GrpcOverHttp:
@@ -34,18 +36,21 @@ class GrpcOverHttp:
         self.http = http
         self.name = http.name
 
-    async def infer(self, request: RoutedRequest, timeout_s: float) -> BackendReply:
+    async def infer(self, request: RoutedRequest, timeout_s: float, binary: bool = True) -> BackendReply:
         """Raises InstanceFailure as the HTTP backend does, and also when the instance's answer
-        is not a V2 response."""
+        is not a V2 response. ``binary``: the instance takes the binary tensor extension; if
+        not, the request goes as plain JSON tensors."""
         try:
             message = request.message if request.message is not None else decode_proto_infer(request.body)
-            translated = proto_request_to_http(message)
+            if binary:
+                translated = proto_request_to_http(message)
+                headers, body = _HEADERS % translated.header_length, translated.body
+            else:
+                headers, body = _JSON_HEADERS, proto_request_to_json(message)
         except BadRequest as exc:  # what a gRPC instance answers to it: a client error
             return _client_error(400, str(exc), 0.0)
         start = time.perf_counter()
-        resp = await self.http.post_infer(
-            request.model, request.version, _HEADERS % translated.header_length, translated.body, timeout_s
-        )
+        resp = await self.http.post_infer(request.model, request.version, headers, body, timeout_s)
         rtt = (time.perf_counter() - start) * 1000.0
         if resp.status >= 400:  # the client's error (5xx raised above)
             return _client_error(resp.status, str(error_from_http(resp.status, resp.body)), rtt)

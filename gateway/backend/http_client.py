@@ -7,10 +7,15 @@ from __future__ import annotations
 import time
 from urllib.parse import urlsplit
 
+import orjson
+
 from gateway.backend.base import BackendReply, InstanceFailure, RoutedRequest
 from gateway.backend.http1 import Http1Pool, HttpError, Response
-from gateway.errors import ConfigError
+from gateway.backend.negotiation import ServerInfo
+from gateway.errors import BadRequest, ConfigError
+from gateway.protocol.errors import error_body
 from gateway.protocol.routing import json_response_header, reported_service_ms_json
+from gateway.protocol.translate import binary_request_to_json
 from gateway.protocol.v2 import INFERENCE_HEADER
 
 _HEADER_LENGTH_KEY = INFERENCE_HEADER.lower()  # http1 responses have lower-case header names
@@ -18,6 +23,8 @@ MAX_CACHED_PATHS = 64
 # Answers that say the instance cannot serve now (overloaded, a proxy in front of it failing):
 # retried elsewhere. Any other 5xx is an answer, passed back; outlier detection counts it.
 UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+JSON_CONTENT_TYPE = "application/json"
+_JSON_HEADERS = f"Content-Type: {JSON_CONTENT_TYPE}\r\n"
 
 
 def model_path(model: str, version: str | None) -> str:
@@ -48,12 +55,22 @@ class HttpBackend:
                 self._paths[model, version] = path
         return path
 
-    async def infer(self, request: RoutedRequest, timeout_s: float) -> BackendReply:
-        headers = f"Content-Type: {request.content_type}\r\n" if request.content_type else ""
-        if request.header_length is not None:
-            headers += f"{INFERENCE_HEADER}: {request.header_length}\r\n"
+    async def infer(self, request: RoutedRequest, timeout_s: float, binary: bool = True) -> BackendReply:
+        """``binary``: the instance takes the binary tensor extension; if not, a request in it is
+        sent as plain JSON."""
+        body = request.body
+        if request.header_length is not None and not binary:
+            try:
+                body = binary_request_to_json(body, request.header_length)
+            except BadRequest as exc:
+                return BackendReply(error_body(str(exc)), 400, JSON_CONTENT_TYPE)
+            headers = _JSON_HEADERS
+        else:
+            headers = f"Content-Type: {request.content_type}\r\n" if request.content_type else ""
+            if request.header_length is not None:
+                headers += f"{INFERENCE_HEADER}: {request.header_length}\r\n"
         start = time.perf_counter()
-        resp = await self.post_infer(request.model, request.version, headers, request.body, timeout_s)
+        resp = await self.post_infer(request.model, request.version, headers, body, timeout_s)
         status, body = resp.status, resp.body
         header_length = response_header_length(resp)
         rtt = (time.perf_counter() - start) * 1000.0
@@ -95,6 +112,14 @@ class HttpBackend:
         except (HttpError, OSError) as exc:
             raise InstanceFailure(self.name, f"{type(exc).__name__}: {exc}") from None
         return resp.status, resp.body, resp.headers.get("content-type")
+
+    async def server_metadata(self, timeout_s: float) -> ServerInfo | None:
+        """The server's V2 metadata (``GET /v2``); None if it does not answer with one."""
+        try:
+            status, body, _ = await self.get("/v2", timeout_s)
+            return ServerInfo.from_json(orjson.loads(body)) if status == 200 else None
+        except (InstanceFailure, orjson.JSONDecodeError):
+            return None
 
     async def ready(self, model: str, timeout_s: float) -> bool:
         try:

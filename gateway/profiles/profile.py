@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -119,6 +120,13 @@ class ProfileSet:
                 f"available: {have}"
             ) from None
 
+    def has(self, model: str, instance_type: str) -> bool:
+        return (model, instance_type) in self.profiles
+
+    def merged(self, other: ProfileSet) -> ProfileSet:
+        """These profiles with ``other``'s added; ``other``'s win where both have one."""
+        return ProfileSet({**self.profiles, **other.profiles})
+
     def models(self) -> list[str]:
         return sorted({m for m, _ in self.profiles})
 
@@ -126,35 +134,69 @@ class ProfileSet:
         return sorted(t for m, t in self.profiles if m == model)
 
 
-def parse_profile_file(data: dict[str, object]) -> list[LatencyProfile]:
-    model = str(data["model"])
-    levels = np.asarray(data["quantile_levels"], dtype=float)
-    types = data["types"]
-    assert isinstance(types, dict)
+def parse_profile_file(data: Any) -> list[LatencyProfile]:
+    """The profiles of one profile file (format: docs/profiles.md); ProfileError naming what is
+    wrong in a file that is not one."""
+    if not isinstance(data, dict):
+        raise ProfileError("expected a JSON object")
+    model, types = data.get("model"), data.get("types")
+    if not isinstance(model, str) or not model:
+        raise ProfileError("model: expected a non-empty string")
+    if not isinstance(types, dict) or not types:
+        raise ProfileError("types: expected an object of instance type -> {batch, mean, quantiles}")
+    if data.get("unit", "ms") != "ms":
+        raise ProfileError(f"unit: expected \"ms\", got {data.get('unit')!r}")
+    levels = _floats(data.get("quantile_levels"), "quantile_levels")
+    if len(levels) < 2 or levels[0] != 0.0 or levels[-1] != 1.0 or np.any(np.diff(levels) <= 0):
+        raise ProfileError("quantile_levels: expected increasing levels from 0 to 1")
     out = []
     for type_name, body in types.items():
-        out.append(
-            LatencyProfile(
-                model=model,
-                instance_type=type_name,
-                batches=np.asarray(body["batch"], dtype=float),
-                means=np.asarray(body["mean"], dtype=float),
-                levels=levels,
-                quantiles=np.asarray(body["quantiles"], dtype=float),
-                unit=str(data.get("unit", "ms")),
+        where = f"types.{type_name}"
+        if not isinstance(body, dict):
+            raise ProfileError(f"{where}: expected an object with batch, mean and quantiles")
+        batches = _floats(body.get("batch"), f"{where}.batch")
+        means = _floats(body.get("mean"), f"{where}.mean")
+        quantiles = _floats(body.get("quantiles"), f"{where}.quantiles")
+        if batches.ndim != 1 or not len(batches) or batches[0] < 1 or np.any(np.diff(batches) <= 0):
+            raise ProfileError(f"{where}.batch: expected increasing batch sizes from 1 up")
+        if means.shape != batches.shape or np.any(means <= 0):
+            raise ProfileError(f"{where}.mean: expected one positive mean (ms) per batch size")
+        if quantiles.shape != (len(batches), len(levels)) or np.any(np.diff(quantiles, axis=1) < 0):
+            raise ProfileError(
+                f"{where}.quantiles: expected one non-decreasing row of {len(levels)} values per batch size"
             )
-        )
+        out.append(LatencyProfile(model, str(type_name), batches, means, levels, quantiles))
     return out
 
 
-def load_profiles(directory: Path | None = None) -> ProfileSet:
-    """Load every ``<model>.json`` profile file in ``directory`` (default: the shipped ones)."""
-    directory = directory or PROFILE_DIR
-    profiles: dict[tuple[str, str], LatencyProfile] = {}
-    files = sorted(directory.glob("*.json"))
+def _floats(value: Any, where: str) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ProfileError(f"{where}: expected numbers") from None
+    if not np.all(np.isfinite(array)):
+        raise ProfileError(f"{where}: expected finite numbers")
+    return array
+
+
+def load_profile_file(path: Path) -> list[LatencyProfile]:
+    try:
+        return parse_profile_file(orjson.loads(path.read_bytes()))
+    except orjson.JSONDecodeError as exc:
+        raise ProfileError(f"{path}: not JSON: {exc}") from None
+    except ProfileError as exc:
+        raise ProfileError(f"{path}: {exc}") from None
+
+
+def load_profiles(path: Path | None = None) -> ProfileSet:
+    """The profiles in ``path``: one profile file, or every ``*.json`` in a directory
+    (default: the shipped ones)."""
+    path = path or PROFILE_DIR
+    files = [path] if path.is_file() else sorted(path.glob("*.json"))
     if not files:
-        raise ProfileError(f"no profile files (*.json) in {directory}")
-    for path in files:
-        for p in parse_profile_file(orjson.loads(path.read_bytes())):
+        raise ProfileError(f"no profile files (*.json) in {path}")
+    profiles: dict[tuple[str, str], LatencyProfile] = {}
+    for file in files:
+        for p in load_profile_file(file):
             profiles[(p.model, p.instance_type)] = p
     return ProfileSet(profiles)

@@ -15,6 +15,10 @@ travel as opaque bytes:
   ``data`` (one that ignores ``binary_data``) are encoded to raw bytes per datatype, so a
   response always has raw contents for all of its outputs, as tritonclient expects.
 
+For an instance without the binary tensor extension (MLServer, and any server whose metadata
+does not list ``binary_tensor_data``), a binary-extension request is rewritten as plain JSON:
+each binary input becomes JSON ``data`` and the outputs are asked for as JSON.
+
 Pure functions, no I/O.
 """
 
@@ -30,7 +34,13 @@ import orjson
 from gateway.errors import BadRequest
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.params import set_proto_parameters
-from gateway.protocol.v2 import CONTENTS_FIELD, load_json_object, parse_proto_infer, proto_param_value
+from gateway.protocol.v2 import (
+    CONTENTS_FIELD,
+    load_json_object,
+    parse_http_infer,
+    parse_proto_infer,
+    proto_param_value,
+)
 from gateway.protocol.wire import RAW_OUTPUT_TAG, varint
 
 BINARY_DATA_SIZE = "binary_data_size"
@@ -139,6 +149,63 @@ def contents_to_raw(tensor: pb.ModelInferRequest.InferInputTensor) -> bytes:
 def bytes_elements_to_raw(elements: Iterable[bytes]) -> bytes:
     """BYTES elements in the raw encoding: each a 4-byte little-endian length, then the bytes."""
     return b"".join(len(e).to_bytes(4, "little") + e for e in elements)
+
+
+# -- request: binary extension -> plain JSON --------------------------------------------------
+
+
+def binary_request_to_json(body: bytes, header_length: int) -> bytes:
+    """The plain-JSON form of an HTTP binary-extension infer body, for an instance without the
+    extension. BadRequest for a body a V2 server would refuse, or a BYTES element that is not
+    UTF-8 text (JSON cannot carry it)."""
+    parse_http_infer(body, "", "", header_length)  # sizes and shapes checked before decoding
+    view = memoryview(body)
+    doc = load_json_object(view[:header_length])
+    offset = header_length
+    for i, tensor in enumerate(doc["inputs"]):
+        params = tensor.get("parameters")
+        if not isinstance(params, dict) or BINARY_DATA_SIZE not in params:
+            continue
+        size = params.pop(BINARY_DATA_SIZE)
+        tensor["data"] = raw_to_json_data(view[offset : offset + size], tensor["datatype"], i)
+        offset += size
+        if not params:
+            del tensor["parameters"]
+    for output in doc.get("outputs") or ():
+        params = output.get("parameters") if isinstance(output, dict) else None
+        if isinstance(params, dict):
+            params.pop(BINARY_DATA, None)
+    params = doc.get("parameters")
+    if isinstance(params, dict):
+        params.pop(BINARY_DATA_OUTPUT, None)
+    return orjson.dumps(doc)
+
+
+def proto_request_to_json(request: pb.ModelInferRequest) -> bytes:
+    """The plain-JSON HTTP body of a gRPC ``ModelInferRequest``."""
+    translated = proto_request_to_http(request)
+    return binary_request_to_json(translated.body, translated.header_length)
+
+
+def raw_to_json_data(raw: memoryview | bytes, datatype: str, index: int = 0) -> list[Any]:
+    """A tensor in the raw encoding as a flat JSON ``data`` list."""
+    if datatype == "BYTES":
+        out: list[Any] = []
+        view, pos = memoryview(raw), 0
+        while pos < len(view):
+            n = int.from_bytes(view[pos : pos + 4], "little")
+            try:
+                out.append(bytes(view[pos + 4 : pos + 4 + n]).decode())
+            except UnicodeDecodeError:
+                raise BadRequest(
+                    f"inputs[{index}]: a BYTES element is not UTF-8 text, and this instance takes "
+                    "JSON tensors only (no binary tensor extension)"
+                ) from None
+            pos += 4 + n
+        return out
+    if datatype == "BF16":
+        return (np.frombuffer(raw, dtype="<u2").astype("<u4") << 16).view("<f4").tolist()
+    return np.frombuffer(raw, dtype=NUMPY_DTYPES[datatype]).tolist()
 
 
 # -- response: HTTP -> gRPC ------------------------------------------------------------------

@@ -1,28 +1,34 @@
-"""A real MLServer behind the gateway, answering 500 to a request with the wrong feature count
-(as a scikit-learn model does): the client gets that answer, the instance stays in rotation, and
-the next client is served. Skipped where MLServer is not installed."""
+"""A real MLServer behind the gateway, with default settings: a scikit-learn classifier trained
+here on scikit-learn's digits, and a model that answers 500 to a wrong feature count (as a
+scikit-learn model does). Driven by tritonclient (HTTP JSON, HTTP binary, gRPC) and the KServe
+SDK; predictions through the gateway equal MLServer's own. Neither model has a latency profile:
+the gateway starts from a prior and learns."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import orjson
 import pytest
+import tritonclient.grpc as tg
+import tritonclient.http as th
 from gateway_process import RunningGateway, launch_gateway
-from helpers.pool import free_port
+
+from benchmarks.mlserver import MLServerProcess, mlserver_command, start_mlserver, write_custom_model
 
 pytestmark = pytest.mark.slow
 
-MODEL_CODE = '''
+ROOT = Path(__file__).resolve().parents[3]
+KSERVE_PYTHON = ROOT / ".venv-kserve" / "bin" / "python"
+KSERVE_CLIENT = ROOT / "tests" / "clients" / "kserve_client.py"
+
+FEATURES_CODE = '''
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
 from mlserver.types import InferenceRequest, InferenceResponse
@@ -41,54 +47,120 @@ class FeatureCount(MLModel):
 '''
 
 
-def mlserver_command() -> list[str] | None:
-    script = Path(sys.executable).parent / "mlserver"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("mlserver")
-    return [found] if found else None
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, object]:
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_digits(return_X_y=True)
+    return x[:40].astype(np.float64), LogisticRegression(max_iter=3000).fit(x, y)
 
 
-@pytest.fixture
-def mlserver(tmp_path: Path) -> Iterator[str]:
-    """A started MLServer serving "rm2" (the feature-count model); its HTTP URL."""
-    command = mlserver_command()
-    if command is None:
+@pytest.fixture(scope="module")
+def mlserver(tmp_path_factory: pytest.TempPathFactory, digits: tuple[np.ndarray, object]) -> Iterator[MLServerProcess]:
+    if mlserver_command() is None:
         pytest.skip("MLServer is not installed")
-    root = tmp_path / "mlserver"
-    (root / "rm2").mkdir(parents=True)
-    (root / "rm2" / "features.py").write_text(MODEL_CODE)
-    (root / "rm2" / "model-settings.json").write_text(
-        json.dumps({"name": "rm2", "implementation": "features.FeatureCount"})
+    from benchmarks.mlserver import write_sklearn_model
+
+    root = tmp_path_factory.mktemp("mlserver")
+    repo = root / "repo"
+    write_sklearn_model(repo, "digits", digits[1])
+    write_custom_model(repo, "features", FEATURES_CODE, "FeatureCount")
+    server = start_mlserver(repo, ["digits", "features"], root / "mlserver.log")
+    yield server
+    server.stop()
+
+
+def gateway_for(server: MLServerProcess, model: str, directory: Path, grpc: bool = True) -> RunningGateway:
+    """A gateway with default settings in front of ``server``, declared in its config."""
+    instance = {"type": "local-cpu", "http": server.http_url}
+    if grpc:
+        instance["grpc"] = server.grpc_address
+    config = directory / f"{model}-config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "model": model,
+                "qos_ms": 500,
+                "instances": [instance],
+                "instance_types": {"local-cpu": {"price_per_hour": 0.1}},
+                "gateway": {"http_port": 0, "grpc_port": 0},
+            }
+        )
     )
-    http_port = free_port()
-    settings = {"http_port": http_port, "grpc_port": free_port(), "metrics_port": free_port(), "parallel_workers": 0}
-    (root / "settings.json").write_text(json.dumps(settings))
-    log = open(tmp_path / "mlserver.log", "w")  # noqa: SIM115 (closed at teardown)
-    proc = subprocess.Popen([*command, "start", str(root)], stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    url = f"http://127.0.0.1:{http_port}"
+    return launch_gateway(config, [], directory)
+
+
+def triton_http(url: str, x: np.ndarray, binary: bool) -> tuple[np.ndarray, dict[str, object]]:
+    client = th.InferenceServerClient(url.removeprefix("http://"))
+    inp = th.InferInput("x", list(x.shape), "FP64")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    out = th.InferRequestedOutput("predict", binary_data=binary)
+    result = client.infer("digits", [inp], outputs=[out], request_id="triton-http")
+    client.close()
+    return result.as_numpy("predict"), result.get_response().get("parameters", {})
+
+
+def triton_grpc(address: str, x: np.ndarray) -> tuple[np.ndarray, dict[str, object]]:
+    client = tg.InferenceServerClient(address)
+    inp = tg.InferInput("x", list(x.shape), "FP64")
+    inp.set_data_from_numpy(x)
+    result = client.infer("digits", [inp], request_id="triton-grpc")
+    client.close()
+    params = result.get_response().parameters
+    return result.as_numpy("predict"), {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in params.items()}
+
+
+@pytest.mark.parametrize("grpc_endpoint", [True, False], ids=["http+grpc-instance", "http-only-instance"])
+def test_tritonclient_predictions_through_the_gateway_equal_mlservers_own(
+    mlserver: MLServerProcess, digits: tuple[np.ndarray, object], tmp_path: Path, grpc_endpoint: bool
+) -> None:
+    """MLServer has no binary tensor extension: the gateway reads that from its metadata and
+    sends JSON tensors (HTTP binary requests rewritten; gRPC forwarded over gRPC, or sent as
+    JSON to an HTTP-only instance)."""
+    x, model = digits
+    own, _ = triton_http(mlserver.http_url, x, binary=False)
+    assert np.array_equal(own.ravel(), model.predict(x))  # type: ignore[attr-defined]
+    gw = gateway_for(mlserver, "digits", tmp_path, grpc=grpc_endpoint)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"MLServer exited: {(tmp_path / 'mlserver.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/v2/models/rm2/ready", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail("MLServer did not become ready in 60 s")
-        yield url
+        for binary in (False, True):
+            got, params = triton_http(gw.url, x, binary)
+            assert np.array_equal(got, own), f"HTTP binary={binary}"
+            assert isinstance(params["gateway_e2e_us"], int) and params["gateway_instance"] == "local-cpu-0"
+        got, params = triton_grpc(gw.grpc, x)
+        assert np.array_equal(got.reshape(own.shape), own)
+        assert isinstance(params["gateway_e2e_us"], int) and params["gateway_e2e_us"] > 0
+        stderr = gw.stderr()
+        assert "no latency profile for model digits on local-cpu" in stderr
+        assert "Traceback" not in stderr
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        gw.stop(signal.SIGKILL)
+
+
+def test_kserve_sdk_predictions_through_the_gateway_equal_mlservers_own(
+    mlserver: MLServerProcess, digits: tuple[np.ndarray, object], tmp_path: Path
+) -> None:
+    if not KSERVE_PYTHON.exists():
+        pytest.skip("the KServe SDK's environment (.venv-kserve, made by `make setup`) is missing")
+    x, model = digits
+    np.save(tmp_path / "x.npy", x)
+    expected = model.predict(x).tolist()  # type: ignore[attr-defined]
+    gw = gateway_for(mlserver, "digits", tmp_path)
+    try:
+        done = subprocess.run(
+            [str(KSERVE_PYTHON), str(KSERVE_CLIENT)],
+            input=json.dumps({"http": gw.url, "grpc": gw.grpc, "model": "digits", "data": str(tmp_path / "x.npy")}),
+            capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        out = json.loads(done.stdout)
+        for key in ("rest_json", "rest_binary", "grpc"):
+            assert out[key] == expected, key
+        # KServe's protobuf has no double parameter: the gateway's times arrive as int64.
+        assert out["parameters"]["gateway_e2e_us"]["int64_param"] > 0
+        assert out["parameters"]["gateway_instance"] == {"string_param": "local-cpu-0"}
+    finally:
+        gw.stop(signal.SIGKILL)
 
 
 def dense(rows: int, features: int, request_id: str) -> bytes:
@@ -102,19 +174,9 @@ def dense(rows: int, features: int, request_id: str) -> bytes:
     )
 
 
-async def test_mlserver_500s_for_bad_requests_eject_nothing(mlserver: str, tmp_path: Path) -> None:
-    config = tmp_path / "config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "model": "rm2",
-                "pool": [{"type": "r5n.large", "count": 1}],
-                "gateway": {"http_port": 0, "grpc_port": 0, "probe_interval_s": 30.0},
-            }
-        )
-    )
-    gw: RunningGateway = launch_gateway(config, ["--instance", f"r5n.large={mlserver}"], tmp_path)
-    infer = f"{gw.url}/v2/models/rm2/infer"
+async def test_mlserver_500s_for_bad_requests_eject_nothing(mlserver: MLServerProcess, tmp_path: Path) -> None:
+    gw = gateway_for(mlserver, "features", tmp_path)
+    infer = f"{gw.url}/v2/models/features/infer"
     try:
         async with aiohttp.ClientSession() as s:
             for i in range(12):  # one client's bad requests, more than any run that ejects
@@ -127,6 +189,10 @@ async def test_mlserver_500s_for_bad_requests_eject_nothing(mlserver: str, tmp_p
             async with s.get(f"{gw.url}/metrics") as r:
                 metrics = await r.text()
         assert "kairos_health_changes_total{" not in metrics  # no instance left the rotation
+        # No profile: the estimates started from a prior and learned from the answers.
+        assert 'kairos_estimator_prior{instance_type="local-cpu"} 1.0' in metrics
+        learned = [line for line in metrics.splitlines() if line.startswith("kairos_estimator_observations{")]
+        assert learned and float(learned[0].split()[-1]) >= 1
         assert "Traceback" not in gw.stderr()
     finally:
         gw.stop(signal.SIGKILL)
