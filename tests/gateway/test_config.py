@@ -76,3 +76,75 @@ def test_a_bad_client_margin_flag_exits_2_with_one_line(
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--client-margin-ms: expected a number of ms >= 0 and below the QoS (350 ms)" in err
+
+
+# -- models and instance types as data ------------------------------------------------------
+
+
+def _byo(**extra: object) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "model": "iris",
+        "qos_ms": 50,
+        "instances": [{"type": "local-cpu", "http": "http://127.0.0.1:8080", "grpc": "grpc://127.0.0.1:8081"}],
+        "instance_types": {"local-cpu": {"price_per_hour": 0.05}},
+    }
+    doc.update(extra)
+    return doc
+
+
+def test_a_model_with_its_own_instances_and_types_needs_no_pool() -> None:
+    config = parse_config(_byo())
+    assert config.model == "iris" and config.qos_ms == 50.0
+    (inst,) = config.instances
+    assert (inst.name, inst.type, inst.http, inst.grpc) == (
+        "local-cpu-0", "local-cpu", "http://127.0.0.1:8080", "127.0.0.1:8081"
+    )
+    assert config.pool_spec() == (("local-cpu", 1),)  # what the simulator and the allocator take
+    assert config.catalogue is not None and config.catalogue.type("local-cpu").price_per_hour == 0.05
+    assert config.catalogue.type("g4dn.xlarge").accelerator  # the shipped ones stay
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"qos_ms": None}, "qos_ms: missing; it is required for a model without a shipped target"),
+        ({"instance_types": {}}, "instances[0].type: expected one of"),
+        ({"instances": [{"type": "local-cpu"}]}, "instances[0]: expected an http URL, a grpc address, or both"),
+        ({"instances": [{"type": "local-cpu", "http": "ftp://x"}]}, "instances[0].http: expected http://HOST:PORT"),
+        ({"instances": [{"type": "local-cpu", "http": "http://a:1", "port": 3}]}, "instances[0].port: unknown field"),
+        (
+            {"instances": [{"type": "local-cpu", "http": "http://a:1", "name": "a"},
+                           {"type": "local-cpu", "http": "http://a:2", "name": "a"}]},
+            "instances: names must be unique",
+        ),
+        ({"instance_types": {"local-cpu": {"price_per_hour": "cheap"}}}, "instance_types.local-cpu.price_per_hour"),
+        ({"instance_types": {"a/b": {"price_per_hour": 1}}}, "instance_types.a/b"),
+        ({"model": "bad name"}, "model"),
+        ({"profiles": "/no/such/profiles.json"}, "profiles: no such file or directory"),
+        ({"instances": [], "pool": None}, "pool: missing; it is required"),
+    ],
+)
+def test_bad_declarations_name_the_field(change: dict[str, object], message: str) -> None:
+    doc = _byo(**change)
+    for key, value in change.items():
+        if value is None:
+            del doc[key]
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(doc)
+
+
+def test_profiles_are_found_next_to_the_config_and_override_the_shipped_ones(tmp_path: Path) -> None:
+    from gateway.profiles import load_profiles
+
+    shipped = load_profiles().get("rm2", "r5n.large")
+    mine = {
+        "model": "iris", "unit": "ms", "quantile_levels": [0.0, 0.5, 1.0],
+        "types": {"local-cpu": {"batch": [1, 64], "mean": [1.0, 3.0], "quantiles": [[0.8, 1.0, 1.5], [2.5, 3.0, 4.0]]}},
+    }
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "iris.json").write_text(__import__("json").dumps(mine))
+    (tmp_path / "config.json").write_text(__import__("json").dumps(_byo(profiles="profiles")))
+    config = load_config(tmp_path / "config.json")
+    profiles = config.profile_set()
+    assert profiles.get("iris", "local-cpu").mean(64) == 3.0
+    assert profiles.get("rm2", "r5n.large").mean(1) == shipped.mean(1)

@@ -95,3 +95,29 @@ def test_a_single_type_pool_learns_without_drifting() -> None:
     for _ in range(2000):
         est.observe(0, 10, profiled / 2)
     assert est.estimate_one(0, 10) == pytest.approx(profiled / 2, rel=0.01)
+
+
+def test_a_type_without_a_profile_learns_every_batch_size_from_its_first_answers() -> None:
+    from gateway.profiles import ProfileSet
+    from gateway.profiles.prior import prior_profile
+
+    prior = prior_profile("iris", "local-cpu", qos_ms=100.0, max_batch=1000)
+    est = LatencyEstimator(ProfileSet({("iris", "local-cpu"): prior}), "iris", ["local-cpu"], prior_types=["local-cpu"])
+    assert est.from_prior == [True] and est.observations(0) == 0
+    assert est.estimate_one(0, 1) == pytest.approx(25.0)  # a quarter of the QoS at batch 1
+    assert est.estimate_one(0, 1000) == pytest.approx(50.0)  # half of it at the largest batch
+    est.observe(0, 10, 2.5)  # the real model is ten times faster
+    assert est.estimate_one(0, 10) == pytest.approx(2.5, rel=0.01)
+    # Buckets never observed took the nearest observed one's correction.
+    assert est.estimate_one(0, 900) == pytest.approx(prior.mean(900) * 0.1, rel=0.01)
+    est.observe(0, 950, 10.0)  # until they are observed themselves
+    assert est.estimate_one(0, 950) == pytest.approx(10.0, rel=0.01)
+    assert est.estimate_one(0, 10) == pytest.approx(2.5, rel=0.01)
+    assert est.observations(0) == 2
+
+
+def test_a_measured_profile_is_not_spread_from_one_bucket_to_the_others() -> None:
+    est = LatencyEstimator(load_profiles(), "rm2", ["r5n.large"])
+    before = est.estimate_one(0, 900)
+    est.observe(0, 10, est.estimate_one(0, 10) * 3)
+    assert est.estimate_one(0, 900) == before

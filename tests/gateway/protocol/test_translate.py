@@ -226,3 +226,83 @@ def test_malformed_instance_responses_are_refused(body: bytes, binary: bool, mat
     header_length = body.index(b"}]}") + 3 if binary else None  # binary: the JSON ends at "}]}"
     with pytest.raises(MalformedResponse, match=match):
         http_response_to_proto(body, header_length)
+
+
+# -- binary extension -> plain JSON, for instances without the extension ----------------------
+
+
+def _binary_body(tensors: dict[str, tuple[str, np.ndarray | list[bytes]]], **doc: object) -> tuple[bytes, int]:
+    inputs, raws = [], []
+    for name, (datatype, x) in tensors.items():
+        if datatype == "BYTES":
+            raw = b"".join(len(e).to_bytes(4, "little") + e for e in x)  # type: ignore[union-attr]
+            shape = [len(x)]
+        else:
+            assert isinstance(x, np.ndarray)
+            raw, shape = x.tobytes(), list(x.shape)
+        inputs.append({"name": name, "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": len(raw)}})
+        raws.append(raw)
+    head = orjson.dumps({"inputs": inputs, **doc})
+    return head + b"".join(raws), len(head)
+
+
+def test_a_binary_request_becomes_the_same_request_in_json() -> None:
+    from gateway.protocol.translate import binary_request_to_json
+
+    f32 = np.arange(6, dtype="<f4").reshape(2, 3) / 4
+    i64 = np.array([[-(2**40), 7]], dtype="<i8")
+    body, n = _binary_body(
+        {"a": ("FP32", f32), "b": ("INT64", i64), "c": ("BOOL", np.array([True, False])),
+         "d": ("BYTES", [b"caf\xc3\xa9", b""])},
+        id="r1",
+        parameters={"binary_data_output": True, "qos_ms": 20},
+        outputs=[{"name": "out", "parameters": {"binary_data": True, "classification": 2}}],
+    )
+    doc = orjson.loads(binary_request_to_json(body, n))
+    assert doc["id"] == "r1" and doc["parameters"] == {"qos_ms": 20}
+    assert doc["outputs"] == [{"name": "out", "parameters": {"classification": 2}}]
+    a, b, c, d = doc["inputs"]
+    assert a == {"name": "a", "datatype": "FP32", "shape": [2, 3], "data": f32.ravel().tolist()}
+    assert b["data"] == [-(2**40), 7] and c["data"] == [True, False] and d["data"] == ["café", ""]
+
+
+def test_a_grpc_request_becomes_json_with_raw_or_typed_contents() -> None:
+    from gateway.protocol.translate import proto_request_to_json
+
+    req = pb.ModelInferRequest(model_name="m", id="g1")
+    x = np.array([[1.5, -2.0]], dtype="<f8")
+    req.inputs.add(name="x", datatype="FP64", shape=[1, 2])
+    req.raw_input_contents.append(x.tobytes())
+    doc = orjson.loads(proto_request_to_json(req))
+    assert doc["inputs"][0]["data"] == [1.5, -2.0] and doc["id"] == "g1"
+    assert "binary_data_output" not in doc.get("parameters", {})
+    typed = pb.ModelInferRequest(model_name="m")
+    t = typed.inputs.add(name="y", datatype="INT32", shape=[3])
+    t.contents.int_contents.extend([1, -2, 3])
+    assert orjson.loads(proto_request_to_json(typed))["inputs"][0]["data"] == [1, -2, 3]
+
+
+@pytest.mark.parametrize(
+    ("tensors", "message"),
+    [
+        ({"s": ("BYTES", [b"\xff\xfe"])}, "not UTF-8 text"),
+        ({"x": ("FP32", np.zeros(3, dtype="<f4"))}, None),  # control: fine
+    ],
+)
+def test_what_json_cannot_carry_is_the_clients_error(tensors: dict, message: str | None) -> None:
+    from gateway.protocol.translate import binary_request_to_json
+
+    body, n = _binary_body(tensors)
+    if message is None:
+        binary_request_to_json(body, n)
+        return
+    with pytest.raises(BadRequest, match=message):
+        binary_request_to_json(body, n)
+
+
+def test_a_binary_request_with_sizes_past_its_data_is_refused_before_decoding() -> None:
+    from gateway.protocol.translate import binary_request_to_json
+
+    body, n = _binary_body({"x": ("FP32", np.zeros(4, dtype="<f4"))})
+    with pytest.raises(BadRequest, match="runs past the end"):
+        binary_request_to_json(body[:-4], n)
