@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from gateway.profiles.profile import PROFILE_DIR
+from gateway.profiles.profile import PROFILE_DIR, QUANTILE_LEVELS, summarize_samples
 
-LEVELS = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0]
+LEVELS = QUANTILE_LEVELS
 _NAME = re.compile(r"^(?P<model>[a-z0-9]+)_(?P<batch>\d+)_1\.json$")
 
 
@@ -53,13 +53,7 @@ def read_traces(archive: Path) -> dict[tuple[str, str], dict[int, np.ndarray]]:
 def build_profile_files(traces: dict[tuple[str, str], dict[int, np.ndarray]]) -> dict[str, dict[str, object]]:
     files: dict[str, dict[str, object]] = {}
     for (model, type_name), by_batch in sorted(traces.items()):
-        batches = sorted(by_batch)
-        samples = [by_batch[b] for b in batches]
-        body = {
-            "batch": batches,
-            "mean": [round(float(s.mean()), 4) for s in samples],
-            "quantiles": [np.round(np.quantile(s, LEVELS), 4).tolist() for s in samples],
-        }
+        body = summarize_samples(by_batch)
         f = files.setdefault(
             model,
             {

@@ -18,6 +18,19 @@ import orjson
 from gateway.errors import ProfileError
 
 PROFILE_DIR = Path(__file__).parent / "data" / "profiles"
+# Quantile levels a profile file keeps per batch size (the importer's and kairos-profile's).
+QUANTILE_LEVELS = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0]
+
+
+def summarize_samples(by_batch: dict[int, np.ndarray]) -> dict[str, object]:
+    """One instance type's entry of a profile file from service-time samples (ms) per batch."""
+    batches = sorted(by_batch)
+    samples = [np.asarray(by_batch[b], dtype=float) for b in batches]
+    return {
+        "batch": batches,
+        "mean": [round(float(s.mean()), 4) for s in samples],
+        "quantiles": [np.round(np.quantile(s, QUANTILE_LEVELS), 4).tolist() for s in samples],
+    }
 
 
 @dataclass(frozen=True, eq=False)
