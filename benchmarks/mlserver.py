@@ -40,18 +40,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def write_sklearn_model(repo: Path, name: str, estimator: Any, version: str = "1") -> Path:
-    """A fitted scikit-learn estimator as an MLServer model directory (joblib + settings)."""
+def write_sklearn_model(
+    repo: Path, name: str, estimator: Any, version: str = "1", inputs: Sequence[dict[str, Any]] = ()
+) -> Path:
+    """A fitted scikit-learn estimator as an MLServer model directory (joblib + settings).
+    ``inputs``: V2 tensor metadata ({"name", "datatype", "shape"}) MLServer then advertises."""
     import joblib  # scikit-learn's own dependency
 
     directory = repo / name
     directory.mkdir(parents=True, exist_ok=True)
     joblib.dump(estimator, directory / MODEL_FILE)
-    settings = {
+    settings: dict[str, Any] = {
         "name": name,
         "implementation": SKLEARN_RUNTIME,
         "parameters": {"uri": f"./{MODEL_FILE}", "version": version},
     }
+    if inputs:
+        settings["inputs"] = list(inputs)
     (directory / "model-settings.json").write_text(json.dumps(settings))
     return directory
 

@@ -12,6 +12,7 @@ import argparse
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,7 +22,7 @@ from gateway.config import Config, load_config
 from gateway.dispatch import OverloadControl
 from gateway.errors import ConfigError, KairosError
 from gateway.policies import POLICY_NAMES, make_policy
-from gateway.profiles import load_catalogue
+from gateway.profiles import Catalogue, ProfileSet, load_catalogue
 from gateway.sim.engine import DEFAULT_WARMUP, default_profiles, simulate
 from gateway.sim.pool import PoolSpec, check_pool, format_pool, parse_pool, pool_cost
 from gateway.sim.result import SimResult
@@ -85,14 +86,30 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def _resolve(args: argparse.Namespace) -> tuple[str, float, PoolSpec, str, int]:
-    """model, qos, pool, policy, depth from the flags, falling back on the config."""
+@dataclass(frozen=True, slots=True)
+class _Run:
+    model: str
+    qos: float
+    pool: PoolSpec
+    policy: str
+    depth: int
+    profiles: ProfileSet
+    catalogue: Catalogue
+
+
+def _resolve(args: argparse.Namespace) -> _Run:
+    """What to simulate, from the flags, falling back on the config (whose own instance types
+    and profiles count)."""
     catalogue = load_catalogue()
+    profiles = default_profiles()
     config: Config | None = None
     if args.pool is None or args.model is None or args.policy is None or args.depth is None:
         path = Path(args.config)
         if path.exists() or args.pool is None:
             config = load_config(path, catalogue)
+            catalogue = config.catalogue or catalogue
+            if config.profiles is not None:
+                profiles = config.profile_set()
     if args.pool is not None:
         pool = parse_pool(args.pool)
     else:
@@ -114,8 +131,8 @@ def _resolve(args: argparse.Namespace) -> tuple[str, float, PoolSpec, str, int]:
     depth = args.depth if args.depth is not None else (config.gateway.depth_per_instance if config else 1)
     if depth < 1:
         _fail(f"--depth: expected an integer >= 1, got {depth}")
-    check_pool(pool, model, default_profiles(), catalogue)
-    return model, qos, pool, policy, depth
+    check_pool(pool, model, profiles, catalogue)
+    return _Run(model, qos, pool, policy, depth, profiles, catalogue)
 
 
 def _progress(step: Step) -> None:
@@ -177,7 +194,8 @@ def _max_table(fm: FindMaxResult, cost: float) -> str:
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    model, qos, pool, policy, depth = _resolve(args)
+    spec = _resolve(args)
+    model, qos, pool, policy, depth = spec.model, spec.qos, spec.pool, spec.policy, spec.depth
     if args.queries < 1:
         _fail(f"--queries: expected a positive integer, got {args.queries}")
     if args.rate is not None and not args.rate > 0:
@@ -196,7 +214,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     mix = parse_batch_mix(args.batch_mix)
     parse_arrivals(args.arrivals, 1.0)  # validates the name
     trace = load_trace_csv(args.trace) if args.trace else None
-    cost = pool_cost(pool, load_catalogue())
+    cost = pool_cost(pool, spec.catalogue)
     if args.find_max and args.late:
         _fail("--late applies to a single run (--rate), not to --find-max")
     if args.find_max:
@@ -207,6 +225,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             target=args.target, arrivals=args.arrivals, mix=mix, trace=trace, depth=depth,
             resolution=args.resolution, warmup=args.warmup, progress=_progress,
             transport_ms=args.transport_ms, pipeline=args.pipeline, transport_p99_ms=args.transport_p99_ms,
+            profiles=spec.profiles,
         )
         out = fm.to_json() | {"cost_per_hour": round(cost, 4)} | transport
         if not args.json:
@@ -221,7 +240,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         trace = type(trace)(arrival_ms=trace.arrival_ms * (own / args.rate), batch=trace.batch)
     res = simulate(trace, model=model, qos_ms=qos, pool=pool, policy=policy, seed=args.seed, depth=depth,
                    warmup=args.warmup, transport_ms=args.transport_ms, pipeline=args.pipeline,
-                   transport_p99_ms=args.transport_p99_ms,
+                   transport_p99_ms=args.transport_p99_ms, profiles=spec.profiles,
                    overload=OverloadControl.for_mode(args.late, qos) if args.late else None)
     if not args.json:
         print(_run_table(res))

@@ -21,6 +21,8 @@ import tritonclient.http as th
 from gateway_process import RunningGateway, launch_gateway
 
 from benchmarks.mlserver import MLServerProcess, mlserver_command, start_mlserver, write_custom_model
+from benchmarks.processes import console_script
+from gateway.profiles import load_profiles
 
 pytestmark = pytest.mark.slow
 
@@ -64,14 +66,16 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory, digits: tuple[np.ndarray,
 
     root = tmp_path_factory.mktemp("mlserver")
     repo = root / "repo"
-    write_sklearn_model(repo, "digits", digits[1])
+    write_sklearn_model(repo, "digits", digits[1], inputs=[{"name": "x", "datatype": "FP64", "shape": [-1, 64]}])
     write_custom_model(repo, "features", FEATURES_CODE, "FeatureCount")
     server = start_mlserver(repo, ["digits", "features"], root / "mlserver.log")
     yield server
     server.stop()
 
 
-def gateway_for(server: MLServerProcess, model: str, directory: Path, grpc: bool = True) -> RunningGateway:
+def gateway_for(
+    server: MLServerProcess, model: str, directory: Path, grpc: bool = True, profiles: Path | None = None
+) -> RunningGateway:
     """A gateway with default settings in front of ``server``, declared in its config."""
     instance = {"type": "local-cpu", "http": server.http_url}
     if grpc:
@@ -85,6 +89,7 @@ def gateway_for(server: MLServerProcess, model: str, directory: Path, grpc: bool
                 "instances": [instance],
                 "instance_types": {"local-cpu": {"price_per_hour": 0.1}},
                 "gateway": {"http_port": 0, "grpc_port": 0},
+                **({"profiles": str(profiles)} if profiles else {}),
             }
         )
     )
@@ -194,5 +199,34 @@ async def test_mlserver_500s_for_bad_requests_eject_nothing(mlserver: MLServerPr
         learned = [line for line in metrics.splitlines() if line.startswith("kairos_estimator_observations{")]
         assert learned and float(learned[0].split()[-1]) >= 1
         assert "Traceback" not in gw.stderr()
+    finally:
+        gw.stop(signal.SIGKILL)
+
+
+async def test_kairos_profile_profiles_the_mlserver_model_and_the_gateway_runs_with_it(
+    mlserver: MLServerProcess, digits: tuple[np.ndarray, object], tmp_path: Path
+) -> None:
+    out = tmp_path / "profiles" / "digits.json"
+    done = subprocess.run(
+        [*console_script("kairos-profile", "gateway.profiles.cli"), "--url", f"grpc://{mlserver.grpc_address}",
+         "--model", "digits", "--type", "local-cpu", "--out", str(out), "--batches", "1,8,32", "--samples", "10"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    # Inputs shaped from MLServer's metadata; MLServer reports no service time: round trips.
+    assert "inputs x FP64 [batch, 64]" in done.stderr and "client-measured" in done.stdout
+    profile = load_profiles(out).get("digits", "local-cpu")
+    assert profile.max_batch == 32 and 0 < profile.mean(1) < 500
+    gw = gateway_for(mlserver, "digits", tmp_path, profiles=out.parent)
+    try:
+        got, _ = triton_http(gw.url, digits[0][:32], binary=True)
+        assert np.array_equal(got.ravel(), digits[1].predict(digits[0][:32]))  # type: ignore[attr-defined]
+        async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics") as r:
+            metrics = await r.text()
+        assert 'kairos_estimator_prior{instance_type="local-cpu"} 0.0' in metrics
+        assert "no latency profile" not in gw.stderr()
+        # The profile's largest batch is the gateway's limit now.
+        with pytest.raises(Exception, match=r"batch size 40: model .digits. is served in batches of 1 to 32"):
+            triton_http(gw.url, digits[0][:40], binary=False)
     finally:
         gw.stop(signal.SIGKILL)
