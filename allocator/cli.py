@@ -16,8 +16,9 @@ from allocator.report import format_table, plot, to_json, write_config
 from allocator.search import Ranking, rank_by_budget, size_for_load
 from allocator.space import SearchSpace, catalogue_space, load_search_space
 from allocator.validate import SimSettings, SimulatorUnavailable, pick_validated, validate
-from gateway.errors import KairosError
-from gateway.profiles import load_catalogue, load_profiles
+from gateway.config import load_config
+from gateway.errors import ConfigError, KairosError
+from gateway.profiles import Catalogue, load_catalogue, load_profiles
 from gateway.workload import parse_batch_mix
 
 
@@ -45,10 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headroom", type=float, default=0.2, help="with --load: spare capacity required (default 0.2 = 20%%)")
     p.add_argument("--qos", type=float, metavar="MS", help="latency target (default: the model's, from the catalogue)")
     p.add_argument(
-        "--space", default="paper", metavar="paper|catalogue|PATH",
-        help="search space: the paper's 4 types (default), every catalogue type, or a JSON file",
+        "--space", default="paper", metavar="paper|catalogue|profiled|PATH",
+        help="search space: the paper's 4 types (default), every catalogue type, the types the model has "
+        "profiles for, or a JSON file",
     )
     p.add_argument("--max", type=_parse_max, default={}, metavar="TYPE=N,...", help="override per-type maxima")
+    p.add_argument(
+        "--config", type=Path, metavar="PATH",
+        help="take the instance types a gateway config declares and its profiles (with --space catalogue)",
+    )
     p.add_argument("--mix", default="production", help="batch mix: production | fixed:N | uniform:LO-HI")
     p.add_argument("--method", choices=("auto", "enumerate", "milp"), default="auto", help="budget-mode search")
     p.add_argument("--top", type=int, default=5, metavar="K", help="how many pools to show (default 5)")
@@ -65,8 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _space(spec: str, budget: float | None) -> SearchSpace:
-    catalogue = load_catalogue()
+def _space(spec: str, budget: float | None, catalogue: Catalogue, profiled: list[str]) -> SearchSpace:
+    if spec == "profiled":
+        if not profiled:
+            raise ConfigError("--space profiled: the model has no latency profile on any type (give --config)")
+        return catalogue_space(catalogue, budget, only=profiled)
     if spec == "paper":
         return load_search_space(catalogue)
     if spec == "catalogue":
@@ -79,9 +88,16 @@ def _run(args: argparse.Namespace) -> int:
         raise KairosError(f"--top must be >= 1, got {args.top}")
     if args.validate < 0:
         raise KairosError(f"--validate must be >= 0, got {args.validate}")
-    space = _space(args.space, args.budget).with_max(args.max)
+    catalogue, profiles = load_catalogue(), load_profiles()
+    qos = args.qos
+    if args.config is not None:
+        config = load_config(args.config)
+        catalogue, profiles = config.catalogue or catalogue, config.profile_set()
+        if qos is None and config.model == args.model:
+            qos = config.qos_ms
+    space = _space(args.space, args.budget, catalogue, profiles.types(args.model)).with_max(args.max)
     problem: Problem = build_problem(
-        args.model, space, load_profiles(), load_catalogue(), qos_ms=args.qos, mix=parse_batch_mix(args.mix)
+        args.model, space, profiles, catalogue, qos_ms=qos, mix=parse_batch_mix(args.mix)
     )
     if args.load is not None:
         ranking = size_for_load(problem, args.load, args.headroom, top=max(args.top, args.validate))

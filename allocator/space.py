@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -101,8 +101,12 @@ def load_search_space(catalogue: Catalogue, path: Path | None = None) -> SearchS
     return _space(catalogue, types, counts, float(budget) if isinstance(budget, (int, float)) else None)
 
 
-def catalogue_space(catalogue: Catalogue, budget: float | None = None) -> SearchSpace:
-    """Every type of the price catalogue, each at most ``CATALOGUE_MAX_COUNT`` (and what the budget pays)."""
-    types = sorted(catalogue.types, key=lambda t: (not catalogue.types[t].accelerator, t))
+def catalogue_space(
+    catalogue: Catalogue, budget: float | None = None, only: Collection[str] | None = None
+) -> SearchSpace:
+    """Every type of the price catalogue (or those of ``only``), each at most
+    ``CATALOGUE_MAX_COUNT`` (and what the budget pays)."""
+    names = [t for t in catalogue.types if only is None or t in only]
+    types = sorted(names, key=lambda t: (not catalogue.types[t].accelerator, t))
     space = _space(catalogue, types, [CATALOGUE_MAX_COUNT] * len(types), None)
     return space.capped_by_budget(budget) if budget is not None else space
