@@ -230,3 +230,25 @@ async def test_kairos_profile_profiles_the_mlserver_model_and_the_gateway_runs_w
             triton_http(gw.url, digits[0][:40], binary=False)
     finally:
         gw.stop(signal.SIGKILL)
+
+
+def test_mlserver_grpc_errors_for_bad_requests_go_back_and_eject_nothing(mlserver: MLServerProcess, tmp_path: Path) -> None:
+    """Over gRPC, forwarded to MLServer's gRPC endpoint: its error for a wrong feature count is
+    the client's answer, and the next client is served."""
+    gw = gateway_for(mlserver, "features", tmp_path)
+    client = tg.InferenceServerClient(gw.grpc)
+    try:
+        for i in range(12):
+            bad = tg.InferInput("dense", [2, 5], "FP32")
+            bad.set_data_from_numpy(np.full((2, 5), 0.5, dtype=np.float32))
+            with pytest.raises(tg.InferenceServerException) as err:
+                client.infer("features", [bad], request_id=f"bad{i}")
+            assert "13" in str(err.value) and "UNAVAILABLE" not in str(err.value)
+        good = tg.InferInput("dense", [3, 13], "FP32")
+        good.set_data_from_numpy(np.full((3, 13), 0.5, dtype=np.float32))
+        result = client.infer("features", [good], request_id="good")
+        assert result.as_numpy("output0").ravel().tolist() == [6.5, 6.5, 6.5]
+        assert "Traceback" not in gw.stderr()
+    finally:
+        client.close()
+        gw.stop(signal.SIGKILL)
