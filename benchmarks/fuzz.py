@@ -5,7 +5,8 @@ sockets: bad JSON, wrong field types, shapes past their bounds, deep nesting, ba
 Content-Types, lying lengths, binary-extension errors) and ``--grpc`` malformed gRPC calls (bad
 protobuf, bad shapes, typed contents out of range, raw sizes that do not match, bad versions and
 parameters), each malformed by construction and drawn from a seeded generator, interleaved with
-valid HTTP and gRPC queries that carry unique ids. It checks what the issue asks:
+valid HTTP and gRPC queries that carry unique ids. Some of either kind are well formed V2 but not
+rm2's inputs: the instance refuses those, and its error comes back. It checks what the issue asks:
 
 * every malformed request gets a client error (HTTP 4xx; gRPC INVALID_ARGUMENT, NOT_FOUND,
   OUT_OF_RANGE, FAILED_PRECONDITION or RESOURCE_EXHAUSTED);
@@ -35,7 +36,7 @@ from typing import Any
 import grpc
 import orjson
 
-from benchmarks.loadgen import run_async
+from benchmarks.loadgen import PayloadFactory, run_async
 from benchmarks.processes import start_gateway, start_servers
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.v2 import GRPC_INFER_METHOD
@@ -55,11 +56,15 @@ CLIENT_CODES = frozenset(
 # -- malformed HTTP ------------------------------------------------------------------------------
 
 
+# Valid requests carry rm2's real inputs (dense FP32 [batch, 13], sparse INT64 [batch, 26]): the
+# instances refuse any other. The malformed cases below break the first of them.
+_PAYLOADS = PayloadFactory(MODEL, None, max_batch=8)
+
+
 def _doc(batch: int = 2) -> dict[str, Any]:
-    return {
-        "id": "x",
-        "inputs": [{"name": "dense", "datatype": "FP32", "shape": [batch, 13], "data": [0.5] * (13 * batch)}],
-    }
+    doc: dict[str, Any] = orjson.loads(_PAYLOADS.json(batch, "x"))
+    del doc["parameters"]
+    return doc
 
 
 def _infer_head(path: str, body: bytes, extra: str = "", content_type: str = "application/json") -> bytes:
@@ -76,7 +81,7 @@ def _json_case(rng: random.Random) -> bytes:
     """A JSON infer body that is malformed by construction, with a valid HTTP head."""
     doc = _doc(rng.randint(1, 8))
     inp = doc["inputs"][0]
-    kind = rng.randrange(16)
+    kind = rng.randrange(17)
     body: bytes
     if kind == 0:
         body = orjson.dumps(doc)[: rng.randint(1, 40)]  # truncated JSON
@@ -122,10 +127,33 @@ def _json_case(rng: random.Random) -> bytes:
     elif kind == 14:
         inp["name"] = rng.choice(["", None, 5])
         body = orjson.dumps(doc)
+    elif kind == 15:
+        _not_its_json_inputs(doc["inputs"], rng)
+        body = orjson.dumps(doc)
     else:
         doc["inputs"] = [inp, dict(inp)]
         body = orjson.dumps(doc)
     return _infer_head(INFER, body) + body
+
+
+def _not_its_json_inputs(inputs: list[dict[str, Any]], rng: random.Random) -> None:
+    """Well formed, but not the model's inputs (name, datatype, width, one missing, batches that
+    differ): the gateway forwards it and the instance refuses it."""
+    dense, sparse = inputs
+    batch = dense["shape"][0]
+    kind = rng.randrange(5)
+    if kind == 0:
+        dense["name"] = rng.choice(["input0", "x", "Dense"])
+    elif kind == 1:
+        dense["datatype"] = "FP64"
+    elif kind == 2:
+        dense["shape"] = [batch, 12]
+        dense["data"] = dense["data"][: 12 * batch]
+    elif kind == 3:
+        del inputs[1]
+    else:
+        sparse["shape"] = [batch + 1, 26]
+        sparse["data"] = sparse["data"] + [1] * 26
 
 
 def _head_case(rng: random.Random) -> bytes:
@@ -169,15 +197,12 @@ def malformed_http(rng: random.Random) -> bytes:
 
 
 def _valid_proto(batch: int = 2) -> pb.ModelInferRequest:
-    r = pb.ModelInferRequest(model_name=MODEL, id="g")
-    r.inputs.add(name="dense", datatype="FP32", shape=[batch, 13])
-    r.raw_input_contents.append(bytes(4 * 13 * batch))
-    return r
+    return pb.ModelInferRequest.FromString(_PAYLOADS.grpc(batch, "g"))
 
 
 def malformed_grpc(rng: random.Random) -> bytes:
     r = _valid_proto(rng.randint(1, 8))
-    kind = rng.randrange(12)
+    kind = rng.randrange(13)
     if kind == 0:
         return bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 32))) + b"\xff\xff\xff\xff"
     if kind == 1:
@@ -207,9 +232,31 @@ def malformed_grpc(rng: random.Random) -> bytes:
         del r.raw_input_contents[:]  # typed contents missing for FP32
     elif kind == 10:
         r.inputs[0].shape[:] = [2] * rng.randint(33, 50)
+    elif kind == 11:
+        _not_its_proto_inputs(r, rng)
     else:
         r.model_name = rng.choice(["", "m" * 10_000, "nope"])
     return r.SerializeToString()
+
+
+def _not_its_proto_inputs(r: pb.ModelInferRequest, rng: random.Random) -> None:
+    """``_not_its_json_inputs`` for gRPC (raw contents kept the size their shape says)."""
+    dense, sparse = r.inputs
+    batch = dense.shape[0]
+    kind = rng.randrange(5)
+    if kind == 0:
+        dense.name = rng.choice(["input0", "x", "Dense"])
+    elif kind == 1:
+        dense.datatype = "INT32"  # 4 bytes an element, as FP32
+    elif kind == 2:
+        dense.shape[1] = 12
+        r.raw_input_contents[0] = r.raw_input_contents[0][: 4 * 12 * batch]
+    elif kind == 3:
+        del r.inputs[1]
+        del r.raw_input_contents[1]
+    else:
+        sparse.shape[0] = batch + 1
+        r.raw_input_contents[1] += bytes(8 * 26)
 
 
 # -- the run -------------------------------------------------------------------------------------

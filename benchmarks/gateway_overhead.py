@@ -39,12 +39,15 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from benchmarks.processes import start_gateway, start_servers
 from gateway.protocol.v2 import GRPC_INFER_METHOD
+
+if TYPE_CHECKING:
+    from benchmarks.loadgen.payloads import PayloadFactory
 
 MODEL = "ncf"
 SETUPS = {"pool8": (8, 1), "single64": (1, 64)}  # instances, gateway depth per instance
@@ -53,13 +56,11 @@ WARMUP = 200
 # -- load client (runs in its own process: ``--worker``) -------------------------------------
 
 
-def _grpc_request() -> bytes:
-    from gateway.protocol import grpc_predict_v2_pb2 as pb
+def _payloads() -> PayloadFactory:
+    """Batch-1 requests with the model's real inputs (ncf: user_id and item_id, INT64 [1, 1])."""
+    from benchmarks.loadgen.payloads import PayloadFactory
 
-    r = pb.ModelInferRequest(model_name=MODEL)
-    r.inputs.add(name="input0", datatype="FP32", shape=[1, 1])
-    r.raw_input_contents.append(np.zeros(1, dtype=np.float32).tobytes())
-    return r.SerializeToString()
+    return PayloadFactory(MODEL, None, max_batch=1)
 
 
 async def _sender(
@@ -71,7 +72,7 @@ async def _sender(
 
         channel = grpc.aio.insecure_channel(target)
         call = channel.unary_unary(GRPC_INFER_METHOD)
-        body = _grpc_request()
+        body = _payloads().grpc(1, "")
 
         async def send() -> None:
             await call(body)
@@ -82,9 +83,7 @@ async def _sender(
     host, port = target.rsplit(":", 1)
     pool = Http1Pool(host, int(port))
     path = f"/v2/models/{MODEL}/infer"
-    jbody = json.dumps(
-        {"inputs": [{"name": "input0", "shape": [1, 1], "datatype": "FP32", "data": [0.0]}]}
-    ).encode()
+    jbody = _payloads().json(1, "")
 
     async def post() -> None:
         resp = await pool.request("POST", path, "Content-Type: application/json\r\n", jbody)

@@ -40,6 +40,7 @@ import grpc
 import numpy as np
 import orjson
 
+from benchmarks.loadgen.payloads import PayloadFactory
 from gateway.config import load_config
 from gateway.precise_timers import TIMERS, sleep_until
 from gateway.profiles import load_profiles
@@ -48,7 +49,6 @@ from gateway.protocol.addresses import AddressList, read_address_file
 from gateway.workload import PoissonArrivals, make_workload, parse_batch_mix
 
 TARGET_P99_MS = 2.0
-FEATURES = 8  # FP32 values per batch row in each request (payload size only; never read)
 
 # What an instance reports per query, in whole µs: its queue, its drawn service time, the time it measured.
 _TIMES = ("queue_us", "service_us", "observed_us")
@@ -123,31 +123,11 @@ def _start_pool(config_path: Path, workdir: Path, timers: str) -> tuple[subproce
     return proc, read_address_file(address_file)
 
 
-def _request(model: str, batch: int) -> bytes:
-    req = pb.ModelInferRequest(model_name=model)
-    req.inputs.add(name="input0", datatype="FP32", shape=[batch, FEATURES])
-    req.raw_input_contents.append(bytes(4 * batch * FEATURES))
-    return req.SerializeToString()
-
-
-def _http_body(batch: int) -> tuple[bytes, dict[str, str]]:
+def _http_body(payloads: PayloadFactory, batch: int) -> tuple[bytes, dict[str, str]]:
     """A binary-extension infer body (and its headers), asking for binary outputs as tritonclient does."""
-    raw = bytes(4 * batch * FEATURES)
-    head = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input0",
-                    "datatype": "FP32",
-                    "shape": [batch, FEATURES],
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    )
-    return head + raw, {
-        "Inference-Header-Content-Length": str(len(head)),
+    body, header_length = payloads.binary(batch, "")
+    return body, {
+        "Inference-Header-Content-Length": str(header_length),
         "Content-Type": "application/octet-stream",
     }
 
@@ -165,10 +145,11 @@ async def _grpc_sender(addresses: AddressList) -> tuple[Send, Callable[[], Await
         )
         for ch in channels
     ]
+    payloads = PayloadFactory(addresses.model, None)  # the model's real inputs (never read)
     cache: dict[int, bytes] = {}
 
     async def send(inst: int, batch: int) -> tuple[float, float, float]:
-        data = cache.get(batch) or cache.setdefault(batch, _request(addresses.model, batch))
+        data = cache.get(batch) or cache.setdefault(batch, payloads.grpc(batch, ""))
         p = (await calls[inst](data, timeout=30)).parameters
         queue, service, observed = (p[k].int64_param / 1000.0 for k in _TIMES)
         return queue, service, observed
@@ -185,10 +166,11 @@ async def _http_sender(addresses: AddressList) -> tuple[Send, Callable[[], Await
         connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=30)
     )
     urls = [f"{a.http}/v2/models/{a.model}/infer" for a in addresses.instances]
+    payloads = PayloadFactory(addresses.model, None)
     cache: dict[int, tuple[bytes, dict[str, str]]] = {}
 
     async def send(inst: int, batch: int) -> tuple[float, float, float]:
-        body, headers = cache.get(batch) or cache.setdefault(batch, _http_body(batch))
+        body, headers = cache.get(batch) or cache.setdefault(batch, _http_body(payloads, batch))
         async with session.post(urls[inst], data=body, headers=headers) as resp:
             data = await resp.read()
             if resp.status != 200:

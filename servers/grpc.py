@@ -13,16 +13,13 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from gateway.errors import BadRequest, InferenceError
+from gateway.errors import InferenceError
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.errors import grpc_status
 from gateway.protocol.params import set_proto_parameters
 from gateway.protocol.v2 import GRPC_SERVICE, decode_proto_infer, parse_proto_infer
 from servers.instance import (
     EXTENSIONS,
-    INPUT_DATATYPE,
-    INPUT_NAME,
-    INPUT_SHAPE,
     MODEL_VERSION,
     OUTPUT_DATATYPE,
     OUTPUT_NAME,
@@ -93,7 +90,7 @@ class GrpcFrontEnd:
             name=request.name,
             versions=[MODEL_VERSION],
             platform=PLATFORM,
-            inputs=[meta(name=INPUT_NAME, datatype=INPUT_DATATYPE, shape=list(INPUT_SHAPE))],
+            inputs=[meta(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in self.instance.inputs],
             outputs=[meta(name=OUTPUT_NAME, datatype=OUTPUT_DATATYPE, shape=list(OUTPUT_SHAPE))],
         )
 
@@ -102,10 +99,7 @@ class GrpcFrontEnd:
         try:
             req = parse_proto_infer(decode_proto_infer(data))
             inst.check_model(req.model, req.version)
-            for o in req.outputs:
-                if o.name != OUTPUT_NAME:
-                    raise BadRequest(f"unknown output {o.name!r}: this model has {OUTPUT_NAME!r}")
-            record = await inst.serve(req.batch)
+            record = await inst.serve(inst.check_request(req))
         except InferenceError as exc:
             await context.abort(grpc_status(exc), str(exc))
         response = pb.ModelInferResponse(model_name=req.model, model_version=MODEL_VERSION, id=req.id)

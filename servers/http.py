@@ -13,14 +13,11 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from gateway.errors import BadRequest, InferenceError, PayloadTooLarge
+from gateway.errors import InferenceError, PayloadTooLarge
 from gateway.protocol.errors import error_body, http_error
 from gateway.protocol.v2 import INFERENCE_HEADER, parse_header_length, parse_http_infer
 from servers.instance import (
     EXTENSIONS,
-    INPUT_DATATYPE,
-    INPUT_NAME,
-    INPUT_SHAPE,
     MODEL_VERSION,
     OUTPUT_DATATYPE,
     OUTPUT_NAME,
@@ -110,7 +107,9 @@ class HttpFrontEnd:
                 "name": model,
                 "versions": [MODEL_VERSION],
                 "platform": PLATFORM,
-                "inputs": [{"name": INPUT_NAME, "datatype": INPUT_DATATYPE, "shape": list(INPUT_SHAPE)}],
+                "inputs": [
+                    {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in self.instance.inputs
+                ],
                 "outputs": [{"name": OUTPUT_NAME, "datatype": OUTPUT_DATATYPE, "shape": list(OUTPUT_SHAPE)}],
             }
         )
@@ -130,10 +129,7 @@ class HttpFrontEnd:
             raise PayloadTooLarge(f"request body is over the limit of {self.max_body_bytes} bytes") from None
         header_length = parse_header_length(request.headers.get(INFERENCE_HEADER), len(body))
         req = parse_http_infer(body, model, request.match_info.get("version", ""), header_length)
-        for o in req.outputs:
-            if o.name != OUTPUT_NAME:
-                raise BadRequest(f"unknown output {o.name!r}: this model has {OUTPUT_NAME!r}")
-        record = await self.instance.serve(req.batch)
+        record = await self.instance.serve(self.instance.check_request(req))
         return self._response(model, req.id, record, binary=req.wants_binary(OUTPUT_NAME))
 
     def _response(self, model: str, request_id: str, record: ServiceRecord, binary: bool) -> web.Response:

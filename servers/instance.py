@@ -1,10 +1,11 @@
 """One emulated inference instance: profile replay, one query at a time, FIFO.
 
-Transport-free: the HTTP and gRPC front ends (``servers.http``, ``servers.grpc``) validate a
-request, then call ``Instance.serve(batch)``. Like a real single-stream server the instance
-serves queries one after another in arrival order, and a query's service time is drawn from
-the (model, instance type) latency profile at its batch size with the instance's own seeded
-generator. It waits with asynchronous timers and never busy-waits.
+Transport-free: the HTTP and gRPC front ends (``servers.http``, ``servers.grpc``) parse a
+request, ``Instance.check_request`` checks it against the model's inputs (``servers.schema``)
+and the profile's batch range, then they call ``Instance.serve(batch)``. Like a real
+single-stream server the instance serves queries one after another in arrival order, and a
+query's service time is drawn from the (model, instance type) latency profile at its batch size
+with the instance's own seeded generator. It waits with asynchronous timers and never busy-waits.
 
 The emulated device keeps its own timeline: a query that arrives while the device is busy starts
 when the query ahead of it is due to end, not when the process gets round to waking its task.
@@ -30,6 +31,8 @@ import numpy as np
 from gateway.errors import BadRequest, ModelNotFound, ProfileError
 from gateway.precise_timers import clock, sleeper_for  # clock: perf_counter, not whole-ms loop.time()
 from gateway.profiles import LatencyProfile
+from gateway.profiles.schemas import InputSpec
+from gateway.protocol.limits import quote
 from gateway.protocol.params import (
     INSTANCE_PARAM,
     INSTANCE_QUEUE_US,
@@ -39,17 +42,17 @@ from gateway.protocol.params import (
     ParamValue,
     to_us,
 )
+from gateway.protocol.v2 import InferRequest
+from servers.schema import check_inputs, inputs_for
 
 SERVER_NAME = "kairos-servers"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ("binary_tensor_data",)
 MODEL_VERSION = "1"
 PLATFORM = "kairos-emulated"
-# Advertised in model metadata. Any inputs are accepted (the emulation reads only the batch
-# size); the one output has one value per batch row.
-INPUT_NAME = "input0"
-INPUT_DATATYPE = "FP32"
-INPUT_SHAPE = (-1, -1)
+# Advertised in model metadata. The inputs are the model's own (``servers.schema``): a request
+# must match them, though the emulation reads only the batch size. The one output has one value
+# per batch row.
 OUTPUT_NAME = "output0"
 OUTPUT_DATATYPE = "FP32"
 OUTPUT_SHAPE = (-1, 1)
@@ -124,6 +127,7 @@ class Instance:
         self.index = index
         self.name = name
         self.model = model
+        self.inputs: tuple[InputSpec, ...] = inputs_for(model)
         self.instance_type = instance_type
         self.profile = profile
         self.latency_scale = latency_scale
@@ -162,6 +166,17 @@ class Instance:
             raise ModelNotFound(
                 f"unknown version {version!r} of model {model!r}: available versions: {MODEL_VERSION}"
             )
+
+    def check_request(self, request: InferRequest) -> int:
+        """The batch size of a parsed infer request for this model; BadRequest unless its inputs
+        match the model's (``servers.schema.check_inputs``), it asks for no other output than
+        ``OUTPUT_NAME`` and the profile covers its batch."""
+        batch = check_inputs(self.inputs, request.inputs)
+        for o in request.outputs:
+            if o.name != OUTPUT_NAME:
+                raise BadRequest(f"unknown output {quote(o.name)}: this model has {OUTPUT_NAME!r}")
+        self.check_batch(batch)
+        return batch
 
     def check_batch(self, batch: int) -> None:
         """BadRequest unless the profile covers ``batch``."""

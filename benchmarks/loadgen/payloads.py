@@ -1,7 +1,8 @@
 """V2 inference request bodies with realistic shapes per model, built for a hot loop.
 
-Each model has a small table of input tensors (name, datatype, features per query); the batch
-size is ``shape[0]`` of every input, so it is ``shape[0]`` of the first one as V2 routing reads it.
+Each model has a small table of input tensors (name, datatype, features per query;
+``gateway.profiles.schemas.MODEL_INPUTS``); the batch size is ``shape[0]`` of every input, so it
+is ``shape[0]`` of the first one as V2 routing reads it.
 Tensor data is rendered ONCE for the largest batch (seeded, deterministic) and each request takes
 a prefix of it: a byte slice for JSON text and for raw tensors, so building a request costs a few
 memory copies and no per-element work. Only the request ``id`` changes per request.
@@ -9,42 +10,19 @@ memory copies and no per-element work. Only the request ``id`` changes per reque
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import orjson
 
-from gateway.errors import ConfigError
+from gateway.profiles.schemas import MODEL_INPUTS, InputSpec, model_inputs
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.params import QOS_PARAMETER
 from gateway.workload.batch_mix import MAX_BATCH
 
+__all__ = ["MODEL_INPUTS", "PayloadFactory", "TensorSpec", "model_inputs"]
 
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    name: str
-    datatype: str  # V2 datatype: FP32 or INT64
-    width: int  # features per query: the tensor's shape is [batch, width]
-    high: int = 0  # INT64: ids drawn in [0, high); FP32: ignored (standard normal)
-
-
-_DLRM = (TensorSpec("dense", "FP32", 13), TensorSpec("sparse", "INT64", 26, high=100_000))
-
-# Recommendation models of DeepRecSys, as the paper serves them.
-MODEL_INPUTS: dict[str, tuple[TensorSpec, ...]] = {
-    "ncf": (TensorSpec("user_id", "INT64", 1, high=138_000), TensorSpec("item_id", "INT64", 1, high=27_000)),
-    "rm2": _DLRM,
-    "wnd": _DLRM,
-    "mtwnd": _DLRM,
-    "dien": (TensorSpec("history", "INT64", 100, high=100_000),),
-}
-
-
-def model_inputs(model: str) -> tuple[TensorSpec, ...]:
-    try:
-        return MODEL_INPUTS[model]
-    except KeyError:
-        raise ConfigError(f"unknown model {model!r}; expected one of: {', '.join(MODEL_INPUTS)}") from None
+# The shipped models' inputs live in gateway.profiles.schemas (the emulated servers check
+# requests against the same table); the names here are kept for the load generator's users.
+TensorSpec = InputSpec
 
 
 class _Tensor:

@@ -12,6 +12,7 @@ from benchmarks.fuzz import malformed_grpc, malformed_http, run_fuzz
 from gateway.errors import BadRequest, InferenceError
 from gateway.protocol.routing import routing_from_proto
 from gateway.protocol.v2 import decode_proto_infer, parse_proto_infer
+from servers.schema import check_inputs, inputs_for
 
 
 def test_generators_are_seeded() -> None:
@@ -21,15 +22,15 @@ def test_generators_are_seeded() -> None:
 
 
 def test_every_grpc_case_is_malformed_by_construction() -> None:
-    """Each generated call fails V2's checks (the gateway's or the instance's), or names a model
-    the gateway does not serve, or a batch past the model's profile."""
+    """Each generated call fails V2's checks (the gateway's, or the instance's: rm2's inputs
+    included), or names a model the gateway does not serve, or a batch past the model's profile."""
     rng = random.Random(0)
     for _ in range(500):
         data = malformed_grpc(rng)
         try:
             request = decode_proto_infer(data)
             info = routing_from_proto(request)
-            parse_proto_infer(request)
+            check_inputs(inputs_for("rm2"), parse_proto_infer(request).inputs)
         except (BadRequest, InferenceError):
             continue
         assert request.model_name != "rm2" or not 1 <= info.batch <= 1000, request

@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from helpers.inputs import triton_inputs
 from helpers.pool import RunningPool, servers_command, write_config
 
 from servers.cli import main
@@ -31,9 +31,7 @@ def _refuses(address: str) -> bool:
 
 def _infer(url: str, batch: int = 2) -> dict:
     client = httpclient.InferenceServerClient(url=url.removeprefix("http://"))
-    inp = httpclient.InferInput("input0", [batch], "FP32")
-    inp.set_data_from_numpy(np.zeros(batch, np.float32))
-    return client.infer("rm2", [inp]).get_response()["parameters"]
+    return client.infer("rm2", triton_inputs(httpclient, "rm2", batch)).get_response()["parameters"]
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import orjson
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from helpers.inputs import json_body, proto_request, triton_inputs
 from helpers.pool import RunningPool, start_pool
 from tritonclient.utils import InferenceServerException
 
@@ -23,7 +24,7 @@ from gateway.protocol.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
 pytestmark = pytest.mark.slow  # one pool for the module
 
-MAX_BODY = 64 * 1024
+MAX_BODY = 512 * 1024  # room for a valid rm2 request of batch 1001 (JSON ~110 kB)
 PROFILES = load_profiles()
 
 
@@ -35,16 +36,6 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPool]:
 
 def _http(addr: InstanceAddress) -> httpclient.InferenceServerClient:
     return httpclient.InferenceServerClient(url=addr.http.removeprefix("http://"))
-
-
-def _input(mod: object, batch: int, binary: bool = True) -> object:
-    inp = mod.InferInput("input0", [batch, 4], "FP32")  # type: ignore[attr-defined]
-    data = np.ones((batch, 4), np.float32)
-    if mod is httpclient:
-        inp.set_data_from_numpy(data, binary_data=binary)
-    else:
-        inp.set_data_from_numpy(data)
-    return inp
 
 
 def test_address_file_and_ready_line(pool: RunningPool) -> None:
@@ -86,7 +77,7 @@ def test_service_times_follow_profile(pool: RunningPool, protocol: str) -> None:
     service, wall, errors = [], [], []
     for _ in range(12):
         t0 = time.perf_counter()
-        result = client.infer("rm2", [_input(mod, batch)])
+        result = client.infer("rm2", triton_inputs(mod, "rm2", batch))
         wall.append((time.perf_counter() - t0) * 1000)
         out = result.as_numpy("output0")
         assert out.shape == (batch, 1) and out.dtype == np.float32
@@ -111,7 +102,7 @@ def test_service_times_follow_profile(pool: RunningPool, protocol: str) -> None:
 def test_json_output_when_not_binary(pool: RunningPool) -> None:
     h = _http(pool.instances[2])
     out = httpclient.InferRequestedOutput("output0", binary_data=False)
-    result = h.infer("rm2", [_input(httpclient, 3, binary=False)], outputs=[out], request_id="abc")
+    result = h.infer("rm2", triton_inputs(httpclient, "rm2", 3, binary=False), outputs=[out], request_id="abc")
     assert result.get_response()["id"] == "abc"
     assert result.get_response()["outputs"][0]["data"] is not None
     assert result.as_numpy("output0").shape == (3, 1)
@@ -119,7 +110,7 @@ def test_json_output_when_not_binary(pool: RunningPool) -> None:
 
 async def test_fifo_second_query_waits_for_first(pool: RunningPool) -> None:
     url = f"{pool.instances[1].http}/v2/models/rm2/infer"
-    body = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [100], "data": [0.0] * 100}]})
+    body = json_body("rm2", 100)
 
     async with aiohttp.ClientSession() as session:
 
@@ -138,7 +129,7 @@ async def test_fifo_second_query_waits_for_first(pool: RunningPool) -> None:
 
 def _inp(shape: list[int], datatype: str = "FP32", data: list | None = None) -> dict:
     n = int(np.prod(shape)) if shape else 1
-    return {"name": "x", "datatype": datatype, "shape": shape, "data": [0.0] * n if data is None else data}
+    return {"name": "dense", "datatype": datatype, "shape": shape, "data": [0.0] * n if data is None else data}
 
 
 BAD_HTTP = [
@@ -149,8 +140,8 @@ BAD_HTTP = [
     ("nope", orjson.dumps({"inputs": [_inp([2])]}), 404, "unknown model"),
     ("rm2/versions/9", orjson.dumps({"inputs": [_inp([2])]}), 404, "unknown version"),
     ("rm2", orjson.dumps({"inputs": [_inp([0, 3], data=[])]}), 400, "batch size 0"),
-    ("rm2", orjson.dumps({"inputs": [_inp([1001])]}), 400, "expected 1..1000"),
-    ("rm2", orjson.dumps({"inputs": [_inp([1])], "outputs": [{"name": "zzz"}]}), 400, "unknown output"),
+    ("rm2", json_body("rm2", 1001), 400, "expected 1..1000"),
+    ("rm2", json_body("rm2", 1, outputs=[{"name": "zzz"}]), 400, "unknown output"),
     ("rm2", b"x" * (MAX_BODY + 1), 413, "limit"),
 ]
 
@@ -197,14 +188,14 @@ async def test_http_binary_mismatch_chunked_oversize_and_unknown_path(pool: Runn
 
 
 async def _assert_http_serves(session: aiohttp.ClientSession, base: str) -> None:
-    body = orjson.dumps({"inputs": [_inp([1])]})
+    body = json_body("rm2", 1)
     async with session.post(f"{base}/v2/models/rm2/infer", data=body) as resp:
         assert resp.status == 200, await resp.text()
 
 
 def _proto(model: str, shape: list[int], datatype: str = "FP32", raw: bytes | None = None) -> bytes:
     req = pb.ModelInferRequest(model_name=model)
-    req.inputs.add(name="x", datatype=datatype, shape=shape)
+    req.inputs.add(name="dense", datatype=datatype, shape=shape)
     n = int(np.prod(shape)) if shape else 1
     req.raw_input_contents.append(b"\0" * (4 * n) if raw is None else raw)
     return req.SerializeToString()
@@ -221,7 +212,7 @@ BAD_GRPC = [
     (_proto("rm2", [2], "FLOAT"), grpc.StatusCode.INVALID_ARGUMENT, "unknown datatype"),
     (_proto("nope", [2]), grpc.StatusCode.NOT_FOUND, "unknown model"),
     (_proto("rm2", [0, 3]), grpc.StatusCode.INVALID_ARGUMENT, "batch size 0"),
-    (_proto("rm2", [1001]), grpc.StatusCode.INVALID_ARGUMENT, "expected 1..1000"),
+    (proto_request("rm2", 1001).SerializeToString(), grpc.StatusCode.INVALID_ARGUMENT, "expected 1..1000"),
     (_proto("rm2", [MAX_BODY]), grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
 ]
 
@@ -242,7 +233,7 @@ async def test_bad_grpc_requests_get_v2_errors(
         assert info.value.code() == code
         assert message in (info.value.details() or "")
         # Still serving.
-        good = pb.ModelInferRequest.FromString(_proto("rm2", [2]))
+        good = proto_request("rm2", 2)
         reply = await GRPCInferenceServiceStub(channel).ModelInfer(good, timeout=5)
         assert list(reply.outputs[0].shape) == [2, 1]
         assert reply.parameters["service_us"].int64_param > 0

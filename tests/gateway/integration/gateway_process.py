@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from helpers.inputs import json_body
 from helpers.pool import RunningPool
 
 from benchmarks.processes import GatewayProcess, console_script, start_gateway
@@ -52,15 +53,14 @@ def instance_flags(*pools: RunningPool) -> list[str]:
 
 
 
-def json_request(batch: int, request_id: str = "", **parameters: Any) -> bytes:
-    doc: dict[str, Any] = {
-        "inputs": [{"name": "input0", "shape": [batch, 1], "datatype": "FP32", "data": [0.5] * batch}]
-    }
+def json_request(batch: int, request_id: str = "", *, model: str = "rm2", **parameters: Any) -> bytes:
+    """A valid JSON infer body for ``model`` (its real inputs: ``helpers.inputs``)."""
+    doc: dict[str, Any] = {}
     if request_id:
         doc["id"] = request_id
     if parameters:
         doc["parameters"] = parameters
-    return orjson.dumps(doc)
+    return json_body(model, batch, **doc)
 
 
 async def post_infer(

@@ -13,7 +13,6 @@ from typing import Any
 
 import aiohttp
 import grpc
-import numpy as np
 import pytest
 import tritonclient.grpc as tg
 from gateway_process import (
@@ -24,6 +23,7 @@ from gateway_process import (
     launch_gateway,
     post_infer,
 )
+from helpers.inputs import proto_request, triton_inputs
 from helpers.pool import RunningPool
 
 from gateway.protocol import grpc_predict_v2_pb2 as pb
@@ -117,11 +117,9 @@ async def test_full_queue_refuses_at_once_with_retry_after(
         if error is not None:
             errors.append(str(error.status()))
 
-    x = np.zeros((50, 1), dtype=np.float32)
-    inp = tg.InferInput("input0", [50, 1], "FP32")
-    inp.set_data_from_numpy(x)
+    inputs = triton_inputs(tg, MODEL, 50)
     for _ in range(20):
-        channel.async_infer(MODEL, [inp], done)
+        channel.async_infer(MODEL, inputs, done)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and len(answered) < 20:
         await asyncio.sleep(0.05)
@@ -158,10 +156,7 @@ async def test_sigterm_answers_grpc_queries_in_flight_then_exits_0(
     call = channel.unary_unary(GRPC_INFER_METHOD)
     requests = []
     for i in range(8):
-        r = pb.ModelInferRequest(model_name=MODEL, id=f"s{i}")
-        r.inputs.add(name="input0", datatype="FP32", shape=[200, 1])
-        r.raw_input_contents.append(np.zeros(200, dtype=np.float32).tobytes())
-        requests.append(r.SerializeToString())
+        requests.append(proto_request(MODEL, 200, id=f"s{i}").SerializeToString())
     load = asyncio.gather(*(call(body, timeout=20) for body in requests), return_exceptions=True)
     await asyncio.sleep(0.15)
     gw.process.send_signal(signal.SIGTERM)
@@ -181,15 +176,14 @@ async def test_grpc_clients_that_give_up_mid_query_leave_the_gateway_serving(
     pool = server_pool(pool={"r5n.large": 1}, model=MODEL)
     gw = gateway_proc(pool, gateway={"late_queries": "serve"})
     client = tg.InferenceServerClient(gw.grpc)
-    inp = tg.InferInput("input0", [500, 1], "FP32")  # ~200 ms on the instance
-    inp.set_data_from_numpy(np.zeros((500, 1), dtype=np.float32))
+    inputs = triton_inputs(tg, MODEL, 500)  # ~200 ms on the instance
     errors: list[str] = []
 
     def done(result: Any, error: Any) -> None:
         errors.append("ok" if error is None else str(error.status()))
 
     for i in range(4):
-        client.async_infer(MODEL, [inp], done, request_id=f"gone{i}", client_timeout=0.05)
+        client.async_infer(MODEL, inputs, done, request_id=f"gone{i}", client_timeout=0.05)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and len(errors) < 4:
         await asyncio.sleep(0.01)
@@ -197,7 +191,7 @@ async def test_grpc_clients_that_give_up_mid_query_leave_the_gateway_serving(
     sent = await metric(gw.url, "kairos_dispatches_total")
     assert sent <= 1  # the first, if it reached the gateway in time; the queued ones never left
     result = await asyncio.get_running_loop().run_in_executor(
-        None, lambda: client.infer(MODEL, [inp], request_id="after", client_timeout=10)
+        None, lambda: client.infer(MODEL, inputs, request_id="after", client_timeout=10)
     )
     assert result.get_response().id == "after"
     assert await metric(gw.url, "kairos_dispatches_total") == sent + 1

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tg
 from gateway_process import RunningGateway, gateway_config, launch_gateway
+from helpers.inputs import proto_request, triton_inputs
 from helpers.pool import RunningPool, start_pool
 from tritonclient.utils import InferenceServerException
 
@@ -42,10 +43,7 @@ def gw(
 
 
 def infer(url: str, batch: int, **kw: object) -> tg.InferResult:
-    x = np.arange(batch, dtype=np.float32).reshape(batch, 1) / 7
-    inp = tg.InferInput("input0", [batch, 1], "FP32")
-    inp.set_data_from_numpy(x)
-    return tg.InferenceServerClient(url).infer(MODEL, [inp], **kw)  # type: ignore[arg-type]
+    return tg.InferenceServerClient(url).infer(MODEL, triton_inputs(tg, MODEL, batch), **kw)  # type: ignore[arg-type]
 
 
 def params(response: pb.ModelInferResponse) -> dict[str, object]:
@@ -77,14 +75,16 @@ def test_a_tritonclient_grpc_request_gets_the_instance_answer(
 async def test_typed_contents_and_instance_errors_match_the_instance(
     gw: RunningGateway, pool: RunningPool
 ) -> None:
-    request = pb.ModelInferRequest(model_name=MODEL, id="typed")
-    request.inputs.add(name="input0", datatype="FP32", shape=[2, 1]).contents.fp32_contents.extend([0.5, 1.5])
+    request = proto_request(MODEL, 2, raw=False, id="typed")
     unknown_output = pb.ModelInferRequest()
     unknown_output.CopyFrom(request)
     unknown_output.outputs.add(name="nope")
     too_few = pb.ModelInferRequest()
     too_few.CopyFrom(request)
     too_few.inputs[0].shape[0] = 3
+    not_its_input = pb.ModelInferRequest()  # well formed, but not one of the model's inputs
+    not_its_input.CopyFrom(request)
+    not_its_input.inputs[1].name = "input0"
 
     async def call(
         address: str, message: pb.ModelInferRequest
@@ -99,7 +99,7 @@ async def test_typed_contents_and_instance_errors_match_the_instance(
     direct, through = await call(pool.instances[0].grpc, request), await call(gw.grpc, request)
     assert isinstance(direct, pb.ModelInferResponse) and isinstance(through, pb.ModelInferResponse)
     assert through.raw_output_contents == direct.raw_output_contents and through.id == "typed"
-    for bad in (unknown_output, too_few):
+    for bad in (unknown_output, too_few, not_its_input):
         expected = await call(pool.instances[0].grpc, bad)
         assert isinstance(expected, tuple) and expected[0] == grpc.StatusCode.INVALID_ARGUMENT
         assert await call(gw.grpc, bad) == expected

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import aiohttp
 import grpc
-import orjson
 import pytest
 from gateway_process import RunningGateway, gateway_config, json_request, launch_gateway, post_infer
+from helpers.inputs import proto_request
 from helpers.pool import RunningPool, start_pool
 
 from gateway.protocol import grpc_predict_v2_pb2 as pb
@@ -106,10 +106,7 @@ async def grpc_infer(gw: RunningGateway, request: pb.ModelInferRequest) -> grpc.
 
 
 def rm2_request(**fields: object) -> pb.ModelInferRequest:
-    r = pb.ModelInferRequest(model_name=MODEL, **fields)  # type: ignore[arg-type]
-    r.inputs.add(name="input0", datatype="FP32", shape=[2, 1])
-    r.raw_input_contents.append(bytes(8))
-    return r
+    return proto_request(MODEL, 2, **fields)
 
 
 async def test_a_first_dimension_past_int64_is_refused_and_dispatching_goes_on(gw: RunningGateway) -> None:
@@ -122,7 +119,7 @@ async def test_a_first_dimension_past_int64_is_refused_and_dispatching_goes_on(g
             assert status == 400 and "error" in doc, doc
     await assert_pool_whole_and_serving(gw)
     r = pb.ModelInferRequest(model_name=MODEL)
-    r.inputs.add(name="input0", datatype="FP32", shape=[2**62, 1])
+    r.inputs.add(name="dense", datatype="FP32", shape=[2**62, 1])
     err = await grpc_infer(gw, r)
     assert isinstance(err, grpc.aio.AioRpcError) and err.code() == grpc.StatusCode.INVALID_ARGUMENT
     await assert_pool_whole_and_serving(gw)
@@ -143,7 +140,7 @@ async def test_requests_that_made_instances_fail_are_client_errors_and_eject_not
             assert resp.status == 400 and "version" in (await resp.json())["error"]
         # Tensor data nested far deeper than its shape: the gateway refuses it before any instance.
         deep = (
-            b'{"inputs":[{"name":"input0","datatype":"FP32","shape":[1,1],"data":'
+            b'{"inputs":[{"name":"dense","datatype":"FP32","shape":[1,1],"data":'
             + b"[" * 800
             + b"1"
             + b"]" * 800
@@ -151,11 +148,16 @@ async def test_requests_that_made_instances_fail_are_client_errors_and_eject_not
         )
         status, doc, _ = await post_infer(s, gw.url, MODEL, deep)
         assert status == 400 and "nested" in doc["error"]
+        # Well formed but not rm2's inputs: the instance refuses it (400), and that is the client's error.
+        status, doc, _ = await post_infer(s, gw.url, MODEL, json_request(2, model="other"))
+        assert status == 400 and "unknown input 'input0'" in doc["error"], doc
     # gRPC: typed contents out of their datatype's range, a version outside the safe characters.
     r = pb.ModelInferRequest(model_name=MODEL)
-    t = r.inputs.add(name="input0", datatype="UINT8", shape=[1, 1])
+    t = r.inputs.add(name="dense", datatype="UINT8", shape=[1, 1])
     t.contents.uint_contents.append(300)
-    for bad in (r, rm2_request(model_version="☃")):
+    wrong_datatype = rm2_request()
+    wrong_datatype.inputs[1].datatype = "FP64"  # the same 8 bytes per element: only the instance objects
+    for bad in (r, rm2_request(model_version="☃"), wrong_datatype):
         err = await grpc_infer(gw, bad)
         assert isinstance(err, grpc.aio.AioRpcError) and err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
     await assert_pool_whole_and_serving(gw)
@@ -256,9 +258,7 @@ async def test_errors_do_not_expose_backend_addresses(pool: RunningPool, tmp_pat
                 s,
                 gw.url,
                 MODEL,
-                orjson.dumps(
-                    {"inputs": [{"name": "input0", "shape": [1, 1], "datatype": "FP32", "data": [0.5]}]}
-                ),
+                json_request(1),
             )
         assert status in (502, 503, 504)
         assert "127.0.0.1" not in doc["error"] and "POST" not in doc["error"]

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import aiohttp
 import grpc
-import numpy as np
 import orjson
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as th
 from gateway_process import RunningGateway, gateway_config, json_request, launch_gateway, post_infer
+from helpers.inputs import triton_inputs
 from helpers.pool import RunningPool, start_pool
 from tritonclient.utils import InferenceServerException
 
@@ -46,24 +46,18 @@ def gw(
     assert running.stop(signal.SIGTERM) == 0
 
 
-def http_input(batch: int, binary: bool) -> th.InferInput:
-    x = np.arange(batch, dtype=np.float32).reshape(batch, 1)
-    inp = th.InferInput("input0", list(x.shape), "FP32")
-    inp.set_data_from_numpy(x, binary_data=binary)
-    return inp
+def http_inputs(batch: int, binary: bool) -> list[th.InferInput]:
+    return triton_inputs(th, MODEL, batch, binary)
 
 
-def grpc_input(batch: int) -> tg.InferInput:
-    x = np.arange(batch, dtype=np.float32).reshape(batch, 1)
-    inp = tg.InferInput("input0", list(x.shape), "FP32")
-    inp.set_data_from_numpy(x)
-    return inp
+def grpc_inputs(batch: int) -> list[tg.InferInput]:
+    return triton_inputs(tg, MODEL, batch)
 
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_http_infer_returns_the_instance_response_plus_gateway_parameters(gw: RunningGateway, binary: bool) -> None:
     client = th.InferenceServerClient(gw.http)
-    result = client.infer(MODEL, [http_input(3, binary)], request_id="h1",
+    result = client.infer(MODEL, http_inputs(3, binary), request_id="h1",
                           outputs=[th.InferRequestedOutput("output0", binary_data=binary)])
     response = result.get_response()
     assert response["id"] == "h1" and response["model_name"] == MODEL
@@ -76,7 +70,7 @@ def test_http_infer_returns_the_instance_response_plus_gateway_parameters(gw: Ru
 
 def test_grpc_infer_returns_the_instance_response_plus_gateway_parameters(gw: RunningGateway) -> None:
     client = tg.InferenceServerClient(gw.grpc)
-    result = client.infer(MODEL, [grpc_input(4)], request_id="g1")
+    result = client.infer(MODEL, grpc_inputs(4), request_id="g1")
     response = result.get_response()
     assert response.id == "g1"
     p = response.parameters
@@ -86,15 +80,15 @@ def test_grpc_infer_returns_the_instance_response_plus_gateway_parameters(gw: Ru
 
 
 def test_kairos_sends_a_batch_of_900_to_the_gpu_when_all_are_idle(gw: RunningGateway) -> None:
-    h = th.InferenceServerClient(gw.http).infer(MODEL, [http_input(900, True)])
+    h = th.InferenceServerClient(gw.http).infer(MODEL, http_inputs(900, True))
     assert h.get_response()["parameters"]["gateway_instance"].startswith("g4dn.xlarge")
-    g = tg.InferenceServerClient(gw.grpc).infer(MODEL, [grpc_input(900)])
+    g = tg.InferenceServerClient(gw.grpc).infer(MODEL, grpc_inputs(900))
     assert g.get_response().parameters["gateway_instance"].string_param.startswith("g4dn.xlarge")
 
 
 def test_per_request_qos_is_accepted(gw: RunningGateway) -> None:
     client = th.InferenceServerClient(gw.http)
-    result = client.infer(MODEL, [http_input(2, True)], parameters={"qos_ms": 50})
+    result = client.infer(MODEL, http_inputs(2, True), parameters={"qos_ms": 50})
     assert "gateway_instance" in result.get_response()["parameters"]
 
 
@@ -103,10 +97,10 @@ def test_health_and_metadata_over_both_protocols(gw: RunningGateway) -> None:
     assert h.is_server_live() and h.is_server_ready() and h.is_model_ready(MODEL)
     assert not h.is_model_ready("dien")
     assert h.get_server_metadata()["name"] == "kairos-gateway"
-    assert h.get_model_metadata(MODEL)["inputs"][0]["name"] == "input0"
+    assert [t["name"] for t in h.get_model_metadata(MODEL)["inputs"]] == ["user_id", "item_id"]
     g = tg.InferenceServerClient(gw.grpc)
     assert g.is_server_live() and g.is_server_ready() and g.is_model_ready(MODEL)
-    assert g.get_model_metadata(MODEL).inputs[0].name == "input0"
+    assert [t.name for t in g.get_model_metadata(MODEL).inputs] == ["user_id", "item_id"]
     with pytest.raises(InferenceServerException):
         g.get_model_metadata("dien")
 
@@ -117,10 +111,12 @@ async def test_bad_input_gets_v2_errors_and_the_gateway_keeps_serving(gw: Runnin
         cases: list[tuple[bytes, dict[str, str], int]] = [
             (b"{not json", {}, 400),
             (orjson.dumps({"inputs": []}), {}, 400),
-            (orjson.dumps({"inputs": [{"name": "input0", "shape": [], "datatype": "FP32", "data": []}]}), {}, 400),
+            (orjson.dumps({"inputs": [{"name": "user_id", "shape": [], "datatype": "INT64", "data": []}]}), {}, 400),
             # shape says 3 rows, data has 2: the instance rejects it, its 400 comes back
-            (orjson.dumps({"inputs": [{"name": "input0", "shape": [3, 1], "datatype": "FP32", "data": [1, 2]}]}), {}, 400),
-            (json_request(2), {"Inference-Header-Content-Length": "999999"}, 400),
+            (orjson.dumps({"inputs": [{"name": "user_id", "shape": [3, 1], "datatype": "INT64", "data": [1, 2]}]}), {}, 400),
+            # well formed, but not ncf's inputs: the instance's 400 comes back
+            (json_request(2, model="other"), {}, 400),
+            (json_request(2, model=MODEL), {"Inference-Header-Content-Length": "999999"}, 400),
             (b"x" * 70_000, {}, 413),
         ]
         for body, headers, status in cases:
@@ -138,13 +134,13 @@ async def test_bad_input_gets_v2_errors_and_the_gateway_keeps_serving(gw: Runnin
         async with s.post(infer, data=pieces(b"x" * 70_000, 7)) as resp:
             assert resp.status == 413 and "error" in orjson.loads(await resp.read())
         # (a QoS that leaves time for the pieces: ncf's 5 ms would have it shed)
-        async with s.post(infer, data=pieces(json_request(2, "in-pieces", qos_ms=1000), 3)) as resp:
+        async with s.post(infer, data=pieces(json_request(2, "in-pieces", qos_ms=1000, model=MODEL), 3)) as resp:
             assert resp.status == 200 and orjson.loads(await resp.read())["id"] == "in-pieces"
         async with s.post(infer, data=b"") as resp:
             assert resp.status == 400 and "empty" in orjson.loads(await resp.read())["error"]
-        status, doc, _ = await post_infer(s, gw.url, "no-such-model", json_request(1))
+        status, doc, _ = await post_infer(s, gw.url, "no-such-model", json_request(1, model=MODEL))
         assert status == 404 and "error" in doc
-        status, doc, _ = await post_infer(s, gw.url, MODEL, json_request(2, "still-ok"))
+        status, doc, _ = await post_infer(s, gw.url, MODEL, json_request(2, "still-ok", model=MODEL))
         assert status == 200 and doc["id"] == "still-ok"
 
     channel = grpc.aio.insecure_channel(gw.grpc)
@@ -155,15 +151,15 @@ async def test_bad_input_gets_v2_errors_and_the_gateway_keeps_serving(gw: Runnin
     await channel.close()
     g = tg.InferenceServerClient(gw.grpc)
     with pytest.raises(InferenceServerException) as missing:
-        g.infer("no-such-model", [grpc_input(1)])
+        g.infer("no-such-model", grpc_inputs(1))
     assert "StatusCode.NOT_FOUND" in str(missing.value.status())
-    assert g.infer(MODEL, [grpc_input(1)]).as_numpy("output0").shape == (1, 1)
+    assert g.infer(MODEL, grpc_inputs(1)).as_numpy("output0").shape == (1, 1)
 
 
 async def test_metrics_are_prometheus_with_one_prefix(gw: RunningGateway) -> None:
     async with aiohttp.ClientSession() as s:
         for i in range(3):
-            await post_infer(s, gw.url, MODEL, json_request(5, f"m{i}"))
+            await post_infer(s, gw.url, MODEL, json_request(5, f"m{i}", model=MODEL))
         async with s.get(f"{gw.url}/metrics") as resp:
             assert resp.status == 200
             text = await resp.text()
@@ -201,7 +197,7 @@ def test_the_live_benchmark_reads_the_measured_transport(gw: RunningGateway) -> 
 
     client = th.InferenceServerClient(gw.http)
     for i in range(3):
-        client.infer(MODEL, [http_input(2, True)], request_id=f"t{i}")
+        client.infer(MODEL, http_inputs(2, True), request_id=f"t{i}")
     mean, p99 = measured_transport_ms(gw.url)
     assert mean is not None and p99 is not None and 0.0 < mean <= p99 < 1000.0
 

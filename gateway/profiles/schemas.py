@@ -1,0 +1,47 @@
+"""The input tensors of the shipped models: what the emulated servers advertise and check, and
+what the load generator and the tests send.
+
+Each input of a model is a 2-D tensor ``[batch, width]``; every input of a request has the
+same batch. ``MODEL_INPUTS`` lists the recommendation models of DeepRecSys as the paper serves
+them. Kept free of I/O and of anything in ``benchmarks`` so that ``servers`` can import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """One input of a model: V2 ``datatype`` (FP32 or INT64), shape ``[batch, width]``."""
+
+    name: str
+    datatype: str
+    width: int  # features per query; -1: any width >= 1 (``servers.schema.GENERIC_INPUT``)
+    high: int = 0  # INT64: ids drawn in [0, high); FP32: ignored (standard normal)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The shape advertised in model metadata: ``[-1, width]`` (-1: any batch)."""
+        return (-1, self.width)
+
+
+_DLRM = (InputSpec("dense", "FP32", 13), InputSpec("sparse", "INT64", 26, high=100_000))
+
+MODEL_INPUTS: dict[str, tuple[InputSpec, ...]] = {
+    "ncf": (InputSpec("user_id", "INT64", 1, high=138_000), InputSpec("item_id", "INT64", 1, high=27_000)),
+    "rm2": _DLRM,
+    "wnd": _DLRM,
+    "mtwnd": _DLRM,
+    "dien": (InputSpec("history", "INT64", 100, high=100_000),),
+}
+
+
+def model_inputs(model: str) -> tuple[InputSpec, ...]:
+    """The inputs of a shipped model; ConfigError for any other name."""
+    try:
+        return MODEL_INPUTS[model]
+    except KeyError:
+        raise ConfigError(f"unknown model {model!r}; expected one of: {', '.join(MODEL_INPUTS)}") from None
