@@ -145,9 +145,10 @@ def plot_profile(path: Path, model: str, type_name: str, result: Measurement) ->
     ax.plot(batches, q[:, 1], linestyle="--", label="median")
     ax.scatter(batches, q[:, 3], marker="x", color="black", label="99th percentile", zorder=3)
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")  # the spread at small batches stays visible beside the largest
-    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    if q[:, 3].max() > 10 * q[:, 0].min():  # over a decade: the spread at small batches stays visible
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("batch size")
     ax.set_ylabel(f"service time (ms, {result.timing}-measured)")
     ax.set_title(f"{model} on {type_name}: latency by batch size")
