@@ -36,6 +36,7 @@ from gateway.errors import (
     InferenceError,
     InternalError,
     ModelNotFound,
+    NoHealthyInstance,
     Overloaded,
     Unavailable,
 )
@@ -149,7 +150,7 @@ class GatewayCore:
             raise Overloaded("the gateway is shutting down", retry_after_s=1.0)
         if not self.dispatcher.has_healthy():
             self._refused("no_healthy_instance", request)
-            raise Unavailable(f"no healthy instance serves model {self.model!r}")
+            raise NoHealthyInstance(f"no healthy instance serves model {self.model!r}")
         now = time.monotonic() * 1000.0
         if request.received_s is not None:
             now = min(now, request.received_s * 1000.0)
@@ -234,7 +235,7 @@ class GatewayCore:
         if healthy:
             self._kick()
         elif not self.dispatcher.has_healthy():
-            self._fail_pending(Unavailable(f"no healthy instance serves model {self.model!r}"))
+            self._fail_pending(NoHealthyInstance(f"no healthy instance serves model {self.model!r}"))
 
     async def close(self) -> None:
         for client in self.clients:

@@ -52,9 +52,20 @@ class Overloaded(InferenceError):
 
 
 class Unavailable(InferenceError):
-    """No healthy instance could serve the query (or the chosen one failed)."""
+    """The instances tried failed the query (502: the gateway's upstream failed)."""
 
     status = 502
+
+
+class NoHealthyInstance(Unavailable):
+    """No instance of the model is in rotation now: the service is unavailable for a while
+    (503 with Retry-After, as load balancers and Kubernetes clients expect; gRPC UNAVAILABLE)."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(InferenceError):

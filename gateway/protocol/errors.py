@@ -18,6 +18,7 @@ from gateway.errors import (
     DeadlineExceeded,
     InferenceError,
     ModelNotFound,
+    NoHealthyInstance,
     Overloaded,
     PayloadTooLarge,
     Unavailable,
@@ -72,13 +73,17 @@ def error_body(message: str) -> bytes:
 def http_error(exc: InferenceError) -> HttpError:
     """Map an ``InferenceError`` to its V2 HTTP response."""
     headers = {"Content-Type": "application/json"}
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, (Overloaded, NoHealthyInstance)):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     return HttpError(exc.status, error_body(str(exc)), headers)
 
 
 def grpc_status(exc: InferenceError) -> grpc.StatusCode:
-    """Map an ``InferenceError`` to a gRPC status code (INTERNAL for anything unmapped)."""
+    """Map an ``InferenceError`` to a gRPC status code (INTERNAL for anything unmapped). Both
+    kinds of 503 share the status but not the code: overload is RESOURCE_EXHAUSTED, no healthy
+    instance UNAVAILABLE (a gRPC client retries it)."""
+    if isinstance(exc, Unavailable):
+        return grpc.StatusCode.UNAVAILABLE
     return GRPC_CODES.get(exc.status, grpc.StatusCode.INTERNAL)
 
 

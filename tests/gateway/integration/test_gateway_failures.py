@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import grpc
+import numpy as np
 import pytest
 import tritonclient.grpc as tg
 from gateway_process import (
@@ -88,8 +89,14 @@ async def test_not_ready_while_every_instance_is_down(
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{gw.url}/v2/health/ready") as resp:
             assert resp.status == 503
-        status, doc, _ = await post_infer(s, gw.url, MODEL, json_request(1))
-        assert status == 502 and "no healthy instance" in doc["error"]
+        status, doc, headers = await post_infer(s, gw.url, MODEL, json_request(1))
+        # Unavailable for now, not a bad gateway: 503 with Retry-After; gRPC UNAVAILABLE.
+        assert status == 503 and "no healthy instance" in doc["error"] and headers["Retry-After"] == "1"
+    x = tg.InferInput("dense", [1, 13], "FP32")
+    x.set_data_from_numpy(np.zeros((1, 13), dtype=np.float32))
+    with pytest.raises(tg.InferenceServerException, match="no healthy instance") as err:
+        g.infer(MODEL, [x])
+    assert err.value.status() == "StatusCode.UNAVAILABLE"
 
 
 async def test_full_queue_refuses_at_once_with_retry_after(

@@ -14,6 +14,7 @@ from gateway.errors import (
     DeadlineExceeded,
     InferenceError,
     ModelNotFound,
+    NoHealthyInstance,
     Overloaded,
     PayloadTooLarge,
     Unavailable,
@@ -27,6 +28,7 @@ CASES = [
     (PayloadTooLarge("p"), 413, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Overloaded("o", retry_after_s=2.5), 503, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable("u"), 502, grpc.StatusCode.UNAVAILABLE),
+    (NoHealthyInstance("n", retry_after_s=0.2), 503, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded("d"), 504, grpc.StatusCode.DEADLINE_EXCEEDED),
     (InferenceError("i"), 500, grpc.StatusCode.INTERNAL),
 ]
