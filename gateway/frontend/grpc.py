@@ -5,6 +5,10 @@ grpc.aio through ``gateway.frontend.grpcio``); errors leave as ``RpcError`` and 
 turns them into its status. ``ModelInfer``'s request is parsed once for routing and forwarded
 as those same bytes; the instance's response bytes go back with the gateway's parameters
 appended as a serialized map entry (protobuf merges them).
+
+Beside it, ``grpc.health.v1.Health/Check`` for Kubernetes ``grpc:`` probes and load balancers:
+service "" is the gateway's readiness, the model's name (or the V2 service's) the model's;
+any other service is NOT_FOUND. (``Watch`` streams, and both servers serve unary methods only.)
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2
 
 from gateway.backend import InstanceFailure, RoutedRequest
 from gateway.backend.base import GRPC
@@ -28,6 +33,8 @@ from gateway.protocol.errors import grpc_status
 from gateway.protocol.limits import quote
 from gateway.protocol.routing import gateway_parameters_suffix, routing_from_proto
 from gateway.protocol.v2 import GRPC_SERVICE, decode_proto_infer
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
 class _Message(Protocol):
@@ -62,7 +69,18 @@ class GrpcFrontend:
         }
         methods: dict[str, UnaryMethod] = {f"/{GRPC_SERVICE}/{name}": fn for name, fn in typed.items()}
         methods[f"/{GRPC_SERVICE}/ModelInfer"] = self.model_infer  # bytes in and out
+        methods[HEALTH_CHECK] = _typed(self.health_check, health_pb2.HealthCheckRequest)
         return methods
+
+    async def health_check(self, request: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckResponse:
+        if request.service == "":
+            ready = self.core.ready
+        elif request.service in (self.core.model, GRPC_SERVICE):
+            ready = self.core.model_ready(self.core.model)
+        else:
+            raise RpcError(grpc.StatusCode.NOT_FOUND, f"unknown service {quote(request.service)}")
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=status)
 
     async def server_live(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)

@@ -24,6 +24,7 @@ from gateway_process import (
     launch_gateway,
     post_infer,
 )
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers.inputs import proto_request, triton_inputs
 from helpers.pool import RunningPool
 
@@ -86,6 +87,9 @@ async def test_not_ready_while_every_instance_is_down(
     while g.is_server_ready() and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert not g.is_server_ready() and not g.is_model_ready(MODEL)
+    with grpc.insecure_channel(gw.grpc) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{gw.url}/v2/health/ready") as resp:
             assert resp.status == 503

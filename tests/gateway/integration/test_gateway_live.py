@@ -16,6 +16,7 @@ import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as th
 from gateway_process import RunningGateway, gateway_config, json_request, launch_gateway, post_infer
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers.inputs import triton_inputs
 from helpers.pool import RunningPool, start_pool
 from tritonclient.utils import InferenceServerException
@@ -103,6 +104,18 @@ def test_health_and_metadata_over_both_protocols(gw: RunningGateway) -> None:
     assert [t.name for t in g.get_model_metadata(MODEL).inputs] == ["user_id", "item_id"]
     with pytest.raises(InferenceServerException):
         g.get_model_metadata("dien")
+
+
+def test_grpc_health_checks_answer_for_the_gateway_and_its_model(gw: RunningGateway) -> None:
+    """What Kubernetes ``grpc:`` probes and gRPC load balancers ask, on both gRPC servers."""
+    with grpc.insecure_channel(gw.grpc) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        for service in ("", MODEL, "inference.GRPCInferenceService"):
+            reply = check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+        with pytest.raises(grpc.RpcError) as err:
+            check(health_pb2.HealthCheckRequest(service="dien"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_bad_input_gets_v2_errors_and_the_gateway_keeps_serving(gw: RunningGateway) -> None:
