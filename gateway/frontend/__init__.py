@@ -5,3 +5,5 @@
 SERVER_NAME = "kairos-gateway"
 SERVER_VERSION = "0.1.0"
 METADATA_TIMEOUT_S = 2.0
+# Protocol extensions the gateway takes from clients (listed the same on both protocols).
+EXTENSIONS = ("binary_tensor_data",)

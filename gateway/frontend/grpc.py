@@ -26,7 +26,7 @@ from gateway.backend import InstanceFailure, RoutedRequest
 from gateway.backend.base import GRPC
 from gateway.core import GatewayCore
 from gateway.errors import InferenceError, ModelNotFound, Overloaded, Unavailable
-from gateway.frontend import METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
+from gateway.frontend import EXTENSIONS, METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
 from gateway.grpc_server import RpcError, UnaryMethod, call_opened
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.errors import grpc_status
@@ -94,7 +94,7 @@ class GrpcFrontend:
         return pb.ModelReadyResponse(ready=self.core.model_ready(request.name))
 
     async def server_metadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
 
     async def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
         if request.name != self.core.model:

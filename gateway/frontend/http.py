@@ -28,7 +28,7 @@ from gateway.errors import (
     RequestTimeout,
     Unavailable,
 )
-from gateway.frontend import METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
+from gateway.frontend import EXTENSIONS, METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
 from gateway.frontend.budget import BodyBudget
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.protocol.errors import http_error
@@ -73,7 +73,7 @@ class HttpFrontend:
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         return _json(
-            200, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
+            200, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
         )
 
     async def model_ready(self, request: web.Request) -> web.Response:

@@ -98,10 +98,13 @@ def test_health_and_metadata_over_both_protocols(gw: RunningGateway) -> None:
     assert h.is_server_live() and h.is_server_ready() and h.is_model_ready(MODEL)
     assert not h.is_model_ready("dien")
     assert h.get_server_metadata()["name"] == "kairos-gateway"
+    # Both protocols list what the gateway takes from clients: binary tensors over HTTP.
+    assert h.get_server_metadata()["extensions"] == ["binary_tensor_data"]
     assert [t["name"] for t in h.get_model_metadata(MODEL)["inputs"]] == ["user_id", "item_id"]
     g = tg.InferenceServerClient(gw.grpc)
     assert g.is_server_live() and g.is_server_ready() and g.is_model_ready(MODEL)
     assert [t.name for t in g.get_model_metadata(MODEL).inputs] == ["user_id", "item_id"]
+    assert list(g.get_server_metadata().extensions) == ["binary_tensor_data"]
     with pytest.raises(InferenceServerException):
         g.get_model_metadata("dien")
 
