@@ -48,6 +48,9 @@ class LatencyEstimator:
         self._profile_rows: list[list[float]] = self._profile_ms.tolist()
         self._correction: list[list[float]] = [[1.0] * n_buckets for _ in profs]
         self._observations: list[list[int]] = [[0] * n_buckets for _ in profs]
+        # Per (type, bucket): the buckets (first, last) its correction sets. Each its own; on a
+        # prior type, each observed bucket also sets the unobserved ones nearest to it.
+        self._regions: list[list[tuple[int, int]]] = [[(b, b) for b in range(n_buckets)] for _ in profs]
         self.learning_rate = learning_rate
         # (max_batch + 1, T): profile mean times correction, kept up to date by ``observe`` so
         # that ``estimate`` is a single gather of contiguous rows.
@@ -103,24 +106,12 @@ class LatencyEstimator:
         row = self._correction[type_index]
         current = row[bucket]
         corrected = current + rate * (ratio - current)
-        row[bucket] = corrected
-        self._apply(type_index, bucket, corrected)
-        if self.from_prior[type_index] and 0 in counts:
-            self._spread(type_index)
-
-    def _apply(self, type_index: int, bucket: int, correction: float) -> None:
-        lo, hi = bucket * BUCKET_WIDTH, min((bucket + 1) * BUCKET_WIDTH, self.max_batch + 1)
-        self._by_batch[lo:hi, type_index] = self._profile_ms[type_index, lo:hi] * correction
-
-    def _spread(self, type_index: int) -> None:
-        """Unobserved buckets of a prior type take the nearest observed bucket's correction."""
-        counts, row = self._observations[type_index], self._correction[type_index]
-        seen = [i for i, n in enumerate(counts) if n]
-        for bucket, n in enumerate(counts):
-            if not n:
-                nearest = min(seen, key=lambda i: abs(i - bucket))
-                row[bucket] = row[nearest]
-                self._apply(type_index, bucket, row[nearest])
+        if counts[bucket] == 1 and self.from_prior[type_index]:
+            self._regions[type_index] = nearest_regions(counts)
+        first, last = self._regions[type_index][bucket]
+        row[first : last + 1] = [corrected] * (last - first + 1)
+        lo, hi = first * BUCKET_WIDTH, min((last + 1) * BUCKET_WIDTH, self.max_batch + 1)
+        self._by_batch[lo:hi, type_index] = self._profile_ms[type_index, lo:hi] * corrected
 
     def observations(self, type_index: int) -> int:
         """Service times learned from on a type."""
@@ -148,3 +139,15 @@ class LatencyEstimator:
 
     def correction(self, type_index: int, batch: int) -> float:
         return self._correction[type_index][min(batch, self.max_batch) // BUCKET_WIDTH]
+
+
+def nearest_regions(counts: Sequence[int]) -> list[tuple[int, int]]:
+    """Per bucket, the contiguous buckets (first, last) whose nearest observed bucket it is
+    (a tie goes to the lower one); an unobserved bucket sets only itself."""
+    seen = [i for i, n in enumerate(counts) if n]
+    regions = [(b, b) for b in range(len(counts))]
+    for k, b in enumerate(seen):
+        first = 0 if k == 0 else (seen[k - 1] + b) // 2 + 1
+        last = len(counts) - 1 if k == len(seen) - 1 else (b + seen[k + 1]) // 2
+        regions[b] = (first, last)
+    return regions
