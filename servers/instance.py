@@ -42,12 +42,13 @@ from gateway.protocol.params import (
     ParamValue,
     to_us,
 )
+from gateway.protocol.translate import BINARY_EXTENSION
 from gateway.protocol.v2 import InferRequest
 from servers.schema import check_inputs, inputs_for
 
 SERVER_NAME = "kairos-servers"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = (BINARY_EXTENSION,)
 MODEL_VERSION = "1"
 PLATFORM = "kairos-emulated"
 # Advertised in model metadata. The inputs are the model's own (``servers.schema``): a request

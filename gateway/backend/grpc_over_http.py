@@ -14,7 +14,7 @@ import time
 import grpc
 
 from gateway.backend.base import BackendReply, InstanceFailure, RoutedRequest
-from gateway.backend.http_client import HttpBackend, response_header_length
+from gateway.backend.http_client import JSON_HEADERS, HttpBackend, response_header_length
 from gateway.errors import BadRequest
 from gateway.protocol.errors import GRPC_CODES, error_from_http
 from gateway.protocol.routing import reported_service_ms_proto
@@ -28,7 +28,6 @@ from gateway.protocol.translate import (
 from gateway.protocol.v2 import INFERENCE_HEADER, decode_proto_infer
 
 _HEADERS = f"Content-Type: {BINARY_CONTENT_TYPE}\r\n{INFERENCE_HEADER}: %d\r\n"
-_JSON_HEADERS = "Content-Type: application/json\r\n"
 
 
 class GrpcOverHttp:
@@ -46,7 +45,7 @@ class GrpcOverHttp:
                 translated = proto_request_to_http(message)
                 headers, body = _HEADERS % translated.header_length, translated.body
             else:
-                headers, body = _JSON_HEADERS, proto_request_to_json(message)
+                headers, body = JSON_HEADERS, proto_request_to_json(message)
         except BadRequest as exc:  # what a gRPC instance answers to it: a client error
             return _client_error(400, str(exc), 0.0)
         start = time.perf_counter()

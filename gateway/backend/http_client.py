@@ -24,7 +24,7 @@ MAX_CACHED_PATHS = 64
 # retried elsewhere. Any other 5xx is an answer, passed back; outlier detection counts it.
 UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 JSON_CONTENT_TYPE = "application/json"
-_JSON_HEADERS = f"Content-Type: {JSON_CONTENT_TYPE}\r\n"
+JSON_HEADERS = f"Content-Type: {JSON_CONTENT_TYPE}\r\n"
 
 
 def model_path(model: str, version: str | None) -> str:
@@ -64,7 +64,7 @@ class HttpBackend:
                 body = binary_request_to_json(body, request.header_length)
             except BadRequest as exc:
                 return BackendReply(error_body(str(exc)), 400, JSON_CONTENT_TYPE)
-            headers = _JSON_HEADERS
+            headers = JSON_HEADERS
         else:
             headers = f"Content-Type: {request.content_type}\r\n" if request.content_type else ""
             if request.header_length is not None:

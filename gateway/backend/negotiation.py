@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-BINARY_EXTENSION = "binary_tensor_data"
+from gateway.protocol.translate import BINARY_EXTENSION
+
 MAX_FIELD = 256  # characters kept of a name, version or extension
 MAX_EXTENSIONS = 64
 

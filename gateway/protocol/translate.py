@@ -43,6 +43,8 @@ from gateway.protocol.v2 import (
 )
 from gateway.protocol.wire import RAW_OUTPUT_TAG, varint
 
+# The binary tensor extension: its name in server metadata, and its parameters.
+BINARY_EXTENSION = "binary_tensor_data"
 BINARY_DATA_SIZE = "binary_data_size"
 BINARY_DATA = "binary_data"
 BINARY_DATA_OUTPUT = "binary_data_output"
