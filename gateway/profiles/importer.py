@@ -20,7 +20,6 @@ import orjson
 
 from gateway.profiles.profile import PROFILE_DIR, QUANTILE_LEVELS, summarize_samples
 
-LEVELS = QUANTILE_LEVELS
 _NAME = re.compile(r"^(?P<model>[a-z0-9]+)_(?P<batch>\d+)_1\.json$")
 
 
@@ -60,7 +59,7 @@ def build_profile_files(traces: dict[tuple[str, str], dict[int, np.ndarray]]) ->
                 "model": model,
                 "unit": "ms",
                 "source": "Kairos (HPDC'23) latency traces: compute + load, largest of 100 dropped",
-                "quantile_levels": LEVELS,
+                "quantile_levels": QUANTILE_LEVELS,
                 "types": {},
             },
         )

@@ -159,23 +159,22 @@ async def measure(
 ) -> Measurement:
     rng = np.random.default_rng(seed)
     result = Measurement()
-    server_times_seen = True
+    reported: dict[int, list[float | None]] = {}
     for batch in batches:
         prepared = [target.prepare(specs, batch, rng) for _ in range(min(samples, 8))]
         for i in range(warmup):
             await target.send(prepared[i % len(prepared)])
-        client, server = await _timed(target, prepared, samples, concurrency, batch, progress)
+        client, reported[batch] = await _timed(target, prepared, samples, concurrency, batch, progress)
         result.round_trips[batch] = np.array(client)
-        if timing != "client" and all(s is not None for s in server):
-            result.samples[batch] = np.array(server, dtype=float)
-        else:
-            if timing == "server":
-                raise ProfilingError("--timing server: the endpoint does not report its service time")
-            server_times_seen = False
-            result.samples[batch] = np.array(client)
-    if not server_times_seen:  # one kind of time in a file
+        if timing == "server" and None in reported[batch]:
+            raise ProfilingError("--timing server: the endpoint does not report its service time")
+    # One kind of time in a file: the server's only where every answer reported one.
+    if timing != "client" and all(None not in times for times in reported.values()):
+        result.samples = {b: np.array(times, dtype=float) for b, times in reported.items()}
+        result.timing = "server"
+    else:
         result.samples = dict(result.round_trips)
-    result.timing = "server" if server_times_seen and timing != "client" else "client"
+        result.timing = "client"
     return result
 
 
