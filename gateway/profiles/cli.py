@@ -118,8 +118,9 @@ def write_profile(path: Path, model: str, type_name: str, result: Measurement, s
         existing = orjson.loads(path.read_bytes())
         if existing["model"] != model:
             raise ProfileError(f"{path}: holds model {existing['model']!r}, not {model!r}")
-        if existing["quantile_levels"] == QUANTILE_LEVELS:
-            doc = existing
+        if existing["quantile_levels"] != QUANTILE_LEVELS:  # its other types cannot be kept as they are
+            raise ProfileError(f"{path}: has other quantile levels than {QUANTILE_LEVELS}; write to another file")
+        doc = existing
     doc["source"] = source
     types = doc["types"]
     assert isinstance(types, dict)

@@ -81,3 +81,18 @@ def test_a_model_the_server_refuses_stops_with_the_servers_words(tmp_path: Path)
         done = profile("--url", pool.instances[0].http, "--model", "wnd", "--type", "r5n.large",
                        "--out", str(tmp_path / "wnd.json"))
     assert done.returncode == 2 and "HTTP 404" in done.stderr and "wnd" in done.stderr
+
+
+def test_a_file_with_other_quantile_levels_is_not_overwritten(tmp_path: Path) -> None:
+    from gateway.profiles.cli import write_profile
+    from gateway.profiles.measure import Measurement
+
+    out = tmp_path / "m.json"
+    other = {"model": "m", "unit": "ms", "quantile_levels": [0.0, 1.0],
+             "types": {"a": {"batch": [1], "mean": [1.0], "quantiles": [[1.0, 1.0]]}}}
+    out.write_text(json.dumps(other))
+    from gateway.errors import ProfileError
+
+    with pytest.raises(ProfileError, match="other quantile levels"):
+        write_profile(out, "m", "b", Measurement(samples={1: np.array([1.0, 2.0])}), "test")
+    assert json.loads(out.read_text()) == other
