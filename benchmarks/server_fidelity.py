@@ -46,12 +46,13 @@ from gateway.precise_timers import TIMERS, sleep_until
 from gateway.profiles import load_profiles
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.addresses import AddressList, read_address_file
+from gateway.protocol.params import INSTANCE_QUEUE_US, OBSERVED_US, SERVICE_US
 from gateway.workload import PoissonArrivals, make_workload, parse_batch_mix
 
 TARGET_P99_MS = 2.0
 
 # What an instance reports per query, in whole µs: its queue, its drawn service time, the time it measured.
-_TIMES = ("queue_us", "service_us", "observed_us")
+_TIMES = (INSTANCE_QUEUE_US, SERVICE_US, OBSERVED_US)
 
 
 @dataclass

@@ -14,7 +14,7 @@ Modules: ``config`` (LoadConfig, the query schedule), ``payloads`` (V2 bodies pe
 """
 
 from benchmarks.loadgen.config import LoadConfig, build_workload, parse_ramp
-from benchmarks.loadgen.payloads import MODEL_INPUTS, PayloadFactory, TensorSpec
+from benchmarks.loadgen.payloads import MODEL_INPUTS, InputSpec, PayloadFactory
 from benchmarks.loadgen.render import plot_report, render_find_max, render_table
 from benchmarks.loadgen.report import SCHEMA, LoadReport, RunInfo, Samples
 from benchmarks.loadgen.runner import run_async, run_load
@@ -27,6 +27,7 @@ __all__ = [
     "Endpoint",
     "FindMaxResult",
     "FindMaxStep",
+    "InputSpec",
     "LoadConfig",
     "LoadReport",
     "Outcome",
@@ -35,7 +36,6 @@ __all__ = [
     "Samples",
     "Target",
     "TargetUnreachable",
-    "TensorSpec",
     "build_workload",
     "find_max",
     "parse_ramp",

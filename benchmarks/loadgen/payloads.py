@@ -18,17 +18,13 @@ from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.params import QOS_PARAMETER
 from gateway.workload.batch_mix import MAX_BATCH
 
-__all__ = ["MODEL_INPUTS", "PayloadFactory", "TensorSpec", "model_inputs"]
-
-# The shipped models' inputs live in gateway.profiles.schemas (the emulated servers check
-# requests against the same table); the names here are kept for the load generator's users.
-TensorSpec = InputSpec
+__all__ = ["MODEL_INPUTS", "InputSpec", "PayloadFactory", "model_inputs"]
 
 
 class _Tensor:
     """One input's data for MAX_BATCH queries, as raw little-endian bytes and as JSON text."""
 
-    def __init__(self, spec: TensorSpec, rng: np.random.Generator, max_batch: int) -> None:
+    def __init__(self, spec: InputSpec, rng: np.random.Generator, max_batch: int) -> None:
         self.spec = spec
         n = max_batch * spec.width
         if spec.datatype == "FP32":
