@@ -1,8 +1,8 @@
 """One emulated inference instance: profile replay, one query at a time, FIFO.
 
 Transport-free: the HTTP and gRPC front ends (``servers.http``, ``servers.grpc``) parse a
-request, ``Instance.check_request`` checks it against the model's inputs (``servers.schema``)
-and the profile's batch range, then they call ``Instance.serve(batch)``. Like a real
+request, ``Instance.check_request`` checks it against the model's inputs (``servers.schema``),
+then they call ``Instance.serve(batch)``, which checks the batch against the profile. Like a real
 single-stream server the instance serves queries one after another in arrival order, and a
 query's service time is drawn from the (model, instance type) latency profile at its batch size
 with the instance's own seeded generator. It waits with asynchronous timers and never busy-waits.
@@ -170,13 +170,12 @@ class Instance:
 
     def check_request(self, request: InferRequest) -> int:
         """The batch size of a parsed infer request for this model; BadRequest unless its inputs
-        match the model's (``servers.schema.check_inputs``), it asks for no other output than
-        ``OUTPUT_NAME`` and the profile covers its batch."""
+        match the model's (``servers.schema.check_inputs``) and it asks for no other output than
+        ``OUTPUT_NAME``. (``serve`` checks the batch against the profile.)"""
         batch = check_inputs(self.inputs, request.inputs)
         for o in request.outputs:
             if o.name != OUTPUT_NAME:
                 raise BadRequest(f"unknown output {quote(o.name)}: this model has {OUTPUT_NAME!r}")
-        self.check_batch(batch)
         return batch
 
     def check_batch(self, batch: int) -> None:
