@@ -21,7 +21,7 @@ from gateway.config import GRPC_SERVERS, client_margin, load_config
 from gateway.errors import ConfigError
 from gateway.gc_freeze import freeze_startup_objects
 from gateway.policies import POLICY_NAMES
-from gateway.pool import Endpoint, load_address_file, parse_instance_flags
+from gateway.pool import load_address_file, parse_instance_flags
 from gateway.threads import keep_helper_threads_demoted
 
 PROG = "kairos-gateway"
@@ -77,7 +77,7 @@ async def serve(args: argparse.Namespace) -> None:
     if args.instance:
         instances = parse_instance_flags(args.instance)
     elif config.instances and not args.address_file:
-        instances = [Endpoint(i.name, i.type, i.http, i.grpc) for i in config.instances]
+        instances = list(config.instances)
     else:
         instances = load_address_file(args.address_file or config.servers.address_file, config.model)
     settings = GatewaySettings.from_config(

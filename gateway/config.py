@@ -30,13 +30,14 @@ class PoolEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class InstanceEntry:
-    """One running V2 server the gateway fronts (any server: MLServer, Triton, KServe, ours)."""
+class Endpoint:
+    """Where one instance listens (either protocol may be missing): a V2 server the gateway
+    fronts, from the config, ``--instance`` or a ``kairos-servers`` address file."""
 
     name: str
     type: str
-    http: str | None = None  # http://host:port
-    grpc: str | None = None  # host:port
+    http_url: str | None = None  # http://host:port
+    grpc_address: str | None = None  # host:port
 
 
 # Batch limit of a model with no latency profile (with one, the profile's largest batch).
@@ -94,7 +95,7 @@ class Config:
     host: str = "127.0.0.1"
     servers: ServersConfig = ServersConfig()
     gateway: GatewayConfig = GatewayConfig()
-    instances: tuple[InstanceEntry, ...] = ()  # real servers to front (empty: the emulated pool)
+    instances: tuple[Endpoint, ...] = ()  # real servers to front (empty: the emulated pool)
     # Latency profiles (a file, or a directory of files) on top of the shipped ones.
     profiles: Path | None = None
     max_batch: int | None = None  # without a profile: the largest batch accepted
@@ -287,10 +288,10 @@ def _pool(raw: Any, type_names: tuple[str, ...]) -> list[PoolEntry]:
     return pool
 
 
-def _instances(raw: Any, type_names: tuple[str, ...]) -> list[InstanceEntry]:
+def _instances(raw: Any, type_names: tuple[str, ...]) -> list[Endpoint]:
     if not isinstance(raw, list) or len(raw) > 10_000:
         raise ConfigError('instances: expected a list of {"type", "http", "grpc"} objects')
-    out: list[InstanceEntry] = []
+    out: list[Endpoint] = []
     for i, item in enumerate(raw):
         f = _Fields(item, f"instances[{i}]")
         f.unknown({"name", "type", "http", "grpc"})
@@ -302,7 +303,7 @@ def _instances(raw: Any, type_names: tuple[str, ...]) -> list[InstanceEntry]:
         if http is not None and not http.startswith("http://"):
             raise ConfigError(f"instances[{i}].http: expected http://HOST:PORT, got {http!r}")
         name = check_model_name(f.str("name", f"{type_name}-{i}"), f"instances[{i}].name")
-        out.append(InstanceEntry(name=name, type=type_name, http=http.rstrip("/") if http else None, grpc=grpc))
+        out.append(Endpoint(name, type_name, http.rstrip("/") if http else None, grpc))
     names = [e.name for e in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"instances: names must be unique, got {names}")

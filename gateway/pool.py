@@ -10,23 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.backend import Backend
-from gateway.config import check_model_name
+from gateway.config import Endpoint, check_model_name
 from gateway.errors import ConfigError
 from gateway.protocol.addresses import read_address_file
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where one instance of the pool listens (either protocol may be missing)."""
-
-    name: str
-    type: str
-    http_url: str | None = None
-    grpc_address: str | None = None  # host:port
 
 
 def load_address_file(path: str | Path, model: str) -> list[Endpoint]:

@@ -96,7 +96,7 @@ def test_a_model_with_its_own_instances_and_types_needs_no_pool() -> None:
     config = parse_config(_byo())
     assert config.model == "iris" and config.qos_ms == 50.0
     (inst,) = config.instances
-    assert (inst.name, inst.type, inst.http, inst.grpc) == (
+    assert (inst.name, inst.type, inst.http_url, inst.grpc_address) == (
         "local-cpu-0", "local-cpu", "http://127.0.0.1:8080", "127.0.0.1:8081"
     )
     assert config.pool_spec() == (("local-cpu", 1),)  # what the simulator and the allocator take
