@@ -34,10 +34,10 @@ TYPES = ["g4dn.xlarge", "r5n.large"]
 
 def python_slack(snap: Snapshot, instances: list[int]) -> list[list[float]]:
     """The same matrix, one cell at a time (what the numpy code replaces)."""
-    safeguard = SAFEGUARD_FRACTION * snap.qos_ms
     rows = []
     for i in range(snap.n_queries):
         t_left = float(snap.time_left_ms[i])
+        safeguard = SAFEGUARD_FRACTION * float(snap.qos_ms[i])
         row = []
         for j in instances:
             t = int(snap.inst_type[j])
@@ -89,7 +89,7 @@ def dispatcher_decide_us(n: int, est: LatencyEstimator, rng: np.random.Generator
     insts = [(f"i{j}", TYPES[0] if j % 7 == 0 else TYPES[1]) for j in range(n)]
     times = []
     for r in range(repeat + 1):
-        d = Dispatcher(make_policy("kairos"), est, insts, qos_ms=QOS_MS)
+        d = Dispatcher(make_policy("kairos"), est, insts)
         for k in range(n // 3):  # occupy a third of the pool
             d.submit(Query(id=-k - 1, batch=10, arrival_ms=0.0, deadline_ms=QOS_MS))
         for x in d.decide(0.0)[n // 3 :]:

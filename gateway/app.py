@@ -100,7 +100,6 @@ def build_dispatcher(
         make_policy(settings.policy, settings.seed),
         estimator,
         [(i.name, i.type) for i in instances],
-        qos_ms=config.qos_ms,
         depth=settings.depth,
         max_pending=settings.max_pending,
         pipeline=settings.pipeline,
@@ -145,7 +144,7 @@ class Gateway:
         )
         self.core = core
         self._prober = HealthProber(
-            clients, cfg.model, cfg.gateway.probe_interval_s, core.set_instance_health
+            core.clients, cfg.model, cfg.gateway.probe_interval_s, core.set_instance_health
         )
         await self._prober.probe_all()
         self._prober.start()

@@ -42,6 +42,7 @@ from gateway.errors import (
 )
 from gateway.metrics import GatewayMetrics
 from gateway.outlier import DEFAULT_CONSECUTIVE_ERRORS, ConsecutiveErrors
+from gateway.profiles import LatencyProfile
 from gateway.protocol.limits import quote
 
 log = logging.getLogger("kairos.gateway")
@@ -100,10 +101,14 @@ class GatewayCore:
     ) -> None:
         if len(clients) != len(dispatcher.instances):
             raise ValueError("one client per dispatcher instance is required")
+        # By instance name (its stable id): instances come and go while queries flow.
+        self.clients: dict[str, Backend] = {
+            inst.name: client for inst, client in zip(dispatcher.instances, clients, strict=True)
+        }
+        self._closing_clients: set[asyncio.Task[None]] = set()
         self.model = model
         self.qos_ms = qos_ms
         self.dispatcher = dispatcher
-        self.clients = list(clients)
         self.metrics = metrics or GatewayMetrics(dispatcher, model, qos_ms)
         self.backend_timeout_ms = backend_timeout_ms
         # Each deadline leaves this much of the QoS to the client legs, which the gateway cannot see.
@@ -196,8 +201,8 @@ class GatewayCore:
 
     def metadata_clients(self) -> list[Backend]:
         """Instances to ask for model metadata: the healthy ones first."""
-        order = sorted(self.dispatcher.instances, key=lambda i: not i.healthy)
-        return [self.clients[i.index] for i in order]
+        order = sorted(self.dispatcher.instances, key=lambda i: not i.in_rotation)
+        return [self.clients[i.name] for i in order]
 
     async def drain(self) -> None:
         """Stop accepting queries and wait until every accepted one is answered."""
@@ -218,12 +223,13 @@ class GatewayCore:
         self._fail_pending(error)
         return n
 
-    def set_instance_health(self, index: int, healthy: bool) -> None:
-        """Probe results and failures: an instance leaves or rejoins the rotation."""
-        inst = self.dispatcher.instances[index]
-        if not self.dispatcher.set_healthy(inst, healthy):
+    def set_instance_health(self, name: str, healthy: bool) -> None:
+        """Probe results and failures: an instance leaves or rejoins the rotation (a result for
+        an instance no longer in the pool is ignored)."""
+        inst = self._instance(name)
+        if inst is None or not self.dispatcher.set_healthy(inst, healthy):
             return
-        self._outliers.reset(index)
+        self._outliers.reset(name)
         state = "up" if healthy else "down"
         self.metrics.health_changes.labels(inst.name, state).inc()
         log.warning(
@@ -232,14 +238,70 @@ class GatewayCore:
             inst.type_name,
             "back in rotation" if healthy else "out of rotation",
         )
-        if healthy:
+        self._rotation_changed(inst)
+
+    def _rotation_changed(self, inst: InstanceState) -> None:
+        if inst.in_rotation:
             self._kick()
         elif not self.dispatcher.has_healthy():
             self._fail_pending(NoHealthyInstance(f"no healthy instance serves model {self.model!r}"))
 
+    def _instance(self, name: str) -> InstanceState | None:
+        try:
+            return self.dispatcher.instance(name)
+        except KeyError:
+            return None
+
+    # -- pool changes -------------------------------------------------------------------------
+
+    def add_instance(
+        self,
+        name: str,
+        type_name: str,
+        client: Backend,
+        healthy: bool = True,
+        profile: LatencyProfile | None = None,
+        prior: bool = False,
+    ) -> InstanceState:
+        """A new instance joins the pool; with ``healthy`` False it waits for a probe. A type new
+        to the pool needs its latency ``profile`` (measured, or a ``prior``)."""
+        inst = self.dispatcher.add(name, type_name, healthy=healthy, profile=profile, prior=prior)
+        self.clients[name] = client
+        log.info("instance %s (%s) added%s", name, type_name, "" if healthy else ", waiting for a probe")
+        self._rotation_changed(inst)
+        return inst
+
+    def drain_instance(self, name: str) -> InstanceState:
+        """The instance takes no new query and finishes what it holds (KeyError: no such one)."""
+        inst = self.dispatcher.instance(name)
+        self.dispatcher.drain(inst)
+        log.info("instance %s draining (%d in flight)", name, len(inst.in_flight))
+        self._rotation_changed(inst)
+        return inst
+
+    def remove_instance(self, name: str) -> InstanceState:
+        """Drain the instance; it leaves the pool, and its client is closed, once it holds
+        nothing (now, or when its last query is answered)."""
+        inst = self.dispatcher.instance(name)
+        self.dispatcher.remove(inst)
+        self._rotation_changed(inst)
+        self._released(inst)
+        return inst
+
+    def _released(self, inst: InstanceState) -> None:
+        """After an instance let go of a query: close the client of one that left the pool."""
+        if inst.removed and (client := self.clients.pop(inst.name, None)) is not None:
+            self._outliers.reset(inst.name)
+            log.info("instance %s removed", inst.name)
+            task = (self._loop or self._bind_loop()).create_task(client.close())
+            self._closing_clients.add(task)
+            task.add_done_callback(self._closing_clients.discard)
+
     async def close(self) -> None:
-        for client in self.clients:
+        for client in list(self.clients.values()):
             await client.close()
+        if self._closing_clients:
+            await asyncio.gather(*self._closing_clients, return_exceptions=True)
 
     # -- drive loop ---------------------------------------------------------------------------
 
@@ -339,8 +401,7 @@ class GatewayCore:
                 # The client went away: drop the query if it still waits; if a decision placed it
                 # in the meantime, give the slot it never used back.
                 if not self.dispatcher.cancel(query) and ticket.placed is not None:
-                    self.dispatcher.fail(query, ticket.placed)
-                    self._kick()
+                    self._give_back(query, ticket.placed)
                 raise
             finally:
                 ticket.waiter = None
@@ -358,7 +419,7 @@ class GatewayCore:
             self.metrics.queue_of(self.model).observe(ticket.queue_ms / 1000.0)
         self.metrics.dispatches_of(inst.name, inst.type_name).inc()
         try:
-            reply = await self.clients[inst.index].infer(ticket.request, self._timeout_s(query))
+            reply = await self.clients[inst.name].infer(ticket.request, self._timeout_s(query))
         except asyncio.CancelledError:
             self._orphan(query, inst)
             raise
@@ -366,21 +427,20 @@ class GatewayCore:
             self._on_failure(query, inst, exc)
             return None
         except InferenceError:  # the instance cannot take this request at all
-            self.dispatcher.fail(query, inst)
-            self._kick()
+            self._give_back(query, inst)
             raise
         except Exception:  # the gateway's own bug: the query fails, the instance is not blamed
             log.exception("backend call to %s failed in the gateway", inst.name)
-            self.dispatcher.fail(query, inst)
-            self._kick()
+            self._give_back(query, inst)
             raise InternalError("the gateway failed to send this query") from None
         e2e_ms = (time.perf_counter() - ticket.arrived_s) * 1000.0
         service_ms = reply.service_ms if reply.service_ms is not None else reply.round_trip_ms
         self.dispatcher.complete(query, inst, service_ms if reply.ok else None, time.monotonic() * 1000.0)
-        if self._outliers.record(inst.index, reply.server_error) and self._may_eject():
+        self._released(inst)
+        if self._outliers.record(inst.name, reply.server_error) and self._may_eject():
             self.metrics.failures.labels(inst.name).inc()
             log.warning("instance %s: %d error answers in a row", inst.name, self._outliers.threshold)
-            self.set_instance_health(inst.index, False)
+            self.set_instance_health(inst.name, False)
         if reply.ok and reply.service_ms is not None and self.dispatcher.depth == 1 and not query.pipelined:
             # Sent to an idle instance, the round trip holds no instance queueing.
             self.dispatcher.estimator.observe_overhead(reply.round_trip_ms - reply.service_ms)
@@ -391,8 +451,8 @@ class GatewayCore:
         """Outlier detection leaves at least half the pool in rotation (Envoy's
         max_ejection_percent): error answers may all be one client's bad requests, and a pool
         emptied by them answers everyone 'no healthy instance' instead."""
-        d = self.dispatcher
-        return sum(i.healthy for i in d.instances) - 1 >= len(d.instances) / 2
+        active = [i for i in self.dispatcher.instances if not i.draining]
+        return sum(i.healthy for i in active) - 1 >= len(active) / 2
 
     def _orphan(self, query: Query, inst: InstanceState) -> None:
         """The client went away mid-call. The instance still serves the query (the connection is
@@ -402,18 +462,24 @@ class GatewayCore:
         (self._loop or self._bind_loop()).call_later(left_ms / 1000.0, self._orphan_done, query, inst)
 
     def _orphan_done(self, query: Query, inst: InstanceState) -> None:
+        self._give_back(query, inst)
+
+    def _give_back(self, query: Query, inst: InstanceState) -> None:
+        """The query leaves the instance unserved: its slot is free for the next one."""
         self.dispatcher.fail(query, inst)
+        self._released(inst)
         self._kick()
 
     def _on_failure(self, query: Query, inst: InstanceState, exc: InstanceFailure) -> None:
         """Requeue the query for one retry elsewhere if its deadline allows; raise otherwise."""
         self.dispatcher.fail(query, inst)
+        self._released(inst)
         self.metrics.failures.labels(inst.name).inc()
         log.warning("%s", exc)
-        self.set_instance_health(inst.index, False)  # back in rotation when a probe succeeds
+        self.set_instance_health(inst.name, False)  # back in rotation when a probe succeeds
         now = time.monotonic() * 1000.0
         late = now >= query.deadline_ms
-        others = any(i.healthy and i.index not in query.tried for i in self.dispatcher.instances)
+        others = any(i.in_rotation and i.name not in query.tried for i in self.dispatcher.instances)
         retry = query.attempts < self.max_attempts and not late and others
         if retry:
             self.metrics.retries.inc()

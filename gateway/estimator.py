@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gateway.profiles import ProfileSet
+from gateway.profiles import LatencyProfile, ProfileSet
 
 BUCKET_WIDTH = 100  # batch sizes per correction bucket
 OVERHEAD_WINDOW = 512  # round trips the transport-overhead percentiles are taken over
@@ -38,10 +38,8 @@ class LatencyEstimator:
         self.from_prior = [t in prior_types for t in self.type_names]
         profs = [profiles.get(model, t) for t in self.type_names]
         self.max_batch = min(p.max_batch for p in profs)
-        sizes = np.arange(self.max_batch + 1)
-        sizes[0] = 1  # batch 0 is never served; keep the row finite
         # (T, max_batch + 1): profile mean per type and batch size.
-        self._profile_ms = np.stack([p.means_for(sizes) for p in profs])
+        self._profile_ms = np.stack([self._profile_row(p) for p in profs])
         n_buckets = self.max_batch // BUCKET_WIDTH + 1
         # Per (type, bucket) learning state as Python lists: ``observe`` runs once per query, and
         # numpy scalar arithmetic costs several times Python's.
@@ -72,6 +70,31 @@ class LatencyEstimator:
         # Heterogeneity coefficient: reference (fastest at the largest batch) over each type.
         at_max = self._profile_ms[:, self.max_batch]
         self.coefficient = at_max.min() / at_max
+
+    def _profile_row(self, profile: LatencyProfile) -> np.ndarray:
+        """The profile's mean at each batch 0..max_batch (batch 0 as batch 1; past the
+        profile's largest batch, its value there)."""
+        sizes = np.clip(np.arange(self.max_batch + 1), 1, profile.max_batch)
+        return profile.means_for(sizes)
+
+    def add_type(self, profile: LatencyProfile, prior: bool = False) -> int:
+        """A type that joined the pool at run time; returns its index (its own if known)."""
+        name = profile.instance_type
+        if name in self.type_names:
+            return self.type_index(name)
+        row = self._profile_row(profile)
+        n_buckets = len(self._correction[0]) if self._correction else self.max_batch // BUCKET_WIDTH + 1
+        self.type_names.append(name)
+        self.from_prior.append(prior)
+        self._profile_ms = np.vstack([self._profile_ms, row[None, :]])
+        self._profile_rows.append(row.tolist())
+        self._correction.append([1.0] * n_buckets)
+        self._observations.append([0] * n_buckets)
+        self._regions.append([(b, b) for b in range(n_buckets)])
+        self._by_batch = np.ascontiguousarray(np.hstack([self._by_batch, row[:, None]]))
+        at_max = self._profile_ms[:, self.max_batch]
+        self.coefficient = at_max.min() / at_max
+        return len(self.type_names) - 1
 
     @property
     def n_types(self) -> int:

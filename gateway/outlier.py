@@ -14,9 +14,9 @@ class ConsecutiveErrors:
         if threshold < 1:
             raise ValueError("threshold must be >= 1")
         self.threshold = threshold
-        self._count: dict[int, int] = {}
+        self._count: dict[str, int] = {}  # by instance name
 
-    def record(self, instance: int, error: bool) -> bool:
+    def record(self, instance: str, error: bool) -> bool:
         """Count one answer of ``instance``; True when it should leave the rotation now."""
         if not error:
             if instance in self._count:
@@ -29,5 +29,5 @@ class ConsecutiveErrors:
         self._count[instance] = n
         return False
 
-    def reset(self, instance: int) -> None:
+    def reset(self, instance: str) -> None:
         self._count.pop(instance, None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from gateway.backend import Backend
@@ -47,20 +47,21 @@ def parse_instance_flags(specs: Sequence[str]) -> list[Endpoint]:
     return out
 
 
-ProbeResult = Callable[[int, bool], None]
+ProbeResult = Callable[[str, bool], None]
 
 
 class HealthProber:
-    """Probes every instance's readiness on a timer and reports each result by instance index."""
+    """Probes every instance's readiness on a timer and reports each result by instance name.
+    ``clients`` is read at each round: the pool's own live mapping, as instances come and go."""
 
     def __init__(
         self,
-        clients: Sequence[Backend],
+        clients: Mapping[str, Backend],
         model: str,
         interval_s: float,
         on_result: ProbeResult,
     ) -> None:
-        self.clients = list(clients)
+        self.clients = clients
         self.model = model
         self.interval_s = interval_s
         self.timeout_s = min(interval_s, 1.0)
@@ -68,9 +69,10 @@ class HealthProber:
         self._task: asyncio.Task[None] | None = None
 
     async def probe_all(self) -> None:
-        results = await asyncio.gather(*(c.ready(self.model, self.timeout_s) for c in self.clients))
-        for index, ready in enumerate(results):
-            self.on_result(index, ready)
+        names = list(self.clients)
+        results = await asyncio.gather(*(self.clients[n].ready(self.model, self.timeout_s) for n in names))
+        for name, ready in zip(names, results, strict=True):
+            self.on_result(name, ready)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())

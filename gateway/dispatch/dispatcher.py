@@ -20,6 +20,7 @@ from gateway.dispatch.query import Query
 from gateway.errors import DeadlineExceeded, Overloaded
 from gateway.estimator import LatencyEstimator
 from gateway.policies import Policy, Snapshot
+from gateway.profiles import LatencyProfile
 
 # An instance past its estimate is still working: its answer has not come. Without a floor its
 # time left reads 0, the same as an idle instance's, and a policy may pick it over an idle one
@@ -27,6 +28,8 @@ from gateway.policies import Policy, Snapshot
 OVERDUE_LEFT_MS = 1e-3
 ADMISSION_STEP_UP = 1.1
 ADMISSION_FACTOR_MAX = 8.0
+# The per-instance numpy columns (besides the type column), grown and shrunk together.
+_COLUMNS = ("_held", "_ok", "_span_start", "_span_total", "_span_end", "_floor", "_free", "_full")
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -37,14 +40,32 @@ def _read_only(a: np.ndarray) -> np.ndarray:
 
 @dataclass(slots=True, eq=False)
 class InstanceState:
+    """One instance in the pool. ``name`` is its stable id; ``index`` is its column in the
+    dispatcher's arrays (and in a snapshot), which moves when another instance is removed."""
+
     index: int
     name: str
     type_name: str
     type_index: int
-    healthy: bool = True
+    healthy: bool = True  # what probes and failures say
+    draining: bool = False  # takes no new query; finishes what it holds
+    removed: bool = False  # gone from the pool (it held nothing, or its last query ended)
     in_flight: dict[int, Query] = field(default_factory=dict)
     served: int = 0
     busy_ms: float = 0.0  # summed service time, for the busy fraction
+
+    @property
+    def in_rotation(self) -> bool:
+        """Takes new queries: healthy and not draining."""
+        return self.healthy and not self.draining
+
+    @property
+    def state(self) -> str:
+        if self.removed:
+            return "removed"
+        if self.draining:
+            return "draining"
+        return "healthy" if self.healthy else "unhealthy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +113,6 @@ class Dispatcher:
         policy: Policy,
         estimator: LatencyEstimator,
         instances: Sequence[tuple[str, str]],
-        qos_ms: float,
         depth: int = 1,
         max_pending: int | None = None,
         pipeline: bool = False,
@@ -111,7 +131,6 @@ class Dispatcher:
         """
         self.policy = policy
         self.estimator = estimator
-        self.qos_ms = qos_ms
         self.depth = depth
         self.max_pending = max_pending
         self.pipeline = pipeline
@@ -126,38 +145,130 @@ class Dispatcher:
         # Per dispatch, the step down that balances ADMISSION_STEP_UP per shed at shed_target.
         target = self.overload.shed_target
         self._step_down = math.exp(-target * math.log(ADMISSION_STEP_UP) / (1.0 - target))
-        self.instances = [
-            InstanceState(index=i, name=name, type_name=t, type_index=estimator.type_index(t))
-            for i, (name, t) in enumerate(instances)
-        ]
-        self._types = np.array([inst.type_index for inst in self.instances], dtype=np.int64)
-        self._type_healthy = np.bincount(self._types, minlength=estimator.n_types)  # healthy per type
+        self.instances: list[InstanceState] = []  # in column order
+        self._by_name: dict[str, InstanceState] = {}
+        self._types = np.zeros(0, dtype=np.int64)
+        self._type_healthy = np.zeros(estimator.n_types, dtype=np.int64)  # in rotation, per type
         # Per-instance columns, kept current on every event so that a decision reads the pool as
         # whole arrays instead of walking it (the hot path: every arrival and completion). An
         # instance serves what it holds in order, so it is estimated done at the first start
         # plus the summed estimates.
-        n = len(self.instances)
-        self._held = np.zeros(n, dtype=np.int64)  # queries in flight
-        self._ok = np.ones(n, dtype=bool)  # healthy
-        self._span_start = np.zeros(n)  # start of the first query held
-        self._span_total = np.zeros(n)  # summed estimates of the queries held
-        self._span_end = np.zeros(n)  # start + total: when it is estimated done with them
-        self._floor = np.zeros(n)  # least work left: OVERDUE_LEFT_MS while it holds a query, else 0
-        self._free = np.full(n, depth, dtype=np.int64)  # queries it may take, pipelining aside
-        self._full = np.zeros(n, dtype=bool)  # healthy and holding ``depth``: may pipeline
-        # What a snapshot gets of these: read-only views, always current, never copied.
-        self._ok_view, self._held_view, self._free_view = (
-            _read_only(a) for a in (self._ok, self._held, self._free)
-        )
-        self._free_of = [depth] * n
-        self._full_of = [False] * n
-        self._total_free = n * depth
+        self._held = np.zeros(0, dtype=np.int64)  # queries in flight
+        self._ok = np.zeros(0, dtype=bool)  # in rotation
+        self._span_start = np.zeros(0)  # start of the first query held
+        self._span_total = np.zeros(0)  # summed estimates of the queries held
+        self._span_end = np.zeros(0)  # start + total: when it is estimated done with them
+        self._floor = np.zeros(0)  # least work left: OVERDUE_LEFT_MS while it holds a query, else 0
+        self._free = np.zeros(0, dtype=np.int64)  # queries it may take, pipelining aside
+        self._full = np.zeros(0, dtype=bool)  # in rotation and holding ``depth``: may pipeline
+        self._free_of: list[int] = []
+        self._full_of: list[bool] = []
+        self._total_free = 0
         self._n_full = 0
-        self._healthy_count = n
+        self._healthy_count = 0  # in rotation
+        self._removing: set[str] = set()  # instances removed while they still held queries
+        self._add_all([(name, t) for name, t in instances])
         self.decisions = 0
         # Free slots the last ``decide`` left unused (a driver reads it right after the call).
         self.free_left = 0
         self.pipelined = 0  # dispatches to an instance still busy with its previous query
+
+    # -- pool changes -------------------------------------------------------------------------
+
+    def instance(self, name: str) -> InstanceState:
+        """The instance named ``name`` (KeyError if the pool has none)."""
+        return self._by_name[name]
+
+    def add(
+        self,
+        name: str,
+        type_name: str,
+        healthy: bool = True,
+        profile: LatencyProfile | None = None,
+        prior: bool = False,
+    ) -> InstanceState:
+        """A new instance joins the pool: its columns are appended, and a decision may use it at
+        once. A type new to the estimator needs its ``profile`` (measured, or a ``prior``)."""
+        if type_name not in self.estimator.type_names:
+            if profile is None or profile.instance_type != type_name:
+                raise ValueError(f"instance type {type_name!r} is new to this pool: its latency profile is needed")
+            self.estimator.add_type(profile, prior=prior)
+            grow = self.estimator.n_types - len(self._type_healthy)
+            self._type_healthy = np.concatenate([self._type_healthy, np.zeros(grow, dtype=np.int64)])
+            self._backlog = np.concatenate([self._backlog, np.zeros(grow)])
+        (inst,) = self._add_all([(name, type_name)], healthy)
+        return inst
+
+    def _add_all(self, specs: Sequence[tuple[str, str]], healthy: bool = True) -> list[InstanceState]:
+        names = [name for name, _ in specs]
+        clash = next((n for n in names if n in self._by_name), None)
+        if clash is not None or len(set(names)) != len(names):
+            raise ValueError(f"instance {clash or names!r}: the pool already has an instance of that name")
+        first = len(self.instances)
+        new = [
+            InstanceState(index=first + k, name=name, type_name=t, type_index=self.estimator.type_index(t))
+            for k, (name, t) in enumerate(specs)
+        ]
+        k = len(new)
+        self._types = np.concatenate([self._types, np.array([i.type_index for i in new], dtype=np.int64)])
+        for col in _COLUMNS:
+            old = getattr(self, col)
+            setattr(self, col, np.concatenate([old, np.zeros(k, dtype=old.dtype)]))
+        self._free_of += [0] * k
+        self._full_of += [False] * k
+        self.instances += new
+        for inst in new:
+            self._by_name[inst.name] = inst
+            inst.healthy = False
+            self._set_rotation(inst, healthy=healthy)
+        self._views()
+        return new
+
+    def drain(self, instance: InstanceState) -> None:
+        """The instance takes no new query; what it holds is served and answered as usual."""
+        self._set_rotation(instance, draining=True)
+
+    def remove(self, instance: InstanceState) -> bool:
+        """Drain the instance and take it out of the pool once it holds nothing: now (returns
+        True) or when its last query is completed or failed (``removed`` turns True then)."""
+        if instance.removed:
+            return True
+        self.drain(instance)
+        if instance.in_flight:
+            self._removing.add(instance.name)
+            return False
+        self._delete(instance)
+        return True
+
+    def _delete(self, instance: InstanceState) -> None:
+        """Swap the last column into the instance's place and shrink every column by one."""
+        instance.removed = True
+        self._removing.discard(instance.name)
+        j, last = instance.index, len(self.instances) - 1
+        moved = self.instances[last]
+        for col in ("_types", *_COLUMNS):
+            a = getattr(self, col)
+            a[j] = a[last]
+            setattr(self, col, a[:last].copy())
+        self._free_of[j] = self._free_of[last]
+        self._full_of[j] = self._full_of[last]
+        self._free_of.pop()
+        self._full_of.pop()
+        self.instances[j] = moved
+        moved.index = j
+        self.instances.pop()
+        del self._by_name[instance.name]
+        self._views()
+
+    def _views(self) -> None:
+        # What a snapshot gets of the columns: read-only views, always current, never copied.
+        self._ok_view, self._held_view, self._free_view = (
+            _read_only(a) for a in (self._ok, self._held, self._free)
+        )
+
+    def _retire_if_done(self, instance: InstanceState) -> None:
+        if not instance.in_flight and instance.name in self._removing:
+            self._delete(instance)
 
     # -- events -------------------------------------------------------------------------------
 
@@ -316,23 +427,36 @@ class Dispatcher:
         if service_ms is not None:
             instance.busy_ms += service_ms
             self.estimator.observe(instance.type_index, query.batch, service_ms)
+        self._retire_if_done(instance)
 
     def fail(self, query: Query, instance: InstanceState) -> None:
         """The instance failed the query; the caller decides whether to retry or answer."""
         instance.in_flight.pop(query.id, None)
         self._held_changed(instance)
-        query.tried.add(instance.index)
+        query.tried.add(instance.name)
+        self._retire_if_done(instance)
 
     def set_healthy(self, instance: InstanceState, healthy: bool) -> bool:
-        """Returns whether this changed the instance's state."""
+        """Returns whether this changed the instance's health."""
         changed = instance.healthy != healthy
         if changed:
-            instance.healthy = healthy
-            self._ok[instance.index] = healthy
-            self._healthy_count += 1 if healthy else -1
-            self._type_healthy[instance.type_index] += 1 if healthy else -1
-            self._refresh(instance)
+            self._set_rotation(instance, healthy=healthy)
         return changed
+
+    def _set_rotation(
+        self, instance: InstanceState, healthy: bool | None = None, draining: bool | None = None
+    ) -> None:
+        was = instance.in_rotation
+        if healthy is not None:
+            instance.healthy = healthy
+        if draining is not None:
+            instance.draining = draining
+        now = instance.in_rotation
+        if now != was:
+            self._ok[instance.index] = now
+            self._healthy_count += 1 if now else -1
+            self._type_healthy[instance.type_index] += 1 if now else -1
+        self._refresh(instance)
 
     def _held_changed(self, instance: InstanceState) -> None:
         """Bring the instance's span columns up to date with what it now holds."""
@@ -354,7 +478,7 @@ class Dispatcher:
         """The instance's count columns, and the pool totals, after its load or health changed.
         Python mirrors of the columns say what changed: a numpy scalar read costs more."""
         j, k, depth = instance.index, len(instance.in_flight), self.depth
-        ok = instance.healthy
+        ok = instance.in_rotation
         self._held[j] = k
         self._floor[j] = OVERDUE_LEFT_MS if k else 0.0
         free = depth - k if ok and k < depth else 0
@@ -445,7 +569,7 @@ class Dispatcher:
         snap = Snapshot(
             batch=batch,
             time_left_ms=lambda: np.array([q.deadline_ms for q in queries], dtype=float) - now_ms,
-            qos_ms=self.qos_ms,
+            qos_ms=lambda: np.array([q.deadline_ms - q.arrival_ms for q in queries], dtype=float),
             inst_type=self._types,
             healthy=self._ok_view,
             free_slots=free,

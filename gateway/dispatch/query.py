@@ -14,7 +14,7 @@ class Query:
     deadline_ms: float
     payload: Any = None  # whatever the driver needs to send and answer it (never read here)
     attempts: int = 0  # dispatches so far; a retry is the second
-    tried: set[int] = field(default_factory=set)  # instances that failed it
+    tried: set[str] = field(default_factory=set)  # names of the instances that failed it
     started_ms: float = 0.0
     est_ms: float = 0.0
     pipelined: bool = False  # sent to an instance still busy with its previous query

@@ -39,6 +39,7 @@ class Snapshot:
     __slots__ = (
         "_busy_left_ms",
         "_est_ms",
+        "_qos_ms",
         "_time_left_ms",
         "batch",
         "coefficient",
@@ -46,10 +47,10 @@ class Snapshot:
         "healthy",
         "inst_type",
         "outstanding",
-        "qos_ms",
     )  # fmt: skip
 
     time_left_ms = _LazyInput()  # (Q,) time to each query's deadline; negative once late
+    qos_ms = _LazyInput()  # (Q,) each query's own latency target: deadline minus arrival
     busy_left_ms = _LazyInput()  # (N,) estimated time until the instance has finished its work
     est_ms = _LazyInput()  # (Q, T) estimated mean service time of each query on each type
 
@@ -58,7 +59,7 @@ class Snapshot:
         *,
         batch: np.ndarray,  # (Q,) int batch sizes
         time_left_ms: Lazy,
-        qos_ms: float,
+        qos_ms: Lazy | float,  # a float: the same target for every query
         inst_type: np.ndarray,  # (N,) type index of each instance
         healthy: np.ndarray,  # (N,) bool
         free_slots: np.ndarray,  # (N,) int: queries the instance may still take (0 when unhealthy)
@@ -69,7 +70,7 @@ class Snapshot:
     ) -> None:
         self.batch = batch
         self._time_left_ms = time_left_ms
-        self.qos_ms = qos_ms
+        self._qos_ms = np.full(len(batch), float(qos_ms)) if isinstance(qos_ms, (int, float)) else qos_ms
         self.inst_type = inst_type
         self.healthy = healthy
         self.free_slots = free_slots

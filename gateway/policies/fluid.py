@@ -41,6 +41,7 @@ class FluidPolicy(Policy):
         self._prices = np.zeros(0)
         self._forced = np.zeros(0)
         self._counts = np.zeros(0, dtype=np.int64)
+        self._qos = 0.0  # the target the split and the reserve were computed for
 
     def window(self, n_instances: int, free_slots: int) -> int:
         return 2 * n_instances
@@ -55,8 +56,9 @@ class FluidPolicy(Policy):
         counts = np.bincount(snap.inst_type[snap.healthy], minlength=n_types)
         if (self._mix.due() or not np.array_equal(counts, self._counts)) and self._mix.seen:
             self._counts = counts
-            self._prices = type_prices(self._mix.counts, self._mix.est, counts, snap.qos_ms)
-            self._forced = forced_need(self._mix.counts, self._mix.est, counts, snap.qos_ms)
+            self._qos = float(snap.qos_ms.min())  # the split must serve the tightest target present
+            self._prices = type_prices(self._mix.counts, self._mix.est, counts, self._qos)
+            self._forced = forced_need(self._mix.counts, self._mix.est, counts, self._qos)
             self._mix.solved()
 
     def decide(self, snap: Snapshot) -> list[Assignment]:
@@ -64,7 +66,7 @@ class FluidPolicy(Policy):
         if snap.n_queries == 0 or instances.size == 0:
             return []
         self._update(snap)
-        out = plan(snap, instances, self._prices, self._forced)
+        out = plan(snap, instances, self._prices, self._forced, self._qos)
         if out:
             assert self._mix is not None
             rows = np.fromiter((i for i, _ in out), dtype=np.int64, count=len(out))
@@ -72,8 +74,11 @@ class FluidPolicy(Policy):
         return out
 
 
-def plan(snap: Snapshot, instances: np.ndarray, prices: np.ndarray, forced: np.ndarray) -> list[Assignment]:
-    """List-schedule the window onto ``instances`` (healthy); return the dispatches possible now."""
+def plan(
+    snap: Snapshot, instances: np.ndarray, prices: np.ndarray, forced: np.ndarray, reserve_qos: float
+) -> list[Assignment]:
+    """List-schedule the window onto ``instances`` (healthy); return the dispatches possible now.
+    ``forced``: per type, the time the largest query only it serves needs, within ``reserve_qos``."""
     types = snap.inst_type[instances]
     est = snap.est_ms[:, types]  # (Q, M)
     cost = est * prices[types]
@@ -81,7 +86,7 @@ def plan(snap: Snapshot, instances: np.ndarray, prices: np.ndarray, forced: np.n
     avail = snap.busy_left_ms[instances].astype(float)  # when each instance could start more work
     slots = snap.free_slots[instances].copy()
     time_left = snap.time_left_ms
-    qos = snap.qos_ms
+    qos = snap.qos_ms  # (Q,) each query's own target
     # Per query: how many types it could still make its deadline on, with nothing else planned.
     ok0 = avail[None, :] + need <= time_left[:, None]
     n_ok_types = np.zeros((snap.n_queries, int(types.max()) + 1), dtype=bool)
@@ -115,7 +120,7 @@ def plan(snap: Snapshot, instances: np.ndarray, prices: np.ndarray, forced: np.n
         if flexible_l[i] and same is not None:
             # After this placement, each type must still take its largest forced query on arrival.
             after = np.minimum(np.where(same, avail[None, :], np.inf).min(axis=1), avail + est[i])
-            keep = after + reserve <= qos
+            keep = after + reserve <= reserve_qos
             if (ok & keep).any():
                 ok &= keep
         # The cheapest allowed instance; among equal costs (one type), the earliest finish.

@@ -25,7 +25,7 @@ def slack_matrix(snap: Snapshot, instances: np.ndarray | None = None) -> np.ndar
     slack = snap.coefficient.take(types) * neg_finish
     # The penalties apply only while the query is not yet late; a late query scores on slack.
     time_left = snap.time_left_ms
-    safeguard = SAFEGUARD_FRACTION * snap.qos_ms
+    safeguard = SAFEGUARD_FRACTION * snap.qos_ms[:, None]  # per query: its own target's share
     if time_left.min() > 0:
         # residual = time left - wait - service; penalise a likely miss, then a near miss.
         residual = (time_left[:, None] - left) - est
@@ -36,7 +36,7 @@ def slack_matrix(snap: Snapshot, instances: np.ndarray | None = None) -> np.ndar
     if on_time.any():
         residual = (time_left[on_time, None] - left) - est[on_time]
         rows = slack[on_time]
-        rows[residual < safeguard] = AT_RISK_SLACK
+        rows[residual < safeguard[on_time]] = AT_RISK_SLACK
         rows[residual < 0] = MISS_SLACK
         slack[on_time] = rows
     return slack

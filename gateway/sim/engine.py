@@ -99,7 +99,7 @@ def simulate(
     types = pool_types(pool)
     estimator = LatencyEstimator(profiles, model, types)
     dispatcher = Dispatcher(
-        pol, estimator, instances, qos_ms=qos_ms, depth=depth, pipeline=pipeline, overload=overload
+        pol, estimator, instances, depth=depth, pipeline=pipeline, overload=overload
     )
     control = dispatcher.overload
     sheds = control.shed_late

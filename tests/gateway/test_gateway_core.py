@@ -4,82 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gateway.app import GatewaySettings, build_dispatcher
-from gateway.backend import BackendReply, InstanceFailure, RoutedRequest
+from gateway.backend import BackendReply, RoutedRequest
 from gateway.backend.base import GRPC
-from gateway.config import parse_config
 from gateway.core import GatewayCore, InferResult
 from gateway.errors import BadRequest, DeadlineExceeded, InternalError, ModelNotFound, Overloaded, Unavailable
 from gateway.outlier import ConsecutiveErrors
-from gateway.pool import Endpoint
-
-Behaviour = Callable[[RoutedRequest], Awaitable[BackendReply]]
-
-
-class FakeInstance:
-    http = None
-    grpc = None
-
-    def __init__(self, name: str, behaviour: Behaviour) -> None:
-        self.name = name
-        self.behaviour = behaviour
-        self.calls: Counter[str] = Counter()
-
-    async def infer(self, request: RoutedRequest, timeout_s: float) -> BackendReply:
-        self.calls[request.request_id] += 1
-        try:
-            return await asyncio.wait_for(self.behaviour(request), timeout_s)
-        except TimeoutError:  # as the real clients report it
-            raise InstanceFailure(self.name, "no answer in time", timeout=True) from None
-
-    async def ready(self, model: str, timeout_s: float) -> bool:
-        return True
-
-    async def close(self) -> None:
-        pass
-
-
-def ok_after(ms: float) -> Behaviour:
-    async def run(request: RoutedRequest) -> BackendReply:
-        await asyncio.sleep(ms / 1000)
-        return BackendReply(body=request.request_id.encode(), service_ms=ms)
-
-    return run
-
-
-def failing(name: str, after_ms: float = 0.0) -> Behaviour:
-    async def run(request: RoutedRequest) -> BackendReply:
-        await asyncio.sleep(after_ms / 1000)
-        raise InstanceFailure(name, "connection reset")
-
-    return run
-
-
-def make_core(
-    behaviours: list[Behaviour],
-    policy: str = "fcfs",
-    max_pending: int = 100,
-    qos_ms: float = 350,
-    client_margin_ms: float = 0.0,
-    late_queries: str = "shed",
-) -> tuple[GatewayCore, list[FakeInstance]]:
-    config = parse_config({"model": "rm2", "qos_ms": qos_ms, "pool": [{"type": "r5n.large", "count": 1}]})
-    endpoints = [Endpoint(f"r5n.large-{i}", "r5n.large") for i in range(len(behaviours))]
-    settings = GatewaySettings(
-        policy=policy, depth=1, max_pending=max_pending, http_port=0, grpc_port=0, late_queries=late_queries
-    )
-    dispatcher = build_dispatcher(config, endpoints, settings)
-    fakes = [FakeInstance(e.name, b) for e, b in zip(endpoints, behaviours, strict=True)]
-    return GatewayCore("rm2", qos_ms, dispatcher, fakes, client_margin_ms=client_margin_ms), fakes
-
-
-def request(i: int, batch: int = 10, qos_ms: float | None = None) -> RoutedRequest:
-    return RoutedRequest(protocol=GRPC, model="rm2", batch=batch, body=b"", request_id=f"q{i}", qos_ms=qos_ms)
+from tests.helpers.fake_instances import Behaviour, failing, make_core, ok_after, request
 
 
 async def test_every_query_answered_once_in_fifo_order_on_one_instance() -> None:
@@ -104,7 +37,7 @@ async def test_failed_instance_is_retried_once_elsewhere_and_leaves_rotation() -
 async def test_no_second_retry_gives_unavailable() -> None:
     core, fakes = make_core([failing("a"), failing("b"), ok_after(1)], policy="round-robin")
     # Keep the good instance out of rotation: both tries land on failing instances.
-    core.set_instance_health(2, False)
+    core.set_instance_health("r5n.large-2", False)
     with pytest.raises(Unavailable):
         await core.infer(request(0))
     assert sum(f.calls["q0"] for f in fakes) == 2
@@ -139,11 +72,11 @@ async def test_unknown_model_and_no_healthy_instance() -> None:
     bad.model = "ncf"
     with pytest.raises(ModelNotFound):
         await core.infer(bad)
-    core.set_instance_health(0, False)
+    core.set_instance_health("r5n.large-0", False)
     assert not core.ready
     with pytest.raises(Unavailable):
         await core.infer(request(1))
-    core.set_instance_health(0, True)
+    core.set_instance_health("r5n.large-0", True)
     assert core.ready
     assert (await core.infer(request(2))).reply.body == b"q2"
 
@@ -152,7 +85,7 @@ async def test_pending_queries_fail_when_the_last_instance_goes_down() -> None:
     core, _ = make_core([ok_after(50)])
     tasks = [asyncio.ensure_future(core.infer(request(i))) for i in range(3)]
     await asyncio.sleep(0.01)  # q0 in flight, q1 and q2 pending
-    core.set_instance_health(0, False)
+    core.set_instance_health("r5n.large-0", False)
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     assert not isinstance(outcomes[0], BaseException)
     assert all(isinstance(o, Unavailable) for o in outcomes[1:])
@@ -207,12 +140,12 @@ async def test_client_gone_mid_call_holds_the_instance_until_its_estimate() -> N
 
 async def test_client_gone_after_its_query_was_placed_gives_the_slot_back() -> None:
     core, (_, spare) = make_core([ok_after(10_000), ok_after(1)])
-    core.set_instance_health(1, False)
+    core.set_instance_health("r5n.large-1", False)
     first = asyncio.ensure_future(core.infer(request(0)))
     second = asyncio.ensure_future(core.infer(request(1)))
     await asyncio.sleep(0.005)
     assert [q.payload.request.request_id for q in core.dispatcher.pending] == ["q1"]
-    core.set_instance_health(1, True)
+    core.set_instance_health("r5n.large-1", True)
     await asyncio.sleep(0)  # the decision this schedules places q1 on the spare ...
     assert not core.dispatcher.pending and core.dispatcher.instances[1].in_flight
     second.cancel()  # ... and its client leaves before q1 is sent

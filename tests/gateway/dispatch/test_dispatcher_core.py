@@ -15,7 +15,7 @@ from gateway.profiles import load_profiles
 def dispatcher(policy: str = "fcfs", n: int = 2, max_pending: int | None = None, depth: int = 1) -> Dispatcher:
     est = LatencyEstimator(load_profiles(), "rm2", ["r5n.large"])
     insts = [(f"cpu{i}", "r5n.large") for i in range(n)]
-    return Dispatcher(make_policy(policy), est, insts, qos_ms=350, depth=depth, max_pending=max_pending)
+    return Dispatcher(make_policy(policy), est, insts, depth=depth, max_pending=max_pending)
 
 
 def q(i: int, now: float = 0.0) -> Query:
@@ -50,7 +50,7 @@ def test_requeue_puts_the_query_at_the_head() -> None:
     d.fail(first.query, first.instance)
     d.requeue(first.query)
     assert [x.id for x in d.pending] == [0, 1, 2]
-    assert first.query.tried == {0}
+    assert first.query.tried == {"cpu0"}
     (again,) = d.decide(1.0)
     assert again.query.id == 0 and again.query.attempts == 2
 

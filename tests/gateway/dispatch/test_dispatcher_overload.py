@@ -19,7 +19,7 @@ def dispatcher(
 ) -> Dispatcher:
     est = LatencyEstimator(load_profiles(), "rm2", list(dict.fromkeys(types)))
     insts = [(f"i{k}", t) for k, t in enumerate(types)]
-    return Dispatcher(make_policy(policy), est, insts, qos_ms=QOS, overload=overload, **kw)  # type: ignore[arg-type]
+    return Dispatcher(make_policy(policy), est, insts, overload=overload, **kw)  # type: ignore[arg-type]
 
 
 def q(i: int, batch: int = 10, now: float = 0.0, qos: float = QOS) -> Query:
@@ -111,7 +111,7 @@ class _Starving:
 def test_max_wait_serves_a_starved_query_first() -> None:
     est = LatencyEstimator(load_profiles(), "rm2", ["r5n.large"])
     d = Dispatcher(
-        _Starving(), est, [("i0", "r5n.large")], qos_ms=QOS, overload=OverloadControl(max_wait_ms=100.0)
+        _Starving(), est, [("i0", "r5n.large")], overload=OverloadControl(max_wait_ms=100.0)
     )  # type: ignore[arg-type]
     starved = q(0, batch=600)
     d.submit(starved)

@@ -19,7 +19,7 @@ def dispatcher(
     est = LatencyEstimator(load_profiles(), "rm2", ["r5n.large"])
     est.overhead_ms = overhead_ms  # in every estimate
     est.overhead_p99_ms = overhead_ms if lookahead_ms is None else lookahead_ms  # how early an instance opens
-    return Dispatcher(make_policy(policy), est, [("cpu0", "r5n.large")], qos_ms=350, pipeline=pipeline)
+    return Dispatcher(make_policy(policy), est, [("cpu0", "r5n.large")], pipeline=pipeline)
 
 
 def q(i: int, now: float = 0.0) -> Query:

@@ -19,7 +19,7 @@ GPU, CPU = 0, 1
 
 
 def run(s: Snapshot, prices: tuple[float, float] = (2.0, 1.0), forced: tuple[float, float] = (0.0, 0.0)) -> list[tuple[int, int]]:
-    return plan(s, np.flatnonzero(s.healthy), np.array(prices), np.array(forced))
+    return plan(s, np.flatnonzero(s.healthy), np.array(prices), np.array(forced), float(s.qos_ms.min()))
 
 
 # One GPU (instance 0) and two CPUs; the GPU's capacity costs twice as much per ms.

@@ -60,7 +60,7 @@ class _Recorder(Policy):
 def test_a_policy_cannot_write_to_the_dispatchers_columns(field: str) -> None:
     est = LatencyEstimator(load_profiles(), "rm2", ["r5n.large"])
     policy = _Recorder()
-    d = Dispatcher(policy, est, [("cpu0", "r5n.large")], qos_ms=350)
+    d = Dispatcher(policy, est, [("cpu0", "r5n.large")])
     d.submit(Query(id=0, batch=1, arrival_ms=0.0, deadline_ms=350.0))
     assert d.decide(0.0) == []
     with pytest.raises(ValueError, match="read-only"):
