@@ -148,7 +148,7 @@ def measured_transport_ms(url: str) -> tuple[float | None, float | None]:
         text = resp.read().decode()
 
     def gauge(stat: str) -> float | None:
-        m = re.search(rf"^kairos_transport_overhead_{stat}_seconds (\S+)$", text, re.MULTILINE)
+        m = re.search(rf"^kairos_transport_overhead_{stat}_seconds(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
         return None if m is None else 1000.0 * float(m[1])
 
     return gauge("mean"), gauge("p99")

@@ -1,19 +1,21 @@
-"""One gateway: core, backend clients, health prober and both front ends, started and stopped
-together on the running event loop. ``kairos-gateway`` runs one; tests may run several."""
+"""One gateway: a service per model (core, backend clients, health prober), the data plane over
+them and both front ends, started and stopped together on the running event loop.
+``kairos-gateway`` runs one; tests may run several."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
 from aiohttp import web
 
 from gateway.backend import InstanceClient
-from gateway.config import DEFAULT_MAX_BATCH, Config
+from gateway.config import DEFAULT_MAX_BATCH, Config, ModelConfig
 from gateway.core import GatewayCore
+from gateway.dataplane import DataPlane
 from gateway.dispatch import Dispatcher, OverloadControl
 from gateway.errors import ConfigError, Overloaded, ProfileError
 from gateway.estimator import LatencyEstimator
@@ -25,8 +27,9 @@ from gateway.grpc_server.server import ServerSettings
 from gateway.metrics import GatewayMetrics
 from gateway.policies import make_policy
 from gateway.pool import Endpoint, HealthProber
-from gateway.profiles import ProfileSet
+from gateway.profiles import LatencyProfile, ProfileSet
 from gateway.profiles.prior import prior_profile
+from gateway.registry import ModelRegistry, ModelService
 
 DRAIN_TIMEOUT_S = 60.0
 log = logging.getLogger("kairos.gateway")
@@ -73,29 +76,28 @@ def build_dispatcher(
     instances: Sequence[Endpoint],
     settings: GatewaySettings,
     profiles: ProfileSet | None = None,
+    model: ModelConfig | None = None,
 ) -> Dispatcher:
-    """The shared dispatcher core for this pool. A type without a latency profile starts from
-    a prior and learns (logged); a profile file that cannot be read is a config error."""
+    """The shared dispatcher core for one model's pool (default: the config's first model). A
+    type without a latency profile starts from a prior and learns (logged); a profile file that
+    cannot be read is a config error."""
+    model = model or config.primary
     types = list(dict.fromkeys(i.type for i in instances))
     try:
         profiles = profiles or config.profile_set()
     except ProfileError as exc:
         raise ConfigError(f"profiles: {exc}") from None
-    unprofiled = [t for t in types if not profiles.has(config.model, t)]
+    unprofiled = [t for t in types if not profiles.has(model.name, t)]
     if unprofiled:
-        max_batch = config.max_batch or min(
-            (profiles.get(config.model, t).max_batch for t in types if t not in unprofiled),
-            default=DEFAULT_MAX_BATCH,
-        )
-        priors = [prior_profile(config.model, t, config.qos_ms, max_batch) for t in unprofiled]
+        priors = [prior_for(model, t, profiles, types) for t in unprofiled]
         profiles = profiles.merged(ProfileSet({(p.model, p.instance_type): p for p in priors}))
         log.warning(
             "no latency profile for model %s on %s: starting from a prior (%.4g ms at batch 1, "
             "%.4g ms at batch %d) and learning from observed service times; measure one with "
             "kairos-profile",
-            config.model, ", ".join(unprofiled), priors[0].means[0], priors[0].means[-1], max_batch,
+            model.name, ", ".join(unprofiled), priors[0].means[0], priors[0].means[-1], priors[0].max_batch,
         )
-    estimator = LatencyEstimator(profiles, config.model, types, prior_types=unprofiled)
+    estimator = LatencyEstimator(profiles, model.name, types, prior_types=unprofiled)
     return Dispatcher(
         make_policy(settings.policy, settings.seed),
         estimator,
@@ -103,54 +105,78 @@ def build_dispatcher(
         depth=settings.depth,
         max_pending=settings.max_pending,
         pipeline=settings.pipeline,
-        overload=OverloadControl.for_mode(settings.late_queries, config.qos_ms, settings.max_wait_ms),
+        overload=OverloadControl.for_mode(settings.late_queries, model.qos_ms, settings.max_wait_ms),
     )
 
 
+def prior_for(model: ModelConfig, type_name: str, profiles: ProfileSet, types: Sequence[str]) -> LatencyProfile:
+    """The prior of an unprofiled type: up to the model's batch limit (its own, else the
+    smallest of its profiled types', else ``DEFAULT_MAX_BATCH``)."""
+    max_batch = model.max_batch or min(
+        (profiles.get(model.name, t).max_batch for t in types if profiles.has(model.name, t)),
+        default=DEFAULT_MAX_BATCH,
+    )
+    return prior_profile(model.name, type_name, model.qos_ms, max_batch)
+
+
+Endpoints = Sequence[Endpoint] | Mapping[str, Sequence[Endpoint]]
+
+
 class Gateway:
-    def __init__(self, config: Config, instances: Sequence[Endpoint], settings: GatewaySettings) -> None:
-        if not instances:
-            raise ConfigError("instances: expected at least one instance")
+    def __init__(self, config: Config, instances: Endpoints, settings: GatewaySettings) -> None:
+        """``instances``: per model name; a plain sequence is the first model's (one model)."""
+        by_model = dict(instances) if isinstance(instances, Mapping) else {config.model: list(instances)}
+        unknown = sorted(set(by_model) - {m.name for m in config.models})
+        if unknown:
+            raise ConfigError(f"instances of model {unknown[0]!r}, which the config does not list")
+        for m in config.models:
+            if not by_model.get(m.name):
+                raise ConfigError(f"instances: expected at least one instance of model {m.name!r}")
         self.config = config
-        self.instances = list(instances)
+        self.instances = by_model
         self.settings = settings
-        self.dispatcher = build_dispatcher(config, instances, settings)
-        self.metrics = GatewayMetrics(self.dispatcher, config.model, config.qos_ms)
+        self.metrics = GatewayMetrics(c.qos_ms for m in config.models for c in m.classes)
+        self.registry = ModelRegistry()
+        self.plane = DataPlane(self.registry, self.metrics)
         self.http_port = 0
         self.grpc_port = 0
-        self.core: GatewayCore | None = None
-        self._prober: HealthProber | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._grpc_server: GrpcServer | grpc.aio.Server | None = None
 
-    async def start(self) -> None:
-        """Connect to the pool, probe it once, and listen on both front ends."""
-        cfg = self.config
-        clients = [
-            InstanceClient(i.name, i.http_url, i.grpc_address, cfg.gateway.backend_protocol)
-            for i in self.instances
-        ]
+    def _service(self, model: ModelConfig) -> ModelService:
+        cfg, settings = self.config, self.settings
+        endpoints = self.instances[model.name]
+        dispatcher = build_dispatcher(cfg, endpoints, settings, model=model)
+        clients = [InstanceClient(i.name, i.http_url, i.grpc_address, cfg.gateway.backend_protocol) for i in endpoints]
         core = GatewayCore(
-            cfg.model,
-            cfg.qos_ms,
-            self.dispatcher,
+            model.name,
+            model.qos_ms,
+            dispatcher,
             clients,
             self.metrics,
-            backend_timeout_ms=self.settings.backend_timeout_ms,
-            client_margin_ms=self.settings.client_margin_ms,
+            classes=model.classes,
+            default_class=model.default_class,
+            backend_timeout_ms=settings.backend_timeout_ms,
+            client_margin_ms=settings.client_margin_ms,
             consecutive_errors=cfg.gateway.outlier_consecutive_errors,
             max_attempts=cfg.gateway.max_attempts,
         )
-        self.core = core
-        self._prober = HealthProber(
-            core.clients, cfg.model, cfg.gateway.probe_interval_s, core.set_instance_health
-        )
-        await self._prober.probe_all()
-        self._prober.start()
+        prober = HealthProber(core.clients, model.name, cfg.gateway.probe_interval_s, core.set_instance_health)
+        return ModelService(model, core, prober)
+
+    async def start(self) -> None:
+        """Connect to each model's pool, probe it once, and listen on both front ends."""
+        cfg = self.config
+        for model in cfg.models:
+            self.registry.add(self._service(model))
+        await asyncio.gather(*(s.prober.probe_all() for s in self.registry if s.prober is not None))
+        for service in self.registry:
+            if service.prober is not None:
+                service.prober.start()
 
         http = HttpFrontend(
-            core, cfg.gateway.max_body_bytes, cfg.gateway.body_timeout_s, cfg.gateway.max_buffered_bytes
+            self.plane, cfg.gateway.max_body_bytes, cfg.gateway.body_timeout_s, cfg.gateway.max_buffered_bytes
         )
         # aiohttp closes a connection that has not sent a whole request head this long after it
         # opened or after its last answer (slowloris; idle keep-alive connections go too).
@@ -170,7 +196,7 @@ class Gateway:
         await self._site.start()
         self.http_port = int(self._runner.addresses[0][1])
 
-        methods = GrpcFrontend(core).methods()
+        methods = GrpcFrontend(self.plane).methods()
         max_msg = cfg.gateway.max_body_bytes
         if self.settings.grpc_server == "grpcio":
             self._grpc_server, self.grpc_port = await start_grpcio_server(
@@ -191,17 +217,16 @@ class Gateway:
             grpc_stopped = asyncio.ensure_future(self._grpc_server.stop(grace=drain_timeout_s))
         if self._site is not None:
             await self._site.stop()
-        if self.core is not None:
-            try:
-                await asyncio.wait_for(self.core.drain(), drain_timeout_s)
-            except TimeoutError:
-                # Whatever is still queued gets its one answer before the connections close.
-                self.core.abort_pending(Overloaded("the gateway is shutting down", retry_after_s=1.0))
+        try:
+            await asyncio.wait_for(self.plane.drain(), drain_timeout_s)
+        except TimeoutError:
+            # Whatever is still queued gets its one answer before the connections close.
+            self.plane.abort_pending(Overloaded("the gateway is shutting down", retry_after_s=1.0))
         if grpc_stopped is not None:
             await grpc_stopped
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._prober is not None:
-            await self._prober.stop()
-        if self.core is not None:
-            await self.core.close()
+        for service in self.registry:
+            if service.prober is not None:
+                await service.prober.stop()
+        await self.plane.close()

@@ -17,7 +17,7 @@ import signal
 import sys
 
 from gateway.app import Gateway, GatewaySettings
-from gateway.config import GRPC_SERVERS, client_margin, load_config
+from gateway.config import GRPC_SERVERS, Config, Endpoint, client_margin, load_config
 from gateway.errors import ConfigError
 from gateway.gc_freeze import freeze_startup_objects
 from gateway.policies import POLICY_NAMES
@@ -71,15 +71,26 @@ def _check_flags(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{flag.replace('_', '-')}: expected an integer >= {lo}, got {value}")
 
 
+def _instances(args: argparse.Namespace, config: Config) -> dict[str, list[Endpoint]]:
+    """Each model's instances: ``--instance`` flags (one model only), else the config's, else
+    the address file's (a model the config lists no instances for reads the file too)."""
+    if args.instance:
+        if len(config.models) > 1:
+            raise ConfigError("--instance: only for a one-model config; list each model's instances in the config")
+        return {config.model: parse_instance_flags(args.instance)}
+    out = {}
+    for m in config.models:
+        if m.instances and not args.address_file:
+            out[m.name] = list(m.instances)
+        else:
+            out[m.name] = load_address_file(args.address_file or config.servers.address_file, m.name)
+    return out
+
+
 async def serve(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     _check_flags(args)
-    if args.instance:
-        instances = parse_instance_flags(args.instance)
-    elif config.instances and not args.address_file:
-        instances = list(config.instances)
-    else:
-        instances = load_address_file(args.address_file or config.servers.address_file, config.model)
+    instances = _instances(args, config)
     settings = GatewaySettings.from_config(
         config,
         policy=args.policy,
@@ -91,7 +102,7 @@ async def serve(args: argparse.Namespace) -> None:
         grpc_server=args.grpc_server,
         seed=args.seed,
         client_margin_ms=None if args.client_margin_ms is None else client_margin(
-            args.client_margin_ms, config.qos_ms, "--client-margin-ms"
+            args.client_margin_ms, min(c.qos_ms for m in config.models for c in m.classes), "--client-margin-ms"
         ),
     )
     gateway = Gateway(config, instances, settings)
@@ -104,18 +115,19 @@ async def serve(args: argparse.Namespace) -> None:
     except OSError as exc:
         await gateway.stop(0)
         raise ConfigError(f"cannot listen: {exc}") from None
-    assert gateway.core is not None
     # The gateway owns this process: gRPC's helper threads must not preempt the event loop.
     demoter = loop.create_task(keep_helper_threads_demoted())
-    healthy = sum(i.healthy for i in gateway.dispatcher.instances)
+    pools = [s.core.dispatcher.instances for s in gateway.registry]
+    healthy = sum(i.healthy for pool in pools for i in pool)
     freeze_startup_objects()
     print(
         f"{PROG} ready http={config.host}:{gateway.http_port} grpc={config.host}:{gateway.grpc_port} "
-        f"policy={settings.policy} model={config.model} instances={len(instances)} healthy={healthy}",
+        f"policy={settings.policy} model={','.join(gateway.registry.names)} "
+        f"instances={sum(len(p) for p in pools)} healthy={healthy}",
         flush=True,
     )
     await stop.wait()
-    logging.getLogger("kairos.gateway").warning("stopping: answering %d queries in flight", gateway.core.outstanding)
+    logging.getLogger("kairos.gateway").warning("stopping: answering %d queries in flight", gateway.plane.outstanding)
     demoter.cancel()
     await gateway.stop()
 

@@ -42,6 +42,58 @@ class Endpoint:
 
 # Batch limit of a model with no latency profile (with one, the profile's largest batch).
 DEFAULT_MAX_BATCH = 1024
+DEFAULT_CLASS = "default"  # the one class of a model that declares none
+DEFAULT_ATTAINMENT = 0.99
+MAX_MODELS = 256
+MAX_CLASSES = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceClass:
+    """A service class of a model: its queries should be answered within ``qos_ms``, at least
+    ``attainment`` of them. Under overload, a class of lower ``priority`` is shed first."""
+
+    name: str
+    qos_ms: float
+    attainment: float = DEFAULT_ATTAINMENT
+    priority: int = 0  # higher: more important
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """One model the gateway serves: its service classes and the instances that serve it."""
+
+    name: str
+    classes: tuple[ServiceClass, ...]
+    default_class: str
+    # The emulated pool ``kairos-servers`` starts; when only ``instances`` are listed, their
+    # count per type (what the simulator and the allocator take).
+    pool: tuple[PoolEntry, ...]
+    instances: tuple[Endpoint, ...] = ()  # real servers to front (empty: the emulated pool)
+    max_batch: int | None = None  # without a profile: the largest batch accepted
+
+    @property
+    def default(self) -> ServiceClass:
+        return self.service_class(self.default_class)
+
+    @property
+    def qos_ms(self) -> float:
+        """The default class's target."""
+        return self.default.qos_ms
+
+    def service_class(self, name: str) -> ServiceClass:
+        for c in self.classes:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def pool_size(self) -> int:
+        return sum(e.count for e in self.pool)
+
+    def instance_types(self) -> list[str]:
+        """One entry per instance, in pool order (the order ports are assigned in)."""
+        return [e.type for e in self.pool for _ in range(e.count)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,19 +139,47 @@ class GatewayConfig:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    model: str
-    qos_ms: float
-    # The emulated pool ``kairos-servers`` starts; when only ``instances`` are listed, their
-    # count per type (what the simulator and the allocator take).
-    pool: tuple[PoolEntry, ...]
+    """The whole config. ``models`` in the order given; the single-model properties (``model``,
+    ``qos_ms``, ``pool``, ...) read the first, what single-model tools (the simulator, the
+    allocator, the demo) take."""
+
+    models: tuple[ModelConfig, ...]
     host: str = "127.0.0.1"
     servers: ServersConfig = ServersConfig()
     gateway: GatewayConfig = GatewayConfig()
-    instances: tuple[Endpoint, ...] = ()  # real servers to front (empty: the emulated pool)
     # Latency profiles (a file, or a directory of files) on top of the shipped ones.
     profiles: Path | None = None
-    max_batch: int | None = None  # without a profile: the largest batch accepted
     catalogue: Catalogue | None = None  # shipped instance types plus the declared ones
+
+    @property
+    def primary(self) -> ModelConfig:
+        return self.models[0]
+
+    @property
+    def model(self) -> str:
+        return self.primary.name
+
+    @property
+    def qos_ms(self) -> float:
+        return self.primary.qos_ms
+
+    @property
+    def pool(self) -> tuple[PoolEntry, ...]:
+        return self.primary.pool
+
+    @property
+    def instances(self) -> tuple[Endpoint, ...]:
+        return self.primary.instances
+
+    @property
+    def max_batch(self) -> int | None:
+        return self.primary.max_batch
+
+    def model_config(self, name: str) -> ModelConfig:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
 
     def profile_set(self) -> ProfileSet:
         """The shipped profiles, with this config's own on top."""
@@ -108,7 +188,7 @@ class Config:
 
     @property
     def pool_size(self) -> int:
-        return sum(e.count for e in self.pool)
+        return self.primary.pool_size
 
     def pool_spec(self) -> tuple[tuple[str, int], ...]:
         """(type, count) pairs, the form the simulator and the allocator take."""
@@ -116,7 +196,7 @@ class Config:
 
     def instance_types(self) -> list[str]:
         """One entry per instance, in pool order (the order ports are assigned in)."""
-        return [e.type for e in self.pool for _ in range(e.count)]
+        return self.primary.instance_types()
 
 
 class _Fields:
@@ -196,26 +276,24 @@ def _port(f: _Fields, key: str, default: int) -> int:
 
 
 def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | None = None) -> Config:
-    """``base_dir``: where relative paths (profiles) are taken from; the config file's directory."""
+    """``base_dir``: where relative paths (profiles) are taken from; the config file's directory.
+
+    The models come as a ``models`` list or, for one model, as its fields at the top level
+    (``model``, ``qos_ms``, ``pool``, ``instances``, ``max_batch``: one class, ``default``)."""
     top = _Fields(raw, "")
     top.unknown(
         {"model", "qos_ms", "host", "pool", "instances", "instance_types", "profiles", "max_batch",
-         "servers", "gateway"}
+         "servers", "gateway", "models"}
     )
     catalogue = _with_declared_types(catalogue or load_catalogue(), top._get("instance_types", {}))
     type_names = tuple(sorted(catalogue.types))
-    model = check_model_name(top.str("model"))
-    if "qos_ms" not in top.raw and model not in catalogue.qos_ms:
-        raise ConfigError(f"qos_ms: missing; it is required for a model without a shipped target ({model!r})")
-    qos = top.float("qos_ms", catalogue.qos_ms.get(model))
-    instances = _instances(top._get("instances", []), type_names)
-    if "pool" in top.raw or not instances:
-        pool = _pool(top._get("pool", _REQUIRED), type_names)
+    if "models" in top.raw:
+        shorthand = sorted(k for k in ("model", "qos_ms", "pool", "instances", "max_batch") if k in top.raw)
+        if shorthand:
+            raise ConfigError(f"{shorthand[0]}: with a models list, each model's fields go in its entry")
+        models = _models(top._get("models", _REQUIRED), catalogue, type_names)
     else:
-        counts: dict[str, int] = {}
-        for inst in instances:
-            counts[inst.type] = counts.get(inst.type, 0) + 1
-        pool = [PoolEntry(t, n) for t, n in counts.items()]
+        models = [_model(top, catalogue, type_names, single=True)]
     profiles = None
     if "profiles" in top.raw:
         profiles = Path(top.str("profiles"))
@@ -223,7 +301,6 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
             profiles = base_dir / profiles
         if not profiles.exists():
             raise ConfigError(f"profiles: no such file or directory {str(profiles)!r}")
-    max_batch = top.int("max_batch", lo=1, hi=1 << 20) if "max_batch" in top.raw else None
 
     s = _Fields(top._get("servers", {}), "servers")
     s.unknown({"http_port", "grpc_port", "workers", "address_file", "seed"})
@@ -249,7 +326,10 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
         backend_protocol=g.str("backend_protocol", dg.backend_protocol, choices=BACKEND_PROTOCOLS),
         max_body_bytes=g.int("max_body_bytes", dg.max_body_bytes, lo=1024),
         grpc_server=g.str("grpc_server", dg.grpc_server, choices=GRPC_SERVERS),
-        client_margin_ms=client_margin(g.float("client_margin_ms", dg.client_margin_ms, positive=False), qos),
+        client_margin_ms=client_margin(
+            g.float("client_margin_ms", dg.client_margin_ms, positive=False),
+            min(c.qos_ms for m in models for c in m.classes),
+        ),
         late_queries=g.str("late_queries", dg.late_queries, choices=LATE_QUERIES),
         max_wait_ms=g.float("max_wait_ms") if g.raw.get("max_wait_ms") is not None else None,
         outlier_consecutive_errors=g.int(
@@ -261,52 +341,131 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
         max_buffered_bytes=g.int("max_buffered_bytes", lo=1024) if g.raw.get("max_buffered_bytes") is not None else None,
     )
     return Config(
-        model=model,
-        qos_ms=qos,
-        pool=tuple(pool),
+        models=tuple(models),
         host=top.str("host", "127.0.0.1"),
         servers=servers,
         gateway=gateway,
-        instances=tuple(instances),
         profiles=profiles,
-        max_batch=max_batch,
         catalogue=catalogue,
     )
 
 
-def _pool(raw: Any, type_names: tuple[str, ...]) -> list[PoolEntry]:
+def _models(raw: Any, catalogue: Catalogue, type_names: tuple[str, ...]) -> list[ModelConfig]:
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_MODELS:
+        raise ConfigError(f"models: expected a list of 1 to {MAX_MODELS} model objects")
+    models = []
+    for i, item in enumerate(raw):
+        f = _Fields(item, f"models[{i}]")
+        f.unknown({"name", "qos_ms", "classes", "default_class", "pool", "instances", "max_batch"})
+        models.append(_model(f, catalogue, type_names))
+    names = [m.name for m in models]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise ConfigError(f"models: model {dup!r} is listed twice")
+    endpoints = [e.name for m in models for e in m.instances]
+    dup = next((n for n in endpoints if endpoints.count(n) > 1), None)
+    if dup is not None:
+        raise ConfigError(f"models: instance name {dup!r} is used twice; names must be unique across models")
+    return models
+
+
+def _model(f: _Fields, catalogue: Catalogue, type_names: tuple[str, ...], single: bool = False) -> ModelConfig:
+    """One model's entry (or, ``single``, the top level's shorthand fields)."""
+    name = check_model_name(f.str("model" if single else "name"), f._name("model" if single else "name"))
+    qos_key = f._name("qos_ms")
+    if "classes" in f.raw:
+        if "qos_ms" in f.raw:
+            raise ConfigError(f"{qos_key}: with classes, each class gives its own qos_ms")
+        classes = _classes(f._get("classes", _REQUIRED), f._name("classes"))
+        default = f.str("default_class", classes[0].name)
+        if default not in {c.name for c in classes}:
+            raise ConfigError(
+                f"{f._name('default_class')}: expected one of {', '.join(c.name for c in classes)}, got {default!r}"
+            )
+    else:
+        if "qos_ms" not in f.raw and name not in catalogue.qos_ms:
+            raise ConfigError(f"{qos_key}: missing; it is required for a model without a shipped target ({name!r})")
+        classes = [ServiceClass(DEFAULT_CLASS, f.float("qos_ms", catalogue.qos_ms.get(name)))]
+        if "default_class" in f.raw:
+            f.str("default_class", choices=(DEFAULT_CLASS,))
+        default = DEFAULT_CLASS
+    instances = _instances(f._get("instances", []), type_names, f._name("instances"))
+    if "pool" in f.raw or not instances:
+        pool = _pool(f._get("pool", _REQUIRED), type_names, f._name("pool"))
+    else:
+        counts: dict[str, int] = {}
+        for inst in instances:
+            counts[inst.type] = counts.get(inst.type, 0) + 1
+        pool = [PoolEntry(t, n) for t, n in counts.items()]
+    max_batch = f.int("max_batch", lo=1, hi=1 << 20) if "max_batch" in f.raw else None
+    return ModelConfig(
+        name=name,
+        classes=tuple(classes),
+        default_class=default,
+        pool=tuple(pool),
+        instances=tuple(instances),
+        max_batch=max_batch,
+    )
+
+
+def _classes(raw: Any, path: str) -> list[ServiceClass]:
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_CLASSES:
+        raise ConfigError(f'{path}: expected a list of 1 to {MAX_CLASSES} {{"name", "qos_ms"}} objects')
+    out = []
+    for i, item in enumerate(raw):
+        f = _Fields(item, f"{path}[{i}]")
+        f.unknown({"name", "qos_ms", "attainment", "priority"})
+        attainment = f.float("attainment", DEFAULT_ATTAINMENT)
+        if not 0.0 < attainment <= 1.0:
+            raise ConfigError(f"{f._name('attainment')}: expected a fraction in (0, 1], got {attainment:g}")
+        out.append(
+            ServiceClass(
+                name=check_model_name(f.str("name"), f._name("name")),
+                qos_ms=f.float("qos_ms"),
+                attainment=attainment,
+                priority=f.int("priority", 0, lo=-1000, hi=1000),
+            )
+        )
+    names = [c.name for c in out]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise ConfigError(f"{path}: class {dup!r} is listed twice")
+    return out
+
+
+def _pool(raw: Any, type_names: tuple[str, ...], path: str = "pool") -> list[PoolEntry]:
     if not isinstance(raw, list) or not raw:
-        raise ConfigError(f'pool: expected a non-empty list of {{"type", "count"}} objects, got {raw!r}')
+        raise ConfigError(f'{path}: expected a non-empty list of {{"type", "count"}} objects, got {raw!r}')
     pool = []
     for i, item in enumerate(raw):
-        f = _Fields(item, f"pool[{i}]")
+        f = _Fields(item, f"{path}[{i}]")
         f.unknown({"type", "count"})
         type_name = f.str("type", choices=type_names)
         pool.append(PoolEntry(type=type_name, count=f.int("count", lo=0, hi=10_000)))
     if sum(e.count for e in pool) == 0:
-        raise ConfigError("pool: expected at least one instance (every count is 0)")
+        raise ConfigError(f"{path}: expected at least one instance (every count is 0)")
     return pool
 
 
-def _instances(raw: Any, type_names: tuple[str, ...]) -> list[Endpoint]:
+def _instances(raw: Any, type_names: tuple[str, ...], path: str = "instances") -> list[Endpoint]:
     if not isinstance(raw, list) or len(raw) > 10_000:
-        raise ConfigError('instances: expected a list of {"type", "http", "grpc"} objects')
+        raise ConfigError(f'{path}: expected a list of {{"type", "http", "grpc"}} objects')
     out: list[Endpoint] = []
     for i, item in enumerate(raw):
-        f = _Fields(item, f"instances[{i}]")
+        f = _Fields(item, f"{path}[{i}]")
         f.unknown({"name", "type", "http", "grpc"})
         type_name = f.str("type", choices=type_names)
         http = f.str("http") if "http" in f.raw else None
         grpc = f.str("grpc").removeprefix("grpc://") if "grpc" in f.raw else None
         if http is None and grpc is None:
-            raise ConfigError(f"instances[{i}]: expected an http URL, a grpc address, or both")
+            raise ConfigError(f"{f.path}: expected an http URL, a grpc address, or both")
         if http is not None and not http.startswith("http://"):
-            raise ConfigError(f"instances[{i}].http: expected http://HOST:PORT, got {http!r}")
-        name = check_model_name(f.str("name", f"{type_name}-{i}"), f"instances[{i}].name")
+            raise ConfigError(f"{f.path}.http: expected http://HOST:PORT, got {http!r}")
+        name = check_model_name(f.str("name", f"{type_name}-{i}"), f"{f.path}.name")
         out.append(Endpoint(name, type_name, http.rstrip("/") if http else None, grpc))
     names = [e.name for e in out]
     if len(set(names)) != len(names):
-        raise ConfigError(f"instances: names must be unique, got {names}")
+        raise ConfigError(f"{path}: names must be unique, got {names}")
     return out
 
 

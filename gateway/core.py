@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.backend import Backend, BackendReply, InstanceFailure, RoutedRequest
+from gateway.config import DEFAULT_CLASS, ServiceClass
 from gateway.dispatch import Dispatcher, InstanceState, Query
 from gateway.errors import (
     BadRequest,
@@ -67,6 +68,7 @@ class _Ticket:
     through ``waiter`` if it waits."""
 
     request: RoutedRequest
+    service_class: str
     # Reported times use perf_counter: uvloop's loop.time() moves in whole milliseconds, fine for
     # deadlines and timers but too coarse (and a different clock) for the parameters a client reads.
     arrived_s: float = field(default_factory=time.perf_counter)
@@ -94,6 +96,8 @@ class GatewayCore:
         dispatcher: Dispatcher,
         clients: Sequence[Backend],
         metrics: GatewayMetrics | None = None,
+        classes: Sequence[ServiceClass] = (),
+        default_class: str | None = None,
         backend_timeout_ms: float | None = None,
         client_margin_ms: float = 0.0,
         consecutive_errors: int = DEFAULT_CONSECUTIVE_ERRORS,
@@ -107,9 +111,14 @@ class GatewayCore:
         }
         self._closing_clients: set[asyncio.Task[None]] = set()
         self.model = model
-        self.qos_ms = qos_ms
+        # Service classes by name; none given: one, "default", with target ``qos_ms``.
+        self.classes = {c.name: c for c in classes} or {DEFAULT_CLASS: ServiceClass(DEFAULT_CLASS, qos_ms)}
+        self.default_class = self.classes[default_class or next(iter(self.classes))]
+        self.qos_ms = self.default_class.qos_ms
         self.dispatcher = dispatcher
-        self.metrics = metrics or GatewayMetrics(dispatcher, model, qos_ms)
+        gateway_metrics = metrics or GatewayMetrics(c.qos_ms for c in self.classes.values())
+        gateway_metrics.watch(model, dispatcher)
+        self.metrics = gateway_metrics.for_model(model)
         self.backend_timeout_ms = backend_timeout_ms
         # Each deadline leaves this much of the QoS to the client legs, which the gateway cannot see.
         self.client_margin_ms = client_margin_ms
@@ -146,21 +155,22 @@ class GatewayCore:
         instance, or the instance failed and no retry was possible), DeadlineExceeded."""
         if request.model != self.model:
             raise ModelNotFound(f"unknown model {quote(request.model)}: this gateway serves {self.model!r}")
+        cls = self._service_class(request.service_class)
         if not 1 <= request.batch <= self.max_batch:
             raise BadRequest(
                 f"batch size {request.batch}: model {self.model!r} is served in batches of 1 to {self.max_batch}"
             )
         if self._closing:
-            self._refused("shutting_down", request)
+            self._refused("shutting_down", request, cls)
             raise Overloaded("the gateway is shutting down", retry_after_s=1.0)
         if not self.dispatcher.has_healthy():
-            self._refused("no_healthy_instance", request)
+            self._refused("no_healthy_instance", request, cls)
             raise NoHealthyInstance(f"no healthy instance serves model {self.model!r}")
         now = time.monotonic() * 1000.0
         if request.received_s is not None:
             now = min(now, request.received_s * 1000.0)
-        qos = request.qos_ms if request.qos_ms is not None else self.qos_ms
-        ticket = _Ticket(request)
+        qos = request.qos_ms if request.qos_ms is not None else cls.qos_ms
+        ticket = _Ticket(request, cls.name)
         deadline = now + max(qos - self.client_margin_ms, 0.0)
         query = Query(
             id=next(self._ids),
@@ -173,10 +183,10 @@ class GatewayCore:
         try:
             self.dispatcher.submit(query, now)
         except DeadlineExceeded:
-            self._refused("deadline", request)
+            self._refused("deadline", request, cls)
             raise
         except Overloaded as exc:
-            self._refused(exc.reason, request)
+            self._refused(exc.reason, request, cls)
             raise
         self._outstanding += 1
         self._idle.clear()
@@ -188,16 +198,26 @@ class GatewayCore:
                 if result is not None:
                     break
         except InferenceError:
-            self.metrics.violations_of(self.model).inc()
+            self.metrics.violation(cls.name)
             raise
         finally:
             self._outstanding -= 1
             if self._outstanding == 0:
                 self._idle.set()
-        self.metrics.e2e_of(self.model, request.protocol).observe(result.e2e_ms / 1000.0)
+        self.metrics.e2e(cls.name, request.protocol, result.e2e_ms / 1000.0)
         if time.monotonic() * 1000.0 > query.deadline_ms:
-            self.metrics.violations_of(self.model).inc()
+            self.metrics.violation(cls.name)
         return result
+
+    def _service_class(self, name: str | None) -> ServiceClass:
+        if name is None:
+            return self.default_class
+        cls = self.classes.get(name)
+        if cls is None:
+            raise BadRequest(
+                f"unknown class {quote(name)} for model {self.model!r}: expected one of {', '.join(self.classes)}"
+            )
+        return cls
 
     def metadata_clients(self) -> list[Backend]:
         """Instances to ask for model metadata: the healthy ones first."""
@@ -211,8 +231,8 @@ class GatewayCore:
         if self._timer is not None:
             self._timer.cancel()
 
-    def _refused(self, reason: str, request: RoutedRequest) -> None:
-        self.metrics.refusals.labels(reason).inc()
+    def _refused(self, reason: str, request: RoutedRequest, cls: ServiceClass) -> None:
+        self.metrics.refused(cls.name, reason)
         if request.received_s is not None:
             self.metrics.refusal_time.observe(max(time.monotonic() - request.received_s, 0.0))
 
@@ -231,7 +251,7 @@ class GatewayCore:
             return
         self._outliers.reset(name)
         state = "up" if healthy else "down"
-        self.metrics.health_changes.labels(inst.name, state).inc()
+        self.metrics.health_change(inst.name, state)
         log.warning(
             "instance %s (%s) is %s",
             inst.name,
@@ -330,7 +350,7 @@ class GatewayCore:
             return
         now = time.monotonic() * 1000.0
         for query in d.shed(now):
-            self.metrics.refusals.labels("shed").inc()
+            self.metrics.refused(query.payload.service_class, "shed")
             query.payload.fail(
                 DeadlineExceeded(
                     f"shed: this query cannot be served within its deadline any more "
@@ -416,8 +436,8 @@ class GatewayCore:
         ticket: _Ticket = query.payload
         ticket.queue_ms = (time.perf_counter() - ticket.arrived_s) * 1000.0
         if query.attempts == 1:
-            self.metrics.queue_of(self.model).observe(ticket.queue_ms / 1000.0)
-        self.metrics.dispatches_of(inst.name, inst.type_name).inc()
+            self.metrics.queued(ticket.service_class, ticket.queue_ms / 1000.0)
+        self.metrics.dispatched(inst.name, inst.type_name)
         try:
             reply = await self.clients[inst.name].infer(ticket.request, self._timeout_s(query))
         except asyncio.CancelledError:
@@ -438,7 +458,7 @@ class GatewayCore:
         self.dispatcher.complete(query, inst, service_ms if reply.ok else None, time.monotonic() * 1000.0)
         self._released(inst)
         if self._outliers.record(inst.name, reply.server_error) and self._may_eject():
-            self.metrics.failures.labels(inst.name).inc()
+            self.metrics.failure(inst.name)
             log.warning("instance %s: %d error answers in a row", inst.name, self._outliers.threshold)
             self.set_instance_health(inst.name, False)
         if reply.ok and reply.service_ms is not None and self.dispatcher.depth == 1 and not query.pipelined:
@@ -474,7 +494,7 @@ class GatewayCore:
         """Requeue the query for one retry elsewhere if its deadline allows; raise otherwise."""
         self.dispatcher.fail(query, inst)
         self._released(inst)
-        self.metrics.failures.labels(inst.name).inc()
+        self.metrics.failure(inst.name)
         log.warning("%s", exc)
         self.set_instance_health(inst.name, False)  # back in rotation when a probe succeeds
         now = time.monotonic() * 1000.0

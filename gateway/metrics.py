@@ -1,15 +1,16 @@
 """Prometheus metrics of one gateway, in their own registry (several gateways can share a
-process, e.g. in tests). One prefix, base units (seconds, ratios).
+process, e.g. in tests). One prefix, base units (seconds, ratios), a ``model`` label on every
+series that belongs to one model (and ``class`` where a service class applies).
 
 Counters and histograms are updated on events; pool gauges (pending depth, per-instance
-in-flight, busy fraction, health) are read from the dispatcher when scraped, so the hot path
-pays nothing for them.
+in-flight, busy fraction, health) are read from each model's dispatcher when scraped, so the hot
+path pays nothing for them.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -21,10 +22,11 @@ from gateway.histogram import LoopHistogram
 
 PREFIX = "kairos"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Fractions of the QoS for latency buckets: dense between 50% and 150% of it.
-QOS_FRACTIONS = (
-    0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95,
-    1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 2.0, 3.0, 5.0, 10.0,
+# Latency buckets (s), the same for every model: one histogram family holds them all. Every
+# configured target is added as a bound too, so "answered within target" is one bucket's count.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5,
+    0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 DECISION_BUCKETS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2)
 
@@ -47,113 +49,118 @@ class Children(Generic[M]):
         return child
 
 
-def qos_buckets(qos_s: float) -> tuple[float, ...]:
-    return tuple(round(qos_s * f, 9) for f in QOS_FRACTIONS)
+def latency_buckets(targets_s: Iterable[float] = ()) -> tuple[float, ...]:
+    """The fixed bounds plus each target (s)."""
+    return tuple(sorted({*LATENCY_BUCKETS, *(round(t, 9) for t in targets_s)}))
 
 
 class _PoolCollector(Collector):
-    def __init__(self, dispatcher: Dispatcher, started: float) -> None:
-        self.dispatcher = dispatcher
+    """Each model's pool, read from its dispatcher at scrape time."""
+
+    def __init__(self, started: float) -> None:
+        self.dispatchers: dict[str, Dispatcher] = {}
         self.started = started
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        d = self.dispatcher
-        pending = GaugeMetricFamily(f"{PREFIX}_pending_queries", "Queries waiting in the gateway queue")
-        pending.add_metric([], len(d.pending))
-        yield pending
-        p75 = GaugeMetricFamily(
-            f"{PREFIX}_transport_overhead_p75_seconds",
+        def family(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=["model", *labels])
+
+        pending = family("pending_queries", "Queries waiting in the gateway queue", [])
+        p75 = family(
+            "transport_overhead_p75_seconds",
             "75th percentile of round trip minus the instance's service time (recent queries), added to estimates",
+            [],
         )
-        p75.add_metric([], d.estimator.overhead_ms / 1000.0)
-        p99 = GaugeMetricFamily(
-            f"{PREFIX}_transport_overhead_p99_seconds",
+        p99 = family(
+            "transport_overhead_p99_seconds",
             "99th percentile of round trip minus the instance's service time (recent queries): how early a "
             "pipelining instance takes its next query",
+            [],
         )
-        p99.add_metric([], d.estimator.overhead_p99_ms / 1000.0)
-        mean = GaugeMetricFamily(
-            f"{PREFIX}_transport_overhead_mean_seconds",
-            "Mean of round trip minus the instance's service time (recent queries)",
+        mean = family(
+            "transport_overhead_mean_seconds", "Mean of round trip minus the instance's service time (recent queries)", []
         )
-        mean.add_metric([], d.estimator.overhead_mean_ms / 1000.0)
-        yield from (p75, p99, mean)
-        est = d.estimator
-        prior = GaugeMetricFamily(
-            f"{PREFIX}_estimator_prior",
+        prior = family(
+            "estimator_prior",
             "1 where an instance type has no latency profile and its estimates started from a prior, "
             "learned from observed service times; 0 where they started from a profile",
-            labels=["instance_type"],
+            ["instance_type"],
         )
-        learned = GaugeMetricFamily(
-            f"{PREFIX}_estimator_observations",
-            "Service times the latency estimator has learned from, per instance type",
-            labels=["instance_type"],
-        )
-        for k, name in enumerate(est.type_names):
-            prior.add_metric([name], float(est.from_prior[k]))
-            learned.add_metric([name], float(est.observations(k)))
-        yield from (prior, learned)
-        pipelined = GaugeMetricFamily(
-            f"{PREFIX}_pipelined_dispatches", "Queries sent to an instance still serving its previous one"
-        )
-        pipelined.add_metric([], d.pipelined)
-        yield pipelined
+        learned = family(
+            "estimator_observations", "Service times the latency estimator has learned from, per instance type",
+            ["instance_type"],
+        )  # fmt: skip
+        pipelined = family("pipelined_dispatches", "Queries sent to an instance still serving its previous one", [])
         labels = ["instance", "type"]
-        in_flight = GaugeMetricFamily(f"{PREFIX}_instance_in_flight", "Queries in flight per instance", labels=labels)
-        busy = GaugeMetricFamily(
-            f"{PREFIX}_instance_busy_ratio",
+        in_flight = family("instance_in_flight", "Queries in flight per instance", labels)
+        busy = family(
+            "instance_busy_ratio",
             "Fraction of time each instance spent serving (its reported service time over uptime)",
-            labels=labels,
+            labels,
         )
-        healthy = GaugeMetricFamily(f"{PREFIX}_instance_healthy", "1 while the instance is in rotation", labels=labels)
-        served = GaugeMetricFamily(f"{PREFIX}_instance_served", "Queries answered per instance", labels=labels)
+        healthy = family("instance_healthy", "1 while the instance is in rotation", labels)
+        served = family("instance_served", "Queries answered per instance", labels)
         uptime_ms = max((time.monotonic() - self.started) * 1000.0, 1e-9)
-        for inst in d.instances:
-            key = [inst.name, inst.type_name]
-            in_flight.add_metric(key, len(inst.in_flight))
-            busy.add_metric(key, min(inst.busy_ms / uptime_ms, 1.0))
-            healthy.add_metric(key, 1.0 if inst.healthy else 0.0)
-            served.add_metric(key, inst.served)
-        yield from (in_flight, busy, healthy, served)
+        for model, d in self.dispatchers.items():
+            est = d.estimator
+            pending.add_metric([model], len(d.pending))
+            p75.add_metric([model], est.overhead_ms / 1000.0)
+            p99.add_metric([model], est.overhead_p99_ms / 1000.0)
+            mean.add_metric([model], est.overhead_mean_ms / 1000.0)
+            for k, name in enumerate(est.type_names):
+                prior.add_metric([model, name], float(est.from_prior[k]))
+                learned.add_metric([model, name], float(est.observations(k)))
+            pipelined.add_metric([model], d.pipelined)
+            for inst in d.instances:
+                key = [model, inst.name, inst.type_name]
+                in_flight.add_metric(key, len(inst.in_flight))
+                busy.add_metric(key, min(inst.busy_ms / uptime_ms, 1.0))
+                healthy.add_metric(key, 1.0 if inst.in_rotation else 0.0)
+                served.add_metric(key, inst.served)
+        yield from (pending, p75, p99, mean, prior, learned, pipelined, in_flight, busy, healthy, served)
 
 
 class GatewayMetrics:
-    def __init__(self, dispatcher: Dispatcher, model: str, qos_ms: float) -> None:
+    """The gateway's registry. ``watch`` adds a model's pool; ``for_model`` gives the series a
+    model's core updates, bound to its name."""
+
+    def __init__(self, targets_ms: Iterable[float] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.model = model
         r = self.registry
-        buckets = qos_buckets(qos_ms / 1000.0)
+        buckets = latency_buckets(t / 1000.0 for t in targets_ms)
         self.requests = Counter(
             f"{PREFIX}_requests", "Inference requests answered, by model, code and protocol",
             ["model", "code", "protocol"], registry=r,
         )  # fmt: skip
         self.e2e = LoopHistogram(
             f"{PREFIX}_request_duration_seconds", "End-to-end latency in the gateway (accepted queries)",
-            ["model", "protocol"], buckets=buckets, registry=r,
+            ["model", "class", "protocol"], buckets=buckets, registry=r,
         )  # fmt: skip
         self.queue = LoopHistogram(
             f"{PREFIX}_queue_duration_seconds", "Time a query waited in the gateway before dispatch",
-            ["model"], buckets=buckets, registry=r,
+            ["model", "class"], buckets=buckets, registry=r,
         )  # fmt: skip
         self.violations = Counter(
             f"{PREFIX}_qos_violations", "Accepted queries answered after their QoS deadline or not at all",
-            ["model"], registry=r,
+            ["model", "class"], registry=r,
         )  # fmt: skip
         self.decision = LoopHistogram(
             f"{PREFIX}_decision_duration_seconds", "Time of one dispatch decision (policy included)",
-            buckets=DECISION_BUCKETS, registry=r,
+            ["model"], buckets=DECISION_BUCKETS, registry=r,
         )  # fmt: skip
         self.dispatches = Counter(
-            f"{PREFIX}_dispatches", "Queries sent to each instance", ["instance", "type"], registry=r
+            f"{PREFIX}_dispatches", "Queries sent to each instance", ["model", "instance", "type"], registry=r
         )
-        self.retries = Counter(f"{PREFIX}_retries", "Queries re-dispatched after an instance failed", registry=r)
+        self.retries = Counter(
+            f"{PREFIX}_retries", "Queries re-dispatched after an instance failed", ["model"], registry=r
+        )
         self.failures = Counter(
-            f"{PREFIX}_instance_failures", "Instance failures seen on queries", ["instance"], registry=r
+            f"{PREFIX}_instance_failures", "Instance failures seen on queries", ["model", "instance"], registry=r
         )
         self.refusals = Counter(
-            f"{PREFIX}_refusals", "Queries refused at admission, by reason", ["reason"], registry=r
-        )
+            f"{PREFIX}_refusals", "Queries refused at admission or shed, by reason", ["model", "class", "reason"],
+            registry=r,
+        )  # fmt: skip
         self.refusal_time = LoopHistogram(
             f"{PREFIX}_refusal_duration_seconds",
             "From a request's arrival at the front end to its refusal at admission",
@@ -161,15 +168,57 @@ class GatewayMetrics:
         )  # fmt: skip
         self.health_changes = Counter(
             f"{PREFIX}_health_changes", "Instances going out of or back into rotation",
-            ["instance", "state"], registry=r,
+            ["model", "instance", "state"], registry=r,
         )  # fmt: skip
-        r.register(_PoolCollector(dispatcher, time.monotonic()))
+        self._pools = _PoolCollector(time.monotonic())
+        r.register(self._pools)
         # The series updated on every query (histograms cache their own).
         self.requests_of = Children(self.requests)
-        self.e2e_of = self.e2e.labels
-        self.queue_of = self.queue.labels
-        self.violations_of = Children(self.violations)
-        self.dispatches_of = Children(self.dispatches)
+
+    def watch(self, model: str, dispatcher: Dispatcher) -> None:
+        """Report this model's pool from now on."""
+        self._pools.dispatchers[model] = dispatcher
+
+    def for_model(self, model: str) -> ModelMetrics:
+        return ModelMetrics(self, model)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ModelMetrics:
+    """One model's series: what its core updates, the model label bound once."""
+
+    def __init__(self, metrics: GatewayMetrics, model: str) -> None:
+        self.gateway = metrics
+        self.model = model
+        m = metrics
+        self._e2e = m.e2e.labels
+        self._queue = m.queue.labels
+        self._violations = Children(m.violations)
+        self._dispatches = Children(m.dispatches)
+        self._refusals = Children(m.refusals)
+        self.refusal_time = m.refusal_time
+        self.decision = m.decision.labels(model)
+        self.retries = m.retries.labels(model)
+
+    def e2e(self, service_class: str, protocol: str, seconds: float) -> None:
+        self._e2e(self.model, service_class, protocol).observe(seconds)
+
+    def queued(self, service_class: str, seconds: float) -> None:
+        self._queue(self.model, service_class).observe(seconds)
+
+    def violation(self, service_class: str) -> None:
+        self._violations(self.model, service_class).inc()
+
+    def dispatched(self, instance: str, type_name: str) -> None:
+        self._dispatches(self.model, instance, type_name).inc()
+
+    def refused(self, service_class: str, reason: str) -> None:
+        self._refusals(self.model, service_class, reason).inc()
+
+    def failure(self, instance: str) -> None:
+        self.gateway.failures.labels(self.model, instance).inc()
+
+    def health_change(self, instance: str, state: str) -> None:
+        self.gateway.health_changes.labels(self.model, instance, state).inc()

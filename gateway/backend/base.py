@@ -30,7 +30,8 @@ class RoutedRequest:
     batch: int
     body: bytes
     request_id: str = ""
-    qos_ms: float | None = None  # per-request QoS; None = the gateway's default
+    qos_ms: float | None = None  # per-request QoS; None = the service class's target
+    service_class: str | None = None  # the V2 parameter ``class``; None = the model's default class
     late: str | None = None  # per-request "shed" / "serve"; None = the gateway's late_queries
     version: str | None = None
     content_type: str | None = None  # HTTP only

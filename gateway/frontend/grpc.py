@@ -7,7 +7,7 @@ as those same bytes; the instance's response bytes go back with the gateway's pa
 appended as a serialized map entry (protobuf merges them).
 
 Beside it, ``grpc.health.v1.Health/Check`` for Kubernetes ``grpc:`` probes and load balancers:
-service "" is the gateway's readiness, the model's name (or the V2 service's) the model's;
+service "" (or the V2 service's name) is the gateway's readiness, a model's name that model's;
 any other service is NOT_FOUND. (``Watch`` streams, and both servers serve unary methods only.)
 """
 
@@ -24,8 +24,8 @@ from grpc_health.v1 import health_pb2
 
 from gateway.backend import InstanceFailure, RoutedRequest
 from gateway.backend.base import GRPC
-from gateway.core import GatewayCore
-from gateway.errors import InferenceError, ModelNotFound, Overloaded, Unavailable
+from gateway.dataplane import DataPlane
+from gateway.errors import InferenceError, Overloaded, Unavailable
 from gateway.frontend import EXTENSIONS, METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
 from gateway.grpc_server import RpcError, UnaryMethod, call_opened
 from gateway.protocol import grpc_predict_v2_pb2 as pb
@@ -55,8 +55,8 @@ def _typed(fn: Callable[[Any], Awaitable[_Message]], request_type: Any) -> Unary
 
 
 class GrpcFrontend:
-    def __init__(self, core: GatewayCore) -> None:
-        self.core = core
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
 
     def methods(self) -> dict[str, UnaryMethod]:
         """Every method by its full path (``/inference.GRPCInferenceService/ModelInfer``)."""
@@ -73,10 +73,10 @@ class GrpcFrontend:
         return methods
 
     async def health_check(self, request: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckResponse:
-        if request.service == "":
-            ready = self.core.ready
-        elif request.service in (self.core.model, GRPC_SERVICE):
-            ready = self.core.model_ready(self.core.model)
+        if request.service in ("", GRPC_SERVICE):
+            ready = self.plane.ready
+        elif request.service in self.plane.registry:
+            ready = self.plane.model_ready(request.service)
         else:
             raise RpcError(grpc.StatusCode.NOT_FOUND, f"unknown service {quote(request.service)}")
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -86,20 +86,23 @@ class GrpcFrontend:
         return pb.ServerLiveResponse(live=True)
 
     async def server_ready(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.core.ready)
+        return pb.ServerReadyResponse(ready=self.plane.ready)
 
     async def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
-        if request.name != self.core.model:
-            raise self._abort(ModelNotFound(f"unknown model {quote(request.name)}"), request.name)
-        return pb.ModelReadyResponse(ready=self.core.model_ready(request.name))
+        try:
+            return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name))
+        except InferenceError as exc:
+            raise self._abort(exc, request.name) from None
 
     async def server_metadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
 
     async def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
-        if request.name != self.core.model:
-            raise self._abort(ModelNotFound(f"unknown model {quote(request.name)}"), request.name)
-        for client in self.core.metadata_clients():
+        try:
+            clients = self.plane.metadata_clients(request.name)
+        except InferenceError as exc:
+            raise self._abort(exc, request.name) from None
+        for client in clients:
             if client.grpc is None:
                 continue
             try:
@@ -114,10 +117,9 @@ class GrpcFrontend:
         try:
             request = decode_proto_infer(raw)
             model = request.model_name
-            if model != self.core.model:
-                raise ModelNotFound(f"unknown model {quote(model)}: this gateway serves {self.core.model!r}")
+            self.plane.core(model)  # the model check, before routing is read
             info = routing_from_proto(request)
-            result = await self.core.infer(
+            result = await self.plane.infer(
                 RoutedRequest(
                     protocol=GRPC,
                     model=model,
@@ -125,6 +127,7 @@ class GrpcFrontend:
                     body=raw,
                     request_id=info.request_id,
                     qos_ms=info.qos_ms,
+                    service_class=info.service_class,
                     late=info.late,
                     version=request.model_version or None,
                     message=request,
@@ -141,8 +144,7 @@ class GrpcFrontend:
         return reply.body + gateway_parameters_suffix(result.instance, result.queue_ms, e2e_ms)
 
     def _count(self, model: str | None, code: grpc.StatusCode) -> None:
-        label = model if model == self.core.model else "other"
-        self.core.metrics.requests_of(label, code.name, GRPC).inc()
+        self.plane.count(model, code.name, GRPC)
 
     def _abort(self, exc: InferenceError, model: str | None) -> RpcError:
         """Count the error; returns it as the status to raise."""

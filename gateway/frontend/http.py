@@ -18,11 +18,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from gateway.backend import InstanceFailure, RoutedRequest
 from gateway.backend.base import HTTP
 from gateway.backend.http_client import model_path
-from gateway.core import GatewayCore
+from gateway.dataplane import DataPlane
 from gateway.errors import (
     BadRequest,
     InferenceError,
-    ModelNotFound,
     Overloaded,
     PayloadTooLarge,
     RequestTimeout,
@@ -32,7 +31,7 @@ from gateway.frontend import EXTENSIONS, METADATA_TIMEOUT_S, SERVER_NAME, SERVER
 from gateway.frontend.budget import BodyBudget
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.protocol.errors import http_error
-from gateway.protocol.limits import check_content_type, check_version, quote
+from gateway.protocol.limits import check_content_type, check_version
 from gateway.protocol.routing import add_json_parameters, gateway_parameters, routing_from_json_body
 from gateway.protocol.v2 import INFERENCE_HEADER, parse_header_length
 
@@ -42,12 +41,12 @@ JSON = "application/json"
 class HttpFrontend:
     def __init__(
         self,
-        core: GatewayCore,
+        plane: DataPlane,
         max_body_bytes: int,
         body_timeout_s: float = 10.0,
         max_buffered_bytes: int | None = None,
     ) -> None:
-        self.core = core
+        self.plane = plane
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.bodies = BodyBudget(max_buffered_bytes or max(max_body_bytes, 32 * 1024 * 1024))
@@ -68,7 +67,7 @@ class HttpFrontend:
         return _json(200, {"live": True})
 
     async def ready(self, request: web.Request) -> web.Response:
-        ready = self.core.ready
+        ready = self.plane.ready
         return _json(200 if ready else 503, {"ready": ready})
 
     async def server_metadata(self, request: web.Request) -> web.Response:
@@ -78,22 +77,22 @@ class HttpFrontend:
 
     async def model_ready(self, request: web.Request) -> web.Response:
         model = request.match_info["model"]
-        if model != self.core.model:
-            return self._error(ModelNotFound(f"unknown model {quote(model)}"), None)
-        ready = self.core.model_ready(model)
+        try:
+            ready = self.plane.model_ready(model)
+        except InferenceError as exc:
+            return self._error(exc, None)
         return _json(200 if ready else 503, {"name": model, "ready": ready})
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         """The instances' own metadata (tensor names, shapes), asked of a healthy one."""
         model = request.match_info["model"]
-        if model != self.core.model:
-            return self._error(ModelNotFound(f"unknown model {quote(model)}"), None)
         try:
+            clients = self.plane.metadata_clients(model)
             version = check_version(request.match_info.get("version"))
-        except BadRequest as exc:
+        except InferenceError as exc:
             return self._error(exc, model)
         path = model_path(model, version)  # from validated parts only
-        for client in self.core.metadata_clients():
+        for client in clients:
             if client.http is None:
                 continue
             try:
@@ -105,7 +104,7 @@ class HttpFrontend:
         return self._error(Unavailable(f"no instance answered metadata for {model!r}"), None)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.core.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+        return web.Response(body=self.plane.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     # -- infer ------------------------------------------------------------------------------------
 
@@ -114,8 +113,7 @@ class HttpFrontend:
         received = time.monotonic()  # aiohttp calls the handler once the headers are parsed
         model = request.match_info["model"]
         try:
-            if model != self.core.model:
-                raise ModelNotFound(f"unknown model {quote(model)}: this gateway serves {self.core.model!r}")
+            self.plane.core(model)  # the model check, before the body is read
             content_type = check_content_type(request.headers.get("Content-Type"))
             body = await self._read_body(request)
             if not body:
@@ -123,7 +121,7 @@ class HttpFrontend:
             header_length = parse_header_length(request.headers.get(INFERENCE_HEADER), len(body))
             header = body if header_length is None else memoryview(body)[:header_length]
             info = routing_from_json_body(header, request.match_info.get("version"))
-            result = await self.core.infer(
+            result = await self.plane.infer(
                 RoutedRequest(
                     protocol=HTTP,
                     model=model,
@@ -131,6 +129,7 @@ class HttpFrontend:
                     body=body,
                     request_id=info.request_id,
                     qos_ms=info.qos_ms,
+                    service_class=info.service_class,
                     late=info.late,
                     version=info.version,
                     content_type=content_type,
@@ -183,8 +182,7 @@ class HttpFrontend:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _count(self, model: str | None, status: int) -> None:
-        label = model if model == self.core.model else "other"
-        self.core.metrics.requests_of(label, str(status), HTTP).inc()
+        self.plane.count(model, str(status), HTTP)
 
     def _error(self, exc: InferenceError, model: str | None) -> web.Response:
         error = http_error(exc)

@@ -17,6 +17,8 @@ from gateway.protocol import grpc_predict_v2_pb2 as pb
 QOS_PARAMETER = "qos_ms"
 # Request: "serve" asks for a late answer rather than a deadline error when the gateway sheds.
 LATE_PARAMETER = "late_queries"
+# The request's service class (one of the model's classes; none: its default class).
+CLASS_PARAMETER = "class"
 
 # Response, added by the gateway: the instance chosen, the time the query waited in the
 # gateway's queue, and the gateway's end-to-end time. Times are whole microseconds (int64):

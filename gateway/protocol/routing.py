@@ -27,8 +27,16 @@ import orjson
 from gateway.errors import BadRequest
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol import wire
-from gateway.protocol.limits import check_nesting, check_request_id, check_version, json_too_deep, quote
+from gateway.protocol.limits import (
+    check_name,
+    check_nesting,
+    check_request_id,
+    check_version,
+    json_too_deep,
+    quote,
+)
 from gateway.protocol.params import (
+    CLASS_PARAMETER,
     LATE_PARAMETER,
     PARAM_E2E_US,
     PARAM_INSTANCE,
@@ -56,6 +64,7 @@ class RoutingInfo:
     qos_ms: float | None
     version: str | None = None  # validated: safe in a URL path and a request line
     late: str | None = None  # "shed" or "serve" (parameter late_queries); None: the gateway's
+    service_class: str | None = None  # parameter "class"; None: the model's default class
 
 
 def gateway_parameters(instance: str, queue_ms: float, e2e_ms: float) -> dict[str, ParamValue]:
@@ -74,14 +83,21 @@ def routing_from_json(header: Mapping[str, Any], version: str | None = None) -> 
     if not isinstance(rid, str):
         raise BadRequest(f"id: expected a string, got {quote(rid)}")
     params = header.get("parameters")
-    qos = late = None
+    qos = late = service_class = None
     if isinstance(params, dict):
         if QOS_PARAMETER in params:
             qos = _qos(params[QOS_PARAMETER])
         if LATE_PARAMETER in params:
             late = _late(params[LATE_PARAMETER])
+        if CLASS_PARAMETER in params:
+            service_class = _service_class(params[CLASS_PARAMETER])
     return RoutingInfo(
-        batch=batch, request_id=check_request_id(rid), qos_ms=qos, version=check_version(version), late=late
+        batch=batch,
+        request_id=check_request_id(rid),
+        qos_ms=qos,
+        version=check_version(version),
+        late=late,
+        service_class=service_class,
     )
 
 
@@ -146,11 +162,13 @@ def routing_from_proto(request: pb.ModelInferRequest) -> RoutingInfo:
     """Routing facts of a gRPC request, and the bounds of what is forwarded: typed contents are
     checked in full (they are re-encoded for an HTTP instance, and a value out of its
     datatype's range must be the client's error, not the instance's)."""
-    qos = late = None
+    qos = late = service_class = None
     if QOS_PARAMETER in request.parameters:
         qos = _qos(proto_param_value(request.parameters[QOS_PARAMETER]))
     if LATE_PARAMETER in request.parameters:
         late = _late(proto_param_value(request.parameters[LATE_PARAMETER]))
+    if CLASS_PARAMETER in request.parameters:
+        service_class = _service_class(proto_param_value(request.parameters[CLASS_PARAMETER]))
     batch = proto_batch(request)
     if len(request.raw_input_contents) != len(request.inputs):
         parse_proto_infer(request)
@@ -160,6 +178,7 @@ def routing_from_proto(request: pb.ModelInferRequest) -> RoutingInfo:
         qos_ms=qos,
         version=check_version(request.model_version),
         late=late,
+        service_class=service_class,
     )
 
 
@@ -190,6 +209,12 @@ def _late(value: Any) -> str:
     if value not in ("shed", "serve"):
         raise BadRequest(f"parameter {LATE_PARAMETER}: expected \"shed\" or \"serve\", got {quote(value)}")
     return str(value)
+
+
+def _service_class(value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"parameter {CLASS_PARAMETER}: expected a class name (a string), got {quote(value)}")
+    return check_name(value, f"parameter {CLASS_PARAMETER}")
 
 
 def _qos(value: Any) -> float:

@@ -63,7 +63,7 @@ async def test_admission_refuses_past_the_bound_and_never_hangs() -> None:
     refused = [o for o in outcomes if isinstance(o, Overloaded)]
     served = [o for o in outcomes if not isinstance(o, BaseException)]
     assert refused and served and len(refused) + len(served) == 10
-    assert core.metrics.refusals.labels("queue_full")._value.get() == len(refused)
+    assert core.metrics.gateway.refusals.labels("rm2", "default", "queue_full")._value.get() == len(refused)
 
 
 async def test_unknown_model_and_no_healthy_instance() -> None:
@@ -311,8 +311,8 @@ async def test_hopeless_queries_are_shed_at_once_and_counted() -> None:
     assert "shed" in str(exc.value) or "deadline" in str(exc.value)
     assert time.monotonic() - started < 0.2
     await first
-    shed = core.metrics.refusals.labels("shed")._value.get()
-    refused = core.metrics.refusals.labels("deadline")._value.get()
+    shed = core.metrics.gateway.refusals.labels("rm2", "default", "shed")._value.get()
+    refused = core.metrics.gateway.refusals.labels("rm2", "default", "deadline")._value.get()
     assert shed + refused == 1
 
 
@@ -337,7 +337,7 @@ async def test_a_client_may_ask_for_a_late_answer_instead_of_shedding() -> None:
     result = await core.infer(late)
     assert result.reply.ok and result.e2e_ms > 60
     await first
-    assert core.metrics.refusals.labels("shed")._value.get() == 0
+    assert core.metrics.gateway.refusals.labels("rm2", "default", "shed")._value.get() == 0
 
 
 async def test_refusals_are_timed_from_the_front_end() -> None:
@@ -348,4 +348,4 @@ async def test_refusals_are_timed_from_the_front_end() -> None:
     outcomes = await asyncio.gather(*(core.infer(r) for r in reqs), return_exceptions=True)
     refused = sum(isinstance(o, Overloaded) for o in outcomes)
     assert refused >= 1
-    assert b'kairos_refusal_duration_seconds_count ' + str(float(refused)).encode() in core.metrics.render()
+    assert b'kairos_refusal_duration_seconds_count ' + str(float(refused)).encode() in core.metrics.gateway.render()

@@ -181,11 +181,11 @@ async def test_metrics_are_prometheus_with_one_prefix(gw: RunningGateway) -> Non
             text = await resp.text()
     for name in (
         'kairos_requests_total{code="200",model="ncf",protocol="http"}',
-        'kairos_request_duration_seconds_bucket{le="0.005",model="ncf",protocol="http"}',
+        'kairos_request_duration_seconds_bucket{class="default",le="0.005",model="ncf",protocol="http"}',
         "kairos_queue_duration_seconds_bucket",
         "kairos_qos_violations_total",
         "kairos_pending_queries",
-        'kairos_instance_in_flight{instance="g4dn.xlarge-0",type="g4dn.xlarge"}',
+        'kairos_instance_in_flight{instance="g4dn.xlarge-0",model="ncf",type="g4dn.xlarge"}',
         "kairos_instance_busy_ratio",
         "kairos_decision_duration_seconds_count",
         "kairos_dispatches_total",
@@ -202,10 +202,10 @@ async def test_metrics_are_prometheus_with_one_prefix(gw: RunningGateway) -> Non
     assert all(ln.startswith("kairos_") for ln in metric_lines)
     # The instances report their service time, so the gateway has learned the round trip around it.
     values = dict(ln.rsplit(" ", 1) for ln in metric_lines)
-    mean = float(values["kairos_transport_overhead_mean_seconds"])
-    p99 = float(values["kairos_transport_overhead_p99_seconds"])
+    mean = float(values['kairos_transport_overhead_mean_seconds{model="ncf"}'])
+    p99 = float(values['kairos_transport_overhead_p99_seconds{model="ncf"}'])
     assert 0.0 < mean <= p99 < 1.0
-    assert 0.0 < float(values["kairos_transport_overhead_p75_seconds"]) <= p99  # the estimates' share
+    assert 0.0 < float(values['kairos_transport_overhead_p75_seconds{model="ncf"}']) <= p99  # the estimates' share
 
 
 def test_the_live_benchmark_reads_the_measured_transport(gw: RunningGateway) -> None:

@@ -195,7 +195,7 @@ async def test_mlserver_500s_for_bad_requests_eject_nothing(mlserver: MLServerPr
                 metrics = await r.text()
         assert "kairos_health_changes_total{" not in metrics  # no instance left the rotation
         # No profile: the estimates started from a prior and learned from the answers.
-        assert 'kairos_estimator_prior{instance_type="local-cpu"} 1.0' in metrics
+        assert 'kairos_estimator_prior{instance_type="local-cpu",model="features"} 1.0' in metrics
         learned = [line for line in metrics.splitlines() if line.startswith("kairos_estimator_observations{")]
         assert learned and float(learned[0].split()[-1]) >= 1
         assert "Traceback" not in gw.stderr()
@@ -223,7 +223,7 @@ async def test_kairos_profile_profiles_the_mlserver_model_and_the_gateway_runs_w
         assert np.array_equal(got.ravel(), digits[1].predict(digits[0][:32]))  # type: ignore[attr-defined]
         async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics") as r:
             metrics = await r.text()
-        assert 'kairos_estimator_prior{instance_type="local-cpu"} 0.0' in metrics
+        assert 'kairos_estimator_prior{instance_type="local-cpu",model="digits"} 0.0' in metrics
         assert "no latency profile" not in gw.stderr()
         # The profile's largest batch is the gateway's limit now.
         with pytest.raises(Exception, match=r"batch size 40: model .digits. is served in batches of 1 to 32"):
