@@ -194,13 +194,14 @@ class Launcher:
         if missing:
             names = ", ".join(a.name for a in missing)
             raise KairosError(f"not ready after {self.ready_timeout_s:g} s: {names}")
+        models = ",".join(m.name for m in self.config.models)
         write_address_file(
             self.address_file,
-            AddressList(model=self.config.model, pid=os.getpid(), instances=tuple(addresses)),
+            AddressList(model=models, pid=os.getpid(), instances=tuple(addresses)),
         )
         scale = "" if self.options.latency_scale == 1.0 else f", latency x{self.options.latency_scale:g}"
         print(
-            f"{PROG} ready: {len(addresses)} instances of {self.config.model} ({describe(self.specs)}) "
+            f"{PROG} ready: {len(addresses)} instances of {models} ({describe(self.specs)}) "
             f"in {workers} process{'es' if workers > 1 else ''}{scale}; addresses in {self.address_file}",
             flush=True,
         )

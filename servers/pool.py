@@ -54,9 +54,10 @@ class PoolOptions:
 
 
 def plan_instances(config: Config) -> list[InstanceSpec]:
-    """One spec per instance in pool order, named ``<type>-<k>`` (k counts within the type)."""
-    types = config.instance_types()
-    n = len(types)
+    """One spec per instance, model by model in pool order, named ``<type>-<k>`` (k counts within
+    the type; with several models, ``<model>-<type>-<k>``)."""
+    planned = [(m, t) for m in config.models for t in m.instance_types()]
+    n = len(planned)
     http0, grpc0 = config.servers.http_port, config.servers.grpc_port
     for key, base in (("http_port", http0), ("grpc_port", grpc0)):
         if base and base + n - 1 > 65535:
@@ -66,21 +67,23 @@ def plan_instances(config: Config) -> list[InstanceSpec]:
             f"servers.http_port and servers.grpc_port: the ranges {http0}..{http0 + n - 1} and "
             f"{grpc0}..{grpc0 + n - 1} overlap; expected {n} ports each, disjoint"
         )
-    seen: Counter[str] = Counter()
+    several = len(config.models) > 1
+    seen: Counter[tuple[str, str]] = Counter()
     specs = []
-    for i, t in enumerate(types):
+    for i, (m, t) in enumerate(planned):
+        k = seen[m.name, t]
         specs.append(
             InstanceSpec(
                 index=i,
-                name=f"{t}-{seen[t]}",
+                name=f"{m.name}-{t}-{k}" if several else f"{t}-{k}",
                 type=t,
-                model=config.model,
+                model=m.name,
                 host=config.host,
                 http_port=http0 + i if http0 else 0,
                 grpc_port=grpc0 + i if grpc0 else 0,
             )
         )
-        seen[t] += 1
+        seen[m.name, t] += 1
     return specs
 
 
@@ -188,6 +191,12 @@ class LocalGroup:
 
 
 def describe(specs: list[InstanceSpec]) -> str:
-    """``1 x g4dn.xlarge, 13 x r5n.large`` (pool order)."""
-    counts = Counter(s.type for s in specs)
-    return ", ".join(f"{n} x {t}" for t, n in counts.items())
+    """``1 x g4dn.xlarge, 13 x r5n.large`` (pool order); with several models, per model:
+    ``rm2: 1 x g4dn.xlarge; dien: 2 x r5n.large``."""
+    models = list(dict.fromkeys(s.model for s in specs))
+    parts = []
+    for model in models:
+        counts = Counter(s.type for s in specs if s.model == model)
+        pool = ", ".join(f"{n} x {t}" for t, n in counts.items())
+        parts.append(pool if len(models) == 1 else f"{model}: {pool}")
+    return "; ".join(parts)

@@ -37,7 +37,7 @@ class InstanceAddress:
 
 @dataclass(frozen=True, slots=True)
 class AddressList:
-    model: str
+    model: str  # the models served, comma-separated; each instance names its own
     pid: int
     instances: tuple[InstanceAddress, ...]
 
