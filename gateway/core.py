@@ -179,15 +179,26 @@ class GatewayCore:
             deadline_ms=deadline,
             payload=ticket,
             sheddable=request.late != "serve",  # a client may ask for a late answer instead
+            priority=cls.priority,
         )
         try:
-            self.dispatcher.submit(query, now)
+            displaced = self.dispatcher.submit(query, now)
         except DeadlineExceeded:
             self._refused("deadline", request, cls)
             raise
         except Overloaded as exc:
             self._refused(exc.reason, request, cls)
             raise
+        for other in displaced:  # a lower class's query made room for this one
+            self.metrics.refused(other.payload.service_class, "displaced")
+            other.payload.fail(
+                Overloaded(
+                    f"refused: the queue is full and a query of a higher class took this one's place "
+                    f"(class {other.payload.service_class!r})",
+                    retry_after_s=1.0,
+                    reason="displaced",
+                )
+            )
         self._outstanding += 1
         self._idle.clear()
         try:

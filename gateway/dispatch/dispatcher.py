@@ -83,6 +83,12 @@ class OverloadControl:
     ``max_wait_ms``: a
     query that has waited this long is served next, whatever the policy prefers (bounds every
     query's wait when late queries are served).
+
+    With several priorities (service classes), a query queues ahead of every lower-priority one,
+    its admission counts only the work queued at its priority or above, and each priority learns
+    its own factor: a low class, overtaken by every higher arrival, is shed more and so refused
+    sooner, which keeps room for the classes above it. A full queue makes room for a query by
+    refusing the newest queued query of a lower priority (``submit`` returns it).
     """
 
     shed_late: bool = False
@@ -138,10 +144,10 @@ class Dispatcher:
         self.pending: deque[Query] = deque()
         # (latest start, id, query) of queued queries, when hopeless ones are shed.
         self._latest_start: list[tuple[float, int, Query]] = []
-        # Per type: the summed pool cost of the queued queries that type can serve in time
-        # (admission control): a big batch only a GPU can serve queues for the GPU, not for all.
-        self._backlog = np.zeros(estimator.n_types)
-        self.admission_factor = 1.0
+        # Per priority, per type: the summed pool cost of the queued queries that type can serve
+        # in time (admission control): a big batch only a GPU can serve queues for the GPU.
+        self._backlog: dict[int, np.ndarray] = {}
+        self.admission_factors: dict[int, float] = {}  # per priority; 1.0 until it sheds
         # Per dispatch, the step down that balances ADMISSION_STEP_UP per shed at shed_target.
         target = self.overload.shed_target
         self._step_down = math.exp(-target * math.log(ADMISSION_STEP_UP) / (1.0 - target))
@@ -195,7 +201,8 @@ class Dispatcher:
             self.estimator.add_type(profile, prior=prior)
             grow = self.estimator.n_types - len(self._type_healthy)
             self._type_healthy = np.concatenate([self._type_healthy, np.zeros(grow, dtype=np.int64)])
-            self._backlog = np.concatenate([self._backlog, np.zeros(grow)])
+            for p, backlog in self._backlog.items():
+                self._backlog[p] = np.concatenate([backlog, np.zeros(grow)])
         (inst,) = self._add_all([(name, type_name)], healthy)
         return inst
 
@@ -272,13 +279,19 @@ class Dispatcher:
 
     # -- events -------------------------------------------------------------------------------
 
-    def submit(self, query: Query, now_ms: float | None = None) -> None:
-        """Accept a query into the FIFO, or refuse it (``Overloaded``) when the queue is full or,
-        with admission control and ``now_ms`` given, when the pool cannot serve it in time."""
+    def submit(self, query: Query, now_ms: float | None = None) -> list[Query]:
+        """Accept a query into the queue (behind every query of its priority or above), or refuse
+        it (``Overloaded``) when the queue is full of queries of its priority or above or, with
+        admission control and ``now_ms`` given, when the pool cannot serve it in time. Returns the
+        queued lower-priority query it displaced from a full queue (the driver refuses it)."""
+        displaced: list[Query] = []
         if self.max_pending is not None and len(self.pending) >= self.max_pending:
-            raise Overloaded(
-                f"pending queue is full ({self.max_pending} queries)", retry_after_s=1.0, reason="queue_full"
-            )
+            last = self.pending[-1] if self.pending else None
+            if last is None or last.priority >= query.priority:
+                raise Overloaded(
+                    f"pending queue is full ({self.max_pending} queries)", retry_after_s=1.0, reason="queue_full"
+                )
+            displaced.append(last)
         control = self.overload
         est = None  # the batch's estimates per type, computed once per arrival
         if control.admission and now_ms is not None and query.sheddable:
@@ -289,16 +302,26 @@ class Dispatcher:
                     f"cannot be served within its deadline even at once: {fastest:.1f} ms to serve "
                     f"batch {query.batch} on the fastest healthy instance, {query.deadline_ms - now_ms:.1f} ms left"
                 )
-            done = self._done_ms(now_ms, est, self._able(est, query.deadline_ms - now_ms))
-            if now_ms + self.admission_factor * done > query.deadline_ms:
+            done = self._done_ms(now_ms, est, self._able(est, query.deadline_ms - now_ms), query.priority)
+            if now_ms + self.admission_factors.get(query.priority, 1.0) * done > query.deadline_ms:
                 raise Overloaded(
                     f"cannot be served within its deadline: expected done in about {done:.0f} ms with the "
                     f"work queued ahead, {query.deadline_ms - now_ms:.0f} ms left",
                     retry_after_s=1.0,
                     reason="deadline",
                 )
+        for q in displaced:
+            self.cancel(q)
         self._enqueue(query, est)
-        self.pending.append(query)
+        pending = self.pending
+        if not pending or pending[-1].priority >= query.priority:
+            pending.append(query)
+        else:  # ahead of the lower priorities queued: scan from the tail, where they are
+            i = len(pending)
+            while i and pending[i - 1].priority < query.priority:
+                i -= 1
+            pending.insert(i, query)
+        return displaced
 
     def requeue(self, query: Query) -> None:
         """Put a query that must be retried back at the head: it has waited longest."""
@@ -317,7 +340,10 @@ class Dispatcher:
             rate = float((self._type_healthy[able] / est[able]).sum())
             query.cost_ms = 1.0 / rate if rate > 0 else 0.0
             query.able = able
-            self._backlog[able] += query.cost_ms
+            backlog = self._backlog.get(query.priority)
+            if backlog is None:
+                backlog = self._backlog[query.priority] = np.zeros(self.estimator.n_types)
+            backlog[able] += query.cost_ms
         if shed:
             assert est is not None
             latest = query.deadline_ms - self._fastest(est)
@@ -326,10 +352,11 @@ class Dispatcher:
     def _dequeued(self, query: Query) -> None:
         query.queued = False
         if query.cost_ms:
-            self._backlog[query.able] -= query.cost_ms
+            self._backlog[query.priority][query.able] -= query.cost_ms
             query.cost_ms = 0.0
             if not self.pending:
-                self._backlog[:] = 0.0  # no drift once the queue is empty
+                for backlog in self._backlog.values():
+                    backlog[:] = 0.0  # no drift once the queue is empty
 
     def cancel(self, query: Query) -> bool:
         if not query.queued:
@@ -350,7 +377,8 @@ class Dispatcher:
             query = heapq.heappop(heap)[2]
             if query.queued and self.cancel(query):
                 out.append(query)
-                self.admission_factor = min(self.admission_factor * ADMISSION_STEP_UP, ADMISSION_FACTOR_MAX)
+                factor = self.admission_factors.get(query.priority, 1.0)
+                self.admission_factors[query.priority] = min(factor * ADMISSION_STEP_UP, ADMISSION_FACTOR_MAX)
         if not self.pending:
             heap.clear()
         return out
@@ -367,10 +395,10 @@ class Dispatcher:
         """Estimated service time of ``batch`` on the fastest type with a healthy instance."""
         return self._fastest(self._estimate(batch))
 
-    def expected_done_ms(self, now_ms: float, batch: int, qos_ms: float) -> float:
+    def expected_done_ms(self, now_ms: float, batch: int, qos_ms: float, priority: int = 0) -> float:
         """Roughly how long until a query of ``batch`` arriving now is served (``_done_ms``)."""
         est = self._estimate(batch)
-        return self._done_ms(now_ms, est, self._able(est, qos_ms))
+        return self._done_ms(now_ms, est, self._able(est, qos_ms), priority)
 
     def _estimate(self, batch: int) -> np.ndarray:
         """(T,) estimated service time of ``batch`` on each type."""
@@ -387,18 +415,22 @@ class Dispatcher:
         able = healthy & (est <= qos_ms)
         return able if able.any() else healthy
 
-    def _done_ms(self, now_ms: float, est: np.ndarray, able: np.ndarray) -> float:
-        """On the best of the ``able`` types: the work queued for that type (its share of each
-        queued query it could serve, 1 / the sum of their rates), what its instances hold on
-        average, then this query's own service there (``est``). No wait while an instance is
-        free and nothing queues."""
+    def _done_ms(self, now_ms: float, est: np.ndarray, able: np.ndarray, priority: int = 0) -> float:
+        """On the best of the ``able`` types: the work queued ahead for that type (its share of
+        each queued query of ``priority`` or above it could serve, 1 / the sum of their rates),
+        what its instances hold on average, then this query's own service there (``est``). No
+        wait while an instance is free and nothing queues."""
         if not able.any():
             return float("inf")
         if self._total_free and not self.pending:
             return float(est[able].min())
         left = np.maximum(self._span_end - now_ms, 0.0) * self._ok
         held = np.bincount(self._types, weights=left, minlength=len(est)) / np.maximum(self._type_healthy, 1)
-        return float((self._backlog + held + est)[able].min())
+        ahead = held + est
+        for p, backlog in self._backlog.items():
+            if p >= priority:
+                ahead = ahead + backlog
+        return float(ahead[able].min())
 
     def complete(
         self, query: Query, instance: InstanceState, service_ms: float | None, now_ms: float | None = None
@@ -564,6 +596,8 @@ class Dispatcher:
             else:
                 free = self._free_view
         window = min(len(self.pending), max(self.policy.window(len(self.instances), total_free), 1))
+        if self.pending[0].priority != self.pending[window - 1].priority:
+            window = self._priority_window(window, total_free)
         queries = list(islice(self.pending, window))
         batch = np.array([q.batch for q in queries], dtype=np.int64)
         snap = Snapshot(
@@ -599,10 +633,24 @@ class Dispatcher:
                 del self.pending[pos]
         return out
 
+    def _priority_window(self, window: int, free: int) -> int:
+        """Strict priority: the window stops at the first priority boundary past which the
+        queries before it can fill every free slot; a lower class only takes what is left.
+        (A policy weighs queries by slack, not class: given both, it may prefer the lower.)"""
+        previous = self.pending[0].priority
+        for i, q in enumerate(islice(self.pending, window)):
+            if q.priority != previous:
+                if i >= free:
+                    return i
+                previous = q.priority
+        return window
+
     def _assign(self, q: Query, inst: InstanceState, now_ms: float) -> Dispatch:
         """Mark ``q`` as sent to ``inst`` at ``now_ms`` (the caller removes it from the FIFO)."""
-        if q.cost_ms and self.admission_factor > 1.0:
-            self.admission_factor = max(self.admission_factor * self._step_down, 1.0)
+        if q.cost_ms:
+            factor = self.admission_factors.get(q.priority, 1.0)
+            if factor > 1.0:
+                self.admission_factors[q.priority] = max(factor * self._step_down, 1.0)
         self._dequeued(q)
         q.attempts += 1
         q.pipelined = len(inst.in_flight) >= self.depth

@@ -20,5 +20,6 @@ class Query:
     pipelined: bool = False  # sent to an instance still busy with its previous query
     queued: bool = False  # in the dispatcher's pending FIFO now
     sheddable: bool = True  # False: served however late, whatever the overload control says
+    priority: int = 0  # its service class's: queued ahead of lower ones, shed after them
     cost_ms: float = 0.0  # its share of the pool's backlog while queued (admission control)
     able: Any = None  # while queued with admission control: the types that can serve it in time

@@ -28,10 +28,11 @@ import heapq
 import math
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from gateway.config import ServiceClass
 from gateway.dispatch import Dispatcher, OverloadControl, Query
 from gateway.errors import InferenceError
 from gateway.estimator import LatencyEstimator
@@ -82,6 +83,8 @@ def simulate(
     pipeline: bool = False,
     transport_p99_ms: float | None = None,
     overload: OverloadControl | None = None,
+    classes: Sequence[ServiceClass] = (),
+    query_class: np.ndarray | None = None,
 ) -> SimResult:
     """Run ``trace`` through a fresh Dispatcher (policy, estimator) on ``pool``.
 
@@ -91,6 +94,10 @@ def simulate(
     rest of a run that has already failed). ``overload``: the live gateway's shedding, admission
     and wait bound (``gateway.late_queries``); refused and shed queries never complete and are
     marked in the result. None: every query is served (the ideal pool).
+
+    ``classes`` with ``query_class`` (n,) indices into them: each query has its class's target
+    (deadline) and priority, as the live gateway gives a request naming its class; the result
+    reports each class. Without them every query has ``qos_ms`` and one priority.
     """
     profiles = profiles or default_profiles()
     started = time.perf_counter()
@@ -113,6 +120,16 @@ def simulate(
 
     arrivals: list[float] = np.asarray(trace.arrival_ms, dtype=float).tolist()
     batches: list[int] = batch.tolist()
+    cls_idx = np.zeros(0, dtype=np.int64)
+    if classes:
+        if query_class is None or len(query_class) != n:
+            raise ValueError("classes need one class index per query (query_class)")
+        cls_idx = np.asarray(query_class, dtype=np.int64)
+        qos_of: list[float] = np.array([c.qos_ms for c in classes])[cls_idx].tolist()
+        prio_of: list[int] = np.array([c.priority for c in classes], dtype=np.int64)[cls_idx].tolist()
+    else:
+        qos_of = [float(qos_ms)] * n
+        prio_of = [0] * n
     start = [math.nan] * n
     end = [math.nan] * n
     where = [-1] * n
@@ -156,7 +173,7 @@ def simulate(
                     estimator.observe_overhead(now - q.started_ms - svc_rows[row_of_instance[j]][qid])
                 end[qid] = now
                 free += 1
-                if now - q.arrival_ms > qos_ms and qid >= first_measured:
+                if now - q.arrival_ms > qos_of[qid] and qid >= first_measured:
                     misses += 1
                     if qid >= first_tail:
                         tail_misses += 1
@@ -167,13 +184,15 @@ def simulate(
         if stopped:
             break
         while i < n and arrivals[i] == now:
+            query = Query(id=i, batch=batches[i], arrival_ms=now, deadline_ms=now + qos_of[i], priority=prio_of[i])
             if control.admission:
                 try:
-                    submit(Query(id=i, batch=batches[i], arrival_ms=now, deadline_ms=now + qos_ms), now)
+                    for q in submit(query, now):  # displaced from a full queue by a higher class
+                        refused[q.id] = True
                 except InferenceError:
                     refused[i] = True
             else:
-                submit(Query(id=i, batch=batches[i], arrival_ms=now, deadline_ms=now + qos_ms))
+                submit(query)
             i += 1
         if sheds and pending:
             for q in dispatcher.shed(now):
@@ -231,4 +250,7 @@ def simulate(
         stopped_early=stopped,
         wall_s=time.perf_counter() - started,
         **({"refused": refused, "shed": shed} if control.admission or sheds else {}),
+        classes=tuple(classes),
+        query_class=cls_idx if classes else np.zeros(0, dtype=np.int64),
+        qos_per_query=np.asarray(qos_of) if classes else np.zeros(0),
     )

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from gateway.config import ServiceClass
+
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 TAIL_FRACTION = 0.25  # the stability check looks at the last quarter of the measured queries
 
@@ -42,6 +44,10 @@ class SimResult:
     # (n,) refused at admission, and shed while queued (``OverloadControl``); empty: none were.
     refused: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     shed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    # Service classes: each query's class index and target; empty: every query has ``qos_ms``.
+    classes: tuple[ServiceClass, ...] = ()
+    query_class: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    qos_per_query: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     # -- per query ------------------------------------------------------------------------------
 
@@ -63,9 +69,31 @@ class SimResult:
         return slice(self.first_measured, self.n_queries)
 
     def within_qos(self) -> np.ndarray:
-        """(n,) bool: completed with latency <= QoS."""
+        """(n,) bool: completed with latency <= its QoS (its class's target)."""
         lat = self.latency_ms
-        return np.isfinite(lat) & (lat <= self.qos_ms)
+        qos = self.qos_per_query if self.qos_per_query.size else self.qos_ms
+        return np.isfinite(lat) & (lat <= qos)
+
+    def class_summary(self) -> dict[str, dict[str, float]]:
+        """Per class, over its measured queries: how many, the fraction refused or shed, within
+        target of all and of those accepted."""
+        out: dict[str, dict[str, float]] = {}
+        m = self.measured
+        ok = self.within_qos()[m]
+        dropped = (self.refused | self.shed)[m] if self.refused.size else np.zeros_like(ok)
+        for k, c in enumerate(self.classes):
+            mine = self.query_class[m] == k
+            n = int(mine.sum())
+            accepted = mine & ~dropped
+            out[c.name] = {
+                "queries": n,
+                "target_ms": c.qos_ms,
+                "priority": c.priority,
+                "refused_or_shed": float(dropped[mine].mean()) if n else float("nan"),
+                "within_target": float(ok[mine].mean()) if n else float("nan"),
+                "within_target_of_accepted": float(ok[accepted].mean()) if accepted.any() else float("nan"),
+            }
+        return out
 
     # -- summaries ------------------------------------------------------------------------------
 
@@ -188,6 +216,7 @@ class SimResult:
                 if self.refused.size
                 else {}
             ),
+            **({"classes": self.class_summary()} if self.classes else {}),
             "type_share": {k: round(v, 4) for k, v in self.type_share().items()},
             "type_mean_batch": {k: round(v, 1) for k, v in self.type_mean_batch().items()},
             "instances": [

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.app import GatewaySettings, build_dispatcher
 from gateway.backend import BackendReply, InstanceFailure, RoutedRequest
 from gateway.backend.base import GRPC
-from gateway.config import parse_config
+from gateway.config import ServiceClass, parse_config
 from gateway.core import GatewayCore
 from gateway.pool import Endpoint
 
@@ -63,6 +63,7 @@ def make_core(
     qos_ms: float = 350,
     client_margin_ms: float = 0.0,
     late_queries: str = "shed",
+    classes: Sequence[ServiceClass] = (),
 ) -> tuple[GatewayCore, list[FakeInstance]]:
     config = parse_config({"model": "rm2", "qos_ms": qos_ms, "pool": [{"type": "r5n.large", "count": 1}]})
     endpoints = [Endpoint(f"r5n.large-{i}", "r5n.large") for i in range(len(behaviours))]
@@ -71,10 +72,14 @@ def make_core(
     )
     dispatcher = build_dispatcher(config, endpoints, settings)
     fakes = [FakeInstance(e.name, b) for e, b in zip(endpoints, behaviours, strict=True)]
-    return GatewayCore("rm2", qos_ms, dispatcher, fakes, client_margin_ms=client_margin_ms), fakes
+    core = GatewayCore("rm2", qos_ms, dispatcher, fakes, client_margin_ms=client_margin_ms, classes=classes)
+    return core, fakes
 
 
-def request(i: int, batch: int = 10, qos_ms: float | None = None) -> RoutedRequest:
-    return RoutedRequest(protocol=GRPC, model="rm2", batch=batch, body=b"", request_id=f"q{i}", qos_ms=qos_ms)
+def request(i: int, batch: int = 10, qos_ms: float | None = None, service_class: str | None = None) -> RoutedRequest:
+    return RoutedRequest(
+        protocol=GRPC, model="rm2", batch=batch, body=b"", request_id=f"q{i}", qos_ms=qos_ms,
+        service_class=service_class,
+    )  # fmt: skip
 
 

@@ -148,16 +148,16 @@ def test_no_pipelining_onto_an_instance_long_overdue() -> None:
 
 def test_the_admission_factor_rises_with_shedding_and_falls_back_with_timely_dispatches() -> None:
     d = dispatcher(OverloadControl(shed_late=True, admission=True), types=("r5n.large",))
-    assert d.admission_factor == 1.0
+    assert d.admission_factors.get(0, 1.0) == 1.0
     d.submit(q(0), 0.0)
     d.submit(q(1), 0.0)
     (busy,) = d.decide(0.0)
     assert len(d.shed(QOS)) == 1  # the one still queued at its deadline
-    assert d.admission_factor > 1.0
+    assert d.admission_factors[0] > 1.0
     d.complete(busy.query, busy.instance, 1.0, QOS)
     # Dispatches in time bring it back down, never below 1.
     for i in range(2, 20_000):
         d.submit(q(i, now=float(i)), float(i))
         (placed,) = d.decide(float(i))
         d.complete(placed.query, placed.instance, 1.0, float(i))
-    assert d.admission_factor == 1.0
+    assert d.admission_factors.get(0, 1.0) == 1.0
