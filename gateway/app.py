@@ -7,17 +7,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import grpc
 from aiohttp import web
 
+from gateway.admin import AdminApi, NewInstance, admin_token
 from gateway.backend import InstanceClient
 from gateway.config import DEFAULT_MAX_BATCH, Config, ModelConfig
 from gateway.core import GatewayCore
 from gateway.dataplane import DataPlane
-from gateway.dispatch import Dispatcher, OverloadControl
-from gateway.errors import ConfigError, Overloaded, ProfileError
+from gateway.dispatch import Dispatcher, InstanceState, OverloadControl
+from gateway.errors import ConfigError, Conflict, InstanceNotFound, Overloaded, ProfileError
 from gateway.estimator import LatencyEstimator
 from gateway.frontend.grpc import GrpcFrontend
 from gateway.frontend.grpcio import start_grpcio_server
@@ -133,22 +135,34 @@ class Gateway:
             if not by_model.get(m.name):
                 raise ConfigError(f"instances: expected at least one instance of model {m.name!r}")
         self.config = config
-        self.instances = by_model
+        self._initial = by_model
         self.settings = settings
+        names = [e.name for endpoints in by_model.values() for e in endpoints]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:
+            raise ConfigError(f"instances: name {dup!r} is used twice; instance names are unique across models")
+        try:
+            self.profiles = config.profile_set()
+        except ProfileError as exc:
+            raise ConfigError(f"profiles: {exc}") from None
+        self.admin_token = admin_token(config.gateway.admin_host) if config.gateway.admin_port is not None else None
         self.metrics = GatewayMetrics(c.qos_ms for m in config.models for c in m.classes)
         self.registry = ModelRegistry()
         self.plane = DataPlane(self.registry, self.metrics)
+        self.endpoints: dict[str, Endpoint] = {e.name: e for e in (x for v in by_model.values() for x in v)}
         self.http_port = 0
         self.grpc_port = 0
+        self.admin_port = 0
+        self._admin_runner: web.AppRunner | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._grpc_server: GrpcServer | grpc.aio.Server | None = None
 
     def _service(self, model: ModelConfig) -> ModelService:
         cfg, settings = self.config, self.settings
-        endpoints = self.instances[model.name]
-        dispatcher = build_dispatcher(cfg, endpoints, settings, model=model)
-        clients = [InstanceClient(i.name, i.http_url, i.grpc_address, cfg.gateway.backend_protocol) for i in endpoints]
+        endpoints = self._initial[model.name]
+        dispatcher = build_dispatcher(cfg, endpoints, settings, profiles=self.profiles, model=model)
+        clients = [self._client(i) for i in endpoints]
         core = GatewayCore(
             model.name,
             model.qos_ms,
@@ -164,6 +178,76 @@ class Gateway:
         )
         prober = HealthProber(core.clients, model.name, cfg.gateway.probe_interval_s, core.set_instance_health)
         return ModelService(model, core, prober)
+
+    def _client(self, endpoint: Endpoint) -> InstanceClient:
+        return InstanceClient(
+            endpoint.name, endpoint.http_url, endpoint.grpc_address, self.config.gateway.backend_protocol
+        )
+
+    # -- the pool admin API's operations (gateway.admin.PoolAdmin) ------------------------------
+
+    def _describe(self, model: str, inst: InstanceState) -> dict[str, Any]:
+        endpoint = self.endpoints.get(inst.name)
+        return {
+            "name": inst.name,
+            "model": model,
+            "type": inst.type_name,
+            "state": inst.state,
+            "in_flight": len(inst.in_flight),
+            "served": inst.served,
+            "http": endpoint.http_url if endpoint else None,
+            "grpc": endpoint.grpc_address if endpoint else None,
+        }
+
+    def instances(self) -> list[dict[str, Any]]:
+        return [self._describe(s.config.name, i) for s in self.registry for i in s.core.dispatcher.instances]
+
+    def _holder(self, name: str) -> tuple[ModelService, InstanceState]:
+        for service in self.registry:
+            inst = service.core.instance(name)
+            if inst is not None:
+                return service, inst
+        raise InstanceNotFound(f"no instance named {name!r}")
+
+    async def add_instance(self, new: NewInstance) -> dict[str, Any]:
+        """Add an instance to its model's pool; it joins the rotation once a first probe (at
+        once, then the prober's) finds it ready. A type without a profile starts from a prior."""
+        service = self.registry.get(new.model)
+        endpoint = new.endpoint
+        if not endpoint.name:
+            taken = {i["name"] for i in self.instances()}
+            k = sum(1 for n in taken if n.startswith(f"{endpoint.type}-"))
+            while f"{endpoint.type}-{k}" in taken:
+                k += 1
+            endpoint = replace(endpoint, name=f"{endpoint.type}-{k}")
+        if any(s.core.instance(endpoint.name) is not None for s in self.registry):
+            raise Conflict(f"an instance named {endpoint.name!r} is already in the pool")
+        model = service.config
+        core = service.core
+        prior = not self.profiles.has(model.name, endpoint.type)
+        types = core.dispatcher.estimator.type_names
+        profile = (
+            prior_for(model, endpoint.type, self.profiles, types)
+            if prior
+            else self.profiles.get(model.name, endpoint.type)
+        )
+        client = self._client(endpoint)
+        self.endpoints[endpoint.name] = endpoint
+        inst = core.add_instance(endpoint.name, endpoint.type, client, healthy=False, profile=profile, prior=prior)
+        ready = await client.ready(model.name, min(self.config.gateway.probe_interval_s, 1.0))
+        core.set_instance_health(endpoint.name, ready)
+        return self._describe(model.name, inst)
+
+    def drain_instance(self, name: str) -> dict[str, Any]:
+        service, _ = self._holder(name)
+        return self._describe(service.config.name, service.core.drain_instance(name))
+
+    def remove_instance(self, name: str) -> dict[str, Any]:
+        service, _ = self._holder(name)
+        inst = service.core.remove_instance(name)
+        if inst.removed:
+            self.endpoints.pop(name, None)
+        return self._describe(service.config.name, inst)
 
     async def start(self) -> None:
         """Connect to each model's pool, probe it once, and listen on both front ends."""
@@ -209,6 +293,13 @@ class Gateway:
             limits = ServerSettings(max_message_bytes=max_msg, request_timeout_s=cfg.gateway.body_timeout_s)
             self._grpc_server = GrpcServer(methods, limits)
             self.grpc_port = await self._grpc_server.start(cfg.host, self.settings.grpc_port)
+        if cfg.gateway.admin_port is not None:
+            admin = AdminApi(self, self.admin_token)
+            self._admin_runner = web.AppRunner(admin.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+            await self._admin_runner.setup()
+            site = web.TCPSite(self._admin_runner, cfg.gateway.admin_host, cfg.gateway.admin_port, reuse_address=True)
+            await site.start()
+            self.admin_port = int(self._admin_runner.addresses[0][1])
 
     async def stop(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Graceful: stop accepting, answer every accepted query, then close everything."""
@@ -226,6 +317,8 @@ class Gateway:
             await grpc_stopped
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
         for service in self.registry:
             if service.prober is not None:
                 await service.prober.stop()

@@ -2,7 +2,9 @@
 
 Prints one ready line once both front ends listen (ports resolved when 0 was asked for):
 
-    kairos-gateway ready http=127.0.0.1:8000 grpc=127.0.0.1:8001 policy=kairos model=rm2 instances=14 healthy=14
+    kairos-gateway ready http=127.0.0.1:8000 grpc=127.0.0.1:8001 policy=kairos model=rm2 instances=14 healthy=14 admin=127.0.0.1:8002
+
+(``admin=`` only when the config serves the pool admin API, ``gateway.admin_port``.)
 
 Config errors print one line and exit 2. SIGTERM/SIGINT stop accepting, answer every query in
 flight, and exit 0.
@@ -123,7 +125,8 @@ async def serve(args: argparse.Namespace) -> None:
     print(
         f"{PROG} ready http={config.host}:{gateway.http_port} grpc={config.host}:{gateway.grpc_port} "
         f"policy={settings.policy} model={','.join(gateway.registry.names)} "
-        f"instances={sum(len(p) for p in pools)} healthy={healthy}",
+        f"instances={sum(len(p) for p in pools)} healthy={healthy}"
+        + (f" admin={config.gateway.admin_host}:{gateway.admin_port}" if config.gateway.admin_port is not None else ""),
         flush=True,
     )
     await stop.wait()

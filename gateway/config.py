@@ -135,6 +135,10 @@ class GatewayConfig:
     # Bytes of HTTP request bodies being received at once, across connections (None: the larger
     # of max_body_bytes and 32 MiB); past it the largest unfinished ones are evicted (408).
     max_buffered_bytes: int | None = None
+    # The pool admin API (gateway.admin): its port (0: any free one; None: not served) and host
+    # (loopback unless a bearer token is set in KAIROS_ADMIN_TOKEN).
+    admin_port: int | None = None
+    admin_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +343,8 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
         header_timeout_s=g.float("header_timeout_s", dg.header_timeout_s),
         body_timeout_s=g.float("body_timeout_s", dg.body_timeout_s),
         max_buffered_bytes=g.int("max_buffered_bytes", lo=1024) if g.raw.get("max_buffered_bytes") is not None else None,
+        admin_port=_port(g, "admin_port", 0) if g.raw.get("admin_port") is not None else None,
+        admin_host=g.str("admin_host", dg.admin_host),
     )
     return Config(
         models=tuple(models),

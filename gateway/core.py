@@ -257,7 +257,7 @@ class GatewayCore:
     def set_instance_health(self, name: str, healthy: bool) -> None:
         """Probe results and failures: an instance leaves or rejoins the rotation (a result for
         an instance no longer in the pool is ignored)."""
-        inst = self._instance(name)
+        inst = self.instance(name)
         if inst is None or not self.dispatcher.set_healthy(inst, healthy):
             return
         self._outliers.reset(name)
@@ -277,7 +277,8 @@ class GatewayCore:
         elif not self.dispatcher.has_healthy():
             self._fail_pending(NoHealthyInstance(f"no healthy instance serves model {self.model!r}"))
 
-    def _instance(self, name: str) -> InstanceState | None:
+    def instance(self, name: str) -> InstanceState | None:
+        """The instance of that name in this model's pool, if any."""
         try:
             return self.dispatcher.instance(name)
         except KeyError:

@@ -36,6 +36,24 @@ class ModelNotFound(InferenceError):
     status = 404
 
 
+class InstanceNotFound(InferenceError):
+    """The admin API was asked about an instance the pool does not hold."""
+
+    status = 404
+
+
+class Conflict(InferenceError):
+    """The admin API was asked to add an instance under a name already in use."""
+
+    status = 409
+
+
+class Unauthorized(InferenceError):
+    """The admin API's bearer token is missing or wrong."""
+
+    status = 401
+
+
 class PayloadTooLarge(InferenceError):
     status = 413
 

@@ -1,0 +1,166 @@
+"""The pool admin API, on its own port: list the instances with their state, add one, drain
+one, remove one, while queries flow. What a control loop (or an operator) actuates.
+
+    GET    /admin/instances                  {"instances": [{name, model, type, state, ...}]}
+    POST   /admin/instances                  {"model", "type", "http" and/or "grpc", "name"?}
+    POST   /admin/instances/{name}/drain     no new queries; it finishes what it holds
+    DELETE /admin/instances/{name}           drained, then gone once it holds nothing
+
+Bound to loopback by default. Bound elsewhere it needs a bearer token (``KAIROS_ADMIN_TOKEN``
+in the environment, checked at start-up); with a token set, every request must carry
+``Authorization: Bearer <token>`` or gets 401. Errors are V2-style ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+
+from gateway.config import Endpoint
+from gateway.errors import BadRequest, ConfigError, InferenceError, Unauthorized
+from gateway.protocol.errors import http_error
+from gateway.protocol.limits import check_name, quote
+
+TOKEN_ENV = "KAIROS_ADMIN_TOKEN"
+MAX_BODY_BYTES = 16 * 1024
+MAX_ADDRESS_CHARS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class NewInstance:
+    """An instance to add, as validated from a request."""
+
+    model: str
+    endpoint: Endpoint
+
+
+class PoolAdmin(Protocol):
+    """What the API drives (``gateway.app.Gateway``)."""
+
+    def instances(self) -> list[dict[str, Any]]: ...
+
+    async def add_instance(self, new: NewInstance) -> dict[str, Any]: ...
+
+    def drain_instance(self, name: str) -> dict[str, Any]: ...
+
+    def remove_instance(self, name: str) -> dict[str, Any]: ...
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def admin_token(host: str) -> str | None:
+    """The token from the environment; ConfigError when the API would be open off loopback."""
+    token = os.environ.get(TOKEN_ENV) or None
+    if token is None and not is_loopback(host):
+        raise ConfigError(
+            f"gateway.admin_host {host!r} is not loopback: set {TOKEN_ENV} to the bearer token the admin API requires"
+        )
+    return token
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AdminApi:
+    def __init__(self, pool: PoolAdmin, token: str | None) -> None:
+        self.pool = pool
+        self._token = token.encode() if token else None
+        self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._guard])
+        add = self.app.router.add_route
+        add("GET", "/admin/instances", self.list)
+        add("POST", "/admin/instances", self.add)
+        add("POST", "/admin/instances/{name}/drain", self.drain)
+        add("DELETE", "/admin/instances/{name}", self.remove)
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Authentication first, then one error format for everything a handler raises."""
+        try:
+            if self._token is not None:
+                given = request.headers.get("Authorization", "")
+                scheme, _, value = given.partition(" ")
+                if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
+                    raise Unauthorized("the admin API needs Authorization: Bearer <token>")
+            return await handler(request)
+        except InferenceError as exc:
+            error = http_error(exc)
+            headers = dict(error.headers)
+            if isinstance(exc, Unauthorized):
+                headers["WWW-Authenticate"] = 'Bearer realm="kairos-admin"'
+            return web.Response(status=error.status, body=error.body, headers=headers)
+        except web.HTTPRequestEntityTooLarge:
+            return _json(413, {"error": f"request body larger than {MAX_BODY_BYTES} bytes"})
+
+    async def list(self, request: web.Request) -> web.Response:
+        return _json(200, {"instances": self.pool.instances()})
+
+    async def add(self, request: web.Request) -> web.Response:
+        new = parse_new_instance(await request.read())
+        return _json(201, await self.pool.add_instance(new))
+
+    async def drain(self, request: web.Request) -> web.Response:
+        return _json(200, self.pool.drain_instance(_name(request)))
+
+    async def remove(self, request: web.Request) -> web.Response:
+        info = self.pool.remove_instance(_name(request))
+        return _json(200 if info["state"] == "removed" else 202, info)
+
+
+def _name(request: web.Request) -> str:
+    return check_name(request.match_info["name"], "instance name")
+
+
+def parse_new_instance(body: bytes) -> NewInstance:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("expected a JSON object") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("expected a JSON object")
+    extra = sorted(set(doc) - {"model", "type", "name", "http", "grpc"})
+    if extra:
+        raise BadRequest(f"unknown field {quote(extra[0])}; expected model, type, name, http, grpc")
+
+    def text(key: str, required: bool = False) -> str | None:
+        value = doc.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value or len(value) > MAX_ADDRESS_CHARS:
+            raise BadRequest(f"{key}: expected a non-empty string, got {quote(value)}")
+        return value
+
+    model = check_name(text("model", True) or "", "model")
+    type_name = check_name(text("type", True) or "", "type")
+    name = text("name")
+    http, grpc = text("http"), text("grpc")
+    if http is None and grpc is None:
+        raise BadRequest("expected an http URL, a grpc address, or both")
+    if http is not None and not http.startswith("http://"):
+        raise BadRequest(f"http: expected http://HOST:PORT, got {quote(http)}")
+    if grpc is not None:
+        grpc = grpc.removeprefix("grpc://")
+        host, sep, port = grpc.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise BadRequest(f"grpc: expected HOST:PORT, got {quote(grpc)}")
+    endpoint = Endpoint(
+        check_name(name, "name") if name is not None else "", type_name, http.rstrip("/") if http else None, grpc
+    )
+    return NewInstance(model, endpoint)
+
+
+def _json(status: int, payload: object) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
