@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--server":
         import uvloop
 
-        import gateway  # noqa: F401  (the gRPC core settings, before grpc loads)
+        import benchmarks  # noqa: F401  (its gRPC core settings, before grpc loads)
 
         uvloop.run(_serve(argv[1], argv[2], argv[3:]))
         return 0

@@ -12,6 +12,10 @@ flight, and exit 0.
 
 from __future__ import annotations
 
+from gateway.grpc_runtime import apply_defaults
+
+apply_defaults()  # this entry point's process setting, before anything imports grpc
+
 import argparse
 import asyncio
 import logging

@@ -3,8 +3,9 @@
 Why: grpc.aio's newer EventEngine listener and endpoints (on by default since grpcio 1.6x) cost
 the gateway's one core about 8% more CPU per gRPC query than the legacy POSIX I/O manager
 (``python -m benchmarks.gateway_overhead``; a bare grpc.aio echo server gains 12-18%). The C
-core reads ``GRPC_EXPERIMENTS`` once, when grpc loads, so the default is set on import of the
-``gateway`` package. A value the user already set wins.
+core reads ``GRPC_EXPERIMENTS`` once, when grpc loads, so an entry point that wants the default
+calls ``apply_defaults`` before it imports anything that imports grpc. A value the user already
+set wins.
 """
 
 from __future__ import annotations

@@ -5,4 +5,3 @@ ends of one instance; pool: plan ports and serve a group of instances on one eve
 workers: spread groups over processes; ready: readiness probes; cli: ``kairos-servers``.
 """
 
-import gateway  # noqa: F401  (its gRPC runtime defaults must precede any grpc import)

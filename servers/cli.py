@@ -9,6 +9,10 @@ taken, an instance never became ready).
 
 from __future__ import annotations
 
+from gateway.grpc_runtime import apply_defaults
+
+apply_defaults()  # this entry point's process setting, before anything imports grpc
+
 import argparse
 import asyncio
 import dataclasses

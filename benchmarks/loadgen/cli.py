@@ -5,6 +5,10 @@ Exit codes: 0 done; 2 bad input (one line on stderr); 1 the endpoint could not b
 
 from __future__ import annotations
 
+from gateway.grpc_runtime import apply_defaults
+
+apply_defaults()  # this entry point's process setting, before anything imports grpc
+
 import argparse
 import sys
 from collections.abc import Sequence
