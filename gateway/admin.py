@@ -75,25 +75,17 @@ def admin_token(host: str) -> str | None:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class AdminApi:
-    def __init__(self, pool: PoolAdmin, token: str | None) -> None:
-        self.pool = pool
-        self._token = token.encode() if token else None
-        self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._guard])
-        add = self.app.router.add_route
-        add("GET", "/admin/instances", self.list)
-        add("POST", "/admin/instances", self.add)
-        add("POST", "/admin/instances/{name}/drain", self.drain)
-        add("DELETE", "/admin/instances/{name}", self.remove)
+def admin_app(token: str | None) -> web.Application:
+    """An aiohttp application for an admin API: the bearer token checked first (when set), and
+    one error format for everything a handler raises. (The gateway's and kairos-servers'.)"""
+    expected = token.encode() if token else None
 
     @web.middleware
-    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Authentication first, then one error format for everything a handler raises."""
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if self._token is not None:
-                given = request.headers.get("Authorization", "")
-                scheme, _, value = given.partition(" ")
-                if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
+            if expected is not None:
+                scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+                if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
                     raise Unauthorized("the admin API needs Authorization: Bearer <token>")
             return await handler(request)
         except InferenceError as exc:
@@ -103,45 +95,68 @@ class AdminApi:
                 headers["WWW-Authenticate"] = 'Bearer realm="kairos-admin"'
             return web.Response(status=error.status, body=error.body, headers=headers)
         except web.HTTPRequestEntityTooLarge:
-            return _json(413, {"error": f"request body larger than {MAX_BODY_BYTES} bytes"})
+            return json_response(413, {"error": f"request body larger than {MAX_BODY_BYTES} bytes"})
+
+    return web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[guard])
+
+
+class AdminApi:
+    def __init__(self, pool: PoolAdmin, token: str | None) -> None:
+        self.pool = pool
+        self.app = admin_app(token)
+        add = self.app.router.add_route
+        add("GET", "/admin/instances", self.list)
+        add("POST", "/admin/instances", self.add)
+        add("POST", "/admin/instances/{name}/drain", self.drain)
+        add("DELETE", "/admin/instances/{name}", self.remove)
 
     async def list(self, request: web.Request) -> web.Response:
-        return _json(200, {"instances": self.pool.instances()})
+        return json_response(200, {"instances": self.pool.instances()})
 
     async def add(self, request: web.Request) -> web.Response:
         new = parse_new_instance(await request.read())
-        return _json(201, await self.pool.add_instance(new))
+        return json_response(201, await self.pool.add_instance(new))
 
     async def drain(self, request: web.Request) -> web.Response:
-        return _json(200, self.pool.drain_instance(_name(request)))
+        return json_response(200, self.pool.drain_instance(instance_name(request)))
 
     async def remove(self, request: web.Request) -> web.Response:
-        info = self.pool.remove_instance(_name(request))
-        return _json(200 if info["state"] == "removed" else 202, info)
+        info = self.pool.remove_instance(instance_name(request))
+        return json_response(200 if info["state"] == "removed" else 202, info)
 
 
-def _name(request: web.Request) -> str:
+def instance_name(request: web.Request) -> str:
     return check_name(request.match_info["name"], "instance name")
 
 
-def parse_new_instance(body: bytes) -> NewInstance:
+def json_object(body: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
+    """A request body that must be a JSON object with only ``fields``."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise BadRequest("expected a JSON object") from None
     if not isinstance(doc, dict):
         raise BadRequest("expected a JSON object")
-    extra = sorted(set(doc) - {"model", "type", "name", "http", "grpc"})
+    extra = sorted(set(doc) - set(fields))
     if extra:
-        raise BadRequest(f"unknown field {quote(extra[0])}; expected model, type, name, http, grpc")
+        raise BadRequest(f"unknown field {quote(extra[0])}; expected {', '.join(fields)}")
+    return doc
+
+
+def text_field(doc: dict[str, Any], key: str, required: bool = False) -> str | None:
+    value = doc.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_ADDRESS_CHARS:
+        raise BadRequest(f"{key}: expected a non-empty string, got {quote(value)}")
+    return value
+
+
+def parse_new_instance(body: bytes) -> NewInstance:
+    doc = json_object(body, ("model", "type", "name", "http", "grpc"))
 
     def text(key: str, required: bool = False) -> str | None:
-        value = doc.get(key)
-        if value is None and not required:
-            return None
-        if not isinstance(value, str) or not value or len(value) > MAX_ADDRESS_CHARS:
-            raise BadRequest(f"{key}: expected a non-empty string, got {quote(value)}")
-        return value
+        return text_field(doc, key, required)
 
     model = check_name(text("model", True) or "", "model")
     type_name = check_name(text("type", True) or "", "type")
@@ -162,5 +177,5 @@ def parse_new_instance(body: bytes) -> NewInstance:
     return NewInstance(model, endpoint)
 
 
-def _json(status: int, payload: object) -> web.Response:
+def json_response(status: int, payload: object) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")

@@ -103,6 +103,10 @@ class ServersConfig:
     workers: int = 1
     address_file: str = ".kairos/instances.json"
     seed: int = 0
+    # kairos-servers' admin API (servers.admin): start and stop instances at run time. Port
+    # (0: any free one; None: not served) and host, as the gateway's admin API.
+    admin_port: int | None = None
+    admin_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +311,7 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
             raise ConfigError(f"profiles: no such file or directory {str(profiles)!r}")
 
     s = _Fields(top._get("servers", {}), "servers")
-    s.unknown({"http_port", "grpc_port", "workers", "address_file", "seed"})
+    s.unknown({"http_port", "grpc_port", "workers", "address_file", "seed", "admin_port", "admin_host"})
     d = ServersConfig()
     servers = ServersConfig(
         http_port=_port(s, "http_port", d.http_port),
@@ -315,6 +319,8 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
         workers=s.int("workers", d.workers, lo=1, hi=64),
         address_file=s.str("address_file", d.address_file),
         seed=s.int("seed", d.seed),
+        admin_port=_port(s, "admin_port", 0) if s.raw.get("admin_port") is not None else None,
+        admin_host=s.str("admin_host", d.admin_host),
     )
     g = _Fields(top._get("gateway", {}), "gateway")
     g.unknown({f for f in GatewayConfig.__dataclass_fields__})

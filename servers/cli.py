@@ -22,13 +22,17 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from aiohttp import web
+
+from gateway.admin import admin_token
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError, KairosError, ProfileError
 from gateway.gc_freeze import freeze_startup_objects
 from gateway.precise_timers import TIMERS
-from gateway.profiles import load_profiles
+from gateway.profiles import ProfileSet, load_profiles
 from gateway.protocol.addresses import AddressList, InstanceAddress, write_address_file
-from servers.pool import DEFAULT_MAX_BODY_BYTES, LocalGroup, PoolOptions, describe, plan_instances
+from servers.admin import ServersAdmin
+from servers.pool import DEFAULT_MAX_BODY_BYTES, LocalGroup, PoolOptions, describe, host_port, plan_instances
 from servers.ready import wait_ready
 from servers.workers import Worker, WorkerSet, run_loop
 
@@ -140,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         max_body_bytes=args.max_body_bytes,
         timers=args.timers,
     )
-    launcher = Launcher(config, options, args.loop == "uvloop", args.ready_timeout)
+    try:
+        launcher = Launcher(config, options, args.loop == "uvloop", args.ready_timeout)
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     try:
         return run_loop(launcher.run, args.loop == "uvloop")
     except KeyboardInterrupt:  # a second Ctrl-C while stopping
@@ -159,6 +167,11 @@ class Launcher:
         self.address_file = Path(config.servers.address_file)
         self.local: LocalGroup | None = None
         self.workers: WorkerSet | None = None
+        self.launched: list[InstanceAddress] = []
+        self.admin: ServersAdmin | None = None
+        self._admin_runner: web.AppRunner | None = None
+        # Checked before anything starts: an admin API off loopback needs its token.
+        self.admin_token = admin_token(config.servers.admin_host) if config.servers.admin_port is not None else None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -186,8 +199,9 @@ class Launcher:
     async def _start(self) -> None:
         workers = min(self.config.servers.workers, len(self.specs))
         addresses: list[InstanceAddress]
+        profiles = load_profiles()
         if workers <= 1:
-            self.local = LocalGroup(self.specs, self.options, load_profiles(), pid=os.getpid())
+            self.local = LocalGroup(self.specs, self.options, profiles, pid=os.getpid())
             addresses = await self.local.start()
         else:
             self.workers = WorkerSet(self.specs, self.options, workers, self.use_uvloop)
@@ -198,17 +212,40 @@ class Launcher:
         if missing:
             names = ", ".join(a.name for a in missing)
             raise KairosError(f"not ready after {self.ready_timeout_s:g} s: {names}")
-        models = ",".join(m.name for m in self.config.models)
-        write_address_file(
-            self.address_file,
-            AddressList(model=models, pid=os.getpid(), instances=tuple(addresses)),
-        )
+        self.launched = list(addresses)
+        self._write_addresses([])
+        admin = await self._start_admin(profiles)
         scale = "" if self.options.latency_scale == 1.0 else f", latency x{self.options.latency_scale:g}"
         print(
-            f"{PROG} ready: {len(addresses)} instances of {models} ({describe(self.specs)}) "
-            f"in {workers} process{'es' if workers > 1 else ''}{scale}; addresses in {self.address_file}",
+            f"{PROG} ready: {len(addresses)} instances of {self._models} ({describe(self.specs)}) "
+            f"in {workers} process{'es' if workers > 1 else ''}{scale}; addresses in {self.address_file}{admin}",
             flush=True,
         )
+
+    @property
+    def _models(self) -> str:
+        return ",".join(m.name for m in self.config.models)
+
+    def _write_addresses(self, added: list[InstanceAddress]) -> None:
+        instances = (*self.launched, *added)
+        write_address_file(self.address_file, AddressList(model=self._models, pid=os.getpid(), instances=instances))
+
+    async def _start_admin(self, profiles: ProfileSet) -> str:
+        """The admin API, when configured; returns what the ready line says of it."""
+        s = self.config.servers
+        if s.admin_port is None:
+            return ""
+        # Run-time instances live in this process: with the pool in workers, in a group of their own.
+        group = self.local or LocalGroup([], self.options, profiles, pid=os.getpid())
+        self.local = group
+        self.admin = ServersAdmin(
+            group, profiles, self.config.host, lambda: self.launched, self._write_addresses, self.admin_token
+        )
+        self._admin_runner = web.AppRunner(self.admin.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await self._admin_runner.setup()
+        await web.TCPSite(self._admin_runner, s.admin_host, s.admin_port, reuse_address=True).start()
+        port = int(self._admin_runner.addresses[0][1])
+        return f"; admin http://{host_port(s.admin_host, port)}"
 
     def _worker_exited(self, worker: Worker) -> None:
         # Keep serving with the rest: tests kill workers on purpose to emulate failed instances.
@@ -221,6 +258,10 @@ class Launcher:
         )
 
     async def _stop(self) -> None:
+        if self.admin is not None:
+            await self.admin.close()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
         if self.local is not None:
             await self.local.stop()
         if self.workers is not None:

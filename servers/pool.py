@@ -105,6 +105,23 @@ def _listen(host: str, port: int, what: str) -> socket.socket:
     return sock
 
 
+@dataclass(frozen=True)
+class Reserved:
+    """Ports taken for an instance that starts later: bound, not listening, so a client meanwhile
+    gets "connection refused", as from a machine still booting."""
+
+    http: socket.socket
+    grpc: socket.socket
+
+    @classmethod
+    def on(cls, host: str) -> Reserved:
+        return cls(_listen(host, 0, "reserved http"), _listen(host, 0, "reserved grpc"))
+
+    def close(self) -> None:
+        self.http.close()
+        self.grpc.close()
+
+
 @dataclass
 class _Running:
     instance: Instance
@@ -133,7 +150,23 @@ class LocalGroup:
             raise
         return [r.address for r in self.running]
 
-    async def _start_one(self, spec: InstanceSpec) -> _Running:
+    async def start_one(self, spec: InstanceSpec, reserved: Reserved | None = None) -> InstanceAddress:
+        """Start one more instance (on ``reserved`` ports, if given) while the others serve."""
+        running = await self._start_one(spec, reserved)
+        self.running.append(running)
+        return running.address
+
+    async def stop_one(self, name: str) -> bool:
+        """Stop the instance named ``name`` (in-flight queries finish first); False if none."""
+        for r in self.running:
+            if r.address.name == name:
+                self.running.remove(r)
+                await r.server.stop(STOP_GRACE_S)
+                await r.runner.cleanup()
+                return True
+        return False
+
+    async def _start_one(self, spec: InstanceSpec, reserved: Reserved | None = None) -> _Running:
         opts = self.options
         instance = Instance(
             index=spec.index,
@@ -146,7 +179,7 @@ class LocalGroup:
             timers=opts.timers,
         )
         what = f"instance {spec.index} ({spec.name})"
-        sock = _listen(spec.host, spec.http_port, f"{what} http")
+        sock = reserved.http if reserved is not None else _listen(spec.host, spec.http_port, f"{what} http")
         # No access log: one line per query would cost more CPU than serving it.
         runner = web.AppRunner(
             HttpFrontEnd(instance, opts.max_body_bytes).app(), access_log=None, shutdown_timeout=STOP_GRACE_S
@@ -164,8 +197,12 @@ class LocalGroup:
             ]
         )
         server.add_generic_rpc_handlers((GrpcFrontEnd(instance).handler(),))
+        grpc_wanted = spec.grpc_port
+        if reserved is not None:
+            grpc_wanted = reserved.grpc.getsockname()[1]
+            reserved.grpc.close()  # the port was held (refusing connections) until now
         try:
-            grpc_port = server.add_insecure_port(host_port(spec.host, spec.grpc_port))
+            grpc_port = server.add_insecure_port(host_port(spec.host, grpc_wanted))
         except RuntimeError as exc:
             await runner.cleanup()
             raise StartupError(

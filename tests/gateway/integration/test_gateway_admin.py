@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,3 +181,48 @@ async def test_off_loopback_the_admin_api_needs_its_token(
             assert status == 200 and doc["instances"][0]["state"] == "healthy"
     finally:
         assert gw.stop(signal.SIGTERM) == 0
+
+
+async def test_a_control_loop_actuates_the_emulated_pool_through_both_admin_apis(tmp_path: Path) -> None:
+    """kairos-servers starts an instance that takes a second to boot; the gateway is told of it at
+    once, keeps it out of rotation while it refuses connections, and routes to it once ready."""
+    with start_pool(tmp_path / "pool", pool={"r5n.large": 1}, model=MODEL, admin_port=0) as pool:
+        servers_admin = pool.ready_line.rsplit("; admin ", 1)[1].strip() + "/admin/instances"
+        gw = launch_gateway(write_config(tmp_path, pool, first=1), [], tmp_path)
+        try:
+            async with aiohttp.ClientSession() as s:
+                status, booting = await call(
+                    s, "POST", servers_admin, json={"model": MODEL, "type": "g4dn.xlarge", "startup_delay_s": 1.0}
+                )
+                assert status == 202
+                status, added = await call(
+                    s, "POST", admin_url(gw),
+                    json={"model": MODEL, "type": "g4dn.xlarge", "name": booting["name"], **endpoint_of(booting)},
+                )  # fmt: skip
+                assert status == 201 and added["state"] == "unhealthy"
+                started = time.monotonic()
+                while True:  # out of rotation while it boots, in once a probe finds it ready
+                    status, listed = await call(s, "GET", admin_url(gw))
+                    state = {i["name"]: i["state"] for i in listed["instances"]}[booting["name"]]
+                    if state == "healthy":
+                        break
+                    assert state == "unhealthy" and time.monotonic() - started < 10
+                    await asyncio.sleep(0.05)
+                assert time.monotonic() - started > 0.5
+                # Scale the old instance down: the queries move to the new one.
+                status, _ = await call(s, "POST", f"{admin_url(gw)}/r5n.large-0/drain")
+                assert status == 200
+                served: Counter[str] = Counter()
+                for i in range(20):
+                    async with s.post(
+                        f"{gw.url}/v2/models/{MODEL}/infer", data=json_request(8, f"c{i}", model=MODEL)
+                    ) as resp:
+                        assert resp.status == 200
+                        served[(await resp.json())["parameters"]["gateway_instance"]] += 1
+                assert served == {booting["name"]: 20}
+        finally:
+            assert gw.stop(signal.SIGTERM) == 0
+
+
+def endpoint_of(doc: dict[str, Any]) -> dict[str, str]:
+    return {"http": doc["http"], "grpc": doc["grpc"]}

@@ -1,0 +1,152 @@
+"""``kairos-servers``' admin API: start and stop emulated instances at run time, so that a control
+loop can actuate the emulated pool for real.
+
+    GET    /admin/instances           {"instances": [{name, model, type, http, grpc, state}]}
+    POST   /admin/instances           {"model", "type", "name"?, "startup_delay_s"?} -> 202
+    DELETE /admin/instances/{name}    stops it (in-flight queries finish first)
+
+A new instance gets its ports at once (returned in the answer) but listens only after
+``startup_delay_s`` (a real instance takes seconds to minutes to load its model): until then
+connections are refused and its state is ``starting``, then ``ready``. Instances started at run
+time live in the launcher's process. The same loopback / bearer-token rules as the gateway's
+admin API (``gateway.admin``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from gateway.admin import admin_app, instance_name, json_object, json_response, text_field
+from gateway.errors import BadRequest, Conflict, InstanceNotFound, ProfileError
+from gateway.profiles import ProfileSet
+from gateway.protocol.addresses import InstanceAddress
+from gateway.protocol.limits import check_name
+from servers.pool import InstanceSpec, LocalGroup, Reserved, host_port
+
+MAX_STARTUP_DELAY_S = 3600.0
+log = logging.getLogger("kairos.servers")
+
+
+@dataclass
+class _Managed:
+    address: InstanceAddress
+    state: str  # starting, ready, failed
+    task: asyncio.Task[None] | None = None
+
+
+class ServersAdmin:
+    def __init__(
+        self,
+        group: LocalGroup,
+        profiles: ProfileSet,
+        host: str,
+        existing: Callable[[], list[InstanceAddress]],
+        changed: Callable[[list[InstanceAddress]], None],
+        token: str | None,
+    ) -> None:
+        """``group``: where run-time instances are served; ``existing``: the instances started
+        at launch (listed, and their names taken); ``changed``: told the run-time instances after
+        every change (the launcher rewrites its address file)."""
+        self.group = group
+        self.profiles = profiles
+        self.host = host
+        self.existing = existing
+        self.changed = changed
+        self.managed: dict[str, _Managed] = {}
+        self._next_index = 100_000  # apart from the launch-time instances' indices
+        self.app = admin_app(token)
+        add = self.app.router.add_route
+        add("GET", "/admin/instances", self.list)
+        add("POST", "/admin/instances", self.start)
+        add("DELETE", "/admin/instances/{name}", self.stop)
+
+    def _describe(self, address: InstanceAddress, state: str) -> dict[str, Any]:
+        return {
+            "name": address.name, "model": address.model, "type": address.type,
+            "http": address.http, "grpc": address.grpc, "state": state,
+        }  # fmt: skip
+
+    async def list(self, request: web.Request) -> web.Response:
+        launched = [self._describe(a, "ready") for a in self.existing()]
+        managed = [self._describe(m.address, m.state) for m in self.managed.values()]
+        return json_response(200, {"instances": launched + managed})
+
+    async def start(self, request: web.Request) -> web.Response:
+        doc = json_object(await request.read(), ("model", "type", "name", "startup_delay_s"))
+        model = check_name(text_field(doc, "model", True) or "", "model")
+        type_name = check_name(text_field(doc, "type", True) or "", "type")
+        try:
+            self.profiles.get(model, type_name)
+        except ProfileError as exc:
+            raise BadRequest(f"cannot emulate model {model!r} on {type_name!r}: {exc}") from None
+        delay = doc.get("startup_delay_s", 0.0)
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= MAX_STARTUP_DELAY_S:
+            raise BadRequest(f"startup_delay_s: expected seconds in [0, {MAX_STARTUP_DELAY_S:g}], got {delay!r}")
+        taken = {a.name for a in self.existing()} | set(self.managed)
+        name = text_field(doc, "name")
+        if name is None:
+            k = 0
+            while f"{model}-{type_name}-{k}" in taken:
+                k += 1
+            name = f"{model}-{type_name}-{k}"
+        name = check_name(name, "name")
+        if name in taken:
+            raise Conflict(f"an instance named {name!r} is already running")
+        reserved = Reserved.on(self.host)
+        self._next_index += 1
+        spec = InstanceSpec(self._next_index, name, type_name, model, self.host, 0, 0)
+        address = InstanceAddress(
+            index=spec.index, name=name, type=type_name, model=model,
+            http=f"http://{host_port(self.host, reserved.http.getsockname()[1])}",
+            grpc=host_port(self.host, reserved.grpc.getsockname()[1]), pid=self.group.pid,
+        )  # fmt: skip
+        managed = _Managed(address, "starting")
+        self.managed[name] = managed
+        managed.task = asyncio.get_running_loop().create_task(self._boot(managed, spec, reserved, float(delay)))
+        self._changed()
+        return json_response(202, self._describe(address, managed.state))
+
+    async def _boot(self, managed: _Managed, spec: InstanceSpec, reserved: Reserved, delay_s: float) -> None:
+        try:
+            await asyncio.sleep(delay_s)
+            managed.address = await self.group.start_one(spec, reserved)
+            managed.state = "ready"
+        except asyncio.CancelledError:
+            reserved.close()
+            raise
+        except Exception as exc:  # a port taken meanwhile, say: reported, the launcher goes on
+            reserved.close()
+            managed.state = "failed"
+            log.warning("instance %s failed to start: %s", spec.name, exc)
+        self._changed()
+
+    async def stop(self, request: web.Request) -> web.Response:
+        name = instance_name(request)
+        managed = self.managed.pop(name, None)
+        if managed is None:
+            if any(a.name == name for a in self.existing()):
+                raise Conflict(f"instance {name!r} was started with the pool; only instances started here stop here")
+            raise InstanceNotFound(f"no instance named {name!r}")
+        if managed.task is not None and not managed.task.done():
+            managed.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await managed.task
+        await self.group.stop_one(name)
+        self._changed()
+        return json_response(200, self._describe(managed.address, "stopped"))
+
+    def _changed(self) -> None:
+        self.changed([m.address for m in self.managed.values() if m.state == "ready"])
+
+    async def close(self) -> None:
+        for m in self.managed.values():
+            if m.task is not None and not m.task.done():
+                m.task.cancel()
+        await asyncio.gather(*(m.task for m in self.managed.values() if m.task), return_exceptions=True)

@@ -1,0 +1,96 @@
+"""kairos-servers' admin API: instances started at run time (after a start-up delay, refusing
+connections until then), served, listed, written to the address file, stopped; and its errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from helpers.inputs import json_body
+from helpers.pool import RunningPool, start_pool
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPool]:
+    with start_pool(tmp_path_factory.mktemp("pool"), pool={"r5n.large": 1}, model="rm2", admin_port=0) as p:
+        yield p
+
+
+def admin(pool: RunningPool) -> str:
+    return pool.ready_line.rsplit("; admin ", 1)[1].strip() + "/admin/instances"
+
+
+async def call(s: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> tuple[int, Any]:
+    async with s.request(method, url, **kw) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def reachable(s: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with s.get(f"{url}/v2/health/ready", timeout=aiohttp.ClientTimeout(total=1)) as resp:
+            return resp.status == 200
+    except aiohttp.ClientConnectionError:
+        return False
+
+
+async def test_an_instance_started_at_run_time_listens_after_its_delay_then_stops(pool: RunningPool) -> None:
+    url = admin(pool)
+    async with aiohttp.ClientSession() as s:
+        started = time.monotonic()
+        status, doc = await call(s, "POST", url, json={"model": "rm2", "type": "g4dn.xlarge", "startup_delay_s": 1.0})
+        assert status == 202 and doc["state"] == "starting" and doc["name"] == "rm2-g4dn.xlarge-0"
+        assert not await reachable(s, doc["http"])  # still booting: connection refused
+        while not await reachable(s, doc["http"]):
+            assert time.monotonic() - started < 10
+            await asyncio.sleep(0.05)
+        assert time.monotonic() - started >= 1.0
+        status, listed = await call(s, "GET", url)
+        assert [(i["name"], i["state"]) for i in listed["instances"]] == [
+            ("r5n.large-0", "ready"), ("rm2-g4dn.xlarge-0", "ready"),
+        ]  # fmt: skip
+        written = json.loads(pool.address_file.read_text())
+        assert [i["name"] for i in written["instances"]] == ["r5n.large-0", "rm2-g4dn.xlarge-0"]
+        async with s.post(f"{doc['http']}/v2/models/rm2/infer", data=json_body("rm2", 4)) as resp:
+            answer = await resp.json()
+            assert resp.status == 200 and answer["parameters"]["instance_type"] == "g4dn.xlarge"
+        status, stopped = await call(s, "DELETE", f"{url}/{doc['name']}")
+        assert status == 200 and stopped["state"] == "stopped"
+        assert not await reachable(s, doc["http"])
+        assert [i["name"] for i in json.loads(pool.address_file.read_text())["instances"]] == ["r5n.large-0"]
+
+
+async def test_stopping_an_instance_that_is_still_starting_frees_its_ports(pool: RunningPool) -> None:
+    url = admin(pool)
+    async with aiohttp.ClientSession() as s:
+        status, doc = await call(s, "POST", url, json={"model": "rm2", "type": "r5n.large", "name": "slow", "startup_delay_s": 60})
+        assert status == 202 and doc["state"] == "starting"
+        status, _ = await call(s, "DELETE", f"{url}/slow")
+        assert status == 200
+        status, listed = await call(s, "GET", url)
+        assert [i["name"] for i in listed["instances"]] == ["r5n.large-0"]
+
+
+async def test_admin_errors(pool: RunningPool) -> None:
+    url = admin(pool)
+    async with aiohttp.ClientSession() as s:
+        for body, code, message in (
+            ({"model": "rm2", "type": "t9.huge"}, 400, "cannot emulate model 'rm2' on 't9.huge'"),
+            ({"model": "rm2", "type": "r5n.large", "startup_delay_s": -1}, 400, "startup_delay_s"),
+            ({"model": "rm2", "type": "r5n.large", "startup_delay_s": "soon"}, 400, "startup_delay_s"),
+            ({"model": "rm2"}, 400, "type: expected a non-empty string"),
+            ({"model": "rm2", "type": "r5n.large", "gpu": True}, 400, "unknown field"),
+            ({"model": "rm2", "type": "r5n.large", "name": "r5n.large-0"}, 409, "already running"),
+        ):
+            status, doc = await call(s, "POST", url, json=body)
+            assert status == code and message in doc["error"], (body, doc)
+        status, doc = await call(s, "DELETE", f"{url}/r5n.large-0")
+        assert status == 409 and "started with the pool" in doc["error"]
+        status, doc = await call(s, "DELETE", f"{url}/nope")
+        assert status == 404
