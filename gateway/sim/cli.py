@@ -24,6 +24,7 @@ from gateway.errors import ConfigError, KairosError
 from gateway.policies import POLICY_NAMES, make_policy
 from gateway.profiles import Catalogue, ProfileSet, load_catalogue
 from gateway.sim.engine import DEFAULT_WARMUP, default_profiles, simulate
+from gateway.sim.events import ADD, parse_events
 from gateway.sim.pool import PoolSpec, check_pool, format_pool, parse_pool, pool_cost
 from gateway.sim.result import SimResult
 from gateway.sim.search import (
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--late", choices=("shed", "serve"),
                    help="the gateway's overload control (gateway.late_queries) in a single run: refused and shed "
                         "queries are counted apart (default: neither, every query served)")  # fmt: skip
+    p.add_argument("--event", action="append", default=[], metavar="T:ACTION:...",
+                   help="a pool change during a single run, repeatable: T:add:TYPE[:STARTUP_MS][:NAME], "
+                   "T:drain:NAME, T:remove:NAME (T in ms from the start)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
 
@@ -163,11 +167,11 @@ def _run_table(res: SimResult) -> str:
         )
     lines += [
         "",
-        f"{'instance':<18} {'type':<14} {'share':>7} {'busy':>7}",
+        f"{'instance':<22} {'type':<14} {'share':>7} {'busy':>7}",
     ]
     for inst in s["instances"]:
         lines.append(
-            f"{inst['name']:<18} {inst['type']:<14} {100 * inst['share']:6.2f}% {100 * inst['busy']:6.2f}%"
+            f"{inst['name']:<22} {inst['type']:<14} {100 * inst['share']:6.2f}% {100 * inst['busy']:6.2f}%"
         )
     lines.append("")
     for t, share in s["type_share"].items():
@@ -217,6 +221,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cost = pool_cost(pool, spec.catalogue)
     if args.find_max and args.late:
         _fail("--late applies to a single run (--rate), not to --find-max")
+    if args.find_max and args.event:
+        _fail("--event applies to a single run (--rate), not to --find-max")
+    events = parse_events(args.event)
+    for e in events:
+        if e.action == ADD and not spec.profiles.has(model, e.type):
+            _fail(f"--event: instance type {e.type!r} has no latency profile for {model}")
     if args.find_max:
         if not args.json:
             print(f"find-max: {args.queries if trace is None else len(trace)} queries per step", file=sys.stderr, flush=True)
@@ -241,7 +251,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     res = simulate(trace, model=model, qos_ms=qos, pool=pool, policy=policy, seed=args.seed, depth=depth,
                    warmup=args.warmup, transport_ms=args.transport_ms, pipeline=args.pipeline,
                    transport_p99_ms=args.transport_p99_ms, profiles=spec.profiles,
-                   overload=OverloadControl.for_mode(args.late, qos) if args.late else None)
+                   overload=OverloadControl.for_mode(args.late, qos) if args.late else None, events=events)
     if not args.json:
         print(_run_table(res))
     return res.summary() | {"cost_per_hour": round(cost, 4), "target": args.target,

@@ -38,13 +38,14 @@ from gateway.errors import InferenceError
 from gateway.estimator import LatencyEstimator
 from gateway.policies import Policy, make_policy
 from gateway.profiles import ProfileSet, load_profiles
+from gateway.sim.events import ADD, DRAIN, PoolEvent, check_events
 from gateway.sim.pool import PoolSpec, expand_pool, pool_types
 from gateway.sim.result import TAIL_FRACTION, SimResult
 from gateway.sim.transport import round_trips
 from gateway.workload import QueryTrace
 
 DEFAULT_WARMUP = 0.1
-_COMPLETION, _TIMER = 0, 1
+_COMPLETION, _TIMER, _POOL = 0, 1, 2
 
 _PROFILE_CACHE: list[ProfileSet] = []
 
@@ -85,6 +86,7 @@ def simulate(
     overload: OverloadControl | None = None,
     classes: Sequence[ServiceClass] = (),
     query_class: np.ndarray | None = None,
+    events: Sequence[PoolEvent] = (),
 ) -> SimResult:
     """Run ``trace`` through a fresh Dispatcher (policy, estimator) on ``pool``.
 
@@ -98,6 +100,11 @@ def simulate(
     ``classes`` with ``query_class`` (n,) indices into them: each query has its class's target
     (deadline) and priority, as the live gateway gives a request naming its class; the result
     reports each class. Without them every query has ``qos_ms`` and one priority.
+
+    ``events``: the pool changing during the run (``gateway.sim.events``): an instance added at
+    a time joins once its start-up delay has passed, a drained one finishes what it holds, a
+    removed one leaves once it holds nothing, all through the dispatcher's own add / drain /
+    remove. Per-instance results list every instance the run had, in the order they joined.
     """
     profiles = profiles or default_profiles()
     started = time.perf_counter()
@@ -105,6 +112,7 @@ def simulate(
     instances = expand_pool(pool)
     types = pool_types(pool)
     estimator = LatencyEstimator(profiles, model, types)
+    check_events(events, [name for name, _ in instances])
     dispatcher = Dispatcher(
         pol, estimator, instances, depth=depth, pipeline=pipeline, overload=overload
     )
@@ -114,9 +122,15 @@ def simulate(
     legs = [rt / 2.0 for rt in round_trips(n, transport_ms, transport_p99_ms, seed)]
     observe_overhead = transport_ms > 0
     batch = np.asarray(trace.batch, dtype=np.int64)
-    svc = service_times(profiles, model, types, batch, seed)
-    row_of_instance = [types.index(t) for _, t in instances]
+    all_types = types + [t for t in dict.fromkeys(e.type for e in events if e.action == ADD) if t not in types]
+    svc = service_times(profiles, model, all_types, batch, seed)
     svc_rows: list[list[float]] = svc.tolist()
+    # Per instance, by the order it joined (its "ordinal", stable while columns move): its state,
+    # its service-time row and when it is done with what it holds.
+    sim_insts = list(dispatcher.instances)
+    ordinal = {inst.name: k for k, inst in enumerate(sim_insts)}
+    row_of_instance = [all_types.index(t) for _, t in instances]
+    busy_until = [0.0] * len(instances)
 
     arrivals: list[float] = np.asarray(trace.arrival_ms, dtype=float).tolist()
     batches: list[int] = batch.tolist()
@@ -150,10 +164,11 @@ def simulate(
     heap: list[tuple[float, int, int, Query | None, int]] = []
     push, pop = heapq.heappush, heapq.heappop
     seq = 0
-    free = depth * len(instances)
-    busy_until = [0.0] * len(instances)  # when each instance is done with what it holds
+    free = depth * len(instances)  # sum over instances in rotation of depth minus what they hold
     timers: set[float] = set()
-    insts = dispatcher.instances
+    for k, e in enumerate(events):
+        push(heap, (e.at_ms + (e.startup_ms if e.action == ADD else 0.0), _POOL, seq, None, k))
+        seq += 1
     decide: Callable[[float], list] = dispatcher.decide
     submit, complete = dispatcher.submit, dispatcher.complete
     pending = dispatcher.pending
@@ -168,19 +183,39 @@ def simulate(
             if kind == _COMPLETION:
                 assert q is not None
                 qid = q.id
-                complete(q, insts[j], svc_rows[row_of_instance[j]][qid], now)
+                inst = sim_insts[j]
+                complete(q, inst, svc_rows[row_of_instance[j]][qid], now)
                 if observe_overhead and not q.pipelined:  # as live: only a query that found its instance idle
                     estimator.observe_overhead(now - q.started_ms - svc_rows[row_of_instance[j]][qid])
                 end[qid] = now
-                free += 1
+                if inst.in_rotation:
+                    free += 1
                 if now - q.arrival_ms > qos_of[qid] and qid >= first_measured:
                     misses += 1
                     if qid >= first_tail:
                         tail_misses += 1
                     if misses > budget or tail_misses > tail_budget:
                         stopped = True
-            else:
+            elif kind == _TIMER:
                 timers.discard(now)
+            else:
+                e = events[j]
+                if e.action == ADD:
+                    profile = profiles.get(model, e.type)
+                    inst = dispatcher.add(e.name, e.type, profile=profile)
+                    ordinal[e.name] = len(sim_insts)
+                    sim_insts.append(inst)
+                    row_of_instance.append(all_types.index(e.type))
+                    busy_until.append(0.0)
+                    free += depth
+                else:
+                    inst = dispatcher.instance(e.name)
+                    if inst.in_rotation:
+                        free -= depth - len(inst.in_flight)
+                    if e.action == DRAIN:
+                        dispatcher.drain(inst)
+                    else:
+                        dispatcher.remove(inst)
         if stopped:
             break
         while i < n and arrivals[i] == now:
@@ -204,7 +239,7 @@ def simulate(
                 seq += 1
         if pending and (free > 0 or pipeline):
             for d in decide(now):
-                q, j = d.query, d.instance.index
+                q, j = d.query, ordinal[d.instance.name]
                 qid = q.id
                 arrive = now + legs[qid]
                 begin = arrive if busy_until[j] <= arrive else busy_until[j]
@@ -243,9 +278,9 @@ def simulate(
         start_ms=np.asarray(start),
         end_ms=np.asarray(end),
         instance=np.asarray(where, dtype=np.int64),
-        instance_names=tuple(name for name, _ in instances),
-        instance_types=tuple(t for _, t in instances),
-        busy_ms=np.array([inst.busy_ms for inst in insts]),
+        instance_names=tuple(inst.name for inst in sim_insts),
+        instance_types=tuple(inst.type_name for inst in sim_insts),
+        busy_ms=np.array([inst.busy_ms for inst in sim_insts]),
         decisions=dispatcher.decisions,
         stopped_early=stopped,
         wall_s=time.perf_counter() - started,
