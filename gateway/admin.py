@@ -2,7 +2,7 @@
 one, remove one, while queries flow. What a control loop (or an operator) actuates.
 
     GET    /admin/instances                  {"instances": [{name, model, type, state, ...}]}
-    POST   /admin/instances                  {"model", "type", "http" and/or "grpc", "name"?}
+    POST   /admin/instances                  {"model", "type", "http" and/or "grpc", "name"?, "variant"?}
     POST   /admin/instances/{name}/drain     no new queries; it finishes what it holds
     DELETE /admin/instances/{name}           drained, then gone once it holds nothing
 
@@ -153,7 +153,7 @@ def text_field(doc: dict[str, Any], key: str, required: bool = False) -> str | N
 
 
 def parse_new_instance(body: bytes) -> NewInstance:
-    doc = json_object(body, ("model", "type", "name", "http", "grpc"))
+    doc = json_object(body, ("model", "variant", "type", "name", "http", "grpc"))
 
     def text(key: str, required: bool = False) -> str | None:
         return text_field(doc, key, required)
@@ -171,8 +171,13 @@ def parse_new_instance(body: bytes) -> NewInstance:
         host, sep, port = grpc.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise BadRequest(f"grpc: expected HOST:PORT, got {quote(grpc)}")
+    variant = text("variant")
     endpoint = Endpoint(
-        check_name(name, "name") if name is not None else "", type_name, http.rstrip("/") if http else None, grpc
+        check_name(name, "name") if name is not None else "",
+        type_name,
+        http.rstrip("/") if http else None,
+        grpc,
+        check_name(variant, "variant") if variant is not None and variant != model else None,
     )
     return NewInstance(model, endpoint)
 

@@ -19,7 +19,7 @@ from gateway.config import DEFAULT_MAX_BATCH, Config, ModelConfig
 from gateway.core import GatewayCore
 from gateway.dataplane import DataPlane
 from gateway.dispatch import Dispatcher, InstanceState, OverloadControl
-from gateway.errors import ConfigError, Conflict, InstanceNotFound, Overloaded, ProfileError
+from gateway.errors import BadRequest, ConfigError, Conflict, InstanceNotFound, Overloaded, ProfileError
 from gateway.estimator import LatencyEstimator
 from gateway.frontend.grpc import GrpcFrontend
 from gateway.frontend.grpcio import start_grpcio_server
@@ -32,6 +32,7 @@ from gateway.pool import Endpoint, HealthProber
 from gateway.profiles import LatencyProfile, ProfileSet
 from gateway.profiles.prior import prior_profile
 from gateway.registry import ModelRegistry, ModelService
+from gateway.variants import kind_of, split_kind
 
 DRAIN_TIMEOUT_S = 60.0
 log = logging.getLogger("kairos.gateway")
@@ -84,14 +85,15 @@ def build_dispatcher(
     type without a latency profile starts from a prior and learns (logged); a profile file that
     cannot be read is a config error."""
     model = model or config.primary
-    types = list(dict.fromkeys(i.type for i in instances))
+    # Kinds of instance: a type, or a variant on a type (gateway.variants).
+    kinds = list(dict.fromkeys(kind_of(model.name, i.variant, i.type) for i in instances))
     try:
         profiles = profiles or config.profile_set()
     except ProfileError as exc:
         raise ConfigError(f"profiles: {exc}") from None
-    unprofiled = [t for t in types if not profiles.has(model.name, t)]
+    unprofiled = [k for k in kinds if not profiles.has(*split_kind(model.name, k))]
     if unprofiled:
-        priors = [prior_for(model, t, profiles, types) for t in unprofiled]
+        priors = [prior_for(model, k, profiles, kinds) for k in unprofiled]
         profiles = profiles.merged(ProfileSet({(p.model, p.instance_type): p for p in priors}))
         log.warning(
             "no latency profile for model %s on %s: starting from a prior (%.4g ms at batch 1, "
@@ -99,26 +101,30 @@ def build_dispatcher(
             "kairos-profile",
             model.name, ", ".join(unprofiled), priors[0].means[0], priors[0].means[-1], priors[0].max_batch,
         )
-    estimator = LatencyEstimator(profiles, model.name, types, prior_types=unprofiled)
+    estimator = LatencyEstimator(profiles, model.name, kinds, prior_types=unprofiled)
     return Dispatcher(
         make_policy(settings.policy, settings.seed),
         estimator,
-        [(i.name, i.type) for i in instances],
+        [(i.name, kind_of(model.name, i.variant, i.type)) for i in instances],
         depth=settings.depth,
         max_pending=settings.max_pending,
         pipeline=settings.pipeline,
         overload=OverloadControl.for_mode(settings.late_queries, model.qos_ms, settings.max_wait_ms),
+        model=model.name,
+        accuracy={v.name: v.accuracy for v in model.variants if v.accuracy is not None},
     )
 
 
-def prior_for(model: ModelConfig, type_name: str, profiles: ProfileSet, types: Sequence[str]) -> LatencyProfile:
-    """The prior of an unprofiled type: up to the model's batch limit (its own, else the
-    smallest of its profiled types', else ``DEFAULT_MAX_BATCH``)."""
+def prior_for(model: ModelConfig, kind: str, profiles: ProfileSet, kinds: Sequence[str]) -> LatencyProfile:
+    """The prior of an unprofiled kind (a type, or a variant on a type): up to the model's batch
+    limit (its own, else the smallest of its profiled kinds', else ``DEFAULT_MAX_BATCH``)."""
+    keys = [split_kind(model.name, k) for k in kinds]
     max_batch = model.max_batch or min(
-        (profiles.get(model.name, t).max_batch for t in types if profiles.has(model.name, t)),
+        (profiles.get(*key).max_batch for key in keys if profiles.has(*key)),
         default=DEFAULT_MAX_BATCH,
     )
-    return prior_profile(model.name, type_name, model.qos_ms, max_batch)
+    variant, type_name = split_kind(model.name, kind)
+    return prior_profile(variant, type_name, model.qos_ms, max_batch)
 
 
 Endpoints = Sequence[Endpoint] | Mapping[str, Sequence[Endpoint]]
@@ -171,6 +177,7 @@ class Gateway:
             self.metrics,
             classes=model.classes,
             default_class=model.default_class,
+            variants=model.variants,
             backend_timeout_ms=settings.backend_timeout_ms,
             client_margin_ms=settings.client_margin_ms,
             consecutive_errors=cfg.gateway.outlier_consecutive_errors,
@@ -181,8 +188,9 @@ class Gateway:
 
     def _client(self, endpoint: Endpoint) -> InstanceClient:
         return InstanceClient(
-            endpoint.name, endpoint.http_url, endpoint.grpc_address, self.config.gateway.backend_protocol
-        )
+            endpoint.name, endpoint.http_url, endpoint.grpc_address, self.config.gateway.backend_protocol,
+            served_model=endpoint.variant,
+        )  # fmt: skip
 
     # -- the pool admin API's operations (gateway.admin.PoolAdmin) ------------------------------
 
@@ -191,7 +199,8 @@ class Gateway:
         return {
             "name": inst.name,
             "model": model,
-            "type": inst.type_name,
+            "variant": endpoint.variant if endpoint and endpoint.variant else model,
+            "type": endpoint.type if endpoint else inst.type_name,
             "state": inst.state,
             "in_flight": len(inst.in_flight),
             "served": inst.served,
@@ -223,17 +232,22 @@ class Gateway:
         if any(s.core.instance(endpoint.name) is not None for s in self.registry):
             raise Conflict(f"an instance named {endpoint.name!r} is already in the pool")
         model = service.config
+        if endpoint.variant is not None and endpoint.variant not in model.variant_names:
+            raise BadRequest(
+                f"unknown variant {endpoint.variant!r} of model {model.name!r}: expected one of "
+                f"{', '.join(model.variant_names)}"
+            )
         core = service.core
-        prior = not self.profiles.has(model.name, endpoint.type)
-        types = core.dispatcher.estimator.type_names
+        kind = kind_of(model.name, endpoint.variant, endpoint.type)
+        prior = not self.profiles.has(endpoint.variant or model.name, endpoint.type)
         profile = (
-            prior_for(model, endpoint.type, self.profiles, types)
+            prior_for(model, kind, self.profiles, core.dispatcher.estimator.type_names)
             if prior
-            else self.profiles.get(model.name, endpoint.type)
+            else self.profiles.get(endpoint.variant or model.name, endpoint.type)
         )
         client = self._client(endpoint)
         self.endpoints[endpoint.name] = endpoint
-        inst = core.add_instance(endpoint.name, endpoint.type, client, healthy=False, profile=profile, prior=prior)
+        inst = core.add_instance(endpoint.name, kind, client, healthy=False, profile=profile, prior=prior)
         ready = await client.ready(model.name, min(self.config.gateway.probe_interval_s, 1.0))
         core.set_instance_health(endpoint.name, ready)
         return self._describe(model.name, inst)

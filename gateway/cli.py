@@ -89,7 +89,7 @@ def _instances(args: argparse.Namespace, config: Config) -> dict[str, list[Endpo
         if m.instances and not args.address_file:
             out[m.name] = list(m.instances)
         else:
-            out[m.name] = load_address_file(args.address_file or config.servers.address_file, m.name)
+            out[m.name] = load_address_file(args.address_file or config.servers.address_file, m.name, m.variant_names)
     return out
 
 

@@ -27,6 +27,7 @@ LATE_QUERIES = ("shed", "serve")
 class PoolEntry:
     type: str
     count: int
+    variant: str | None = None  # None: the model itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class Endpoint:
     type: str
     http_url: str | None = None  # http://host:port
     grpc_address: str | None = None  # host:port
+    variant: str | None = None  # the model variant it serves (its model name there); None: the model
 
 
 # Batch limit of a model with no latency profile (with one, the profile's largest batch).
@@ -60,6 +62,16 @@ class ServiceClass:
 
 
 @dataclass(frozen=True, slots=True)
+class Variant:
+    """A variant of a model (a smaller or larger network for the same task): its instances serve
+    it under its own name, with its own latency profiles. ``accuracy``: the user's figure for it
+    (top-1, say); the gateway prefers the more accurate variant when a deadline allows."""
+
+    name: str
+    accuracy: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     """One model the gateway serves: its service classes and the instances that serve it."""
 
@@ -71,6 +83,17 @@ class ModelConfig:
     pool: tuple[PoolEntry, ...]
     instances: tuple[Endpoint, ...] = ()  # real servers to front (empty: the emulated pool)
     max_batch: int | None = None  # without a profile: the largest batch accepted
+    variants: tuple[Variant, ...] = ()  # empty: the model itself is its one variant
+
+    @property
+    def variant_names(self) -> list[str]:
+        return [v.name for v in self.variants] or [self.name]
+
+    def accuracy(self, variant: str | None) -> float | None:
+        for v in self.variants:
+            if v.name == (variant or self.name):
+                return v.accuracy
+        return None
 
     @property
     def default(self) -> ServiceClass:
@@ -94,6 +117,10 @@ class ModelConfig:
     def instance_types(self) -> list[str]:
         """One entry per instance, in pool order (the order ports are assigned in)."""
         return [e.type for e in self.pool for _ in range(e.count)]
+
+    def instance_variants(self) -> list[tuple[str, str]]:
+        """(type, variant it serves) per instance, in pool order."""
+        return [(e.type, e.variant or self.name) for e in self.pool for _ in range(e.count)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,12 +318,13 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
     top = _Fields(raw, "")
     top.unknown(
         {"model", "qos_ms", "host", "pool", "instances", "instance_types", "profiles", "max_batch",
-         "servers", "gateway", "models"}
+         "servers", "gateway", "models", "classes", "default_class", "variants"}
     )
     catalogue = _with_declared_types(catalogue or load_catalogue(), top._get("instance_types", {}))
     type_names = tuple(sorted(catalogue.types))
     if "models" in top.raw:
-        shorthand = sorted(k for k in ("model", "qos_ms", "pool", "instances", "max_batch") if k in top.raw)
+        one_model = ("model", "qos_ms", "pool", "instances", "max_batch", "classes", "default_class", "variants")
+        shorthand = sorted(k for k in one_model if k in top.raw)
         if shorthand:
             raise ConfigError(f"{shorthand[0]}: with a models list, each model's fields go in its entry")
         models = _models(top._get("models", _REQUIRED), catalogue, type_names)
@@ -368,7 +396,7 @@ def _models(raw: Any, catalogue: Catalogue, type_names: tuple[str, ...]) -> list
     models = []
     for i, item in enumerate(raw):
         f = _Fields(item, f"models[{i}]")
-        f.unknown({"name", "qos_ms", "classes", "default_class", "pool", "instances", "max_batch"})
+        f.unknown({"name", "qos_ms", "classes", "default_class", "variants", "pool", "instances", "max_batch"})
         models.append(_model(f, catalogue, type_names))
     names = [m.name for m in models]
     dup = next((n for n in names if names.count(n) > 1), None)
@@ -401,14 +429,16 @@ def _model(f: _Fields, catalogue: Catalogue, type_names: tuple[str, ...], single
         if "default_class" in f.raw:
             f.str("default_class", choices=(DEFAULT_CLASS,))
         default = DEFAULT_CLASS
-    instances = _instances(f._get("instances", []), type_names, f._name("instances"))
+    variants = _variants(f._get("variants", []), f._name("variants")) if "variants" in f.raw else []
+    known = tuple(v.name for v in variants) or (name,)
+    instances = _instances(f._get("instances", []), type_names, f._name("instances"), known)
     if "pool" in f.raw or not instances:
-        pool = _pool(f._get("pool", _REQUIRED), type_names, f._name("pool"))
+        pool = _pool(f._get("pool", _REQUIRED), type_names, f._name("pool"), known)
     else:
-        counts: dict[str, int] = {}
+        counts: dict[tuple[str, str | None], int] = {}
         for inst in instances:
-            counts[inst.type] = counts.get(inst.type, 0) + 1
-        pool = [PoolEntry(t, n) for t, n in counts.items()]
+            counts[inst.type, inst.variant] = counts.get((inst.type, inst.variant), 0) + 1
+        pool = [PoolEntry(t, n, v) for (t, v), n in counts.items()]
     max_batch = f.int("max_batch", lo=1, hi=1 << 20) if "max_batch" in f.raw else None
     return ModelConfig(
         name=name,
@@ -417,7 +447,35 @@ def _model(f: _Fields, catalogue: Catalogue, type_names: tuple[str, ...], single
         pool=tuple(pool),
         instances=tuple(instances),
         max_batch=max_batch,
+        variants=tuple(variants),
     )
+
+
+def _variants(raw: Any, path: str) -> list[Variant]:
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_CLASSES:
+        raise ConfigError(f'{path}: expected a list of 1 to {MAX_CLASSES} {{"name", "accuracy"}} objects')
+    out = []
+    for i, item in enumerate(raw):
+        f = _Fields(item, f"{path}[{i}]")
+        f.unknown({"name", "accuracy"})
+        accuracy = f.float("accuracy", positive=False) if f.raw.get("accuracy") is not None else None
+        if accuracy is not None and not 0.0 <= accuracy <= 1.0:
+            raise ConfigError(f"{f._name('accuracy')}: expected a fraction in [0, 1] (top-1, say), got {accuracy:g}")
+        out.append(Variant(check_model_name(f.str("name"), f._name("name")), accuracy))
+    names = [v.name for v in out]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise ConfigError(f"{path}: variant {dup!r} is listed twice")
+    return out
+
+
+def _variant(f: _Fields, known: tuple[str, ...]) -> str | None:
+    if "variant" not in f.raw:
+        return None
+    variant = f.str("variant")
+    if variant not in known:
+        raise ConfigError(f"{f._name('variant')}: expected one of the model's variants {', '.join(known)}, got {variant!r}")
+    return variant
 
 
 def _classes(raw: Any, path: str) -> list[ServiceClass]:
@@ -445,27 +503,31 @@ def _classes(raw: Any, path: str) -> list[ServiceClass]:
     return out
 
 
-def _pool(raw: Any, type_names: tuple[str, ...], path: str = "pool") -> list[PoolEntry]:
+def _pool(
+    raw: Any, type_names: tuple[str, ...], path: str = "pool", variants: tuple[str, ...] = ()
+) -> list[PoolEntry]:
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f'{path}: expected a non-empty list of {{"type", "count"}} objects, got {raw!r}')
     pool = []
     for i, item in enumerate(raw):
         f = _Fields(item, f"{path}[{i}]")
-        f.unknown({"type", "count"})
+        f.unknown({"type", "count", "variant"})
         type_name = f.str("type", choices=type_names)
-        pool.append(PoolEntry(type=type_name, count=f.int("count", lo=0, hi=10_000)))
+        pool.append(PoolEntry(type=type_name, count=f.int("count", lo=0, hi=10_000), variant=_variant(f, variants)))
     if sum(e.count for e in pool) == 0:
         raise ConfigError(f"{path}: expected at least one instance (every count is 0)")
     return pool
 
 
-def _instances(raw: Any, type_names: tuple[str, ...], path: str = "instances") -> list[Endpoint]:
+def _instances(
+    raw: Any, type_names: tuple[str, ...], path: str = "instances", variants: tuple[str, ...] = ()
+) -> list[Endpoint]:
     if not isinstance(raw, list) or len(raw) > 10_000:
         raise ConfigError(f'{path}: expected a list of {{"type", "http", "grpc"}} objects')
     out: list[Endpoint] = []
     for i, item in enumerate(raw):
         f = _Fields(item, f"{path}[{i}]")
-        f.unknown({"name", "type", "http", "grpc"})
+        f.unknown({"name", "type", "http", "grpc", "variant"})
         type_name = f.str("type", choices=type_names)
         http = f.str("http") if "http" in f.raw else None
         grpc = f.str("grpc").removeprefix("grpc://") if "grpc" in f.raw else None
@@ -474,7 +536,7 @@ def _instances(raw: Any, type_names: tuple[str, ...], path: str = "instances") -
         if http is not None and not http.startswith("http://"):
             raise ConfigError(f"{f.path}.http: expected http://HOST:PORT, got {http!r}")
         name = check_model_name(f.str("name", f"{type_name}-{i}"), f"{f.path}.name")
-        out.append(Endpoint(name, type_name, http.rstrip("/") if http else None, grpc))
+        out.append(Endpoint(name, type_name, http.rstrip("/") if http else None, grpc, _variant(f, variants)))
     names = [e.name for e in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: names must be unique, got {names}")

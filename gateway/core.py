@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.backend import Backend, BackendReply, InstanceFailure, RoutedRequest
-from gateway.config import DEFAULT_CLASS, ServiceClass
+from gateway.config import DEFAULT_CLASS, ServiceClass, Variant
 from gateway.dispatch import Dispatcher, InstanceState, Query
 from gateway.errors import (
     BadRequest,
@@ -59,6 +59,7 @@ class InferResult:
     queue_ms: float  # time in the gateway's queue before the (last) dispatch
     e2e_ms: float  # from arrival in the core to the instance's reply
     attempts: int
+    variant: str | None = None  # the variant that served it, for a model with several
 
 
 @dataclass(slots=True, eq=False)
@@ -98,6 +99,7 @@ class GatewayCore:
         metrics: GatewayMetrics | None = None,
         classes: Sequence[ServiceClass] = (),
         default_class: str | None = None,
+        variants: Sequence[Variant] = (),
         backend_timeout_ms: float | None = None,
         client_margin_ms: float = 0.0,
         consecutive_errors: int = DEFAULT_CONSECUTIVE_ERRORS,
@@ -115,6 +117,8 @@ class GatewayCore:
         self.classes = {c.name: c for c in classes} or {DEFAULT_CLASS: ServiceClass(DEFAULT_CLASS, qos_ms)}
         self.default_class = self.classes[default_class or next(iter(self.classes))]
         self.qos_ms = self.default_class.qos_ms
+        # Variants by name (more than one: queries may pin one, answers name theirs).
+        self.variants = {v.name: v for v in variants} if len(variants) > 1 else {}
         self.dispatcher = dispatcher
         gateway_metrics = metrics or GatewayMetrics(c.qos_ms for c in self.classes.values())
         gateway_metrics.watch(model, dispatcher)
@@ -156,6 +160,11 @@ class GatewayCore:
         if request.model != self.model:
             raise ModelNotFound(f"unknown model {quote(request.model)}: this gateway serves {self.model!r}")
         cls = self._service_class(request.service_class)
+        if request.variant is not None and request.variant not in self.variants and request.variant != self.model:
+            served = ", ".join(self.variants) or self.model
+            raise BadRequest(
+                f"unknown variant {quote(request.variant)} of model {self.model!r}: expected one of {served}"
+            )
         if not 1 <= request.batch <= self.max_batch:
             raise BadRequest(
                 f"batch size {request.batch}: model {self.model!r} is served in batches of 1 to {self.max_batch}"
@@ -180,6 +189,7 @@ class GatewayCore:
             payload=ticket,
             sheddable=request.late != "serve",  # a client may ask for a late answer instead
             priority=cls.priority,
+            variant=request.variant if self.variants else None,
         )
         try:
             displaced = self.dispatcher.submit(query, now)
@@ -216,6 +226,10 @@ class GatewayCore:
             if self._outstanding == 0:
                 self._idle.set()
         self.metrics.e2e(cls.name, request.protocol, result.e2e_ms / 1000.0)
+        if result.variant is not None:
+            accuracy = self.variants[result.variant].accuracy
+            if accuracy is not None:
+                self.metrics.served_accuracy(cls.name, accuracy)
         if time.monotonic() * 1000.0 > query.deadline_ms:
             self.metrics.violation(cls.name)
         return result
@@ -477,7 +491,8 @@ class GatewayCore:
             # Sent to an idle instance, the round trip holds no instance queueing.
             self.dispatcher.estimator.observe_overhead(reply.round_trip_ms - reply.service_ms)
         self._kick()  # a freed slot
-        return InferResult(reply, inst.name, ticket.queue_ms, e2e_ms, query.attempts)
+        variant = str(self.dispatcher.kind_variant[inst.type_index]) if self.variants else None
+        return InferResult(reply, inst.name, ticket.queue_ms, e2e_ms, query.attempts, variant)
 
     def _may_eject(self) -> bool:
         """Outlier detection leaves at least half the pool in rotation (Envoy's

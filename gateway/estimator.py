@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from gateway.profiles import LatencyProfile, ProfileSet
+from gateway.variants import split_kind
 
 BUCKET_WIDTH = 100  # batch sizes per correction bucket
 OVERHEAD_WINDOW = 512  # round trips the transport-overhead percentiles are taken over
@@ -36,7 +37,8 @@ class LatencyEstimator:
         self.model = model
         self.type_names = list(type_names)
         self.from_prior = [t in prior_types for t in self.type_names]
-        profs = [profiles.get(model, t) for t in self.type_names]
+        # A kind of instance (``gateway.variants``): a type, or a variant on a type.
+        profs = [profiles.get(*split_kind(model, t)) for t in self.type_names]
         self.max_batch = min(p.max_batch for p in profs)
         # (T, max_batch + 1): profile mean per type and batch size.
         self._profile_ms = np.stack([self._profile_row(p) for p in profs])
@@ -77,9 +79,10 @@ class LatencyEstimator:
         sizes = np.clip(np.arange(self.max_batch + 1), 1, profile.max_batch)
         return profile.means_for(sizes)
 
-    def add_type(self, profile: LatencyProfile, prior: bool = False) -> int:
-        """A type that joined the pool at run time; returns its index (its own if known)."""
-        name = profile.instance_type
+    def add_type(self, profile: LatencyProfile, prior: bool = False, name: str | None = None) -> int:
+        """A type (or kind, ``name``) that joined the pool at run time; returns its index (its
+        own if known)."""
+        name = name or profile.instance_type
         if name in self.type_names:
             return self.type_index(name)
         row = self._profile_row(profile)

@@ -28,6 +28,7 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5,
     0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
+ACCURACY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 1.0)
 DECISION_BUCKETS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2)
 
 
@@ -166,6 +167,10 @@ class GatewayMetrics:
             "From a request's arrival at the front end to its refusal at admission",
             buckets=DECISION_BUCKETS, registry=r,
         )  # fmt: skip
+        self.accuracy = LoopHistogram(
+            f"{PREFIX}_served_accuracy", "Accuracy of the model variant that served each query (models with variants)",
+            ["model", "class"], buckets=ACCURACY_BUCKETS, registry=r,
+        )  # fmt: skip
         self.health_changes = Counter(
             f"{PREFIX}_health_changes", "Instances going out of or back into rotation",
             ["model", "instance", "state"], registry=r,
@@ -204,6 +209,9 @@ class ModelMetrics:
 
     def e2e(self, service_class: str, protocol: str, seconds: float) -> None:
         self._e2e(self.model, service_class, protocol).observe(seconds)
+
+    def served_accuracy(self, service_class: str, accuracy: float) -> None:
+        self.gateway.accuracy.labels(self.model, service_class).observe(accuracy)
 
     def queued(self, service_class: str, seconds: float) -> None:
         self._queue(self.model, service_class).observe(seconds)

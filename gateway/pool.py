@@ -18,10 +18,16 @@ from gateway.errors import ConfigError
 from gateway.protocol.addresses import read_address_file
 
 
-def load_address_file(path: str | Path, model: str) -> list[Endpoint]:
-    """Instances serving ``model`` listed in a ``kairos-servers`` address file."""
+def load_address_file(path: str | Path, model: str, variants: Sequence[str] = ()) -> list[Endpoint]:
+    """Instances serving ``model`` (or one of its ``variants``) listed in a ``kairos-servers``
+    address file."""
     listed = read_address_file(path)
-    out = [Endpoint(a.name, a.type, a.http.rstrip("/"), a.grpc) for a in listed.instances if a.model == model]
+    names = {model, *variants}
+    out = [
+        Endpoint(a.name, a.type, a.http.rstrip("/"), a.grpc, a.model if a.model != model else None)
+        for a in listed.instances
+        if a.model in names
+    ]
     if not out:
         raise ConfigError(f"{path}: no instance serves model {model!r}")
     return out

@@ -29,7 +29,7 @@ from gateway.config import Config, load_config
 from gateway.errors import ConfigError, KairosError, ProfileError
 from gateway.gc_freeze import freeze_startup_objects
 from gateway.precise_timers import TIMERS
-from gateway.profiles import ProfileSet, load_profiles
+from gateway.profiles import ProfileSet
 from gateway.protocol.addresses import AddressList, InstanceAddress, write_address_file
 from servers.admin import ServersAdmin
 from servers.pool import DEFAULT_MAX_BODY_BYTES, LocalGroup, PoolOptions, describe, host_port, plan_instances
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _apply_flags(load_config(args.config), args)
         specs = plan_instances(config)
-        profiles = load_profiles()
+        profiles = config.profile_set()
         for spec in specs:  # a missing profile is a config error: say so before starting anything
             profiles.get(spec.model, spec.type)
     except (ConfigError, ProfileError) as exc:
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_scale=0.0 if args.zero_latency else args.latency_scale,
         max_body_bytes=args.max_body_bytes,
         timers=args.timers,
+        profiles=str(config.profiles) if config.profiles is not None else None,
     )
     try:
         launcher = Launcher(config, options, args.loop == "uvloop", args.ready_timeout)
@@ -199,7 +200,7 @@ class Launcher:
     async def _start(self) -> None:
         workers = min(self.config.servers.workers, len(self.specs))
         addresses: list[InstanceAddress]
-        profiles = load_profiles()
+        profiles = self.options.profile_set()
         if workers <= 1:
             self.local = LocalGroup(self.specs, self.options, profiles, pid=os.getpid())
             addresses = await self.local.start()

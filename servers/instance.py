@@ -122,13 +122,15 @@ class Instance:
         seed: int = 0,
         latency_scale: float = 1.0,
         timers: str = "timerfd",
+        inputs_of: str | None = None,
     ) -> None:
+        """``inputs_of``: the model whose inputs it takes, when ``model`` is a variant of it."""
         if latency_scale < 0:
             raise ValueError(f"latency_scale must be >= 0, got {latency_scale}")
         self.index = index
         self.name = name
         self.model = model
-        self.inputs: tuple[InputSpec, ...] = inputs_for(model)
+        self.inputs: tuple[InputSpec, ...] = inputs_for(inputs_of or model)
         self.instance_type = instance_type
         self.profile = profile
         self.latency_scale = latency_scale

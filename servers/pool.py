@@ -11,13 +11,14 @@ import asyncio
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from aiohttp import web
 
 from gateway.config import Config
 from gateway.errors import ConfigError, KairosError
-from gateway.profiles import ProfileSet
+from gateway.profiles import ProfileSet, load_profiles
 from gateway.protocol.addresses import InstanceAddress
 from servers.grpc import GrpcFrontEnd
 from servers.http import HttpFrontEnd
@@ -43,6 +44,7 @@ class InstanceSpec:
     host: str
     http_port: int  # 0: any free port
     grpc_port: int
+    inputs_of: str | None = None  # the model whose inputs it takes, when ``model`` is its variant
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +53,17 @@ class PoolOptions:
     latency_scale: float = 1.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     timers: str = "timerfd"  # how an instance waits out a service time (gateway.precise_timers)
+    profiles: str | None = None  # the config's own profiles (a file or directory), over the shipped
+
+    def profile_set(self) -> ProfileSet:
+        shipped = load_profiles()
+        return shipped.merged(load_profiles(Path(self.profiles))) if self.profiles is not None else shipped
 
 
 def plan_instances(config: Config) -> list[InstanceSpec]:
     """One spec per instance, model by model in pool order, named ``<type>-<k>`` (k counts within
     the type; with several models, ``<model>-<type>-<k>``)."""
-    planned = [(m, t) for m in config.models for t in m.instance_types()]
+    planned = [(m, t, v) for m in config.models for t, v in m.instance_variants()]
     n = len(planned)
     http0, grpc0 = config.servers.http_port, config.servers.grpc_port
     for key, base in (("http_port", http0), ("grpc_port", grpc0)):
@@ -70,20 +77,22 @@ def plan_instances(config: Config) -> list[InstanceSpec]:
     several = len(config.models) > 1
     seen: Counter[tuple[str, str]] = Counter()
     specs = []
-    for i, (m, t) in enumerate(planned):
-        k = seen[m.name, t]
+    for i, (m, t, v) in enumerate(planned):
+        k = seen[v, t]
+        # An instance of a variant serves the variant's name (and the model's inputs).
         specs.append(
             InstanceSpec(
                 index=i,
-                name=f"{m.name}-{t}-{k}" if several else f"{t}-{k}",
+                name=f"{v}-{t}-{k}" if several or v != m.name else f"{t}-{k}",
                 type=t,
-                model=m.name,
+                model=v,
                 host=config.host,
                 http_port=http0 + i if http0 else 0,
                 grpc_port=grpc0 + i if grpc0 else 0,
+                inputs_of=m.name if v != m.name else None,
             )
         )
-        seen[m.name, t] += 1
+        seen[v, t] += 1
     return specs
 
 
@@ -177,6 +186,7 @@ class LocalGroup:
             seed=opts.seed,
             latency_scale=opts.latency_scale,
             timers=opts.timers,
+            inputs_of=spec.inputs_of,
         )
         what = f"instance {spec.index} ({spec.name})"
         sock = reserved.http if reserved is not None else _listen(spec.host, spec.http_port, f"{what} http")

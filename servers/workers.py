@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 
 from gateway.errors import KairosError
 from gateway.gc_freeze import freeze_startup_objects
-from gateway.profiles import load_profiles
 from gateway.protocol.addresses import InstanceAddress
 from servers.pool import InstanceSpec, LocalGroup, PoolOptions, StartupError
 
@@ -62,7 +61,7 @@ async def _worker(specs: list[InstanceSpec], options: PoolOptions, conn: Connect
         stop.set()
 
     loop.add_reader(conn.fileno(), launcher_gone)
-    group = LocalGroup(specs, options, load_profiles(), pid=os.getpid())
+    group = LocalGroup(specs, options, options.profile_set(), pid=os.getpid())
     try:
         addresses = await group.start()
     except KairosError as exc:

@@ -32,6 +32,7 @@ class RoutedRequest:
     request_id: str = ""
     qos_ms: float | None = None  # per-request QoS; None = the service class's target
     service_class: str | None = None  # the V2 parameter ``class``; None = the model's default class
+    variant: str | None = None  # the V2 parameter ``variant``: only that variant may serve it
     late: str | None = None  # per-request "shed" / "serve"; None = the gateway's late_queries
     version: str | None = None
     content_type: str | None = None  # HTTP only

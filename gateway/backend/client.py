@@ -13,6 +13,7 @@ picks the protocol of readiness probes."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Protocol
 
 from gateway.backend.base import GRPC, HTTP, BackendReply, RoutedRequest
@@ -21,6 +22,7 @@ from gateway.backend.grpc_over_http import GrpcOverHttp
 from gateway.backend.http_client import HttpBackend
 from gateway.backend.negotiation import ServerInfo
 from gateway.errors import Unavailable
+from gateway.protocol.wire import model_name_override
 
 log = logging.getLogger("kairos.gateway.backend")
 
@@ -46,8 +48,12 @@ class InstanceClient:
         http_url: str | None,
         grpc_address: str | None,
         backend_protocol: str = GRPC,
+        served_model: str | None = None,
     ) -> None:
+        """``served_model``: the model name the instance serves when it is not the request's
+        (an instance of a model variant serves the variant's name)."""
         self.name = name
+        self.served_model = served_model
         self.http = HttpBackend(name, http_url) if http_url else None
         self.grpc = GrpcBackend(name, grpc_address) if grpc_address else None
         if backend_protocol == GRPC and self.grpc is None:
@@ -65,6 +71,10 @@ class InstanceClient:
         return self.server is not None and self.server.binary_tensors
 
     async def infer(self, request: RoutedRequest, timeout_s: float) -> BackendReply:
+        served = self.served_model
+        if served is not None and request.model != served:
+            body = request.body + model_name_override(served) if request.protocol == GRPC else request.body
+            request = replace(request, model=served, body=body)
         binary = self.binary_tensors
         if request.protocol == GRPC:
             if self._over_http is not None and (binary or self.grpc is None):
@@ -81,7 +91,7 @@ class InstanceClient:
         ready (a restarted instance may run another server)."""
         backend = self.grpc if self.probe_protocol == GRPC else self.http
         assert backend is not None
-        ok = await backend.ready(model, timeout_s)
+        ok = await backend.ready(self.served_model or model, timeout_s)
         if ok and (self.server is None or not self._ready):
             server = await backend.server_metadata(timeout_s)
             if server != self.server:

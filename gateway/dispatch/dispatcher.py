@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -21,6 +21,7 @@ from gateway.errors import DeadlineExceeded, Overloaded
 from gateway.estimator import LatencyEstimator
 from gateway.policies import Policy, Snapshot
 from gateway.profiles import LatencyProfile
+from gateway.variants import split_kind
 
 # An instance past its estimate is still working: its answer has not come. Without a floor its
 # time left reads 0, the same as an idle instance's, and a policy may pick it over an idle one
@@ -123,6 +124,8 @@ class Dispatcher:
         max_pending: int | None = None,
         pipeline: bool = False,
         overload: OverloadControl | None = None,
+        model: str = "",
+        accuracy: Mapping[str, float] | None = None,
     ) -> None:
         """``instances``: (name, type name) pairs; every type must be known to the estimator.
 
@@ -134,6 +137,10 @@ class Dispatcher:
         the next query is on its way while the last is served and the instance is not left
         idle for a round trip between the two. With no overhead learned (the simulator) it
         changes nothing.
+
+        ``model`` and ``accuracy`` (variant name -> accuracy): with variants of different
+        accuracy, instance kinds (``gateway.variants``) are ranked by their variant's, and a
+        policy prefers the more accurate where a deadline allows; a query may pin a variant.
         """
         self.policy = policy
         self.estimator = estimator
@@ -148,6 +155,7 @@ class Dispatcher:
         # in time (admission control): a big batch only a GPU can serve queues for the GPU.
         self._backlog: dict[int, np.ndarray] = {}
         self.admission_factors: dict[int, float] = {}  # per priority; 1.0 until it sheds
+        self.pinned = 0  # queued queries pinned to a variant
         # Per dispatch, the step down that balances ADMISSION_STEP_UP per shed at shed_target.
         target = self.overload.shed_target
         self._step_down = math.exp(-target * math.log(ADMISSION_STEP_UP) / (1.0 - target))
@@ -178,6 +186,9 @@ class Dispatcher:
         # Free slots the last ``decide`` left unused (a driver reads it right after the call).
         self.free_left = 0
         self.pipelined = 0  # dispatches to an instance still busy with its previous query
+        self.model = model
+        self.accuracy = dict(accuracy or {})
+        self._grow_kinds()
 
     # -- pool changes -------------------------------------------------------------------------
 
@@ -196,15 +207,29 @@ class Dispatcher:
         """A new instance joins the pool: its columns are appended, and a decision may use it at
         once. A type new to the estimator needs its ``profile`` (measured, or a ``prior``)."""
         if type_name not in self.estimator.type_names:
-            if profile is None or profile.instance_type != type_name:
+            if profile is None or not type_name.endswith(profile.instance_type):
                 raise ValueError(f"instance type {type_name!r} is new to this pool: its latency profile is needed")
-            self.estimator.add_type(profile, prior=prior)
+            self.estimator.add_type(profile, prior=prior, name=type_name)
+            self._grow_kinds()
             grow = self.estimator.n_types - len(self._type_healthy)
             self._type_healthy = np.concatenate([self._type_healthy, np.zeros(grow, dtype=np.int64)])
             for p, backlog in self._backlog.items():
                 self._backlog[p] = np.concatenate([backlog, np.zeros(grow)])
         (inst,) = self._add_all([(name, type_name)], healthy)
         return inst
+
+    def _grow_kinds(self) -> None:
+        """Per kind (the estimator's types): its variant, and its accuracy rank when variants
+        differ in accuracy."""
+        kinds = self.estimator.type_names
+        self.kind_variant = np.array([split_kind(self.model, k)[0] for k in kinds], dtype=object)
+        acc = [self.accuracy.get(v) for v in self.kind_variant.tolist()]
+        known = sorted({a for a in acc if a is not None})
+        self.accuracy_rank = (
+            np.array([known.index(a) + 1 if a is not None else 0 for a in acc], dtype=np.int64)
+            if len(known) > 1
+            else None
+        )
 
     def _add_all(self, specs: Sequence[tuple[str, str]], healthy: bool = True) -> list[InstanceState]:
         names = [name for name, _ in specs]
@@ -330,6 +355,8 @@ class Dispatcher:
 
     def _enqueue(self, query: Query, est: np.ndarray | None = None) -> None:
         query.queued = True
+        if query.variant is not None:
+            self.pinned += 1
         control = self.overload
         shed = control.shed_late and query.sheddable
         if est is None and (control.admission or shed):
@@ -351,6 +378,8 @@ class Dispatcher:
 
     def _dequeued(self, query: Query) -> None:
         query.queued = False
+        if query.variant is not None:
+            self.pinned -= 1
         if query.cost_ms:
             self._backlog[query.priority][query.able] -= query.cost_ms
             query.cost_ms = 0.0
@@ -595,7 +624,10 @@ class Dispatcher:
                 free.flags.writeable = False
             else:
                 free = self._free_view
-        window = min(len(self.pending), max(self.policy.window(len(self.instances), total_free), 1))
+        window = max(self.policy.window(len(self.instances), total_free), 1)
+        if self.pinned:  # a query pinned to a busy variant must not hide those behind it
+            window = max(window, 2 * len(self.instances))
+        window = min(len(self.pending), window)
         if self.pending[0].priority != self.pending[window - 1].priority:
             window = self._priority_window(window, total_free)
         queries = list(islice(self.pending, window))
@@ -611,6 +643,8 @@ class Dispatcher:
             busy_left_ms=lambda: self.work_left_ms(now_ms),
             est_ms=lambda: self.estimator.estimate(batch),
             coefficient=self.estimator.coefficient,
+            accuracy_rank=self.accuracy_rank,
+            allowed=self._allowed_of(queries) if any(q.variant is not None for q in queries) else None,
         )
         self.decisions += 1
         chosen = self.policy.decide(snap)
@@ -631,6 +665,15 @@ class Dispatcher:
         else:
             for pos in sorted(taken, reverse=True):
                 del self.pending[pos]
+        return out
+
+    def _allowed_of(self, queries: list[Query]) -> np.ndarray:
+        """(Q, N): each query's instances (those of its pinned variant, or all)."""
+        variant_of_instance = self.kind_variant[self._types]
+        out = np.ones((len(queries), len(self.instances)), dtype=bool)
+        for i, q in enumerate(queries):
+            if q.variant is not None:
+                out[i] = variant_of_instance == q.variant
         return out
 
     def _priority_window(self, window: int, free: int) -> int:

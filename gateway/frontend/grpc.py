@@ -128,6 +128,7 @@ class GrpcFrontend:
                     request_id=info.request_id,
                     qos_ms=info.qos_ms,
                     service_class=info.service_class,
+                    variant=info.variant,
                     late=info.late,
                     version=request.model_version or None,
                     message=request,
@@ -141,7 +142,7 @@ class GrpcFrontend:
         if not reply.ok:  # the instance's own client error, unchanged
             raise RpcError(reply.grpc_code, reply.grpc_details)
         e2e_ms = (time.perf_counter() - start) * 1000.0
-        return reply.body + gateway_parameters_suffix(result.instance, result.queue_ms, e2e_ms)
+        return reply.body + gateway_parameters_suffix(result.instance, result.queue_ms, e2e_ms, result.variant)
 
     def _count(self, model: str | None, code: grpc.StatusCode) -> None:
         self.plane.count(model, code.name, GRPC)

@@ -130,6 +130,7 @@ class HttpFrontend:
                     request_id=info.request_id,
                     qos_ms=info.qos_ms,
                     service_class=info.service_class,
+                    variant=info.variant,
                     late=info.late,
                     version=info.version,
                     content_type=content_type,
@@ -144,7 +145,7 @@ class HttpFrontend:
         if not reply.ok:  # the instance's own client error, unchanged
             return web.Response(status=reply.status, body=reply.body, content_type=_mime(reply.content_type))
         e2e_ms = (time.perf_counter() - start) * 1000.0
-        params = gateway_parameters(result.instance, result.queue_ms, e2e_ms)
+        params = gateway_parameters(result.instance, result.queue_ms, e2e_ms, result.variant)
         body, header_length = add_json_parameters(reply.body, reply.header_length, params, reply.json_header)
         headers = {"Content-Type": reply.content_type or JSON}
         if header_length is not None:

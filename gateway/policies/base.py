@@ -37,10 +37,12 @@ class Snapshot:
     it and never writes to its arrays (the dispatcher passes read-only views of its own)."""
 
     __slots__ = (
+        "_allowed",
         "_busy_left_ms",
         "_est_ms",
         "_qos_ms",
         "_time_left_ms",
+        "accuracy_rank",
         "batch",
         "coefficient",
         "free_slots",
@@ -53,6 +55,14 @@ class Snapshot:
     qos_ms = _LazyInput()  # (Q,) each query's own latency target: deadline minus arrival
     busy_left_ms = _LazyInput()  # (N,) estimated time until the instance has finished its work
     est_ms = _LazyInput()  # (Q, T) estimated mean service time of each query on each type
+    _allowed: Lazy | None
+
+    @property
+    def allowed(self) -> np.ndarray | None:
+        """(Q, N) where each query may go, or None when every query may go anywhere."""
+        if self._allowed is not None and not isinstance(self._allowed, np.ndarray):
+            self._allowed = self._allowed()
+        return self._allowed
 
     def __init__(
         self,
@@ -67,6 +77,11 @@ class Snapshot:
         busy_left_ms: Lazy,
         est_ms: Lazy,
         coefficient: np.ndarray,  # (T,) heterogeneity coefficient, 1 for the reference type
+        # (T,) int: each kind's variant's rank by accuracy (0: least accurate); None: one variant,
+        # or no accuracies given. A policy prefers a higher rank where the deadline allows.
+        accuracy_rank: np.ndarray | None = None,
+        # (Q, N) bool: where each query may go (a query pinned to a variant); None: anywhere.
+        allowed: Lazy | None = None,
     ) -> None:
         self.batch = batch
         self._time_left_ms = time_left_ms
@@ -78,10 +93,13 @@ class Snapshot:
         self._busy_left_ms = busy_left_ms
         self._est_ms = est_ms
         self.coefficient = coefficient
+        self.accuracy_rank = accuracy_rank
+        self._allowed = allowed
 
     def replace(self, **changes: Any) -> Snapshot:
         """A copy with some inputs changed (``dataclasses.replace`` for this class)."""
         fields = {name.lstrip("_"): getattr(self, name) for name in self.__slots__}
+        fields["allowed"] = self._allowed
         return Snapshot(**{**fields, **changes})
 
     @property

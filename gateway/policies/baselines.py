@@ -21,9 +21,12 @@ def _fill(snap: Snapshot, pick: PickFn) -> list[Assignment]:
     free = snap.free_slots.copy()
     outstanding = snap.outstanding.copy()
     out: list[Assignment] = []
+    allowed = snap.allowed
     for q in range(snap.n_queries):
-        candidates = np.flatnonzero(free > 0)
+        candidates = np.flatnonzero(free > 0 if allowed is None else (free > 0) & allowed[q])
         if candidates.size == 0:
+            if allowed is not None and (free > 0).any():
+                continue  # pinned to a variant with no free instance: the next query may fit
             break
         j = pick(candidates, outstanding, snap)
         out.append((q, j))

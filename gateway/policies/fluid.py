@@ -106,14 +106,22 @@ def plan(
     time_left_l: list[float] = time_left.tolist()
     slots_l: list[int] = slots.tolist()
     instances_l: list[int] = instances.tolist()
+    allowed = None if snap.allowed is None else snap.allowed[:, instances]
+    rank = None if snap.accuracy_rank is None else snap.accuracy_rank[types]
     for i in np.lexsort((time_left, flexible, ~urgent)).tolist():
         if free_now == 0:
             break
         finish = avail + need[i]
         if urgent_l[i]:
             ok = np.ones(finish.size, dtype=bool)  # bounded wait: wherever it finishes first, ahead of the rest
+            if allowed is not None:
+                ok = allowed[i].copy()
+                if not ok.any():
+                    continue
         else:
             ok = finish <= time_left_l[i]
+            if allowed is not None:
+                ok &= allowed[i]
             if not ok.any():
                 doomed.append(i)
                 continue
@@ -123,8 +131,12 @@ def plan(
             keep = after + reserve <= reserve_qos
             if (ok & keep).any():
                 ok &= keep
-        # The cheapest allowed instance; among equal costs (one type), the earliest finish.
-        m = int(np.lexsort((finish, np.where(ok, cost[i], np.inf)))[0])
+        # The cheapest allowed instance; among equal costs (one type), the earliest finish. With
+        # variants, the most accurate one that makes the deadline first.
+        keys: tuple[np.ndarray, ...] = (finish, np.where(ok, cost[i], np.inf))
+        if rank is not None and not urgent_l[i]:
+            keys = (*keys, np.where(ok, -rank, 0))
+        m = int(np.lexsort(keys)[0])
         avail[m] += est[i, m]
         if slots_l[m] > 0:
             slots_l[m] -= 1
@@ -137,7 +149,10 @@ def plan(
         if free_now == 0:
             break
         free_of_type = np.bincount(types, weights=slots > 0)[types]
-        c = np.where((slots > 0) & (free_of_type > 1), cost[i], np.inf)
+        usable = (slots > 0) & (free_of_type > 1)
+        if allowed is not None:
+            usable &= allowed[i]
+        c = np.where(usable, cost[i], np.inf)
         if not np.isfinite(c).any():
             continue
         m = int(np.argmin(c))

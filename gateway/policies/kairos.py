@@ -10,6 +10,7 @@ from gateway.policies.base import Assignment, Policy, Snapshot
 SAFEGUARD_FRACTION = 0.02
 AT_RISK_SLACK = -500.0
 MISS_SLACK = -1000.0
+FORBIDDEN_SLACK = -1e9  # a query pinned to another variant: never chosen
 
 
 def slack_matrix(snap: Snapshot, instances: np.ndarray | None = None) -> np.ndarray:
@@ -26,6 +27,8 @@ def slack_matrix(snap: Snapshot, instances: np.ndarray | None = None) -> np.ndar
     # The penalties apply only while the query is not yet late; a late query scores on slack.
     time_left = snap.time_left_ms
     safeguard = SAFEGUARD_FRACTION * snap.qos_ms[:, None]  # per query: its own target's share
+    if snap.accuracy_rank is not None:
+        return _with_variants(snap, slack, types, left, est, safeguard, instances)
     if time_left.min() > 0:
         # residual = time left - wait - service; penalise a likely miss, then a near miss.
         residual = (time_left[:, None] - left) - est
@@ -39,6 +42,34 @@ def slack_matrix(snap: Snapshot, instances: np.ndarray | None = None) -> np.ndar
         rows[residual < safeguard[on_time]] = AT_RISK_SLACK
         rows[residual < 0] = MISS_SLACK
         slack[on_time] = rows
+    return slack
+
+
+def _with_variants(
+    snap: Snapshot,
+    slack: np.ndarray,
+    types: np.ndarray,
+    left: np.ndarray,
+    est: np.ndarray,
+    safeguard: np.ndarray,
+    instances: np.ndarray | None,
+) -> np.ndarray:
+    """The slack matrix with variants: where a query is still safely in time, a more accurate
+    variant wins outright (its rank times more than any slack difference), then slack; pinned
+    queries keep to their variant."""
+    time_left = snap.time_left_ms
+    residual = (time_left[:, None] - left) - est
+    on_time = (time_left > 0)[:, None]
+    safe = on_time & (residual >= safeguard)
+    assert snap.accuracy_rank is not None
+    rank = snap.accuracy_rank.take(types)[None, :]
+    span = float(-slack.min()) + 1.0 if slack.size else 1.0
+    slack = np.where(safe, slack + rank * span, slack)
+    slack[on_time & (residual < safeguard)] = AT_RISK_SLACK
+    slack[on_time & (residual < 0)] = MISS_SLACK
+    allowed = snap.allowed
+    if allowed is not None:
+        slack[~(allowed if instances is None else allowed[:, instances])] = FORBIDDEN_SLACK
     return slack
 
 
@@ -63,7 +94,11 @@ class KairosPolicy(Policy):
             instances = np.flatnonzero(snap.healthy)
             if instances.size == 0:
                 return []
-        rows, cols = linear_sum_assignment(slack_matrix(snap, instances), maximize=True)
+        slack = slack_matrix(snap, instances)
+        rows, cols = linear_sum_assignment(slack, maximize=True)
         chosen = cols if instances is None else instances[cols]
         free = snap.free_slots.tolist()
+        if snap.allowed is not None:
+            ok = slack[rows, cols] > FORBIDDEN_SLACK
+            return [(i, j) for i, j, k in zip(rows.tolist(), chosen.tolist(), ok.tolist(), strict=True) if k and free[j] > 0]
         return [(i, j) for i, j in zip(rows.tolist(), chosen.tolist(), strict=True) if free[j] > 0]

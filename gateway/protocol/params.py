@@ -19,6 +19,9 @@ QOS_PARAMETER = "qos_ms"
 LATE_PARAMETER = "late_queries"
 # The request's service class (one of the model's classes; none: its default class).
 CLASS_PARAMETER = "class"
+# A model variant the request must be served by (one of the model's; none: any).
+VARIANT_PARAMETER = "variant"
+PARAM_VARIANT = "gateway_variant"  # response: the variant that served the request (models with several)
 
 # Response, added by the gateway: the instance chosen, the time the query waited in the
 # gateway's queue, and the gateway's end-to-end time. Times are whole microseconds (int64):

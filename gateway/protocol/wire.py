@@ -50,3 +50,10 @@ def int64_parameter(key: str, value: int) -> bytes:
     """A serialized ``ModelInferResponse`` holding only the parameter ``key`` = ``value``."""
     encoded = varint(value if value >= 0 else value + (1 << 64))  # negative: 10-byte two's complement
     return _int64_prefix(key, len(encoded)) + encoded
+
+
+def model_name_override(name: str) -> bytes:
+    """Field 1 (``model_name``) of a ``ModelInferRequest``, serialized: appended to a serialized
+    request it replaces the model name (protobuf keeps the last value of a scalar field), so a
+    request is sent to a variant's instance without being parsed and re-encoded."""
+    return _delimited(b"\x0a", name.encode())

@@ -96,3 +96,37 @@ def test_the_client_margin_must_fit_the_tightest_class() -> None:
     assert parse_config(doc).gateway.client_margin_ms == 10
     with pytest.raises(ConfigError, match="client_margin_ms"):
         parse_config({**TWO_MODELS, "gateway": {"client_margin_ms": 40}})  # dien's target is 35 ms
+
+
+def test_variants_with_their_accuracy_and_instances_of_each() -> None:
+    config = parse_config(
+        {
+            "model": "rm2",
+            "classes": [{"name": "fast", "qos_ms": 100}],
+            "variants": [{"name": "rm2", "accuracy": 0.8}, {"name": "wnd", "accuracy": 0.7}, {"name": "mtwnd"}],
+            "pool": [{"type": "r5n.large", "count": 2}, {"type": "r5n.large", "count": 1, "variant": "wnd"}],
+            "instances": [{"type": "g4dn.xlarge", "http": "http://a:1", "variant": "wnd"}],
+        }
+    )
+    (model,) = config.models
+    assert model.variant_names == ["rm2", "wnd", "mtwnd"] and model.qos_ms == 100
+    assert model.accuracy("wnd") == 0.7 and model.accuracy(None) == 0.8 and model.accuracy("mtwnd") is None
+    assert model.instance_variants() == [("r5n.large", "rm2"), ("r5n.large", "rm2"), ("r5n.large", "wnd")]
+    assert model.instances[0].variant == "wnd"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"variants": [{"name": "a", "accuracy": 1.5}]}, r"variants\[0\]\.accuracy: expected a fraction"),
+        ({"variants": [{"name": "a"}, {"name": "a"}]}, "variant 'a' is listed twice"),
+        ({"variants": []}, r"variants: expected a list of 1 to"),
+        ({"variants": [{"name": "a"}], "pool": [{"type": "r5n.large", "count": 1, "variant": "b"}]},
+         r"pool\[0\]\.variant: expected one of the model's variants a, got 'b'"),
+        ({"pool": [{"type": "r5n.large", "count": 1, "variant": "wnd"}]},
+         r"expected one of the model's variants rm2, got 'wnd'"),
+    ],
+)
+def test_variant_mistakes_are_named(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"model": "rm2", "pool": POOL, **fields})

@@ -1,0 +1,74 @@
+"""Model variants in the Dispatcher: the more accurate variant where the deadline allows, the
+faster one where only it makes the deadline, and a pinned query only on its variant."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.dispatch import Dispatcher, Query
+from gateway.estimator import LatencyEstimator
+from gateway.policies import make_policy
+from gateway.profiles import load_profiles
+
+# rm2 (accurate, ~43 ms at batch 100 on r5n.large) and, as its fast variant, wnd's network (~5 ms).
+KINDS = ["r5n.large", "wnd/r5n.large"]
+ACCURACY = {"rm2": 0.80, "wnd": 0.70}
+
+
+def dispatcher(policy: str, accuracy: dict[str, float] | None = ACCURACY) -> Dispatcher:
+    est = LatencyEstimator(load_profiles(), "rm2", KINDS)
+    insts = [("big", "r5n.large"), ("small", "wnd/r5n.large")]
+    return Dispatcher(make_policy(policy), est, insts, model="rm2", accuracy=accuracy)
+
+
+def q(i: int, qos: float, variant: str | None = None, batch: int = 100) -> Query:
+    return Query(id=i, batch=batch, arrival_ms=0.0, deadline_ms=qos, variant=variant)
+
+
+@pytest.mark.parametrize("policy", ["kairos", "fluid"])
+def test_the_accurate_variant_when_the_deadline_allows(policy: str) -> None:
+    d = dispatcher(policy)
+    d.submit(q(0, qos=350.0))
+    (x,) = d.decide(0.0)
+    assert x.instance.name == "big"
+
+
+@pytest.mark.parametrize("policy", ["kairos", "fluid"])
+def test_the_fast_variant_when_only_it_makes_the_deadline(policy: str) -> None:
+    d = dispatcher(policy)
+    d.submit(q(0, qos=20.0))  # rm2 needs ~43 ms
+    (x,) = d.decide(0.0)
+    assert x.instance.name == "small"
+
+
+@pytest.mark.parametrize("policy", ["kairos", "fluid"])
+def test_two_queries_share_the_variants_by_deadline(policy: str) -> None:
+    d = dispatcher(policy)
+    d.submit(q(0, qos=20.0))
+    d.submit(q(1, qos=350.0))
+    placed = {x.query.id: x.instance.name for x in d.decide(0.0)}
+    assert placed == {0: "small", 1: "big"}
+
+
+def test_without_accuracies_the_variants_are_two_kinds_on_slack_alone() -> None:
+    d = dispatcher("kairos", accuracy=None)
+    assert d.accuracy_rank is None and d.kind_variant.tolist() == ["rm2", "wnd"]
+    for i in range(2):
+        d.submit(q(i, qos=350.0))
+    assert {x.instance.name for x in d.decide(0.0)} == {"big", "small"}
+
+
+@pytest.mark.parametrize("policy", ["kairos", "fluid", "fcfs", "round-robin"])
+def test_a_pinned_query_waits_for_its_variant(policy: str) -> None:
+    d = dispatcher(policy)
+    d.submit(q(0, qos=350.0, variant="rm2"))
+    (first,) = d.decide(0.0)
+    assert first.instance.name == "big"
+    d.submit(q(1, qos=350.0, variant="rm2"))  # big is busy: it waits, small stays free
+    d.submit(q(2, qos=350.0, variant="wnd"))
+    placed = d.decide(1.0)
+    assert [(x.query.id, x.instance.name) for x in placed] == [(2, "small")]
+    assert [p.id for p in d.pending] == [1]
+    d.complete(first.query, first.instance, 40.0, 40.0)
+    (again,) = d.decide(40.0)
+    assert (again.query.id, again.instance.name) == (1, "big")

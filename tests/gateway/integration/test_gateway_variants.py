@@ -1,0 +1,79 @@
+"""A model with two variants behind the gateway, emulated by kairos-servers (rm2's network as the
+accurate variant, wnd's as the fast one, both on rm2's inputs): the accurate one while the
+deadline allows, the fast one for a tight deadline, pins over HTTP and gRPC, the variant and
+the served accuracy reported."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+
+import aiohttp
+import grpc
+import pytest
+from gateway_process import RunningGateway, json_request, launch_gateway, post_infer
+from helpers.inputs import proto_request
+
+from benchmarks.processes import start_servers
+from gateway.protocol.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+pytestmark = pytest.mark.slow
+
+CONFIG = {
+    "model": "rm2",
+    "qos_ms": 350,
+    "variants": [{"name": "rm2", "accuracy": 0.80}, {"name": "wnd", "accuracy": 0.70}],
+    "pool": [{"type": "r5n.large", "count": 1}, {"type": "r5n.large", "count": 1, "variant": "wnd"}],
+    "servers": {"http_port": 0, "grpc_port": 0},
+    "gateway": {"http_port": 0, "grpc_port": 0, "admin_port": 0, "probe_interval_s": 0.2},
+}
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    directory = tmp_path_factory.mktemp("variants")
+    address_file = directory / "instances.json"
+    config = directory / "config.json"
+    config.write_text(json.dumps({**CONFIG, "servers": {**CONFIG["servers"], "address_file": str(address_file)}}))
+    servers = start_servers(config, address_file)
+    try:
+        assert [(a.model, a.name) for a in servers.instances] == [("rm2", "r5n.large-0"), ("wnd", "wnd-r5n.large-0")]
+        running = launch_gateway(config, [], directory)
+        yield running
+        assert running.stop(signal.SIGTERM) == 0
+    finally:
+        servers.stop()
+
+
+async def test_the_variant_follows_the_deadline_and_pins_hold(gw: RunningGateway) -> None:
+    async with aiohttp.ClientSession() as s:
+        cases = (({}, "rm2"), ({"qos_ms": 20}, "wnd"), ({"variant": "wnd"}, "wnd"), ({"variant": "rm2", "qos_ms": 20}, "rm2"))
+        for params, variant in cases:
+            status, doc, _ = await post_infer(s, gw.url, "rm2", json_request(100, "v", model="rm2", **params))
+            assert status == 200, doc
+            assert doc["parameters"]["gateway_variant"] == variant, params
+            assert doc["model_name"] == variant  # the variant's instance answers under its own name
+        status, doc, _ = await post_infer(s, gw.url, "rm2", json_request(1, model="rm2", variant="rm2-xl"))
+        assert status == 400 and "unknown variant 'rm2-xl' of model 'rm2': expected one of rm2, wnd" in doc["error"]
+        async with s.get(f"{gw.url}/metrics") as resp:
+            metrics = await resp.text()
+        admin = gw.ready_line.rsplit(" admin=", 1)[1].split()[0]
+        async with s.get(f"http://{admin}/admin/instances") as resp:
+            listed = (await resp.json())["instances"]
+    assert 'kairos_served_accuracy_count{class="default",model="rm2"} 4.0' in metrics
+    assert 'kairos_served_accuracy_sum{class="default",model="rm2"} 3.0' in metrics  # 0.8 + 0.7 + 0.7 + 0.8
+    assert [(i["name"], i["variant"], i["type"]) for i in listed] == [
+        ("r5n.large-0", "rm2", "r5n.large"), ("wnd-r5n.large-0", "wnd", "r5n.large"),
+    ]  # fmt: skip
+
+
+async def test_a_pin_over_grpc_reaches_its_variant(gw: RunningGateway) -> None:
+    async with grpc.aio.insecure_channel(gw.grpc) as channel:
+        stub = GRPCInferenceServiceStub(channel)
+        for variant in ("wnd", "rm2"):
+            request = proto_request("rm2", 4, id=f"g-{variant}")
+            request.parameters["variant"].string_param = variant
+            reply = await stub.ModelInfer(request)
+            assert reply.parameters["gateway_variant"].string_param == variant
+            assert reply.model_name == variant and reply.id == f"g-{variant}"
