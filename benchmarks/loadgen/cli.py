@@ -22,7 +22,8 @@ from benchmarks.loadgen.report import LoadReport
 from benchmarks.loadgen.runner import run_async, run_load
 from benchmarks.loadgen.search import FindMaxResult, FindMaxStep, find_max
 from benchmarks.loadgen.transport import TargetUnreachable
-from gateway.errors import ConfigError
+from gateway.errors import BadRequest, ConfigError
+from gateway.protocol.limits import check_name as _check_name
 
 PROG = "kairos-loadgen"
 
@@ -54,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="per-request timeout (default 10)")
     p.add_argument("--connections", type=int, default=1000, help="HTTP connection pool size (default 1000)")
     p.add_argument("--no-qos-param", action="store_true", help="do not send qos_ms as a request parameter")
+    p.add_argument("--class", dest="service_class", metavar="NAME", help="service class to send (request parameter class)")
+    p.add_argument("--variant", metavar="NAME", help="pin a model variant (request parameter variant)")
+    p.add_argument(
+        "--accuracy", metavar="VARIANT=ACC,...",
+        help="accuracy of each variant, to report the accuracy served (answers name their variant)",
+    )  # fmt: skip
     p.add_argument("--json", nargs="?", const="-", metavar="PATH", help="write one JSON object to PATH (stdout without PATH)")
     p.add_argument("--plot", metavar="PNG", help="latency CDF and timeline (for --find-max: of the best step)")
     p.add_argument("--quiet", action="store_true", help="no progress line, no table")
@@ -87,7 +94,32 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         connections=args.connections,
         progress=not args.quiet,
         send_qos=not args.no_qos_param,
+        service_class=check_name(args.service_class, "--class") if args.service_class else None,
+        variant=check_name(args.variant, "--variant") if args.variant else None,
+        accuracy=parse_accuracy(args.accuracy) if args.accuracy else (),
     )
+
+
+def check_name(value: str, flag: str) -> str:
+    try:
+        return _check_name(value, flag)
+    except BadRequest as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def parse_accuracy(spec: str) -> tuple[tuple[str, float], ...]:
+    """``rm2=0.80,rm2-small=0.70``."""
+    out = []
+    for part in spec.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            acc = float(value)
+        except ValueError:
+            acc = -1.0
+        if not sep or not name or not 0.0 <= acc <= 1.0:
+            raise ConfigError(f"--accuracy {spec!r}: expected VARIANT=ACC[,VARIANT=ACC...] with ACC in [0, 1]")
+        out.append((name.strip(), acc))
+    return tuple(out)
 
 
 def _emit_json(obj: dict[str, Any], dest: str) -> None:

@@ -51,6 +51,9 @@ class LoadConfig:
     connections: int = 1000
     progress: bool = False
     send_qos: bool = True  # send qos_ms as a request parameter
+    service_class: str | None = None  # sent as the request parameter "class"
+    variant: str | None = None  # sent as the request parameter "variant" (a pin)
+    accuracy: tuple[tuple[str, float], ...] = ()  # per variant: to report the accuracy served
 
     @property
     def endpoint(self) -> Endpoint:

@@ -15,7 +15,7 @@ import orjson
 
 from gateway.profiles.schemas import MODEL_INPUTS, InputSpec, model_inputs
 from gateway.protocol import grpc_predict_v2_pb2 as pb
-from gateway.protocol.params import QOS_PARAMETER
+from gateway.protocol.params import CLASS_PARAMETER, QOS_PARAMETER, VARIANT_PARAMETER
 from gateway.workload.batch_mix import MAX_BATCH
 
 __all__ = ["MODEL_INPUTS", "InputSpec", "PayloadFactory", "model_inputs"]
@@ -80,16 +80,30 @@ class PayloadFactory:
     """
 
     def __init__(
-        self, model: str, qos_ms: float | None, *, seed: int = 0, max_batch: int = MAX_BATCH
+        self,
+        model: str,
+        qos_ms: float | None,
+        *,
+        seed: int = 0,
+        max_batch: int = MAX_BATCH,
+        service_class: str | None = None,
+        variant: str | None = None,
     ) -> None:
         self.model = model
         self.specs = model_inputs(model)
         self.max_batch = max_batch
         rng = np.random.default_rng([seed, 7])
         self._tensors = [_Tensor(s, rng, max_batch) for s in self.specs]
-        params: dict[str, float] = {} if qos_ms is None else {QOS_PARAMETER: float(qos_ms)}
+        params: dict[str, float | str] = {} if qos_ms is None else {QOS_PARAMETER: float(qos_ms)}
+        if service_class is not None:
+            params[CLASS_PARAMETER] = service_class
+        if variant is not None:
+            params[VARIANT_PARAMETER] = variant
         self._json_params = orjson.dumps(params)
-        self._proto_params = {k: pb.InferParameter(double_param=v) for k, v in params.items()}
+        self._proto_params = {
+            k: pb.InferParameter(string_param=v) if isinstance(v, str) else pb.InferParameter(double_param=v)
+            for k, v in params.items()
+        }
         self._proto_prefix: dict[int, bytes] = {}
         self._binary_header: dict[int, bytes] = {}
 

@@ -36,6 +36,10 @@ def render_table(report: LoadReport) -> str:
     if report.instances:
         share = ", ".join(f"{k} {100 * v / report.ok:.1f}%" for k, v in report.instances.items())
         rows.append(("instances", share))
+    if report.variants:
+        share = ", ".join(f"{k} {100 * v / report.ok:.1f}%" for k, v in report.variants.items())
+        accuracy = "" if report.accuracy_served is None else f"; accuracy served {report.accuracy_served:.4f}"
+        rows.append(("variants", share + accuracy))
     rows.append(("send lag ms", f"p50 {_f(lag.get('p50'), 3)}  p95 {_f(lag.get('p95'), 3)}  "
                                 f"max {_f(lag.get('max'), 3)}  (max in flight {report.max_in_flight:,})"))
     if report.aborted:

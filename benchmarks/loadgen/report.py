@@ -71,6 +71,7 @@ class Samples:
     done_s: list[float]
     error: list[str | None]
     instance: list[str | None]
+    variant: list[str | None] = field(default_factory=list)
 
     @classmethod
     def empty(cls, scheduled_s: np.ndarray, batch: np.ndarray) -> Samples:
@@ -81,6 +82,7 @@ class Samples:
             np.asarray(batch),
             [nan] * n,
             [nan] * n,
+            [None] * n,
             [None] * n,
             [None] * n,
         )
@@ -97,6 +99,9 @@ class RunInfo:
     rate_qps: float | None
     batch_mix: str
     seed: int
+    service_class: str | None = None
+    variant: str | None = None
+    accuracy: dict[str, float] = field(default_factory=dict)  # per variant
 
 
 def _pct(values: np.ndarray, q: float) -> float:
@@ -126,6 +131,8 @@ class LoadReport:
     latency_ms: dict[str, float] | None
     send_lag_ms: dict[str, float] | None
     instances: dict[str, int]
+    variants: dict[str, int]  # successful queries per variant that served them
+    accuracy_served: float | None  # query-weighted, over those served by a variant of known accuracy
     max_in_flight: int
     aborted: bool
     timeline_bin_s: float
@@ -174,6 +181,13 @@ class LoadReport:
         instances = Counter(
             inst for inst, ok in zip(samples.instance, ok_mask, strict=True) if ok and inst is not None
         )
+        variants = Counter(
+            v for v, ok in zip(samples.variant or [None] * len(ok_mask), ok_mask, strict=True) if ok and v is not None
+        )
+        known = {v: c for v, c in variants.items() if v in info.accuracy}
+        accuracy_served = (
+            sum(info.accuracy[v] * c for v, c in known.items()) / sum(known.values()) if known else None
+        )
         n_sent = int(is_sent.sum())
         n_ok = int(ok_mask.sum())
         report = cls(
@@ -191,6 +205,8 @@ class LoadReport:
             latency_ms=latency,
             send_lag_ms=send_lag,
             instances=dict(sorted(instances.items())),
+            variants=dict(sorted(variants.items())),
+            accuracy_served=accuracy_served,
             max_in_flight=max_in_flight,
             aborted=aborted,
             timeline_bin_s=0.0,
@@ -217,6 +233,8 @@ class LoadReport:
                 "schedule_s": _r(self.schedule_s),
             },
             "qos_ms": i.qos_ms,
+            "class": i.service_class,
+            "variant": i.variant,
             "counts": {
                 "scheduled": self.scheduled,
                 "sent": self.sent,
@@ -236,6 +254,10 @@ class LoadReport:
                 name: {"count": c, "share": _r(c / self.ok if self.ok else 0.0, 4)}
                 for name, c in self.instances.items()
             },
+            "variants": {
+                name: {"count": c, "share": _r(c / self.ok if self.ok else 0.0, 4)} for name, c in self.variants.items()
+            },
+            "accuracy_served": _r(self.accuracy_served, 5),
             "send_lag_ms": None if self.send_lag_ms is None else {k: _r(v) for k, v in self.send_lag_ms.items()},
             "max_in_flight": self.max_in_flight,
             "aborted": self.aborted,

@@ -96,15 +96,16 @@ class _Run:
             self.max_in_flight = in_flight
         try:
             outcome = await self.target.infer(self.batches[i], f"{self.tag}-{i}")
-            error, instance = outcome.error, outcome.instance
+            error, instance, variant = outcome.error, outcome.instance, outcome.variant
         except asyncio.CancelledError:
-            error, instance = "cancelled", None
+            error, instance, variant = "cancelled", None, None
         # The monotonic clock, not uvloop's loop.time(): that one is read once per loop
         # iteration and moves in whole ms, which would shave up to 1 ms off latencies.
         now = clock() - self.t0
         s.done_s[i] = now
         s.error[i] = error
         s.instance[i] = instance
+        s.variant[i] = variant
         self.done += 1
         if error is not None:
             self.errors += 1
@@ -167,7 +168,10 @@ async def run_load(
     assert cfg.qos_ms is not None
     wl = workload if workload is not None else build_workload(cfg)
     endpoint = cfg.endpoint
-    payloads = PayloadFactory(cfg.model, cfg.qos_ms if cfg.send_qos else None, seed=cfg.seed)
+    payloads = PayloadFactory(
+        cfg.model, cfg.qos_ms if cfg.send_qos else None, seed=cfg.seed,
+        service_class=cfg.service_class, variant=cfg.variant,
+    )  # fmt: skip
     if target_factory is not None:
         target = target_factory(cfg, payloads)
     else:
@@ -185,6 +189,9 @@ async def run_load(
         rate_qps=None if process is None else float(process.mean_rate),
         batch_mix="trace" if cfg.trace is not None else cfg.batch_mix,
         seed=cfg.seed,
+        service_class=cfg.service_class,
+        variant=cfg.variant,
+        accuracy=dict(cfg.accuracy),
     )
     loop = asyncio.get_running_loop()
     freeze_startup_objects()  # the client's own GC pauses would show up as latency

@@ -25,7 +25,7 @@ from benchmarks.loadgen.payloads import PayloadFactory
 from gateway.backend.http1 import Http1Pool, HttpError
 from gateway.errors import ConfigError
 from gateway.protocol import grpc_predict_v2_pb2 as pb
-from gateway.protocol.params import INSTANCE_KEYS
+from gateway.protocol.params import INSTANCE_KEYS, PARAM_VARIANT
 from gateway.protocol.v2 import GRPC_INFER_METHOD, INFERENCE_HEADER, proto_param_value
 
 
@@ -60,6 +60,7 @@ def parse_url(url: str) -> Endpoint:
 class Outcome:
     error: str | None  # None: a successful V2 response; else an error kind (module docstring)
     instance: str | None = None
+    variant: str | None = None  # the model variant that served it (response parameter gateway_variant)
 
 
 class TargetUnreachable(Exception):
@@ -88,6 +89,11 @@ class Target(ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _variant(params: Any) -> str | None:
+    value = params.get(PARAM_VARIANT) if isinstance(params, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _instance(params: Any) -> str | None:
@@ -152,12 +158,13 @@ class HttpTarget(Target):
             obj = orjson.loads(resp.body if hl is None else resp.body[: int(hl)])
         except ValueError:
             return Outcome("bad_response")
-        return Outcome(None, _instance(obj.get("parameters")) if isinstance(obj, dict) else None)
+        params = obj.get("parameters") if isinstance(obj, dict) else None
+        return Outcome(None, _instance(params), _variant(params))
 
 
 def _grpc_params(resp: pb.ModelInferResponse) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in INSTANCE_KEYS:
+    for key in (*INSTANCE_KEYS, PARAM_VARIANT):
         if key in resp.parameters:
             value = proto_param_value(resp.parameters[key])
             if value is not None:
@@ -223,7 +230,8 @@ class GrpcTarget(Target):
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return Outcome("timeout")
             return Outcome(f"grpc_{code.name}")
-        return Outcome(None, _instance(_grpc_params(resp)))
+        params = _grpc_params(resp)
+        return Outcome(None, _instance(params), _variant(params))
 
 
 def make_target(

@@ -198,6 +198,7 @@ def test_json_schema_is_stable_and_plain_json():
     assert set(j) == {
         "schema", "mode", "target", "workload", "qos_ms", "counts", "offered_qps", "achieved_qps",
         "goodput_qps", "wall_s", "within_qos_pct", "latency_ms", "errors", "instances", "send_lag_ms",
+        "class", "variant", "variants", "accuracy_served",
         "max_in_flight", "aborted", "timeline",
     }
     assert set(j["target"]) == {"url", "protocol", "encoding", "model"}
@@ -329,3 +330,21 @@ def test_percentile_convention_is_nearest_rank():
     lat = LoadReport.from_samples(_info(qos=2000), s).latency_ms
     assert lat is not None and lat["p99"] == pytest.approx(990) and lat["p99_9"] == pytest.approx(999)
     assert math.isclose(lat["p50"], 500)
+
+
+def test_class_variant_and_accuracy_flags() -> None:
+    from benchmarks.loadgen.cli import build_parser, config_from_args, parse_accuracy
+
+    assert parse_accuracy("rm2=0.8,rm2-small=0.7") == (("rm2", 0.8), ("rm2-small", 0.7))
+    for bad in ("rm2", "rm2=1.5", "rm2=x", "=0.5"):
+        with pytest.raises(ConfigError, match="--accuracy"):
+            parse_accuracy(bad)
+    args = build_parser().parse_args(["--url", "http://h:1", "--model", "rm2", "--rate", "1", "--class", "premium"])
+    assert config_from_args(args).service_class == "premium"
+    bad = build_parser().parse_args(["--url", "http://h:1", "--model", "rm2", "--rate", "1", "--variant", "a b"])
+    with pytest.raises(ConfigError, match="--variant"):
+        config_from_args(bad)
+    factory = PayloadFactory("rm2", 350.0, service_class="premium", variant="rm2-small")
+    assert json.loads(factory.json(1, "x"))["parameters"] == {"qos_ms": 350.0, "class": "premium", "variant": "rm2-small"}
+    proto = pb.ModelInferRequest.FromString(factory.grpc(1, "x"))
+    assert proto.parameters["class"].string_param == "premium" and proto.parameters["qos_ms"].double_param == 350.0

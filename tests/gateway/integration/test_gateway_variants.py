@@ -77,3 +77,24 @@ async def test_a_pin_over_grpc_reaches_its_variant(gw: RunningGateway) -> None:
             reply = await stub.ModelInfer(request)
             assert reply.parameters["gateway_variant"].string_param == variant
             assert reply.model_name == variant and reply.id == f"g-{variant}"
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+async def test_the_load_generator_reports_the_variants_and_accuracy_served(gw: RunningGateway, scheme: str) -> None:
+    from benchmarks.loadgen import LoadConfig, run_load
+    from benchmarks.loadgen.render import render_table
+
+    address = gw.http if scheme == "http" else gw.grpc
+    accuracy = (("rm2", 0.8), ("wnd", 0.7))
+    pinned = await run_load(
+        LoadConfig(url=f"{scheme}://{address}", model="rm2", rate=40, queries=60, variant="wnd", batch_mix="fixed:8",
+                   service_class="default", accuracy=accuracy)
+    )  # fmt: skip
+    assert pinned.ok == 60 and pinned.variants == {"wnd": 60} and pinned.accuracy_served == pytest.approx(0.7)
+    doc = pinned.to_json()
+    assert doc["variant"] == "wnd" and doc["class"] == "default" and doc["accuracy_served"] == 0.7
+    assert "accuracy served 0.7000" in render_table(pinned)
+    free = await run_load(
+        LoadConfig(url=f"{scheme}://{address}", model="rm2", rate=20, queries=20, batch_mix="fixed:8", accuracy=accuracy)
+    )
+    assert free.variants.get("rm2", 0) > 0 and free.accuracy_served is not None and free.accuracy_served > 0.7
