@@ -226,8 +226,10 @@ class Config:
         return self.primary.pool_size
 
     def pool_spec(self) -> tuple[tuple[str, int], ...]:
-        """(type, count) pairs, the form the simulator and the allocator take."""
-        return tuple((e.type, e.count) for e in self.pool)
+        """(type, count) pairs, the form the simulator and the allocator take (a variant's
+        instances as the kind ``VARIANT/TYPE``, ``gateway.variants``)."""
+        m = self.primary
+        return tuple((e.type if e.variant in (None, m.name) else f"{e.variant}/{e.type}", e.count) for e in self.pool)
 
     def instance_types(self) -> list[str]:
         """One entry per instance, in pool order (the order ports are assigned in)."""

@@ -8,15 +8,10 @@ Each query lives in the front end's task from arrival to answer: that task waits
 makes the backend call itself, and retries there. Why: a task per dispatch, and a future to hand
 its answer back, cost a loop hop each way and a task on every query.
 
-The dispatcher is driven on the monotonic clock (ms; the event loop's timers run on the same
-clock, but uvloop's ``loop.time()`` is read once per loop iteration and moves in whole ms, as
-coarse as kairos's 0.7 ms safeguard at a 35 ms QoS): ``decide`` runs, coalesced to once per
+The dispatcher is driven on the monotonic clock (ms): ``decide`` runs, coalesced to once per
 loop iteration, after every arrival, completion, failure and health change, and at a timer set
-to the next deadline a policy could care about. The coalescing matters: aiohttp hands the loop
-several requests and instance answers per iteration, and deciding on each one inline cost the
-HTTP front end 1.8 decisions per query instead of 0.2 (~40% of its CPU per query, ``python -m
-benchmarks.gateway_overhead``); grpc.aio hands over about one per iteration either way.
-Nothing polls.
+to the next deadline a policy could care about. Nothing polls. Why coalesced, and why not
+``loop.time()``: docs/decisions.md, D1.
 """
 
 from __future__ import annotations

@@ -57,14 +57,8 @@ class LatencyEstimator:
         self._by_batch = np.array(self._profile_ms.T, order="C")  # a copy: with one type, .T is contiguous and would be a view
         # Transport and scheduling time around each service (live only; 0 in the ideal simulator),
         # learned from round trip minus the instance's own service time. Its 75th percentile is
-        # added to every estimate: a deadline sees the round trip, and a policy that packs queries
-        # close to their deadline (kairos's safeguard is 2% of QoS) misses by that much otherwise.
-        # Not the 99th: every query would then reserve the round trip's tail, and kairos keeps
-        # queries off instances that would serve them in time (dien in simulation with the
-        # round trip drawn, mean 1.0 / p99 2.6 ms, 3 seeds: 581 QPS at the 75th, 536 at the 99th).
-        # Live it pays only with pipelined queries dated right (``Dispatcher.complete``): at a fixed
-        # 560 dien QPS, 98.80-99.24% within QoS against 98.45-99.22% at the 99th. The 99th
-        # (``overhead_p99_ms``) opens pipelining instances, where opening late leaves a GPU idle.
+        # in every estimate, its 99th (``overhead_p99_ms``) opens pipelining instances; why these
+        # two: docs/decisions.md, D2.
         self.overhead_ms = 0.0
         self.overhead_p99_ms = 0.0
         self._overheads = np.zeros(OVERHEAD_WINDOW)

@@ -24,6 +24,7 @@ from benchmarks.loadgen.search import FindMaxResult, FindMaxStep, find_max
 from benchmarks.loadgen.transport import TargetUnreachable
 from gateway.errors import BadRequest, ConfigError
 from gateway.protocol.limits import check_name as _check_name
+from gateway.variants import parse_accuracy
 
 PROG = "kairos-loadgen"
 
@@ -105,21 +106,6 @@ def check_name(value: str, flag: str) -> str:
         return _check_name(value, flag)
     except BadRequest as exc:
         raise ConfigError(str(exc)) from None
-
-
-def parse_accuracy(spec: str) -> tuple[tuple[str, float], ...]:
-    """``rm2=0.80,rm2-small=0.70``."""
-    out = []
-    for part in spec.split(","):
-        name, sep, value = part.partition("=")
-        try:
-            acc = float(value)
-        except ValueError:
-            acc = -1.0
-        if not sep or not name or not 0.0 <= acc <= 1.0:
-            raise ConfigError(f"--accuracy {spec!r}: expected VARIANT=ACC[,VARIANT=ACC...] with ACC in [0, 1]")
-        out.append((name.strip(), acc))
-    return tuple(out)
 
 
 def _emit_json(obj: dict[str, Any], dest: str) -> None:

@@ -468,14 +468,8 @@ class Dispatcher:
         estimator.
 
         What the instance still holds was queued behind this query (pipelined, or depth > 1), so
-        its service started when this one was done, and the estimated span of what it holds is
-        rebased to the answer's arrival. Left at the send time, the span ends too early by the
-        wait behind this query (up to the pipelining lookahead, plus this query's overrun), the
-        instance opens for its next query that much too soon, and the deadline check passes
-        queries that then wait it out there. The answer's way back is the short part of the round
-        trip (a few KB against a request of up to 800 KB for dien: ~0.2 ms of ~0.6-1.9 ms), so it
-        is not taken off; live at 560 dien QPS, taking half the round trip off instead gave
-        98.74-98.95% within QoS (3 runs) against 98.80-99.24% (6 runs).
+        its service started when this one was done: the estimated span of what it holds is
+        rebased to the answer's arrival (docs/decisions.md, D3).
         """
         held = instance.in_flight
         held.pop(query.id, None)

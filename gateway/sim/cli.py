@@ -36,6 +36,7 @@ from gateway.sim.search import (
     find_max,
 )
 from gateway.sim.transport import lognormal_params
+from gateway.variants import parse_accuracy
 from gateway.workload import load_trace_csv, make_workload, parse_batch_mix
 from gateway.workload.arrivals import parse_arrivals
 
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--late", choices=("shed", "serve"),
                    help="the gateway's overload control (gateway.late_queries) in a single run: refused and shed "
                         "queries are counted apart (default: neither, every query served)")  # fmt: skip
+    p.add_argument("--accuracy", metavar="VARIANT=ACC,...",
+                   help="accuracy of each variant in the pool (kinds VARIANT/TYPE); default: the config's")
     p.add_argument("--event", action="append", default=[], metavar="T:ACTION:...",
                    help="a pool change during a single run, repeatable: T:add:TYPE[:STARTUP_MS][:NAME], "
                    "T:drain:NAME, T:remove:NAME (T in ms from the start)")
@@ -160,6 +163,8 @@ def _run_table(res: SimResult) -> str:
         f"within QoS {100 * s['within_qos']:.3f}% (last quarter {100 * s['within_qos_last_quarter']:.3f}%)",
         "latency ms: " + "  ".join(f"{k} {v:.2f}" for k, v in lat.items()),
     ]
+    if "accuracy_served" in s:
+        lines.append(f"accuracy served {s['accuracy_served']:.4f} (query-weighted, by the variant that served)")
     if "refused" in s:
         lines.append(
             f"refused {s['refused']}, shed {s['shed']}; within QoS of the accepted "
@@ -196,6 +201,17 @@ def _max_table(fm: FindMaxResult, cost: float) -> str:
     return "\n".join(lines)
 
 
+def _config_accuracy(args: argparse.Namespace, model: str) -> dict[str, float]:
+    """The config's variant accuracies when it describes ``model`` (and the config exists)."""
+    try:
+        config = load_config(args.config)
+    except KairosError:
+        return {}
+    if model not in {m.name for m in config.models}:
+        return {}
+    return {v.name: v.accuracy for v in config.model_config(model).variants if v.accuracy is not None}
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     spec = _resolve(args)
@@ -224,6 +240,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.find_max and args.event:
         _fail("--event applies to a single run (--rate), not to --find-max")
     events = parse_events(args.event)
+    accuracy = dict(parse_accuracy(args.accuracy)) if args.accuracy else _config_accuracy(args, model)
     for e in events:
         if e.action == ADD and not spec.profiles.has(model, e.type):
             _fail(f"--event: instance type {e.type!r} has no latency profile for {model}")
@@ -251,7 +268,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     res = simulate(trace, model=model, qos_ms=qos, pool=pool, policy=policy, seed=args.seed, depth=depth,
                    warmup=args.warmup, transport_ms=args.transport_ms, pipeline=args.pipeline,
                    transport_p99_ms=args.transport_p99_ms, profiles=spec.profiles,
-                   overload=OverloadControl.for_mode(args.late, qos) if args.late else None, events=events)
+                   overload=OverloadControl.for_mode(args.late, qos) if args.late else None, events=events,
+                   accuracy=accuracy)
     if not args.json:
         print(_run_table(res))
     return res.summary() | {"cost_per_hour": round(cost, 4), "target": args.target,

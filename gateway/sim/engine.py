@@ -28,7 +28,7 @@ import heapq
 import math
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from gateway.sim.events import ADD, DRAIN, PoolEvent, check_events
 from gateway.sim.pool import PoolSpec, expand_pool, pool_types
 from gateway.sim.result import TAIL_FRACTION, SimResult
 from gateway.sim.transport import round_trips
+from gateway.variants import split_kind
 from gateway.workload import QueryTrace
 
 DEFAULT_WARMUP = 0.1
@@ -60,11 +61,12 @@ def default_profiles() -> ProfileSet:
 def service_times(
     profiles: ProfileSet, model: str, types: list[str], batch: np.ndarray, seed: int
 ) -> np.ndarray:
-    """(len(types), n) service time (ms) of each query on each type."""
+    """(len(types), n) service time (ms) of each query on each type (or kind: a variant on a
+    type, ``gateway.variants``)."""
     out = np.empty((len(types), len(batch)))
     for k, t in enumerate(types):
         rng = np.random.default_rng([seed, 2, zlib.crc32(t.encode())])
-        out[k] = profiles.get(model, t).sample_many(batch, rng)
+        out[k] = profiles.get(*split_kind(model, t)).sample_many(batch, rng)
     return out
 
 
@@ -87,6 +89,7 @@ def simulate(
     classes: Sequence[ServiceClass] = (),
     query_class: np.ndarray | None = None,
     events: Sequence[PoolEvent] = (),
+    accuracy: Mapping[str, float] | None = None,
 ) -> SimResult:
     """Run ``trace`` through a fresh Dispatcher (policy, estimator) on ``pool``.
 
@@ -105,6 +108,10 @@ def simulate(
     a time joins once its start-up delay has passed, a drained one finishes what it holds, a
     removed one leaves once it holds nothing, all through the dispatcher's own add / drain /
     remove. Per-instance results list every instance the run had, in the order they joined.
+
+    Variants: a pool entry's type may be a kind ``VARIANT/TYPE`` (its profile is the variant's);
+    ``accuracy`` (variant -> accuracy) makes the policies prefer the more accurate variant where
+    a deadline allows, as live, and the result reports the accuracy served.
     """
     profiles = profiles or default_profiles()
     started = time.perf_counter()
@@ -114,7 +121,7 @@ def simulate(
     estimator = LatencyEstimator(profiles, model, types)
     check_events(events, [name for name, _ in instances])
     dispatcher = Dispatcher(
-        pol, estimator, instances, depth=depth, pipeline=pipeline, overload=overload
+        pol, estimator, instances, depth=depth, pipeline=pipeline, overload=overload, model=model, accuracy=accuracy
     )
     control = dispatcher.overload
     sheds = control.shed_late
@@ -201,7 +208,7 @@ def simulate(
             else:
                 e = events[j]
                 if e.action == ADD:
-                    profile = profiles.get(model, e.type)
+                    profile = profiles.get(*split_kind(model, e.type))
                     inst = dispatcher.add(e.name, e.type, profile=profile)
                     ordinal[e.name] = len(sim_insts)
                     sim_insts.append(inst)
@@ -288,4 +295,5 @@ def simulate(
         classes=tuple(classes),
         query_class=cls_idx if classes else np.zeros(0, dtype=np.int64),
         qos_per_query=np.asarray(qos_of) if classes else np.zeros(0),
+        accuracy=dict(accuracy or {}),
     )

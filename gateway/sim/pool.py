@@ -50,18 +50,19 @@ def pool_types(pool: PoolSpec) -> list[str]:
 
 
 def pool_cost(pool: PoolSpec, catalogue: Catalogue) -> float:
-    """$/hour of the pool."""
-    return sum(catalogue.type(t).price_per_hour * n for t, n in pool)
+    """$/hour of the pool (a kind ``VARIANT/TYPE`` costs its type's price)."""
+    return sum(catalogue.type(t.rpartition("/")[2]).price_per_hour * n for t, n in pool)
 
 
 def check_pool(pool: Iterable[tuple[str, int]], model: str, profiles: ProfileSet, catalogue: Catalogue) -> None:
     """Every type must be in the catalogue and have a latency profile for ``model``."""
     if model not in profiles.models():
         raise ConfigError(f"model {model!r}: no latency profiles; expected one of {', '.join(profiles.models())}")
-    for t, n in pool:
+    for kind, n in pool:
+        variant, _, t = kind.rpartition("/")
         catalogue.type(t)
-        if n > 0 and t not in profiles.types(model):
+        if n > 0 and t not in profiles.types(variant or model):
             raise ConfigError(
-                f"instance type {t!r} has no latency profile for {model}; "
-                f"expected one of {', '.join(profiles.types(model))}"
+                f"instance type {t!r} has no latency profile for {variant or model}; "
+                f"expected one of {', '.join(profiles.types(variant or model))}"
             )

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from gateway.config import ServiceClass
+from gateway.variants import split_kind
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 TAIL_FRACTION = 0.25  # the stability check looks at the last quarter of the measured queries
@@ -48,6 +49,8 @@ class SimResult:
     classes: tuple[ServiceClass, ...] = ()
     query_class: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     qos_per_query: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # Variants: the accuracy of each variant in the pool (by name); empty: none given.
+    accuracy: dict[str, float] = field(default_factory=dict)
 
     # -- per query ------------------------------------------------------------------------------
 
@@ -74,6 +77,25 @@ class SimResult:
         qos = self.qos_per_query if self.qos_per_query.size else self.qos_ms
         return np.isfinite(lat) & (lat <= qos)
 
+    def accuracy_of_queries(self) -> np.ndarray:
+        """(n,) accuracy of the variant that served each query; NaN where none did (or none given)."""
+        out = np.full(self.n_queries, np.nan)
+        if not self.accuracy:
+            return out
+        variants = [split_kind(self.model, t)[0] for t in self.instance_types]
+        per_instance = np.array([self.accuracy.get(v, np.nan) for v in variants])
+        served = self.instance >= 0
+        out[served] = per_instance[self.instance[served]]
+        return out
+
+    def accuracy_served(self, mask: np.ndarray | None = None) -> float:
+        """Query-weighted accuracy over the measured queries served (``mask``: of those, which)."""
+        acc = self.accuracy_of_queries()[self.measured]
+        if mask is not None:
+            acc = acc[mask]
+        acc = acc[np.isfinite(acc)]
+        return float(acc.mean()) if acc.size else float("nan")
+
     def class_summary(self) -> dict[str, dict[str, float]]:
         """Per class, over its measured queries: how many, the fraction refused or shed, within
         target of all and of those accepted."""
@@ -92,6 +114,7 @@ class SimResult:
                 "refused_or_shed": float(dropped[mine].mean()) if n else float("nan"),
                 "within_target": float(ok[mine].mean()) if n else float("nan"),
                 "within_target_of_accepted": float(ok[accepted].mean()) if accepted.any() else float("nan"),
+                **({"accuracy_served": self.accuracy_served(mine)} if self.accuracy else {}),
             }
         return out
 
@@ -217,6 +240,7 @@ class SimResult:
                 else {}
             ),
             **({"classes": self.class_summary()} if self.classes else {}),
+            **({"accuracy_served": round(self.accuracy_served(), 5)} if self.accuracy else {}),
             "type_share": {k: round(v, 4) for k, v in self.type_share().items()},
             "type_mean_batch": {k: round(v, 1) for k, v in self.type_mean_batch().items()},
             "instances": [

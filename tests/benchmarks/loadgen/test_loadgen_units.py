@@ -333,7 +333,8 @@ def test_percentile_convention_is_nearest_rank():
 
 
 def test_class_variant_and_accuracy_flags() -> None:
-    from benchmarks.loadgen.cli import build_parser, config_from_args, parse_accuracy
+    from benchmarks.loadgen.cli import build_parser, config_from_args
+    from gateway.variants import parse_accuracy
 
     assert parse_accuracy("rm2=0.8,rm2-small=0.7") == (("rm2", 0.8), ("rm2-small", 0.7))
     for bad in ("rm2", "rm2=1.5", "rm2=x", "=0.5"):
