@@ -3,9 +3,11 @@ and talk V2 to them with a small asynchronous client."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Sequence
+import signal
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import orjson
 from helpers.inputs import json_body
 from helpers.pool import RunningPool
 
-from benchmarks.processes import GatewayProcess, console_script, start_gateway
+from benchmarks.processes import GatewayProcess, ServersProcess, console_script, start_gateway, start_servers
 
 READY = re.compile(r"^kairos-gateway ready http=(\S+) grpc=(\S+)")
 
@@ -71,3 +73,19 @@ async def post_infer(
                             headers={"Content-Type": "application/json"}) as resp:
         raw = await resp.read()
         return resp.status, orjson.loads(raw) if raw else {}, dict(resp.headers)
+
+
+@contextlib.contextmanager
+def servers_and_gateway(directory: Path, config: dict[str, Any]) -> Iterator[tuple[ServersProcess, RunningGateway]]:
+    """``kairos-servers`` and ``kairos-gateway`` started from one config document (written to
+    ``directory`` with its own address file); both stopped on exit, the gateway checked to exit 0."""
+    address_file = directory / "instances.json"
+    path = directory / "config.json"
+    path.write_text(json.dumps({**config, "servers": {**config.get("servers", {}), "address_file": str(address_file)}}))
+    servers = start_servers(path, address_file)
+    try:
+        gateway = launch_gateway(path, [], directory)
+        yield servers, gateway
+        assert gateway.stop(signal.SIGTERM) == 0
+    finally:
+        servers.stop()

@@ -5,18 +5,16 @@ and metrics per model over HTTP and gRPC, and the errors for an unknown model or
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import grpc
 import pytest
-from gateway_process import RunningGateway, json_request, launch_gateway, post_infer
+from gateway_process import RunningGateway, json_request, launch_gateway, post_infer, servers_and_gateway
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers.inputs import proto_request
 
-from benchmarks.processes import start_servers
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
@@ -47,12 +45,7 @@ CONFIG = {
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    directory = tmp_path_factory.mktemp("many")
-    address_file = directory / "instances.json"
-    config = directory / "config.json"
-    config.write_text(json.dumps({**CONFIG, "servers": {**CONFIG["servers"], "address_file": str(address_file)}}))
-    servers = start_servers(config, address_file)
-    try:
+    with servers_and_gateway(tmp_path_factory.mktemp("many"), CONFIG) as (servers, running):
         assert servers.ready_line.startswith(
             "kairos-servers ready: 4 instances of rm2,dien (rm2: 1 x g4dn.xlarge, 1 x r5n.large; dien: 2 x r5n.large)"
         )
@@ -60,12 +53,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
             ("rm2", "rm2-g4dn.xlarge-0"), ("rm2", "rm2-r5n.large-0"),
             ("dien", "dien-r5n.large-0"), ("dien", "dien-r5n.large-1"),
         ]  # fmt: skip
-        running = launch_gateway(config, [], directory)
         assert "model=rm2,dien instances=4 healthy=4" in running.ready_line
         yield running
-        assert running.stop(signal.SIGTERM) == 0
-    finally:
-        servers.stop()
 
 
 async def test_both_models_answer_over_http_with_their_classes(gw: RunningGateway) -> None:

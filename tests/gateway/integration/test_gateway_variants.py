@@ -5,17 +5,14 @@ the served accuracy reported."""
 
 from __future__ import annotations
 
-import json
-import signal
 from collections.abc import Iterator
 
 import aiohttp
 import grpc
 import pytest
-from gateway_process import RunningGateway, json_request, launch_gateway, post_infer
+from gateway_process import RunningGateway, json_request, post_infer, servers_and_gateway
 from helpers.inputs import proto_request
 
-from benchmarks.processes import start_servers
 from gateway.protocol.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
 pytestmark = pytest.mark.slow
@@ -32,18 +29,9 @@ CONFIG = {
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    directory = tmp_path_factory.mktemp("variants")
-    address_file = directory / "instances.json"
-    config = directory / "config.json"
-    config.write_text(json.dumps({**CONFIG, "servers": {**CONFIG["servers"], "address_file": str(address_file)}}))
-    servers = start_servers(config, address_file)
-    try:
+    with servers_and_gateway(tmp_path_factory.mktemp("variants"), CONFIG) as (servers, running):
         assert [(a.model, a.name) for a in servers.instances] == [("rm2", "r5n.large-0"), ("wnd", "wnd-r5n.large-0")]
-        running = launch_gateway(config, [], directory)
         yield running
-        assert running.stop(signal.SIGTERM) == 0
-    finally:
-        servers.stop()
 
 
 async def test_the_variant_follows_the_deadline_and_pins_hold(gw: RunningGateway) -> None:
