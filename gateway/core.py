@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.backend import Backend, BackendReply, InstanceFailure, RoutedRequest
+from gateway.clock import Clock, LoopClock, TimerHandle
 from gateway.config import DEFAULT_CLASS, ServiceClass, Variant
 from gateway.dispatch import Dispatcher, InstanceState, Query
 from gateway.errors import (
@@ -99,6 +100,7 @@ class GatewayCore:
         client_margin_ms: float = 0.0,
         consecutive_errors: int = DEFAULT_CONSECUTIVE_ERRORS,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        clock: Clock | None = None,
     ) -> None:
         if len(clients) != len(dispatcher.instances):
             raise ValueError("one client per dispatcher instance is required")
@@ -108,6 +110,7 @@ class GatewayCore:
         }
         self._closing_clients: set[asyncio.Task[None]] = set()
         self.model = model
+        self.clock = clock or LoopClock()  # the dispatcher's time and its timers (gateway.clock)
         # Service classes by name; none given: one, "default", with target ``qos_ms``.
         self.classes = {c.name: c for c in classes} or {DEFAULT_CLASS: ServiceClass(DEFAULT_CLASS, qos_ms)}
         self.default_class = self.classes[default_class or next(iter(self.classes))]
@@ -126,7 +129,7 @@ class GatewayCore:
         self._outliers = ConsecutiveErrors(consecutive_errors)
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: TimerHandle | None = None
         self._timer_at = 0.0
         self._scheduled = False
         self._outstanding = 0  # accepted queries not yet answered
@@ -170,7 +173,7 @@ class GatewayCore:
         if not self.dispatcher.has_healthy():
             self._refused("no_healthy_instance", request, cls)
             raise NoHealthyInstance(f"no healthy instance serves model {self.model!r}")
-        now = time.monotonic() * 1000.0
+        now = self.clock.now_ms()
         if request.received_s is not None:
             now = min(now, request.received_s * 1000.0)
         qos = request.qos_ms if request.qos_ms is not None else cls.qos_ms
@@ -225,7 +228,7 @@ class GatewayCore:
             accuracy = self.variants[result.variant].accuracy
             if accuracy is not None:
                 self.metrics.served_accuracy(cls.name, accuracy)
-        if time.monotonic() * 1000.0 > query.deadline_ms:
+        if self.clock.now_ms() > query.deadline_ms:
             self.metrics.violation(cls.name)
         return result
 
@@ -369,7 +372,7 @@ class GatewayCore:
         d = self.dispatcher
         if not d.pending:  # nothing could move
             return
-        now = time.monotonic() * 1000.0
+        now = self.clock.now_ms()
         for query in d.shed(now):
             self.metrics.refused(query.payload.service_class, "shed")
             query.payload.fail(
@@ -418,9 +421,8 @@ class GatewayCore:
             if self._timer_at <= due:
                 return
             self._timer.cancel()
-        loop = self._loop or self._bind_loop()
         self._timer_at = due
-        self._timer = loop.call_at(due / 1000.0, self._on_timer)
+        self._timer = self.clock.call_at(due, self._on_timer)
 
     # -- one dispatch -------------------------------------------------------------------------
 
@@ -476,7 +478,7 @@ class GatewayCore:
             raise InternalError("the gateway failed to send this query") from None
         e2e_ms = (time.perf_counter() - ticket.arrived_s) * 1000.0
         service_ms = reply.service_ms if reply.service_ms is not None else reply.round_trip_ms
-        self.dispatcher.complete(query, inst, service_ms if reply.ok else None, time.monotonic() * 1000.0)
+        self.dispatcher.complete(query, inst, service_ms if reply.ok else None, self.clock.now_ms())
         self._released(inst)
         if self._outliers.record(inst.name, reply.server_error) and self._may_eject():
             self.metrics.failure(inst.name)
@@ -499,9 +501,8 @@ class GatewayCore:
     def _orphan(self, query: Query, inst: InstanceState) -> None:
         """The client went away mid-call. The instance still serves the query (the connection is
         dropped, its answer has no reader): its slot opens when the estimate says it is done."""
-        now = time.monotonic() * 1000.0
-        left_ms = max(query.started_ms + query.est_ms - now, 0.0)
-        (self._loop or self._bind_loop()).call_later(left_ms / 1000.0, self._orphan_done, query, inst)
+        done_ms = max(query.started_ms + query.est_ms, self.clock.now_ms())
+        self.clock.call_at(done_ms, self._orphan_done, query, inst)
 
     def _orphan_done(self, query: Query, inst: InstanceState) -> None:
         self._give_back(query, inst)
@@ -519,8 +520,7 @@ class GatewayCore:
         self.metrics.failure(inst.name)
         log.warning("%s", exc)
         self.set_instance_health(inst.name, False)  # back in rotation when a probe succeeds
-        now = time.monotonic() * 1000.0
-        late = now >= query.deadline_ms
+        late = self.clock.now_ms() >= query.deadline_ms
         others = any(i.in_rotation and i.name not in query.tried for i in self.dispatcher.instances)
         retry = query.attempts < self.max_attempts and not late and others
         if retry:

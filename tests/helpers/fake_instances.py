@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from gateway.app import GatewaySettings, build_dispatcher
 from gateway.backend import BackendReply, InstanceFailure, RoutedRequest
 from gateway.backend.base import GRPC
+from gateway.clock import Clock
 from gateway.config import ServiceClass, parse_config
 from gateway.core import GatewayCore
 from gateway.pool import Endpoint
@@ -56,6 +57,16 @@ def failing(name: str, after_ms: float = 0.0) -> Behaviour:
     return run
 
 
+def held(release: asyncio.Event, service_ms: float = 5.0) -> Behaviour:
+    """Answers once ``release`` is set (no sleeping: the test decides when)."""
+
+    async def run(request: RoutedRequest) -> BackendReply:
+        await release.wait()
+        return BackendReply(body=request.request_id.encode(), service_ms=service_ms)
+
+    return run
+
+
 def make_core(
     behaviours: list[Behaviour],
     policy: str = "fcfs",
@@ -64,6 +75,7 @@ def make_core(
     client_margin_ms: float = 0.0,
     late_queries: str = "shed",
     classes: Sequence[ServiceClass] = (),
+    clock: Clock | None = None,
 ) -> tuple[GatewayCore, list[FakeInstance]]:
     config = parse_config({"model": "rm2", "qos_ms": qos_ms, "pool": [{"type": "r5n.large", "count": 1}]})
     endpoints = [Endpoint(f"r5n.large-{i}", "r5n.large") for i in range(len(behaviours))]
@@ -72,7 +84,9 @@ def make_core(
     )
     dispatcher = build_dispatcher(config, endpoints, settings)
     fakes = [FakeInstance(e.name, b) for e, b in zip(endpoints, behaviours, strict=True)]
-    core = GatewayCore("rm2", qos_ms, dispatcher, fakes, client_margin_ms=client_margin_ms, classes=classes)
+    core = GatewayCore(
+        "rm2", qos_ms, dispatcher, fakes, client_margin_ms=client_margin_ms, classes=classes, clock=clock
+    )
     return core, fakes
 
 

@@ -1,6 +1,7 @@
-"""Two models behind one gateway (rm2 with three service classes, dien with two), served by one
-``kairos-servers`` started from the same multi-model config: infer, readiness, metadata, health
-and metrics per model over HTTP and gRPC, and the errors for an unknown model or class."""
+"""Two models behind one gateway (rm2 with three service classes and two variants, dien with two
+classes), served by one ``kairos-servers`` started from the same multi-model config: infer,
+readiness, metadata, health and metrics per model over HTTP and gRPC, and the errors for an
+unknown model, class or variant."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ CONFIG = {
                 {"name": "batch", "qos_ms": 2000},
             ],
             "default_class": "standard",
-            "pool": [{"type": "g4dn.xlarge", "count": 1}, {"type": "r5n.large", "count": 1}],
+            "variants": [{"name": "rm2", "accuracy": 0.8}, {"name": "wnd", "accuracy": 0.7}],
+            "pool": [{"type": "g4dn.xlarge", "count": 1}, {"type": "r5n.large", "count": 1, "variant": "wnd"}],
         },
         {
             "name": "dien",
@@ -43,14 +45,18 @@ CONFIG = {
 }
 
 
+INSTANCES = {"rm2": ("rm2-g4dn.xlarge-0", "wnd-r5n.large-0"), "dien": ("dien-r5n.large-0", "dien-r5n.large-1")}
+
+
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     with servers_and_gateway(tmp_path_factory.mktemp("many"), CONFIG) as (servers, running):
         assert servers.ready_line.startswith(
-            "kairos-servers ready: 4 instances of rm2,dien (rm2: 1 x g4dn.xlarge, 1 x r5n.large; dien: 2 x r5n.large)"
+            "kairos-servers ready: 4 instances of rm2,dien (rm2: 1 x g4dn.xlarge; wnd: 1 x r5n.large; "
+            "dien: 2 x r5n.large)"
         )
         assert [(a.model, a.name) for a in servers.instances] == [
-            ("rm2", "rm2-g4dn.xlarge-0"), ("rm2", "rm2-r5n.large-0"),
+            ("rm2", "rm2-g4dn.xlarge-0"), ("wnd", "wnd-r5n.large-0"),
             ("dien", "dien-r5n.large-0"), ("dien", "dien-r5n.large-1"),
         ]  # fmt: skip
         assert "model=rm2,dien instances=4 healthy=4" in running.ready_line
@@ -63,8 +69,8 @@ async def test_both_models_answer_over_http_with_their_classes(gw: RunningGatewa
             params = {"class": cls} if cls else {}
             status, doc, _ = await post_infer(s, gw.url, model, json_request(3, f"{model}-{cls}", model=model, **params))
             assert status == 200, doc
-            assert doc["id"] == f"{model}-{cls}" and doc["model_name"] == model
-            assert doc["parameters"]["gateway_instance"].startswith(f"{model}-")
+            assert doc["id"] == f"{model}-{cls}"
+            assert doc["parameters"]["gateway_instance"] in INSTANCES[model]
         async with s.get(f"{gw.url}/metrics") as resp:
             metrics = await resp.text()
     for series in (
@@ -108,8 +114,18 @@ async def test_both_models_over_grpc_with_classes_and_health(gw: RunningGateway)
             request = proto_request(model, 2, id=f"g-{model}")
             request.parameters["class"].string_param = cls
             reply = await stub.ModelInfer(request)
-            assert reply.model_name == model and reply.id == f"g-{model}"
-            assert reply.parameters["gateway_instance"].string_param.startswith(f"{model}-")
+            assert reply.id == f"g-{model}"
+            assert reply.parameters["gateway_instance"].string_param in INSTANCES[model]
+        pinned = proto_request("rm2", 2, id="pinned")
+        pinned.parameters["variant"].string_param = "wnd"
+        pinned.parameters["class"].string_param = "batch"
+        reply = await stub.ModelInfer(pinned)
+        assert reply.parameters["gateway_variant"].string_param == "wnd" and reply.model_name == "wnd"
+        unknown = proto_request("dien", 1)
+        unknown.parameters["variant"].string_param = "wnd"  # rm2's variant, not dien's
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await stub.ModelInfer(unknown)
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown variant 'wnd'" in str(exc.value.details())
         bad = proto_request("dien", 1)
         bad.parameters["class"].string_param = "premium"  # rm2's, not dien's
         with pytest.raises(grpc.aio.AioRpcError) as exc:
