@@ -242,10 +242,16 @@ class GatewayCore:
             )
         return cls
 
-    def metadata_clients(self) -> list[Backend]:
-        """Instances to ask for model metadata: the healthy ones first."""
-        order = sorted(self.dispatcher.instances, key=lambda i: not i.in_rotation)
-        return [self.clients[i.name] for i in order]
+    def metadata_clients(self) -> list[tuple[Backend, str]]:
+        """Instances to ask for model metadata, with the model name each serves: the healthy
+        ones first, and those serving the model itself before a variant's."""
+        kinds = self.dispatcher.kind_variant
+
+        def served(inst: InstanceState) -> str:
+            return str(kinds[inst.type_index]) if self.variants else self.model
+
+        order = sorted(self.dispatcher.instances, key=lambda i: (not i.in_rotation, served(i) != self.model))
+        return [(self.clients[i.name], served(i)) for i in order]
 
     async def drain(self) -> None:
         """Stop accepting queries and wait until every accepted one is answered."""

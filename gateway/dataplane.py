@@ -5,12 +5,18 @@ HTTP and gRPC adapters (``gateway.frontend``) only translate to and from it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from gateway.backend import Backend, RoutedRequest
 from gateway.core import GatewayCore, InferResult
-from gateway.errors import InferenceError
+from gateway.errors import InferenceError, Unavailable
 from gateway.metrics import GatewayMetrics
+from gateway.protocol.limits import quote
+from gateway.protocol.routing import RoutingInfo
 from gateway.registry import ModelRegistry
+
+T = TypeVar("T")
 
 OTHER_MODEL = "other"  # the metric label of requests for a model this gateway does not serve
 
@@ -32,11 +38,34 @@ class DataPlane:
     def model_ready(self, model: str) -> bool:
         return self.core(model).ready
 
+    def route(self, protocol: str, model: str, info: RoutingInfo, body: bytes, **transport: Any) -> RoutedRequest:
+        """The request the core routes, from what a front end parsed (``transport``: its own
+        fields, e.g. the HTTP content type or the parsed gRPC message)."""
+        return RoutedRequest(
+            protocol=protocol,
+            model=model,
+            batch=info.batch,
+            body=body,
+            request_id=info.request_id,
+            qos_ms=info.qos_ms,
+            service_class=info.service_class,
+            variant=info.variant,
+            late=info.late,
+            version=info.version,
+            **transport,
+        )
+
     async def infer(self, request: RoutedRequest) -> InferResult:
         return await self.core(request.model).infer(request)
 
-    def metadata_clients(self, model: str) -> list[Backend]:
-        return self.core(model).metadata_clients()
+    async def metadata(self, model: str, fetch: Callable[[Backend, str], Awaitable[T | None]]) -> T:
+        """The model's metadata from the first instance that gives it: ``fetch(client, served
+        model name)`` asks one (None: try the next). Unavailable when none answers."""
+        for client, served in self.core(model).metadata_clients():
+            answer = await fetch(client, served)
+            if answer is not None:
+                return answer
+        raise Unavailable(f"no instance answered metadata for {quote(model)}")
 
     def count(self, model: str | None, code: str, protocol: str) -> None:
         """One answered request, by model (``other`` for one not served), code and protocol."""

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from gateway.dispatch import Dispatcher
 from gateway.histogram import LoopHistogram
+from gateway.variants import split_kind
 
 PREFIX = "kairos"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -92,7 +93,7 @@ class _PoolCollector(Collector):
             ["instance_type"],
         )  # fmt: skip
         pipelined = family("pipelined_dispatches", "Queries sent to an instance still serving its previous one", [])
-        labels = ["instance", "type"]
+        labels = ["instance", "type", "variant"]
         in_flight = family("instance_in_flight", "Queries in flight per instance", labels)
         busy = family(
             "instance_busy_ratio",
@@ -113,12 +114,29 @@ class _PoolCollector(Collector):
                 learned.add_metric([model, name], float(est.observations(k)))
             pipelined.add_metric([model], d.pipelined)
             for inst in d.instances:
-                key = [model, inst.name, inst.type_name]
+                variant, type_name = split_kind(model, inst.type_name)
+                key = [model, inst.name, type_name, variant]
                 in_flight.add_metric(key, len(inst.in_flight))
                 busy.add_metric(key, min(inst.busy_ms / uptime_ms, 1.0))
                 healthy.add_metric(key, 1.0 if inst.in_rotation else 0.0)
                 served.add_metric(key, inst.served)
         yield from (pending, p75, p99, mean, prior, learned, pipelined, in_flight, busy, healthy, served)
+
+
+class _KindChildren(Children[Counter]):
+    """Children labelled (model, instance, type, variant), asked for by (model, instance, kind)."""
+
+    def __init__(self, metric: Counter, model: str) -> None:
+        super().__init__(metric)
+        self.model = model
+
+    def __call__(self, *labels: str) -> Counter:
+        child = self._cache.get(labels)
+        if child is None:
+            model, instance, kind = labels
+            variant, type_name = split_kind(self.model, kind)
+            child = self._cache[labels] = self.metric.labels(model, instance, type_name, variant)
+        return child
 
 
 class GatewayMetrics:
@@ -150,7 +168,7 @@ class GatewayMetrics:
             ["model"], buckets=DECISION_BUCKETS, registry=r,
         )  # fmt: skip
         self.dispatches = Counter(
-            f"{PREFIX}_dispatches", "Queries sent to each instance", ["model", "instance", "type"], registry=r
+            f"{PREFIX}_dispatches", "Queries sent to each instance", ["model", "instance", "type", "variant"], registry=r
         )
         self.retries = Counter(
             f"{PREFIX}_retries", "Queries re-dispatched after an instance failed", ["model"], registry=r
@@ -201,7 +219,7 @@ class ModelMetrics:
         self._e2e = m.e2e.labels
         self._queue = m.queue.labels
         self._violations = Children(m.violations)
-        self._dispatches = Children(m.dispatches)
+        self._dispatches = _KindChildren(m.dispatches, model)
         self._refusals = Children(m.refusals)
         self.refusal_time = m.refusal_time
         self.decision = m.decision.labels(model)
@@ -219,8 +237,9 @@ class ModelMetrics:
     def violation(self, service_class: str) -> None:
         self._violations(self.model, service_class).inc()
 
-    def dispatched(self, instance: str, type_name: str) -> None:
-        self._dispatches(self.model, instance, type_name).inc()
+    def dispatched(self, instance: str, kind: str) -> None:
+        """``kind``: the instance's type, or its variant on its type (``gateway.variants``)."""
+        self._dispatches(self.model, instance, kind).inc()
 
     def refused(self, service_class: str, reason: str) -> None:
         self._refusals(self.model, service_class, reason).inc()

@@ -22,10 +22,10 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
-from gateway.backend import InstanceFailure, RoutedRequest
+from gateway.backend import Backend, InstanceFailure
 from gateway.backend.base import GRPC
 from gateway.dataplane import DataPlane
-from gateway.errors import InferenceError, Overloaded, Unavailable
+from gateway.errors import InferenceError, Overloaded
 from gateway.frontend import EXTENSIONS, METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
 from gateway.grpc_server import RpcError, UnaryMethod, call_opened
 from gateway.protocol import grpc_predict_v2_pb2 as pb
@@ -98,18 +98,19 @@ class GrpcFrontend:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
 
     async def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+        async def fetch(client: Backend, served: str) -> pb.ModelMetadataResponse | None:
+            if client.grpc is None:
+                return None
+            ask = request if served == request.name else pb.ModelMetadataRequest(name=served, version=request.version)
+            try:
+                return await client.grpc.model_metadata(ask, METADATA_TIMEOUT_S)
+            except InstanceFailure:
+                return None
+
         try:
-            clients = self.plane.metadata_clients(request.name)
+            return await self.plane.metadata(request.name, fetch)
         except InferenceError as exc:
             raise self._abort(exc, request.name) from None
-        for client in clients:
-            if client.grpc is None:
-                continue
-            try:
-                return await client.grpc.model_metadata(request, METADATA_TIMEOUT_S)
-            except InstanceFailure:
-                continue
-        raise self._abort(Unavailable(f"no instance answered metadata for {quote(request.name)}"), request.name)
 
     async def model_infer(self, raw: bytes) -> bytes:
         start = time.perf_counter()
@@ -120,20 +121,7 @@ class GrpcFrontend:
             self.plane.core(model)  # the model check, before routing is read
             info = routing_from_proto(request)
             result = await self.plane.infer(
-                RoutedRequest(
-                    protocol=GRPC,
-                    model=model,
-                    batch=info.batch,
-                    body=raw,
-                    request_id=info.request_id,
-                    qos_ms=info.qos_ms,
-                    service_class=info.service_class,
-                    variant=info.variant,
-                    late=info.late,
-                    version=request.model_version or None,
-                    message=request,
-                    received_s=call_opened.get(),
-                )
+                self.plane.route(GRPC, model, info, raw, message=request, received_s=call_opened.get())
             )
         except InferenceError as exc:
             raise self._abort(exc, model) from None

@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.backend import InstanceFailure, RoutedRequest
+from gateway.backend import Backend, InstanceFailure
 from gateway.backend.base import HTTP
 from gateway.backend.http_client import model_path
 from gateway.dataplane import DataPlane
@@ -25,7 +25,6 @@ from gateway.errors import (
     Overloaded,
     PayloadTooLarge,
     RequestTimeout,
-    Unavailable,
 )
 from gateway.frontend import EXTENSIONS, METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
 from gateway.frontend.budget import BodyBudget
@@ -86,22 +85,21 @@ class HttpFrontend:
     async def model_metadata(self, request: web.Request) -> web.Response:
         """The instances' own metadata (tensor names, shapes), asked of a healthy one."""
         model = request.match_info["model"]
+
+        async def fetch(client: Backend, served: str) -> web.Response | None:
+            if client.http is None:
+                return None
+            try:  # the path from validated parts only
+                status, body, content_type = await client.http.get(model_path(served, version), METADATA_TIMEOUT_S)
+            except InstanceFailure:
+                return None
+            return web.Response(status=status, body=body, content_type=_mime(content_type)) if status < 500 else None
+
         try:
-            clients = self.plane.metadata_clients(model)
             version = check_version(request.match_info.get("version"))
+            return await self.plane.metadata(model, fetch)
         except InferenceError as exc:
             return self._error(exc, model)
-        path = model_path(model, version)  # from validated parts only
-        for client in clients:
-            if client.http is None:
-                continue
-            try:
-                status, body, content_type = await client.http.get(path, METADATA_TIMEOUT_S)
-            except InstanceFailure:
-                continue
-            if status < 500:
-                return web.Response(status=status, body=body, content_type=_mime(content_type))
-        return self._error(Unavailable(f"no instance answered metadata for {model!r}"), None)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.plane.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
@@ -122,20 +120,8 @@ class HttpFrontend:
             header = body if header_length is None else memoryview(body)[:header_length]
             info = routing_from_json_body(header, request.match_info.get("version"))
             result = await self.plane.infer(
-                RoutedRequest(
-                    protocol=HTTP,
-                    model=model,
-                    batch=info.batch,
-                    body=body,
-                    request_id=info.request_id,
-                    qos_ms=info.qos_ms,
-                    service_class=info.service_class,
-                    variant=info.variant,
-                    late=info.late,
-                    version=info.version,
-                    content_type=content_type,
-                    header_length=header_length,
-                    received_s=received,
+                self.plane.route(
+                    HTTP, model, info, body, content_type=content_type, header_length=header_length, received_s=received
                 )
             )
         except InferenceError as exc:

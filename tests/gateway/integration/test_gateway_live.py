@@ -185,7 +185,7 @@ async def test_metrics_are_prometheus_with_one_prefix(gw: RunningGateway) -> Non
         "kairos_queue_duration_seconds_bucket",
         "kairos_qos_violations_total",
         "kairos_pending_queries",
-        'kairos_instance_in_flight{instance="g4dn.xlarge-0",model="ncf",type="g4dn.xlarge"}',
+        'kairos_instance_in_flight{instance="g4dn.xlarge-0",model="ncf",type="g4dn.xlarge",variant="ncf"}',
         "kairos_instance_busy_ratio",
         "kairos_decision_duration_seconds_count",
         "kairos_dispatches_total",

@@ -79,7 +79,8 @@ async def test_both_models_answer_over_http_with_their_classes(gw: RunningGatewa
         'kairos_request_duration_seconds_count{class="bulk",model="dien",protocol="http"} 1.0',
         'kairos_request_duration_seconds_bucket{class="premium",le="0.3",model="rm2",protocol="http"}',
         'kairos_request_duration_seconds_bucket{class="interactive",le="0.035",model="dien",protocol="http"}',
-        'kairos_instance_healthy{instance="dien-r5n.large-1",model="dien",type="r5n.large"} 1.0',
+        'kairos_instance_healthy{instance="dien-r5n.large-1",model="dien",type="r5n.large",variant="dien"} 1.0',
+        'kairos_instance_served{instance="wnd-r5n.large-0",model="rm2",type="r5n.large",variant="wnd"}',
         'kairos_pending_queries{model="rm2"} 0.0',
     ):
         assert series in metrics, series

@@ -13,6 +13,7 @@ import pytest
 from gateway_process import RunningGateway, json_request, post_infer, servers_and_gateway
 from helpers.inputs import proto_request
 
+from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
 pytestmark = pytest.mark.slow
@@ -44,6 +45,9 @@ async def test_the_variant_follows_the_deadline_and_pins_hold(gw: RunningGateway
             assert doc["model_name"] == variant  # the variant's instance answers under its own name
         status, doc, _ = await post_infer(s, gw.url, "rm2", json_request(1, model="rm2", variant="rm2-xl"))
         assert status == 400 and "unknown variant 'rm2-xl' of model 'rm2': expected one of rm2, wnd" in doc["error"]
+        for _ in range(5):  # the instance serving the model itself answers its metadata, whichever is asked first
+            async with s.get(f"{gw.url}/v2/models/rm2") as resp:
+                assert resp.status == 200 and (await resp.json())["name"] == "rm2"
         async with s.get(f"{gw.url}/metrics") as resp:
             metrics = await resp.text()
         admin = gw.ready_line.rsplit(" admin=", 1)[1].split()[0]
@@ -65,6 +69,8 @@ async def test_a_pin_over_grpc_reaches_its_variant(gw: RunningGateway) -> None:
             reply = await stub.ModelInfer(request)
             assert reply.parameters["gateway_variant"].string_param == variant
             assert reply.model_name == variant and reply.id == f"g-{variant}"
+        meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name="rm2"))
+        assert meta.name == "rm2" and [i.name for i in meta.inputs] == ["dense", "sparse"]
 
 
 @pytest.mark.parametrize("scheme", ["http", "grpc"])
