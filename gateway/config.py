@@ -401,11 +401,11 @@ def _models(raw: Any, catalogue: Catalogue, type_names: tuple[str, ...]) -> list
         f.unknown({"name", "qos_ms", "classes", "default_class", "variants", "pool", "instances", "max_batch"})
         models.append(_model(f, catalogue, type_names))
     names = [m.name for m in models]
-    dup = next((n for n in names if names.count(n) > 1), None)
+    dup = _first_duplicate(names)
     if dup is not None:
         raise ConfigError(f"models: model {dup!r} is listed twice")
     endpoints = [e.name for m in models for e in m.instances]
-    dup = next((n for n in endpoints if endpoints.count(n) > 1), None)
+    dup = _first_duplicate(endpoints)
     if dup is not None:
         raise ConfigError(f"models: instance name {dup!r} is used twice; names must be unique across models")
     return models
@@ -453,6 +453,15 @@ def _model(f: _Fields, catalogue: Catalogue, type_names: tuple[str, ...], single
     )
 
 
+def _first_duplicate(names: list[str]) -> str | None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            return n
+        seen.add(n)
+    return None
+
+
 def _variants(raw: Any, path: str) -> list[Variant]:
     if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_CLASSES:
         raise ConfigError(f'{path}: expected a list of 1 to {MAX_CLASSES} {{"name", "accuracy"}} objects')
@@ -465,7 +474,7 @@ def _variants(raw: Any, path: str) -> list[Variant]:
             raise ConfigError(f"{f._name('accuracy')}: expected a fraction in [0, 1] (top-1, say), got {accuracy:g}")
         out.append(Variant(check_model_name(f.str("name"), f._name("name")), accuracy))
     names = [v.name for v in out]
-    dup = next((n for n in names if names.count(n) > 1), None)
+    dup = _first_duplicate(names)
     if dup is not None:
         raise ConfigError(f"{path}: variant {dup!r} is listed twice")
     return out
@@ -499,7 +508,7 @@ def _classes(raw: Any, path: str) -> list[ServiceClass]:
             )
         )
     names = [c.name for c in out]
-    dup = next((n for n in names if names.count(n) > 1), None)
+    dup = _first_duplicate(names)
     if dup is not None:
         raise ConfigError(f"{path}: class {dup!r} is listed twice")
     return out

@@ -22,8 +22,8 @@ from benchmarks.loadgen.report import LoadReport
 from benchmarks.loadgen.runner import run_async, run_load
 from benchmarks.loadgen.search import FindMaxResult, FindMaxStep, find_max
 from benchmarks.loadgen.transport import TargetUnreachable
-from gateway.errors import BadRequest, ConfigError
-from gateway.protocol.limits import check_name as _check_name
+from gateway.config import check_model_name
+from gateway.errors import ConfigError
 from gateway.variants import parse_accuracy
 
 PROG = "kairos-loadgen"
@@ -95,17 +95,10 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         connections=args.connections,
         progress=not args.quiet,
         send_qos=not args.no_qos_param,
-        service_class=check_name(args.service_class, "--class") if args.service_class else None,
-        variant=check_name(args.variant, "--variant") if args.variant else None,
+        service_class=check_model_name(args.service_class, "--class") if args.service_class else None,
+        variant=check_model_name(args.variant, "--variant") if args.variant else None,
         accuracy=parse_accuracy(args.accuracy) if args.accuracy else (),
     )
-
-
-def check_name(value: str, flag: str) -> str:
-    try:
-        return _check_name(value, flag)
-    except BadRequest as exc:
-        raise ConfigError(str(exc)) from None
 
 
 def _emit_json(obj: dict[str, Any], dest: str) -> None:

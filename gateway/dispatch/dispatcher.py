@@ -638,7 +638,7 @@ class Dispatcher:
             est_ms=lambda: self.estimator.estimate(batch),
             coefficient=self.estimator.coefficient,
             accuracy_rank=self.accuracy_rank,
-            allowed=self._allowed_of(queries) if any(q.variant is not None for q in queries) else None,
+            allowed=(lambda: self._allowed_of(queries)) if self.pinned else None,
         )
         self.decisions += 1
         chosen = self.policy.decide(snap)
