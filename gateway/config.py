@@ -6,12 +6,12 @@ value expected; callers print it and exit, never a traceback.
 
 from __future__ import annotations
 
-import builtins
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import BadRequest, ConfigError
+from gateway.fields import REQUIRED, Fields
 from gateway.jsonfile import read_json_file
 from gateway.policies import POLICY_NAMES
 from gateway.profiles import Catalogue, InstanceType, ProfileSet, load_catalogue, load_profiles
@@ -236,79 +236,9 @@ class Config:
         return self.primary.instance_types()
 
 
-class _Fields:
-    """Reads typed fields out of one JSON object, naming the full path in every error."""
-
-    def __init__(self, raw: Any, path: str) -> None:
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path or 'config'}: expected a JSON object, got {_kind(raw)}")
-        self.raw = raw
-        self.path = path
-
-    def _name(self, key: builtins.str) -> builtins.str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def _get(self, key: builtins.str, default: Any) -> Any:
-        if key not in self.raw:
-            if default is _REQUIRED:
-                raise ConfigError(f"{self._name(key)}: missing; it is required")
-            return default
-        return self.raw[key]
-
-    def str(
-        self, key: builtins.str, default: Any = None, choices: tuple[builtins.str, ...] = ()
-    ) -> builtins.str:
-        value = self._get(key, default if default is not None else _REQUIRED)
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{self._name(key)}: expected a non-empty string, got {value!r}")
-        if choices and value not in choices:
-            raise ConfigError(f"{self._name(key)}: expected one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def int(
-        self, key: builtins.str, default: Any = None, lo: builtins.int = 0, hi: builtins.int | None = None
-    ) -> builtins.int:
-        value = self._get(key, default if default is not None else _REQUIRED)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or value < lo
-            or (hi is not None and value > hi)
-        ):
-            bound = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
-            raise ConfigError(f"{self._name(key)}: expected {bound}, got {value!r}")
-        return value
-
-    def float(self, key: builtins.str, default: Any = None, positive: bool = True) -> builtins.float:
-        value = self._get(key, default if default is not None else _REQUIRED)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and value <= 0):
-            raise ConfigError(
-                f"{self._name(key)}: expected a {'positive ' if positive else ''}number, got {value!r}"
-            )
-        return float(value)
-
-    def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
-        value = self._get(key, default)
-        if not isinstance(value, bool):
-            raise ConfigError(f"{self._name(key)}: expected true or false, got {value!r}")
-        return value
-
-    def unknown(self, known: builtins.set[builtins.str]) -> None:
-        extra = sorted(set(self.raw) - known)
-        if extra:
-            raise ConfigError(
-                f"{self._name(extra[0])}: unknown field; expected one of {', '.join(sorted(known))}"
-            )
 
 
-_REQUIRED = object()
-
-
-def _kind(value: Any) -> str:
-    return type(value).__name__ if value is not None else "null"
-
-
-def _port(f: _Fields, key: str, default: int) -> int:
+def _port(f: Fields, key: str, default: int) -> int:
     return f.int(key, default, lo=0, hi=65535)
 
 
@@ -317,19 +247,19 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
 
     The models come as a ``models`` list or, for one model, as its fields at the top level
     (``model``, ``qos_ms``, ``pool``, ``instances``, ``max_batch``: one class, ``default``)."""
-    top = _Fields(raw, "")
+    top = Fields(raw, "")
     top.unknown(
         {"model", "qos_ms", "host", "pool", "instances", "instance_types", "profiles", "max_batch",
          "servers", "gateway", "models", "classes", "default_class", "variants"}
     )
-    catalogue = _with_declared_types(catalogue or load_catalogue(), top._get("instance_types", {}))
+    catalogue = _with_declared_types(catalogue or load_catalogue(), top.get("instance_types", {}))
     type_names = tuple(sorted(catalogue.types))
     if "models" in top.raw:
         one_model = ("model", "qos_ms", "pool", "instances", "max_batch", "classes", "default_class", "variants")
         shorthand = sorted(k for k in one_model if k in top.raw)
         if shorthand:
             raise ConfigError(f"{shorthand[0]}: with a models list, each model's fields go in its entry")
-        models = _models(top._get("models", _REQUIRED), catalogue, type_names)
+        models = _models(top.get("models", REQUIRED), catalogue, type_names)
     else:
         models = [_model(top, catalogue, type_names, single=True)]
     profiles = None
@@ -340,7 +270,7 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
         if not profiles.exists():
             raise ConfigError(f"profiles: no such file or directory {str(profiles)!r}")
 
-    s = _Fields(top._get("servers", {}), "servers")
+    s = Fields(top.get("servers", {}), "servers")
     s.unknown({"http_port", "grpc_port", "workers", "address_file", "seed", "admin_port", "admin_host"})
     d = ServersConfig()
     servers = ServersConfig(
@@ -352,7 +282,7 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
         admin_port=_port(s, "admin_port", 0) if s.raw.get("admin_port") is not None else None,
         admin_host=s.str("admin_host", d.admin_host),
     )
-    g = _Fields(top._get("gateway", {}), "gateway")
+    g = Fields(top.get("gateway", {}), "gateway")
     g.unknown({f for f in GatewayConfig.__dataclass_fields__})
     dg = GatewayConfig()
     gateway = GatewayConfig(
@@ -397,7 +327,7 @@ def _models(raw: Any, catalogue: Catalogue, type_names: tuple[str, ...]) -> list
         raise ConfigError(f"models: expected a list of 1 to {MAX_MODELS} model objects")
     models = []
     for i, item in enumerate(raw):
-        f = _Fields(item, f"models[{i}]")
+        f = Fields(item, f"models[{i}]")
         f.unknown({"name", "qos_ms", "classes", "default_class", "variants", "pool", "instances", "max_batch"})
         models.append(_model(f, catalogue, type_names))
     names = [m.name for m in models]
@@ -411,18 +341,18 @@ def _models(raw: Any, catalogue: Catalogue, type_names: tuple[str, ...]) -> list
     return models
 
 
-def _model(f: _Fields, catalogue: Catalogue, type_names: tuple[str, ...], single: bool = False) -> ModelConfig:
+def _model(f: Fields, catalogue: Catalogue, type_names: tuple[str, ...], single: bool = False) -> ModelConfig:
     """One model's entry (or, ``single``, the top level's shorthand fields)."""
-    name = check_model_name(f.str("model" if single else "name"), f._name("model" if single else "name"))
-    qos_key = f._name("qos_ms")
+    name = check_model_name(f.str("model" if single else "name"), f.name("model" if single else "name"))
+    qos_key = f.name("qos_ms")
     if "classes" in f.raw:
         if "qos_ms" in f.raw:
             raise ConfigError(f"{qos_key}: with classes, each class gives its own qos_ms")
-        classes = _classes(f._get("classes", _REQUIRED), f._name("classes"))
+        classes = _classes(f.get("classes", REQUIRED), f.name("classes"))
         default = f.str("default_class", classes[0].name)
         if default not in {c.name for c in classes}:
             raise ConfigError(
-                f"{f._name('default_class')}: expected one of {', '.join(c.name for c in classes)}, got {default!r}"
+                f"{f.name('default_class')}: expected one of {', '.join(c.name for c in classes)}, got {default!r}"
             )
     else:
         if "qos_ms" not in f.raw and name not in catalogue.qos_ms:
@@ -431,11 +361,11 @@ def _model(f: _Fields, catalogue: Catalogue, type_names: tuple[str, ...], single
         if "default_class" in f.raw:
             f.str("default_class", choices=(DEFAULT_CLASS,))
         default = DEFAULT_CLASS
-    variants = _variants(f._get("variants", []), f._name("variants")) if "variants" in f.raw else []
+    variants = _variants(f.get("variants", []), f.name("variants")) if "variants" in f.raw else []
     known = tuple(v.name for v in variants) or (name,)
-    instances = _instances(f._get("instances", []), type_names, f._name("instances"), known)
+    instances = _instances(f.get("instances", []), type_names, f.name("instances"), known)
     if "pool" in f.raw or not instances:
-        pool = _pool(f._get("pool", _REQUIRED), type_names, f._name("pool"), known)
+        pool = _pool(f.get("pool", REQUIRED), type_names, f.name("pool"), known)
     else:
         counts: dict[tuple[str, str | None], int] = {}
         for inst in instances:
@@ -467,12 +397,12 @@ def _variants(raw: Any, path: str) -> list[Variant]:
         raise ConfigError(f'{path}: expected a list of 1 to {MAX_CLASSES} {{"name", "accuracy"}} objects')
     out = []
     for i, item in enumerate(raw):
-        f = _Fields(item, f"{path}[{i}]")
+        f = Fields(item, f"{path}[{i}]")
         f.unknown({"name", "accuracy"})
         accuracy = f.float("accuracy", positive=False) if f.raw.get("accuracy") is not None else None
         if accuracy is not None and not 0.0 <= accuracy <= 1.0:
-            raise ConfigError(f"{f._name('accuracy')}: expected a fraction in [0, 1] (top-1, say), got {accuracy:g}")
-        out.append(Variant(check_model_name(f.str("name"), f._name("name")), accuracy))
+            raise ConfigError(f"{f.name('accuracy')}: expected a fraction in [0, 1] (top-1, say), got {accuracy:g}")
+        out.append(Variant(check_model_name(f.str("name"), f.name("name")), accuracy))
     names = [v.name for v in out]
     dup = _first_duplicate(names)
     if dup is not None:
@@ -480,12 +410,12 @@ def _variants(raw: Any, path: str) -> list[Variant]:
     return out
 
 
-def _variant(f: _Fields, known: tuple[str, ...]) -> str | None:
+def _variant(f: Fields, known: tuple[str, ...]) -> str | None:
     if "variant" not in f.raw:
         return None
     variant = f.str("variant")
     if variant not in known:
-        raise ConfigError(f"{f._name('variant')}: expected one of the model's variants {', '.join(known)}, got {variant!r}")
+        raise ConfigError(f"{f.name('variant')}: expected one of the model's variants {', '.join(known)}, got {variant!r}")
     return variant
 
 
@@ -494,14 +424,14 @@ def _classes(raw: Any, path: str) -> list[ServiceClass]:
         raise ConfigError(f'{path}: expected a list of 1 to {MAX_CLASSES} {{"name", "qos_ms"}} objects')
     out = []
     for i, item in enumerate(raw):
-        f = _Fields(item, f"{path}[{i}]")
+        f = Fields(item, f"{path}[{i}]")
         f.unknown({"name", "qos_ms", "attainment", "priority"})
         attainment = f.float("attainment", DEFAULT_ATTAINMENT)
         if not 0.0 < attainment <= 1.0:
-            raise ConfigError(f"{f._name('attainment')}: expected a fraction in (0, 1], got {attainment:g}")
+            raise ConfigError(f"{f.name('attainment')}: expected a fraction in (0, 1], got {attainment:g}")
         out.append(
             ServiceClass(
-                name=check_model_name(f.str("name"), f._name("name")),
+                name=check_model_name(f.str("name"), f.name("name")),
                 qos_ms=f.float("qos_ms"),
                 attainment=attainment,
                 priority=f.int("priority", 0, lo=-1000, hi=1000),
@@ -521,7 +451,7 @@ def _pool(
         raise ConfigError(f'{path}: expected a non-empty list of {{"type", "count"}} objects, got {raw!r}')
     pool = []
     for i, item in enumerate(raw):
-        f = _Fields(item, f"{path}[{i}]")
+        f = Fields(item, f"{path}[{i}]")
         f.unknown({"type", "count", "variant"})
         type_name = f.str("type", choices=type_names)
         pool.append(PoolEntry(type=type_name, count=f.int("count", lo=0, hi=10_000), variant=_variant(f, variants)))
@@ -537,7 +467,7 @@ def _instances(
         raise ConfigError(f'{path}: expected a list of {{"type", "http", "grpc"}} objects')
     out: list[Endpoint] = []
     for i, item in enumerate(raw):
-        f = _Fields(item, f"{path}[{i}]")
+        f = Fields(item, f"{path}[{i}]")
         f.unknown({"name", "type", "http", "grpc", "variant"})
         type_name = f.str("type", choices=type_names)
         http = f.str("http") if "http" in f.raw else None
@@ -563,7 +493,7 @@ def _with_declared_types(catalogue: Catalogue, raw: Any) -> Catalogue:
     types = dict(catalogue.types)
     for name, spec in raw.items():
         check_model_name(name, f"instance_types.{name}")
-        f = _Fields(spec, f"instance_types.{name}")
+        f = Fields(spec, f"instance_types.{name}")
         f.unknown({"price_per_hour", "accelerator"})
         types[name] = InstanceType(
             name=name,

@@ -1,0 +1,155 @@
+"""What n replicas carry at a latency percentile: an M/G/n approximation of the gateway's queue.
+
+The gateway holds one queue per model and sends a query to an instance when one is free, so a
+group of n like replicas behaves as an M/G/n queue (Poisson arrivals, the default of the load
+generator and of real traffic). Its waiting time W has the tail
+    P(W > w) ~ C(n, a) * exp(-theta * w),  theta = 2 * (n - a) / (E[S] * (1 + cs2))
+with a = rate * E[S] the offered load (busy replicas), C the Erlang-C probability of waiting and
+cs2 the squared coefficient of variation of the service time S. For exponential service (cs2 = 1)
+this is the exact M/M/n tail; the (1 + cs2) / 2 factor is the Allen-Cunneen correction of the
+mean wait. A query misses its target T when W + S > T, so
+    P(miss) = E_S[ 1 if S > T else C * exp(-theta * (T - S)) ].
+``max_load`` finds, per n, the largest a whose miss probability stays within 1 - attainment.
+
+That capacity C(n) grows faster than n (pooling: n - beta * sqrt(n) in the square-root staffing
+regime), so it is convex and the planner cannot use it directly in a linear program. Any line
+below its convex minorant is a valid, conservative capacity for every n, and the line touching it
+at n0 is exact there: ``CapacityCurve.line_at`` gives that line (successive linearisation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import gammaincc, gammaln
+
+# Replica counts at which C(n) is computed: every n to 64, then geometric to 8192.
+N_GRID = np.unique(np.concatenate([np.arange(1, 65), np.round(np.geomspace(64, 8192, 40))])).astype(np.int64)
+_BISECTIONS = 40
+
+
+@dataclass(frozen=True)
+class ServiceDist:
+    """A service-time distribution as weighted points (seconds)."""
+
+    values_s: np.ndarray  # (K,)
+    weights: np.ndarray  # (K,), summing to 1
+
+    @property
+    def mean_s(self) -> float:
+        return float(self.values_s @ self.weights)
+
+    @property
+    def scv(self) -> float:
+        """Squared coefficient of variation Var[S] / E[S]^2."""
+        m = self.mean_s
+        return float(((self.values_s - m) ** 2) @ self.weights / (m * m)) if m > 0 else 0.0
+
+    @classmethod
+    def compressed(cls, values_s: np.ndarray, weights: np.ndarray, points: int = 96) -> ServiceDist:
+        """The same distribution on at most ``points`` points: each point the mean of an equal-mass
+        slice, except that the top 2% keeps finer slices (the tail decides misses)."""
+        order = np.argsort(values_s, kind="stable")
+        v, w = np.asarray(values_s, float)[order], np.asarray(weights, float)[order]
+        w = w / w.sum()
+        if len(v) <= points:
+            return cls(v, w)
+        edges = np.concatenate([np.linspace(0.0, 0.98, points - 16, endpoint=False), np.linspace(0.98, 1.0, 17)])
+        cdf = np.cumsum(w)
+        slot = np.clip(np.searchsorted(edges, cdf - w / 2, side="right") - 1, 0, len(edges) - 2)
+        mass = np.bincount(slot, weights=w, minlength=len(edges) - 1)
+        total = np.bincount(slot, weights=w * v, minlength=len(edges) - 1)
+        keep = mass > 0
+        return cls(total[keep] / mass[keep], mass[keep] / mass[keep].sum())
+
+
+def erlang_c(n: np.ndarray, offered: np.ndarray) -> np.ndarray:
+    """Probability that an arrival waits in M/M/n at offered load ``offered`` (< n), vectorised."""
+    n = np.asarray(n, dtype=float)
+    a = np.asarray(offered, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        log_pmf = n * np.log(np.maximum(a, 1e-300)) - a - gammaln(n + 1)
+        cdf = gammaincc(n + 1, a)  # P(Poisson(a) <= n)
+        erlang_b = np.exp(log_pmf) / cdf
+        c = n * erlang_b / (n - a * (1.0 - erlang_b))
+    c = np.where(a <= 0, 0.0, c)
+    return np.clip(np.nan_to_num(c, nan=1.0), 0.0, 1.0)
+
+
+def miss_probability(dist: ServiceDist, n: np.ndarray, offered: np.ndarray, target_s: float) -> np.ndarray:
+    """P(wait + service > target) for n replicas at offered load ``offered`` (broadcast)."""
+    n = np.asarray(n, dtype=float)
+    a = np.asarray(offered, dtype=float)
+    n, a = np.broadcast_arrays(n, a)
+    stable = a < n
+    c = erlang_c(n, np.where(stable, a, 0.0))
+    theta = 2.0 * (n - a) / (dist.mean_s * (1.0 + dist.scv))
+    slack = target_s - dist.values_s  # (K,)
+    over = slack < 0
+    wait = c[..., None] * np.exp(-theta[..., None] * np.maximum(slack, 0.0))
+    miss = (np.where(over, 1.0, np.minimum(wait, 1.0)) * dist.weights).sum(axis=-1)
+    return np.where(stable, miss, 1.0)
+
+
+def max_load(dist: ServiceDist, target_s: float, attainment: float, ns: np.ndarray = N_GRID) -> np.ndarray:
+    """(len(ns),) the largest offered load (busy replicas) per n with P(miss) <= 1 - attainment;
+    0 where even an idle replica misses too often."""
+    ns = np.asarray(ns, dtype=float)
+    budget = 1.0 - attainment
+    if miss_probability(dist, np.array(1.0), np.array(0.0), target_s) > budget:
+        return np.zeros(len(ns))
+    lo, hi = np.zeros(len(ns)), ns.copy()
+    for _ in range(_BISECTIONS):
+        mid = (lo + hi) / 2
+        ok = miss_probability(dist, ns, mid, target_s) <= budget
+        lo = np.where(ok, mid, lo)
+        hi = np.where(ok, hi, mid)
+    return lo
+
+
+@dataclass(frozen=True)
+class CapacityCurve:
+    """C(n) at the grid points, and its convex minorant for linear, conservative capacities."""
+
+    ns: np.ndarray  # (P,) replica counts
+    loads: np.ndarray  # (P,) C(n): offered load carried at the target
+    hull: np.ndarray  # indices into ns of the minorant's vertices
+
+    @classmethod
+    def build(cls, dist: ServiceDist, target_s: float, attainment: float) -> CapacityCurve:
+        loads = max_load(dist, target_s, attainment)
+        return cls(N_GRID, loads, _lower_hull(N_GRID.astype(float), loads))
+
+    @property
+    def usable(self) -> bool:
+        return bool(self.loads[-1] > 0)
+
+    def at(self, n: int | np.ndarray) -> np.ndarray:
+        """C(n), interpolated between grid points, extended linearly past the last one."""
+        n = np.asarray(n, dtype=float)
+        slope = (self.loads[-1] - self.loads[-2]) / (self.ns[-1] - self.ns[-2])
+        inside = np.interp(n, self.ns, self.loads)
+        return np.where(n > self.ns[-1], self.loads[-1] + slope * (n - self.ns[-1]), np.where(n < 1, 0.0, inside))
+
+    def line_at(self, n0: float) -> tuple[float, float]:
+        """(slope, intercept) of the minorant's segment at n0 (the next one at a vertex): a line
+        below C(n) for every n >= 1, equal to it at the segment's ends."""
+        hx, hy = self.ns[self.hull].astype(float), self.loads[self.hull]
+        k = int(np.clip(np.searchsorted(hx, n0, side="right") - 1, 0, len(hx) - 2))
+        slope = (hy[k + 1] - hy[k]) / (hx[k + 1] - hx[k])
+        return float(slope), float(hy[k] - slope * hx[k])
+
+
+def _lower_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the lower convex hull of points sorted by x (Andrew's monotone chain)."""
+    hull: list[int] = []
+    for i in range(len(x)):
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            if (y[b] - y[a]) * (x[i] - x[a]) >= (y[i] - y[a]) * (x[b] - x[a]):
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    return np.asarray(hull)

@@ -1,0 +1,157 @@
+"""A plan: what to run (per model, variant and type), what it predicts per (model, class), what it
+costs, and how the solver got there. ``make_plan`` is the planner's one entry point."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from allocator.planner.capacity import miss_probability
+from allocator.planner.request import PlanRequest
+from allocator.planner.solve import Solution, _cost_vector, _current_counts, offered_at, solve
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    model: str
+    variant: str
+    type: str
+    count: int
+    rate_qps: float  # queries/s it is planned to serve
+    utilisation: float  # offered load / replicas
+    max_batch: int  # the largest batch size routed here (a batch limit for the instances)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassOutcome:
+    model: str
+    service_class: str
+    target_ms: float
+    attainment: float
+    load_qps: float
+    within_target: float  # predicted share of its queries within target (drops count as misses)
+    dropped: float  # share of its queries the plan drops
+    utilisation: float  # of the instances that serve it, weighted by its traffic
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    model: str
+    variant: str
+    type: str
+    before: int
+    after: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    objective: str
+    objective_value: float
+    cost_per_hour: float
+    change_cost: float
+    served_accuracy: float | None  # traffic-weighted over served queries of variants with an accuracy
+    allocations: tuple[Allocation, ...]
+    classes: tuple[ClassOutcome, ...]
+    changes: tuple[Change, ...]
+    solver_status: str
+    solver_rounds: int
+    solver_time_s: float
+
+    def count(self, model: str, type_name: str, variant: str | None = None) -> int:
+        return sum(a.count for a in self.allocations
+                   if a.model == model and a.type == type_name and a.variant == (variant or a.variant))
+
+    def outcome(self, model: str, service_class: str) -> ClassOutcome:
+        return next(c for c in self.classes if c.model == model and c.service_class == service_class)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "objective": {"kind": self.objective, "value": round(self.objective_value, 6)},
+            "cost_per_hour": round(self.cost_per_hour, 6),
+            "change_cost": round(self.change_cost, 6),
+            "served_accuracy": None if self.served_accuracy is None else round(self.served_accuracy, 6),
+            "allocations": [_rounded(asdict(a)) for a in self.allocations],
+            "classes": [_rounded(asdict(c)) for c in self.classes],
+            "changes": [asdict(c) for c in self.changes],
+            "solver": {"status": self.solver_status, "rounds": self.solver_rounds, "time_s": round(self.solver_time_s, 4)},
+        }
+
+
+def _rounded(d: dict[str, object]) -> dict[str, object]:
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in d.items()}
+
+
+def make_plan(req: PlanRequest) -> Plan:
+    """Solve ``req``; PlanInfeasible says why when nothing meets it."""
+    return describe(req, solve(req))
+
+
+def describe(req: PlanRequest, sol: Solution) -> Plan:
+    lay = sol.layout
+    n, x, d = sol.n(), sol.x(), sol.d()
+    price, start, stop = _cost_vector(req, lay)
+    current = _current_counts(req, lay)
+    cost = float(price @ n)
+    change = float(start @ np.maximum(n - current, 0) + stop @ np.maximum(current - n, 0))
+    allocations = []
+    group_util = np.zeros(len(lay.groups))
+    for gi, g in enumerate(lay.groups):
+        if n[gi] == 0:
+            continue
+        m = req.models[g.model]
+        js = [j for j, key in enumerate(lay.x_key) if key[3] == gi and x[j] > 1e-9]
+        lowest = min(range(len(m.classes)), key=lambda k: m.classes[k].priority)
+        offered = sum(float(x[j]) * float(g.service_s[lay.x_key[j][2]]) for j in js)
+        group_util[gi] = offered / n[gi]
+        del lowest
+        top = max((int(sol.tables[g.model].sizes_top[lay.x_key[j][2]]) for j in js), default=0)
+        allocations.append(Allocation(m.name, m.variants[g.variant].name, g.type, int(n[gi]),
+                                      float(sum(x[j] for j in js)), float(group_util[gi]), top))
+    classes = []
+    for mi, m in enumerate(req.models):
+        for k, c in enumerate(m.classes):
+            load = lay.loads[(mi, k)]
+            within = served_util = served = 0.0
+            for j, (mj, kj, _ci, gi) in enumerate(lay.x_key):
+                if mj != mi or kj != k or x[j] <= 1e-12:
+                    continue
+                g = lay.groups[gi]
+                dist = g.dists[k]
+                assert dist is not None
+                miss = float(miss_probability(dist, np.array(float(n[gi])), np.array(offered_at(lay, gi, k, x)),
+                                              c.target_ms / 1000.0))
+                within += float(x[j]) * (1.0 - miss)
+                served_util += float(x[j]) * group_util[gi]
+                served += float(x[j])
+            dropped = float(sum(d[jd] for jd, key in enumerate(lay.d_key) if key[:2] == (mi, k)))
+            classes.append(ClassOutcome(
+                m.name, c.name, c.target_ms, c.attainment, load,
+                within / load if load > 0 else 1.0,
+                dropped / load if load > 0 else 0.0,
+                served_util / served if served > 0 else 0.0,
+            ))
+    acc_num = acc_den = 0.0
+    for j, (mi, _k, _ci, gi) in enumerate(lay.x_key):
+        acc = req.models[mi].variants[lay.groups[gi].variant].accuracy
+        if acc is not None:
+            acc_num += float(x[j]) * acc
+            acc_den += float(x[j])
+    changes = tuple(
+        Change(req.models[g.model].name, req.models[g.model].variants[g.variant].name, g.type, int(current[gi]), int(n[gi]))
+        for gi, g in enumerate(lay.groups) if int(current[gi]) != int(n[gi])
+    )
+    from allocator.planner.solve import _objective
+    return Plan(
+        objective=req.objective.kind,
+        objective_value=_objective(req, lay, sol.values),
+        cost_per_hour=cost,
+        change_cost=change,
+        served_accuracy=acc_num / acc_den if acc_den > 0 else None,
+        allocations=tuple(allocations),
+        classes=tuple(classes),
+        changes=changes,
+        solver_status=sol.status,
+        solver_rounds=sol.rounds,
+        solver_time_s=sol.wall_s,
+    )
