@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from allocator.planner.capacity import CapacityCurve, ServiceDist
+from allocator.planner.capacity import CapacityCurve, ServiceDist, max_loads
 from allocator.planner.request import ModelSpec, PlanRequest
 from gateway.profiles import LatencyProfile
 
@@ -19,7 +19,7 @@ _EDGES = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98,
 _LEVELS = (_EDGES[1:] + _EDGES[:-1]) / 2
 _MASS = np.diff(_EDGES)
 
-_CURVES: dict[tuple[bytes, float, float, bytes], tuple[ServiceDist, CapacityCurve]] = {}
+_CURVES: dict[tuple[bytes, ...], tuple[ServiceDist, CapacityCurve]] = {}
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,93 @@ class ModelTables:
 
 
 def build_tables(req: PlanRequest) -> list[ModelTables]:
-    return [_model_tables(req, i, m) for i, m in enumerate(req.models)]
+    curves = _CurveBatch()
+    drafts = [_model_tables(req, i, m, curves) for i, m in enumerate(req.models)]
+    curves.resolve()
+    tables = [d.finish() for d in drafts]
+    if req.objective.kind == "accuracy":
+        return [ModelTables(t.sizes_top, t.mass, _undominated(t.groups, req)) for t in tables]
+    return [ModelTables(t.sizes_top, t.mass, _undominated(t.groups, None)) for t in tables]
 
 
-def _model_tables(req: PlanRequest, mi: int, m: ModelSpec) -> ModelTables:
+def _undominated(groups: tuple[Group, ...], by_accuracy: PlanRequest | None) -> tuple[Group, ...]:
+    """Drop a group when another variant on the same type is at least as fast on every batch class,
+    carries at least as much at every class's target, and (when accuracy counts) is as accurate:
+    same price, so it can never be the better choice. Fewer integers for the MILP."""
+
+    def accuracy(g: Group) -> float:
+        assert by_accuracy is not None
+        return by_accuracy.models[g.model].variants[g.variant].accuracy or 0.0
+
+    def dominates(a: Group, b: Group) -> bool:
+        if a.type != b.type or (by_accuracy is not None and accuracy(a) < accuracy(b)):
+            return False
+        if (b.allowed & ~a.allowed).any() or (np.nan_to_num(a.service_s, posinf=1e18) > np.nan_to_num(b.service_s, posinf=1e18)).any():
+            return False
+        return all(cb is None or (ca is not None and (ca.loads >= cb.loads).all()) for ca, cb in zip(a.curves, b.curves, strict=True))
+
+    keep: list[Group] = []
+    for i, g in enumerate(groups):
+        if not any(dominates(h, g) and (not dominates(g, h) or j < i) for j, h in enumerate(groups) if j != i):
+            keep.append(g)
+    return tuple(keep)
+
+
+@dataclass
+class _Draft:
+    """A model's tables with its capacity curves still to compute (all models' in one batch)."""
+
+    sizes_top: np.ndarray
+    mass: np.ndarray
+    groups: list[tuple[int, int, str, np.ndarray, np.ndarray, list[tuple[bytes, ...] | None]]]
+
+    def finish(self) -> ModelTables:
+        out = []
+        for mi, vi, type_name, service, allowed, keys in self.groups:
+            allowed = allowed.copy()
+            found = [None if key is None else _CURVES[key] for key in keys]
+            for k, hit in enumerate(found):
+                if hit is None or not hit[1].usable:
+                    allowed[k] = False
+            if allowed.any():
+                curves = tuple(hit[1] if hit is not None and allowed[k].any() else None for k, hit in enumerate(found))
+                dists = tuple(hit[0] if hit is not None and allowed[k].any() else None for k, hit in enumerate(found))
+                out.append(Group(mi, vi, type_name, service, allowed, curves, dists))
+        return ModelTables(self.sizes_top, self.mass, tuple(out))
+
+
+class _CurveBatch:
+    """Capacity curves asked for, computed together (one vectorised search) and cached by content."""
+
+    def __init__(self) -> None:
+        self.pending: dict[tuple[bytes, ...], tuple[ServiceDist, float, float]] = {}
+
+    def want(self, prof: LatencyProfile, sizes: np.ndarray, probs: np.ndarray, target_ms: float, attainment: float
+             ) -> tuple[bytes, ...]:
+        # Keyed by content: requests build their own profile objects.
+        shape = hashlib.sha1(prof.batches.tobytes() + prof.levels.tobytes() + prof.quantiles.tobytes()).digest()
+        mix = hashlib.sha1(sizes.tobytes() + probs.tobytes()).digest()
+        key = (shape, np.float64(target_ms).tobytes(), np.float64(attainment).tobytes(), mix)
+        if key not in _CURVES and key not in self.pending:
+            values = np.stack([prof.quantiles_for(sizes, q) for q in _LEVELS], axis=1) / 1000.0  # (S, L)
+            weights = probs[:, None] * _MASS[None, :]
+            self.pending[key] = (ServiceDist.compressed(values.ravel(), weights.ravel()), target_ms / 1000.0, attainment)
+        return key
+
+    def resolve(self) -> None:
+        if not self.pending:
+            return
+        if len(_CURVES) + len(self.pending) > 8192:
+            _CURVES.clear()
+        items = list(self.pending.items())
+        loads = max_loads([d for _, (d, _, _) in items], np.array([t for _, (_, t, _) in items]),
+                          np.array([a for _, (_, _, a) in items]))
+        for (key, (dist, _, _)), row in zip(items, loads, strict=True):
+            _CURVES[key] = (dist, CapacityCurve.from_loads(row))
+        self.pending.clear()
+
+
+def _model_tables(req: PlanRequest, mi: int, m: ModelSpec, curve_batch: _CurveBatch) -> _Draft:
     sizes, probs = m.mix.pmf()
     keep = probs > 0
     sizes, probs = sizes[keep], probs[keep] / probs[keep].sum()
@@ -62,7 +145,7 @@ def _model_tables(req: PlanRequest, mi: int, m: ModelSpec) -> ModelTables:
     mass = np.bincount(cls, weights=probs, minlength=n_cls)
     top = np.zeros(n_cls, dtype=np.int64)
     np.maximum.at(top, cls, sizes)
-    groups = []
+    groups: list[tuple[int, int, str, np.ndarray, np.ndarray, list[tuple[bytes, ...] | None]]] = []
     for (vi, type_name, prof), row in zip(kinds, ok, strict=True):
         inside = sizes <= prof.max_batch
         means = np.full(len(sizes), np.inf)
@@ -73,22 +156,13 @@ def _model_tables(req: PlanRequest, mi: int, m: ModelSpec) -> ModelTables:
             np.bincount(cls, weights=probs * np.where(inside, means, 0.0), minlength=n_cls) / mass,
         )
         allowed = np.array([f[starts] for f in row]).reshape(len(m.classes), n_cls)
-        curves: list[CapacityCurve | None] = []
-        dists: list[ServiceDist | None] = []
-        for k, c in enumerate(m.classes):
-            if not allowed[k].any():
-                curves.append(None)
-                dists.append(None)
-                continue
-            dist, curve = _curve(prof, sizes[row[k]], probs[row[k]], c.target_ms, c.attainment)
-            usable = curve.usable
-            curves.append(curve if usable else None)
-            dists.append(dist if usable else None)
-            if not usable:
-                allowed[k] = False
+        keys = [
+            curve_batch.want(prof, sizes[row[k]], probs[row[k]], c.target_ms, c.attainment) if allowed[k].any() else None
+            for k, c in enumerate(m.classes)
+        ]
         if allowed.any():
-            groups.append(Group(mi, vi, type_name, service, allowed, tuple(curves), tuple(dists)))
-    return ModelTables(top, mass, tuple(groups))
+            groups.append((mi, vi, type_name, service, allowed, keys))
+    return _Draft(top, mass, groups)
 
 
 def _feasible(prof: LatencyProfile, sizes: np.ndarray, target_ms: float, attainment: float) -> np.ndarray:
@@ -97,24 +171,6 @@ def _feasible(prof: LatencyProfile, sizes: np.ndarray, target_ms: float, attainm
     inside = sizes <= prof.max_batch
     out[inside] = prof.quantiles_for(sizes[inside], attainment) <= target_ms
     return out
-
-
-def _curve(
-    prof: LatencyProfile, sizes: np.ndarray, probs: np.ndarray, target_ms: float, attainment: float
-) -> tuple[ServiceDist, CapacityCurve]:
-    # Keyed by content: requests build their own profile objects.
-    shape = hashlib.sha1(prof.batches.tobytes() + prof.levels.tobytes() + prof.quantiles.tobytes()).digest()
-    key = (shape, target_ms, attainment, hashlib.sha1(sizes.tobytes() + probs.tobytes()).digest())
-    hit = _CURVES.get(key)
-    if hit is None:
-        values = np.stack([prof.quantiles_for(sizes, q) for q in _LEVELS], axis=1) / 1000.0  # (S, L)
-        weights = probs[:, None] * _MASS[None, :]
-        dist = ServiceDist.compressed(values.ravel(), weights.ravel())
-        hit = (dist, CapacityCurve.build(dist, target_ms / 1000.0, attainment))
-        if len(_CURVES) > 4096:
-            _CURVES.clear()
-        _CURVES[key] = hit
-    return hit
 
 
 def service_quantile(prof: LatencyProfile, size: int, attainment: float) -> float:

@@ -9,7 +9,14 @@ import numpy as np
 
 from allocator.planner.capacity import miss_probability
 from allocator.planner.request import PlanRequest
-from allocator.planner.solve import Solution, _cost_vector, _current_counts, offered_at, solve
+from allocator.planner.solve import (
+    Solution,
+    cost_vectors,
+    current_counts,
+    objective_value,
+    offered_loads,
+    solve,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +86,7 @@ class Plan:
 
 
 def _rounded(d: dict[str, object]) -> dict[str, object]:
-    return {k: round(v, 6) if isinstance(v, float) else v for k, v in d.items()}
+    return {k: round(float(v), 6) if isinstance(v, float) else v for k, v in d.items()}
 
 
 def make_plan(req: PlanRequest) -> Plan:
@@ -90,8 +97,8 @@ def make_plan(req: PlanRequest) -> Plan:
 def describe(req: PlanRequest, sol: Solution) -> Plan:
     lay = sol.layout
     n, x, d = sol.n(), sol.x(), sol.d()
-    price, start, stop = _cost_vector(req, lay)
-    current = _current_counts(req, lay)
+    price, start, stop = cost_vectors(req, lay)
+    current = current_counts(req, lay)
     cost = float(price @ n)
     change = float(start @ np.maximum(n - current, 0) + stop @ np.maximum(current - n, 0))
     allocations = []
@@ -101,13 +108,11 @@ def describe(req: PlanRequest, sol: Solution) -> Plan:
             continue
         m = req.models[g.model]
         js = [j for j, key in enumerate(lay.x_key) if key[3] == gi and x[j] > 1e-9]
-        lowest = min(range(len(m.classes)), key=lambda k: m.classes[k].priority)
-        offered = sum(float(x[j]) * float(g.service_s[lay.x_key[j][2]]) for j in js)
-        group_util[gi] = offered / n[gi]
-        del lowest
+        group_util[gi] = sum(float(x[j]) * float(g.service_s[lay.x_key[j][2]]) for j in js) / n[gi]
         top = max((int(sol.tables[g.model].sizes_top[lay.x_key[j][2]]) for j in js), default=0)
         allocations.append(Allocation(m.name, m.variants[g.variant].name, g.type, int(n[gi]),
                                       float(sum(x[j] for j in js)), float(group_util[gi]), top))
+    offered = offered_loads(lay, x)
     classes = []
     for mi, m in enumerate(req.models):
         for k, c in enumerate(m.classes):
@@ -119,7 +124,7 @@ def describe(req: PlanRequest, sol: Solution) -> Plan:
                 g = lay.groups[gi]
                 dist = g.dists[k]
                 assert dist is not None
-                miss = float(miss_probability(dist, np.array(float(n[gi])), np.array(offered_at(lay, gi, k, x)),
+                miss = float(miss_probability(dist, np.array(float(n[gi])), np.array(offered[(gi, k)]),
                                               c.target_ms / 1000.0))
                 within += float(x[j]) * (1.0 - miss)
                 served_util += float(x[j]) * group_util[gi]
@@ -129,7 +134,7 @@ def describe(req: PlanRequest, sol: Solution) -> Plan:
                 m.name, c.name, c.target_ms, c.attainment, load,
                 within / load if load > 0 else 1.0,
                 dropped / load if load > 0 else 0.0,
-                served_util / served if served > 0 else 0.0,
+                float(served_util / served) if served > 0 else 0.0,
             ))
     acc_num = acc_den = 0.0
     for j, (mi, _k, _ci, gi) in enumerate(lay.x_key):
@@ -139,12 +144,11 @@ def describe(req: PlanRequest, sol: Solution) -> Plan:
             acc_den += float(x[j])
     changes = tuple(
         Change(req.models[g.model].name, req.models[g.model].variants[g.variant].name, g.type, int(current[gi]), int(n[gi]))
-        for gi, g in enumerate(lay.groups) if int(current[gi]) != int(n[gi])
+        for gi, g in enumerate(lay.groups) if req.current and int(current[gi]) != int(n[gi])
     )
-    from allocator.planner.solve import _objective
     return Plan(
         objective=req.objective.kind,
-        objective_value=_objective(req, lay, sol.values),
+        objective_value=objective_value(req, lay, sol.values),
         cost_per_hour=cost,
         change_cost=change,
         served_accuracy=acc_num / acc_den if acc_den > 0 else None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -25,7 +26,8 @@ from allocator.planner.groups import Group, ModelTables, build_tables
 from allocator.planner.request import Objective, PlanRequest
 from gateway.errors import KairosError
 
-MAX_ROUNDS = 5
+MAX_ROUNDS = 1  # MILP rounds after the relaxation's guess: a second changed no plan in benchmarks.planner_speed
+WORKERS = 2  # blocks solved at once (HiGHS releases the GIL)
 _TOL = 1e-9
 
 
@@ -43,6 +45,10 @@ class Layout:
     loads: dict[tuple[int, int], float]  # (model, class) -> queries/s planned for
     mass: dict[tuple[int, int], float]  # (model, batch class) -> its share of the model's queries
     priority: dict[tuple[int, int], int]  # (model, class) -> its priority
+    x_group: np.ndarray  # (X,) group of each x
+    x_model: np.ndarray  # (X,) model of each x
+    x_busy: np.ndarray  # (X,) replicas kept busy per query/s of each x (its class's mean service, s)
+    x_priority: np.ndarray  # (X,) priority of each x's class
     n0: int = 0
     u0: int = 0
     x0: int = 0
@@ -81,34 +87,71 @@ def solve(req: PlanRequest) -> Solution:
     tables = build_tables(req)
     lay = _layout(req, tables)
     _check_servable(req, tables, lay)
-    guess = _optimistic_guess(req, lay)
+    values = np.zeros(lay.size)
+    rounds, statuses = 0, set()
+    lines: dict[tuple[int, int], tuple[float, float]] = {}
+    deadline = started + req.time_limit_s
+    blocks = _blocks(req, lay)
+    with ThreadPoolExecutor(min(WORKERS, len(blocks))) as pool:
+        found = list(pool.map(lambda b: _solve_block(req, lay, tables, b, deadline), blocks))
+    for sol in found:
+        if sol is None:
+            raise PlanInfeasible(_why_infeasible(req, lay))
+        values += sol.values
+        lines.update(sol.lines)
+        rounds = max(rounds, sol.rounds)
+        statuses.add(sol.status)
+    status = "optimal" if statuses == {"optimal"} else "; ".join(sorted(statuses - {"optimal"}))
+    return Solution(lay, tables, values, rounds, status, time.perf_counter() - started, lines)
+
+
+def _blocks(req: PlanRequest, lay: Layout) -> list[list[int]]:
+    """Models that can be planned apart: all together when a limit or the fairness term spans them."""
+    models = list(range(len(req.models)))
+    coupled = req.max_units is not None or req.budget_per_hour is not None or (
+        req.objective.kind == "utility" and req.objective.fairness > 0
+    )
+    for t in req.types:
+        if t.available is not None and len({g.model for g in lay.groups if g.type == t.name}) > 1:
+            coupled = True
+    return [models] if coupled else [[m] for m in models]
+
+
+def _solve_block(
+    req: PlanRequest, lay: Layout, tables: list[ModelTables], block: list[int], deadline: float
+) -> Solution | None:
+    """Successive linearisation for the models in ``block`` (the others' variables stay 0)."""
+    in_block = np.isin(np.array([g.model for g in lay.groups], dtype=np.int64), block)
+    at = _optimistic_guess(req, lay)  # where each group's tangents touch its curves
+    # A first guess at n from the linear relaxation: much cheaper than a MILP round.
+    relaxed = _solve_once(req, lay, _lines(lay, in_block, at), max(deadline - time.perf_counter(), 0.05), block, relax=True)
+    if relaxed is not None:
+        at = np.maximum(np.ceil(relaxed[0][lay.n0 : lay.n0 + len(lay.groups)] - 1e-6), 1.0)
     best: Solution | None = None
-    n_prev = guess
+    last_n: np.ndarray | None = None
     for rounds in range(1, MAX_ROUNDS + 1):
-        lines = {(gi, k): _line(g, k, n_prev[gi]) for gi, g in enumerate(lay.groups) for k in _classes_of(g)}
-        remaining = req.time_limit_s - (time.perf_counter() - started)
-        if remaining <= 0:
+        lines = _lines(lay, in_block, at)
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0 and best is not None:
             break
-        res = _solve_once(req, lay, lines, remaining)
+        res = _solve_once(req, lay, lines, max(remaining, 0.05), block)
         if res is None:
-            if best is None and rounds > 1:
-                break
-            if best is None:
-                raise PlanInfeasible(_why_infeasible(req, lay, tables))
             break
         values, status = res
         sol = Solution(lay, tables, values, rounds, status, 0.0, lines)
         n = sol.n()
-        valid = _valid(lay, sol)
-        if valid and (best is None or _objective(req, lay, values) <= _objective(req, lay, best.values) + 1e-9):
+        if _valid(lay, sol) and (best is None or objective_value(req, lay, values) <= objective_value(req, lay, best.values) + 1e-9):
             best = sol
-        if np.array_equal(n, n_prev) and valid:
-            break
-        n_prev = np.maximum(n, 1)
-    if best is None:
-        raise PlanInfeasible(_why_infeasible(req, lay, tables))
-    best.wall_s = time.perf_counter() - started
+        used = in_block & (n > 0)
+        if np.array_equal(n[used], at[used]) or (last_n is not None and np.array_equal(n, last_n)):
+            break  # the tangents touch the curves where the plan is: exact there
+        last_n = n
+        at = np.maximum(n, 1)
     return best
+
+
+def _lines(lay: Layout, in_block: np.ndarray, at: np.ndarray) -> dict[tuple[int, int], tuple[float, float]]:
+    return {(gi, k): _line(g, k, at[gi]) for gi, g in enumerate(lay.groups) if in_block[gi] for k in _classes_of(g)}
 
 
 def _classes_of(g: Group) -> list[int]:
@@ -145,7 +188,15 @@ def _layout(req: PlanRequest, tables: list[ModelTables]) -> Layout:
     z = down0 + n_g
     mass = {(mi, ci): float(p) for mi, t in enumerate(tables) for ci, p in enumerate(t.mass)}
     priority = {(mi, k): c.priority for mi, m in enumerate(req.models) for k, c in enumerate(m.classes)}
-    return Layout(groups, x_key, d_key, loads, mass, priority, n0, u0, x0, d0, up0, down0, z, z + 1)
+    x_group = np.array([k[3] for k in x_key], dtype=np.int64)
+    return Layout(
+        groups, x_key, d_key, loads, mass, priority,
+        x_group,
+        np.array([k[0] for k in x_key], dtype=np.int64),
+        np.array([groups[k[3]].service_s[k[2]] for k in x_key], dtype=float),
+        np.array([priority[(k[0], k[1])] for k in x_key], dtype=np.int64),
+        n0, u0, x0, d0, up0, down0, z, z + 1,
+    )
 
 
 def _check_servable(req: PlanRequest, tables: list[ModelTables], lay: Layout) -> None:
@@ -190,20 +241,23 @@ def _optimistic_guess(req: PlanRequest, lay: Layout) -> np.ndarray:
     return guess
 
 
-def _cost_vector(req: PlanRequest, lay: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cost_vectors(req: PlanRequest, lay: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group: price per hour, cost of starting one, of stopping one (changes count only when the
+    request gives the current pool)."""
     price = np.array([req.type(g.type).price_per_hour for g in lay.groups])
+    if not req.current:
+        return price, np.zeros(len(lay.groups)), np.zeros(len(lay.groups))
     start = np.array([
         req.start_cost if req.start_cost is not None else req.type(g.type).price_per_hour * req.type(g.type).startup_s / 3600
         for g in lay.groups
     ])
-    stop = np.full(len(lay.groups), req.stop_cost)
-    return price, start, stop
+    return price, start, np.full(len(lay.groups), req.stop_cost)
 
 
 def _objective_vector(req: PlanRequest, lay: Layout) -> np.ndarray:
     c = np.zeros(lay.size)
     n_g = len(lay.groups)
-    price, start, stop = _cost_vector(req, lay)
+    price, start, stop = cost_vectors(req, lay)
     obj = req.objective
     if obj.kind == "min_cost":
         weight = 1.0
@@ -226,14 +280,23 @@ def _objective_vector(req: PlanRequest, lay: Layout) -> np.ndarray:
     return c
 
 
-def _objective(req: PlanRequest, lay: Layout, values: np.ndarray) -> float:
+def objective_value(req: PlanRequest, lay: Layout, values: np.ndarray) -> float:
     return float(_objective_vector(req, lay) @ values)
 
 
 def _solve_once(
-    req: PlanRequest, lay: Layout, lines: dict[tuple[int, int], tuple[float, float]], time_limit: float
+    req: PlanRequest,
+    lay: Layout,
+    lines: dict[tuple[int, int], tuple[float, float]],
+    time_limit: float,
+    block: list[int] | None = None,
+    relax: bool = False,
 ) -> tuple[np.ndarray, str] | None:
+    """One MILP with the given tangents, over the models in ``block`` (default: all); ``relax``: its
+    linear relaxation."""
     n_g = len(lay.groups)
+    models = set(range(len(req.models)) if block is None else block)
+    g_in = np.array([g.model in models for g in lay.groups])
     rows: list[int] = []
     cols: list[int] = []
     vals: list[float] = []
@@ -254,76 +317,82 @@ def _solve_once(
     for j, (mi, k, ci, _gi) in enumerate(lay.x_key):
         by_demand.setdefault((mi, k, ci), []).append(j)
     for jd, (mi, k, ci) in enumerate(lay.d_key):
-        mass = lay.mass[(mi, ci)]
-        demand = mass * lay.loads[(mi, k)]
-        row([(lay.x0 + j, 1.0) for j in by_demand.get((mi, k, ci), [])] + [(lay.d0 + jd, 1.0)], demand, demand)
+        if mi in models:
+            demand = lay.mass[(mi, ci)] * lay.loads[(mi, k)]
+            row([*((lay.x0 + j, 1.0) for j in by_demand.get((mi, k, ci), [])), (lay.d0 + jd, 1.0)], demand, demand)
     # Capacity per (group, class): the load at that class's priority or above.
-    by_group: dict[int, list[int]] = {}
-    for j, (_mi, _k, _ci, gi) in enumerate(lay.x_key):
-        by_group.setdefault(gi, []).append(j)
+    order = np.argsort(lay.x_group, kind="stable")
+    bounds_at = np.searchsorted(lay.x_group[order], np.arange(n_g + 1))
     for gi, g in enumerate(lay.groups):
-        classes = req.models[g.model].classes
+        if not g_in[gi]:
+            continue
+        js = order[bounds_at[gi] : bounds_at[gi + 1]]
         for k in _classes_of(g):
             slope, intercept = lines[(gi, k)]
-            entries = [
-                (lay.x0 + j, float(g.service_s[lay.x_key[j][2]]))
-                for j in by_group.get(gi, [])
-                if classes[lay.x_key[j][1]].priority >= classes[k].priority
-            ]
-            if entries:
-                row([*entries, (lay.n0 + gi, -slope), (lay.u0 + gi, -intercept)], -np.inf, 0.0)
+            sel = js[lay.x_priority[js] >= lay.priority[(g.model, k)]]
+            if sel.size:
+                row([*zip((lay.x0 + sel).tolist(), lay.x_busy[sel].tolist(), strict=True),
+                     (lay.n0 + gi, -slope), (lay.u0 + gi, -intercept)], -np.inf, 0.0)
     # u <= n <= N u
     n_max = _n_upper(req, lay)
-    for gi in range(n_g):
+    for gi in np.flatnonzero(g_in).tolist():
         row([(lay.u0 + gi, 1.0), (lay.n0 + gi, -1.0)], -np.inf, 0.0)
         row([(lay.n0 + gi, 1.0), (lay.u0 + gi, -float(n_max[gi]))], -np.inf, 0.0)
     # Per type availability, the cluster cap and the budget.
     for t in req.types:
         if t.available is not None:
-            entries = [(lay.n0 + gi, 1.0) for gi, g in enumerate(lay.groups) if g.type == t.name]
+            entries = [(lay.n0 + gi, 1.0) for gi, g in enumerate(lay.groups) if g.type == t.name and g_in[gi]]
             if entries:
                 row(entries, -np.inf, float(t.available))
     if req.max_units is not None:
-        row([(lay.n0 + gi, req.type(g.type).units) for gi, g in enumerate(lay.groups)], -np.inf, req.max_units)
+        row([(lay.n0 + gi, req.type(g.type).units) for gi, g in enumerate(lay.groups) if g_in[gi]], -np.inf,
+            req.max_units)
     if req.budget_per_hour is not None:
-        row([(lay.n0 + gi, req.type(g.type).price_per_hour) for gi, g in enumerate(lay.groups)], -np.inf,
-            req.budget_per_hour)
+        row([(lay.n0 + gi, req.type(g.type).price_per_hour) for gi, g in enumerate(lay.groups) if g_in[gi]],
+            -np.inf, req.budget_per_hour)
     # Changes from the current pool: up >= n - cur, down >= cur - n.
-    current = _current_counts(req, lay)
-    for gi in range(n_g):
+    current = current_counts(req, lay)
+    for gi in np.flatnonzero(g_in).tolist():
         row([(lay.up0 + gi, 1.0), (lay.n0 + gi, -1.0)], -float(current[gi]), np.inf)
         row([(lay.down0 + gi, 1.0), (lay.n0 + gi, 1.0)], float(current[gi]), np.inf)
     # Fairness: z <= share served of every (model, class) with load.
-    if req.objective.kind == "utility" and req.objective.fairness > 0:
+    fair = req.objective.kind == "utility" and req.objective.fairness > 0
+    if fair:
         by_mk: dict[tuple[int, int], list[int]] = {}
         for jd, (mi, k, _ci) in enumerate(lay.d_key):
             by_mk.setdefault((mi, k), []).append(jd)
-        for (mi, k), js in by_mk.items():
-            load = lay.loads[(mi, k)]
-            if req.models[mi].classes[k].utility_weight > 0:
-                row([(lay.z, 1.0)] + [(lay.d0 + jd, 1.0 / load) for jd in js], -np.inf, 1.0)
+        for (mi, k), jds in by_mk.items():
+            if mi in models and req.models[mi].classes[k].utility_weight > 0:
+                row([(lay.z, 1.0), *((lay.d0 + jd, 1.0 / lay.loads[(mi, k)]) for jd in jds)], -np.inf, 1.0)
 
     a = sparse.csr_matrix((vals, (rows, cols)), shape=(len(lo), lay.size))
     lb = np.zeros(lay.size)
     ub = np.full(lay.size, np.inf)
-    ub[lay.n0 : lay.n0 + n_g] = n_max
-    ub[lay.u0 : lay.u0 + n_g] = 1.0
+    ub[lay.n0 : lay.n0 + n_g] = np.where(g_in, n_max, 0.0)
+    ub[lay.u0 : lay.u0 + n_g] = np.where(g_in, 1.0, 0.0)
+    ub[lay.up0 : lay.up0 + n_g] = np.where(g_in, np.inf, 0.0)
+    ub[lay.down0 : lay.down0 + n_g] = np.where(g_in, np.inf, 0.0)
+    ub[lay.x0 : lay.x0 + len(lay.x_key)] = np.where(np.isin(lay.x_model, list(models)), np.inf, 0.0)
     drops = req.objective.kind == "utility" and req.objective.allow_drops
-    for jd, (mi, _k, ci) in enumerate(lay.d_key):
-        ub[lay.d0 + jd] = lay.mass[(mi, ci)] * lay.loads[(mi, _k)] if drops else 0.0
-    ub[lay.z] = 1.0 if req.objective.kind == "utility" and req.objective.fairness > 0 else 0.0
+    for jd, (mi, k, ci) in enumerate(lay.d_key):
+        ub[lay.d0 + jd] = lay.mass[(mi, ci)] * lay.loads[(mi, k)] if drops and mi in models else 0.0
+    ub[lay.z] = 1.0 if fair else 0.0
     integrality = np.zeros(lay.size)
-    integrality[lay.n0 : lay.n0 + 2 * n_g] = 1
+    integrality[lay.n0 : lay.n0 + 2 * n_g] = 0 if relax else 1
+    # Only the block's columns go to the solver (the others are fixed at 0).
+    active = np.flatnonzero(ub > 0)
     res = milp(
-        _objective_vector(req, lay),
-        constraints=LinearConstraint(a, np.array(lo), np.array(hi)),
-        integrality=integrality,
-        bounds=Bounds(lb, ub),
-        options={"time_limit": max(time_limit, 0.05), "mip_rel_gap": 1e-4},
+        _objective_vector(req, lay)[active],
+        constraints=LinearConstraint(a[:, active], np.array(lo), np.array(hi)),
+        integrality=integrality[active],
+        bounds=Bounds(lb[active], ub[active]),
+        options={"time_limit": max(time_limit, 0.05), "mip_rel_gap": 1e-2},
     )
     if res.x is None:
         return None
-    return np.asarray(res.x), "optimal" if res.status == 0 else f"stopped ({res.message})"
+    values = np.zeros(lay.size)
+    values[active] = res.x
+    return values, "optimal" if res.status == 0 else f"stopped ({res.message})"
 
 
 def _n_upper(req: PlanRequest, lay: Layout) -> np.ndarray:
@@ -339,7 +408,7 @@ def _n_upper(req: PlanRequest, lay: Layout) -> np.ndarray:
     return out
 
 
-def _current_counts(req: PlanRequest, lay: Layout) -> np.ndarray:
+def current_counts(req: PlanRequest, lay: Layout) -> np.ndarray:
     out = np.zeros(len(lay.groups))
     for cur in req.current:
         for gi, g in enumerate(lay.groups):
@@ -352,29 +421,26 @@ def _current_counts(req: PlanRequest, lay: Layout) -> np.ndarray:
 def _valid(lay: Layout, sol: Solution) -> bool:
     """Every group's load fits its exact capacity curve at the solution's n."""
     n = sol.n()
-    x = sol.x()
-    for gi, g in enumerate(lay.groups):
-        for k in _classes_of(g):
-            curve = g.curves[k]
-            assert curve is not None
-            load = offered_at(lay, gi, k, x)
-            if load > 1e-9 and (n[gi] < 1 or load > float(curve.at(n[gi])) * (1 + 1e-6) + 1e-9):
-                return False
+    for (gi, k), load in offered_loads(lay, sol.x()).items():
+        curve = lay.groups[gi].curves[k]
+        assert curve is not None
+        if load > 1e-9 and (n[gi] < 1 or load > float(curve.at(n[gi])) * (1 + 1e-6) + 1e-9):
+            return False
     return True
 
 
-def offered_at(lay: Layout, gi: int, k: int, x: np.ndarray) -> float:
-    """Offered load (busy replicas) on group gi of the classes at class k's priority or above."""
-    g = lay.groups[gi]
-    floor = lay.priority[(g.model, k)]
-    total = 0.0
-    for j, (mi, kj, ci, gj) in enumerate(lay.x_key):
-        if gj == gi and lay.priority[(mi, kj)] >= floor:
-            total += float(x[j]) * float(g.service_s[ci])
-    return total
+def offered_loads(lay: Layout, x: np.ndarray) -> dict[tuple[int, int], float]:
+    """Per (group, class k): the offered load (busy replicas) of the classes at k's priority or above."""
+    busy = x * lay.x_busy
+    out = {}
+    for gi, g in enumerate(lay.groups):
+        mine = lay.x_group == gi
+        for k in _classes_of(g):
+            out[(gi, k)] = float(busy[mine & (lay.x_priority >= lay.priority[(g.model, k)])].sum())
+    return out
 
 
-def _why_infeasible(req: PlanRequest, lay: Layout, tables: list[ModelTables]) -> str:
+def _why_infeasible(req: PlanRequest, lay: Layout) -> str:
     """Name the limits and what the best plan within them would have to drop."""
     limits = [f"{t.name} x{t.available}" for t in req.types if t.available is not None]
     if req.max_units is not None:

@@ -78,7 +78,9 @@ class LatencyProfile:
     def quantiles_for(self, batches: np.ndarray, q: float) -> np.ndarray:
         batches = np.asarray(batches)
         self._check_many(batches)
-        at_level = np.array([np.interp(q, self.levels, row) for row in self.quantiles])
+        k = int(np.clip(np.searchsorted(self.levels, q, side="right") - 1, 0, len(self.levels) - 2))
+        f = (q - self.levels[k]) / (self.levels[k + 1] - self.levels[k])
+        at_level = self.quantiles[:, k] + f * (self.quantiles[:, k + 1] - self.quantiles[:, k])
         return np.interp(batches, self.batches, at_level)
 
     def sample(self, batch: int, rng: np.random.Generator) -> float:
