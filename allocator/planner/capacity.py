@@ -98,27 +98,44 @@ def max_load(dist: ServiceDist, target_s: float, attainment: float, ns: np.ndarr
     return max_loads([dist], np.array([target_s]), np.array([attainment]), ns)[0]
 
 
-def max_loads(dists: list[ServiceDist], targets_s: np.ndarray, attainments: np.ndarray,
-              ns: np.ndarray = N_GRID) -> np.ndarray:
-    """``max_load`` for many (distribution, target, attainment) at once: (len(dists), len(ns))."""
+def max_loads(
+    dists: list[ServiceDist],
+    targets_s: np.ndarray,
+    attainments: np.ndarray,
+    ns: np.ndarray = N_GRID,
+    behind: list[tuple[ServiceDist, np.ndarray] | None] | None = None,
+) -> np.ndarray:
+    """``max_load`` for many (distribution, target, attainment) at once: (len(dists), len(ns)).
+
+    ``behind[i]``, for a class served ahead of others (non-preemptive priority): the distribution
+    of all the work in service and, per n, the most load the group holds in all. A query of the
+    class then waits whenever every replica is busy with any work (Erlang C at that total load, a
+    floor), and its wait drains at the pace of that work; only its own class's load (and higher)
+    queues ahead of it.
+    """
     k = max(len(d.values_s) for d in dists)
     values = np.zeros((len(dists), 1, k))
     weights = np.zeros((len(dists), 1, k))
     for i, d in enumerate(dists):
         values[i, 0, : len(d.values_s)] = d.values_s
         weights[i, 0, : len(d.weights)] = d.weights
-    mean = np.array([d.mean_s for d in dists])[:, None]
-    spread = (1.0 + np.array([d.scv for d in dists]))[:, None]
+    pace = [d if b is None else b[0] for d, b in zip(dists, behind or [None] * len(dists), strict=True)]
+    mean = np.array([d.mean_s for d in pace])[:, None]
+    spread = (1.0 + np.array([d.scv for d in pace]))[:, None]
+    n = np.asarray(ns, dtype=float)[None, :]
+    floor = np.zeros((len(dists), len(ns)))
+    for i, b in enumerate(behind or []):
+        if b is not None:
+            floor[i] = erlang_c(n[0], np.minimum(b[1], n[0] * (1 - 1e-9)))
     slack = np.asarray(targets_s, float)[:, None, None] - values  # (D, 1, K)
     over = ((slack < 0) * weights).sum(axis=-1)  # (D, 1): missed even when idle
     budget = (1.0 - np.asarray(attainments, float))[:, None]
-    n = np.asarray(ns, dtype=float)[None, :]
     lo, hi = np.zeros((len(dists), len(ns))), np.broadcast_to(n, (len(dists), len(ns))).copy()
     head = np.where(slack >= 0, weights, 0.0)  # (D, 1, K)
     rest = np.maximum(slack, 0.0)
     for _ in range(_BISECTIONS):
         mid = (lo + hi) / 2
-        c = erlang_c(np.broadcast_to(n, mid.shape), mid)
+        c = np.maximum(erlang_c(np.broadcast_to(n, mid.shape), mid), floor)
         theta = 2.0 * (n - mid) / (mean * spread)
         miss = over + c * (head * np.exp(-theta[..., None] * rest)).sum(axis=-1)
         ok = miss <= budget

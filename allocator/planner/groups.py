@@ -44,7 +44,10 @@ def build_tables(req: PlanRequest) -> list[ModelTables]:
     curves = _CurveBatch()
     drafts = [_model_tables(req, i, m, curves) for i, m in enumerate(req.models)]
     curves.resolve()
-    tables = [d.finish() for d in drafts]
+    for d, m in zip(drafts, req.models, strict=True):
+        d.behind_lower_classes(m, curves)
+    curves.resolve()
+    tables = [d.finish(req.max_utilisation) for d in drafts]
     if req.objective.kind == "accuracy":
         return [ModelTables(t.sizes_top, t.mass, _undominated(t.groups, req)) for t in tables]
     return [ModelTables(t.sizes_top, t.mass, _undominated(t.groups, None)) for t in tables]
@@ -81,11 +84,25 @@ class _Draft:
     mass: np.ndarray
     groups: list[tuple[int, int, str, np.ndarray, np.ndarray, list[tuple[bytes, ...] | None]]]
 
-    def finish(self) -> ModelTables:
+    def behind_lower_classes(self, m: ModelSpec, batch: _CurveBatch) -> None:
+        """A class above the lowest one on a group: its curve with the lower classes' work in service."""
+        for _mi, _vi, _t, _service, allowed, keys in self.groups:
+            present = [k for k in range(len(m.classes)) if keys[k] is not None and allowed[k].any()]
+            if not present:
+                continue
+            lowest = min(present, key=lambda k: (m.classes[k].priority, -m.classes[k].target_ms))
+            low_key = keys[lowest]
+            assert low_key is not None
+            for k in present:
+                key = keys[k]
+                if m.classes[k].priority > m.classes[lowest].priority and key is not None:
+                    keys[k] = batch.behind(key, low_key)
+
+    def finish(self, max_utilisation: float) -> ModelTables:
         out = []
         for mi, vi, type_name, service, allowed, keys in self.groups:
             allowed = allowed.copy()
-            found = [None if key is None else _CURVES[key] for key in keys]
+            found = [None if key is None else _capped(_CURVES[key], max_utilisation) for key in keys]
             for k, hit in enumerate(found):
                 if hit is None or not hit[1].usable:
                     allowed[k] = False
@@ -96,11 +113,33 @@ class _Draft:
         return ModelTables(self.sizes_top, self.mass, tuple(out))
 
 
+def _capped(hit: tuple[ServiceDist, CapacityCurve], max_utilisation: float) -> tuple[ServiceDist, CapacityCurve]:
+    dist, curve = hit
+    if max_utilisation >= 1.0:
+        return hit
+    return dist, CapacityCurve.from_loads(np.minimum(curve.loads, max_utilisation * curve.ns))
+
+
 class _CurveBatch:
     """Capacity curves asked for, computed together (one vectorised search) and cached by content."""
 
     def __init__(self) -> None:
         self.pending: dict[tuple[bytes, ...], tuple[ServiceDist, float, float]] = {}
+        self.behind_of: dict[tuple[bytes, ...], tuple[ServiceDist, np.ndarray]] = {}
+
+    def behind(self, key: tuple[bytes, ...], low_key: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        """The curve of ``key``'s class served ahead of ``low_key``'s (both resolved)."""
+        new = (*key, b"behind", *low_key)
+        if new not in _CURVES and new not in self.pending:
+            dist, target_s, attainment = self._spec(key)
+            low_dist, low_curve = _CURVES[low_key]
+            self.pending[new] = (dist, target_s, attainment)
+            self.behind_of[new] = (low_dist, low_curve.loads)
+        return new
+
+    def _spec(self, key: tuple[bytes, ...]) -> tuple[ServiceDist, float, float]:
+        dist, _ = _CURVES[key]
+        return dist, float(np.frombuffer(key[1])[0]) / 1000.0, float(np.frombuffer(key[2])[0])
 
     def want(self, prof: LatencyProfile, sizes: np.ndarray, probs: np.ndarray, target_ms: float, attainment: float
              ) -> tuple[bytes, ...]:
@@ -121,10 +160,11 @@ class _CurveBatch:
             _CURVES.clear()
         items = list(self.pending.items())
         loads = max_loads([d for _, (d, _, _) in items], np.array([t for _, (_, t, _) in items]),
-                          np.array([a for _, (_, _, a) in items]))
+                          np.array([a for _, (_, _, a) in items]), behind=[self.behind_of.get(k) for k, _ in items])
         for (key, (dist, _, _)), row in zip(items, loads, strict=True):
             _CURVES[key] = (dist, CapacityCurve.from_loads(row))
         self.pending.clear()
+        self.behind_of.clear()
 
 
 def _model_tables(req: PlanRequest, mi: int, m: ModelSpec, curve_batch: _CurveBatch) -> _Draft:

@@ -12,7 +12,6 @@ from allocator.planner.request import PlanRequest
 from allocator.planner.solve import (
     Solution,
     cost_vectors,
-    current_counts,
     objective_value,
     offered_loads,
     solve,
@@ -97,10 +96,8 @@ def make_plan(req: PlanRequest) -> Plan:
 def describe(req: PlanRequest, sol: Solution) -> Plan:
     lay = sol.layout
     n, x, d = sol.n(), sol.x(), sol.d()
-    price, start, stop = cost_vectors(req, lay)
-    current = current_counts(req, lay)
+    price, _start, _stop = cost_vectors(req, lay)
     cost = float(price @ n)
-    change = float(start @ np.maximum(n - current, 0) + stop @ np.maximum(current - n, 0))
     allocations = []
     group_util = np.zeros(len(lay.groups))
     for gi, g in enumerate(lay.groups):
@@ -142,15 +139,12 @@ def describe(req: PlanRequest, sol: Solution) -> Plan:
         if acc is not None:
             acc_num += float(x[j]) * acc
             acc_den += float(x[j])
-    changes = tuple(
-        Change(req.models[g.model].name, req.models[g.model].variants[g.variant].name, g.type, int(current[gi]), int(n[gi]))
-        for gi, g in enumerate(lay.groups) if req.current and int(current[gi]) != int(n[gi])
-    )
+    changes = _changes(req, allocations)
     return Plan(
         objective=req.objective.kind,
         objective_value=objective_value(req, lay, sol.values),
         cost_per_hour=cost,
-        change_cost=change,
+        change_cost=sum(_change_cost(req, c) for c in changes),
         served_accuracy=acc_num / acc_den if acc_den > 0 else None,
         allocations=tuple(allocations),
         classes=tuple(classes),
@@ -159,3 +153,22 @@ def describe(req: PlanRequest, sol: Solution) -> Plan:
         solver_rounds=sol.rounds,
         solver_time_s=sol.wall_s,
     )
+
+
+def _changes(req: PlanRequest, allocations: list[Allocation]) -> tuple[Change, ...]:
+    """From the current pool to the plan, per (model, variant, type): also the current instances of a
+    variant or type the plan has no use for (they are stopped)."""
+    if not req.current:
+        return ()
+    before: dict[tuple[str, str, str], int] = {}
+    for c in req.current:
+        before[(c.model, c.variant, c.type)] = before.get((c.model, c.variant, c.type), 0) + c.count
+    after = {(a.model, a.variant, a.type): a.count for a in allocations}
+    keys = list(dict.fromkeys([*before, *after]))
+    return tuple(Change(*k, before.get(k, 0), after.get(k, 0)) for k in keys if before.get(k, 0) != after.get(k, 0))
+
+
+def _change_cost(req: PlanRequest, c: Change) -> float:
+    t = req.type(c.type)
+    start = req.start_cost if req.start_cost is not None else t.price_per_hour * t.startup_s / 3600
+    return start * max(c.after - c.before, 0) + req.stop_cost * max(c.before - c.after, 0)

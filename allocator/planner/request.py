@@ -28,6 +28,8 @@ MAX_COUNT = 100_000
 MAX_PRICE = 1e6
 MAX_QUANTILES = 32
 OBJECTIVES = ("min_cost", "accuracy", "utility")
+# Headroom no queueing formula sees: the dispatcher's reordering under heavy load, profile error.
+DEFAULT_MAX_UTILISATION = 0.9
 
 
 class PlanRequestError(ConfigError):
@@ -80,6 +82,7 @@ class ModelSpec:
     classes: tuple[ClassSpec, ...]
     load: dict[str, Load]  # class name -> load; absent: 0
     mix: BatchMix
+    has_variants: bool = True  # False: the model is its own one variant
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,7 @@ class PlanRequest:
     start_cost: float | None = None  # $ per instance started; None: its price for its start-up time
     stop_cost: float = 0.0
     time_limit_s: float = 10.0
+    max_utilisation: float = DEFAULT_MAX_UTILISATION
 
     def type(self, name: str) -> TypeSpec:
         return next(t for t in self.types if t.name == name)
@@ -128,20 +132,22 @@ def parse_plan_request(raw: Any, shipped: ProfileSet) -> PlanRequest:
 
 
 def _parse(raw: Any, shipped: ProfileSet) -> PlanRequest:
+    if not isinstance(raw, dict):
+        raise PlanRequestError(f"request: expected a JSON object, got {kind(raw)}")
     top = Fields(raw, "")
-    top.unknown({"types", "models", "objective", "budget_per_hour", "max_units", "current", "change_cost", "time_limit_s"})
+    top.unknown({"types", "models", "objective", "budget_per_hour", "max_units", "current", "change_cost", "time_limit_s",
+                 "max_utilisation"})
     types = _types(top.get("types", REQUIRED))
     type_names = tuple(t.name for t in types)
     profiles: dict[tuple[str, str], LatencyProfile] = {}
     models = _models(top.get("models", REQUIRED), type_names, shipped, profiles)
     objective = _objective(top.get("objective", {"kind": "min_cost"}))
     if objective.kind == "accuracy":
-        for m in models:
-            for v in m.variants:
+        for i, m in enumerate(models):
+            for j, v in enumerate(m.variants):
                 if v.accuracy is None:
-                    raise PlanRequestError(
-                        f"models.{m.name}.variants.{v.name}.accuracy: missing; the accuracy objective needs every variant's"
-                    )
+                    where = f"models[{i}].variants[{j}]" if m.has_variants else f"models[{i}]"
+                    raise PlanRequestError(f"{where}.accuracy: missing; the accuracy objective needs every variant's")
     change = Fields(top.get("change_cost", {}), "change_cost")
     change.unknown({"start", "stop"})
     start = change.raw.get("start")
@@ -158,6 +164,7 @@ def _parse(raw: Any, shipped: ProfileSet) -> PlanRequest:
         start_cost=None if start is None else change.float("start", positive=False, lo=0, hi=MAX_PRICE),
         stop_cost=change.float("stop", 0.0, positive=False, lo=0, hi=MAX_PRICE),
         time_limit_s=top.float("time_limit_s", 10.0, hi=600),
+        max_utilisation=top.float("max_utilisation", DEFAULT_MAX_UTILISATION, lo=0.05, hi=1.0),
     )
 
 
@@ -203,7 +210,7 @@ def _models(
         f = Fields(item, f"models[{i}]")
         f.unknown({"name", "variants", "classes", "load", "batch_mix", "accuracy", "profile", "profiles"})
         name = check_model_name(f.str("name"), f.name("name"))
-        where = f"models.{name}"
+        where = f"models[{i}]"
         if "variants" in f.raw:
             if any(k in f.raw for k in ("accuracy", "profile", "profiles")):
                 raise PlanRequestError(f"{where}: give accuracy and profiles per variant when it has variants")
@@ -217,7 +224,8 @@ def _models(
         _unique([v.name for v in variants], f"{where}.variants", "variant")
         classes = _classes(f.get("classes", REQUIRED), f"{where}.classes")
         mix = _mix(f.get("batch_mix", "production"), f"{where}.batch_mix")
-        out.append(ModelSpec(name, tuple(variants), classes, _loads(f.get("load", REQUIRED), f"{where}.load", classes), mix))
+        out.append(ModelSpec(name, tuple(variants), classes, _loads(f.get("load", REQUIRED), f"{where}.load", classes), mix,
+                             has_variants="variants" in f.raw))
     _unique([m.name for m in out], "models", "model")
     return tuple(out)
 
@@ -301,6 +309,8 @@ def _loads(raw: Any, path: str, classes: tuple[ClassSpec, ...]) -> dict[str, Loa
                     raise PlanRequestError(f"{where}.quantiles.{level}: expected a level in (0, 1) as the key")
                 pairs.append((lv, q.float(level, positive=False, lo=0, hi=MAX_RATE_QPS)))
             pairs.sort()
+            if len({p[0] for p in pairs}) != len(pairs):
+                raise PlanRequestError(f"{where}.quantiles: a level is given twice")
             if any(b[1] < a[1] for a, b in itertools.pairwise(pairs)):
                 raise PlanRequestError(f"{where}.quantiles: expected rates that do not fall as the level rises")
             out[name] = Load(tuple(p[0] for p in pairs), tuple(p[1] for p in pairs))

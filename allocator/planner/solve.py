@@ -147,7 +147,71 @@ def _solve_block(
             break  # the tangents touch the curves where the plan is: exact there
         last_n = n
         at = np.maximum(n, 1)
+    if best is not None:
+        _trim(req, lay, best, in_block)
+        if req.objective.kind == "utility":
+            best = _spread(req, lay, best, block, deadline) or best
     return best
+
+
+def _spread(req: PlanRequest, lay: Layout, sol: Solution, block: list[int], deadline: float) -> Solution | None:
+    """Under a cap, capacity left over goes, one replica at a time, to the group running closest to
+    its curve (the least headroom); the routing and drops are then solved again for that pool."""
+    in_block = np.isin(np.array([g.model for g in lay.groups], dtype=np.int64), block)
+    n = sol.n().astype(float)
+    loads = offered_loads(lay, sol.x())
+    units = np.array([req.type(g.type).units for g in lay.groups])
+    price = np.array([req.type(g.type).price_per_hour for g in lay.groups])
+    room = {t.name: (t.available - n[[gi for gi, g in enumerate(lay.groups) if g.type == t.name]].sum())
+            if t.available is not None else np.inf for t in req.types}
+    total_units = req.max_units - float(units @ n) if req.max_units is not None else np.inf
+    budget = req.budget_per_hour - float(price @ n) if req.budget_per_hour is not None else np.inf
+    if all(r == np.inf for r in room.values()) and total_units == np.inf and budget == np.inf:
+        return None  # no cap: spare replicas would only cost
+    added = False
+    while True:
+        best_gi, best_pressure = -1, 0.0
+        for gi, g in enumerate(lay.groups):
+            if not in_block[gi] or room[g.type] < 1 or units[gi] > total_units or price[gi] > budget:
+                continue
+            pressure = max((loads[(gi, k)] / max(float(g.curves[k].at(max(n[gi], 1))), 1e-9)  # type: ignore[union-attr]
+                            for k in _classes_of(g)), default=0.0)
+            demand = sum(lay.loads[(g.model, k)] for k in range(len(req.models[g.model].classes)))
+            if demand > 0 and pressure >= best_pressure and (pressure > 0 or n[gi] > 0):
+                best_gi, best_pressure = gi, pressure
+        if best_gi < 0:
+            break
+        n[best_gi] += 1
+        room[lay.groups[best_gi].type] -= 1
+        total_units -= units[best_gi]
+        budget -= price[best_gi]
+        added = True
+    if not added:
+        return None
+    lines = _lines(lay, in_block, np.maximum(n, 1))
+    res = _solve_once(req, lay, lines, max(deadline - time.perf_counter(), 0.05), block, fixed_n=n)
+    if res is None:
+        return None
+    return Solution(lay, sol.tables, res[0], sol.rounds, res[1], 0.0, lines)
+
+
+def _trim(req: PlanRequest, lay: Layout, sol: Solution, in_block: np.ndarray) -> None:
+    """Take replicas off while the routed load still fits the exact curves (the tangents are
+    conservative away from where they touch): the same plan, cheaper."""
+    loads = offered_loads(lay, sol.x())
+    current = current_counts(req, lay)
+    for gi in np.flatnonzero(in_block).tolist():
+        g = lay.groups[gi]
+        n = round(float(sol.values[lay.n0 + gi]))
+        needed = [(loads[(gi, k)], g.curves[k]) for k in _classes_of(g) if loads[(gi, k)] > 1e-9]
+        while n > max(current[gi], 1 if needed else 0) and all(
+            n - 1 >= 1 and load <= float(curve.at(n - 1)) * (1 - 1e-9) for load, curve in needed if curve is not None
+        ):
+            n -= 1
+        sol.values[lay.n0 + gi] = n
+        sol.values[lay.u0 + gi] = 1.0 if n > 0 else 0.0
+        sol.values[lay.up0 + gi] = max(n - current[gi], 0.0)
+        sol.values[lay.down0 + gi] = max(current[gi] - n, 0.0)
 
 
 def _lines(lay: Layout, in_block: np.ndarray, at: np.ndarray) -> dict[tuple[int, int], tuple[float, float]]:
@@ -291,6 +355,7 @@ def _solve_once(
     time_limit: float,
     block: list[int] | None = None,
     relax: bool = False,
+    fixed_n: np.ndarray | None = None,
 ) -> tuple[np.ndarray, str] | None:
     """One MILP with the given tangents, over the models in ``block`` (default: all); ``relax``: its
     linear relaxation."""
@@ -369,6 +434,10 @@ def _solve_once(
     lb = np.zeros(lay.size)
     ub = np.full(lay.size, np.inf)
     ub[lay.n0 : lay.n0 + n_g] = np.where(g_in, n_max, 0.0)
+    if fixed_n is not None:  # the routing and drops for a pool already chosen
+        lb[lay.n0 : lay.n0 + n_g] = np.where(g_in, fixed_n, 0.0)
+        ub[lay.n0 : lay.n0 + n_g] = lb[lay.n0 : lay.n0 + n_g]
+        lb[lay.u0 : lay.u0 + n_g] = np.where(g_in & (fixed_n > 0), 1.0, 0.0)
     ub[lay.u0 : lay.u0 + n_g] = np.where(g_in, 1.0, 0.0)
     ub[lay.up0 : lay.up0 + n_g] = np.where(g_in, np.inf, 0.0)
     ub[lay.down0 : lay.down0 + n_g] = np.where(g_in, np.inf, 0.0)

@@ -162,7 +162,7 @@ def parse_profile_file(data: Any) -> list[LatencyProfile]:
     if data.get("unit", "ms") != "ms":
         raise ProfileError(f"unit: expected \"ms\", got {data.get('unit')!r}")
     levels = _floats(data.get("quantile_levels"), "quantile_levels")
-    if len(levels) < 2 or levels[0] != 0.0 or levels[-1] != 1.0 or np.any(np.diff(levels) <= 0):
+    if levels.ndim != 1 or len(levels) < 2 or levels[0] != 0.0 or levels[-1] != 1.0 or np.any(np.diff(levels) <= 0):
         raise ProfileError("quantile_levels: expected increasing levels from 0 to 1")
     out = []
     for type_name, body in types.items():
