@@ -164,7 +164,7 @@ class CapacityCurve:
     def usable(self) -> bool:
         return bool(self.loads[-1] > 0)
 
-    def at(self, n: int | np.ndarray) -> np.ndarray:
+    def at(self, n: float | np.ndarray) -> np.ndarray:
         """C(n), interpolated between grid points, extended linearly past the last one."""
         n = np.asarray(n, dtype=float)
         slope = (self.loads[-1] - self.loads[-2]) / (self.ns[-1] - self.ns[-2])

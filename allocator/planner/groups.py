@@ -32,6 +32,16 @@ class Group:
     curves: tuple[CapacityCurve | None, ...]  # per class k: None where it sends nothing here
     dists: tuple[ServiceDist | None, ...]
 
+    def curve(self, k: int) -> CapacityCurve:
+        curve = self.curves[k]
+        if curve is None:
+            raise KeyError(f"class {k} sends nothing to {self.type}")
+        return curve
+
+    def carries(self, k: int, n: float) -> float:
+        """C(n): the offered load n replicas carry at class k's target (0 for none)."""
+        return float(self.curve(k).at(n)) if n >= 1 else 0.0
+
 
 @dataclass(frozen=True)
 class ModelTables:

@@ -26,7 +26,7 @@ from allocator.planner.groups import Group, ModelTables, build_tables
 from allocator.planner.request import Objective, PlanRequest
 from gateway.errors import KairosError
 
-MAX_ROUNDS = 1  # MILP rounds after the relaxation's guess: a second changed no plan in benchmarks.planner_speed
+MAX_ROUNDS = 1  # MILP rounds after the relaxation's guess: a second changed no plan in benchmarks.planner.speed
 WORKERS = 2  # blocks solved at once (HiGHS releases the GIL)
 _TOL = 1e-9
 
@@ -174,8 +174,7 @@ def _spread(req: PlanRequest, lay: Layout, sol: Solution, block: list[int], dead
         for gi, g in enumerate(lay.groups):
             if not in_block[gi] or room[g.type] < 1 or units[gi] > total_units or price[gi] > budget:
                 continue
-            pressure = max((loads[(gi, k)] / max(float(g.curves[k].at(max(n[gi], 1))), 1e-9)  # type: ignore[union-attr]
-                            for k in _classes_of(g)), default=0.0)
+            pressure = max((loads[(gi, k)] / max(g.carries(k, max(n[gi], 1)), 1e-9) for k in _classes_of(g)), default=0.0)
             demand = sum(lay.loads[(g.model, k)] for k in range(len(req.models[g.model].classes)))
             if demand > 0 and pressure >= best_pressure and (pressure > 0 or n[gi] > 0):
                 best_gi, best_pressure = gi, pressure
@@ -203,9 +202,9 @@ def _trim(req: PlanRequest, lay: Layout, sol: Solution, in_block: np.ndarray) ->
     for gi in np.flatnonzero(in_block).tolist():
         g = lay.groups[gi]
         n = round(float(sol.values[lay.n0 + gi]))
-        needed = [(loads[(gi, k)], g.curves[k]) for k in _classes_of(g) if loads[(gi, k)] > 1e-9]
+        needed = [(loads[(gi, k)], k) for k in _classes_of(g) if loads[(gi, k)] > 1e-9]
         while n > max(current[gi], 1 if needed else 0) and all(
-            n - 1 >= 1 and load <= float(curve.at(n - 1)) * (1 - 1e-9) for load, curve in needed if curve is not None
+            load <= g.carries(k, n - 1) * (1 - 1e-9) for load, k in needed
         ):
             n -= 1
         sol.values[lay.n0 + gi] = n
@@ -223,9 +222,7 @@ def _classes_of(g: Group) -> list[int]:
 
 
 def _line(g: Group, k: int, n0: float) -> tuple[float, float]:
-    curve = g.curves[k]
-    assert curve is not None
-    return curve.line_at(max(float(n0), 1.0))
+    return g.curve(k).line_at(max(float(n0), 1.0))
 
 
 def _layout(req: PlanRequest, tables: list[ModelTables]) -> Layout:
@@ -358,7 +355,9 @@ def _solve_once(
     fixed_n: np.ndarray | None = None,
 ) -> tuple[np.ndarray, str] | None:
     """One MILP with the given tangents, over the models in ``block`` (default: all); ``relax``: its
-    linear relaxation."""
+    linear relaxation; ``fixed_n``: the pool is given, its exact capacities replace the tangents."""
+    if fixed_n is not None:
+        lines = {(gi, k): (0.0, lay.groups[gi].carries(k, fixed_n[gi])) for gi, k in lines}
     n_g = len(lay.groups)
     models = set(range(len(req.models)) if block is None else block)
     g_in = np.array([g.model in models for g in lay.groups])
@@ -491,9 +490,7 @@ def _valid(lay: Layout, sol: Solution) -> bool:
     """Every group's load fits its exact capacity curve at the solution's n."""
     n = sol.n()
     for (gi, k), load in offered_loads(lay, sol.x()).items():
-        curve = lay.groups[gi].curves[k]
-        assert curve is not None
-        if load > 1e-9 and (n[gi] < 1 or load > float(curve.at(n[gi])) * (1 + 1e-6) + 1e-9):
+        if load > 1e-9 and load > lay.groups[gi].carries(k, n[gi]) * (1 + 1e-6) + 1e-9:
             return False
     return True
 

@@ -1,6 +1,6 @@
 """Check the planner's capacity model against the simulator, which runs the gateway's own dispatcher.
 
-    python -m benchmarks.planner_check [--requests 20] [--seed 0] [--queries 20000] [--json PATH]
+    python -m benchmarks.planner.check [--requests 20] [--seed 0] [--queries 20000] [--json PATH]
 
 Draws plan requests over the shipped models (rm2, wnd, mtwnd, dien, ncf on the paper's four types),
 the shipped variant set (digits: three variants on dev-2vcpu), one or two service classes and loads
@@ -31,7 +31,7 @@ from gateway.profiles import ProfileSet, load_catalogue, load_profiles
 from gateway.profiles.variants import load_variant_set
 from gateway.sim.engine import simulate
 from gateway.variants import kind_of
-from gateway.workload import make_workload, parse_batch_mix
+from gateway.workload import FixedMix, UniformMix, make_workload, parse_batch_mix
 from gateway.workload.arrivals import PoissonArrivals
 
 PAPER_TYPES = ("g4dn.xlarge", "c5n.2xlarge", "r5n.large", "t3.xlarge")
@@ -113,10 +113,10 @@ def simulate_plan(req: PlanRequest, plan: Plan, scale: float, queries: int, seed
 
 def _mix_name(req: PlanRequest, mi: int) -> str:
     mix = req.models[mi].mix
-    if mix.name == "uniform":
-        return f"uniform:{mix.low}-{mix.high}"  # type: ignore[attr-defined]
-    if mix.name == "fixed":
-        return f"fixed:{mix.batch}"  # type: ignore[attr-defined]
+    if isinstance(mix, UniformMix):
+        return f"uniform:{mix.low}-{mix.high}"
+    if isinstance(mix, FixedMix):
+        return f"fixed:{mix.batch}"
     return "production"
 
 
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = p.parse_args(argv)
     profiles = _profiles()
-    rows = []
+    rows: list[dict[str, Any]] = []
     print(f"{'request':<28} {'pool':<44} {'$/h':>6}  {'predicted':>9}  {'simulated':>9}  {'meets':>5}  {'unused':>6}  "
           "one too many")
     for i, case in enumerate(draw_cases(args.requests, args.seed), 1):

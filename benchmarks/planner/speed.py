@@ -1,6 +1,6 @@
 """How long the planner takes as the problem grows: models x variants x types x classes.
 
-    python -m benchmarks.planner_speed [--repeats 3]
+    python -m benchmarks.planner.speed [--repeats 3]
 
 The largest case is the issue's target: 10 models x 3 variants x 6 types x 3 classes in under
 1 s. Requests are synthetic but drawn from the shipped profiles: models cycle over the five

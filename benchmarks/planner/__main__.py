@@ -1,0 +1,158 @@
+"""The planner against the three anchors, one command for the tables and the figure.
+
+    python -m benchmarks.planner [--parts faro,cost,variants] [--stride 6] [--queries 10000] [--jobs 2]
+
+- faro: Faro's 10-job trace under a cap of 32 and of 36 CPUs (``benchmarks.planner.faro``);
+- cost: least cost at the target for the shipped models at three loads (``benchmarks.planner.min_cost``);
+- variants: accuracy against cost on the shipped variant set (``benchmarks.planner.variants``).
+Writes benchmarks/figures/planner.png and, with --json, the numbers. Progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from benchmarks.planner import faro, min_cost, variants
+
+FIGURE = Path(__file__).resolve().parents[1] / "figures" / "planner.png"
+CAPS = (32, 36)
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _faro_one(args: tuple[str, int, int, int]) -> tuple[str, int, dict[str, float]]:
+    policy, cap, stride, seed = args
+    return policy, cap, faro.summarise(faro.run_policy(policy, cap, stride, seed, progress=_progress))
+
+
+def run_faro(stride: int, seed: int, jobs: int) -> dict[tuple[str, int], dict[str, float]]:
+    work = [(p, cap, stride, seed) for cap in CAPS for p in faro.POLICIES]
+    with ProcessPoolExecutor(jobs) as pool:
+        return {(p, cap): s for p, cap, s in pool.map(_faro_one, work)}
+
+
+def faro_table(results: dict[tuple[str, int], dict[str, float]]) -> str:
+    lines = ["| policy | 32 CPUs: requests over 720 ms | 36 CPUs | 36 CPUs, job-minute mean | worst job (36) |",
+             "|---|---|---|---|---|"]
+    for p in faro.POLICIES:
+        a, b = results[(p, 32)], results[(p, 36)]
+        lines.append(f"| {p} | {a['over_target']:.2%} | {b['over_target']:.2%} | "
+                     f"{b['over_target_job_minute_mean']:.2%} | {b['worst_job']:.2%} |")
+    return "\n".join(lines)
+
+
+def cost_table(rows: list[min_cost.CostRow]) -> str:
+    def cell(x: tuple[float, dict[str, int], float] | None) -> str:
+        if x is None:
+            return "none"
+        pool = " + ".join(f"{n} {t}" for t, n in x[1].items() if n)
+        return f"{x[0]:.2f} ({pool}; {x[2]:.2%})"
+
+    lines = ["| model | load qps | planner $/h (pool; simulated within target) | cheapest single type | greedy |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.model} | {r.load:g} | {cell(r.planner)} | {cell(r.single)} | {cell(r.greedy)} |")
+    return "\n".join(lines)
+
+
+def variant_table(rows: list[variants.VariantRow]) -> str:
+    lines = ["| load qps | weight | plan | $/h | accuracy (sim.) | within target | best single at equal cost | "
+             "cheapest single at equal accuracy |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        plan = " + ".join(f"{n} {v}" for v, n in r.plan.items())
+        ec = f"{r.equal_cost[0]}: {r.equal_cost[1]:.4f}" if r.equal_cost else "none"
+        ea = f"{r.equal_accuracy[0]}: {r.equal_accuracy[1]:.3f} $/h" if r.equal_accuracy else "none"
+        lines.append(f"| {r.load:g} | {r.weight:g} | {plan} | {r.cost:.3f} | {r.accuracy:.4f} | {r.within:.2%} | {ec} | {ea} |")
+    return "\n".join(lines)
+
+
+def plot(faro_res: dict[tuple[str, int], dict[str, float]] | None, cost_rows: list[min_cost.CostRow] | None,
+         variant_rows: list[variants.VariantRow] | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    if faro_res:
+        ax = axes[0]
+        pols = list(faro.POLICIES)
+        for i, cap in enumerate(CAPS):
+            ax.bar([k + 0.4 * i for k in range(len(pols))], [100 * faro_res[(p, cap)]["over_target"] for p in pols],
+                   width=0.4, label=f"cap {cap} CPUs")
+        ax.set_xticks([k + 0.2 for k in range(len(pols))], pols, rotation=30, fontsize=8)
+        ax.set_ylabel("% of requests over 720 ms (drops included)")
+        ax.set_title("Faro's trace: 10 jobs, capped cluster")
+        ax.legend(fontsize=8)
+    if cost_rows:
+        ax = axes[1]
+        labels = [f"{r.model}@{r.load:g}" for r in cost_rows]
+        xs = range(len(cost_rows))
+        ax.bar([x - 0.2 for x in xs], [r.single[0] / r.planner[0] if r.single else 0 for r in cost_rows], width=0.4,
+               label="cheapest single type")
+        ax.bar([x + 0.2 for x in xs], [r.greedy[0] / r.planner[0] if r.greedy else 0 for r in cost_rows], width=0.4,
+               label="greedy")
+        ax.axhline(1.0, color="black", lw=1, label="planner")
+        ax.set_xticks(list(xs), labels, rotation=60, fontsize=7)
+        ax.set_ylabel("cost / planner's cost")
+        ax.set_title("least cost at the target")
+        ax.legend(fontsize=8)
+    if variant_rows:
+        ax = axes[2]
+        for load in sorted({r.load for r in variant_rows}):
+            mine = [r for r in variant_rows if r.load == load]
+            ax.scatter([r.cost for r in mine], [r.accuracy for r in mine], marker="o", s=50, label=f"planner @ {load:g} qps")
+        ax.set_xlabel("$/hour")
+        ax.set_ylabel("accuracy served (simulated)")
+        ax.set_title("digits variants: accuracy against cost")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"kairos-plan against its anchors ({datetime.date.today()})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--parts", default="faro,cost,variants")
+    p.add_argument("--stride", type=int, default=6, help="faro: simulate every Nth minute (1: all 360)")
+    p.add_argument("--queries", type=int, default=10000, help="cost, variants: simulated queries per pool")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=2, help="faro: processes")
+    p.add_argument("--json", type=Path, help="also write the numbers as JSON")
+    p.add_argument("--figure", type=Path, default=FIGURE)
+    args = p.parse_args(argv)
+    parts = set(args.parts.split(","))
+    out: dict[str, Any] = {"date": str(datetime.date.today())}
+    faro_res = cost_rows = variant_rows = None
+    if "faro" in parts:
+        faro_res = run_faro(args.stride, args.seed, args.jobs)
+        print(f"## Faro's trace (every {args.stride}th minute, seed {args.seed})\n\n{faro_table(faro_res)}\n", flush=True)
+        out["faro"] = {f"{k[0]}@{k[1]}": v for k, v in faro_res.items()}
+    if "cost" in parts:
+        cost_rows = min_cost.run(args.seed, args.queries, _progress)
+        print(f"## Least cost at the target\n\n{cost_table(cost_rows)}\n", flush=True)
+        out["cost"] = [r.__dict__ for r in cost_rows]
+    if "variants" in parts:
+        variant_rows = variants.run(args.seed, args.queries, _progress)
+        print(f"## Variants: accuracy against cost\n\n{variant_table(variant_rows)}\n", flush=True)
+        out["variants"] = [r.__dict__ for r in variant_rows]
+    plot(faro_res, cost_rows, variant_rows, args.figure)
+    print(f"wrote {args.figure}", file=sys.stderr)
+    if args.json:
+        args.json.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
