@@ -398,7 +398,7 @@ def _solve_once(
                 row([*zip((lay.x0 + sel).tolist(), lay.x_busy[sel].tolist(), strict=True),
                      (lay.n0 + gi, -slope), (lay.u0 + gi, -intercept)], -np.inf, 0.0)
     # u <= n <= N u
-    n_max = _n_upper(req, lay)
+    n_max = _n_upper(req, lay) if fixed_n is None else np.maximum(_n_upper(req, lay), fixed_n)
     for gi in np.flatnonzero(g_in).tolist():
         row([(lay.u0 + gi, 1.0), (lay.n0 + gi, -1.0)], -np.inf, 0.0)
         row([(lay.n0 + gi, 1.0), (lay.u0 + gi, -float(n_max[gi]))], -np.inf, 0.0)

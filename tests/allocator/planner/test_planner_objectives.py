@@ -179,3 +179,18 @@ def test_a_forecast_is_planned_at_the_requested_quantile() -> None:
     assert low.outcome("m", "c").load_qps == pytest.approx(50.0)
     assert high.outcome("m", "c").load_qps == pytest.approx(120.0)
     assert high.count("m", "fast") > low.count("m", "fast")
+
+
+def test_under_a_cap_the_utility_objective_uses_the_spare_replicas() -> None:
+    """Capacity left under the cap goes to the models (headroom for free); min_cost leaves it idle."""
+    models = [
+        {"name": "a", **_variant("a", {"cpu": 50.0}), "classes": [{"name": "c", "target_ms": 400}], "load": 30.0},
+        {"name": "b", **_variant("b", {"cpu": 50.0}), "classes": [{"name": "c", "target_ms": 400}], "load": 10.0},
+    ]
+    types = [{"name": "cpu", "price_per_hour": 0.1, "available": 10}]
+    spread = make_plan(_request(types, [dict(m) for m in models], {"kind": "utility"}))
+    cheap = make_plan(_request(types, [dict(m) for m in models], {"kind": "min_cost"}))
+    assert sum(a.count for a in spread.allocations) == 10
+    assert sum(a.count for a in cheap.allocations) < 10
+    assert spread.count("a", "cpu") > spread.count("b", "cpu")  # the busier model gets more of the spare
+    assert all(c.dropped == 0 for c in spread.classes)
