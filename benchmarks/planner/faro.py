@@ -4,9 +4,12 @@
 Policies: the planner's three utility objectives (total: fewest requests over target; fair: the
 worst job's share; mix: half each), and two splits of the cap: FairShare (cap // 10 replicas per
 job, as Faro's configs) and Oneshot-like proportional (the cap split by each job's load).
-Each simulated minute runs the gateway's dispatcher (policy kairos, shedding on) on the job's
-replicas, with exactly the minute's requests at exponential gaps; a request refused, shed or
-answered after 720 ms is over target. Minutes are simulated apart (no queue carries over), every
+Each simulated minute serves exactly the minute's requests (exponential gaps) on the job's
+replicas, in one of two ways: ``gateway``, the gateway's dispatcher as it runs (policy kairos,
+one queue per job, an instance takes a query when free, late queries shed at once); or
+``faro-queue``, Faro's serving as its simulator models it (first come first served, a replica
+holds up to 4 requests, a job's queue holds 50 and refuses past it, late requests served late).
+A request refused, shed or answered after 720 ms is over target. Minutes are simulated apart (no queue carries over), every
 ``stride``-th one. Service time: Faro's simulator's shifted log-normal (79.3 ms + lognormal with
 scale 68.6 ms, shape 0.422; mean 154 ms), read from its repository.
 """
@@ -114,8 +117,11 @@ class MinuteResult:
     over: np.ndarray  # (jobs,) requests over target (drops included)
 
 
+SERVING = ("gateway", "faro-queue")
+
+
 def serve_minute(jobs: Sequence[str], counts: np.ndarray, replicas: np.ndarray, minute: int, seed: int,
-                 profile_set: ProfileSet) -> np.ndarray:
+                 profile_set: ProfileSet, serving: str = "gateway") -> np.ndarray:
     over = np.zeros(len(jobs), dtype=np.int64)
     for j, (job, c, n) in enumerate(zip(jobs, counts, replicas, strict=True)):
         if c == 0:
@@ -125,14 +131,18 @@ def serve_minute(jobs: Sequence[str], counts: np.ndarray, replicas: np.ndarray, 
             continue
         rng = np.random.default_rng([seed, minute, j])
         trace = QueryTrace(np.sort(rng.uniform(0.0, 60_000.0, int(c))), np.ones(int(c), dtype=np.int64))
-        res = simulate(trace, model=job, qos_ms=SLO_MS, pool=((TYPE, int(n)),), policy="kairos", seed=seed + minute,
-                       profiles=profile_set, warmup=0.0, overload=OverloadControl.for_mode("shed", SLO_MS))
+        if serving == "gateway":
+            res = simulate(trace, model=job, qos_ms=SLO_MS, pool=((TYPE, int(n)),), policy="kairos", seed=seed + minute,
+                           profiles=profile_set, warmup=0.0, overload=OverloadControl.for_mode("shed", SLO_MS))
+        else:
+            res = simulate(trace, model=job, qos_ms=SLO_MS, pool=((TYPE, int(n)),), policy="fcfs", seed=seed + minute,
+                           profiles=profile_set, warmup=0.0, depth=4, max_pending=50)
         over[j] = int(c) - int(res.within_qos().sum())
     return over
 
 
 def run_policy(policy: str, cap: int, stride: int, seed: int, minutes: int | None = None,
-               progress: Callable[[str], None] | None = None) -> list[MinuteResult]:
+               progress: Callable[[str], None] | None = None, serving: str = "gateway") -> list[MinuteResult]:
     jobs, counts = load_trace()
     profile_set = profiles(jobs)
     split = POLICIES[policy]
@@ -141,10 +151,10 @@ def run_policy(policy: str, cap: int, stride: int, seed: int, minutes: int | Non
     for t in range(0, last, stride):
         replicas = split(jobs, counts[t] / 60.0, cap)
         assert replicas.sum() <= cap, (policy, replicas)
-        over = serve_minute(jobs, counts[t], replicas, t, seed, profile_set)
+        over = serve_minute(jobs, counts[t], replicas, t, seed, profile_set, serving)
         out.append(MinuteResult(t, replicas, counts[t].copy(), over))
         if progress and len(out) % 10 == 0:
-            progress(f"faro {policy} cap {cap}: minute {t + 1}/{last}")
+            progress(f"faro {policy} cap {cap} ({serving}): minute {t + 1}/{last}")
     return out
 
 

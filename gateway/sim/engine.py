@@ -90,6 +90,7 @@ def simulate(
     query_class: np.ndarray | None = None,
     events: Sequence[PoolEvent] = (),
     accuracy: Mapping[str, float] | None = None,
+    max_pending: int | None = None,
 ) -> SimResult:
     """Run ``trace`` through a fresh Dispatcher (policy, estimator) on ``pool``.
 
@@ -109,6 +110,8 @@ def simulate(
     removed one leaves once it holds nothing, all through the dispatcher's own add / drain /
     remove. Per-instance results list every instance the run had, in the order they joined.
 
+    ``max_pending``: the gateway's queue bound; an arrival finding it full is refused.
+
     Variants: a pool entry's type may be a kind ``VARIANT/TYPE`` (its profile is the variant's);
     ``accuracy`` (variant -> accuracy) makes the policies prefer the more accurate variant where
     a deadline allows, as live, and the result reports the accuracy served.
@@ -121,7 +124,8 @@ def simulate(
     estimator = LatencyEstimator(profiles, model, types)
     check_events(events, [name for name, _ in instances])
     dispatcher = Dispatcher(
-        pol, estimator, instances, depth=depth, pipeline=pipeline, overload=overload, model=model, accuracy=accuracy
+        pol, estimator, instances, depth=depth, pipeline=pipeline, overload=overload, model=model, accuracy=accuracy,
+        max_pending=max_pending,
     )
     control = dispatcher.overload
     sheds = control.shed_late
@@ -227,7 +231,7 @@ def simulate(
             break
         while i < n and arrivals[i] == now:
             query = Query(id=i, batch=batches[i], arrival_ms=now, deadline_ms=now + qos_of[i], priority=prio_of[i])
-            if control.admission:
+            if control.admission or max_pending is not None:
                 try:
                     for q in submit(query, now):  # displaced from a full queue by a higher class
                         refused[q.id] = True

@@ -135,3 +135,17 @@ def test_the_gateways_overload_control_on_the_virtual_clock() -> None:
     served = _run(rate=100.0, n=3000, overload=OverloadControl.for_mode("serve", 350))
     assert np.isfinite(served.end_ms).all() and served.attainment < 0.5
     assert "refused" not in _run(n=200).summary()  # no overload control: the summary is unchanged
+
+
+def test_a_bounded_queue_refuses_arrivals_that_find_it_full() -> None:
+    """A burst onto one instance: the queue holds max_pending, the instance depth more; the rest are
+    refused (never served), and everything accepted is served exactly once."""
+    pool = parse_pool("g4dn.xlarge=1")
+    trace = make_workload(ConstantArrivals(100_000.0), FixedMix(100), 40, 0)  # all within 0.4 ms
+    r = simulate(trace, model="rm2", qos_ms=350, pool=pool, policy="fcfs", seed=0, depth=2, max_pending=5, warmup=0.0)
+    accepted = ~r.refused
+    assert accepted.sum() == 2 + 5  # the two the instance holds and the five queued: no query ends within the burst
+    assert accepted[:7].all()  # first come, first in
+    assert np.isnan(r.end_ms[r.refused]).all() and np.isfinite(r.end_ms[accepted]).all()
+    unbounded = simulate(trace, model="rm2", qos_ms=350, pool=pool, policy="fcfs", seed=0, depth=2, warmup=0.0)
+    assert np.isfinite(unbounded.end_ms).all()
