@@ -295,7 +295,7 @@ def simulate(
         decisions=dispatcher.decisions,
         stopped_early=stopped,
         wall_s=time.perf_counter() - started,
-        **({"refused": refused, "shed": shed} if control.admission or sheds else {}),
+        **({"refused": refused, "shed": shed} if control.admission or sheds or max_pending is not None else {}),
         classes=tuple(classes),
         query_class=cls_idx if classes else np.zeros(0, dtype=np.int64),
         qos_per_query=np.asarray(qos_of) if classes else np.zeros(0),
