@@ -221,7 +221,3 @@ def _feasible(prof: LatencyProfile, sizes: np.ndarray, target_ms: float, attainm
     inside = sizes <= prof.max_batch
     out[inside] = prof.quantiles_for(sizes[inside], attainment) <= target_ms
     return out
-
-
-def service_quantile(prof: LatencyProfile, size: int, attainment: float) -> float:
-    return float(prof.quantiles_for(np.array([size]), attainment)[0])

@@ -169,6 +169,4 @@ def _changes(req: PlanRequest, allocations: list[Allocation]) -> tuple[Change, .
 
 
 def _change_cost(req: PlanRequest, c: Change) -> float:
-    t = req.type(c.type)
-    start = req.start_cost if req.start_cost is not None else t.price_per_hour * t.startup_s / 3600
-    return start * max(c.after - c.before, 0) + req.stop_cost * max(c.before - c.after, 0)
+    return req.start_cost_of(c.type) * max(c.after - c.before, 0) + req.stop_cost * max(c.before - c.after, 0)

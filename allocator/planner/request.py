@@ -119,6 +119,13 @@ class PlanRequest:
     def type(self, name: str) -> TypeSpec:
         return next(t for t in self.types if t.name == name)
 
+    def start_cost_of(self, type_name: str) -> float:
+        """$ to start one instance: ``change_cost.start``, or its price for its start-up time."""
+        if self.start_cost is not None:
+            return self.start_cost
+        t = self.type(type_name)
+        return t.price_per_hour * t.startup_s / 3600
+
 
 def parse_plan_request(raw: Any, shipped: ProfileSet) -> PlanRequest:
     """The request in ``raw`` (parsed JSON). Profiles named by a variant come from ``shipped`` unless

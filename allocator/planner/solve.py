@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import sparse
@@ -45,6 +45,7 @@ class Layout:
     loads: dict[tuple[int, int], float]  # (model, class) -> queries/s planned for
     mass: dict[tuple[int, int], float]  # (model, batch class) -> its share of the model's queries
     priority: dict[tuple[int, int], int]  # (model, class) -> its priority
+    group_model: np.ndarray  # (G,) model of each group
     x_group: np.ndarray  # (X,) group of each x
     x_model: np.ndarray  # (X,) model of each x
     x_busy: np.ndarray  # (X,) replicas kept busy per query/s of each x (its class's mean service, s)
@@ -58,6 +59,10 @@ class Layout:
     z: int = 0  # fairness: the worst share served
     size: int = 0
 
+    def in_block(self, block: list[int]) -> np.ndarray:
+        """(G,) bool: the groups of the models in ``block``."""
+        return np.isin(self.group_model, block)
+
 
 @dataclass
 class Solution:
@@ -67,7 +72,6 @@ class Solution:
     rounds: int
     status: str
     wall_s: float
-    lines: dict[tuple[int, int], tuple[float, float]] = field(default_factory=dict)
 
     def n(self) -> np.ndarray:
         lay = self.layout
@@ -89,7 +93,6 @@ def solve(req: PlanRequest) -> Solution:
     _check_servable(req, tables, lay)
     values = np.zeros(lay.size)
     rounds, statuses = 0, set()
-    lines: dict[tuple[int, int], tuple[float, float]] = {}
     deadline = started + req.time_limit_s
     blocks = _blocks(req, lay)
     with ThreadPoolExecutor(min(WORKERS, len(blocks))) as pool:
@@ -98,11 +101,10 @@ def solve(req: PlanRequest) -> Solution:
         if sol is None:
             raise PlanInfeasible(_why_infeasible(req, lay))
         values += sol.values
-        lines.update(sol.lines)
         rounds = max(rounds, sol.rounds)
         statuses.add(sol.status)
     status = "optimal" if statuses == {"optimal"} else "; ".join(sorted(statuses - {"optimal"}))
-    return Solution(lay, tables, values, rounds, status, time.perf_counter() - started, lines)
+    return Solution(lay, tables, values, rounds, status, time.perf_counter() - started)
 
 
 def _blocks(req: PlanRequest, lay: Layout) -> list[list[int]]:
@@ -121,7 +123,7 @@ def _solve_block(
     req: PlanRequest, lay: Layout, tables: list[ModelTables], block: list[int], deadline: float
 ) -> Solution | None:
     """Successive linearisation for the models in ``block`` (the others' variables stay 0)."""
-    in_block = np.isin(np.array([g.model for g in lay.groups], dtype=np.int64), block)
+    in_block = lay.in_block(block)
     at = _optimistic_guess(req, lay)  # where each group's tangents touch its curves
     # A first guess at n from the linear relaxation: much cheaper than a MILP round.
     relaxed = _solve_once(req, lay, _lines(lay, in_block, at), max(deadline - time.perf_counter(), 0.05), block, relax=True)
@@ -138,7 +140,7 @@ def _solve_block(
         if res is None:
             break
         values, status = res
-        sol = Solution(lay, tables, values, rounds, status, 0.0, lines)
+        sol = Solution(lay, tables, values, rounds, status, 0.0)
         n = sol.n()
         if _valid(lay, sol) and (best is None or objective_value(req, lay, values) <= objective_value(req, lay, best.values) + 1e-9):
             best = sol
@@ -157,7 +159,7 @@ def _solve_block(
 def _spread(req: PlanRequest, lay: Layout, sol: Solution, block: list[int], deadline: float) -> Solution | None:
     """Under a cap, capacity left over goes, one replica at a time, to the group running closest to
     its curve (the least headroom); the routing and drops are then solved again for that pool."""
-    in_block = np.isin(np.array([g.model for g in lay.groups], dtype=np.int64), block)
+    in_block = lay.in_block(block)
     n = sol.n().astype(float)
     loads = offered_loads(lay, sol.x())
     units = np.array([req.type(g.type).units for g in lay.groups])
@@ -191,7 +193,7 @@ def _spread(req: PlanRequest, lay: Layout, sol: Solution, block: list[int], dead
     res = _solve_once(req, lay, lines, max(deadline - time.perf_counter(), 0.05), block, fixed_n=n)
     if res is None:
         return None
-    return Solution(lay, sol.tables, res[0], sol.rounds, res[1], 0.0, lines)
+    return Solution(lay, sol.tables, res[0], sol.rounds, res[1], 0.0)
 
 
 def _trim(req: PlanRequest, lay: Layout, sol: Solution, in_block: np.ndarray) -> None:
@@ -252,6 +254,7 @@ def _layout(req: PlanRequest, tables: list[ModelTables]) -> Layout:
     x_group = np.array([k[3] for k in x_key], dtype=np.int64)
     return Layout(
         groups, x_key, d_key, loads, mass, priority,
+        np.array([g.model for g in groups], dtype=np.int64),
         x_group,
         np.array([k[0] for k in x_key], dtype=np.int64),
         np.array([groups[k[3]].service_s[k[2]] for k in x_key], dtype=float),
@@ -308,10 +311,7 @@ def cost_vectors(req: PlanRequest, lay: Layout) -> tuple[np.ndarray, np.ndarray,
     price = np.array([req.type(g.type).price_per_hour for g in lay.groups])
     if not req.current:
         return price, np.zeros(len(lay.groups)), np.zeros(len(lay.groups))
-    start = np.array([
-        req.start_cost if req.start_cost is not None else req.type(g.type).price_per_hour * req.type(g.type).startup_s / 3600
-        for g in lay.groups
-    ])
+    start = np.array([req.start_cost_of(g.type) for g in lay.groups])
     return price, start, np.full(len(lay.groups), req.stop_cost)
 
 
@@ -360,7 +360,7 @@ def _solve_once(
         lines = {(gi, k): (0.0, lay.groups[gi].carries(k, fixed_n[gi])) for gi, k in lines}
     n_g = len(lay.groups)
     models = set(range(len(req.models)) if block is None else block)
-    g_in = np.array([g.model in models for g in lay.groups])
+    g_in = lay.in_block(list(models))
     rows: list[int] = []
     cols: list[int] = []
     vals: list[float] = []

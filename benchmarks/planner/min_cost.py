@@ -8,14 +8,14 @@ the model), and every pool is then simulated at its load to check that the targe
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from allocator.planner.groups import build_tables
 from allocator.planner.plan import make_plan
-from allocator.planner.request import PlanRequest, parse_plan_request
+from allocator.planner.request import Objective, PlanRequest, parse_plan_request
 from allocator.planner.solve import _layout, _lines, _solve_once
 from gateway.profiles import ProfileSet, load_catalogue, load_profiles
 from gateway.sim.engine import simulate
@@ -53,7 +53,7 @@ def carries(req: PlanRequest, pool: dict[str, int]) -> bool:
     n = np.array([float(pool.get(g.type, 0)) for g in lay.groups])
     if not n.any():
         return False
-    strict = PlanRequest(**{**req.__dict__, "objective": type(req.objective)("utility", allow_drops=True)})
+    strict = replace(req, objective=Objective("utility", allow_drops=True))
     res = _solve_once(strict, lay, _lines(lay, np.ones(len(lay.groups), dtype=bool), np.maximum(n, 1)), 10.0, fixed_n=n)
     return res is not None and float(res[0][lay.d0 : lay.d0 + len(lay.d_key)].sum()) <= 1e-6 * sum(lay.loads.values())
 
@@ -108,8 +108,8 @@ def greedy(req: PlanRequest) -> dict[str, int] | None:
 
 def _scaled(req: PlanRequest, factor: float) -> PlanRequest:
     m = req.models[0]
-    loads = {k: type(v)(v.levels, tuple(r * factor for r in v.rates)) for k, v in m.load.items()}
-    return PlanRequest(**{**req.__dict__, "models": (type(m)(**{**m.__dict__, "load": loads}),)})
+    loads = {k: replace(v, rates=tuple(r * factor for r in v.rates)) for k, v in m.load.items()}
+    return replace(req, models=(replace(m, load=loads),))
 
 
 def simulate_pool(model: str, load: float, pool: dict[str, int], seed: int, queries: int, profiles: ProfileSet) -> float:
