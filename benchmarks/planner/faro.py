@@ -19,34 +19,24 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 from scipy import stats
 
 from allocator.planner.plan import make_plan
 from allocator.planner.request import parse_plan_request
+from benchmarks.faro_trace import load_trace
 from gateway.dispatch import OverloadControl
 from gateway.profiles import LatencyProfile, ProfileSet
 from gateway.sim.engine import simulate
 from gateway.workload import QueryTrace
 
-TRACE = Path(__file__).resolve().parents[3] / "shared" / "faro-trace" / "input.jsonl"
 SLO_MS = 720.0
 TYPE = "cpu-1"
 SHIFT_MS, SCALE_MS, SHAPE = 79.30158, 68.58079, 0.42247119
 LEVELS = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0]
 OBJECTIVES = {"total": 0.0, "mix": 0.5, "fair": 1.0}
-
-
-def load_trace(path: Path = TRACE) -> tuple[list[str], np.ndarray]:
-    """(job names, (minutes, jobs) request counts)."""
-    rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-    jobs = sorted(rows[0]["counts"], key=lambda j: int(j.rsplit("cluster", 1)[-1]))
-    counts = np.array([[r["counts"][j]["classifier"] for j in jobs] for r in sorted(rows, key=lambda r: r["ts"])])
-    return [f"job{j.rsplit('cluster', 1)[-1]}" for j in jobs], counts
 
 
 def service_quantiles() -> list[float]:

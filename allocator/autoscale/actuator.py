@@ -1,0 +1,50 @@
+"""What the control loop actuates: groups of identical instances, one per (model, variant, type).
+
+An actuator reports each group's instances by state and moves a group towards a replica count.
+It owns the mechanics (start, add to the gateway once ready, drain, stop once drained); the loop
+owns the decisions (how many, how fast, never below what the load needs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class GroupKey:
+    """One group of identical instances. ``variant`` is the model itself when it has no variants."""
+
+    model: str
+    variant: str
+    type: str
+
+    def __str__(self) -> str:
+        name = self.model if self.variant == self.model else f"{self.model}/{self.variant}"
+        return f"{name}@{self.type}"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupState:
+    """A group's instances: serving, starting (not serving yet) and draining (leaving)."""
+
+    ready: int = 0
+    starting: int = 0
+    draining: int = 0
+
+    @property
+    def committed(self) -> int:
+        """What the group will have once what is starting is ready (draining ones are leaving)."""
+        return self.ready + self.starting
+
+
+class Actuator(Protocol):
+    async def groups(self) -> dict[GroupKey, GroupState]:
+        """Every group the actuator manages, including those scaled to zero that it knows."""
+        ...
+
+    async def scale(self, key: GroupKey, replicas: int) -> None:
+        """Move ``key`` towards ``replicas`` serving instances: start what is missing (each joins
+        the serving pool once ready), drain what is over and stop it once drained. Returns once
+        the change is under way, not when it is done."""
+        ...
