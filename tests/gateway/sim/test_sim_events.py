@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gateway.errors import ConfigError
-from gateway.sim.engine import simulate
+from gateway.sim.engine import Simulation, simulate
 from gateway.sim.events import PoolEvent, check_events, parse_event, parse_events
 from gateway.sim.pool import parse_pool
 from gateway.sim.result import SimResult
@@ -99,3 +99,33 @@ def test_kairos_sim_takes_events_for_a_single_run() -> None:
         sim_cli(["--pool", "r5n.large=2", "--model", "rm2", "--find-max", "--event", "1:drain:r5n.large-0"])
     with pytest.raises(SystemExit):
         sim_cli(["--pool", "r5n.large=2", "--model", "rm2", "--rate", "5", "--event", "1:add:t9.huge"])
+
+
+def test_a_run_in_steps_with_events_scheduled_on_the_way_equals_one_run() -> None:
+    """What a control loop does: advance, look, schedule, advance. The same run as one call."""
+    trace = make_workload(parse_arrivals("poisson", 40.0), ProductionMix(), 3000, 3)
+    grow = parse_events(["5000:add:g4dn.xlarge:2000", "12000:drain:r5n.large-0"])
+    whole = simulate(trace, model="rm2", qos_ms=350.0, pool=POOL, seed=3, events=grow)
+    run = Simulation(trace, model="rm2", qos_ms=350.0, pool=POOL, seed=3, observe=True)
+    seen, refused, t = 0, 0, 0.0
+    while not run.done:
+        for e in grow:
+            if t <= e.at_ms < t + 1000.0:
+                run.schedule(e)
+        t += 1000.0
+        run.advance(t)
+        assert run.now_ms <= t and run.arrived == int(np.searchsorted(trace.arrival_ms, t, side="right"))
+        latencies, refusals, _ = run.window()
+        seen += len(latencies)
+        refused += refusals
+    stepped = run.result()
+    assert np.array_equal(whole.end_ms, stepped.end_ms, equal_nan=True)
+    assert stepped.instance_names == whole.instance_names
+    assert seen == len(trace) and refused == 0
+
+
+def test_a_scheduled_add_reuses_no_name() -> None:
+    trace = make_workload(parse_arrivals("poisson", 10.0), ProductionMix(), 100, 0)
+    run = Simulation(trace, model="rm2", qos_ms=350.0, pool=POOL)
+    with pytest.raises(ConfigError, match="already used"):
+        run.schedule(PoolEvent(0.0, "add", "r5n.large-0", "r5n.large"))
