@@ -1,0 +1,275 @@
+"""The actuator on Kubernetes: one Deployment per (model, variant, type), scaled through its
+``scale`` subresource with the official ``kubernetes`` client (the optional extra
+``kairos-gateway[kubernetes]``; imported only when an actuator is built, so that the rest of the
+project runs without it).
+
+**The labels contract.** The actuator manages the Deployments of its namespace labelled
+``app.kubernetes.io/managed-by: kairos-autoscale``; each carries its group in three labels,
+``kairos.dev/model``, ``kairos.dev/variant`` (the model's own name when it has no variants) and
+``kairos.dev/type``, on the Deployment and on its pod template (so on its pods). Each group has
+exactly one Deployment; the template is ``deploy/kubernetes/instance-deployment.yaml``.
+
+**States.** ``groups()`` reads, per Deployment: ready = ``status.readyReplicas``; starting =
+``spec.replicas`` minus ready, when positive (pods created and not ready yet, or not created
+yet); draining = the group's pods being terminated (they have a ``deletionTimestamp`` and have
+not finished), from one list of the namespace's managed pods. ``readyReplicas`` does not count
+a terminating pod, so the three never overlap.
+
+**What it asks of the API server** is ``PERMISSIONS``, nothing more: list Deployments, patch
+``deployments/scale``, list pods. ``deploy/kubernetes/autoscaler-rbac.yaml`` grants exactly that,
+and the tests check both the Role and the requests actually sent against it.
+
+**Draining.** Scaling down, the Deployment controller picks the pods to delete; each gets its
+``preStop`` hook, then SIGTERM, within ``terminationGracePeriodSeconds``. ``kairos-servers``
+answers SIGTERM by closing its listeners and giving queries in flight one second
+(``servers.pool.STOP_GRACE_S``) before it exits, and its readiness endpoint never turns false
+before that. So an instance must have stopped receiving queries before SIGTERM: the manifest's
+``preStop`` asks the gateway's admin API to remove the pod's instance (``DELETE
+/admin/instances/POD_NAME``, repeated while it answers 202, i.e. while the instance still holds
+queries; bounded at 20 s) and the grace period (30 s) covers that plus the second of stop.
+
+**How the gateway learns that pods come and go: it does not, by itself.** The gateway reads its
+instances from its config at start-up, and afterwards only through its admin API (``POST
+/admin/instances`` with the pod's address: the instance joins once a probe finds it ready;
+``DELETE /admin/instances/NAME``: drained, then gone). Nothing in this project watches pods or
+EndpointSlices to call it: a registrar that adds each ready pod of a managed Deployment under
+its pod name (the name the ``preStop`` hook removes) is out of scope here. A Service in front of
+the instances would not do: the gateway must see each instance (it places every query on one),
+and a ClusterIP Service would show it one. The gateway's pool lives in its process, so a
+restarted gateway has to be told its instances again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from allocator.autoscale.actuator import GroupKey, GroupState
+from gateway.errors import KairosError
+
+if TYPE_CHECKING:  # the client is an optional dependency: imported when an actuator is built
+    from kubernetes.client import AppsV1Api, CoreV1Api
+
+MODEL_LABEL = "kairos.dev/model"
+VARIANT_LABEL = "kairos.dev/variant"
+TYPE_LABEL = "kairos.dev/type"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "kairos-autoscale"
+GROUP_LABELS = (MODEL_LABEL, VARIANT_LABEL, TYPE_LABEL)
+
+# (API group, resource) -> verbs: every request the actuator makes, and the Role it needs.
+PERMISSIONS: Mapping[tuple[str, str], frozenset[str]] = {
+    ("apps", "deployments"): frozenset({"list"}),
+    ("apps", "deployments/scale"): frozenset({"patch"}),
+    ("", "pods"): frozenset({"list"}),
+}
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+DEFAULT_REQUEST_TIMEOUT_S = 10.0
+# A label value: at most 63 characters, alphanumerics with - _ . inside.
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+
+log = logging.getLogger("kairos.autoscale.kubernetes")
+T = TypeVar("T")
+
+
+class KubernetesActuatorError(KairosError):
+    """The actuator could not read or change a group: no Deployment for it (or several), or the
+    API server refused or could not be reached. ``status`` is the API's HTTP status, if any."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def group_selector(key: GroupKey | None = None) -> str:
+    """The label selector of the managed Deployments (pods), or of ``key``'s only."""
+    terms = [f"{MANAGED_BY_LABEL}={MANAGED_BY}"]
+    if key is not None:
+        for label, value in zip(GROUP_LABELS, (key.model, key.variant, key.type), strict=True):
+            if not _LABEL_VALUE.fullmatch(value):
+                raise KubernetesActuatorError(
+                    f"group {key}: {value!r} cannot be the value of label {label} (at most 63 "
+                    "characters, letters, digits and - _ . inside), so no Deployment can carry it"
+                )
+            terms.append(f"{label}={value}")
+    return ",".join(terms)
+
+
+def labels_for(key: GroupKey) -> dict[str, str]:
+    """The labels a group's Deployment, and its pod template, carry."""
+    return {MODEL_LABEL: key.model, VARIANT_LABEL: key.variant, TYPE_LABEL: key.type, MANAGED_BY_LABEL: MANAGED_BY}
+
+
+def _key_of(labels: Mapping[str, str] | None) -> GroupKey | None:
+    labels = labels or {}
+    model, variant, type_ = (labels.get(label) for label in GROUP_LABELS)
+    if not (model and variant and type_):
+        return None
+    return GroupKey(model, variant, type_)
+
+
+def _api_message(body: object) -> str:
+    """The ``message`` of a Kubernetes ``Status`` body, else the body itself (shortened)."""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not isinstance(body, str) or not body:
+        return ""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    text = str(doc.get("message") or body) if isinstance(doc, dict) else body
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def default_namespace() -> str:
+    """The pod's own namespace when running in a cluster, else ``default``."""
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def default_clients() -> tuple[AppsV1Api, CoreV1Api]:
+    """Clients configured as in-cluster (the pod's service account), else from the kubeconfig
+    (``KUBECONFIG`` or ``~/.kube/config``, current context). Neither changes the client's global
+    default configuration."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException as in_cluster:
+        try:
+            # KUBECONFIG read now: the client reads it once, when first imported.
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration)
+        except (config.ConfigException, OSError) as kubeconfig:
+            raise KubernetesActuatorError(
+                f"no Kubernetes configuration: not in a cluster ({in_cluster}) and no usable kubeconfig ({kubeconfig})"
+            ) from None
+    api = client.ApiClient(configuration)
+    return client.AppsV1Api(api), client.CoreV1Api(api)
+
+
+class KubernetesActuator:
+    """``Actuator`` over the managed Deployments of one namespace.
+
+    ``apps`` and ``core``: clients to use (tests pass ones pointed at a fake API server); by
+    default ``default_clients()``. ``namespace``: by default ``default_namespace()``. Every API
+    call runs in a worker thread (the client is synchronous) with ``request_timeout_s``.
+    """
+
+    def __init__(
+        self,
+        namespace: str | None = None,
+        *,
+        apps: AppsV1Api | None = None,
+        core: CoreV1Api | None = None,
+        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    ) -> None:
+        if not request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {request_timeout_s}")
+        if apps is None or core is None:
+            default_apps, default_core = default_clients()
+            apps = apps if apps is not None else default_apps
+            core = core if core is not None else default_core
+        self.apps = apps
+        self.core = core
+        self.namespace = namespace if namespace is not None else default_namespace()
+        self.request_timeout_s = request_timeout_s
+
+    async def groups(self) -> dict[GroupKey, GroupState]:
+        """Every managed Deployment's group, with its replicas by state (scaled to zero ones too)."""
+        selector = group_selector()
+        deployments, pods = await asyncio.gather(
+            self._call("list Deployments", self.apps.list_namespaced_deployment, self.namespace, label_selector=selector),
+            self._call("list pods", self.core.list_namespaced_pod, self.namespace, label_selector=selector),
+        )
+        # Typed as Any: the client's models are typed in some versions and not in others, and the
+        # API always fills ``metadata`` in a list.
+        pod_items: list[Any] = pods.items or []
+        deployment_items: list[Any] = deployments.items or []
+        draining: dict[GroupKey, int] = {}
+        for pod in pod_items:
+            key = _key_of(pod.metadata.labels)
+            phase = pod.status.phase if pod.status is not None else None
+            if key is not None and pod.metadata.deletion_timestamp is not None and phase not in _FINISHED_PHASES:
+                draining[key] = draining.get(key, 0) + 1
+        out: dict[GroupKey, GroupState] = {}
+        names: dict[GroupKey, str] = {}
+        for d in deployment_items:
+            key = _key_of(d.metadata.labels)
+            if key is None:
+                log.warning(
+                    "Deployment %s is labelled %s=%s but lacks one of %s: ignored",
+                    d.metadata.name, MANAGED_BY_LABEL, MANAGED_BY, ", ".join(GROUP_LABELS),
+                )
+                continue
+            if key in names:
+                raise KubernetesActuatorError(
+                    f"group {key} has two Deployments in namespace {self.namespace!r}: "
+                    f"{names[key]} and {d.metadata.name}; expected one"
+                )
+            names[key] = d.metadata.name
+            wanted = d.spec.replicas if d.spec is not None and d.spec.replicas is not None else 1
+            ready = (d.status.ready_replicas if d.status is not None else None) or 0
+            out[key] = GroupState(ready=ready, starting=max(wanted - ready, 0), draining=draining.get(key, 0))
+        return out
+
+    async def scale(self, key: GroupKey, replicas: int) -> None:
+        """Set the replicas of ``key``'s Deployment (its ``scale`` subresource); the Deployment
+        controller starts or stops the pods. KubernetesActuatorError if the group has no
+        Deployment, or several, or the API refuses."""
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+            raise ValueError(f"replicas must be an integer >= 0, got {replicas!r}")
+        found = await self._call(
+            f"list the Deployment of {key}",
+            self.apps.list_namespaced_deployment,
+            self.namespace,
+            label_selector=group_selector(key),
+        )
+        items: list[Any] = found.items or []
+        names: list[str] = sorted(d.metadata.name for d in items)
+        if not names:
+            raise KubernetesActuatorError(
+                f"group {key} has no Deployment in namespace {self.namespace!r} (labels "
+                f"{group_selector(key)}): create one from deploy/kubernetes/instance-deployment.yaml"
+            )
+        if len(names) > 1:
+            raise KubernetesActuatorError(
+                f"group {key} has {len(names)} Deployments in namespace {self.namespace!r} "
+                f"({', '.join(names)}); expected one"
+            )
+        await self._call(
+            f"scale Deployment {names[0]} ({key}) to {replicas}",
+            self.apps.patch_namespaced_deployment_scale,
+            names[0],
+            self.namespace,
+            {"spec": {"replicas": replicas}},
+        )
+
+    async def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` in a worker thread; the client's errors as KubernetesActuatorError."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return await asyncio.to_thread(fn, *args, _request_timeout=self.request_timeout_s, **kwargs)
+        except ApiException as exc:
+            detail = _api_message(exc.body)
+            raise KubernetesActuatorError(
+                f"{what} in namespace {self.namespace!r}: the Kubernetes API answered {exc.status} "
+                f"{exc.reason or ''}".rstrip() + (f": {detail}" if detail else ""),
+                status=exc.status,
+            ) from None
+        except (HTTPError, OSError) as exc:
+            raise KubernetesActuatorError(f"{what}: cannot reach the Kubernetes API: {exc}") from None
+
