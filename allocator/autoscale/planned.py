@@ -1,0 +1,176 @@
+"""Ours: forecast each model's load as quantiles, plan the pool with the planner, and react between
+plans when the measurements say the forecast was wrong.
+
+Every ``plan_every_s``: per model, the forecaster's quantiles for each step of the horizon (what
+is started now serves only after its start-up delay, so the horizon covers the period and the
+start-up), their maximum over the horizon per level, never below the rate measured in the last
+30 s; then one plan request for all models (the template gives the types, models, classes and the
+objective; the loop fills the loads and the current pool) and its counts as targets.
+
+Safety: capacity goes up at once; it comes down only when the plans have wanted less for
+``down_after_s`` in a row, one step at a time (``max_down``), and never below what the rate
+measured now needs at ``max_utilisation`` (the mean service time of each group).
+Between plans, each tick: a model whose queries ran over target (more than ``react_over`` of the
+last tick's arrivals) or whose queue outgrew its instances gets ``react_step`` more, if there is
+room.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from allocator.autoscale.actuator import GroupKey
+from allocator.autoscale.forecast import LEVELS, Forecaster
+from allocator.autoscale.policies import Target
+from allocator.autoscale.view import ClusterView, ModelView
+from allocator.planner.plan import Plan, make_plan
+from allocator.planner.request import parse_plan_request
+from allocator.planner.solve import PlanInfeasible
+from gateway.profiles import ProfileSet
+
+# The plan request without loads and pool: (model -> class -> load JSON, current pool JSON) -> request.
+RequestTemplate = Callable[[dict[str, Any], list[dict[str, Any]]], dict[str, Any]]
+
+
+class PlannedPolicy:
+    name = "planned"
+
+    def __init__(
+        self,
+        template: RequestTemplate,
+        forecaster: Forecaster,
+        service_s: Mapping[GroupKey, float],
+        *,
+        profiles: ProfileSet | None = None,
+        plan_every_s: float = 30.0,
+        step_s: float = 60.0,
+        horizon_s: float = 120.0,
+        down_after_s: float = 120.0,
+        max_down: int = 1,
+        max_up: int = 8,
+        max_utilisation: float = 0.9,
+        react_over: float = 0.02,
+        react_queue: float = 2.0,
+        react_step: int = 1,
+        initial: Mapping[GroupKey, int] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.template, self.forecaster, self.service_s = template, forecaster, dict(service_s)
+        self.profiles = profiles or ProfileSet()
+        self.plan_every_s, self.step_s, self.horizon_s = plan_every_s, step_s, horizon_s
+        self.down_after_s, self.max_down, self.max_up = down_after_s, max_down, max_up
+        self.max_utilisation = max_utilisation
+        self.react_over, self.react_queue, self.react_step = react_over, react_queue, react_step
+        self.start = dict(initial or {})
+        self.log = log
+        self.next_plan_s = 0.0
+        self.wanted_less_since: dict[GroupKey, float] = {}
+        self.last_plan: Plan | None = None
+        self.plan_time_s = 0.0
+        self.plans = 0
+
+    def initial(self, view: ClusterView) -> dict[GroupKey, int]:
+        return dict(self.start) if self.start else {k: 1 for m in view.models.values() for k in m.groups}
+
+    # -- planning -------------------------------------------------------------------------------
+
+    def load_of(self, m: ModelView) -> dict[str, Any]:
+        """The model's load for the plan: per level, the forecast's maximum over the horizon, never
+        below the rate measured in the last 30 s."""
+        now = m.rate(30.0)
+        history = m.per_step(self.step_s)
+        if history.size == 0:
+            rates = np.full(len(LEVELS), now)
+        else:
+            horizon = max(1, math.ceil(self.horizon_s / self.step_s))
+            rates = np.maximum(self.forecaster.forecast(history, horizon, LEVELS).max(axis=0), now)
+        rates = np.maximum.accumulate(np.maximum(rates, 0.0))
+        return {"quantiles": {f"{lv:g}": round(float(r), 6) for lv, r in zip(LEVELS, rates, strict=True)}}
+
+    def plan(self, view: ClusterView) -> Plan | None:
+        loads = {name: self.load_of(m) for name, m in view.models.items()}
+        current = [{"model": k.model, "variant": k.variant, "type": k.type, "count": s.committed}
+                   for m in view.models.values() for k, s in m.groups.items() if s.committed]
+        started = time.perf_counter()
+        try:
+            plan = make_plan(parse_plan_request(self.template(loads, current), self.profiles))
+        except PlanInfeasible as e:
+            self._say(f"{view.now_s:.0f}s plan infeasible: {e}")
+            return None
+        finally:
+            self.plan_time_s += time.perf_counter() - started
+            self.plans += 1
+        self.last_plan = plan
+        return plan
+
+    def need(self, m: ModelView, key: GroupKey) -> int:
+        """Instances the rate measured now needs at ``max_utilisation``, if all of it went to ``key``."""
+        return math.ceil(m.rate(30.0) * self.service_s[key] / self.max_utilisation - 1e-9)
+
+    # -- a tick ---------------------------------------------------------------------------------
+
+    def decide(self, view: ClusterView) -> dict[GroupKey, Target]:
+        out: dict[GroupKey, Target] = {}
+        if view.now_s + 1e-9 >= self.next_plan_s:
+            self.next_plan_s = view.now_s + self.plan_every_s
+            plan = self.plan(view)
+            if plan is not None:
+                out = self._from_plan(view, plan)
+        self._react(view, out)
+        return out
+
+    def _from_plan(self, view: ClusterView, plan: Plan) -> dict[GroupKey, Target]:
+        out = {}
+        for m in view.models.values():
+            keys = set(m.groups) | {GroupKey(a.model, a.variant, a.type) for a in plan.allocations if a.model == m.name}
+            planned_models = len(keys)
+            for key in sorted(keys):
+                state = m.groups.get(key)
+                have = state.committed if state else 0
+                want = plan.count(key.model, key.type, key.variant if key.variant != key.model else None)
+                if want > have:
+                    self.wanted_less_since.pop(key, None)
+                    want = min(want, have + self.max_up)
+                    out[key] = Target(want, f"plan: {have} -> {want} for {m.name}'s forecast")
+                elif want < have:
+                    since = self.wanted_less_since.setdefault(key, view.now_s)
+                    floor = self.need(m, key) if planned_models == 1 else 0
+                    lower = max(want, have - self.max_down, floor)
+                    if view.now_s - since >= self.down_after_s and lower < have:
+                        out[key] = Target(lower, f"plan: {have} -> {lower}, wanted fewer for {view.now_s - since:.0f}s")
+                        self.wanted_less_since[key] = view.now_s
+                else:
+                    self.wanted_less_since.pop(key, None)
+        return out
+
+    def _react(self, view: ClusterView, out: dict[GroupKey, Target]) -> None:
+        free = view.free_units
+        for m in view.models.values():
+            if not m.windows or not m.groups:
+                continue
+            w = m.windows[-1]
+            over = w.over_target / w.arrivals if w.arrivals else 0.0
+            ready = max(m.ready, 1)
+            if over <= self.react_over and w.queued <= self.react_queue * ready:
+                continue
+            key = min(m.groups, key=lambda k: self.service_s[k])  # the fastest group absorbs the surprise
+            have = m.groups[key].committed
+            base = out[key].replicas if key in out else have
+            if base > have or m.groups[key].starting:
+                continue  # already growing: what is starting will help
+            step = self.react_step if free is None else min(self.react_step, free)
+            if step <= 0:
+                continue
+            out[key] = Target(base + step, f"react: {over:.1%} over target, {w.queued} queued on {m.ready} ready")
+            self.wanted_less_since.pop(key, None)
+            if free is not None:
+                free -= step
+
+    def _say(self, line: str) -> None:
+        if self.log:
+            self.log(line)

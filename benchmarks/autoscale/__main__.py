@@ -1,0 +1,108 @@
+"""``python -m benchmarks.autoscale``: the control loop against the field's autoscalers on Faro's
+6-hour trace, in simulation (``benchmarks.autoscale.faro_setting``), per cap, policy and seed.
+
+    python -m benchmarks.autoscale --caps 36 32 --seeds 0 --serving faro-queue --json results/autoscale.json
+
+Prints the share of requests over the 720 ms target (drops included; also Faro's per-minute,
+per-job mean) per policy, and plots load, the planned policy's forecast-driven replicas and
+violations over time. Runs go to 2 worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from allocator.autoscale.simloop import LoopRun, run_loop
+from benchmarks.autoscale.faro_setting import POLICIES, SERVINGS, faro_setting, make_policy
+
+FIGURE = Path(__file__).resolve().parents[1] / "figures" / "autoscale.png"
+
+
+def one(cap: int, policy: str, seed: int, serving: str, minutes: int | None) -> tuple[int, str, int, LoopRun]:
+    def say(line: str) -> None:
+        print(f"  cap {cap} seed {seed} {line}", file=sys.stderr, flush=True)
+
+    run = run_loop(faro_setting(cap, serving, seed, minutes), make_policy(policy, cap), seed, say)
+    say(f"{policy}: {run.over_target:.2%} over target ({run.wall_s:.0f} s)")
+    return cap, policy, seed, run
+
+
+def plot(runs: dict[tuple[int, str, int], LoopRun], cap: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    some = next(r for (c, _, _), r in runs.items() if c == cap)
+    minutes = some.ticks_s / 60.0
+    k = max(1, round(60.0 / some.tick_s))
+    axes[0].plot(minutes, some.arrivals.sum(axis=1) * (60.0 / some.tick_s), lw=0.6, color="0.3")
+    axes[0].set_ylabel("requests/minute\n(all jobs)")
+    axes[0].set_title(f"Faro's trace, {cap} CPUs: load, instances held and requests over target")
+    for (c, policy, seed), r in sorted(runs.items()):
+        if c != cap or seed != min(s for (cc, p, s) in runs if cc == cap and p == policy):
+            continue
+        axes[1].plot(minutes, r.ready.sum(axis=1), lw=0.8, label=policy)
+        whole = r.arrivals.shape[0] // k * k
+        a = r.arrivals[:whole].sum(axis=1).reshape(-1, k).sum(axis=1)
+        o = r.over[:whole].sum(axis=1).reshape(-1, k).sum(axis=1)
+        axes[2].plot(np.arange(len(a)) + 1, 100.0 * o / np.maximum(a, 1), lw=0.8, label=policy)
+    axes[1].set_ylabel("instances serving")
+    axes[1].axhline(cap, color="k", ls=":", lw=0.8)
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    axes[2].set_ylabel("% over target\n(per minute)")
+    axes[2].set_yscale("symlog", linthresh=1.0)
+    axes[2].set_xlabel("minute of the trace")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.autoscale", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--caps", type=int, nargs="+", default=[36, 32], help="CPU caps (default 36 32)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="arrival seeds (default 0-4)")
+    ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    ap.add_argument("--serving", default="faro-queue", choices=sorted(SERVINGS), help="how a job's queue is served")
+    ap.add_argument("--minutes", type=int, default=None, help="only the first minutes of the trace")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--json", type=Path, help="write the numbers here")
+    ap.add_argument("--plot", type=Path, default=FIGURE, help=f"figure (default {FIGURE})")
+    args = ap.parse_args(argv)
+    jobs = [(c, p, s) for c in args.caps for p in args.policies for s in args.seeds]
+    runs: dict[tuple[int, str, int], LoopRun] = {}
+    with ProcessPoolExecutor(args.workers) as pool:
+        for cap, policy, seed, run in pool.map(one, *zip(*jobs, strict=True),
+                                               [args.serving] * len(jobs), [args.minutes] * len(jobs)):
+            runs[cap, policy, seed] = run
+    print(f"serving: {args.serving}; seeds {args.seeds}; % of requests over 720 ms (drops included), mean [min-max]")
+    print(f"{'policy':<12}" + "".join(f"{f'{c} CPUs':>26}{'Faro avg':>12}" for c in args.caps))
+    table: dict[str, dict[str, object]] = {}
+    for p in args.policies:
+        row = f"{p:<12}"
+        for c in args.caps:
+            v = np.array([runs[c, p, s].over_target for s in args.seeds]) * 100
+            f = np.array([runs[c, p, s].per_minute_mean() for s in args.seeds]) * 100
+            row += f"{v.mean():>12.2f} [{v.min():.2f}-{v.max():.2f}]{f.mean():>12.2f}"
+            table.setdefault(p, {})[str(c)] = {"over_target_pct": v.tolist(), "per_minute_mean_pct": f.tolist(),
+                                               "decisions": [len(runs[c, p, s].decisions) for s in args.seeds]}
+        print(row)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(orjson.dumps({"serving": args.serving, "seeds": args.seeds, "policies": table},
+                                           option=orjson.OPT_INDENT_2))
+    if args.plot:
+        plot(runs, args.caps[0], args.plot)
+        print(f"figure: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
