@@ -1,0 +1,3 @@
+from allocator.autoscale.cli import main
+
+main()

@@ -1,0 +1,125 @@
+"""``kairos-autoscale``: the control loop against a running gateway and its emulated pool.
+
+  kairos-autoscale --config config.json --gateway http://127.0.0.1:8000 \\
+      --gateway-admin http://127.0.0.1:8002 --servers-admin http://127.0.0.1:9300
+
+Every tick (default 10 s) it reads the gateway's /metrics, and every plan period (default 30 s) it
+forecasts each model's load as quantiles and plans the pool (objective min_cost by default); it
+starts instances through kairos-servers' admin API, adds them to the gateway, and drains and stops
+the ones it removes. Every decision is logged with its reason; --metrics-port serves them.
+Stop it with Ctrl-C (SIGINT) or SIGTERM. Exit codes: 0 stopped, 1 a runtime failure, 2 bad
+arguments or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import generate_latest
+
+from allocator.autoscale.actuator import GroupKey
+from allocator.autoscale.collector import GatewayCollector
+from allocator.autoscale.forecast import DEFAULT_FORECASTER, FORECASTERS, make_forecaster
+from allocator.autoscale.loop import ControlLoop, LoopSettings, template_from_config
+from allocator.autoscale.planned import PlannedPolicy
+from allocator.autoscale.pool_actuator import PoolActuator
+from allocator.planner.request import OBJECTIVES
+from gateway.config import Config, load_config
+from gateway.errors import KairosError
+from gateway.workload import parse_batch_mix
+
+PROG = "kairos-autoscale"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
+    p.add_argument("--config", type=Path, required=True, help="the gateway's config: models, classes, catalogue")
+    p.add_argument("--gateway", required=True, metavar="URL", help="the gateway's HTTP address (its /metrics)")
+    p.add_argument("--gateway-admin", required=True, metavar="URL", help="the gateway's admin API")
+    p.add_argument("--servers-admin", required=True, metavar="URL", help="kairos-servers' admin API")
+    p.add_argument("--tick", type=float, default=10.0, metavar="S", help="collect and react every S seconds (default 10)")
+    p.add_argument("--plan-every", type=float, default=30.0, metavar="S", help="plan every S seconds (default 30)")
+    p.add_argument("--step", type=float, default=60.0, metavar="S", help="the forecaster's step (default 60 s)")
+    p.add_argument("--horizon", type=float, default=120.0, metavar="S", help="plan for the peak this far ahead (default 120 s)")
+    p.add_argument("--forecaster", choices=FORECASTERS, default=DEFAULT_FORECASTER, help=f"default {DEFAULT_FORECASTER}")
+    p.add_argument("--objective", choices=OBJECTIVES, default="min_cost", help="what the plans optimise (default min_cost)")
+    p.add_argument("--max-change", type=int, default=4, metavar="N", help="instances per group per tick, at most (default 4)")
+    p.add_argument("--down-after", type=float, default=120.0, metavar="S",
+                   help="shrink a group only once plans have wanted less for S seconds (default 120)")
+    p.add_argument("--startup-delay", type=float, default=0.0, metavar="S", help="emulated model loading per new instance")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until stopped)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve the loop's metrics on 127.0.0.1:PORT")
+    return p
+
+
+def service_times(config: Config) -> dict[GroupKey, float]:
+    """Mean service time (s) per query of each (model, type) with a profile, at the config's batch mix."""
+    profiles = config.profile_set()
+    sizes, weights = parse_batch_mix("production").pmf()
+    out = {}
+    for m in config.models:
+        for t in profiles.types(m.name):
+            out[GroupKey(m.name, m.name, t)] = float((profiles.get(m.name, t).means_for(sizes) * weights).sum()) / 1000.0
+    return out
+
+
+async def run(args: argparse.Namespace, config: Config) -> int:
+    template = template_from_config(config, {"kind": args.objective})
+    policy = PlannedPolicy(template, make_forecaster(args.forecaster), service_times(config),
+                           profiles=config.profile_set(), plan_every_s=args.plan_every, step_s=args.step,
+                           horizon_s=args.horizon, down_after_s=args.down_after, log=logging.getLogger(PROG).info)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if args.duration:
+        loop.call_later(args.duration, stop.set)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        actuator = PoolActuator(session, args.servers_admin, args.gateway_admin, startup_delay_s=args.startup_delay)
+        control = ControlLoop(policy, GatewayCollector(session, args.gateway.rstrip("/") + "/metrics"), actuator,
+                              {m.name: m.qos_ms for m in config.models}, LoopSettings(args.tick, args.max_change))
+        runner = None
+        if args.metrics_port is not None:
+            async def metrics(_: web.Request) -> web.Response:
+                return web.Response(body=generate_latest(control.metrics.registry), content_type="text/plain")
+
+            app = web.Application()
+            app.router.add_get("/metrics", metrics)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", args.metrics_port).start()
+        try:
+            await control.run(stop)
+            await actuator.settle()
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+    print(f"{PROG}: stopped after {len(control.decisions)} decisions", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        config = load_config(args.config)
+    except KairosError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if args.tick <= 0 or args.plan_every <= 0 or args.max_change < 1:
+        print(f"{PROG}: --tick and --plan-every must be > 0 and --max-change >= 1", file=sys.stderr)
+        sys.exit(2)
+    try:
+        sys.exit(asyncio.run(run(args, config)))
+    except OSError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        sys.exit(1)

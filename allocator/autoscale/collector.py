@@ -1,0 +1,79 @@
+"""The live collector: a tick's ``Window`` per model from the gateway's Prometheus metrics.
+
+Counters are read as differences between two scrapes: requests answered (arrivals), the latency
+histogram's count and sum (completions and their mean), QoS violations plus refusals (over
+target); the pool gauges give what is queued and in service at the scrape.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from allocator.autoscale.view import Window
+
+_COUNTERS = {
+    "kairos_requests": "arrivals",
+    "kairos_request_duration_seconds_count": "completed",
+    "kairos_request_duration_seconds_sum": "latency_s",
+    "kairos_qos_violations": "violations",
+    "kairos_refusals": "refusals",
+}
+_GAUGES = {"kairos_pending_queries": "queued", "kairos_instance_in_flight": "in_service"}
+
+
+@dataclass(frozen=True)
+class Scrape:
+    counters: dict[str, dict[str, float]]  # model -> name -> total
+    gauges: dict[str, dict[str, float]]
+
+
+def parse_metrics(text: str) -> Scrape:
+    counters: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    gauges: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            model = sample.labels.get("model")
+            if model is None:
+                continue
+            name = sample.name.removesuffix("_total")
+            if name in _COUNTERS:
+                counters[model][_COUNTERS[name]] += sample.value
+            elif name in _GAUGES:
+                gauges[model][_GAUGES[name]] += sample.value
+    return Scrape({m: dict(v) for m, v in counters.items()}, {m: dict(v) for m, v in gauges.items()})
+
+
+def window_between(before: Scrape | None, after: Scrape, model: str) -> Window:
+    now = after.counters.get(model, {})
+    then = before.counters.get(model, {}) if before else {}
+
+    def delta(key: str) -> float:
+        return max(now.get(key, 0.0) - then.get(key, 0.0), 0.0)  # a restarted gateway starts again at 0
+
+    g = after.gauges.get(model, {})
+    return Window(
+        arrivals=round(delta("arrivals")),
+        completed=round(delta("completed")),
+        latency_sum_ms=delta("latency_s") * 1000.0,
+        over_target=round(delta("violations") + delta("refusals")),
+        queued=round(g.get("queued", 0.0)),
+        in_service=round(g.get("in_service", 0.0)),
+    )
+
+
+class GatewayCollector:
+    def __init__(self, session: aiohttp.ClientSession, metrics_url: str) -> None:
+        self.session, self.url = session, metrics_url
+        self.last: Scrape | None = None
+
+    async def collect(self, models: list[str]) -> dict[str, Window]:
+        async with self.session.get(self.url) as resp:
+            resp.raise_for_status()
+            scrape = parse_metrics(await resp.text())
+        out = {m: window_between(self.last, scrape, m) for m in models}
+        self.last = scrape
+        return out

@@ -1,0 +1,130 @@
+"""The live control loop: every tick, collect a window per model from the gateway, let the policy
+decide on the same ``ClusterView`` the simulated loop builds, and actuate; every decision is logged
+with its reason and counted in Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from allocator.autoscale.actuator import Actuator, GroupKey, GroupState
+from allocator.autoscale.collector import GatewayCollector
+from allocator.autoscale.planned import RequestTemplate
+from allocator.autoscale.policies import ScalingPolicy
+from allocator.autoscale.simloop import Decision
+from allocator.autoscale.view import ClusterView, ModelView
+from gateway.config import Config
+
+log = logging.getLogger("kairos.autoscale")
+
+
+@dataclass(frozen=True, slots=True)
+class LoopSettings:
+    tick_s: float = 10.0
+    max_change: int = 4  # instances per group per tick, up or down
+    cap_units: int | None = None
+
+
+class LoopMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.decisions = Counter("kairos_autoscale_decisions", "Scaling decisions, by group and direction",
+                                 ["model", "variant", "type", "direction"], registry=self.registry)
+        self.target = Gauge("kairos_autoscale_target_replicas", "The replicas each group is moving to",
+                            ["model", "variant", "type"], registry=self.registry)
+        self.errors = Counter("kairos_autoscale_errors", "Ticks that failed to collect or actuate", ["stage"],
+                              registry=self.registry)
+
+
+class ControlLoop:
+    def __init__(
+        self,
+        policy: ScalingPolicy,
+        collector: GatewayCollector,
+        actuator: Actuator,
+        targets_ms: Mapping[str, float],
+        settings: LoopSettings = LoopSettings(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy, self.collector, self.actuator = policy, collector, actuator
+        self.settings, self.clock = settings, clock
+        self.views = {m: ModelView(m, t, settings.tick_s) for m, t in targets_ms.items()}
+        self.metrics = LoopMetrics()
+        self.decisions: list[Decision] = []
+        self.started = clock()
+
+    async def step(self) -> list[Decision]:
+        now_s = self.clock() - self.started
+        try:
+            windows = await self.collector.collect(list(self.views))
+            groups = await self.actuator.groups()
+        except Exception as exc:  # an unreachable gateway: skip the tick, never act blind
+            self.metrics.errors.labels("collect").inc()
+            log.warning("tick at %.0f s skipped: %s", now_s, exc)
+            return []
+        for name, view in self.views.items():
+            view.record(windows[name])
+            view.groups = {k: s for k, s in groups.items() if k.model == name}
+        held = sum(s.ready + s.starting + s.draining for s in groups.values())
+        cluster = ClusterView(now_s, self.settings.tick_s, self.views, self.settings.cap_units, held)
+        made = []
+        for key, target in sorted(self.policy.decide(cluster).items()):
+            have = groups.get(key, GroupState()).committed
+            step = self.settings.max_change
+            want = min(max(target.replicas, have - step, 0), have + step)
+            if want == have:
+                continue
+            try:
+                await self.actuator.scale(key, want)
+            except Exception as exc:
+                self.metrics.errors.labels("actuate").inc()
+                log.warning("%s: %d -> %d failed: %s", key, have, want, exc)
+                continue
+            d = Decision(now_s, key, have, want, target.reason)
+            made.append(d)
+            self.metrics.decisions.labels(key.model, key.variant, key.type, "up" if want > have else "down").inc()
+            self.metrics.target.labels(key.model, key.variant, key.type).set(want)
+            log.info("%.0fs %s: %d -> %d (%s)", now_s, key, have, want, target.reason)
+        self.decisions.extend(made)
+        return made
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick until ``stop`` is set; a tick's work does not shift the next tick."""
+        tick = self.settings.tick_s
+        next_at = self.clock() + tick
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(next_at - self.clock(), 0.0))
+            if stop.is_set():
+                break
+            next_at += tick
+            await self.step()
+
+
+def template_from_config(config: Config, objective: Mapping[str, Any],
+                         available: Mapping[str, int] | None = None) -> RequestTemplate:
+    """The planned policy's request template: the config's models (each one class) and catalogue."""
+    from allocator.planner.from_config import request_from_config
+
+    base = request_from_config(config, {(m.name, m.default_class): 0.0 for m in config.models},
+                               objective=objective, available=available)
+    classes = {m.name: m.default_class for m in config.models}
+
+    def template(loads: dict[str, Any], current: list[dict[str, Any]]) -> dict[str, Any]:
+        req = dict(base)
+        req["models"] = [{**m, "load": {classes[m["name"]]: loads[m["name"]]}} for m in base["models"]]
+        req["current"] = current
+        return req
+
+    return template
+
+
+def group_keys(groups: Mapping[GroupKey, GroupState], model: str) -> list[GroupKey]:
+    return sorted(k for k in groups if k.model == model)

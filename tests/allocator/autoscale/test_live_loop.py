@@ -1,0 +1,174 @@
+"""The control loop against real processes: kairos-servers and kairos-gateway on loopback, the
+embedded pool actuator starting and stopping instances through both admin APIs while queries
+flow (each answered, none lost), the collector reading the gateway's metrics, the loop growing
+the pool under load and shrinking it after, and the command's exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from helpers.inputs import json_body
+from helpers.pool import RunningPool, start_pool
+
+from allocator.autoscale.actuator import GroupKey
+from allocator.autoscale.collector import GatewayCollector, parse_metrics, window_between
+from allocator.autoscale.forecast import make_forecaster
+from allocator.autoscale.loop import ControlLoop, LoopSettings, template_from_config
+from allocator.autoscale.planned import PlannedPolicy
+from allocator.autoscale.pool_actuator import PoolActuator, PoolActuatorError
+from benchmarks.processes import GatewayProcess, start_gateway
+from gateway.config import load_config
+
+pytestmark = pytest.mark.slow
+MODEL, TYPE = "rm2", "r5n.large"
+KEY = GroupKey(MODEL, MODEL, TYPE)
+
+
+def gateway_config(directory: Path, pool: RunningPool) -> Path:
+    inst = pool.instances[0]
+    doc = {
+        "model": MODEL,
+        "qos_ms": 5000,
+        "instances": [{"name": inst.name, "type": inst.type, "http": inst.http, "grpc": inst.grpc}],
+        "gateway": {"http_port": 0, "grpc_port": 0, "admin_port": 0, "probe_interval_s": 0.2, "late_queries": "serve"},
+    }
+    path = directory / "config.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.fixture()
+def stack(tmp_path: Path) -> Iterator[tuple[RunningPool, GatewayProcess, str, str]]:
+    with start_pool(tmp_path / "pool", pool={TYPE: 1}, model=MODEL, admin_port=0) as pool:
+        servers_admin = pool.ready_line.rsplit("; admin ", 1)[1].strip()
+        gw = start_gateway(gateway_config(tmp_path, pool), [], tmp_path)
+        try:
+            gateway_admin = "http://" + gw.ready_line.rsplit(" admin=", 1)[1].split()[0]
+            yield pool, gw, servers_admin, gateway_admin
+        finally:
+            assert gw.stop(signal.SIGTERM) == 0
+
+
+async def load(s: aiohttp.ClientSession, gw: GatewayProcess, stop: asyncio.Event, rate: float,
+               codes: Counter[int], ids: Counter[str]) -> None:
+    """Open-loop queries at ``rate`` per second until ``stop``; every answer's code and id counted."""
+    async def one(i: int) -> None:
+        async with s.post(f"{gw.url}/v2/models/{MODEL}/infer", data=json_body(MODEL, 4, id=f"q{i}")) as resp:
+            codes[resp.status] += 1
+            if resp.status == 200:
+                ids[(await resp.json())["id"]] += 1
+
+    tasks, i = [], 0
+    while not stop.is_set():
+        tasks.append(asyncio.create_task(one(i)))
+        i += 1
+        await asyncio.sleep(1.0 / rate)
+    await asyncio.gather(*tasks)
+
+
+async def wait_for(actuator: PoolActuator, ready: int, timeout_s: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while (await actuator.groups()).get(KEY) is None or (await actuator.groups())[KEY].ready != ready:
+        assert loop.time() < deadline, await actuator.groups()
+        await asyncio.sleep(0.1)
+
+
+async def test_the_actuator_starts_and_stops_instances_while_every_query_is_answered_once(stack: Any) -> None:
+    pool, gw, servers_admin, gateway_admin = stack
+    async with aiohttp.ClientSession() as s:
+        actuator = PoolActuator(s, servers_admin, gateway_admin, startup_delay_s=0.5, drain_poll_s=0.05)
+        assert (await actuator.groups())[KEY].ready == 1
+        stop, codes, ids = asyncio.Event(), Counter[int](), Counter[str]()
+        traffic = asyncio.create_task(load(s, gw, stop, 40.0, codes, ids))
+        await actuator.scale(KEY, 3)
+        state = (await actuator.groups())[KEY]
+        assert state.committed == 3 and state.starting == 2  # loading: not serving yet
+        await wait_for(actuator, 3)
+        await asyncio.sleep(0.5)
+        await actuator.scale(KEY, 1)
+        assert (await actuator.groups())[KEY].draining == 2
+        await actuator.settle()
+        await wait_for(actuator, 1)
+        stop.set()
+        await traffic
+        async with s.get(f"{servers_admin}/admin/instances") as resp:
+            left = [i["name"] for i in (await resp.json())["instances"]]
+        assert left == [pool.instances[0].name]  # the run-time ones went first and were stopped
+        assert set(codes) == {200} and sum(codes.values()) > 20
+        assert all(n == 1 for n in ids.values()) and len(ids) == codes[200]
+
+
+async def test_an_unreachable_admin_api_is_a_clear_error() -> None:
+    async with aiohttp.ClientSession() as s:
+        actuator = PoolActuator(s, "http://127.0.0.1:9", "http://127.0.0.1:9")
+        with pytest.raises(PoolActuatorError, match=r"127\.0\.0\.1:9"):
+            await actuator.groups()
+
+
+def test_the_collector_reads_windows_as_differences_between_scrapes() -> None:
+    def text(requests: float, count: float, total_s: float, late: float, pending: float) -> str:
+        return "\n".join([
+            "# TYPE kairos_requests counter", f'kairos_requests_total{{model="m",code="200",protocol="http"}} {requests}',
+            "# TYPE kairos_request_duration_seconds histogram",
+            f'kairos_request_duration_seconds_bucket{{model="m",class="default",protocol="http",le="+Inf"}} {count}',
+            f'kairos_request_duration_seconds_count{{model="m",class="default",protocol="http"}} {count}',
+            f'kairos_request_duration_seconds_sum{{model="m",class="default",protocol="http"}} {total_s}',
+            "# TYPE kairos_qos_violations counter", f'kairos_qos_violations_total{{model="m",class="default"}} {late}',
+            "# TYPE kairos_pending_queries gauge", f'kairos_pending_queries{{model="m"}} {pending}', ""])
+
+    a, b = parse_metrics(text(100, 90, 9.0, 2, 0)), parse_metrics(text(160, 150, 21.0, 5, 7))
+    w = window_between(a, b, "m")
+    assert (w.arrivals, w.completed, w.over_target, w.queued) == (60, 60, 3, 7)
+    assert w.latency_sum_ms == pytest.approx(12_000.0)
+    assert window_between(b, a, "m").arrivals == 0  # a restarted gateway: counters start again
+    assert window_between(None, a, "other").arrivals == 0
+
+
+async def test_the_loop_grows_the_pool_under_load_and_shrinks_it_after(stack: Any, tmp_path: Path) -> None:
+    _, gw, servers_admin, gateway_admin = stack
+    config = load_config(tmp_path / "config.json")
+    policy = PlannedPolicy(template_from_config(config, {"kind": "min_cost"}), make_forecaster("last"),
+                           {KEY: 0.1}, profiles=config.profile_set(), plan_every_s=1.0, step_s=1.0, horizon_s=1.0,
+                           down_after_s=2.0, max_down=4)
+    async with aiohttp.ClientSession() as s:
+        actuator = PoolActuator(s, servers_admin, gateway_admin, drain_poll_s=0.05)
+        control = ControlLoop(policy, GatewayCollector(s, f"{gw.url}/metrics"), actuator, {MODEL: 5000.0},
+                              LoopSettings(tick_s=0.5, max_change=4))
+        stop_loop, stop_load = asyncio.Event(), asyncio.Event()
+        codes, ids = Counter[int](), Counter[str]()
+        running = asyncio.create_task(control.run(stop_loop))
+        traffic = asyncio.create_task(load(s, gw, stop_load, 60.0, codes, ids))  # about 3 r5n.large of work
+        await asyncio.sleep(6.0)
+        grown = (await actuator.groups())[KEY].committed
+        stop_load.set()
+        await traffic
+        await asyncio.sleep(6.0)
+        stop_loop.set()
+        await running
+        await actuator.settle()
+        final = (await actuator.groups())[KEY]
+    ups = [d for d in control.decisions if d.after > d.before]
+    downs = [d for d in control.decisions if d.after < d.before]
+    assert grown >= 2 and ups and ups[0].reason
+    assert downs and final.committed < grown
+    assert set(codes) == {200} and all(n == 1 for n in ids.values())
+
+
+def test_the_command_names_a_bad_config_and_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    out = subprocess.run([sys.executable, "-m", "allocator.autoscale", "--config", str(bad), "--gateway", "http://x",
+                          "--gateway-admin", "http://x", "--servers-admin", "http://x"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "kairos-autoscale:" in out.stderr
