@@ -25,16 +25,14 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import generate_latest
 
-from allocator.autoscale.actuator import GroupKey
 from allocator.autoscale.collector import GatewayCollector
 from allocator.autoscale.forecast import DEFAULT_FORECASTER, FORECASTERS, make_forecaster
-from allocator.autoscale.loop import ControlLoop, LoopSettings, template_from_config
+from allocator.autoscale.loop import ControlLoop, LoopSettings, service_times, template_from_config
 from allocator.autoscale.planned import PlannedPolicy
 from allocator.autoscale.pool_actuator import PoolActuator
 from allocator.planner.request import OBJECTIVES
 from gateway.config import Config, load_config
 from gateway.errors import KairosError
-from gateway.workload import parse_batch_mix
 
 PROG = "kairos-autoscale"
 
@@ -59,17 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until stopped)")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve the loop's metrics on 127.0.0.1:PORT")
     return p
-
-
-def service_times(config: Config) -> dict[GroupKey, float]:
-    """Mean service time (s) per query of each (model, type) with a profile, at the config's batch mix."""
-    profiles = config.profile_set()
-    sizes, weights = parse_batch_mix("production").pmf()
-    out = {}
-    for m in config.models:
-        for t in profiles.types(m.name):
-            out[GroupKey(m.name, m.name, t)] = float((profiles.get(m.name, t).means_for(sizes) * weights).sum()) / 1000.0
-    return out
 
 
 async def run(args: argparse.Namespace, config: Config) -> int:

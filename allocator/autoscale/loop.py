@@ -21,6 +21,7 @@ from allocator.autoscale.policies import ScalingPolicy
 from allocator.autoscale.simloop import Decision
 from allocator.autoscale.view import ClusterView, ModelView
 from gateway.config import Config
+from gateway.workload import parse_batch_mix
 
 log = logging.getLogger("kairos.autoscale")
 
@@ -126,5 +127,13 @@ def template_from_config(config: Config, objective: Mapping[str, Any],
     return template
 
 
-def group_keys(groups: Mapping[GroupKey, GroupState], model: str) -> list[GroupKey]:
-    return sorted(k for k in groups if k.model == model)
+def service_times(config: Config) -> dict[GroupKey, float]:
+    """Mean service time (s) per query of each (model, type) with a profile, at the config's batch mix."""
+    profiles = config.profile_set()
+    sizes, weights = parse_batch_mix("production").pmf()
+    out = {}
+    for m in config.models:
+        for t in profiles.types(m.name):
+            out[GroupKey(m.name, m.name, t)] = float((profiles.get(m.name, t).means_for(sizes) * weights).sum()) / 1000.0
+    return out
+

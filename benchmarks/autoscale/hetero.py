@@ -1,0 +1,148 @@
+"""``python -m benchmarks.autoscale.hetero``: the loop on a heterogeneous pool, where it exists to be.
+
+Faro's trace shape, two jobs scaled to rm2 (350 ms target, peak ``--rm2-peak`` q/s) and dien (35 ms,
+peak ``--dien-peak`` q/s) with the production batch mix, served by the gateway's dispatcher on
+g4dn.xlarge (GPU) and r5n.large (CPU) instances at their prices, no cap. Start-up: 60 s for a GPU
+instance, 35 s for a CPU one. Policies: a static pool planned for each model's peak (min cost),
+Ray Serve's default autoscaler on one CPU deployment per model (served Ray's way: each replica
+queues up to 5 requests, first come first served, nothing shed), and ours (forecast, min-cost plans
+over both types). Reports the cost and the share of queries over target.
+
+    python -m benchmarks.autoscale.hetero --seeds 0 --json results/autoscale-hetero.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from allocator.autoscale.actuator import GroupKey
+from allocator.autoscale.forecast import DEFAULT_FORECASTER, make_forecaster
+from allocator.autoscale.loop import service_times, template_from_config
+from allocator.autoscale.planned import PlannedPolicy
+from allocator.autoscale.policies import ScalingPolicy, StaticPolicy, ray_serve
+from allocator.autoscale.simloop import GATEWAY, LoopRun, Serving, SimModel, SimSetting, run_loop
+from allocator.planner.plan import make_plan
+from allocator.planner.request import parse_plan_request
+from benchmarks.faro_trace import MINUTE_MS, load_trace
+from gateway.config import Config, parse_config
+from gateway.sim.engine import default_profiles
+from gateway.workload import ProductionMix, QueryTrace
+
+GPU, CPU = "g4dn.xlarge", "r5n.large"
+TYPES = (GPU, CPU)
+STARTUP_S = {GPU: 60.0, CPU: 35.0}
+JOBS = {"rm2": "job7", "dien": "job2"}  # two jobs with wide swings
+POLICIES = ("static-peak", "ray-serve", "planned")
+
+
+def config() -> Config:
+    return parse_config({
+        "models": [{"name": "rm2", "qos_ms": 350, "pool": [{"type": CPU, "count": 1}]},
+                   {"name": "dien", "qos_ms": 35, "pool": [{"type": CPU, "count": 1}]}],
+    })
+
+
+def rates_per_minute(peaks: dict[str, float], minutes: int | None) -> dict[str, np.ndarray]:
+    jobs, counts = load_trace()
+    out = {}
+    for model, job in JOBS.items():
+        c = counts[:, jobs.index(job)].astype(float)
+        out[model] = (c / c.max() * peaks[model] * 60.0)[:minutes]  # requests per minute
+    return out
+
+
+def trace(per_minute: np.ndarray, seed: int, k: int) -> QueryTrace:
+    rng = np.random.default_rng([seed, 11, k])
+    counts = rng.poisson(per_minute)
+    parts = [m * MINUTE_MS + np.sort(rng.uniform(0.0, MINUTE_MS, int(c))) for m, c in enumerate(counts)]
+    arrival = np.concatenate(parts)
+    return QueryTrace(arrival, ProductionMix().sample(len(arrival), rng))
+
+
+RAY_SERVING = Serving(policy="fcfs", depth=5, max_pending=None, shed_late=False)  # max_ongoing_requests 5
+
+
+def setting(peaks: dict[str, float], seed: int, minutes: int | None, types: dict[str, tuple[str, ...]],
+            serving: Serving = GATEWAY) -> SimSetting:
+    cfg = config()
+    per_minute = rates_per_minute(peaks, minutes)
+    models = tuple(SimModel(m.name, trace(per_minute[m.name], seed, k), m.qos_ms, types[m.name])
+                   for k, m in enumerate(cfg.models))
+    prices = {t: cfg.catalogue.type(t).price_per_hour for t in TYPES} if cfg.catalogue else {}
+    return SimSetting(models, default_profiles(), serving, None, STARTUP_S, 0.0, prices)
+
+
+def peak_plan(peaks: dict[str, float]) -> dict[GroupKey, int]:
+    cfg = config()
+    req = template_from_config(cfg, {"kind": "min_cost"})(dict(peaks), [])
+    plan = make_plan(parse_plan_request(req, cfg.profile_set()))
+    return {GroupKey(a.model, a.variant, a.type): a.count for a in plan.allocations if a.count}
+
+
+def make_policy(name: str, peaks: dict[str, float]) -> tuple[ScalingPolicy, dict[str, tuple[str, ...]]]:
+    if name == "static-peak":
+        return StaticPolicy(peak_plan(peaks), "static-peak"), dict.fromkeys(JOBS, TYPES)
+    if name == "ray-serve":
+        return ray_serve(), dict.fromkeys(JOBS, (CPU,))
+    cfg = config()
+    policy = PlannedPolicy(template_from_config(cfg, {"kind": "min_cost"}), make_forecaster(DEFAULT_FORECASTER),
+                           service_times(cfg), profiles=cfg.profile_set(),
+                           initial={GroupKey(m, m, CPU): 1 for m in JOBS})
+    return policy, dict.fromkeys(JOBS, TYPES)
+
+
+def one(policy: str, seed: int, peaks: dict[str, float], minutes: int | None) -> tuple[str, int, LoopRun]:
+    def say(line: str) -> None:
+        print(f"  seed {seed} {line}", file=sys.stderr, flush=True)
+
+    pol, types = make_policy(policy, peaks)
+    serving = RAY_SERVING if policy == "ray-serve" else GATEWAY
+    run = run_loop(setting(peaks, seed, minutes, types, serving), pol, seed, say)
+    say(f"{policy}: ${run.cost:.2f}, {run.over_target:.2%} over target ({run.wall_s:.0f} s)")
+    return policy, seed, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.autoscale.hetero", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    ap.add_argument("--rm2-peak", type=float, default=40.0, help="rm2's peak rate, q/s (default 40)")
+    ap.add_argument("--dien-peak", type=float, default=100.0, help="dien's peak rate, q/s (default 100)")
+    ap.add_argument("--minutes", type=int, default=None, help="only the first minutes of the trace")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    peaks = {"rm2": args.rm2_peak, "dien": args.dien_peak}
+    jobs = [(p, s) for p in args.policies for s in args.seeds]
+    runs: dict[tuple[str, int], LoopRun] = {}
+    with ProcessPoolExecutor(args.workers) as pool:
+        for policy, seed, run in pool.map(one, *zip(*jobs, strict=True), [peaks] * len(jobs), [args.minutes] * len(jobs)):
+            runs[policy, seed] = run
+    base = np.mean([runs["static-peak", s].cost for s in args.seeds]) if "static-peak" in args.policies else None
+    print(f"peaks: rm2 {peaks['rm2']:g} q/s, dien {peaks['dien']:g} q/s; seeds {args.seeds}")
+    print(f"{'policy':<12}{'cost $':>10}{'x static':>10}{'% over':>9}{'rm2':>8}{'dien':>8}{'decisions':>11}")
+    out: dict[str, Any] = {}
+    for p in args.policies:
+        rs = [runs[p, s] for s in args.seeds]
+        cost = float(np.mean([r.cost for r in rs]))
+        per = {m: float(np.mean([r.per_model()[m] for r in rs])) * 100 for m in JOBS}
+        over = float(np.mean([r.over_target for r in rs])) * 100
+        ratio = f"{cost / base:.2f}" if base else "-"
+        print(f"{p:<12}{cost:>10.2f}{ratio:>10}{over:>9.2f}{per['rm2']:>8.2f}{per['dien']:>8.2f}"
+              f"{np.mean([len(r.decisions) for r in rs]):>11.0f}")
+        out[p] = {"cost": [r.cost for r in rs], "over_target_pct": [r.over_target * 100 for r in rs], "per_model_pct": per}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_bytes(orjson.dumps({"peaks": peaks, "seeds": args.seeds, "policies": out}, option=orjson.OPT_INDENT_2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
