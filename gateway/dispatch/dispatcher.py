@@ -381,7 +381,8 @@ class Dispatcher:
         if query.variant is not None:
             self.pinned -= 1
         if query.cost_ms:
-            self._backlog[query.priority][query.able] -= query.cost_ms
+            # ``able`` was sized when it was queued: types added since are appended after it
+            self._backlog[query.priority][: len(query.able)][query.able] -= query.cost_ms
             query.cost_ms = 0.0
             if not self.pending:
                 for backlog in self._backlog.values():

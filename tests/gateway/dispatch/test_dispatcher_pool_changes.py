@@ -157,3 +157,24 @@ def test_churn_keeps_every_column_consistent() -> None:
         columns_agree(d)
     assert len(dispatched) == len(set(dispatched))
     assert len(dispatched) + len(d.pending) == qid
+
+
+def test_queries_queued_before_a_new_type_joins_are_dispatched_to_it() -> None:
+    """Under admission control a queued query remembers which types could serve it; a type added
+    later (an autoscaler starting a GPU) widens the pool without breaking that bookkeeping."""
+    from gateway.dispatch import OverloadControl
+
+    est = LatencyEstimator(load_profiles(), "rm2", ["r5n.large"])
+    d = Dispatcher(make_policy("kairos"), est, [("cpu", "r5n.large")], overload=OverloadControl(admission=True))
+    for i in range(4):
+        d.submit(q(i), 0.0)
+    first = d.decide(0.0)
+    assert len(first) == 1
+    gpu = d.add("gpu", "g4dn.xlarge", profile=load_profiles().get("rm2", "g4dn.xlarge"))
+    placed = d.decide(1.0)
+    assert [p.instance for p in placed] == [gpu]
+    d.complete(first[0].query, first[0].instance, 100.0, 100.0)
+    d.complete(placed[0].query, gpu, 50.0, 51.0)
+    rest = d.decide(101.0)
+    assert {p.query.id for p in first + placed + rest} <= {0, 1, 2, 3} and len(rest) >= 1
+    assert all(b.min() >= -1e-6 for b in d._backlog.values())
