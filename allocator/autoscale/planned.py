@@ -73,6 +73,8 @@ class PlannedPolicy:
         self.last_plan: Plan | None = None
         self.plan_time_s = 0.0
         self.plans = 0
+        # (time, model -> the planned-for rates at the 10%, 50% and 90% levels), one per plan
+        self.forecast_log: list[tuple[float, dict[str, tuple[float, float, float]]]] = []
 
     def initial(self, view: ClusterView) -> dict[GroupKey, int]:
         return dict(self.start) if self.start else {k: 1 for m in view.models.values() for k in m.groups}
@@ -94,6 +96,9 @@ class PlannedPolicy:
 
     def plan(self, view: ClusterView) -> Plan | None:
         loads = {name: self.load_of(m) for name, m in view.models.items()}
+        self.forecast_log.append((view.now_s, {
+            name: tuple(load["quantiles"][f"{lv:g}"] for lv in (0.1, 0.5, 0.9)) for name, load in loads.items()
+        }))
         current = [{"model": k.model, "variant": k.variant, "type": k.type, "count": s.committed}
                    for m in view.models.values() for k, s in m.groups.items() if s.committed]
         started = time.perf_counter()

@@ -98,6 +98,8 @@ class LoopRun:
     decisions: tuple[Decision, ...]
     wall_s: float
     plan_time_s: float = 0.0
+    # the planned policy's forecasts: (time s, all models' 10%, 50%, 90% planned-for rate, q/s)
+    forecast: tuple[tuple[float, float, float, float], ...] = ()
 
     @property
     def queries(self) -> int:
@@ -258,5 +260,8 @@ def run_loop(
         tick_of = np.minimum((res.arrival_ms / 1000.0 // tick).astype(np.int64), n_ticks - 1)
         np.add.at(over[:, j], tick_of[bad], 1)
     plan_time = float(getattr(policy, "plan_time_s", 0.0))
+    forecast = tuple((t, *(sum(v[i] for v in per.values()) for i in range(3)))
+                     for t, per in getattr(policy, "forecast_log", ()))
     return LoopRun(policy.name, seed, names, tick, (np.arange(n_ticks) + 1) * tick, arrivals, over, groups,
-                   ready_log, held_log, act.cost, tuple(decisions), time.perf_counter() - started, plan_time)
+                   ready_log, held_log, act.cost, tuple(decisions), time.perf_counter() - started, plan_time,
+                   forecast)
