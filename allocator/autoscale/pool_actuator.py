@@ -92,9 +92,15 @@ class PoolActuator:
         for _ in range(replicas - have):
             started = await self._call("POST", self.servers, (202,), json={
                 "model": key.model, "type": key.type, "startup_delay_s": self.startup_delay_s})
-            await self._call("POST", self.gateway, (201,), json={
-                "model": key.model, "type": key.type, "name": started["name"],
-                "http": started["http"], "grpc": started["grpc"]})
+            try:
+                await self._call("POST", self.gateway, (201,), json={
+                    "model": key.model, "type": key.type, "name": started["name"],
+                    "http": started["http"], "grpc": started["grpc"]})
+            except PoolActuatorError:
+                # Not in the pool, it would run unseen and uncounted: stop it, then report.
+                with contextlib.suppress(PoolActuatorError):
+                    await self._call("DELETE", f"{self.servers}/{started['name']}", (200, 202, 404))
+                raise
             log.info("started %s for %s", started["name"], key)
         if replicas < have:
             # Those not serving yet go first, then the newest (the servers list them in start order).

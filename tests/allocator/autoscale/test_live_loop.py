@@ -172,3 +172,16 @@ def test_the_command_names_a_bad_config_and_exits_2(tmp_path: Path) -> None:
                           "--gateway-admin", "http://x", "--servers-admin", "http://x"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "kairos-autoscale:" in out.stderr
+
+
+async def test_a_start_the_gateway_refuses_is_stopped_and_reported(stack: Any) -> None:
+    """The servers can emulate dien, the gateway serves only rm2: the new instance would run outside
+    the pool, unseen and uncounted, so the actuator stops it and raises."""
+    _, _, servers_admin, gateway_admin = stack
+    async with aiohttp.ClientSession() as s:
+        actuator = PoolActuator(s, servers_admin, gateway_admin)
+        with pytest.raises(PoolActuatorError, match="admin/instances"):
+            await actuator.scale(GroupKey("dien", "dien", TYPE), 1)
+        async with s.get(f"{servers_admin}/admin/instances") as resp:
+            left = [i["model"] for i in (await resp.json())["instances"]]
+    assert left == [MODEL]
