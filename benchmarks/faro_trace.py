@@ -12,6 +12,12 @@ TRACE = Path(__file__).resolve().parent / "data" / "faro-trace" / "input.jsonl"
 MINUTE_MS = 60_000.0
 
 
+def spread_over_minutes(counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Arrival times (ms): each minute's count at uniform random times within it, sorted."""
+    parts = [m * MINUTE_MS + np.sort(rng.uniform(0.0, MINUTE_MS, int(c))) for m, c in enumerate(counts)]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def load_trace(path: Path = TRACE) -> tuple[list[str], np.ndarray]:
     """(job names ``job0``..``job9``, (minutes, jobs) request counts)."""
     rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]

@@ -20,6 +20,7 @@ from allocator.autoscale.planned import RequestTemplate
 from allocator.autoscale.policies import ScalingPolicy
 from allocator.autoscale.simloop import Decision
 from allocator.autoscale.view import ClusterView, ModelView
+from allocator.planner.from_config import request_from_config
 from gateway.config import Config
 from gateway.workload import parse_batch_mix
 
@@ -112,8 +113,6 @@ class ControlLoop:
 def template_from_config(config: Config, objective: Mapping[str, Any],
                          available: Mapping[str, int] | None = None) -> RequestTemplate:
     """The planned policy's request template: the config's models (each one class) and catalogue."""
-    from allocator.planner.from_config import request_from_config
-
     base = request_from_config(config, {(m.name, m.default_class): 0.0 for m in config.models},
                                objective=objective, available=available)
     classes = {m.name: m.default_class for m in config.models}

@@ -133,7 +133,6 @@ class PlannedPolicy:
         out = {}
         for m in view.models.values():
             keys = set(m.groups) | {GroupKey(a.model, a.variant, a.type) for a in plan.allocations if a.model == m.name}
-            planned_models = len(keys)
             for key in sorted(keys):
                 state = m.groups.get(key)
                 have = state.committed if state else 0
@@ -144,7 +143,7 @@ class PlannedPolicy:
                     out[key] = Target(want, f"plan: {have} -> {want} for {m.name}'s forecast")
                 elif want < have:
                     since = self.wanted_less_since.setdefault(key, view.now_s)
-                    floor = self.need(m, key) if planned_models == 1 else 0
+                    floor = self.need(m, key) if len(keys) == 1 else 0
                     lower = max(want, have - self.max_down, floor)
                     if view.now_s - since >= self.down_after_s and lower < have:
                         out[key] = Target(lower, f"plan: {have} -> {lower}, wanted fewer for {view.now_s - since:.0f}s")

@@ -20,9 +20,9 @@ from allocator.autoscale.forecast import DEFAULT_FORECASTER, make_forecaster
 from allocator.autoscale.planned import PlannedPolicy, RequestTemplate
 from allocator.autoscale.policies import FairShare, ScalingPolicy, StaticPolicy, aiad, oneshot, ray_serve
 from allocator.autoscale.simloop import GATEWAY, Serving, SimModel, SimSetting
-from benchmarks.faro_trace import MINUTE_MS, load_trace
+from benchmarks.faro_trace import load_trace, spread_over_minutes
 from benchmarks.planner.faro import LEVELS as SERVICE_LEVELS
-from benchmarks.planner.faro import SLO_MS, TYPE, profiles, service_mean_ms, service_quantiles
+from benchmarks.planner.faro import SLO_MS, TYPE, profiles, proportional, service_mean_ms, service_quantiles
 from gateway.workload import QueryTrace
 
 STARTUP_S = 35.0
@@ -33,9 +33,7 @@ POLICIES = ("static-peak", "fairshare", "oneshot", "aiad", "ray-serve", "planned
 
 def minute_arrivals(counts: np.ndarray, seed: int, job: int) -> QueryTrace:
     """Each minute's count at uniform random times in that minute (seeded per job)."""
-    rng = np.random.default_rng([seed, 7, job])
-    parts = [m * MINUTE_MS + np.sort(rng.uniform(0.0, MINUTE_MS, int(c))) for m, c in enumerate(counts)]
-    arrival = np.concatenate(parts) if parts else np.zeros(0)
+    arrival = spread_over_minutes(counts, np.random.default_rng([seed, 7, job]))
     return QueryTrace(arrival, np.ones(len(arrival), dtype=np.int64))
 
 
@@ -67,13 +65,7 @@ def plan_template(jobs: Sequence[str], cap: int, fairness: float = 0.0, quantile
 def peak_split(cap: int) -> dict[GroupKey, int]:
     """The cap split by each job's peak minute (largest remainders), at least one each."""
     jobs, counts = load_trace()
-    peak = counts.max(axis=0).astype(float)
-    share = cap * peak / peak.sum()
-    n = np.maximum(np.floor(share).astype(int), 1)
-    for j in np.argsort(-(share - np.floor(share))):
-        if n.sum() >= cap:
-            break
-        n[j] += 1
+    n = proportional(jobs, counts.max(axis=0).astype(float), cap)
     return {GroupKey(j, j, TYPE): int(c) for j, c in zip(jobs, n, strict=True)}
 
 

@@ -30,7 +30,7 @@ from allocator.autoscale.policies import ScalingPolicy, StaticPolicy, ray_serve
 from allocator.autoscale.simloop import GATEWAY, LoopRun, Serving, SimModel, SimSetting, run_loop
 from allocator.planner.plan import make_plan
 from allocator.planner.request import parse_plan_request
-from benchmarks.faro_trace import MINUTE_MS, load_trace
+from benchmarks.faro_trace import load_trace, spread_over_minutes
 from gateway.config import Config, parse_config
 from gateway.sim.engine import default_profiles
 from gateway.workload import ProductionMix, QueryTrace
@@ -60,9 +60,7 @@ def rates_per_minute(peaks: dict[str, float], minutes: int | None) -> dict[str, 
 
 def trace(per_minute: np.ndarray, seed: int, k: int) -> QueryTrace:
     rng = np.random.default_rng([seed, 11, k])
-    counts = rng.poisson(per_minute)
-    parts = [m * MINUTE_MS + np.sort(rng.uniform(0.0, MINUTE_MS, int(c))) for m, c in enumerate(counts)]
-    arrival = np.concatenate(parts)
+    arrival = spread_over_minutes(rng.poisson(per_minute), rng)
     return QueryTrace(arrival, ProductionMix().sample(len(arrival), rng))
 
 

@@ -427,7 +427,7 @@ class Simulation:
             stopped_early=self.stopped,
             wall_s=time.perf_counter() - self.started,
             **({"refused": self.refused, "shed": self.shed}
-               if self.control.admission or self.control.shed_late or self.counts_refusals else {}),
+               if self.counts_refusals or self.control.shed_late else {}),
             classes=self.classes,
             query_class=self.cls_idx if self.classes else np.zeros(0, dtype=np.int64),
             qos_per_query=np.asarray(self.qos_of) if self.classes else np.zeros(0),
