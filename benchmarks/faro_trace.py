@@ -12,9 +12,10 @@ TRACE = Path(__file__).resolve().parent / "data" / "faro-trace" / "input.jsonl"
 MINUTE_MS = 60_000.0
 
 
-def spread_over_minutes(counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Arrival times (ms): each minute's count at uniform random times within it, sorted."""
-    parts = [m * MINUTE_MS + np.sort(rng.uniform(0.0, MINUTE_MS, int(c))) for m, c in enumerate(counts)]
+def spread_over_minutes(counts: np.ndarray, rng: np.random.Generator, minute_ms: float = MINUTE_MS) -> np.ndarray:
+    """Arrival times (ms): each minute's count at uniform random times within it, sorted
+    (``minute_ms`` below 60,000 replays the trace time compressed)."""
+    parts = [m * minute_ms + np.sort(rng.uniform(0.0, minute_ms, int(c))) for m, c in enumerate(counts)]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 

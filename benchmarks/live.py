@@ -141,14 +141,15 @@ def start_haproxy(servers: ServersProcess, port: int, directory: Path) -> subpro
     return proc
 
 
-def measured_transport_ms(url: str) -> tuple[float | None, float | None]:
+def measured_transport_ms(url: str, model: str | None = None) -> tuple[float | None, float | None]:
     """The gateway's transport overhead (ms) over its recent queries, mean and 99th percentile,
-    from /metrics."""
+    from /metrics (of ``model``; without it, the first model listed)."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
         text = resp.read().decode()
+    labels = r"(?:{[^}]*})?" if model is None else rf'{{model="{re.escape(model)}"}}'
 
     def gauge(stat: str) -> float | None:
-        m = re.search(rf"^kairos_transport_overhead_{stat}_seconds(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
+        m = re.search(rf"^kairos_transport_overhead_{stat}_seconds{labels} (\S+)$", text, re.MULTILINE)
         return None if m is None else 1000.0 * float(m[1])
 
     return gauge("mean"), gauge("p99")

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from gateway.app import Gateway, GatewaySettings
 from gateway.config import GRPC_SERVERS, Config, Endpoint, client_margin, load_config
@@ -28,6 +29,7 @@ from gateway.errors import ConfigError
 from gateway.gc_freeze import freeze_startup_objects
 from gateway.policies import POLICY_NAMES
 from gateway.pool import load_address_file, parse_instance_flags
+from gateway.protocol.addresses import read_address_file, writer_alive
 from gateway.threads import keep_helper_threads_demoted
 
 PROG = "kairos-gateway"
@@ -38,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default="config.json", help="config file (default: config.json)")
     p.add_argument("--policy", choices=POLICY_NAMES, help="distribution policy (default: from config)")
     p.add_argument("--address-file", help="instance address file written by kairos-servers (default: from config)")
+    p.add_argument(
+        "--wait-for-addresses", type=float, default=30.0, metavar="S",
+        help="wait up to S seconds for kairos-servers to write the address file (default 30; 0: do not wait)",
+    )  # fmt: skip
     p.add_argument(
         "--instance",
         action="append",
@@ -75,6 +81,38 @@ def _check_flags(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and (value < lo or (flag.endswith("port") and value > 65535)):
             raise ConfigError(f"--{flag.replace('_', '-')}: expected an integer >= {lo}, got {value}")
+    if not 0 <= args.wait_for_addresses <= 3600:
+        raise ConfigError(f"--wait-for-addresses: expected seconds in [0, 3600], got {args.wait_for_addresses:g}")
+
+
+def _address_file(args: argparse.Namespace, config: Config) -> str | None:
+    """The address file the instances come from, if any model needs it."""
+    if args.instance or (all(m.instances for m in config.models) and not args.address_file):
+        return None
+    return str(args.address_file or config.servers.address_file)
+
+
+async def wait_for_addresses(path: str, timeout_s: float) -> None:
+    """Wait until ``path`` exists and its writer runs: started back to back, the gateway must not
+    race kairos-servers, nor read the addresses of a pool that has exited."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    said = False
+    while True:
+        stale = None
+        if Path(path).exists():
+            listed = read_address_file(path)
+            if writer_alive(listed):
+                return
+            stale = listed.pid
+        if loop.time() >= deadline:
+            if stale is not None:
+                raise ConfigError(f"{path}: written by kairos-servers pid {stale}, which has exited; start kairos-servers")
+            raise ConfigError(f"{path}: no address file after {timeout_s:g} s; is kairos-servers running with this config?")
+        if not said:
+            print(f"{PROG}: waiting up to {timeout_s:g} s for kairos-servers to write {path}", file=sys.stderr, flush=True)
+            said = True
+        await asyncio.sleep(0.2)
 
 
 def _instances(args: argparse.Namespace, config: Config) -> dict[str, list[Endpoint]]:
@@ -96,6 +134,9 @@ def _instances(args: argparse.Namespace, config: Config) -> dict[str, list[Endpo
 async def serve(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     _check_flags(args)
+    path = _address_file(args, config)
+    if path is not None:
+        await wait_for_addresses(path, args.wait_for_addresses)
     instances = _instances(args, config)
     settings = GatewaySettings.from_config(
         config,

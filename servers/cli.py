@@ -30,7 +30,7 @@ from gateway.errors import ConfigError, KairosError, ProfileError
 from gateway.gc_freeze import freeze_startup_objects
 from gateway.precise_timers import TIMERS
 from gateway.profiles import ProfileSet
-from gateway.protocol.addresses import AddressList, InstanceAddress, write_address_file
+from gateway.protocol.addresses import AddressList, InstanceAddress, remove_address_file, write_address_file
 from servers.admin import ServersAdmin
 from servers.pool import DEFAULT_MAX_BODY_BYTES, LocalGroup, PoolOptions, describe, host_port, plan_instances
 from servers.ready import wait_ready
@@ -196,6 +196,7 @@ class Launcher:
         finally:
             stopping.cancel()
             await self._stop()
+            remove_address_file(self.address_file, os.getpid())
 
     async def _start(self) -> None:
         workers = min(self.config.servers.workers, len(self.specs))

@@ -38,6 +38,14 @@ class GroupState:
         return self.ready + self.starting
 
 
+def bounded(have: int, want: int, max_change: int | None) -> int:
+    """``want``, moved at most ``max_change`` away from ``have`` (no bound with None), never below 0."""
+    want = max(want, 0)
+    if max_change is None:
+        return want
+    return min(max(want, have - max_change), have + max_change)
+
+
 class Actuator(Protocol):
     async def groups(self) -> dict[GroupKey, GroupState]:
         """Every group the actuator manages, including those scaled to zero that it knows."""

@@ -37,6 +37,28 @@ from gateway.errors import KairosError
 PROG = "kairos-autoscale"
 
 
+def startup_delays(text: str) -> float | dict[str, float]:
+    """``35`` for every type, or ``g4dn.xlarge=60,r5n.large=35`` per type."""
+    try:
+        if "=" not in text:
+            return _non_negative(float(text))
+        out = {}
+        for part in text.split(","):
+            name, _, value = part.partition("=")
+            if not name.strip():
+                raise ValueError
+            out[name.strip()] = _non_negative(float(value))
+        return out
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or TYPE=S,... with seconds >= 0, got {text!r}") from None
+
+
+def _non_negative(x: float) -> float:
+    if not x >= 0 or x == float("inf"):
+        raise ValueError
+    return x
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
@@ -50,20 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", type=float, default=120.0, metavar="S", help="plan for the peak this far ahead (default 120 s)")
     p.add_argument("--forecaster", choices=FORECASTERS, default=DEFAULT_FORECASTER, help=f"default {DEFAULT_FORECASTER}")
     p.add_argument("--objective", choices=OBJECTIVES, default="min_cost", help="what the plans optimise (default min_cost)")
+    p.add_argument("--load-quantile", type=float, default=0.9, metavar="Q",
+                   help="plan for this quantile of the forecast (default 0.9; lower: cheaper, the reactive step guards)")
     p.add_argument("--max-change", type=int, default=4, metavar="N", help="instances per group per tick, at most (default 4)")
     p.add_argument("--down-after", type=float, default=120.0, metavar="S",
                    help="shrink a group only once plans have wanted less for S seconds (default 120)")
-    p.add_argument("--startup-delay", type=float, default=0.0, metavar="S", help="emulated model loading per new instance")
+    p.add_argument("--measure", type=float, default=30.0, metavar="S",
+                   help="plans never go below the rate measured over the last S seconds (default 30)")
+    p.add_argument("--startup-delay", type=startup_delays, default=0.0, metavar="S|TYPE=S,...",
+                   help="emulated model loading of each new instance: seconds, for all or per type")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until stopped)")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve the loop's metrics on 127.0.0.1:PORT")
     return p
 
 
 async def run(args: argparse.Namespace, config: Config) -> int:
-    template = template_from_config(config, {"kind": args.objective})
+    template = template_from_config(config, {"kind": args.objective, "load_quantile": args.load_quantile})
     policy = PlannedPolicy(template, make_forecaster(args.forecaster), service_times(config),
                            profiles=config.profile_set(), plan_every_s=args.plan_every, step_s=args.step,
-                           horizon_s=args.horizon, down_after_s=args.down_after, log=logging.getLogger(PROG).info)
+                           horizon_s=args.horizon, down_after_s=args.down_after, measure_s=args.measure, log=logging.getLogger(PROG).info)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -102,8 +129,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KairosError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         sys.exit(2)
-    if args.tick <= 0 or args.plan_every <= 0 or args.max_change < 1:
-        print(f"{PROG}: --tick and --plan-every must be > 0 and --max-change >= 1", file=sys.stderr)
+    if min(args.tick, args.plan_every, args.step, args.horizon, args.measure) <= 0 or args.max_change < 1 \
+            or not 0.01 <= args.load_quantile <= 0.99:
+        print(f"{PROG}: --tick, --plan-every, --step, --horizon and --measure must be > 0, --max-change >= 1, "
+              "--load-quantile in [0.01, 0.99]", file=sys.stderr)
         sys.exit(2)
     try:
         sys.exit(asyncio.run(run(args, config)))

@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from allocator.autoscale.actuator import Actuator, GroupKey, GroupState
+from allocator.autoscale.actuator import Actuator, GroupKey, GroupState, bounded
 from allocator.autoscale.collector import GatewayCollector
 from allocator.autoscale.planned import RequestTemplate
 from allocator.autoscale.policies import ScalingPolicy
@@ -79,8 +79,7 @@ class ControlLoop:
         made = []
         for key, target in sorted(self.policy.decide(cluster).items()):
             have = groups.get(key, GroupState()).committed
-            step = self.settings.max_change
-            want = min(max(target.replicas, have - step, 0), have + step)
+            want = bounded(have, target.replicas, self.settings.max_change)
             if want == have:
                 continue
             try:

@@ -4,15 +4,17 @@ plans when the measurements say the forecast was wrong.
 Every ``plan_every_s``: per model, the forecaster's quantiles for each step of the horizon (what
 is started now serves only after its start-up delay, so the horizon covers the period and the
 start-up), their maximum over the horizon per level, never below the rate measured in the last
-30 s; then one plan request for all models (the template gives the types, models, classes and the
+``measure_s`` (30 s); then one plan request for all models (the template gives the types, models, classes and the
 objective; the loop fills the loads and the current pool) and its counts as targets.
 
 Safety: capacity goes up at once; it comes down only when the plans have wanted less for
 ``down_after_s`` in a row, one step at a time (``max_down``), and never below what the rate
 measured now needs at ``max_utilisation`` (the mean service time of each group).
 Between plans, each tick: a model whose queries ran over target (more than ``react_over`` of the
-last tick's arrivals) or whose queue outgrew its instances gets ``react_step`` more, if there is
-room.
+last tick's arrivals) while its ready instances were busy (at least ``react_util`` of what they
+serve), or whose queue outgrew its instances, gets ``react_step`` more, if there is room. Late
+queries on an idle pool (a slow network, a noisy host) are not a capacity problem: more instances
+would not fix them, and on a 35 ms target they made the loop add one instance per tick.
 """
 
 from __future__ import annotations
@@ -51,10 +53,12 @@ class PlannedPolicy:
         step_s: float = 60.0,
         horizon_s: float = 120.0,
         down_after_s: float = 120.0,
+        measure_s: float = 30.0,
         max_down: int = 1,
         max_up: int = 8,
         max_utilisation: float = 0.9,
         react_over: float = 0.02,
+        react_util: float = 0.6,
         react_queue: float = 2.0,
         react_step: int = 1,
         initial: Mapping[GroupKey, int] | None = None,
@@ -64,8 +68,10 @@ class PlannedPolicy:
         self.profiles = profiles or ProfileSet()
         self.plan_every_s, self.step_s, self.horizon_s = plan_every_s, step_s, horizon_s
         self.down_after_s, self.max_down, self.max_up = down_after_s, max_down, max_up
+        self.measure_s = measure_s
         self.max_utilisation = max_utilisation
         self.react_over, self.react_queue, self.react_step = react_over, react_queue, react_step
+        self.react_util = react_util
         self.start = dict(initial or {})
         self.log = log
         self.next_plan_s = 0.0
@@ -83,8 +89,8 @@ class PlannedPolicy:
 
     def load_of(self, m: ModelView) -> dict[str, Any]:
         """The model's load for the plan: per level, the forecast's maximum over the horizon, never
-        below the rate measured in the last 30 s."""
-        now = m.rate(30.0)
+        below the rate measured in the last ``measure_s``."""
+        now = m.rate(self.measure_s)
         history = m.per_step(self.step_s)
         if history.size == 0:
             rates = np.full(len(LEVELS), now)
@@ -115,7 +121,12 @@ class PlannedPolicy:
 
     def need(self, m: ModelView, key: GroupKey) -> int:
         """Instances the rate measured now needs at ``max_utilisation``, if all of it went to ``key``."""
-        return math.ceil(m.rate(30.0) * self.service_s[key] / self.max_utilisation - 1e-9)
+        return math.ceil(m.rate(self.measure_s) * self.service_s[key] / self.max_utilisation - 1e-9)
+
+    def utilisation(self, m: ModelView) -> float:
+        """The last tick's arrivals over what the ready instances serve at their mean service times."""
+        capacity = sum(s.ready / self.service_s[k] for k, s in m.groups.items() if s.ready and k in self.service_s)
+        return m.rate(m.tick_s) / capacity if capacity else math.inf
 
     # -- a tick ---------------------------------------------------------------------------------
 
@@ -160,7 +171,8 @@ class PlannedPolicy:
             w = m.windows[-1]
             over = w.over_target / w.arrivals if w.arrivals else 0.0
             ready = max(m.ready, 1)
-            if over <= self.react_over and w.queued <= self.react_queue * ready:
+            late = over > self.react_over and self.utilisation(m) >= self.react_util
+            if not late and w.queued <= self.react_queue * ready:
                 continue
             key = min(m.groups, key=lambda k: self.service_s[k])  # the fastest group absorbs the surprise
             have = m.groups[key].committed

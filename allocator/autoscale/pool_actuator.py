@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -35,21 +36,28 @@ class PoolActuator:
         servers_admin: str,
         gateway_admin: str,
         *,
-        startup_delay_s: float = 0.0,
+        startup_delay_s: float | Mapping[str, float] = 0.0,
         token: str | None = None,
         drain_poll_s: float = 0.2,
         drain_timeout_s: float = 120.0,
     ) -> None:
         """``servers_admin``, ``gateway_admin``: base URLs (``http://HOST:PORT``) of the two admin
-        APIs; ``startup_delay_s``: passed to each start (the emulated pool's model loading)."""
+        APIs; ``startup_delay_s``: passed to each start (the emulated pool's model loading), one
+        for all or per type (a type not named: 0)."""
         self.session = session
         self.servers = servers_admin.rstrip("/") + "/admin/instances"
         self.gateway = gateway_admin.rstrip("/") + "/admin/instances"
-        self.startup_delay_s = startup_delay_s
+        self.startup_delay_s = startup_delay_s if isinstance(startup_delay_s, Mapping) else None
+        self.startup_all_s = 0.0 if isinstance(startup_delay_s, Mapping) else float(startup_delay_s)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.drain_poll_s, self.drain_timeout_s = drain_poll_s, drain_timeout_s
         self.retiring: dict[str, GroupKey] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+
+    def startup_of(self, type_name: str) -> float:
+        if self.startup_delay_s is None:
+            return self.startup_all_s
+        return float(self.startup_delay_s.get(type_name, 0.0))
 
     async def _call(self, method: str, url: str, ok: tuple[int, ...], **kw: Any) -> Any:
         try:
@@ -91,7 +99,7 @@ class PoolActuator:
         have = len(mine)
         for _ in range(replicas - have):
             started = await self._call("POST", self.servers, (202,), json={
-                "model": key.model, "type": key.type, "startup_delay_s": self.startup_delay_s})
+                "model": key.model, "type": key.type, "startup_delay_s": self.startup_of(key.type)})
             try:
                 await self._call("POST", self.gateway, (201,), json={
                     "model": key.model, "type": key.type, "name": started["name"],

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from allocator.autoscale.actuator import GroupKey, GroupState
+from allocator.autoscale.actuator import GroupKey, GroupState, bounded
 from allocator.autoscale.policies import ScalingPolicy, Target
 from allocator.autoscale.view import ClusterView, ModelView, Window
 from gateway.dispatch import OverloadControl
@@ -53,6 +53,10 @@ class SimModel:
     trace: QueryTrace
     target_ms: float
     types: tuple[str, ...]  # its groups: (name, name, type) each
+    # the round trip around each service, as a live gateway measures it (0: the ideal pool);
+    # with one, queries are pipelined as the live gateway does
+    transport_ms: float = 0.0
+    transport_p99_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class SimSetting:
     release_s: float = 0.0
     price_per_hour: Mapping[str, float] = field(default_factory=dict)  # per type
     tick_s: float = 10.0
+    max_change: int | None = None  # instances per group per tick, as the live loop's bound
 
     @property
     def duration_s(self) -> float:
@@ -211,7 +216,8 @@ def run_loop(
         pool = tuple(p for p in pool if p[1] > 0) or ((m.types[0], 0),)
         sims[m.name] = Simulation(
             m.trace, model=m.name, qos_ms=m.target_ms, pool=pool, seed=seed, profiles=setting.profiles,
-            warmup=0.0, observe=True, **setting.serving.simulation_args(m.target_ms),  # type: ignore[arg-type]
+            warmup=0.0, observe=True, transport_ms=m.transport_ms, transport_p99_ms=m.transport_p99_ms,
+            pipeline=m.transport_ms > 0, **setting.serving.simulation_args(m.target_ms),  # type: ignore[arg-type]
         )
         for t, count in pool:
             act.start_with(GroupKey(m.name, m.name, t), [f"{t}-{k}" for k in range(count)])
@@ -245,7 +251,7 @@ def run_loop(
             if key not in views[key.model].groups:
                 views[key.model].groups[key] = GroupState()
             before = act.state(key).committed
-            after = act.scale(key, max(tgt.replicas, 0), now_s)
+            after = act.scale(key, bounded(before, tgt.replicas, setting.max_change), now_s)
             if after != before:
                 decisions.append(Decision(now_s, key, before, after, tgt.reason))
         ready_log[k] = [act.state(key).ready for key in groups]

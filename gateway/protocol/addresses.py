@@ -76,3 +76,27 @@ def read_address_file(path: str | Path) -> AddressList:
         return AddressList(model=str(doc["model"]), pid=int(doc.get("pid", 0)), instances=instances)
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: not an address file written by kairos-servers ({exc!r})") from None
+
+
+def remove_address_file(path: str | Path, pid: int) -> None:
+    """Remove the file on the way out, if it is still the one ``pid`` wrote (a gateway started later
+    must not read a dead pool's addresses)."""
+    path = Path(path)
+    try:
+        if int(orjson.loads(path.read_bytes()).get("pid", 0)) == pid:
+            path.unlink()
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass  # gone, replaced or unreadable: not ours to remove
+
+
+def writer_alive(addresses: AddressList) -> bool:
+    """Whether the process that wrote the file still runs (on this host; a pid of 0 is unknown: alive)."""
+    if addresses.pid <= 0:
+        return True
+    try:
+        os.kill(addresses.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -41,7 +41,7 @@ def test_signal_stops_cleanly(server_pool: PoolFactory, sig: int) -> None:
     assert _infer(pool.instances[0].http)["service_us"] / 1000 > 0
     assert pool.stop(sig) == 0
     assert "Traceback" not in pool.stderr()
-    assert pool.address_file.exists()  # kept: it tells the last pool's layout
+    assert not pool.address_file.exists()  # removed with its pool: a gateway must not read dead addresses
     for a in pool.instances:
         assert _refuses(a.http) and _refuses(a.grpc)
 

@@ -5,6 +5,7 @@ the pool under load and shrinking it after, and the command's exit codes."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import signal
@@ -21,6 +22,7 @@ from helpers.inputs import json_body
 from helpers.pool import RunningPool, start_pool
 
 from allocator.autoscale.actuator import GroupKey
+from allocator.autoscale.cli import startup_delays
 from allocator.autoscale.collector import GatewayCollector, parse_metrics, window_between
 from allocator.autoscale.forecast import make_forecaster
 from allocator.autoscale.loop import ControlLoop, LoopSettings, template_from_config
@@ -87,7 +89,7 @@ async def wait_for(actuator: PoolActuator, ready: int, timeout_s: float = 20.0) 
 async def test_the_actuator_starts_and_stops_instances_while_every_query_is_answered_once(stack: Any) -> None:
     pool, gw, servers_admin, gateway_admin = stack
     async with aiohttp.ClientSession() as s:
-        actuator = PoolActuator(s, servers_admin, gateway_admin, startup_delay_s=0.5, drain_poll_s=0.05)
+        actuator = PoolActuator(s, servers_admin, gateway_admin, startup_delay_s={TYPE: 0.5}, drain_poll_s=0.05)
         assert (await actuator.groups())[KEY].ready == 1
         stop, codes, ids = asyncio.Event(), Counter[int](), Counter[str]()
         traffic = asyncio.create_task(load(s, gw, stop, 40.0, codes, ids))
@@ -163,6 +165,20 @@ async def test_the_loop_grows_the_pool_under_load_and_shrinks_it_after(stack: An
     assert grown >= 2 and ups and ups[0].reason
     assert downs and final.committed < grown
     assert set(codes) == {200} and all(n == 1 for n in ids.values())
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("35", 35.0), ("0", 0.0), ("g4dn.xlarge=60,r5n.large=2.5", {"g4dn.xlarge": 60.0, "r5n.large": 2.5})],
+)
+def test_start_up_delays_are_one_for_all_or_per_type(text: str, expected: object) -> None:
+    assert startup_delays(text) == expected
+
+
+@pytest.mark.parametrize("text", ["-1", "nan", "inf", "x", "=5", "a=1,b", "a=-2", ""])
+def test_a_bad_start_up_delay_is_a_usage_error(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="TYPE=S"):
+        startup_delays(text)
 
 
 def test_the_command_names_a_bad_config_and_exits_2(tmp_path: Path) -> None:

@@ -3,12 +3,13 @@ simulated actuator (start-up delays, the cap, released capacity held) and reprod
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
 import pytest
 
-from allocator.autoscale.actuator import GroupKey, GroupState
+from allocator.autoscale.actuator import GroupKey, GroupState, bounded
 from allocator.autoscale.forecast import make_forecaster
 from allocator.autoscale.planned import PlannedPolicy
 from allocator.autoscale.policies import StaticPolicy, aiad, oneshot
@@ -109,6 +110,32 @@ def test_planned_reacts_between_plans_when_the_queue_outgrows_the_pool() -> None
     assert KEY not in pol.decide(full)
 
 
+def test_planned_reacts_to_late_queries_only_when_the_pool_is_busy() -> None:
+    """Late queries on an idle pool (a slow network, a noisy host) get no more instances; on a busy
+    one they do."""
+    pol = planned(plan_every_s=300.0)
+    pol.decide(steady_view(50, 4, 0.0))
+    per_instance = 10.0 / (service_mean_ms() / 1000.0)  # queries per 10 s tick one instance serves
+
+    def late_view(arrivals: int) -> ClusterView:
+        m = ModelView("a", 720.0, 10.0, groups={KEY: GroupState(4)})
+        m.record(Window(arrivals, arrivals, 200.0 * arrivals, arrivals // 10, 0, 1))  # 10% over target
+        return ClusterView(10.0, 10.0, {"a": m}, 36, 4)
+
+    idle = late_view(int(0.2 * 4 * per_instance))
+    assert pol.utilisation(idle.models["a"]) == pytest.approx(0.2, abs=0.01)
+    assert KEY not in pol.decide(idle)
+    busy = late_view(int(0.8 * 4 * per_instance))
+    assert pol.decide(busy)[KEY].replicas == 5
+
+
+@pytest.mark.parametrize(("have", "want", "bound", "expected"),
+                         [(2, 9, 4, 6), (9, 2, 4, 5), (3, 4, 4, 4), (2, -3, None, 0), (2, 40, None, 40), (1, -5, 4, 0)])
+def test_a_change_per_tick_is_bounded_alike_live_and_simulated(have: int, want: int, bound: int | None,
+                                                                 expected: int) -> None:
+    assert bounded(have, want, bound) == expected
+
+
 def small_setting(cap: int | None, seed: int = 0, minutes: int = 6) -> SimSetting:
     counts = np.array([600, 600, 2400, 2400, 600, 600][:minutes])
     model = SimModel("a", minute_arrivals(counts, seed, 0), 720.0, (TYPE,))
@@ -138,6 +165,16 @@ def test_an_instance_serves_only_after_its_start_up_and_the_cap_holds_released_u
     assert run.held.max() <= 8
     # cost: $3.6/h is $0.001 per instance-second; at least 2 instances for the whole run
     assert run.cost >= 2 * 0.001 * 360 * 0.99
+
+
+def test_the_simulated_loop_bounds_each_change_as_the_live_loop_does() -> None:
+    class Jump(StaticPolicy):
+        def decide(self, view: ClusterView) -> dict:
+            from allocator.autoscale.policies import Target
+            return {KEY: Target(11, "jump")} if view.now_s == 60.0 else {}
+
+    run = run_loop(dataclasses.replace(small_setting(cap=None), max_change=4), Jump({KEY: 1}), seed=1)
+    assert [(d.before, d.after) for d in run.decisions] == [(1, 5)]
 
 
 def test_the_loop_is_reproducible_for_a_seed_and_moves_with_it() -> None:
