@@ -19,7 +19,15 @@ from gateway.config import DEFAULT_MAX_BATCH, Config, ModelConfig
 from gateway.core import GatewayCore
 from gateway.dataplane import DataPlane
 from gateway.dispatch import Dispatcher, InstanceState, OverloadControl
-from gateway.errors import BadRequest, ConfigError, Conflict, InstanceNotFound, Overloaded, ProfileError
+from gateway.errors import (
+    BadRequest,
+    ConfigError,
+    Conflict,
+    InstanceNotFound,
+    ListenError,
+    Overloaded,
+    ProfileError,
+)
 from gateway.estimator import LatencyEstimator
 from gateway.frontend.grpc import GrpcFrontend
 from gateway.frontend.grpcio import start_grpcio_server
@@ -301,7 +309,7 @@ class Gateway:
                 methods, cfg.host, self.settings.grpc_port, max_msg
             )
             if self.grpc_port == 0:
-                raise ConfigError(f"gateway.grpc_port: cannot listen on {cfg.host}:{self.settings.grpc_port}")
+                raise ListenError(f"gateway.grpc_port: cannot listen on {cfg.host}:{self.settings.grpc_port}")
         else:
             # A gRPC request must arrive within the same time as an HTTP body.
             limits = ServerSettings(max_message_bytes=max_msg, request_timeout_s=cfg.gateway.body_timeout_s)

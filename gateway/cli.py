@@ -6,8 +6,9 @@ Prints one ready line once both front ends listen (ports resolved when 0 was ask
 
 (``admin=`` only when the config serves the pool admin API, ``gateway.admin_port``.)
 
-Config errors print one line and exit 2. SIGTERM/SIGINT stop accepting, answer every query in
-flight, and exit 0.
+Instances from kairos-servers' address file: it waits for the file (``--wait-for-addresses``) and
+refuses one whose writer has exited. Usage and config errors print one line and exit 2; a port it
+cannot listen on exits 1. SIGTERM/SIGINT stop accepting, answer every query in flight, and exit 0.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from gateway.app import Gateway, GatewaySettings
 from gateway.config import GRPC_SERVERS, Config, Endpoint, client_margin, load_config
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ListenError
 from gateway.gc_freeze import freeze_startup_objects
 from gateway.policies import POLICY_NAMES
 from gateway.pool import load_address_file, parse_instance_flags
@@ -161,7 +162,10 @@ async def serve(args: argparse.Namespace) -> None:
         await gateway.start()
     except OSError as exc:
         await gateway.stop(0)
-        raise ConfigError(f"cannot listen: {exc}") from None
+        raise ListenError(f"cannot listen: {exc}") from None
+    except ListenError:
+        await gateway.stop(0)
+        raise
     # The gateway owns this process: gRPC's helper threads must not preempt the event loop.
     demoter = loop.create_task(keep_helper_threads_demoted())
     pools = [s.core.dispatcher.instances for s in gateway.registry]
@@ -198,6 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except ListenError as exc:  # a runtime failure, as in kairos-servers
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         pass
     sys.exit(0)

@@ -12,6 +12,10 @@ class ConfigError(KairosError):
     """A configuration file or flag is wrong; the message names the field and what was expected."""
 
 
+class ListenError(KairosError):
+    """A port could not be bound (in use, or not allowed): a runtime failure, exit code 1."""
+
+
 class ProfileError(KairosError):
     """A latency profile is missing, or asked for outside its range."""
 

@@ -1,6 +1,7 @@
 """``kairos-loadgen``: open-loop load against any V2 endpoint (the gateway, an instance, a peer).
 
-Exit codes: 0 done; 2 bad input (one line on stderr); 1 the endpoint could not be reached.
+Exit codes: 0 done; 2 bad input (one line on stderr); 1 the endpoint could not be reached, or more
+queries failed than ``--max-error-rate`` allows (the first errors are printed with the server's text).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from gateway.grpc_runtime import apply_defaults
 apply_defaults()  # this entry point's process setting, before anything imports grpc
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -62,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--accuracy", metavar="VARIANT=ACC,...",
         help="accuracy of each variant, to report the accuracy served (answers name their variant)",
     )  # fmt: skip
+    p.add_argument("--max-error-rate", type=_fraction, default=0.0, metavar="F",
+                   help="exit 1 when more than this fraction of queries fail or go unsent (default 0; "
+                        "a run only, not --find-max)")
     p.add_argument("--json", nargs="?", const="-", metavar="PATH", help="write one JSON object to PATH (stdout without PATH)")
     p.add_argument("--plot", metavar="PNG", help="latency CDF and timeline (for --find-max: of the best step)")
     p.add_argument("--quiet", action="store_true", help="no progress line, no table")
@@ -73,6 +78,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resolution", type=float, default=0.05, help="stop when (hi-lo)/hi <= this (default 0.05)")
     s.add_argument("--pause", type=float, default=1.0, metavar="S", help="pause between steps (default 1 s)")
     return p
+
+
+def _fraction(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}")
+    return x
+
+
+def too_many_errors(report: LoadReport, max_rate: float) -> str | None:
+    """The message for a run whose failed or unsent queries pass ``max_rate``, else None."""
+    bad = report.error_count + report.unsent
+    if not report.scheduled or bad / report.scheduled <= max_rate:
+        return None
+    lines = [f"{PROG}: {bad:,} of {report.scheduled:,} queries failed or went unsent "
+             f"({bad / report.scheduled:.1%}, more than --max-error-rate {max_rate:g}); first errors:"]
+    lines += [f"  {text}" for text in report.first_errors] or ["  (none recorded: the run was aborted)"]
+    return "\n".join(lines)
 
 
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
@@ -156,6 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _emit_json(report.to_json(), args.json)
             if args.plot:
                 plot_report(report, args.plot)
+            failed = too_many_errors(report, args.max_error_rate)
+            if failed:
+                print(failed, file=sys.stderr)
+                return 1
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

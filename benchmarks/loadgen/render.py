@@ -33,6 +33,7 @@ def render_table(report: LoadReport) -> str:
                        f" within {i.qos_ms:g} ms)"),
         ("errors", ", ".join(f"{k} {v:,}" for k, v in report.errors.items()) or "none"),
     ]
+    rows.extend(("first errors" if k == 0 else "", text) for k, text in enumerate(report.first_errors))
     if report.instances:
         share = ", ".join(f"{k} {100 * v / report.ok:.1f}%" for k, v in report.instances.items())
         rows.append(("instances", share))

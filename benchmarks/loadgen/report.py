@@ -27,6 +27,7 @@ JSON schema (``LoadReport.to_json()``; ``schema`` = "kairos-loadgen/1"; times in
       "offered_qps": float, "achieved_qps": float, "goodput_qps": float, "wall_s": float,
       "within_qos_pct": float,
       "latency_ms": {"p50", "p90", "p99", "p99_9", "max", "mean": float} | null,
+      "first_errors": [str],           # the first distinct errors, "kind: the server's text"
       "errors":    {kind: int},        # kinds: http_<status>, grpc_<CODE>, timeout, connection,
                                        #        bad_response, cancelled
       "instances": {name: {"count": int, "share": float}},   # successful queries per instance
@@ -72,6 +73,7 @@ class Samples:
     error: list[str | None]
     instance: list[str | None]
     variant: list[str | None] = field(default_factory=list)
+    first_errors: list[str] = field(default_factory=list)  # the first distinct "kind: server text"
 
     @classmethod
     def empty(cls, scheduled_s: np.ndarray, batch: np.ndarray) -> Samples:
@@ -137,6 +139,7 @@ class LoadReport:
     aborted: bool
     timeline_bin_s: float
     timeline: list[dict[str, Any]]
+    first_errors: tuple[str, ...] = ()
     samples: Samples | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -211,6 +214,7 @@ class LoadReport:
             aborted=aborted,
             timeline_bin_s=0.0,
             timeline=[],
+            first_errors=tuple(samples.first_errors),
             samples=samples,
         )
         bin_s, bins = _timeline(sched, done, lat_ms, ok_mask, is_sent, info.qos_ms, wall_s)
@@ -250,6 +254,7 @@ class LoadReport:
             "within_qos_pct": _r(self.within_qos_pct, 4),
             "latency_ms": None if self.latency_ms is None else {k: _r(v) for k, v in self.latency_ms.items()},
             "errors": dict(self.errors),
+            "first_errors": list(self.first_errors),
             "instances": {
                 name: {"count": c, "share": _r(c / self.ok if self.ok else 0.0, 4)}
                 for name, c in self.instances.items()

@@ -30,6 +30,7 @@ T = TypeVar("T")
 
 START_DELAY_S = 0.02  # t0 is this far after the connection check: the schedule starts clean
 YIELD_EVERY = 32  # when behind schedule, let the loop run the sends after this many task spawns
+FIRST_ERRORS = 5  # distinct errors kept, with the server's text, to show the user
 
 
 class _Progress:
@@ -97,8 +98,9 @@ class _Run:
         try:
             outcome = await self.target.infer(self.batches[i], f"{self.tag}-{i}")
             error, instance, variant = outcome.error, outcome.instance, outcome.variant
+            outcome_detail = outcome.detail
         except asyncio.CancelledError:
-            error, instance, variant = "cancelled", None, None
+            error, instance, variant, outcome_detail = "cancelled", None, None, None
         # The monotonic clock, not uvloop's loop.time(): that one is read once per loop
         # iteration and moves in whole ms, which would shave up to 1 ms off latencies.
         now = clock() - self.t0
@@ -109,6 +111,11 @@ class _Run:
         self.done += 1
         if error is not None:
             self.errors += 1
+            first = s.first_errors
+            if len(first) < FIRST_ERRORS:
+                text = error if error == "cancelled" or outcome_detail is None else f"{error}: {outcome_detail}"
+                if text not in first:
+                    first.append(text)
         if error is not None or now - self._sched[i] > self.qos_s:
             self.violations += 1
             if self.abort_after is not None and self.violations > self.abort_after and not self.aborted:

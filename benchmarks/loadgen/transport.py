@@ -61,6 +61,21 @@ class Outcome:
     error: str | None  # None: a successful V2 response; else an error kind (module docstring)
     instance: str | None = None
     variant: str | None = None  # the model variant that served it (response parameter gateway_variant)
+    detail: str | None = None  # an error's text from the server (its V2 "error" or gRPC details), bounded
+
+
+def error_text(text: str, limit: int = 200) -> str:
+    """A server's error text, printable and bounded: it is shown to the user as it came."""
+    clean = "".join(ch if ch.isprintable() else " " for ch in text[: limit + 1])
+    return clean if len(clean) <= limit else clean[:limit] + "..."
+
+
+def _http_error_text(body: bytes) -> str:
+    try:
+        obj = orjson.loads(body)
+    except ValueError:
+        return error_text(body[:256].decode("utf-8", "replace"))
+    return error_text(str(obj.get("error", obj)) if isinstance(obj, dict) else str(obj))
 
 
 class TargetUnreachable(Exception):
@@ -152,7 +167,7 @@ class HttpTarget(Target):
         except (HttpError, OSError):
             return Outcome("connection")
         if resp.status != 200:
-            return Outcome(f"http_{resp.status}")
+            return Outcome(f"http_{resp.status}", detail=_http_error_text(resp.body))
         hl = resp.headers.get(INFERENCE_HEADER.lower())
         try:
             obj = orjson.loads(resp.body if hl is None else resp.body[: int(hl)])
@@ -190,30 +205,30 @@ class GrpcTarget(Target):
         self._call = self._channel.unary_unary(
             GRPC_INFER_METHOD, request_serializer=None, response_deserializer=pb.ModelInferResponse.FromString
         )
-        if not await self._connected(check_timeout_s):
+        failure = await self._connect(check_timeout_s)
+        if failure is not None:
             await self.close()
-            raise TargetUnreachable(
-                f"cannot reach grpc://{self.endpoint.authority}: no connection within {check_timeout_s:g} s"
-            )
+            raise TargetUnreachable(f"cannot reach grpc://{self.endpoint.authority}: {failure}")
 
-    async def _connected(self, timeout_s: float) -> bool:
-        """Wait for READY; give up at the first TRANSIENT_FAILURE (refused) or after ``timeout_s``."""
+    async def _connect(self, timeout_s: float) -> str | None:
+        """Wait for READY; None once connected, else what happened: the first TRANSIENT_FAILURE
+        (refused, or nothing listening) or no answer within ``timeout_s``."""
         assert self._channel is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         state = self._channel.get_state(try_to_connect=True)
         while state != grpc.ChannelConnectivity.READY:
             if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
-                return False
+                return "the connection failed (refused, or nothing listening there)"
             left = deadline - loop.time()
             if left <= 0:
-                return False
+                break
             try:
                 await asyncio.wait_for(self._channel.wait_for_state_change(state), left)
             except TimeoutError:
-                return False
+                break
             state = self._channel.get_state(try_to_connect=True)
-        return True
+        return None if state == grpc.ChannelConnectivity.READY else f"no connection within {timeout_s:g} s"
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -229,7 +244,7 @@ class GrpcTarget(Target):
             code = exc.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return Outcome("timeout")
-            return Outcome(f"grpc_{code.name}")
+            return Outcome(f"grpc_{code.name}", detail=error_text(exc.details() or ""))
         params = _grpc_params(resp)
         return Outcome(None, _instance(params), _variant(params))
 

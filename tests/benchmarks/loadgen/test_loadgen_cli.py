@@ -26,6 +26,8 @@ OK = ["--model", "ncf", "--rate", "10", "--duration", "1"]
         (["--url", "http://127.0.0.1:1", *OK, "--protocol", "grpc"], "does not match"),
         (["--url", "http://127.0.0.1:1", *OK, "--rate", "abc"], "invalid float value"),
         (["--model", "ncf"], "--url"),
+        (["--url", "http://127.0.0.1:1", *OK, "--max-error-rate", "1.5"], "expected a fraction in [0, 1]"),
+        (["--url", "http://127.0.0.1:1", *OK, "--max-error-rate", "nan"], "expected a fraction in [0, 1]"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, words, capsys):
@@ -47,6 +49,7 @@ def test_unreachable_endpoint_exits_1(scheme, capsys):
     code = main(["--url", f"{scheme}://127.0.0.1:{_free_port()}", *OK, "--quiet"])
     err = capsys.readouterr().err
     assert code == 1 and "cannot reach" in err and err.count("\n") == 1
+    assert "the connection failed (refused, or nothing listening there)" in err or scheme == "http"
 
 
 def test_installed_entry_point_reports_bad_scheme():

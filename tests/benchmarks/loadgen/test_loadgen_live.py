@@ -103,3 +103,32 @@ def test_cli_end_to_end_json_and_plot(stub, tmp_path):
     assert j["within_qos_pct"] == 100.0
     assert "within QoS" in proc.stdout and "sent" in proc.stderr  # table on stdout, progress on stderr
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_every_query_failing_exits_1_and_shows_the_servers_error(stub, scheme):
+    """Batch 1 is the stub's error batch: every query fails with 503 / UNAVAILABLE."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.loadgen.cli", "--url", f"{scheme}://127.0.0.1:{stub[scheme]}",
+         "--model", "rm2", "--rate", "50", "--duration", "0.5", "--batch-mix", "fixed:1", "--quiet"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    kind = "http_503" if scheme == "http" else "grpc_UNAVAILABLE"
+    assert "queries failed or went unsent (100.0%, more than --max-error-rate 0)" in proc.stderr
+    assert f"  {kind}: stub: overloaded" in proc.stderr
+
+
+def test_errors_under_the_allowed_rate_exit_0_and_are_listed_first(stub, tmp_path):
+    out = tmp_path / "run.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.loadgen.cli", "--url", f"http://127.0.0.1:{stub['http']}",
+         "--model", "rm2", "--rate", "100", "--duration", "1", "--batch-mix", "uniform:1-4",
+         "--max-error-rate", "0.5", "--json", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    j = json.loads(out.read_text())
+    assert 0 < j["counts"]["errors"] < 0.5 * j["counts"]["scheduled"]
+    assert j["first_errors"] == ["http_503: stub: overloaded"]  # distinct: one, however many failed
+    assert "first errors http_503: stub: overloaded" in " ".join(proc.stdout.split())

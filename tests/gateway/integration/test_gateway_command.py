@@ -1,10 +1,12 @@
-"""The hand session, started back to back: the gateway waits for kairos-servers' address file
-(with a bound and a clear message), refuses a stale one, and the servers remove theirs on exit."""
+"""The ``kairos-gateway`` command. The hand session, started back to back: the gateway waits for
+kairos-servers' address file (with a bound and a clear message), refuses a stale one, and the
+servers remove theirs on exit. Exit codes as in every command: usage and config 2, runtime 1."""
 
 from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -68,3 +70,19 @@ def test_a_bad_wait_is_a_usage_error(tmp_path: Path, value: str) -> None:
     out = subprocess.run([*console_script("kairos-gateway", "gateway.cli"), "--config", str(write_config(tmp_path)),
                           "--wait-for-addresses", value], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--wait-for-addresses" in out.stderr
+
+
+def test_a_port_in_use_is_a_runtime_failure_exit_1_as_in_the_servers(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        doc = {"model": "rm2", "qos_ms": 350,
+               "instances": [{"name": "a", "type": "r5n.large", "http": "http://127.0.0.1:9"}],
+               "gateway": {"http_port": port, "grpc_port": 0}}
+        config = tmp_path / "config.json"
+        config.write_text(json.dumps(doc))
+        out = subprocess.run([*console_script("kairos-gateway", "gateway.cli"), "--config", str(config)],
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "kairos-gateway: error: cannot listen" in out.stderr and "Traceback" not in out.stderr
