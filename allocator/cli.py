@@ -19,6 +19,7 @@ from allocator.validate import SimSettings, SimulatorUnavailable, pick_validated
 from gateway.config import load_config
 from gateway.errors import ConfigError, KairosError
 from gateway.profiles import Catalogue, load_catalogue, load_profiles
+from gateway.usage import plain
 from gateway.workload import parse_batch_mix
 
 
@@ -37,7 +38,7 @@ def _parse_max(spec: str) -> dict[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="kairos-allocate", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="kairos-allocate", description=plain(__doc__.splitlines()[0]), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--model", required=True, help="model name (ncf, rm2, wnd, mtwnd, dien)")
     goal = p.add_mutually_exclusive_group()

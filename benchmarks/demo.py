@@ -23,6 +23,7 @@ from gateway.config import Config, load_config
 from gateway.errors import KairosError
 from gateway.sim import simulate
 from gateway.sim.search import find_max
+from gateway.usage import plain
 
 
 @dataclass(frozen=True)
@@ -122,12 +123,12 @@ def plot(runs: list[PolicyRun], qos_ms: float, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="kairos-demo", description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="config.json")
+    p = argparse.ArgumentParser(prog="kairos-demo", description=plain(__doc__.split("\n\n")[0]))
+    p.add_argument("--config", default="config.json", help="the pool to run (default: config.json)")
     p.add_argument("--policies", default="kairos,fcfs", help="comma-separated (default: kairos,fcfs)")
     p.add_argument("--rate", type=float, help="queries/s (default: 75%% of the simulated kairos max)")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per policy (default 20)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the workload, the same for every policy (default 0)")
     p.add_argument("--out", default="results/demo", help="folder for demo.json and demo.png")
     args = p.parse_args(argv)
     try:

@@ -33,6 +33,7 @@ from allocator.autoscale.pool_actuator import PoolActuator
 from allocator.planner.request import OBJECTIVES
 from gateway.config import Config, load_config
 from gateway.errors import KairosError
+from gateway.usage import plain
 
 PROG = "kairos-autoscale"
 
@@ -60,8 +61,9 @@ def _non_negative(x: float) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
+    p = argparse.ArgumentParser(prog=PROG, description=plain(__doc__.splitlines()[0]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=plain(__doc__.split("\n", 2)[2]))
     p.add_argument("--config", type=Path, required=True, help="the gateway's config: models, classes, catalogue")
     p.add_argument("--gateway", required=True, metavar="URL", help="the gateway's HTTP address (its /metrics)")
     p.add_argument("--gateway-admin", required=True, metavar="URL", help="the gateway's admin API")

@@ -26,6 +26,7 @@ from gateway.config import load_config
 from gateway.errors import KairosError
 from gateway.jsonfile import read_json_file
 from gateway.profiles import load_profiles
+from gateway.usage import plain
 
 PROG = "kairos-plan"
 
@@ -41,8 +42,9 @@ def _counts(spec: str) -> dict[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
+    p = argparse.ArgumentParser(prog=PROG, description=plain(__doc__.splitlines()[0]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=plain(__doc__.split("\n", 2)[2]))
     p.add_argument("request", nargs="?", type=Path, help="a plan request (JSON); or use --from-config")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--plot", type=Path, metavar="PNG", help="also draw the plan")

@@ -48,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, metavar="S", help="send for S seconds of arrivals")
     p.add_argument("--queries", type=int, metavar="N", help="send N queries (with --duration: whichever ends first)")
     p.add_argument("--qos", type=float, metavar="MS", help="latency target in ms (default: the model's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--arrivals", choices=ARRIVAL_KINDS, default="poisson")
+    p.add_argument("--seed", type=int, default=0, help="seed of the arrival times and batch sizes (default 0)")
+    p.add_argument("--arrivals", choices=ARRIVAL_KINDS, default="poisson",
+                   help="gaps between arrivals: exponential (poisson), whole ms drawn from a Poisson "
+                        "(integer-poisson, the paper's harness), or equal (constant); default poisson")
     p.add_argument("--ramp", metavar="S:QPS,...", help='piecewise Poisson rate, e.g. "30:100,30:300"')
     p.add_argument("--batch-mix", default="production", help="production | fixed:N | uniform:A-B")
     p.add_argument("--trace", metavar="CSV", help="replay a trace with columns timestamp_ms,batch")

@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 
 from gateway.profiles.profile import PROFILE_DIR, QUANTILE_LEVELS, summarize_samples
+from gateway.usage import plain
 
 _NAME = re.compile(r"^(?P<model>[a-z0-9]+)_(?P<batch>\d+)_1\.json$")
 
@@ -70,9 +71,14 @@ def build_profile_files(traces: dict[tuple[str, str], dict[int, np.ndarray]]) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--traces", type=Path, default=Path("../shared/kairos-data/latency-traces.tar.gz"))
-    parser.add_argument("--out", type=Path, default=PROFILE_DIR)
+    parser = argparse.ArgumentParser(
+        prog="kairos-import-profiles", description=plain(__doc__.split("\n\n")[0]),
+        epilog=plain(__doc__.split("\n\n", 2)[2]),
+    )  # fmt: skip
+    parser.add_argument("--traces", type=Path, default=Path("../shared/kairos-data/latency-traces.tar.gz"),
+                        metavar="TAR_GZ", help="the paper's raw traces (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=PROFILE_DIR, metavar="DIR",
+                        help="where the profile files go, one per model (default: the shipped profiles)")
     args = parser.parse_args(argv)
     if not args.traces.is_file():
         parser.error(f"--traces: no such file {args.traces}")

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, help="arrival rate in queries/s (a single run)")
     p.add_argument("--find-max", action="store_true", help="search the highest rate meeting --target")
     p.add_argument("--queries", type=int, default=DEFAULT_QUERIES, help=f"queries per run (default {DEFAULT_QUERIES})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the arrivals and batch sizes (default 0)")
     p.add_argument("--arrivals", default="poisson", help="poisson | integer-poisson | constant (default poisson)")
     p.add_argument("--batch-mix", default="production", help="production | fixed:N | uniform:A-B")
     p.add_argument("--trace", help="CSV trace (timestamp_ms,batch) to replay instead of --arrivals/--batch-mix")
