@@ -160,7 +160,7 @@ class Gateway:
         except ProfileError as exc:
             raise ConfigError(f"profiles: {exc}") from None
         self.admin_token = admin_token(config.gateway.admin_host) if config.gateway.admin_port is not None else None
-        self.metrics = GatewayMetrics(c.qos_ms for m in config.models for c in m.classes)
+        self.metrics = GatewayMetrics()
         self.registry = ModelRegistry()
         self.plane = DataPlane(self.registry, self.metrics)
         self.endpoints: dict[str, Endpoint] = {e.name: e for e in (x for v in by_model.values() for x in v)}

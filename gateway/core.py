@@ -118,7 +118,7 @@ class GatewayCore:
         # Variants by name (more than one: queries may pin one, answers name theirs).
         self.variants = {v.name: v for v in variants} if len(variants) > 1 else {}
         self.dispatcher = dispatcher
-        gateway_metrics = metrics or GatewayMetrics(c.qos_ms for c in self.classes.values())
+        gateway_metrics = metrics or GatewayMetrics()
         gateway_metrics.watch(model, dispatcher)
         self.metrics = gateway_metrics.for_model(model)
         self.backend_timeout_ms = backend_timeout_ms

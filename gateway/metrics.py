@@ -1,20 +1,30 @@
 """Prometheus metrics of one gateway, in their own registry (several gateways can share a
 process, e.g. in tests). One prefix, base units (seconds, ratios), a ``model`` label on every
-series that belongs to one model (and ``class`` where a service class applies).
+series that belongs to one model (and ``class`` where a service class applies). What only grows is
+a counter (``_total``); ``code`` is the HTTP status for both protocols (a gRPC status as its HTTP
+equivalent); latency buckets are the same for every model and gateway, so they aggregate.
 
-Counters and histograms are updated on events; pool gauges (pending depth, per-instance
-in-flight, busy fraction, health) are read from each model's dispatcher when scraped, so the hot
-path pays nothing for them.
+Counters and histograms are updated on events; the pool's series (pending depth, per-instance
+in-flight, busy seconds, served, health) are read from each model's dispatcher when scraped, so
+the hot path pays nothing for them. ``kairos_build_info`` and the ``process_*`` series come too.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Iterator
+import importlib.metadata
+import platform
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.dispatch import Dispatcher
@@ -23,8 +33,8 @@ from gateway.variants import split_kind
 
 PREFIX = "kairos"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Latency buckets (s), the same for every model: one histogram family holds them all. Every
-# configured target is added as a bound too, so "answered within target" is one bucket's count.
+# Latency buckets (s), the same for every model and every gateway: histograms from several
+# gateways add up. Queries answered after their target are counted apart (qos_violations).
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5,
     0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
@@ -34,6 +44,13 @@ DECISION_BUCKETS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 
 
 
 M = TypeVar("M", bound=Counter)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("kairos-gateway")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown"
 
 
 class Children(Generic[M]):
@@ -51,19 +68,13 @@ class Children(Generic[M]):
         return child
 
 
-def latency_buckets(targets_s: Iterable[float] = ()) -> tuple[float, ...]:
-    """The fixed bounds plus each target (s)."""
-    return tuple(sorted({*LATENCY_BUCKETS, *(round(t, 9) for t in targets_s)}))
-
-
 class _PoolCollector(Collector):
     """Each model's pool, read from its dispatcher at scrape time."""
 
-    def __init__(self, started: float) -> None:
+    def __init__(self) -> None:
         self.dispatchers: dict[str, Dispatcher] = {}
-        self.started = started
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         def family(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
             return GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=["model", *labels])
 
@@ -92,17 +103,18 @@ class _PoolCollector(Collector):
             "estimator_observations", "Service times the latency estimator has learned from, per instance type",
             ["instance_type"],
         )  # fmt: skip
-        pipelined = family("pipelined_dispatches", "Queries sent to an instance still serving its previous one", [])
+        def counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
+            return CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=["model", *labels])
+
+        pipelined = counter("pipelined_dispatches", "Queries sent to an instance still serving its previous one", [])
         labels = ["instance", "type", "variant"]
         in_flight = family("instance_in_flight", "Queries in flight per instance", labels)
-        busy = family(
-            "instance_busy_ratio",
-            "Fraction of time each instance spent serving (its reported service time over uptime)",
+        busy = counter(
+            "instance_busy_seconds", "Time each instance spent serving (its reported service times): rate() is its utilisation",
             labels,
-        )
+        )  # fmt: skip
         healthy = family("instance_healthy", "1 while the instance is in rotation", labels)
-        served = family("instance_served", "Queries answered per instance", labels)
-        uptime_ms = max((time.monotonic() - self.started) * 1000.0, 1e-9)
+        served = counter("instance_served", "Queries answered per instance", labels)
         for model, d in self.dispatchers.items():
             est = d.estimator
             pending.add_metric([model], len(d.pending))
@@ -117,7 +129,7 @@ class _PoolCollector(Collector):
                 variant, type_name = split_kind(model, inst.type_name)
                 key = [model, inst.name, type_name, variant]
                 in_flight.add_metric(key, len(inst.in_flight))
-                busy.add_metric(key, min(inst.busy_ms / uptime_ms, 1.0))
+                busy.add_metric(key, inst.busy_ms / 1000.0)
                 healthy.add_metric(key, 1.0 if inst.in_rotation else 0.0)
                 served.add_metric(key, inst.served)
         yield from (pending, p75, p99, mean, prior, learned, pipelined, in_flight, busy, healthy, served)
@@ -143,10 +155,14 @@ class GatewayMetrics:
     """The gateway's registry. ``watch`` adds a model's pool; ``for_model`` gives the series a
     model's core updates, bound to its name."""
 
-    def __init__(self, targets_ms: Iterable[float] = ()) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        buckets = latency_buckets(t / 1000.0 for t in targets_ms)
+        buckets = LATENCY_BUCKETS
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        Gauge(f"{PREFIX}_build_info", "The gateway's version, and the Python it runs on (value 1)",
+              ["version", "python"], registry=r).labels(_version(), platform.python_version()).set(1)
         self.requests = Counter(
             f"{PREFIX}_requests", "Inference requests answered, by model, code and protocol",
             ["model", "code", "protocol"], registry=r,
@@ -193,7 +209,7 @@ class GatewayMetrics:
             f"{PREFIX}_health_changes", "Instances going out of or back into rotation",
             ["model", "instance", "state"], registry=r,
         )  # fmt: skip
-        self._pools = _PoolCollector(time.monotonic())
+        self._pools = _PoolCollector()
         r.register(self._pools)
         # The series updated on every query (histograms cache their own).
         self.requests_of = Children(self.requests)

@@ -29,7 +29,7 @@ from gateway.errors import InferenceError, Overloaded
 from gateway.frontend import EXTENSIONS, METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
 from gateway.grpc_server import RpcError, UnaryMethod, call_opened
 from gateway.protocol import grpc_predict_v2_pb2 as pb
-from gateway.protocol.errors import grpc_status
+from gateway.protocol.errors import HTTP_OF_GRPC, grpc_status
 from gateway.protocol.limits import quote
 from gateway.protocol.routing import gateway_parameters_suffix, routing_from_proto
 from gateway.protocol.v2 import GRPC_SERVICE, decode_proto_infer
@@ -133,12 +133,13 @@ class GrpcFrontend:
         return reply.body + gateway_parameters_suffix(result.instance, result.queue_ms, e2e_ms, result.variant)
 
     def _count(self, model: str | None, code: grpc.StatusCode) -> None:
-        self.plane.count(model, code.name, GRPC)
+        self.plane.count(model, str(HTTP_OF_GRPC.get(code, 500)), GRPC)
 
     def _abort(self, exc: InferenceError, model: str | None) -> RpcError:
-        """Count the error; returns it as the status to raise."""
+        """Count the error (its HTTP status: one code vocabulary for both protocols); returns it
+        as the status to raise."""
         code = grpc_status(exc)
-        self._count(model, code)
+        self.plane.count(model, str(exc.status), GRPC)
         trailers: tuple[tuple[str, str], ...] = ()
         if isinstance(exc, Overloaded):
             trailers = (("retry-after", str(max(1, math.ceil(exc.retry_after_s)))),)

@@ -186,7 +186,8 @@ async def test_metrics_are_prometheus_with_one_prefix(gw: RunningGateway) -> Non
         "kairos_qos_violations_total",
         "kairos_pending_queries",
         'kairos_instance_in_flight{instance="g4dn.xlarge-0",model="ncf",type="g4dn.xlarge",variant="ncf"}',
-        "kairos_instance_busy_ratio",
+        "kairos_instance_busy_seconds_total",
+        "kairos_instance_served_total",
         "kairos_decision_duration_seconds_count",
         "kairos_dispatches_total",
         "kairos_retries_total",
@@ -195,11 +196,13 @@ async def test_metrics_are_prometheus_with_one_prefix(gw: RunningGateway) -> Non
         "kairos_transport_overhead_p75_seconds",
         "kairos_transport_overhead_p99_seconds",
         "kairos_transport_overhead_mean_seconds",
-        "kairos_pipelined_dispatches",
+        "kairos_pipelined_dispatches_total",
+        'kairos_build_info{python="',
+        "process_cpu_seconds_total",
     ):
         assert name in text, name
     metric_lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
-    assert all(ln.startswith("kairos_") for ln in metric_lines)
+    assert all(ln.startswith(("kairos_", "process_", "python_")) for ln in metric_lines)
     # The instances report their service time, so the gateway has learned the round trip around it.
     values = dict(ln.rsplit(" ", 1) for ln in metric_lines)
     mean = float(values['kairos_transport_overhead_mean_seconds{model="ncf"}'])

@@ -78,14 +78,15 @@ async def test_both_models_answer_over_http_with_their_classes(gw: RunningGatewa
         'kairos_request_duration_seconds_count{class="batch",model="rm2",protocol="http"} 1.0',
         'kairos_request_duration_seconds_count{class="bulk",model="dien",protocol="http"} 1.0',
         'kairos_request_duration_seconds_bucket{class="premium",le="0.3",model="rm2",protocol="http"}',
-        'kairos_request_duration_seconds_bucket{class="interactive",le="0.035",model="dien",protocol="http"}',
+        'kairos_request_duration_seconds_bucket{class="interactive",le="0.03",model="dien",protocol="http"}',
         'kairos_instance_healthy{instance="dien-r5n.large-1",model="dien",type="r5n.large",variant="dien"} 1.0',
-        'kairos_instance_served{instance="wnd-r5n.large-0",model="rm2",type="r5n.large",variant="wnd"}',
+        'kairos_instance_served_total{instance="wnd-r5n.large-0",model="rm2",type="r5n.large",variant="wnd"}',
         'kairos_pending_queries{model="rm2"} 0.0',
     ):
         assert series in metrics, series
     standard = 'kairos_request_duration_seconds_count{class="standard",model="rm2",protocol="http"}'
     assert standard in metrics  # the default class
+    assert 'le="0.035"' not in metrics  # the same buckets for every model: gateways' histograms add up
 
 
 async def test_unknown_class_and_model_are_named_over_http(gw: RunningGateway) -> None:
@@ -145,6 +146,12 @@ async def test_both_models_over_grpc_with_classes_and_health(gw: RunningGateway)
         with pytest.raises(grpc.aio.AioRpcError) as exc:
             await health.Check(health_pb2.HealthCheckRequest(service="ncf"))
         assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics") as resp:
+        metrics = await resp.text()
+    # one code vocabulary: gRPC answers counted by their HTTP equivalent
+    assert 'kairos_requests_total{code="200",model="dien",protocol="grpc"}' in metrics
+    assert 'kairos_requests_total{code="400",model="dien",protocol="grpc"}' in metrics
+    assert 'code="OK"' not in metrics and 'code="INVALID_ARGUMENT"' not in metrics
 
 
 def test_instance_flags_are_refused_for_several_models(gw: RunningGateway, tmp_path: Path) -> None:
