@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, cast
 import grpc
 import hpack
 
+from gateway.grpc_server.compression import gunzip, gzip_message
 from gateway.grpc_server.frames import (
     DEFAULT_MAX_FRAME,
     DEFAULT_WINDOW,
@@ -63,6 +64,8 @@ from gateway.grpc_server.frames import (
     window_update,
 )
 from gateway.grpc_server.headers import (
+    ACCEPT_ENCODING,
+    GZIP_RESPONSE_HEADERS,
     OK_TRAILERS,
     RESPONSE_HEADERS,
     http_status_block,
@@ -94,7 +97,7 @@ _TIMED_OUT_STREAM_UNITS = 100.0  # ten of them spend a full budget
 
 
 class _Stream:
-    __slots__ = ("body", "closed", "headers_sent", "held", "id", "method", "opened", "pending",
+    __slots__ = ("body", "closed", "gzip", "headers_sent", "held", "id", "method", "opened", "pending",
                  "remote_closed", "send_window", "size", "stalled_at", "task", "timer",
                  "unacked")  # fmt: skip
 
@@ -114,6 +117,7 @@ class _Stream:
         self.stalled_at = 0.0  # when its answer first waited for flow control (a trickle does not reset it)
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.gzip = False  # grpc-encoding gzip: the request may come compressed, the answer goes compressed
 
 
 class GrpcConnection(asyncio.Protocol):
@@ -613,13 +617,14 @@ class GrpcConnection(asyncio.Protocol):
                 grpc.StatusCode.UNIMPLEMENTED,
                 f"unknown method {(path or b'').decode(errors='replace')}",
             )
-        elif encoding not in (None, b"identity"):
+        elif encoding not in (None, b"identity", b"gzip"):
             self._send_status(
                 stream, grpc.StatusCode.UNIMPLEMENTED, f"grpc-encoding {encoding.decode(errors='replace')} is not supported",
-                (("grpc-accept-encoding", "identity"),),
+                (("grpc-accept-encoding", ACCEPT_ENCODING.decode()),),
             )  # fmt: skip
         else:
             stream.method = handler
+            stream.gzip = encoding == b"gzip"
             if timeout is not None:
                 seconds = parse_timeout(timeout)
                 if seconds is None:
@@ -736,7 +741,7 @@ class GrpcConnection(asyncio.Protocol):
         if len(body) != _MESSAGE_PREFIX.size + length:
             self._send_status(stream, grpc.StatusCode.INTERNAL, "expected exactly one request message")
             return
-        if compressed:
+        if compressed and not stream.gzip:
             self._send_status(stream, grpc.StatusCode.INTERNAL, "compressed message without grpc-encoding")
             return
         message = (
@@ -744,7 +749,7 @@ class GrpcConnection(asyncio.Protocol):
             if type(body) is bytes
             else bytes(memoryview(body)[_MESSAGE_PREFIX.size :])
         )
-        stream.task = self._loop.create_task(self._call(stream, stream.method, message))
+        stream.task = self._loop.create_task(self._call(stream, stream.method, message, bool(compressed)))
 
     def _release(self, stream: _Stream) -> None:
         """The stream's request bytes no longer hold the connection window."""
@@ -754,10 +759,14 @@ class GrpcConnection(asyncio.Protocol):
             if self._recv_unacked >= self._recv_half:
                 self._give_back()
 
-    async def _call(self, stream: _Stream, method: UnaryMethod, message: bytes) -> None:
+    async def _call(self, stream: _Stream, method: UnaryMethod, message: bytes, compressed: bool = False) -> None:
         call_opened.set(stream.opened)  # this task's own context: seen by this call only
         try:
+            if compressed:
+                message = await gunzip(message, self._settings.max_message_bytes)
             reply = await method(message)
+            if stream.gzip:
+                reply = await gzip_message(reply)
         except RpcError as exc:
             self._budget += self._call_credit
             self._send_status(stream, exc.code, exc.details, exc.trailers)
@@ -791,7 +800,8 @@ class GrpcConnection(asyncio.Protocol):
             return
         sid = stream.id
         size = _MESSAGE_PREFIX.size + len(reply)
-        prefix = _MESSAGE_PREFIX.pack(0, len(reply))
+        prefix = _MESSAGE_PREFIX.pack(stream.gzip, len(reply))
+        headers = GZIP_RESPONSE_HEADERS if stream.gzip else RESPONSE_HEADERS
         if (
             size <= stream.send_window
             and size <= self._send_window
@@ -801,7 +811,7 @@ class GrpcConnection(asyncio.Protocol):
             stream.send_window -= size
             self._send_window -= size
             self._write(b"".join((
-                frame(_HEADERS, _END_HEADERS, sid, RESPONSE_HEADERS),
+                frame(_HEADERS, _END_HEADERS, sid, headers),
                 frame_header(_DATA, 0, sid, size), prefix, reply,
                 frame(_HEADERS, _OK_TRAILERS_FRAME_FLAGS, sid, OK_TRAILERS),
             )))  # fmt: skip
@@ -819,7 +829,7 @@ class GrpcConnection(asyncio.Protocol):
                 stream, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many answers wait for the client"
             )
             return
-        self._write(frame(_HEADERS, _END_HEADERS, sid, RESPONSE_HEADERS))
+        self._write(frame(_HEADERS, _END_HEADERS, sid, headers))
         stream.headers_sent = True
         stream.pending = memoryview(prefix + reply)
         stream.stalled_at = time.monotonic()

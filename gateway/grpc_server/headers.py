@@ -37,6 +37,11 @@ def literal(name: bytes, value: bytes) -> bytes:
 _MESSAGE_SAFE = " " + string.punctuation.replace("%", "")
 
 RESPONSE_HEADERS = _STATUS_200 + literal(b"content-type", GRPC_CONTENT_TYPE)
+ACCEPT_ENCODING = b"identity,gzip"
+# The answer to a gzip request is gzip too.
+GZIP_RESPONSE_HEADERS = RESPONSE_HEADERS + literal(b"grpc-encoding", b"gzip") + literal(
+    b"grpc-accept-encoding", ACCEPT_ENCODING
+)
 OK_TRAILERS = literal(b"grpc-status", b"0")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import os
 import struct
 import time
@@ -613,14 +614,52 @@ async def test_h2_headers_only_request_is_internal() -> None:
     assert reply.status == grpc.StatusCode.INTERNAL.value[0]
 
 
-async def test_h2_gzip_is_unimplemented_with_accept_encoding() -> None:
+async def test_h2_an_unknown_encoding_is_unimplemented_with_accept_encoding() -> None:
     async with serving() as (_, port), h2_client(port) as client:
-        sid = client.request(ECHO, message(b"a", compressed=1), grpc_encoding="gzip")
+        sid = client.request(ECHO, message(b"a", compressed=1), grpc_encoding="deflate")
         reply = await client.response(sid)
         assert reply.status == grpc.StatusCode.UNIMPLEMENTED.value[0]
-        assert reply.metadata[b"grpc-accept-encoding"] == b"identity"
+        assert reply.metadata[b"grpc-accept-encoding"] == b"identity,gzip"
         sid = client.request(ECHO, message(b"a"), grpc_encoding="identity")  # identity is fine
         assert (await client.response(sid)).body == message(b"a")
+
+
+async def test_h2_a_gzip_request_gets_a_gzip_answer() -> None:
+    payload = b"0123456789" * 100
+    async with serving() as (_, port), h2_client(port) as client:
+        sid = client.request(ECHO, message(gzip.compress(payload), compressed=1), grpc_encoding="gzip")
+        reply = await client.response(sid)
+    assert reply.status == 0 and reply.headers[b"grpc-encoding"] == b"gzip"
+    flag, length = struct.unpack(">BI", reply.body[:5])
+    assert flag == 1 and length == len(reply.body) - 5
+    assert gzip.decompress(reply.body[5:]) == payload
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "words"),
+    [
+        (b"not gzip at all", grpc.StatusCode.INTERNAL, "cannot decompress"),
+        (gzip.compress(b"x" * 1000)[:-12], grpc.StatusCode.INTERNAL, "cannot decompress"),
+        (gzip.compress(b"\0" * (5 * MiB)), grpc.StatusCode.RESOURCE_EXHAUSTED, "decompressed message larger than max"),
+    ],
+)
+async def test_h2_bad_or_too_large_gzip_gets_a_status_and_the_server_keeps_serving(
+    body: bytes, code: grpc.StatusCode, words: str
+) -> None:
+    """A gzip bomb (5 MiB of zeros in 5 KiB) stops at the 4 MiB message limit."""
+    async with serving() as (_, port), h2_client(port) as client:
+        sid = client.request(ECHO, message(body, compressed=1), grpc_encoding="gzip")
+        reply = await client.response(sid)
+        assert reply.status == code.value[0] and words in urllib.parse.unquote(reply.metadata[b"grpc-message"].decode())
+        sid = client.request(ECHO, message(b"ok"))
+        assert (await client.response(sid)).body == message(b"ok")
+
+
+@pytest.mark.parametrize("payload", [b"squeeze me " * 1000, os.urandom(300 * 1024)])  # in line; off the loop
+async def test_grpc_clients_compressing_with_gzip_are_served(payload: bytes) -> None:
+    async with serving() as (_, port), grpc.aio.insecure_channel(f"127.0.0.1:{port}",
+                                                                 compression=grpc.Compression.Gzip) as channel:
+        assert await channel.unary_unary(ECHO)(payload, timeout=5) == payload
 
 
 async def test_h2_answer_before_the_request_ends_resets_the_stream() -> None:

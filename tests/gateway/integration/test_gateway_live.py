@@ -69,9 +69,11 @@ def test_http_infer_returns_the_instance_response_plus_gateway_parameters(gw: Ru
     assert result.as_numpy("output0").shape == (3, 1)
 
 
-def test_grpc_infer_returns_the_instance_response_plus_gateway_parameters(gw: RunningGateway) -> None:
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_grpc_infer_returns_the_instance_response_plus_gateway_parameters(gw: RunningGateway,
+                                                                          compression: str | None) -> None:
     client = tg.InferenceServerClient(gw.grpc)
-    result = client.infer(MODEL, grpc_inputs(4), request_id="g1")
+    result = client.infer(MODEL, grpc_inputs(4), request_id="g1", compression_algorithm=compression)
     response = result.get_response()
     assert response.id == "g1"
     p = response.parameters
