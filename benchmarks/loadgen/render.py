@@ -4,6 +4,7 @@ The JSON form is ``LoadReport.to_json()`` / ``FindMaxResult.to_json()``."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,13 +68,21 @@ def render_find_max(result: FindMaxResult) -> str:
     return "\n".join(lines)
 
 
+def _log_ticks(axis: Any) -> None:
+    """Labels at 1, 2 and 5 times a power of ten, unlabelled minor ticks: no overlapping labels."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_report(report: LoadReport, path: str | Path, title: str | None = None) -> Path:
     """Latency CDF (left) and a timeline of latency and throughput (right) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter
 
     s = report.samples
     if s is None:
@@ -84,7 +93,7 @@ def plot_report(report: LoadReport, path: str | Path, title: str | None = None) 
     ok = ~np.isnan(done) & np.array([e is None for e in s.error], dtype=bool)
     lat = (done - sched) * 1000.0
 
-    fig, (ax_cdf, ax_t) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (ax_cdf, ax_t) = plt.subplots(1, 2, figsize=(13, 5.2))
     fig.suptitle(
         title or f"{i.model} @ {report.offered_qps:,.0f} q/s offered ({i.protocol}), "
         f"{report.within_qos_pct:.2f}% within {i.qos_ms:g} ms"
@@ -94,35 +103,40 @@ def plot_report(report: LoadReport, path: str | Path, title: str | None = None) 
         y = np.arange(1, len(ok_lat) + 1) / max(report.sent, 1)  # errors never reach the top
         ax_cdf.plot(ok_lat, y, lw=1.5)
         ax_cdf.set_xscale("log")
-        ax_cdf.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax_cdf.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        _log_ticks(ax_cdf.xaxis)
     ax_cdf.axvline(i.qos_ms, color="red", ls="--", lw=1, label=f"QoS {i.qos_ms:g} ms")
     ax_cdf.set_xlabel("latency from scheduled send (ms, log)")
     ax_cdf.set_ylabel("fraction of sent queries")
     ax_cdf.set_ylim(0, 1.01)
     ax_cdf.grid(alpha=0.3)
-    ax_cdf.legend(loc="lower right")
+    ax_cdf.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
 
     bins = report.timeline
-    t = [b["t_s"] + report.timeline_bin_s / 2 for b in bins]
+    width = report.timeline_bin_s
+    t = np.array([b["t_s"] + width / 2 for b in bins])
     ax_t.scatter(sched[ok], lat[ok], s=2, alpha=0.25, color="tab:gray", label="query latency")
     for key, style in (("p50_ms", "-"), ("p99_ms", "--")):
         vals = [np.nan if b[key] is None else b[key] for b in bins]
-        ax_t.plot(t, vals, style, color="tab:blue", label=key.replace("_ms", ""))
-    ax_t.axhline(i.qos_ms, color="red", ls="--", lw=1)
+        ax_t.plot(t, vals, style, color="tab:blue", label=key.replace("_ms", "") + " per bin")
+    ax_t.axhline(i.qos_ms, color="red", ls="--", lw=1, label=f"QoS {i.qos_ms:g} ms")
     ax_t.set_yscale("log")
-    ax_t.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax_t.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    _log_ticks(ax_t.yaxis)
     ax_t.set_xlabel("time (s, by scheduled send)")
     ax_t.set_ylabel("latency (ms, log)")
     ax_t.grid(alpha=0.3)
     ax_q = ax_t.twinx()
-    ax_q.step(t, [b["achieved_qps"] for b in bins], where="mid", color="tab:green", label="achieved q/s")
+    # Completions per bin swing with each bin's few queries: a 1 s moving mean shows the trend.
+    k = max(1, round(1.0 / width)) if width > 0 else 1
+    qps = np.array([b["achieved_qps"] for b in bins], dtype=float)
+    if len(qps) >= k:
+        smooth = np.convolve(qps, np.ones(k) / k, mode="valid")
+        ax_q.plot(t[k - 1 :], smooth, color="tab:green", lw=1.5, label=f"achieved q/s ({k * width:g} s mean)")
     ax_q.set_ylabel("achieved q/s", color="tab:green")
     ax_q.set_ylim(bottom=0)
     h1, l1 = ax_t.get_legend_handles_labels()
     h2, l2 = ax_q.get_legend_handles_labels()
-    ax_t.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
+    ax_t.legend(h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8,
+                frameon=False, markerscale=4)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=110)
