@@ -68,7 +68,7 @@ def render_find_max(result: FindMaxResult) -> str:
     return "\n".join(lines)
 
 
-def _log_ticks(axis: Any) -> None:
+def log_ticks(axis: Any) -> None:
     """Labels at 1, 2 and 5 times a power of ten, unlabelled minor ticks: no overlapping labels."""
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
@@ -103,7 +103,7 @@ def plot_report(report: LoadReport, path: str | Path, title: str | None = None) 
         y = np.arange(1, len(ok_lat) + 1) / max(report.sent, 1)  # errors never reach the top
         ax_cdf.plot(ok_lat, y, lw=1.5)
         ax_cdf.set_xscale("log")
-        _log_ticks(ax_cdf.xaxis)
+        log_ticks(ax_cdf.xaxis)
     ax_cdf.axvline(i.qos_ms, color="red", ls="--", lw=1, label=f"QoS {i.qos_ms:g} ms")
     ax_cdf.set_xlabel("latency from scheduled send (ms, log)")
     ax_cdf.set_ylabel("fraction of sent queries")
@@ -120,7 +120,7 @@ def plot_report(report: LoadReport, path: str | Path, title: str | None = None) 
         ax_t.plot(t, vals, style, color="tab:blue", label=key.replace("_ms", "") + " per bin")
     ax_t.axhline(i.qos_ms, color="red", ls="--", lw=1, label=f"QoS {i.qos_ms:g} ms")
     ax_t.set_yscale("log")
-    _log_ticks(ax_t.yaxis)
+    log_ticks(ax_t.yaxis)
     ax_t.set_xlabel("time (s, by scheduled send)")
     ax_t.set_ylabel("latency (ms, log)")
     ax_t.grid(alpha=0.3)
