@@ -48,13 +48,17 @@ def pareto_front(cost: np.ndarray, qps: np.ndarray) -> np.ndarray:
     return order[improves]
 
 
+MAX_LABELLED = 8  # ranked pools named on the plot
+_OFFSETS = ((-22, 8), (-22, -14), (10, -16), (-34, -4))  # points of the rank labels from their pools
+
+
 def plot(ranking: Ranking, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     if ranking.cloud_cost.size:
         ax.scatter(ranking.cloud_cost, ranking.cloud_bound, s=5, c="0.75", label="every pool (paper bound)")
         front = pareto_front(ranking.cloud_cost, ranking.cloud_bound)
@@ -68,11 +72,22 @@ def plot(ranking: Ranking, path: Path, title: str) -> None:
         ax.scatter(cost, sim, marker="s", c="C2", label="ranked: simulated max", zorder=3)
     if ranking.target_qps is not None:
         ax.axhline(ranking.target_qps, c="C3", ls="--", lw=1, label="load x (1 + headroom)")
+    # Each ranked pool by its rank beside its point, and what it is in a key: the points crowd
+    # near the budget, the key does not.
+    shown = cands[:MAX_LABELLED]
+    for k, c in enumerate(shown):
+        ax.annotate(str(k + 1), (c.cost, c.paper_bound), xytext=_OFFSETS[k % len(_OFFSETS)], textcoords="offset points",
+                    fontsize=8, fontweight="bold", color="C0", zorder=4, arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
+    key = "\n".join(f"{k + 1}. {c.pool.label()}: {c.paper_bound:.0f} q/s bound, ${c.cost:.2f}/h"
+                    for k, c in enumerate(shown))
+    if key:
+        ax.text(0.02, 0.98, "ranked pools\n" + key, transform=ax.transAxes, va="top", ha="left", fontsize=7,
+                bbox={"boxstyle": "round", "fc": "white", "ec": "0.8", "alpha": 0.9}, zorder=5)
     ax.set_xlabel("cost ($/hour)")
     ax.set_ylabel("throughput (queries/s)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
