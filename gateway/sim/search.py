@@ -1,8 +1,8 @@
 """find-max: the highest arrival rate at which a pool keeps >= ``target`` of queries within QoS.
 
 Every step replays the same seeded workload (same batch sizes, same service-time draws; the
-arrival gaps of a rate r are those of rate 1 scaled by 1/r), so the steps differ only in the
-rate. A step passes when the measured queries (all but the first ``warmup`` fraction of
+arrival gaps of a rate r are those of rate 1 scaled by 1/r, or drawn at r for arrivals whose gaps
+do not scale, the paper's integer-ms Poisson gaps), so the steps differ only in the rate. A step passes when the measured queries (all but the first ``warmup`` fraction of
 arrivals: the pool starts empty) *and* the last quarter of them each reach the target: a rate
 above capacity makes the queue grow without bound, which the last quarter shows first. A step
 stops as soon as it can no longer pass.
@@ -162,10 +162,19 @@ def find_max(
     results: dict[float, SimResult] = {}
     steps: list[Step] = []
 
+    redraw = trace is None and not parse_arrivals(arrivals, base_rate).scale_invariant
+
+    def workload(rate: float) -> QueryTrace:
+        """The step's queries: the base scaled in time, or drawn at the rate (the same batches) for
+        arrivals whose gaps do not scale."""
+        if redraw:
+            return make_workload(parse_arrivals(arrivals, rate), mix, queries, seed)
+        return _scaled(base, base_rate, rate)
+
     def run(rate: float) -> bool:
         pol = policy if isinstance(policy, str) else policy()
         res = simulate(
-            _scaled(base, base_rate, rate), model=model, qos_ms=qos_ms, pool=pool, policy=pol, seed=seed,
+            workload(rate), model=model, qos_ms=qos_ms, pool=pool, policy=pol, seed=seed,
             depth=depth, profiles=profiles, warmup=warmup, stop_below=target,
             transport_ms=transport_ms, pipeline=pipeline, transport_p99_ms=transport_p99_ms,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -12,6 +13,8 @@ from gateway.errors import ConfigError
 
 class ArrivalProcess(ABC):
     name: str
+    # The gaps at rate r are those at rate 1 scaled by 1/r: a search may draw once and scale.
+    scale_invariant: ClassVar[bool] = True
 
     @abstractmethod
     def times_ms(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -58,6 +61,7 @@ class IntegerPoissonArrivals(SteadyArrivals):
     Poisson process."""
 
     name: str = "integer-poisson"
+    scale_invariant: ClassVar[bool] = False  # whole-ms gaps: at 1 q/s nearly constant, at 500 q/s not
 
     def times_ms(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return np.cumsum(rng.poisson(1000.0 / self.rate, n).astype(float))
