@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from gateway.errors import ConfigError
 from gateway.policies.base import Assignment, Policy, Snapshot
-from gateway.policies.baselines import FcfsPolicy, LeastOutstandingPolicy, PowerOfTwoPolicy, RoundRobinPolicy
+from gateway.policies.baselines import (
+    FcfsPaperPolicy,
+    FcfsPolicy,
+    LeastOutstandingPolicy,
+    PowerOfTwoPolicy,
+    RoundRobinPolicy,
+)
 from gateway.policies.fluid import FluidPolicy
 from gateway.policies.kairos import KairosPolicy
 
 _POLICIES: dict[str, type[Policy]] = {
     p.name: p
-    for p in (KairosPolicy, FluidPolicy, FcfsPolicy, RoundRobinPolicy, LeastOutstandingPolicy, PowerOfTwoPolicy)
+    for p in (KairosPolicy, FluidPolicy, FcfsPolicy, FcfsPaperPolicy, RoundRobinPolicy, LeastOutstandingPolicy,
+              PowerOfTwoPolicy)
 }
 POLICY_NAMES = tuple(_POLICIES)
 

@@ -47,6 +47,19 @@ class FcfsPolicy(Policy):
         return _fill(snap, lambda c, o, s: int(c[self._rng.integers(c.size)]))
 
 
+class FcfsPaperPolicy(Policy):
+    """The Kairos paper's FCFS baseline: head of the queue to the first free instance in pool
+    order (the config lists the GPU first, so it fills first)."""
+
+    name = "fcfs-paper"
+
+    def __init__(self, seed: int = 0) -> None:
+        pass
+
+    def decide(self, snap: Snapshot) -> list[Assignment]:
+        return _fill(snap, lambda c, o, s: int(c[0]))
+
+
 class RoundRobinPolicy(Policy):
     """Instances in turn, skipping those without a free slot."""
 

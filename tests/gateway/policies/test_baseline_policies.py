@@ -24,7 +24,7 @@ def snap(n_queries: int, free: list[int], outstanding: list[int] | None = None) 
     )
 
 
-BASELINES = ("fcfs", "round-robin", "least-outstanding", "power-of-two")
+BASELINES = ("fcfs", "fcfs-paper", "round-robin", "least-outstanding", "power-of-two")
 
 
 def test_baselines_are_registered() -> None:
@@ -37,6 +37,13 @@ def test_baselines_fill_free_slots_from_the_head(name: str) -> None:
     assert [q for q, _ in chosen] == [0, 1, 2]
     per = np.bincount([j for _, j in chosen], minlength=3)
     assert per.tolist()[1] == 0 and per[0] <= 1 and per[2] <= 2
+
+
+def test_the_papers_fcfs_fills_the_first_free_instance_in_pool_order() -> None:
+    p = make_policy("fcfs-paper")
+    assert p.decide(snap(4, free=[0, 2, 1, 3])) == [(0, 1), (1, 1), (2, 2), (3, 3)]
+    random_pick = {make_policy("fcfs", seed=s).decide(snap(1, free=[1, 1, 1, 1]))[0][1] for s in range(20)}
+    assert len(random_pick) > 1  # the other fcfs picks any free instance
 
 
 def test_round_robin_takes_turns() -> None:
