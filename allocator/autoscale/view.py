@@ -29,10 +29,16 @@ class Window:
         return self.queued + self.in_service
 
 
+# The forecaster's history, bounded: two days of 10 s ticks, trimmed a day at a time (8640 ticks
+# divides by every step of 1-6, 8, 9, 10 or 12 ticks, so the steps keep their boundaries).
+TRIM_TICKS = 8640
+HISTORY_TICKS = 2 * TRIM_TICKS
+
+
 @dataclass
 class ModelView:
     """One model's recent past: a tick's windows (newest last, bounded) and per-tick arrivals
-    since the start (the forecaster's history)."""
+    (the forecaster's history, the last two to three days)."""
 
     name: str
     target_ms: float
@@ -44,6 +50,8 @@ class ModelView:
     def record(self, w: Window) -> None:
         self.windows.append(w)
         self.arrivals.append(w.arrivals)
+        if len(self.arrivals) > HISTORY_TICKS + TRIM_TICKS:
+            del self.arrivals[:TRIM_TICKS]  # a multiple of any usual step's ticks: steps stay aligned
 
     def recent(self, seconds: float) -> list[Window]:
         k = max(1, round(seconds / self.tick_s))

@@ -199,3 +199,14 @@ def test_capacity_that_arrives_late_costs_violations_and_the_planned_loop_beats_
 def test_unknown_policy_is_named(name: str) -> None:
     with pytest.raises(ValueError, match="unknown policy"):
         make_policy(name, 36)
+
+
+def test_the_forecasters_history_is_bounded_and_keeps_its_steps() -> None:
+    from allocator.autoscale.view import HISTORY_TICKS, TRIM_TICKS
+
+    m = ModelView("a", 720.0, 10.0)
+    for k in range(HISTORY_TICKS + TRIM_TICKS + 7):
+        m.record(Window(k % 6, 0, 0.0, 0, 0, 0))  # 0..5 in each minute of six ticks
+    assert len(m.arrivals) <= HISTORY_TICKS + TRIM_TICKS
+    steps = m.per_step(60.0)
+    assert np.allclose(steps, 15 / 60.0)  # every whole minute still sums 0+1+...+5
