@@ -1,7 +1,7 @@
 """``kairos-autoscale``: the control loop against a running gateway and its emulated pool.
 
   kairos-autoscale --config config.json --gateway http://127.0.0.1:8000 \\
-      --gateway-admin http://127.0.0.1:8002 --servers-admin http://127.0.0.1:9300
+      --gateway-admin http://127.0.0.1:8002 --servers-admin http://127.0.0.1:9400
 
 Every tick (default 10 s) it reads the gateway's /metrics, and every plan period (default 30 s) it
 forecasts each model's load as quantiles and plans the pool (objective min_cost by default); it
