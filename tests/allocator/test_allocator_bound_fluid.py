@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 
 from allocator.bound import paper_bound_scalar
-from allocator.fluid import fluid_limit
-from allocator.problem import Problem
+from allocator.fluid import build_fluid_model, fluid_limit
+from allocator.problem import Problem, build_problem
 from allocator.search import best_by_milp, enumerate_pools, rank_by_budget, size_for_load
+from allocator.space import SearchSpace
+from allocator.summary import MixOnGrid
+from gateway.profiles import Catalogue, ProfileSet
+from gateway.workload import ProductionMix
 
 
 def test_vectorised_bound_equals_scalar(rm2: Problem) -> None:
@@ -75,3 +79,19 @@ def test_load_mode_rm2(rm2: Problem) -> None:
     pick = size_for_load(rm2, 100.0, 0.2).candidates[0]
     assert pick.fluid_limit is not None and pick.fluid_limit >= 120.0
     assert pick.pool.as_dict() == {"g4dn.xlarge": 1, "r5n.large": 11}
+
+
+@pytest.mark.parametrize("model", ["ncf", "rm2", "wnd", "mtwnd", "dien"])
+def test_on_the_same_mix_the_fluid_limit_is_at_least_the_papers_bound(
+    model: str, paper_space: SearchSpace, profiles: ProfileSet, catalogue: Catalogue
+) -> None:
+    """Like for like: the paper's bound rounds batch sizes up to multiples of 10; the fluid LP on
+    that same rounded mix is an upper bound of what any distributor carries, so it is never below
+    the paper's bound on the ranked pools (on the exact sizes it may be: a different mix)."""
+    p = build_problem(model, paper_space, profiles, catalogue)
+    sizes, probs = ProductionMix().pmf()
+    grid = MixOnGrid.from_pmf(sizes, probs)
+    same = build_fluid_model(profiles, model, paper_space.types, grid.sizes, grid.probs, p.qos_ms)
+    for c in rank_by_budget(p, 2.5, top=3).candidates:
+        counts = [c.pool.count(t) for t in paper_space.types]
+        assert fluid_limit(same, counts).rate >= c.paper_bound * (1 - 1e-6), (model, c.pool.label())
