@@ -70,6 +70,9 @@ class SimSetting:
     price_per_hour: Mapping[str, float] = field(default_factory=dict)  # per type
     tick_s: float = 10.0
     max_change: int | None = None  # instances per group per tick, as the live loop's bound
+    # Faro's executor: a start refused for room is retried every tick until it succeeds, and the
+    # group takes no new target meanwhile (False: a refused start is dropped, the policy asks again)
+    retry_refused: bool = False
 
     @property
     def duration_s(self) -> float:
@@ -137,6 +140,7 @@ class SimActuator:
         self.ready: dict[GroupKey, list[str]] = {}
         self.starting: dict[GroupKey, list[tuple[str, float]]] = {}
         self.releasing: list[tuple[float, str]] = []  # (when free, type) per released unit
+        self.shortfall: dict[GroupKey, int] = {}  # starts refused for room, to retry (retry_refused)
         self.cost = 0.0
         self._names = 0
 
@@ -166,15 +170,28 @@ class SimActuator:
         for _, type_name in self.releasing:  # billed until free
             self.cost += price.get(type_name, 0.0) * seconds / 3600.0
 
+    def busy(self, key: GroupKey) -> bool:
+        """Still retrying refused starts (retry_refused): the group takes no new target."""
+        return self.shortfall.get(key, 0) > 0
+
+    def retry(self, now_s: float) -> None:
+        for key, missing in list(self.shortfall.items()):
+            if missing > 0:
+                have = self.state(key).committed
+                self.scale(key, have + missing, now_s)
+
     def scale(self, key: GroupKey, replicas: int, now_s: float) -> int:
         """Move ``key`` towards ``replicas``; returns the count it will have (starts wait for room)."""
         sim = self.sims[key.model]
         ready, starting = self.ready.setdefault(key, []), self.starting.setdefault(key, [])
         have = len(ready) + len(starting)
+        self.shortfall.pop(key, None)
         if replicas > have:
             room = replicas - have
             if self.setting.cap_units is not None:
                 room = min(room, max(self.setting.cap_units - self.held(), 0))
+            if self.setting.retry_refused and room < replicas - have:
+                self.shortfall[key] = replicas - have - room
             startup = self.setting.startup_s.get(key.type, 0.0)
             for _ in range(room):
                 name = f"{key.type}-n{self._names}"
@@ -241,6 +258,7 @@ def run_loop(
             arrivals[k, j] = w.arrivals
             views[m.name].record(w)
         act.settle(now_s)
+        act.retry(now_s)
         act.accrue(tick)
         for m in setting.models:
             views[m.name].groups = {key: act.state(key) for key in views[m.name].groups}
@@ -250,6 +268,8 @@ def run_loop(
         for key, tgt in sorted(targets.items(), key=lambda kv: kv[1].replicas - act.state(kv[0]).committed):
             if key not in views[key.model].groups:
                 views[key.model].groups[key] = GroupState()
+            if act.busy(key):
+                continue  # Faro's executor: still applying the last action
             before = act.state(key).committed
             after = act.scale(key, bounded(before, tgt.replicas, setting.max_change), now_s)
             if after != before:

@@ -11,6 +11,7 @@ violations over time. Runs go to 2 worker processes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -24,11 +25,13 @@ from benchmarks.autoscale.faro_setting import POLICIES, SERVINGS, faro_setting, 
 FIGURE = Path(__file__).resolve().parents[1] / "figures" / "autoscale.png"
 
 
-def one(cap: int, policy: str, seed: int, serving: str, minutes: int | None) -> tuple[int, str, int, LoopRun]:
+def one(cap: int, policy: str, seed: int, serving: str, minutes: int | None,
+        faro_executor: bool = False) -> tuple[int, str, int, LoopRun]:
     def say(line: str) -> None:
         print(f"  cap {cap} seed {seed} {line}", file=sys.stderr, flush=True)
 
-    run = run_loop(faro_setting(cap, serving, seed, minutes), make_policy(policy, cap), seed, say)
+    setting = dataclasses.replace(faro_setting(cap, serving, seed, minutes), retry_refused=faro_executor)
+    run = run_loop(setting, make_policy(policy, cap), seed, say)
     say(f"{policy}: {run.over_target:.2%} over target ({run.wall_s:.0f} s)")
     return cap, policy, seed, run
 
@@ -86,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--serving", default="faro-queue", choices=sorted(SERVINGS), help="how a job's queue is served")
     ap.add_argument("--minutes", type=int, default=None, help="only the first minutes of the trace")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--faro-executor", action="store_true",
+                    help="apply scaling as Faro's executor does: a start refused for room is retried until it "
+                         "succeeds, and the job takes no new action meanwhile (default: dropped, asked again)")
     ap.add_argument("--json", type=Path, help="write the numbers here")
     ap.add_argument("--plot", type=Path, default=FIGURE, help=f"figure (default {FIGURE})")
     args = ap.parse_args(argv)
@@ -93,9 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[tuple[int, str, int], LoopRun] = {}
     with ProcessPoolExecutor(args.workers) as pool:
         for cap, policy, seed, run in pool.map(one, *zip(*jobs, strict=True),
-                                               [args.serving] * len(jobs), [args.minutes] * len(jobs)):
+                                               [args.serving] * len(jobs), [args.minutes] * len(jobs),
+                                               [args.faro_executor] * len(jobs)):
             runs[cap, policy, seed] = run
-    print(f"serving: {args.serving}; seeds {args.seeds}; % of requests over 720 ms (drops included), mean [min-max]")
+    executor = "Faro's executor (refused starts retried)" if args.faro_executor else "refused starts dropped"
+    print(f"serving: {args.serving}; {executor}; seeds {args.seeds}; % of requests over 720 ms (drops included), "
+          "mean [min-max]")
     print(f"{'policy':<12}" + "".join(f"{f'{c} CPUs':>26}{'Faro avg':>12}" for c in args.caps))
     table: dict[str, dict[str, object]] = {}
     for p in args.policies:

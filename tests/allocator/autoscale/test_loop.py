@@ -210,3 +210,33 @@ def test_the_forecasters_history_is_bounded_and_keeps_its_steps() -> None:
     assert len(m.arrivals) <= HISTORY_TICKS + TRIM_TICKS
     steps = m.per_step(60.0)
     assert np.allclose(steps, 15 / 60.0)  # every whole minute still sums 0+1+...+5
+
+
+def test_faros_executor_retries_a_refused_start_and_takes_no_new_target_meanwhile() -> None:
+    """Under a cap of 6 with 2 running and 4 units held after a removal, a start of 4 more gets 0
+    now; Faro's executor starts them once the units are free and ignores the targets in between.
+    Without it the start is dropped."""
+    class Script(StaticPolicy):
+        def decide(self, view: ClusterView) -> dict:
+            from allocator.autoscale.policies import Target
+            if view.now_s == 60.0:
+                return {KEY: Target(6, "up")}
+            if view.now_s == 100.0:
+                return {KEY: Target(2, "down")}
+            if view.now_s == 110.0:
+                return {KEY: Target(6, "up again")}
+            if view.now_s == 120.0:
+                return {KEY: Target(3, "ignored while busy")}
+            return {}
+
+    def run(retry: bool):  # type: ignore[no-untyped-def]
+        setting = dataclasses.replace(small_setting(cap=6), retry_refused=retry)
+        return run_loop(setting, Script({KEY: 2}), seed=1)
+
+    dropped, retried = run(False), run(True)
+    # at 110 s the four units of the removal are held until 130 s: no room
+    assert [d.after for d in dropped.decisions if d.reason == "up again"] == []
+    assert [d.reason for d in retried.decisions].count("ignored while busy") == 0
+    ticks = {float(t): int(r[0]) for t, r in zip(retried.ticks_s, retried.ready, strict=True)}
+    assert ticks[200.0] == 6  # started at 130 s when the units were free, serving 35 s later
+    assert {float(t): int(r[0]) for t, r in zip(dropped.ticks_s, dropped.ready, strict=True)}[200.0] == 2
