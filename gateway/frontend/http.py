@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -49,7 +50,7 @@ class HttpFrontend:
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.bodies = BodyBudget(max_buffered_bytes or max(max_body_bytes, 32 * 1024 * 1024))
-        self.app = web.Application(client_max_size=max_body_bytes)
+        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[_v2_errors])
         add = self.app.router.add_route
         add("GET", "/v2/health/live", self.live)
         add("GET", "/v2/health/ready", self.ready)
@@ -175,6 +176,22 @@ class HttpFrontend:
         error = http_error(exc)
         self._count(model, error.status)
         return web.Response(status=error.status, body=error.body, headers=error.headers)
+
+
+@web.middleware
+async def _v2_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Routes that are not served answer V2 error JSON too, not aiohttp's plain text."""
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        response = _json(405, {"error": f"method not allowed here: expected {allowed}"})
+        response.headers["Allow"] = allowed
+        return response
+    except web.HTTPNotFound:
+        return _json(404, {"error": "no such route: the V2 API is under /v2 (and /metrics)"})
 
 
 def _json(status: int, payload: object) -> web.Response:

@@ -158,6 +158,12 @@ async def test_bad_input_gets_v2_errors_and_the_gateway_keeps_serving(gw: Runnin
             assert resp.status == 400 and "empty" in orjson.loads(await resp.read())["error"]
         status, doc, _ = await post_infer(s, gw.url, "no-such-model", json_request(1, model=MODEL))
         assert status == 404 and "error" in doc
+        # routes that are not served: V2 error JSON, not plain text
+        async with s.get(f"{gw.url}/v3/nothing/here") as resp:
+            assert resp.status == 404 and "no such route" in orjson.loads(await resp.read())["error"]
+        async with s.delete(f"{gw.url}/v2/health/live") as resp:
+            assert resp.status == 405 and resp.headers["Allow"] == "GET"
+            assert "not allowed" in orjson.loads(await resp.read())["error"]
         status, doc, _ = await post_infer(s, gw.url, MODEL, json_request(2, "still-ok", model=MODEL))
         assert status == 200 and doc["id"] == "still-ok"
 
