@@ -29,7 +29,8 @@ def test_the_session_by_hand_works_as_written(tmp_path: Path) -> None:
     assert commands[0].startswith("kairos-servers") and commands[1].startswith("kairos-gateway")
     assert commands[-1].startswith("kill")
     shutil.copy(ROOT / "config.json", tmp_path / "config.json")
-    script = "set -e\n" + "\n".join(commands) + "\nwait\n"
+    # on any failure the background jobs go too: they hold the ports and the output pipes
+    script = "set -e\ntrap 'rc=$?; kill $(jobs -p) 2>/dev/null || true; exit $rc' EXIT\n" + "\n".join(commands) + "\nwait\n"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     out = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]

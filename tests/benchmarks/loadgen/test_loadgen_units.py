@@ -197,7 +197,7 @@ def test_json_schema_is_stable_and_plain_json():
     assert j["schema"] == SCHEMA and j["mode"] == "run"
     assert set(j) == {
         "schema", "mode", "target", "workload", "qos_ms", "counts", "offered_qps", "achieved_qps",
-        "goodput_qps", "wall_s", "within_qos_pct", "latency_ms", "errors", "instances", "send_lag_ms",
+        "goodput_qps", "wall_s", "within_qos_pct", "latency_ms", "errors", "first_errors", "instances", "send_lag_ms",
         "class", "variant", "variants", "accuracy_served",
         "max_in_flight", "aborted", "timeline",
     }
