@@ -12,7 +12,7 @@ import pytest
 from allocator.autoscale.actuator import GroupKey, GroupState, bounded
 from allocator.autoscale.forecast import make_forecaster
 from allocator.autoscale.planned import PlannedPolicy
-from allocator.autoscale.policies import StaticPolicy, aiad, oneshot
+from allocator.autoscale.policies import StaticPolicy, Target, aiad, oneshot
 from allocator.autoscale.simloop import SimModel, SimSetting, run_loop
 from allocator.autoscale.view import ClusterView, ModelView, Window
 from benchmarks.autoscale.faro_setting import faro_setting, make_policy, minute_arrivals, plan_template
@@ -136,6 +136,18 @@ def test_a_change_per_tick_is_bounded_alike_live_and_simulated(have: int, want: 
     assert bounded(have, want, bound) == expected
 
 
+class Scripted(StaticPolicy):
+    """Targets for KEY at given times (s): {time: (replicas, reason)}."""
+
+    def __init__(self, start: dict[GroupKey, int], steps: dict[float, tuple[int, str]]) -> None:
+        super().__init__(start, "scripted")
+        self.steps = steps
+
+    def decide(self, view: ClusterView) -> dict[GroupKey, Target]:
+        step = self.steps.get(view.now_s)
+        return {KEY: Target(*step)} if step else {}
+
+
 def small_setting(cap: int | None, seed: int = 0, minutes: int = 6) -> SimSetting:
     counts = np.array([600, 600, 2400, 2400, 600, 600][:minutes])
     model = SimModel("a", minute_arrivals(counts, seed, 0), 720.0, (TYPE,))
@@ -144,18 +156,8 @@ def small_setting(cap: int | None, seed: int = 0, minutes: int = 6) -> SimSettin
 
 
 def test_an_instance_serves_only_after_its_start_up_and_the_cap_holds_released_units() -> None:
-    class Script(StaticPolicy):
-        def decide(self, view: ClusterView) -> dict:
-            from allocator.autoscale.policies import Target
-            if view.now_s == 60.0:
-                return {KEY: Target(6, "up")}
-            if view.now_s == 200.0:
-                return {KEY: Target(2, "down")}
-            if view.now_s == 210.0:
-                return {KEY: Target(8, "up again")}
-            return {}
-
-    run = run_loop(small_setting(cap=8), Script({KEY: 2}), seed=1)
+    script = Scripted({KEY: 2}, {60.0: (6, "up"), 200.0: (2, "down"), 210.0: (8, "up again")})
+    run = run_loop(small_setting(cap=8), script, seed=1)
     at = {float(t): int(r[0]) for t, r in zip(run.ticks_s, run.ready, strict=True)}
     assert at[60.0] == 2 and at[90.0] == 2 and at[100.0] == 6  # started at 60 s, serving from 95 s
     assert at[200.0] == 2
@@ -168,12 +170,8 @@ def test_an_instance_serves_only_after_its_start_up_and_the_cap_holds_released_u
 
 
 def test_the_simulated_loop_bounds_each_change_as_the_live_loop_does() -> None:
-    class Jump(StaticPolicy):
-        def decide(self, view: ClusterView) -> dict:
-            from allocator.autoscale.policies import Target
-            return {KEY: Target(11, "jump")} if view.now_s == 60.0 else {}
-
-    run = run_loop(dataclasses.replace(small_setting(cap=None), max_change=4), Jump({KEY: 1}), seed=1)
+    jump = Scripted({KEY: 1}, {60.0: (11, "jump")})
+    run = run_loop(dataclasses.replace(small_setting(cap=None), max_change=4), jump, seed=1)
     assert [(d.before, d.after) for d in run.decisions] == [(1, 5)]
 
 
@@ -216,22 +214,11 @@ def test_faros_executor_retries_a_refused_start_and_takes_no_new_target_meanwhil
     """Under a cap of 6 with 2 running and 4 units held after a removal, a start of 4 more gets 0
     now; Faro's executor starts them once the units are free and ignores the targets in between.
     Without it the start is dropped."""
-    class Script(StaticPolicy):
-        def decide(self, view: ClusterView) -> dict:
-            from allocator.autoscale.policies import Target
-            if view.now_s == 60.0:
-                return {KEY: Target(6, "up")}
-            if view.now_s == 100.0:
-                return {KEY: Target(2, "down")}
-            if view.now_s == 110.0:
-                return {KEY: Target(6, "up again")}
-            if view.now_s == 120.0:
-                return {KEY: Target(3, "ignored while busy")}
-            return {}
+    steps = {60.0: (6, "up"), 100.0: (2, "down"), 110.0: (6, "up again"), 120.0: (3, "ignored while busy")}
 
     def run(retry: bool):  # type: ignore[no-untyped-def]
         setting = dataclasses.replace(small_setting(cap=6), retry_refused=retry)
-        return run_loop(setting, Script({KEY: 2}), seed=1)
+        return run_loop(setting, Scripted({KEY: 2}, steps), seed=1)
 
     dropped, retried = run(False), run(True)
     # at 110 s the four units of the removal are held until 130 s: no room
