@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from gateway.app import Gateway, GatewaySettings
-from gateway.config import GRPC_SERVERS, Config, Endpoint, client_margin, load_config
+from gateway.config import GRPC_SERVERS, Config, Endpoint, ModelConfig, client_margin, load_config
 from gateway.errors import ConfigError, ListenError
 from gateway.gc_freeze import freeze_startup_objects
 from gateway.policies import POLICY_NAMES
@@ -86,9 +86,14 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise ConfigError(f"--wait-for-addresses: expected seconds in [0, 3600], got {args.wait_for_addresses:g}")
 
 
+def _reads_address_file(args: argparse.Namespace, m: ModelConfig) -> bool:
+    """Whether this model's instances come from the address file (not the config's list)."""
+    return not args.instance and not (m.instances and not args.address_file)
+
+
 def _address_file(args: argparse.Namespace, config: Config) -> str | None:
     """The address file the instances come from, if any model needs it."""
-    if args.instance or (all(m.instances for m in config.models) and not args.address_file):
+    if not any(_reads_address_file(args, m) for m in config.models):
         return None
     return str(args.address_file or config.servers.address_file)
 
@@ -125,10 +130,10 @@ def _instances(args: argparse.Namespace, config: Config) -> dict[str, list[Endpo
         return {config.model: parse_instance_flags(args.instance)}
     out = {}
     for m in config.models:
-        if m.instances and not args.address_file:
-            out[m.name] = list(m.instances)
-        else:
+        if _reads_address_file(args, m):
             out[m.name] = load_address_file(args.address_file or config.servers.address_file, m.name, m.variant_names)
+        else:
+            out[m.name] = list(m.instances)
     return out
 
 

@@ -47,17 +47,19 @@ class PoolActuator:
         self.session = session
         self.servers = servers_admin.rstrip("/") + "/admin/instances"
         self.gateway = gateway_admin.rstrip("/") + "/admin/instances"
-        self.startup_delay_s = startup_delay_s if isinstance(startup_delay_s, Mapping) else None
-        self.startup_all_s = 0.0 if isinstance(startup_delay_s, Mapping) else float(startup_delay_s)
+        self.startup_by_type: dict[str, float] = {}
+        self.startup_other_s = 0.0  # a type not named
+        if isinstance(startup_delay_s, Mapping):
+            self.startup_by_type = dict(startup_delay_s)
+        else:
+            self.startup_other_s = float(startup_delay_s)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.drain_poll_s, self.drain_timeout_s = drain_poll_s, drain_timeout_s
         self.retiring: dict[str, GroupKey] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
     def startup_of(self, type_name: str) -> float:
-        if self.startup_delay_s is None:
-            return self.startup_all_s
-        return float(self.startup_delay_s.get(type_name, 0.0))
+        return self.startup_by_type.get(type_name, self.startup_other_s)
 
     async def _call(self, method: str, url: str, ok: tuple[int, ...], **kw: Any) -> Any:
         try:

@@ -53,6 +53,12 @@ def config() -> Config:
     })
 
 
+def prices() -> dict[str, float]:
+    """$ per hour of each instance type, from the shipped catalogue."""
+    cfg = config()
+    return {t: cfg.catalogue.type(t).price_per_hour for t in TYPES} if cfg.catalogue else {}
+
+
 def rates_per_minute(peaks: dict[str, float], minutes: int | None) -> dict[str, np.ndarray]:
     jobs, counts = load_trace()
     out = {}
@@ -78,8 +84,7 @@ def setting(peaks: dict[str, float], seed: int, minutes: int | None, types: dict
     per_minute = rates_per_minute(peaks, minutes)
     models = tuple(SimModel(m.name, trace(per_minute[m.name], seed, k), m.qos_ms, types[m.name])
                    for k, m in enumerate(cfg.models))
-    prices = {t: cfg.catalogue.type(t).price_per_hour for t in TYPES} if cfg.catalogue else {}
-    return SimSetting(models, default_profiles(), serving, None, STARTUP_S, 0.0, prices)
+    return SimSetting(models, default_profiles(), serving, None, STARTUP_S, 0.0, prices())
 
 
 def peak_plan(peaks: dict[str, float]) -> dict[GroupKey, int]:
@@ -95,7 +100,7 @@ def oracle_cost(peaks: dict[str, float], minutes: int | None) -> float:
     the load can save."""
     cfg = config()
     template = template_from_config(cfg, {"kind": "min_cost"})
-    prices = {t: cfg.catalogue.type(t).price_per_hour for t in TYPES} if cfg.catalogue else {}
+    price = prices()
     per_minute = rates_per_minute(peaks, minutes)
     memo: dict[tuple[float, ...], float] = {}
     total = 0.0
@@ -104,7 +109,7 @@ def oracle_cost(peaks: dict[str, float], minutes: int | None) -> float:
         key = tuple(loads.values())
         if key not in memo:
             plan = make_plan(parse_plan_request(template(loads, []), cfg.profile_set()))
-            memo[key] = sum(a.count * prices.get(a.type, 0.0) for a in plan.allocations)
+            memo[key] = sum(a.count * price.get(a.type, 0.0) for a in plan.allocations)
         total += memo[key] / 60.0
     return total
 
@@ -114,11 +119,18 @@ def make_policy(name: str, peaks: dict[str, float]) -> tuple[ScalingPolicy, dict
         return StaticPolicy(peak_plan(peaks), "static-peak"), dict.fromkeys(JOBS, TYPES)
     if name == "ray-serve":
         return ray_serve(), dict.fromkeys(JOBS, (CPU,))
+    return planned_policy(), dict.fromkeys(JOBS, TYPES)
+
+
+def planned_policy(time_scale: float = 1.0) -> PlannedPolicy:
+    """Ours, starting from one r5n.large per model, plans every 30 s for 120 s ahead; every period
+    divided by ``time_scale`` for a time-compressed replay."""
     cfg = config()
-    policy = PlannedPolicy(template_from_config(cfg, OBJECTIVE), make_forecaster(DEFAULT_FORECASTER),
-                           service_times(cfg), profiles=cfg.profile_set(),
-                           initial={GroupKey(m, m, CPU): 1 for m in JOBS})
-    return policy, dict.fromkeys(JOBS, TYPES)
+    return PlannedPolicy(template_from_config(cfg, OBJECTIVE), make_forecaster(DEFAULT_FORECASTER),
+                         service_times(cfg), profiles=cfg.profile_set(),
+                         initial={GroupKey(m, m, CPU): 1 for m in JOBS}, plan_every_s=30.0 / time_scale,
+                         step_s=60.0 / time_scale, horizon_s=120.0 / time_scale,
+                         down_after_s=120.0 / time_scale, measure_s=30.0 / time_scale)
 
 
 def one(policy: str, seed: int, peaks: dict[str, float], minutes: int | None) -> tuple[str, int, LoopRun]:

@@ -41,8 +41,6 @@ import numpy as np
 import orjson
 
 from allocator.autoscale.actuator import GroupKey, GroupState
-from allocator.autoscale.forecast import DEFAULT_FORECASTER, make_forecaster
-from allocator.autoscale.loop import service_times, template_from_config
 from allocator.autoscale.planned import PlannedPolicy
 from allocator.autoscale.policies import StaticPolicy
 from allocator.autoscale.pool_actuator import PoolActuator
@@ -51,11 +49,11 @@ from benchmarks.autoscale.hetero import (
     CPU,
     JOBS,
     LOAD_QUANTILE,
-    OBJECTIVE,
     STARTUP_S,
     TYPES,
-    config,
     peak_plan,
+    planned_policy,
+    prices,
     rates_per_minute,
     trace,
 )
@@ -84,11 +82,7 @@ class Compressed:
         return seconds / self.scale
 
     def policy(self) -> PlannedPolicy:
-        cfg = config()
-        return PlannedPolicy(template_from_config(cfg, OBJECTIVE), make_forecaster(DEFAULT_FORECASTER),
-                             service_times(cfg), profiles=cfg.profile_set(), plan_every_s=self(30.0),
-                             step_s=self.minute_s, horizon_s=self(120.0), down_after_s=self(120.0),
-                             measure_s=self(30.0), initial={GroupKey(m, m, CPU): 1 for m in JOBS})
+        return planned_policy(self.scale)
 
     def autoscale_args(self) -> list[str]:
         startup = ",".join(f"{t}={self(s):g}" for t, s in STARTUP_S.items())
@@ -125,13 +119,11 @@ def simulate(queries: dict[str, QueryTrace], c: Compressed, seed: int, static: d
              transport: dict[str, tuple[float | None, float | None]] | None = None) -> LoopRun:
     """The same queries through the same loop on the virtual clock; with ``transport``, each model's
     round trip as the live gateway measured it (else the ideal pool)."""
-    cfg = config()
-    prices = {t: cfg.catalogue.type(t).price_per_hour for t in TYPES} if cfg.catalogue else {}
     trip = transport or {}
     models = tuple(SimModel(m, queries[m], QOS_MS[m], TYPES, trip.get(m, (None, None))[0] or 0.0,
                             trip.get(m, (None, None))[1]) for m in JOBS)
     setting = SimSetting(models, default_profiles(), startup_s={t: c(s) for t, s in STARTUP_S.items()},
-                         price_per_hour=prices, tick_s=c(10.0), max_change=MAX_CHANGE)
+                         price_per_hour=prices(), tick_s=c(10.0), max_change=MAX_CHANGE)
     policy = c.policy() if static is None else StaticPolicy(static, "static-peak")
     return run_loop(setting, policy, seed)
 
@@ -228,13 +220,11 @@ async def run_live(queries: dict[str, QueryTrace], c: Compressed, seed: int, dir
     finally:
         servers.stop()
     docs = {m: orjson.loads(reports[m].read_bytes()) for m in JOBS}
-    cfg = config()
-    prices = {t: cfg.catalogue.type(t).price_per_hour for t in TYPES} if cfg.catalogue else {}
     decisions = sum(1 for line in (directory / "autoscale.log").read_text().splitlines() if DECISION.search(line))
     return LiveRun(
         over={m: d["counts"]["scheduled"] - d["counts"]["within_qos"] for m, d in docs.items()},
         queries={m: d["counts"]["scheduled"] for m, d in docs.items()},
-        cost=cost_of(samples, prices, c.scale), decisions=decisions, wall_s=wall, samples=samples,
+        cost=cost_of(samples, prices(), c.scale), decisions=decisions, wall_s=wall, samples=samples,
         timelines={m: d["timeline"] for m, d in docs.items()}, transport_ms=transport,
     )
 

@@ -81,11 +81,10 @@ def read_address_file(path: str | Path) -> AddressList:
 def remove_address_file(path: str | Path, pid: int) -> None:
     """Remove the file on the way out, if it is still the one ``pid`` wrote (a gateway started later
     must not read a dead pool's addresses)."""
-    path = Path(path)
     try:
-        if int(orjson.loads(path.read_bytes()).get("pid", 0)) == pid:
-            path.unlink()
-    except (OSError, ValueError, AttributeError, TypeError):
+        if read_address_file(path).pid == pid:
+            Path(path).unlink()
+    except (OSError, ConfigError):
         pass  # gone, replaced or unreadable: not ours to remove
 
 
