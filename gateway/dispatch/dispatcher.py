@@ -155,7 +155,7 @@ class Dispatcher:
         # in time (admission control): a big batch only a GPU can serve queues for the GPU.
         self._backlog: dict[int, np.ndarray] = {}
         self.admission_factors: dict[int, float] = {}  # per priority; 1.0 until it sheds
-        self.pinned = 0  # queued queries pinned to a variant
+        self.pinned = 0  # queued queries pinned to a variant or restricted to some instances
         # Per dispatch, the step down that balances ADMISSION_STEP_UP per shed at shed_target.
         target = self.overload.shed_target
         self._step_down = math.exp(-target * math.log(ADMISSION_STEP_UP) / (1.0 - target))
@@ -355,7 +355,7 @@ class Dispatcher:
 
     def _enqueue(self, query: Query, est: np.ndarray | None = None) -> None:
         query.queued = True
-        if query.variant is not None:
+        if query.variant is not None or query.only is not None:
             self.pinned += 1
         control = self.overload
         shed = control.shed_late and query.sheddable
@@ -378,7 +378,7 @@ class Dispatcher:
 
     def _dequeued(self, query: Query) -> None:
         query.queued = False
-        if query.variant is not None:
+        if query.variant is not None or query.only is not None:
             self.pinned -= 1
         if query.cost_ms:
             # ``able`` was sized when it was queued: types added since are appended after it
@@ -663,12 +663,15 @@ class Dispatcher:
         return out
 
     def _allowed_of(self, queries: list[Query]) -> np.ndarray:
-        """(Q, N): each query's instances (those of its pinned variant, or all)."""
+        """(Q, N): each query's instances (those of its pinned variant and of its ``only`` set,
+        or all)."""
         variant_of_instance = self.kind_variant[self._types]
         out = np.ones((len(queries), len(self.instances)), dtype=bool)
         for i, q in enumerate(queries):
             if q.variant is not None:
                 out[i] = variant_of_instance == q.variant
+            if q.only is not None:
+                out[i] &= np.fromiter((inst.name in q.only for inst in self.instances), bool, len(self.instances))
         return out
 
     def _priority_window(self, window: int, free: int) -> int:
@@ -706,10 +709,11 @@ class Dispatcher:
         out: list[Dispatch] = []
         left = self.work_left_ms(now_ms)
         while self.pending and self.pending[0].arrival_ms + max_wait_ms <= now_ms:
-            candidates = [j for j, f in enumerate(free_list) if f > 0]
-            if not candidates:
-                break
             q = self.pending[0]
+            mask = self._allowed_of([q])[0] if q.variant is not None or q.only is not None else None
+            candidates = [j for j, f in enumerate(free_list) if f > 0 and (mask is None or mask[j])]
+            if not candidates:
+                break  # the policy still sees it, and the queries behind it
             est = self.estimator.estimate(np.array([q.batch]))[0]
             j = min(candidates, key=lambda k: float(est[self._types[k]] + left[k]))
             self.pending.popleft()

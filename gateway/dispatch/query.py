@@ -22,5 +22,6 @@ class Query:
     sheddable: bool = True  # False: served however late, whatever the overload control says
     priority: int = 0  # its service class's: queued ahead of lower ones, shed after them
     variant: str | None = None  # pinned to this model variant's instances; None: any
+    only: frozenset[str] | None = None  # restricted to these instances (by name); None: any
     cost_ms: float = 0.0  # its share of the pool's backlog while queued (admission control)
     able: Any = None  # while queued with admission control: the types that can serve it in time

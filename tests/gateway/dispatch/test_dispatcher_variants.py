@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.dispatch import Dispatcher, Query
+from gateway.dispatch import Dispatcher, OverloadControl, Query
 from gateway.estimator import LatencyEstimator
 from gateway.policies import make_policy
 from gateway.profiles import load_profiles
@@ -72,3 +72,29 @@ def test_a_pinned_query_waits_for_its_variant(policy: str) -> None:
     d.complete(first.query, first.instance, 40.0, 40.0)
     (again,) = d.decide(40.0)
     assert (again.query.id, again.instance.name) == (1, "big")
+
+
+@pytest.mark.parametrize("policy", ["kairos", "fluid", "fcfs", "round-robin"])
+def test_a_query_restricted_to_some_instances_goes_only_there(policy: str) -> None:
+    d = dispatcher(policy)
+    d.submit(Query(id=0, batch=100, arrival_ms=0.0, deadline_ms=350.0, only=frozenset({"small"})))
+    (x,) = d.decide(0.0)  # unrestricted, it would go to the more accurate "big" (above)
+    assert x.instance.name == "small"
+    d.submit(Query(id=1, batch=100, arrival_ms=0.0, deadline_ms=350.0, only=frozenset({"small"})))
+    assert d.decide(1.0) == [] and d.pinned == 1  # small is busy: it waits, big stays free
+    d.complete(x.query, x.instance, 5.0, 5.0)
+    (again,) = d.decide(5.0)
+    assert (again.query.id, again.instance.name) == (1, "small") and d.pinned == 0
+
+
+def test_an_aged_query_still_goes_only_where_it_may() -> None:
+    est = LatencyEstimator(load_profiles(), "rm2", KINDS)
+    d = Dispatcher(
+        make_policy("kairos"), est, [("big", "r5n.large"), ("small", "wnd/r5n.large")],
+        model="rm2", accuracy=ACCURACY, overload=OverloadControl(max_wait_ms=10.0),
+    )  # fmt: skip
+    d.submit(Query(id=0, batch=1, arrival_ms=0.0, deadline_ms=350.0, variant="rm2"))
+    d.submit(Query(id=1, batch=1, arrival_ms=0.0, deadline_ms=350.0, only=frozenset({"small"})))
+    d.instances[0].healthy = d.instances[1].healthy = True
+    placed = {x.query.id: x.instance.name for x in d.decide(100.0)}  # both waited past 10 ms
+    assert placed == {0: "big", 1: "small"}
