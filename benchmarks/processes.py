@@ -20,6 +20,7 @@ from gateway.protocol.addresses import AddressList, InstanceAddress, read_addres
 
 SERVERS_READY = re.compile(r"^kairos-servers ready:")
 GATEWAY_READY = re.compile(r"^kairos-gateway ready http=(\S+) grpc=(\S+)")
+PICKER_READY = re.compile(r"^kairos-gateway ready epp=(\S+) metrics=(\S+)")
 
 
 def console_script(name: str, module: str) -> list[str]:
@@ -151,6 +152,26 @@ def start_gateway(
     cmd = [*console_script("kairos-gateway", "gateway.cli"), "--config", str(config), *args]
     proc, match = launch(cmd, GATEWAY_READY, directory / f"gateway-{time.monotonic_ns()}.stderr", timeout_s, cpus)
     return GatewayProcess(proc.process, proc.stderr_path, proc.ready_line, http=match[1], grpc=match[2])
+
+
+@dataclass
+class PickerProcess(Process):
+    epp: str = ""  # the ext_proc service, host:port
+    metrics: str = ""  # /metrics and health, host:port
+
+
+def start_picker(
+    config: Path,
+    args: Sequence[str] = (),
+    directory: Path | None = None,
+    timeout_s: float = 60.0,
+    cpus: set[int] | None = None,
+) -> PickerProcess:
+    """``kairos-gateway --mode epp``: the endpoint picker for Envoy."""
+    directory = directory or config.parent
+    cmd = [*console_script("kairos-gateway", "gateway.cli"), "--config", str(config), "--mode", "epp", *args]
+    proc, match = launch(cmd, PICKER_READY, directory / f"picker-{time.monotonic_ns()}.stderr", timeout_s, cpus)
+    return PickerProcess(proc.process, proc.stderr_path, proc.ready_line, epp=match[1], metrics=match[2])
 
 
 @contextlib.contextmanager

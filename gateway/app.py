@@ -14,11 +14,13 @@ import grpc
 from aiohttp import web
 
 from gateway.admin import AdminApi, NewInstance, admin_token
-from gateway.backend import InstanceClient
+from gateway.backend import Backend, InstanceClient
+from gateway.backend.picked import PickedEndpoint, host_port
 from gateway.config import DEFAULT_MAX_BATCH, Config, ModelConfig
 from gateway.core import GatewayCore
 from gateway.dataplane import DataPlane
 from gateway.dispatch import Dispatcher, InstanceState, OverloadControl
+from gateway.epp.server import EppServer
 from gateway.errors import (
     BadRequest,
     ConfigError,
@@ -62,6 +64,8 @@ class GatewaySettings:
     client_margin_ms: float = 0.0
     late_queries: str = "shed"
     max_wait_ms: float | None = None
+    mode: str = "v2"
+    epp_port: int = 9002
 
     @classmethod
     def from_config(cls, config: Config, **overrides: object) -> GatewaySettings:
@@ -77,6 +81,8 @@ class GatewaySettings:
             "client_margin_ms": g.client_margin_ms,
             "late_queries": g.late_queries,
             "max_wait_ms": g.max_wait_ms,
+            "mode": g.mode,
+            "epp_port": g.epp_port,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
@@ -171,6 +177,13 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._grpc_server: GrpcServer | grpc.aio.Server | None = None
+        self._epp: EppServer | None = None
+        self.epp_port = 0
+
+    @property
+    def picker(self) -> bool:
+        """The endpoint picker mode: Envoy carries the payloads (``gateway.epp``)."""
+        return self.settings.mode == "epp"
 
     def _service(self, model: ModelConfig) -> ModelService:
         cfg, settings = self.config, self.settings
@@ -189,16 +202,23 @@ class Gateway:
             backend_timeout_ms=settings.backend_timeout_ms,
             client_margin_ms=settings.client_margin_ms,
             consecutive_errors=cfg.gateway.outlier_consecutive_errors,
-            max_attempts=cfg.gateway.max_attempts,
+            # A picked query cannot be sent again: Envoy holds its payload.
+            max_attempts=1 if self.picker else cfg.gateway.max_attempts,
         )
         prober = HealthProber(core.clients, model.name, cfg.gateway.probe_interval_s, core.set_instance_health)
         return ModelService(model, core, prober)
 
-    def _client(self, endpoint: Endpoint) -> InstanceClient:
-        return InstanceClient(
+    def _client(self, endpoint: Endpoint) -> Backend:
+        client = InstanceClient(
             endpoint.name, endpoint.http_url, endpoint.grpc_address, self.config.gateway.backend_protocol,
             served_model=endpoint.variant,
         )  # fmt: skip
+        if not self.picker:
+            return client
+        http, grpc_address = (host_port(a) if a else None for a in (endpoint.http_url, endpoint.grpc_address))
+        if self._epp is not None:
+            self._epp.picker.addresses.update({a: endpoint.name for a in (http, grpc_address) if a})
+        return PickedEndpoint(client, http, grpc_address)
 
     # -- the pool admin API's operations (gateway.admin.PoolAdmin) ------------------------------
 
@@ -280,6 +300,28 @@ class Gateway:
         for service in self.registry:
             if service.prober is not None:
                 service.prober.start()
+        if self.picker:
+            await self._start_picker()
+        else:
+            await self._start_front_ends()
+        if cfg.gateway.admin_port is not None:
+            admin = AdminApi(self, self.admin_token)
+            self._admin_runner = web.AppRunner(admin.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+            await self._admin_runner.setup()
+            site = web.TCPSite(self._admin_runner, cfg.gateway.admin_host, cfg.gateway.admin_port, reuse_address=True)
+            await site.start()
+            self.admin_port = int(self._admin_runner.addresses[0][1])
+
+    async def _start_picker(self) -> None:
+        addresses = {
+            host_port(a): e.name for e in self.endpoints.values() for a in (e.http_url, e.grpc_address) if a
+        }
+        self._epp = EppServer(self.plane, addresses)
+        await self._epp.start(self.config.host, self.settings.epp_port, self.settings.http_port)
+        self.epp_port, self.http_port = self._epp.port, self._epp.metrics_port
+
+    async def _start_front_ends(self) -> None:
+        cfg = self.config
 
         http = HttpFrontend(
             self.plane, cfg.gateway.max_body_bytes, cfg.gateway.body_timeout_s, cfg.gateway.max_buffered_bytes
@@ -315,19 +357,14 @@ class Gateway:
             limits = ServerSettings(max_message_bytes=max_msg, request_timeout_s=cfg.gateway.body_timeout_s)
             self._grpc_server = GrpcServer(methods, limits)
             self.grpc_port = await self._grpc_server.start(cfg.host, self.settings.grpc_port)
-        if cfg.gateway.admin_port is not None:
-            admin = AdminApi(self, self.admin_token)
-            self._admin_runner = web.AppRunner(admin.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-            await self._admin_runner.setup()
-            site = web.TCPSite(self._admin_runner, cfg.gateway.admin_host, cfg.gateway.admin_port, reuse_address=True)
-            await site.start()
-            self.admin_port = int(self._admin_runner.addresses[0][1])
 
     async def stop(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Graceful: stop accepting, answer every accepted query, then close everything."""
         grpc_stopped = None
         if self._grpc_server is not None:
             grpc_stopped = asyncio.ensure_future(self._grpc_server.stop(grace=drain_timeout_s))
+        elif self._epp is not None:
+            grpc_stopped = asyncio.ensure_future(self._epp.stop(grace=drain_timeout_s))
         if self._site is not None:
             await self._site.stop()
         try:

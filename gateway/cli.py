@@ -4,7 +4,10 @@ Prints one ready line once both front ends listen (ports resolved when 0 was ask
 
     kairos-gateway ready http=127.0.0.1:8000 grpc=127.0.0.1:8001 policy=kairos model=rm2 instances=14 healthy=14 admin=127.0.0.1:8002
 
-(``admin=`` only when the config serves the pool admin API, ``gateway.admin_port``.)
+(``admin=`` only when the config serves the pool admin API, ``gateway.admin_port``.) As the
+endpoint picker for Envoy (``--mode epp``, gateway/epp/):
+
+    kairos-gateway ready epp=127.0.0.1:9002 metrics=127.0.0.1:8000 policy=kairos model=rm2 instances=14 healthy=14
 
 Instances from kairos-servers' address file: it waits for the file (``--wait-for-addresses``) and
 refuses one whose writer has exited. Usage and config errors print one line and exit 2; a port it
@@ -25,7 +28,7 @@ import sys
 from pathlib import Path
 
 from gateway.app import Gateway, GatewaySettings
-from gateway.config import GRPC_SERVERS, Config, Endpoint, ModelConfig, client_margin, load_config
+from gateway.config import GRPC_SERVERS, MODES, Config, Endpoint, ModelConfig, client_margin, load_config
 from gateway.errors import ConfigError, ListenError
 from gateway.gc_freeze import freeze_startup_objects
 from gateway.policies import POLICY_NAMES
@@ -53,7 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="an instance by V2 URL, repeatable: TYPE=grpc://HOST:PORT and/or http://HOST:PORT, comma-separated "
         "(default: the config's instances, else the address file)",
     )
-    p.add_argument("--http-port", type=int, help="HTTP port (0 = any free port)")
+    p.add_argument(
+        "--mode", choices=MODES,
+        help="v2: serve V2 HTTP and gRPC; epp: pick endpoints for Envoy's ext_proc filter (default: from config, v2)",
+    )  # fmt: skip
+    p.add_argument("--epp-port", type=int, help="ext_proc port of the epp mode (0 = any free port)")
+    p.add_argument("--http-port", type=int, help="HTTP port (0 = any free port); in epp mode, /metrics and health")
     p.add_argument("--grpc-port", type=int, help="gRPC port (0 = any free port)")
     p.add_argument(
         "--grpc-server", choices=GRPC_SERVERS, help="gRPC server: native (on the event loop) or grpcio (default: from config)"
@@ -78,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
-    for flag, lo in (("http_port", 0), ("grpc_port", 0), ("depth", 1), ("max_pending", 1)):
+    for flag, lo in (("http_port", 0), ("grpc_port", 0), ("epp_port", 0), ("depth", 1), ("max_pending", 1)):
         value = getattr(args, flag)
         if value is not None and (value < lo or (flag.endswith("port") and value > 65535)):
             raise ConfigError(f"--{flag.replace('_', '-')}: expected an integer >= {lo}, got {value}")
@@ -153,6 +161,8 @@ async def serve(args: argparse.Namespace) -> None:
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         grpc_server=args.grpc_server,
+        mode=args.mode,
+        epp_port=args.epp_port,
         seed=args.seed,
         client_margin_ms=None if args.client_margin_ms is None else client_margin(
             args.client_margin_ms, min(c.qos_ms for m in config.models for c in m.classes), "--client-margin-ms"
@@ -176,8 +186,13 @@ async def serve(args: argparse.Namespace) -> None:
     pools = [s.core.dispatcher.instances for s in gateway.registry]
     healthy = sum(i.healthy for pool in pools for i in pool)
     freeze_startup_objects()
+    listening = (
+        f"epp={config.host}:{gateway.epp_port} metrics={config.host}:{gateway.http_port}"
+        if gateway.picker
+        else f"http={config.host}:{gateway.http_port} grpc={config.host}:{gateway.grpc_port}"
+    )
     print(
-        f"{PROG} ready http={config.host}:{gateway.http_port} grpc={config.host}:{gateway.grpc_port} "
+        f"{PROG} ready {listening} "
         f"policy={settings.policy} model={','.join(gateway.registry.names)} "
         f"instances={sum(len(p) for p in pools)} healthy={healthy}"
         + (f" admin={config.gateway.admin_host}:{gateway.admin_port}" if config.gateway.admin_port is not None else ""),

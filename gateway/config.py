@@ -20,6 +20,8 @@ from gateway.protocol.limits import check_name
 BACKEND_PROTOCOLS = ("grpc", "http")
 # The gateway's own gRPC server on the event loop, or grpc.aio's (gateway/grpc_server/).
 GRPC_SERVERS = ("native", "grpcio")
+# "v2": the gateway serves V2 itself; "epp": it picks endpoints for Envoy (gateway/epp/).
+MODES = ("v2", "epp")
 LATE_QUERIES = ("shed", "serve")
 
 
@@ -170,6 +172,10 @@ class GatewayConfig:
     # (loopback unless a bearer token is set in KAIROS_ADMIN_TOKEN).
     admin_port: int | None = None
     admin_host: str = "127.0.0.1"
+    # The endpoint picker mode: the ext_proc service on ``epp_port`` (the inference extension's
+    # 9002); ``http_port`` then serves /metrics and health only.
+    mode: str = "v2"
+    epp_port: int = 9002
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +317,8 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
         max_buffered_bytes=g.int("max_buffered_bytes", lo=1024) if g.raw.get("max_buffered_bytes") is not None else None,
         admin_port=_port(g, "admin_port", 0) if g.raw.get("admin_port") is not None else None,
         admin_host=g.str("admin_host", dg.admin_host),
+        mode=g.str("mode", dg.mode, choices=MODES),
+        epp_port=_port(g, "epp_port", dg.epp_port),
     )
     return Config(
         models=tuple(models),

@@ -173,6 +173,10 @@ class GatewayCore:
         if not self.dispatcher.has_healthy():
             self._refused("no_healthy_instance", request, cls)
             raise NoHealthyInstance(f"no healthy instance serves model {self.model!r}")
+        only = request.only
+        if only is not None and not any(i.in_rotation and i.name in only for i in self.dispatcher.instances):
+            self._refused("no_healthy_instance", request, cls)
+            raise NoHealthyInstance(f"no healthy instance of model {self.model!r} in the request's subset")
         now = self.clock.now_ms()
         if request.received_s is not None:
             now = min(now, request.received_s * 1000.0)
@@ -188,6 +192,7 @@ class GatewayCore:
             sheddable=request.late != "serve",  # a client may ask for a late answer instead
             priority=cls.priority,
             variant=request.variant if self.variants else None,
+            only=request.only,
         )
         try:
             displaced = self.dispatcher.submit(query, now)

@@ -4,11 +4,14 @@ kind of failure that makes the core retry elsewhere."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from gateway.protocol import grpc_predict_v2_pb2 as pb
+
+if TYPE_CHECKING:
+    from gateway.backend.picked import Handoff
 
 HTTP = "http"
 GRPC = "grpc"
@@ -43,6 +46,10 @@ class RoutedRequest:
     # When the front end first saw the request (``time.monotonic()``, s): the QoS clock starts
     # there, not once the body is read and parsed. None: when the core receives it.
     received_s: float | None = None
+    # Endpoint picker mode only: Envoy holds the payload; the pick goes back through this, and
+    # the query may go only to these instances (by name) when Envoy sends a subset hint.
+    handoff: Handoff | None = None
+    only: frozenset[str] | None = None
 
 
 @dataclass(slots=True)

@@ -95,9 +95,9 @@ def routing_from_json(header: Mapping[str, Any], version: str | None = None) -> 
     qos = late = service_class = variant = None
     if isinstance(params, dict):
         if QOS_PARAMETER in params:
-            qos = _qos(params[QOS_PARAMETER])
+            qos = check_qos(params[QOS_PARAMETER])
         if LATE_PARAMETER in params:
-            late = _late(params[LATE_PARAMETER])
+            late = check_late(params[LATE_PARAMETER])
         if CLASS_PARAMETER in params:
             service_class = _name_parameter(CLASS_PARAMETER, params[CLASS_PARAMETER])
         if VARIANT_PARAMETER in params:
@@ -176,9 +176,9 @@ def routing_from_proto(request: pb.ModelInferRequest) -> RoutingInfo:
     datatype's range must be the client's error, not the instance's)."""
     qos = late = service_class = variant = None
     if QOS_PARAMETER in request.parameters:
-        qos = _qos(proto_param_value(request.parameters[QOS_PARAMETER]))
+        qos = check_qos(proto_param_value(request.parameters[QOS_PARAMETER]))
     if LATE_PARAMETER in request.parameters:
-        late = _late(proto_param_value(request.parameters[LATE_PARAMETER]))
+        late = check_late(proto_param_value(request.parameters[LATE_PARAMETER]))
     if CLASS_PARAMETER in request.parameters:
         service_class = _name_parameter(CLASS_PARAMETER, proto_param_value(request.parameters[CLASS_PARAMETER]))
     if VARIANT_PARAMETER in request.parameters:
@@ -221,9 +221,9 @@ def reported_service_ms_proto(response: pb.ModelInferResponse) -> float | None:
 # -- shared checks ---------------------------------------------------------------------------
 
 
-def _late(value: Any) -> str:
+def check_late(value: Any, what: str = f"parameter {LATE_PARAMETER}") -> str:
     if value not in ("shed", "serve"):
-        raise BadRequest(f"parameter {LATE_PARAMETER}: expected \"shed\" or \"serve\", got {quote(value)}")
+        raise BadRequest(f"{what}: expected \"shed\" or \"serve\", got {quote(value)}")
     return str(value)
 
 
@@ -233,12 +233,10 @@ def _name_parameter(key: str, value: Any) -> str:
     return check_name(value, f"parameter {key}")
 
 
-def _qos(value: Any) -> float:
+def check_qos(value: Any, what: str = f"parameter {QOS_PARAMETER}") -> float:
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
             value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_QOS_MS:
-        raise BadRequest(
-            f"parameter {QOS_PARAMETER}: expected a number of ms in (0, {MAX_QOS_MS}], got {quote(value)}"
-        )
+        raise BadRequest(f"{what}: expected a number of ms in (0, {MAX_QOS_MS}], got {quote(value)}")
     return float(value)

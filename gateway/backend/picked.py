@@ -1,0 +1,97 @@
+"""The backend of the endpoint picker mode (``gateway.epp``): the query's payload never passes
+through the gateway. Envoy holds the request; the core's decision goes back to Envoy's stream
+as an address, and the instance's answer comes back as the response headers Envoy reports on
+that stream. The core keeps its exact view of each instance: a query holds its instance from
+the pick to the response."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import grpc
+
+from gateway.backend.base import GRPC, BackendReply, InstanceFailure, RoutedRequest
+from gateway.backend.client import InstanceClient
+from gateway.errors import InternalError
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How Envoy's attempt on the picked endpoint ended, from the response headers."""
+
+    status: int  # HTTP :status
+    grpc_code: grpc.StatusCode = grpc.StatusCode.OK  # a trailers-only gRPC answer's status
+    upstream: bool = True  # False: Envoy answered itself (connect failure, reset, timeout)
+    upstream_ms: float | None = None  # Envoy's x-envoy-upstream-service-time
+    reason: str = ""
+
+
+class Handoff:
+    """Between one ext_proc stream and the core: ``picked`` gets the endpoint the core chose,
+    ``answered`` the outcome once Envoy reports the response."""
+
+    __slots__ = ("answered", "instance", "picked")
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.picked: asyncio.Future[str] = loop.create_future()
+        self.answered: asyncio.Future[Outcome] = loop.create_future()
+        self.instance = ""  # the name of the picked instance
+
+    def answer(self, outcome: Outcome) -> None:
+        if not self.answered.done():
+            self.answered.set_result(outcome)
+
+
+def host_port(url_or_address: str) -> str:
+    """``host:port`` of ``http://host:port`` or of a gRPC ``host:port``."""
+    if "://" in url_or_address:
+        parts = urlsplit(url_or_address)
+        return f"{parts.hostname}:{parts.port}"
+    return url_or_address
+
+
+class PickedEndpoint:
+    """One instance, as the picker's core sees it: ``infer`` hands the instance's address for
+    the request's protocol to the stream and waits for Envoy's report of the answer. Readiness
+    probes go to the instance itself, as in the gateway mode."""
+
+    def __init__(self, client: InstanceClient, http_address: str | None, grpc_address: str | None) -> None:
+        self.client = client
+        self.name = client.name
+        self.http = client.http
+        self.grpc = client.grpc
+        self.addresses = {"http": http_address, GRPC: grpc_address}
+
+    async def infer(self, request: RoutedRequest, timeout_s: float) -> BackendReply:
+        handoff = request.handoff
+        if handoff is None:  # the front ends of the gateway mode never reach a picked endpoint
+            raise InternalError(f"instance {self.name}: a request without a picker stream")
+        address = self.addresses[request.protocol]
+        if address is None:
+            raise InstanceFailure(self.name, f"no {request.protocol} endpoint")
+        start = time.perf_counter()
+        handoff.instance = self.name
+        handoff.picked.set_result(address)
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(handoff.answered), timeout_s)
+        except TimeoutError:
+            raise InstanceFailure(self.name, f"no answer reported within {timeout_s:g} s", timeout=True) from None
+        if not outcome.upstream:
+            raise InstanceFailure(self.name, outcome.reason or f"Envoy answered {outcome.status} itself")
+        return BackendReply(
+            body=b"",
+            status=outcome.status,
+            grpc_code=outcome.grpc_code,
+            service_ms=outcome.upstream_ms,
+            round_trip_ms=(time.perf_counter() - start) * 1000.0,
+        )
+
+    async def ready(self, model: str, timeout_s: float) -> bool:
+        return await self.client.ready(model, timeout_s)
+
+    async def close(self) -> None:
+        await self.client.close()

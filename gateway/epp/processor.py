@@ -1,0 +1,294 @@
+"""The endpoint picker: Envoy's external processing service (``ext_proc``), one stream per
+request, running the gateway's dispatcher.
+
+For an inference request, the picker turns the reported headers (or the body, when Envoy sends
+it) into a query for the model's core and holds the stream until the dispatcher places it. It
+then answers with the instance's address, in the ``x-gateway-destination-endpoint`` header and
+in the dynamic metadata ``envoy.lb`` (the Gateway API Inference Extension's protocol), and
+learns the answer's arrival from the response headers on the same stream: the query holds its
+instance from the pick to the response, as in the gateway mode. A refusal is an immediate
+response: 429 when the query is shed or the queue is full, 503 when no instance can serve, the
+V2 error status otherwise (a gRPC status for gRPC).
+
+Any other V2 call (health, metadata) goes to a ready instance of its model, without queueing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+from google.protobuf import struct_pb2
+
+from gateway.backend.base import GRPC
+from gateway.backend.picked import Handoff, Outcome
+from gateway.dataplane import DataPlane
+from gateway.epp.request import PickRequest, header_map, read_body, read_headers
+from gateway.errors import (
+    DeadlineExceeded,
+    InferenceError,
+    InternalError,
+    NoHealthyInstance,
+    Overloaded,
+    Unavailable,
+)
+from gateway.protocol.errors import error_body, grpc_status, http_error
+from gateway.protocol.limits import quote
+
+log = logging.getLogger("kairos.gateway.epp")
+
+DESTINATION = "x-gateway-destination-endpoint"
+LB_NAMESPACE = "envoy.lb"
+SUBSET_NAMESPACE = "envoy.lb.subset_hint"
+SUBSET_KEY = "x-gateway-destination-endpoint-subset"
+INSTANCE_HEADER = "kairos-instance"  # on the response: the instance the picker chose
+UPSTREAM_TIME = "x-envoy-upstream-service-time"  # set by Envoy's router on an upstream's answer
+BUFFERED = processing_mode_pb2.ProcessingMode.BUFFERED
+
+_CONTINUE = {
+    "request_headers": ep.ProcessingResponse(request_headers=ep.HeadersResponse()),
+    "response_headers": ep.ProcessingResponse(response_headers=ep.HeadersResponse()),
+    "request_body": ep.ProcessingResponse(request_body=ep.BodyResponse()),
+    "response_body": ep.ProcessingResponse(response_body=ep.BodyResponse()),
+    "request_trailers": ep.ProcessingResponse(request_trailers=ep.TrailersResponse()),
+    "response_trailers": ep.ProcessingResponse(response_trailers=ep.TrailersResponse()),
+}
+
+
+class EndpointPicker(ep_grpc.ExternalProcessorServicer):
+    """``envoy.service.ext_proc.v3.ExternalProcessor`` over the data plane's models."""
+
+    def __init__(self, plane: DataPlane, addresses: dict[str, str]) -> None:
+        """``addresses``: each instance's endpoints (``host:port``, either protocol) to its name,
+        for the subset hint."""
+        self.plane = plane
+        self.addresses = addresses
+        self._turn = itertools.count()  # round robin over ready instances for other calls
+
+    async def Process(
+        self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ep.ProcessingResponse]:
+        received = time.monotonic()
+        first = await anext(request_iterator, None)
+        if first is None or not first.HasField("request_headers"):
+            return  # nothing to pick for: Envoy opens a stream with the request headers
+        headers = header_map((h.key, h.raw_value or h.value) for h in first.request_headers.headers.headers)
+        protocol = GRPC if headers.get("content-type", "").startswith("application/grpc") else "http"
+        phase = "request_headers"
+        pick: PickRequest | None = None
+        try:
+            body_coming = first.protocol_config.request_body_mode == BUFFERED and not first.request_headers.end_of_stream
+            pick = read_headers(headers, body_coming)
+            if pick.infer and body_coming:
+                yield _CONTINUE["request_headers"]
+                phase = "request_body"
+                message = await anext(request_iterator, None)
+                if message is None:
+                    return
+                pick = read_body(pick, headers, message.request_body.body)
+            only = self._subset(first.metadata_context)
+            if not pick.infer:
+                address, name = self._any_ready(pick, only)
+                yield _picked(phase, address, name)
+                async for message in request_iterator:
+                    yield _continue(message)
+                self.plane.count(pick.model, "200", pick.protocol)
+                return
+        except InferenceError as exc:
+            self.plane.count(pick.model if pick else None, str(_status_of(exc)), protocol)
+            yield _refusal(exc, protocol)
+            return
+        async for response in self._infer(pick, only, phase, request_iterator, received):
+            yield response
+
+    async def _infer(
+        self,
+        pick: PickRequest,
+        only: frozenset[str] | None,
+        phase: str,
+        requests: AsyncIterator[ep.ProcessingRequest],
+        received: float,
+    ) -> AsyncIterator[ep.ProcessingResponse]:
+        assert pick.model is not None and pick.routing is not None
+        handoff = Handoff()
+        request = self.plane.route(pick.protocol, pick.model, pick.routing, b"", handoff=handoff, only=only, received_s=received)
+        task = asyncio.ensure_future(self.plane.infer(request))
+        task.add_done_callback(lambda t: _refused_before_pick(t, handoff))
+        try:
+            try:
+                address = await handoff.picked
+            except InferenceError as exc:
+                self.plane.count(pick.model, str(_status_of(exc)), pick.protocol)
+                yield _refusal(exc, pick.protocol)
+                return
+            yield _picked(phase, address, handoff.instance)
+            async for message in requests:
+                if message.HasField("response_headers"):
+                    outcome = _outcome(message.response_headers.headers.headers)
+                    handoff.answer(outcome)
+                    self.plane.count(pick.model, str(outcome.status), pick.protocol)
+                    yield _answered_by(handoff.instance)
+                else:
+                    yield _continue(message)
+        finally:
+            if not task.done() and not handoff.answered.done():
+                task.cancel()  # the client or Envoy went away: the core frees the slot in time
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: an error here was answered (or had no one to answer)
+            else:
+                task.add_done_callback(_retrieve)
+
+    def _subset(self, metadata: base_pb2.Metadata) -> frozenset[str] | None:
+        """The instances of the subset hint, by name (None: no hint)."""
+        hint = metadata.filter_metadata.get(SUBSET_NAMESPACE)
+        if hint is None or SUBSET_KEY not in hint.fields:
+            return None
+        listed = hint.fields[SUBSET_KEY].list_value.values
+        return frozenset(name for v in listed if (name := self.addresses.get(v.string_value)) is not None)
+
+    def _any_ready(self, pick: PickRequest, only: frozenset[str] | None) -> tuple[str, str]:
+        """A ready instance for a call that is not an inference (round robin)."""
+        cores = [self.plane.core(pick.model)] if pick.model is not None else [s.core for s in self.plane.registry]
+        ready = [
+            (core, inst)
+            for core in cores
+            for inst in core.dispatcher.instances
+            if inst.in_rotation and (only is None or inst.name in only)
+        ]
+        if not ready:
+            what = f"model {quote(pick.model)}" if pick.model is not None else "any model"
+            raise NoHealthyInstance(f"no healthy instance serves {what}")
+        core, inst = ready[next(self._turn) % len(ready)]
+        address = core.clients[inst.name].addresses[pick.protocol]  # type: ignore[attr-defined]
+        if address is None:
+            raise Unavailable(f"instance {inst.name} has no {pick.protocol} endpoint")
+        return str(address), inst.name
+
+
+def _refused_before_pick(task: asyncio.Future[Any], handoff: Handoff) -> None:
+    if handoff.picked.done():
+        return
+    if task.cancelled():
+        handoff.picked.cancel()
+        return
+    exc = task.exception()
+    handoff.picked.set_exception(exc if isinstance(exc, InferenceError) else InternalError("the picker failed"))
+    if exc is not None and not isinstance(exc, InferenceError):
+        log.error("picking failed", exc_info=exc)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _continue(message: ep.ProcessingRequest) -> ep.ProcessingResponse:
+    """Go on unchanged, for whatever part of the exchange Envoy sent (the processing mode in
+    Envoy's config decides which)."""
+    phase = message.WhichOneof("request")
+    if phase is None:
+        raise InternalError("an ext_proc message without a request")  # not Envoy's
+    return _CONTINUE[phase]
+
+
+def _picked(phase: str, address: str, instance: str) -> ep.ProcessingResponse:
+    """The answer that sends the request to ``address``."""
+    common = ep.CommonResponse(
+        header_mutation=ep.HeaderMutation(
+            set_headers=[
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key=DESTINATION, raw_value=address.encode()),
+                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                ),
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key=INSTANCE_HEADER, raw_value=instance.encode()),
+                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                ),
+            ]
+        ),
+    )
+    metadata = struct_pb2.Struct()
+    metadata.get_or_create_struct(LB_NAMESPACE)[DESTINATION] = address
+    headers = ep.HeadersResponse(response=common)
+    if phase == "request_body":
+        return ep.ProcessingResponse(request_body=ep.BodyResponse(response=common), dynamic_metadata=metadata)
+    return ep.ProcessingResponse(request_headers=headers, dynamic_metadata=metadata)
+
+
+@functools.lru_cache(maxsize=4096)
+def _answered_by(instance: str) -> ep.ProcessingResponse:
+    """The response goes on, naming the instance the picker chose (``kairos-instance``)."""
+    header = base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=INSTANCE_HEADER, raw_value=instance.encode()),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+    common = ep.CommonResponse(header_mutation=ep.HeaderMutation(set_headers=[header]))
+    return ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=common))
+
+
+def _status_of(exc: InferenceError) -> int:
+    """The protocol's statuses: 429 to shed, 503 when no endpoint can serve; V2's otherwise."""
+    if isinstance(exc, (Overloaded, DeadlineExceeded)):
+        return 429
+    if isinstance(exc, Unavailable):
+        return 503
+    return http_error(exc).status
+
+
+def _refusal(exc: InferenceError, protocol: str) -> ep.ProcessingResponse:
+    status = _status_of(exc)
+    message = str(exc)
+    if protocol == GRPC:
+        immediate = ep.ImmediateResponse(
+            status={"code": 200},
+            grpc_status=ep.GrpcStatus(status=grpc_status(exc).value[0]),
+            body=message.encode(),
+            details=type(exc).__name__,
+        )
+    else:
+        set_headers = [
+            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"))
+        ]
+        if isinstance(exc, (Overloaded, NoHealthyInstance)):
+            retry = str(max(1, math.ceil(exc.retry_after_s))).encode()
+            set_headers.append(base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="retry-after", raw_value=retry)))
+        immediate = ep.ImmediateResponse(
+            status={"code": status},
+            headers=ep.HeaderMutation(set_headers=set_headers),
+            body=error_body(message),
+            details=type(exc).__name__,
+        )
+    return ep.ProcessingResponse(immediate_response=immediate)
+
+
+def _outcome(headers: Iterable[base_pb2.HeaderValue]) -> Outcome:
+    """What the response headers say: the status, a trailers-only gRPC status, and whether the
+    answer came from the instance (Envoy's router marks those with the upstream's time)."""
+    h = header_map((x.key, x.raw_value or x.value) for x in headers)
+    try:
+        status = int(h.get(":status", "0"))
+    except ValueError:
+        status = 0
+    code = grpc.StatusCode.OK
+    if "grpc-status" in h:
+        code = next((c for c in grpc.StatusCode if str(c.value[0]) == h["grpc-status"]), grpc.StatusCode.UNKNOWN)
+    upstream_ms = None
+    if UPSTREAM_TIME in h:
+        try:
+            upstream_ms = float(h[UPSTREAM_TIME])
+        except ValueError:
+            upstream_ms = None
+    upstream = upstream_ms is not None
+    reason = "" if upstream else f"Envoy answered {status} without the instance ({h.get('x-envoy-local-reply', 'local reply')})"
+    return Outcome(status, code, upstream, upstream_ms, reason)
