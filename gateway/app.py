@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway.admin import AdminApi, NewInstance, admin_token
 from gateway.backend import Backend, InstanceClient
-from gateway.backend.picked import PickedEndpoint, host_port
+from gateway.backend.picked import PickedEndpoint, host_port, not_an_ip_address
 from gateway.config import DEFAULT_MAX_BATCH, Config, ModelConfig
 from gateway.core import GatewayCore
 from gateway.dataplane import DataPlane
@@ -165,6 +165,11 @@ class Gateway:
             self.profiles = config.profile_set()
         except ProfileError as exc:
             raise ConfigError(f"profiles: {exc}") from None
+        if settings.mode == "epp":
+            for e in (x for v in by_model.values() for x in v):
+                problem = next((p for a in (e.http_url, e.grpc_address) if a and (p := not_an_ip_address(a))), None)
+                if problem is not None:
+                    raise ConfigError(f"instance {e.name}: {problem}")
         self.admin_token = admin_token(config.gateway.admin_host) if config.gateway.admin_port is not None else None
         self.metrics = GatewayMetrics()
         self.registry = ModelRegistry()
@@ -265,6 +270,10 @@ class Gateway:
                 f"unknown variant {endpoint.variant!r} of model {model.name!r}: expected one of "
                 f"{', '.join(model.variant_names)}"
             )
+        if self.picker:
+            problem = next((p for a in (endpoint.http_url, endpoint.grpc_address) if a and (p := not_an_ip_address(a))), None)
+            if problem is not None:
+                raise BadRequest(problem)
         core = service.core
         kind = kind_of(model.name, endpoint.variant, endpoint.type)
         prior = not self.profiles.has(endpoint.variant or model.name, endpoint.type)

@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-mix", default="production", help="production | fixed:N | uniform:A-B")
     p.add_argument("--trace", metavar="CSV", help="replay a trace with columns timestamp_ms,batch")
     p.add_argument("--binary", action="store_true", help="HTTP: binary tensor extension instead of JSON")
+    p.add_argument(
+        "--routing-headers", action="store_true",
+        help="send kairos-model, kairos-batch (and kairos-class) headers: for Envoy with kairos-gateway --mode epp",
+    )  # fmt: skip
     p.add_argument("--protocol", choices=("http", "grpc"), help="must match the URL scheme (which decides)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="per-request timeout (default 10)")
     p.add_argument("--connections", type=int, default=1000, help="HTTP connection pool size (default 1000)")
@@ -126,6 +130,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         service_class=check_model_name(args.service_class, "--class") if args.service_class else None,
         variant=check_model_name(args.variant, "--variant") if args.variant else None,
         accuracy=parse_accuracy(args.accuracy) if args.accuracy else (),
+        routing_headers=args.routing_headers,
     )
 
 

@@ -54,6 +54,9 @@ class LoadConfig:
     service_class: str | None = None  # sent as the request parameter "class"
     variant: str | None = None  # sent as the request parameter "variant" (a pin)
     accuracy: tuple[tuple[str, float], ...] = ()  # per variant: to report the accuracy served
+    # Send the routing facts as headers too (kairos-model, kairos-batch, kairos-class): what a
+    # client of the endpoint picker mode sets, for Envoy to report them (gateway/epp/request.py).
+    routing_headers: bool = False
 
     @property
     def endpoint(self) -> Endpoint:

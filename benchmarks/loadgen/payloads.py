@@ -90,6 +90,7 @@ class PayloadFactory:
         variant: str | None = None,
     ) -> None:
         self.model = model
+        self.service_class = service_class
         self.specs = model_inputs(model)
         self.max_batch = max_batch
         rng = np.random.default_rng([seed, 7])

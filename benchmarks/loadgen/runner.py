@@ -183,8 +183,9 @@ async def run_load(
         target = target_factory(cfg, payloads)
     else:
         target = make_target(
-            endpoint, payloads, cfg.timeout_s, binary=cfg.binary, connections=cfg.connections
-        )
+            endpoint, payloads, cfg.timeout_s, binary=cfg.binary, connections=cfg.connections,
+            routing_headers=cfg.routing_headers,
+        )  # fmt: skip
     process = cfg.arrival_process()
     info = RunInfo(
         url=cfg.url,

@@ -82,6 +82,14 @@ class TargetUnreachable(Exception):
     """The endpoint did not answer the pre-flight check."""
 
 
+def routing_headers(payloads: PayloadFactory, batch: int) -> list[tuple[str, str]]:
+    """The routing facts as the endpoint picker reads them from headers (gateway/epp/request.py)."""
+    out = [("kairos-model", payloads.model), ("kairos-batch", str(batch))]
+    if payloads.service_class is not None:
+        out.append(("kairos-class", payloads.service_class))
+    return out
+
+
 class Target(ABC):
     def __init__(self, endpoint: Endpoint, payloads: PayloadFactory, timeout_s: float) -> None:
         self.endpoint = endpoint
@@ -129,10 +137,12 @@ class HttpTarget(Target):
         *,
         binary: bool = False,
         connections: int = 1000,
+        routing: bool = False,
     ) -> None:
         super().__init__(endpoint, payloads, timeout_s)
         self.binary = binary
         self.connections = connections
+        self.routing = routing
         self.path = f"/v2/models/{payloads.model}/infer"
         self._pool: Http1Pool | None = None
 
@@ -159,6 +169,8 @@ class HttpTarget(Target):
         else:
             body = self.payloads.json(batch, request_id)
             headers = "Content-Type: application/json\r\n"
+        if self.routing:
+            headers += "".join(f"{k}: {v}\r\n" for k, v in routing_headers(self.payloads, batch))
         try:
             async with asyncio.timeout(self.timeout_s):
                 resp = await self._pool.request("POST", self.path, headers, body)
@@ -188,8 +200,9 @@ def _grpc_params(resp: pb.ModelInferResponse) -> dict[str, Any]:
 
 
 class GrpcTarget(Target):
-    def __init__(self, endpoint: Endpoint, payloads: PayloadFactory, timeout_s: float) -> None:
+    def __init__(self, endpoint: Endpoint, payloads: PayloadFactory, timeout_s: float, routing: bool = False) -> None:
         super().__init__(endpoint, payloads, timeout_s)
+        self.routing = routing
         self._channel: grpc.aio.Channel | None = None
         self._call: Any = None
 
@@ -239,7 +252,8 @@ class GrpcTarget(Target):
         assert self._call is not None, "open() the target first"
         body = self.payloads.grpc(batch, request_id)
         try:
-            resp = await self._call(body, timeout=self.timeout_s)
+            metadata = routing_headers(self.payloads, batch) if self.routing else None
+            resp = await self._call(body, timeout=self.timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -256,7 +270,8 @@ def make_target(
     *,
     binary: bool = False,
     connections: int = 1000,
+    routing_headers: bool = False,
 ) -> Target:
     if endpoint.protocol == "grpc":
-        return GrpcTarget(endpoint, payloads, timeout_s)
-    return HttpTarget(endpoint, payloads, timeout_s, binary=binary, connections=connections)
+        return GrpcTarget(endpoint, payloads, timeout_s, routing_headers)
+    return HttpTarget(endpoint, payloads, timeout_s, binary=binary, connections=connections, routing=routing_headers)

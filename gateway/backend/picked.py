@@ -7,6 +7,7 @@ the pick to the response."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -52,6 +53,17 @@ def host_port(url_or_address: str) -> str:
         parts = urlsplit(url_or_address)
         return f"{parts.hostname}:{parts.port}"
     return url_or_address
+
+
+def not_an_ip_address(url_or_address: str) -> str | None:
+    """Why Envoy could not send a request to this address (its ORIGINAL_DST cluster takes
+    ``ip:port``, and resolves no names), or None."""
+    host = host_port(url_or_address).rsplit(":", 1)[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return f"{url_or_address!r}: the endpoint picker mode needs an IP address (Envoy resolves no names here), got host {host!r}"
+    return None
 
 
 class PickedEndpoint:

@@ -107,6 +107,8 @@ def test_the_manifests_are_there() -> None:
         "instance-deployment.yaml",
         "gateway-deployment.yaml",
         "autoscaler-rbac.yaml",
+        "epp-deployment.yaml",  # the endpoint picker and Envoy: tests/gateway/epp/test_manifests.py
+        "envoy-deployment.yaml",
     }
     kinds = [d["kind"] for _, d in all_documents()]
     for kind in ("Deployment", "Service", "ConfigMap", "ServiceAccount", "Role", "RoleBinding"):

@@ -3,7 +3,9 @@
 Behaviour is a pure function of the request's batch size, so a test knows every outcome:
 batch == ``--error-batch`` -> HTTP 503 / gRPC UNAVAILABLE; batch >= ``--slow-batch`` -> sleeps
 ``--slow-ms``; otherwise sleeps ``--delay-ms`` (0: answers at once). Every response reports
-``instance`` and ``service_ms`` parameters. ``GET /stats`` returns {"received": n, "distinct_ids": k}.
+``instance`` and ``service_ms`` parameters. ``GET /stats`` returns {"received": n, "distinct_ids": k,
+"routing_headers": {"agree": a, "disagree": d}}: requests whose kairos-batch/kairos-model headers
+(``--routing-headers``) match their body, and those whose do not.
 
 Run: ``python loadgen_stub_server.py [--delay-ms 1] ...``; it prints {"http": port, "grpc": port}
 on one stdout line once both listen (ports chosen by the OS).
@@ -31,6 +33,13 @@ class Stub:
         self.args = args
         self.received = 0
         self.ids: set[str] = set()
+        self.routing = {"agree": 0, "disagree": 0}
+
+    def check_routing(self, headers: Any, model: str, batch: int) -> None:
+        """Routing headers, when sent, must say what the body says."""
+        if "kairos-batch" in headers or "kairos-model" in headers:
+            agree = headers.get("kairos-batch") == str(batch) and headers.get("kairos-model") == model
+            self.routing["agree" if agree else "disagree"] += 1
 
     async def serve_one(self, batch: int, request_id: str) -> bool:
         """Record the request, wait its service time; False if it must fail."""
@@ -53,6 +62,7 @@ class Stub:
         hl = request.headers.get(HEADER_LENGTH)
         obj = orjson.loads(body if hl is None else body[: int(hl)])
         batch = int(obj["inputs"][0]["shape"][0])
+        self.check_routing(request.headers, request.match_info["model"], batch)
         if not await self.serve_one(batch, str(obj.get("id", ""))):
             return web.json_response({"error": "stub: overloaded"}, status=503)
         out = {
@@ -67,12 +77,13 @@ class Stub:
         return web.Response(status=200)
 
     async def http_stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"received": self.received, "distinct_ids": len(self.ids)})
+        return web.json_response({"received": self.received, "distinct_ids": len(self.ids), "routing_headers": self.routing})
 
     # -- gRPC --------------------------------------------------------------------------------
     async def grpc_infer(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         req = pb.ModelInferRequest.FromString(data)
         batch = int(req.inputs[0].shape[0])
+        self.check_routing(dict(context.invocation_metadata() or ()), req.model_name, batch)
         if not await self.serve_one(batch, req.id):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "stub: overloaded")
         resp = pb.ModelInferResponse(model_name=req.model_name, id=req.id)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +133,18 @@ def test_errors_under_the_allowed_rate_exit_0_and_are_listed_first(stub, tmp_pat
     assert 0 < j["counts"]["errors"] < 0.5 * j["counts"]["scheduled"]
     assert j["first_errors"] == ["http_503: stub: overloaded"]  # distinct: one, however many failed
     assert "first errors http_503: stub: overloaded" in " ".join(proc.stdout.split())
+
+
+@pytest.mark.parametrize(("scheme", "binary"), [("http", False), ("http", True), ("grpc", False)])
+async def test_routing_headers_say_what_each_body_says(stub, scheme, binary):
+    before = _stats(stub)["routing_headers"]
+    cfg = LoadConfig(
+        url=f"{scheme}://127.0.0.1:{stub[scheme]}", model="ncf", rate=100.0, queries=60,
+        batch_mix="uniform:2-8", binary=binary, seed=5, routing_headers=True,
+    )  # fmt: skip
+    r = await run_load(cfg)
+    after = _stats(stub)["routing_headers"]
+    assert r.sent == 60
+    assert (after["agree"] - before["agree"], after["disagree"] - before["disagree"]) == (60, 0)
+    plain = await run_load(replace(cfg, routing_headers=False))  # not sent unless asked
+    assert plain.sent == 60 and _stats(stub)["routing_headers"] == after

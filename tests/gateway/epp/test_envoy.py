@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 import time
 import urllib.request
 from collections import Counter
@@ -22,7 +23,7 @@ from helpers.inputs import triton_inputs
 from helpers.pool import RunningPool, free_port
 
 from benchmarks.envoy import EnvoyProcess, picker_bootstrap, start_envoy
-from benchmarks.processes import PickerProcess, start_picker
+from benchmarks.processes import PickerProcess, console_script, start_picker
 
 pytestmark = pytest.mark.slow
 MODEL = "rm2"
@@ -158,3 +159,20 @@ def test_with_the_body_sent_no_routing_headers_are_needed(
     grpc = tg.InferenceServerClient(envoy.listen)
     result = grpc.infer(MODEL, triton_inputs(tg, MODEL, 16))  # no kairos-model: the body names it
     assert result.as_numpy("output0").shape == (16, 1)
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_the_load_generator_through_envoy_with_routing_headers(
+    scheme: str, server_pool: Callable[..., RunningPool],
+    envoy_and_picker: Callable[..., tuple[EnvoyProcess, PickerProcess]], tmp_path: Path,
+) -> None:  # fmt: skip
+    pool = server_pool(pool={"g4dn.xlarge": 1, "r5n.large": 2}, model=MODEL)
+    envoy, picker = envoy_and_picker([pool])
+    out = tmp_path / "load.json"
+    cmd = [*console_script("kairos-loadgen", "benchmarks.loadgen.cli"), "--url", f"{scheme}://{envoy.listen}",
+           "--model", MODEL, "--rate", "20", "--queries", "60", "--batch-mix", "uniform:1-200", "--routing-headers", "--quiet", "--json", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["counts"]["ok"] == 60
+    assert sum(dispatched(picker).values()) == 60

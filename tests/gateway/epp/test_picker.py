@@ -23,7 +23,8 @@ from helpers.pool import RunningPool
 
 from gateway.app import Gateway, GatewaySettings
 from gateway.backend.picked import host_port
-from gateway.config import load_config
+from gateway.config import load_config, parse_config
+from gateway.errors import ConfigError
 from gateway.pool import load_address_file
 
 pytestmark = pytest.mark.slow
@@ -286,3 +287,11 @@ async def test_health_services(picker: Any) -> None:
         for service in ("liveness", "readiness", "envoy.service.ext_proc.v3.ExternalProcessor", ""):
             reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+def test_instances_must_be_ip_addresses_for_envoy() -> None:
+    config = parse_config({"model": MODEL, "qos_ms": 350, "instances": [{"type": "r5n.large", "http": "http://localhost:9100"}]})
+    settings = GatewaySettings.from_config(config, mode="epp")
+    with pytest.raises(ConfigError, match="needs an IP address.*'localhost'"):
+        Gateway(config, config.primary.instances, settings)
+    Gateway(config, config.primary.instances, GatewaySettings.from_config(config))  # the V2 mode resolves names
