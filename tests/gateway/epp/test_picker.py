@@ -292,6 +292,6 @@ async def test_health_services(picker: Any) -> None:
 def test_instances_must_be_ip_addresses_for_envoy() -> None:
     config = parse_config({"model": MODEL, "qos_ms": 350, "instances": [{"type": "r5n.large", "http": "http://localhost:9100"}]})
     settings = GatewaySettings.from_config(config, mode="epp")
-    with pytest.raises(ConfigError, match="needs an IP address.*'localhost'"):
+    with pytest.raises(ConfigError, match=r"needs an IP address.*'localhost'"):
         Gateway(config, config.primary.instances, settings)
     Gateway(config, config.primary.instances, GatewaySettings.from_config(config))  # the V2 mode resolves names
