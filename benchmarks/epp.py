@@ -110,11 +110,11 @@ def loadgen(front: Front, model: str, args: list[str], directory: Path) -> dict[
     watched processes spent meanwhile."""
     out = directory / f"loadgen-{time.monotonic_ns()}.json"
     cmd = [*console_script("kairos-loadgen", "benchmarks.loadgen.cli"), "--url", front.url, "--model", model,
-           "--quiet", "--json", str(out), "--max-error-rate", "1", *args]  # fmt: skip
+           "--json", str(out), "--max-error-rate", "1", *args]  # fmt: skip
     if front.routing_headers:
         cmd.append("--routing-headers")
     before = {label: cpu_s(pid) for label, pid in front.watched.items()}
-    subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)  # its progress shows on stderr
     spent = {label: cpu_s(pid) - before[label] for label, pid in front.watched.items()}
     report = dict(json.loads(out.read_text()))
     report["cpu_s"] = spent
@@ -127,10 +127,13 @@ def measure(model: str, step_queries: int, fixed_s: float, fixed_share: float, s
         maxima: dict[str, float] = {}
         start = None
         for front in fs:
+            # Searches after the gateway's start at its maximum, and stop halving at 1/8 of it:
+            # a front that misses the target there reports 0 (below that, a step takes minutes).
+            floor = ["--min-rate", str(start / 8)] if start else []
             report = loadgen(
                 front, model,
                 ["--find-max", "--step-queries", str(step_queries), "--seed", str(seed),
-                 "--rate", str(start or 100.0)],
+                 "--rate", str(start or 100.0), *floor],
                 directory,
             )  # fmt: skip
             maxima[front.name] = float(report["max_qps"])

@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--step-duration", type=float, metavar="S", help="instead: S seconds of arrivals per step")
     s.add_argument("--resolution", type=float, default=0.05, help="stop when (hi-lo)/hi <= this (default 0.05)")
     s.add_argument("--pause", type=float, default=1.0, metavar="S", help="pause between steps (default 1 s)")
+    s.add_argument(
+        "--min-rate", type=float, default=1.0, metavar="QPS",
+        help="stop halving below this rate: max 0 means no rate >= QPS meets the target (default 1)",
+    )  # fmt: skip
     return p
 
 
@@ -151,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         if args.find_max:
+            if not (math.isfinite(args.min_rate) and args.min_rate > 0):
+                raise ConfigError(f"--min-rate {args.min_rate:g}: expected a positive rate")
             def on_step(step: FindMaxStep) -> None:
                 if not args.quiet:
                     j = step.to_json()
@@ -171,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     step_duration_s=args.step_duration,
                     resolution=args.resolution,
                     pause_s=args.pause,
+                    min_qps=args.min_rate,
                     on_step=on_step,
                 )
             )

@@ -163,6 +163,8 @@ async def find_max(
         raise ConfigError(f"--target {target:g}: expected a fraction in (0, 1], e.g. 0.99")
     if not 0 < resolution < 1:
         raise ConfigError(f"--resolution {resolution:g}: expected a fraction in (0, 1), e.g. 0.05")
+    if not (math.isfinite(min_qps) and min_qps > 0):
+        raise ConfigError(f"--min-rate {min_qps:g}: expected a positive rate")
     if step_queries < 1 or (step_duration_s is not None and not step_duration_s > 0):
         raise ConfigError("--step-queries / --step-duration: expected positive values")
     if config.ramp is not None or config.trace is not None:

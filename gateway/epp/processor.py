@@ -202,6 +202,7 @@ def _continue(message: ep.ProcessingRequest) -> ep.ProcessingResponse:
     return _CONTINUE[phase]
 
 
+@functools.lru_cache(maxsize=4096)
 def _picked(phase: str, address: str, instance: str) -> ep.ProcessingResponse:
     """The answer that sends the request to ``address``."""
     common = ep.CommonResponse(

@@ -28,6 +28,7 @@ OK = ["--model", "ncf", "--rate", "10", "--duration", "1"]
         (["--model", "ncf"], "--url"),
         (["--url", "http://127.0.0.1:1", *OK, "--max-error-rate", "1.5"], "expected a fraction in [0, 1]"),
         (["--url", "http://127.0.0.1:1", *OK, "--max-error-rate", "nan"], "expected a fraction in [0, 1]"),
+        (["--url", "http://127.0.0.1:1", "--model", "ncf", "--rate", "10", "--find-max", "--min-rate", "0"], "--min-rate 0"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, words, capsys):
