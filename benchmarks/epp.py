@@ -129,7 +129,7 @@ def measure(model: str, step_queries: int, fixed_s: float, fixed_share: float, s
         for front in fs:
             # Searches after the gateway's start at its maximum, and stop halving at 1/8 of it:
             # a front that misses the target there reports 0 (below that, a step takes minutes).
-            floor = ["--min-rate", str(start / 8)] if start else []
+            floor: list[str] = ["--min-rate", str(start / 8)] if start else []
             report = loadgen(
                 front, model,
                 ["--find-max", "--step-queries", str(step_queries), "--seed", str(seed),
