@@ -30,6 +30,9 @@ class Outcome:
     reason: str = ""
 
 
+_NO_ANSWER = Outcome(0, upstream=False, reason="no answer reported in time")
+
+
 class Handoff:
     """Between one ext_proc stream and the core: ``picked`` gets the endpoint the core chose,
     ``answered`` the outcome once Envoy reports the response."""
@@ -88,10 +91,14 @@ class PickedEndpoint:
         start = time.perf_counter()
         handoff.instance = self.name
         handoff.picked.set_result(address)
+        # A timer, not wait_for: it costs a task and a future per query, on the picker's hot path.
+        timer = asyncio.get_running_loop().call_later(timeout_s, handoff.answer, _NO_ANSWER)
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(handoff.answered), timeout_s)
-        except TimeoutError:
-            raise InstanceFailure(self.name, f"no answer reported within {timeout_s:g} s", timeout=True) from None
+            outcome = await handoff.answered
+        finally:
+            timer.cancel()
+        if outcome is _NO_ANSWER:
+            raise InstanceFailure(self.name, f"no answer reported within {timeout_s:g} s", timeout=True)
         if not outcome.upstream:
             raise InstanceFailure(self.name, outcome.reason or f"Envoy answered {outcome.status} itself")
         return BackendReply(

@@ -295,3 +295,17 @@ def test_instances_must_be_ip_addresses_for_envoy() -> None:
     with pytest.raises(ConfigError, match=r"needs an IP address.*'localhost'"):
         Gateway(config, config.primary.instances, settings)
     Gateway(config, config.primary.instances, GatewaySettings.from_config(config))  # the V2 mode resolves names
+
+
+async def test_an_answer_never_reported_is_the_instances_timeout(picker: Any) -> None:
+    gw, _, stub = await picker(pool={"r5n.large": 2}, backend_timeout_ms=200.0)
+    stream = Stream(stub)
+    picked = await stream.send(ep.ProcessingRequest(request_headers=infer_headers(batch=10)))
+    inst = gw.registry.get(MODEL).core.instance(set_headers(picked)["kairos-instance"])
+    assert inst is not None and inst.healthy
+    for _ in range(100):  # no response headers on the stream: after 200 ms the instance has failed
+        if not inst.healthy:
+            break
+        await asyncio.sleep(0.02)
+    assert not inst.healthy and not inst.in_flight
+    stream.call.cancel()
