@@ -36,7 +36,8 @@ import logging
 import struct
 import termios
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
 import grpc
@@ -72,7 +73,7 @@ from gateway.grpc_server.headers import (
     parse_timeout,
     status_block,
 )
-from gateway.grpc_server.service import RpcError, UnaryMethod, call_opened
+from gateway.grpc_server.service import RpcError, StreamMethod, UnaryMethod, call_opened
 
 if TYPE_CHECKING:
     from gateway.grpc_server.server import ServerSettings
@@ -97,9 +98,9 @@ _TIMED_OUT_STREAM_UNITS = 100.0  # ten of them spend a full budget
 
 
 class _Stream:
-    __slots__ = ("body", "closed", "gzip", "headers_sent", "held", "id", "method", "opened", "pending",
-                 "remote_closed", "send_window", "size", "stalled_at", "task", "timer",
-                 "unacked")  # fmt: skip
+    __slots__ = ("body", "closed", "ending", "gzip", "headers_sent", "held", "id", "inbox", "method", "opened",
+                 "pending", "remote_closed", "send_window", "size", "stalled_at", "task", "timer",
+                 "unacked", "waiter")  # fmt: skip
 
     def __init__(self, stream_id: int, send_window: int) -> None:
         self.id = stream_id
@@ -118,11 +119,56 @@ class _Stream:
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.gzip = False  # grpc-encoding gzip: the request may come compressed, the answer goes compressed
+        # A streaming call: its messages not yet read (None: the client half-closed), the reader
+        # waiting for one, and whether its method has returned (trailers once all is sent).
+        self.inbox: deque[bytes | None] | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.ending = False
+
+
+class _CallStream:
+    """A streaming call as its method sees it (``service.CallStream``)."""
+
+    __slots__ = ("_conn", "_stream")
+
+    def __init__(self, conn: GrpcConnection, stream: _Stream) -> None:
+        self._conn = conn
+        self._stream = stream
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        stream = self._stream
+        inbox = stream.inbox
+        assert inbox is not None
+        while not inbox:
+            if stream.closed:
+                raise StopAsyncIteration
+            stream.waiter = self._conn._loop.create_future()
+            try:
+                await stream.waiter
+            finally:
+                stream.waiter = None
+        message = inbox.popleft()
+        if message is None:
+            inbox.append(None)  # stays ended
+            raise StopAsyncIteration
+        return message
+
+    def send(self, message: bytes) -> None:
+        self._conn._send_message(self._stream, message)
 
 
 class GrpcConnection(asyncio.Protocol):
-    def __init__(self, methods: Mapping[bytes, UnaryMethod], settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        methods: Mapping[bytes, UnaryMethod],
+        settings: ServerSettings,
+        streaming: Mapping[bytes, StreamMethod] | None = None,
+    ) -> None:
         self._methods = methods
+        self._streaming = streaming or {}
         self._settings = settings
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -368,7 +414,7 @@ class GrpcConnection(asyncio.Protocol):
             self._unsent_since, self._sent_then = now, sent
         try:
             for stream in list(self._streams.values()):
-                if not stream.remote_closed and now - stream.opened > s.request_timeout_s:
+                if stream.inbox is None and not stream.remote_closed and now - stream.opened > s.request_timeout_s:
                     message = f"the request did not arrive within {s.request_timeout_s:g} s"
                     self._send_status(stream, grpc.StatusCode.CANCELLED, message)
                 elif stream.pending is not None and now - stream.stalled_at > s.stall_timeout_s:
@@ -571,11 +617,13 @@ class GrpcConnection(asyncio.Protocol):
         except hpack.HPACKError as exc:
             raise ConnectionError_(ErrorCode.COMPRESSION_ERROR, f"header block: {exc}") from None
         stream = self._streams.get(stream_id)
-        if stream is not None:  # trailers, which a unary request has no use for
+        if stream is not None:  # trailers, which a request has no use for
             if stream.remote_closed or not flags & _END_STREAM:
                 self._stream_error(
                     stream, ErrorCode.STREAM_CLOSED if stream.remote_closed else ErrorCode.PROTOCOL_ERROR
                 )
+            elif stream.inbox is not None:
+                self._half_closed(stream)
             else:
                 self._end_of_request(stream)
             return
@@ -611,6 +659,20 @@ class GrpcConnection(asyncio.Protocol):
             self._send_http_status(stream, 405)
         elif content_type is None or not content_type.startswith(b"application/grpc"):
             self._send_http_status(stream, 415)
+        elif (streamer := self._streaming.get(path or b"")) is not None:
+            if encoding not in (None, b"identity"):
+                self._send_status(stream, grpc.StatusCode.UNIMPLEMENTED, "compressed streams are not supported")
+                return
+            if timeout is not None:
+                seconds = parse_timeout(timeout)
+                if seconds is None:
+                    self._send_status(stream, grpc.StatusCode.INTERNAL, f"malformed grpc-timeout {timeout!r}")
+                    return
+                stream.timer = self._loop.call_later(seconds, self._expire, stream)
+            stream.inbox = deque()
+            if stream.remote_closed:
+                stream.inbox.append(None)
+            stream.task = self._loop.create_task(self._stream_call(stream, streamer))
         elif (handler := self._methods.get(path or b"")) is None:
             self._send_status(
                 stream,
@@ -649,6 +711,8 @@ class GrpcConnection(asyncio.Protocol):
                 self._charge("empty DATA")
         elif stream.remote_closed:
             self._stream_error(stream, ErrorCode.STREAM_CLOSED)
+        elif stream.inbox is not None:
+            self._on_stream_data(stream, flags, counted, payload)
         else:
             stream.unacked += counted
             n = len(payload)
@@ -683,6 +747,66 @@ class GrpcConnection(asyncio.Protocol):
             self._give_back()
             if self._recv_held >= self._recv_window:
                 self._unjam()
+
+    def _on_stream_data(self, stream: _Stream, flags: int, counted: int, payload: memoryview) -> None:
+        """DATA of a streaming call: each whole message goes to the method as it completes."""
+        stream.unacked += counted
+        if stream.unacked > self._stream_window:
+            self._stream_error(stream, ErrorCode.FLOW_CONTROL_ERROR)
+            return
+        n = len(payload)
+        if n:
+            if not stream.body:
+                stream.body = bytes(payload)
+            else:
+                if type(stream.body) is bytes:
+                    stream.body = bytearray(stream.body)
+                stream.body += payload
+            stream.held += n
+            self._recv_held += n
+        elif not flags & _END_STREAM:
+            self._charge("empty DATA")
+        body = stream.body
+        inbox = stream.inbox
+        assert inbox is not None
+        start = 0
+        while len(body) - start >= _MESSAGE_PREFIX.size:
+            compressed, length = _MESSAGE_PREFIX.unpack_from(body, start)
+            if compressed:
+                self._send_status(stream, grpc.StatusCode.INTERNAL, "compressed message without grpc-encoding")
+                return
+            if length > self._settings.max_message_bytes:
+                limit = self._settings.max_message_bytes
+                self._send_status(
+                    stream, grpc.StatusCode.RESOURCE_EXHAUSTED, f"Received message larger than max ({length} vs. {limit})"
+                )
+                return
+            end = start + _MESSAGE_PREFIX.size + length
+            if len(body) < end:
+                break
+            inbox.append(bytes(body[start + _MESSAGE_PREFIX.size : end]))
+            start = end
+        if start:
+            stream.body = body[start:]
+            self._recv_held -= start
+            stream.held -= start
+        if flags & _END_STREAM:
+            if stream.body:
+                self._send_status(stream, grpc.StatusCode.INTERNAL, "the stream ended inside a message")
+                return
+            self._half_closed(stream)
+        elif stream.unacked >= self._stream_half:
+            self._write(window_update(stream.id, stream.unacked))
+            stream.unacked = 0
+        if inbox and stream.waiter is not None and not stream.waiter.done():
+            stream.waiter.set_result(None)
+
+    def _half_closed(self, stream: _Stream) -> None:
+        stream.remote_closed = True
+        assert stream.inbox is not None
+        stream.inbox.append(None)
+        if stream.waiter is not None and not stream.waiter.done():
+            stream.waiter.set_result(None)
 
     def _give_back(self) -> None:
         """WINDOW_UPDATE on stream 0 for the bytes that no unfinished request holds: in large
@@ -782,6 +906,69 @@ class GrpcConnection(asyncio.Protocol):
             self._budget += self._call_credit  # an answered call pays for a few control frames
             self._send_reply(stream, reply)
 
+    async def _stream_call(self, stream: _Stream, method: StreamMethod) -> None:
+        call_opened.set(stream.opened)
+        try:
+            await method(_CallStream(self, stream))
+        except RpcError as exc:
+            self._budget += self._call_credit
+            self._send_status(stream, exc.code, exc.details, exc.trailers)
+        except asyncio.CancelledError:
+            self._send_status(stream, grpc.StatusCode.CANCELLED, "cancelled on the server")
+            raise
+        except Exception:
+            log.exception("gRPC streaming method failed on stream %d", stream.id)
+            self._send_status(stream, grpc.StatusCode.INTERNAL, "internal error")
+        else:
+            self._budget += self._call_credit
+            if stream.closed:
+                return
+            if stream.pending is not None:
+                stream.ending = True  # the trailers follow what flow control holds back
+            elif stream.headers_sent:
+                out = frame(_HEADERS, _OK_TRAILERS_FRAME_FLAGS, stream.id, OK_TRAILERS)
+                if not stream.remote_closed:
+                    out += rst_stream(stream.id, ErrorCode.NO_ERROR)
+                self._write(out)
+                self._finish(stream)
+            else:
+                self._send_status(stream, grpc.StatusCode.OK, "")
+
+    def _send_message(self, stream: _Stream, message: bytes) -> None:
+        """One message of a streaming call's answer (dropped once the stream is closed)."""
+        if stream.closed or stream.ending:
+            return
+        sid = stream.id
+        size = _MESSAGE_PREFIX.size + len(message)
+        prefix = _MESSAGE_PREFIX.pack(0, len(message))
+        out = b"" if stream.headers_sent else frame(_HEADERS, _END_HEADERS, sid, RESPONSE_HEADERS)
+        stream.headers_sent = True
+        if (
+            stream.pending is None
+            and size <= stream.send_window
+            and size <= self._send_window
+            and size <= self._peer_max_frame
+            and not self._write_paused
+        ):
+            stream.send_window -= size
+            self._send_window -= size
+            self._write(b"".join((out, frame_header(_DATA, 0, sid, size), prefix, message)))
+            return
+        if out:
+            self._write(out)
+        transport = self._transport
+        buffered = self._pending_bytes + (transport.get_write_buffer_size() if transport is not None else 0)
+        if buffered > self._settings.write_buffer_bytes and buffered + size > self._settings.max_buffered_answer_bytes:
+            self._send_status(stream, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many answers wait for the client")
+            return
+        if stream.pending is None:
+            stream.pending = memoryview(prefix + message)
+            stream.stalled_at = time.monotonic()
+        else:
+            stream.pending = memoryview(bytes(stream.pending) + prefix + message)
+        self._pending_bytes += size
+        self._flush(stream)
+
     def _expire(self, stream: _Stream) -> None:
         stream.timer = None
         if stream.task is not None:
@@ -857,7 +1044,12 @@ class GrpcConnection(asyncio.Protocol):
         stream.pending = None
         self._released += _PRODUCTIVE  # the end of an answer, however short, is progress
         self._blocked.pop(stream.id, None)
-        self._write(frame(_HEADERS, _OK_TRAILERS_FRAME_FLAGS, stream.id, OK_TRAILERS))
+        if stream.inbox is not None and not stream.ending:
+            return  # a streaming call goes on
+        out = frame(_HEADERS, _OK_TRAILERS_FRAME_FLAGS, stream.id, OK_TRAILERS)
+        if stream.inbox is not None and not stream.remote_closed:
+            out += rst_stream(stream.id, ErrorCode.NO_ERROR)
+        self._write(out)
         self._finish(stream)
 
     def _flush_blocked(self) -> None:
@@ -914,6 +1106,8 @@ class GrpcConnection(asyncio.Protocol):
 
     def _finish(self, stream: _Stream) -> None:
         stream.closed = True
+        if stream.waiter is not None and not stream.waiter.done():
+            stream.waiter.set_result(None)  # a reader of a streaming call sees the end
         if stream.pending is not None:
             self._pending_bytes -= len(stream.pending)
             stream.pending = None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from gateway.grpc_server.connection import GrpcConnection
 from gateway.grpc_server.frames import DEFAULT_MAX_FRAME, LARGEST_MAX_FRAME, MAX_SETTING, MAX_WINDOW
-from gateway.grpc_server.service import UnaryMethod
+from gateway.grpc_server.service import StreamMethod, UnaryMethod
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +92,16 @@ class GrpcServer:
     """Serves ``methods`` (full paths such as ``/inference.GRPCInferenceService/ModelInfer``)
     over cleartext HTTP/2 (gRPC's "prior knowledge"), on the running loop."""
 
-    def __init__(self, methods: Mapping[str, UnaryMethod], settings: ServerSettings | None = None) -> None:
+    def __init__(
+        self,
+        methods: Mapping[str, UnaryMethod],
+        settings: ServerSettings | None = None,
+        streams: Mapping[str, StreamMethod] | None = None,
+    ) -> None:
+        """``streams``: bidirectional streaming methods, by path (exempt from
+        ``request_timeout_s``: a stream's client decides how long it lasts)."""
         self._methods = {path.encode(): fn for path, fn in methods.items()}
+        self._streaming = {path.encode(): fn for path, fn in (streams or {}).items()}
         self.settings = settings or ServerSettings()
         self._server: asyncio.Server | None = None
         self._connections: set[GrpcConnection] = set()
@@ -109,7 +117,7 @@ class GrpcServer:
         return self.port
 
     def _connection(self) -> GrpcConnection:
-        conn = GrpcConnection(self._methods, self.settings)
+        conn = GrpcConnection(self._methods, self.settings, self._streaming)
         self._connections.add(conn)
         conn.closed.add_done_callback(lambda _: self._connections.discard(conn))
         return conn

@@ -1,0 +1,187 @@
+"""Bidirectional streaming calls on the gateway's own gRPC server (what the endpoint picker
+serves Envoy's ext_proc on): messages both ways as they come, over grpc.aio and a raw h2
+client; the method's end, errors, resets and bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from test_server import ECHO, echo_works, h2_client, message, methods, within
+
+from gateway.grpc_server import CallStream, GrpcServer, RpcError, StreamMethod
+from gateway.grpc_server.server import ServerSettings
+
+CHAT = "/test.Service/Chat"
+
+
+class Chat:
+    """Answers each message at once with its reverse; on "bye" returns, on "err" raises."""
+
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+        self.ended = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def __call__(self, call: CallStream) -> None:
+        try:
+            async for msg in call:
+                self.seen.append(msg)
+                if msg == b"bye":
+                    call.send(b"see you")
+                    return
+                if msg == b"err":
+                    raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, "no errors here")
+                call.send(msg[::-1])
+            call.send(b"you closed")
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        finally:
+            self.ended.set()
+
+
+@contextlib.asynccontextmanager
+async def serving(chat: StreamMethod, settings: ServerSettings | None = None) -> AsyncIterator[int]:
+    server = GrpcServer(methods(), settings, streams={CHAT: chat})
+    port = await server.start("127.0.0.1", 0)
+    try:
+        yield port
+    finally:
+        await server.stop(grace=0)
+
+
+async def test_messages_go_both_ways_as_they_come() -> None:
+    chat = Chat()
+    async with serving(chat) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.stream_stream(CHAT)()
+        for word in (b"one", b"two", b""):
+            await call.write(word)
+            assert await within(call.read()) == word[::-1]  # before the next is written
+        await call.done_writing()
+        assert await within(call.read()) == b"you closed"
+        assert await call.read() == grpc.aio.EOF
+        assert await call.code() == grpc.StatusCode.OK
+        assert chat.seen == [b"one", b"two", b""]
+        await echo_works(port)  # unary calls on the same server
+
+
+async def test_the_method_ends_the_call_before_the_client_does() -> None:
+    chat = Chat()
+    async with serving(chat) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.stream_stream(CHAT)()
+        await call.write(b"bye")
+        assert await within(call.read()) == b"see you"
+        assert await within(call.code()) == grpc.StatusCode.OK
+
+
+async def test_an_rpc_error_is_the_calls_status_and_the_server_goes_on() -> None:
+    chat = Chat()
+    async with serving(chat) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.stream_stream(CHAT)()
+        await call.write(b"hi")
+        assert await within(call.read()) == b"ih"
+        await call.write(b"err")
+        assert await within(call.code()) == grpc.StatusCode.FAILED_PRECONDITION
+        assert await call.details() == "no errors here"
+        again = channel.stream_stream(CHAT)()
+        await again.write(b"abc")
+        assert await within(again.read()) == b"cba"
+        again.cancel()
+
+
+async def test_a_client_cancel_cancels_the_method() -> None:
+    chat = Chat()
+    async with serving(chat) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.stream_stream(CHAT)()
+        await call.write(b"hi")
+        await within(call.read())
+        call.cancel()
+        await within(chat.cancelled.wait())
+
+
+async def test_many_streams_at_once_each_get_their_own_answers() -> None:
+    async with serving(Chat()) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+
+        async def one(i: int) -> list[bytes]:
+            call = channel.stream_stream(CHAT)()
+            got = []
+            for k in range(3):
+                await call.write(f"{i}-{k}".encode())
+                got.append(await call.read())
+            await call.done_writing()
+            got.append(await call.read())
+            return got
+
+        replies = await within(asyncio.gather(*(one(i) for i in range(100))), 20)
+    for i, got in enumerate(replies):
+        assert got == [f"{i}-{k}".encode()[::-1] for k in range(3)] + [b"you closed"]
+
+
+async def test_h2_messages_split_and_joined_across_frames() -> None:
+    chat = Chat()
+    async with serving(chat) as port, h2_client(port) as client:
+        sid = client.request(CHAT, body=None, end=False)
+        data = message(b"first") + message(b"second")
+        for i in range(0, len(data), 3):  # three bytes a frame: messages cut anywhere
+            client.conn.send_data(sid, data[i : i + 3])
+            client.flush()
+        client.conn.send_data(sid, message(b"x") + message(b"y"), end_stream=True)  # two in one frame
+        client.flush()
+        reply = await client.response(sid)
+    assert chat.seen == [b"first", b"second", b"x", b"y"]
+    assert reply.body == b"".join(message(m) for m in (b"tsrif", b"dnoces", b"x", b"y", b"you closed"))
+    assert reply.status == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "words"),
+    [
+        (message(b"big" * 400), grpc.StatusCode.RESOURCE_EXHAUSTED, b"larger than max"),
+        (message(b"z", compressed=1), grpc.StatusCode.INTERNAL, b"compressed"),
+        (message(b"whole") + b"\0\0\0", grpc.StatusCode.INTERNAL, b"inside a message"),
+    ],
+)
+async def test_h2_bad_messages_end_the_call_with_a_status(data: bytes, status: grpc.StatusCode, words: bytes) -> None:
+    chat = Chat()
+    async with serving(chat, ServerSettings(max_message_bytes=1000)) as port, h2_client(port) as client:
+        sid = client.request(CHAT, data)
+        reply = await client.response(sid)
+        assert reply.status == status.value[0] and words in reply.metadata[b"grpc-message"]
+        await within(chat.ended.wait())
+        await echo_works(port)
+
+
+async def test_h2_a_stream_outlives_the_request_timeout() -> None:
+    chat = Chat()
+    settings = ServerSettings(request_timeout_s=0.3)
+    async with serving(chat, settings) as port, h2_client(port) as client:
+        sid = client.request(CHAT, message(b"early"), end=False)
+        await asyncio.sleep(0.8)  # past the unary requests' limit: a stream is the client's to end
+        client.conn.send_data(sid, message(b"late"), end_stream=True)
+        client.flush()
+        reply = await client.response(sid)
+    assert reply.status == 0 and chat.seen == [b"early", b"late"]
+
+
+async def test_h2_a_reset_from_the_client_cancels_the_method() -> None:
+    chat = Chat()
+    async with serving(chat) as port, h2_client(port) as client:
+        sid = client.request(CHAT, message(b"hello"), end=False)
+        await asyncio.sleep(0.1)
+        client.conn.reset_stream(sid)
+        client.flush()
+        await within(chat.cancelled.wait())
+        await echo_works(port)
+
+
+async def test_unary_methods_are_not_streams() -> None:
+    async with serving(Chat()) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        assert await channel.unary_unary(ECHO)(b"x", timeout=5) == b"x"
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await channel.unary_unary("/test.Service/Nope")(b"x", timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
