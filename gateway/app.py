@@ -325,8 +325,8 @@ class Gateway:
         addresses = {
             host_port(a): e.name for e in self.endpoints.values() for a in (e.http_url, e.grpc_address) if a
         }
-        self._epp = EppServer(self.plane, addresses)
-        await self._epp.start(self.config.host, self.settings.epp_port, self.settings.http_port)
+        self._epp = EppServer(self.plane, addresses, self.config.gateway.max_body_bytes)
+        await self._epp.start(self.config.host, self.settings.epp_port, self.settings.http_port, self.settings.grpc_server)
         self.epp_port, self.http_port = self._epp.port, self._epp.metrics_port
 
     async def _start_front_ends(self) -> None:

@@ -30,6 +30,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
 
 from gateway.backend.base import GRPC
 from gateway.backend.picked import Handoff, Outcome
@@ -43,6 +44,7 @@ from gateway.errors import (
     Overloaded,
     Unavailable,
 )
+from gateway.grpc_server import CallStream, RpcError
 from gateway.protocol.errors import error_body, grpc_status, http_error
 from gateway.protocol.limits import quote
 
@@ -76,9 +78,19 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):
         self.addresses = addresses
         self._turn = itertools.count()  # round robin over ready instances for other calls
 
+    async def serve(self, call: CallStream) -> None:
+        """One ext_proc stream on the gateway's own gRPC server."""
+        async for response in self.process(_decoded(call)):
+            call.send(response.SerializeToString())
+
     async def Process(
         self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ep.ProcessingResponse]:
+        async for response in self.process(request_iterator):
+            yield response
+
+    async def process(self, request_iterator: AsyncIterator[ep.ProcessingRequest]) -> AsyncIterator[ep.ProcessingResponse]:
+        """One ext_proc stream, whatever serves it: Envoy's messages in, the answers out."""
         received = time.monotonic()
         first = await anext(request_iterator, None)
         if first is None or not first.HasField("request_headers"):
@@ -174,6 +186,14 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):
         if address is None:
             raise Unavailable(f"instance {inst.name} has no {pick.protocol} endpoint")
         return str(address), inst.name
+
+
+async def _decoded(call: CallStream) -> AsyncIterator[ep.ProcessingRequest]:
+    async for data in call:
+        try:
+            yield ep.ProcessingRequest.FromString(data)
+        except DecodeError:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "not an ext_proc ProcessingRequest") from None
 
 
 def _refused_before_pick(task: asyncio.Future[Any], handoff: Handoff) -> None:

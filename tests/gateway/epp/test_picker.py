@@ -74,14 +74,19 @@ class Stream:
         await self.call.done_writing()
 
 
-@pytest.fixture
-async def picker(server_pool: Callable[..., RunningPool], tmp_path: Path) -> AsyncIterator[Any]:
+@pytest.fixture(params=["native", "grpcio"])
+async def picker(
+    request: pytest.FixtureRequest, server_pool: Callable[..., RunningPool], tmp_path: Path
+) -> AsyncIterator[Any]:
+    """Starts a picker on the gateway's own gRPC server, and again on grpc.aio."""
     made: list[Gateway] = []
 
     async def start(pool: dict[str, int] | None = None, **gateway: Any) -> tuple[Gateway, RunningPool, ep_grpc.ExternalProcessorStub]:
         running = server_pool(pool=pool or {"g4dn.xlarge": 1, "r5n.large": 2}, model=MODEL)
         config = load_config(running.config_path)
-        settings = GatewaySettings.from_config(config, mode="epp", epp_port=0, http_port=0, grpc_port=0, **gateway)
+        settings = GatewaySettings.from_config(
+            config, mode="epp", epp_port=0, http_port=0, grpc_port=0, grpc_server=request.param, **gateway
+        )
         gw = Gateway(config, load_address_file(str(running.address_file), MODEL), settings)
         made.append(gw)
         await gw.start()
@@ -287,6 +292,19 @@ async def test_health_services(picker: Any) -> None:
         for service in ("liveness", "readiness", "envoy.service.ext_proc.v3.ExternalProcessor", ""):
             reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await health.Check(health_pb2.HealthCheckRequest(service="nosuch"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        service = gw.registry.get(MODEL)
+        assert service.prober is not None
+        await service.prober.stop()  # no probe puts them back
+        for inst in list(service.core.dispatcher.instances):
+            service.core.set_instance_health(inst.name, False)
+        await asyncio.sleep(0.6)  # grpc.aio's servicer is told every 0.5 s
+        reply = await health.Check(health_pb2.HealthCheckRequest(service="readiness"))
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        reply = await health.Check(health_pb2.HealthCheckRequest(service="liveness"))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_instances_must_be_ip_addresses_for_envoy() -> None:
