@@ -37,7 +37,7 @@ import struct
 import termios
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
 import grpc
@@ -884,42 +884,19 @@ class GrpcConnection(asyncio.Protocol):
                 self._give_back()
 
     async def _call(self, stream: _Stream, method: UnaryMethod, message: bytes, compressed: bool = False) -> None:
-        call_opened.set(stream.opened)  # this task's own context: seen by this call only
-        try:
-            if compressed:
-                message = await gunzip(message, self._settings.max_message_bytes)
-            reply = await method(message)
+        async def unary() -> None:
+            request = await gunzip(message, self._settings.max_message_bytes) if compressed else message
+            reply = await method(request)
             if stream.gzip:
                 reply = await gzip_message(reply)
-        except RpcError as exc:
-            self._budget += self._call_credit
-            self._send_status(stream, exc.code, exc.details, exc.trailers)
-        except asyncio.CancelledError:
-            # The server's own cancels (reset, deadline, lost connection) close the stream first;
-            # any other (a future the method awaited was cancelled) still owes the client a status.
-            self._send_status(stream, grpc.StatusCode.CANCELLED, "cancelled on the server")
-            raise
-        except Exception:
-            log.exception("gRPC method failed on stream %d", stream.id)
-            self._send_status(stream, grpc.StatusCode.INTERNAL, "internal error")
-        else:
             self._budget += self._call_credit  # an answered call pays for a few control frames
             self._send_reply(stream, reply)
 
+        await self._guarded(stream, unary())
+
     async def _stream_call(self, stream: _Stream, method: StreamMethod) -> None:
-        call_opened.set(stream.opened)
-        try:
+        async def streaming() -> None:
             await method(_CallStream(self, stream))
-        except RpcError as exc:
-            self._budget += self._call_credit
-            self._send_status(stream, exc.code, exc.details, exc.trailers)
-        except asyncio.CancelledError:
-            self._send_status(stream, grpc.StatusCode.CANCELLED, "cancelled on the server")
-            raise
-        except Exception:
-            log.exception("gRPC streaming method failed on stream %d", stream.id)
-            self._send_status(stream, grpc.StatusCode.INTERNAL, "internal error")
-        else:
             self._budget += self._call_credit
             if stream.closed:
                 return
@@ -933,6 +910,25 @@ class GrpcConnection(asyncio.Protocol):
                 self._finish(stream)
             else:
                 self._send_status(stream, grpc.StatusCode.OK, "")
+
+        await self._guarded(stream, streaming())
+
+    async def _guarded(self, stream: _Stream, call: Awaitable[None]) -> None:
+        """Run a call; a method's error, or cancel, ends its stream with a status."""
+        call_opened.set(stream.opened)  # this task's own context: seen by this call only
+        try:
+            await call
+        except RpcError as exc:
+            self._budget += self._call_credit
+            self._send_status(stream, exc.code, exc.details, exc.trailers)
+        except asyncio.CancelledError:
+            # The server's own cancels (reset, deadline, lost connection) close the stream first;
+            # any other (a future the method awaited was cancelled) still owes the client a status.
+            self._send_status(stream, grpc.StatusCode.CANCELLED, "cancelled on the server")
+            raise
+        except Exception:
+            log.exception("gRPC method failed on stream %d", stream.id)
+            self._send_status(stream, grpc.StatusCode.INTERNAL, "internal error")
 
     def _send_message(self, stream: _Stream, message: bytes) -> None:
         """One message of a streaming call's answer (dropped once the stream is closed)."""
