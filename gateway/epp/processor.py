@@ -35,6 +35,7 @@ from google.protobuf.message import DecodeError
 from gateway.backend.base import GRPC
 from gateway.backend.picked import Handoff, Outcome
 from gateway.dataplane import DataPlane
+from gateway.epp.metrics import EppMetrics
 from gateway.epp.request import PickRequest, header_map, read_body, read_headers
 from gateway.errors import (
     DeadlineExceeded,
@@ -76,6 +77,7 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):
         for the subset hint."""
         self.plane = plane
         self.addresses = addresses
+        self.metrics = EppMetrics(plane.metrics)
         self._turn = itertools.count()  # round robin over ready instances for other calls
 
     async def serve(self, call: CallStream) -> None:
@@ -91,6 +93,18 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):
 
     async def process(self, request_iterator: AsyncIterator[ep.ProcessingRequest]) -> AsyncIterator[ep.ProcessingResponse]:
         """One ext_proc stream, whatever serves it: Envoy's messages in, the answers out."""
+        self.metrics.open.inc()
+        outcome = ["abandoned"]  # what the stream comes to, set on the way
+        try:
+            async for response in self._process(request_iterator, outcome):
+                yield response
+        finally:
+            self.metrics.open.dec()
+            self.metrics.ended[outcome[0]].inc()
+
+    async def _process(
+        self, request_iterator: AsyncIterator[ep.ProcessingRequest], outcome: list[str]
+    ) -> AsyncIterator[ep.ProcessingResponse]:
         received = time.monotonic()
         first = await anext(request_iterator, None)
         if first is None or not first.HasField("request_headers"):
@@ -112,6 +126,7 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):
             only = self._subset(first.metadata_context)
             if not pick.infer:
                 address, name = self._any_ready(pick, only)
+                outcome[0] = "other_call"
                 yield _picked(phase, address, name)
                 async for message in request_iterator:
                     yield _continue(message)
@@ -119,9 +134,10 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):
                 return
         except InferenceError as exc:
             self.plane.count(pick.model if pick else None, str(_status_of(exc)), protocol)
+            outcome[0] = "refused"
             yield _refusal(exc, protocol)
             return
-        async for response in self._infer(pick, only, phase, request_iterator, received):
+        async for response in self._infer(pick, only, phase, request_iterator, received, outcome):
             yield response
 
     async def _infer(
@@ -131,6 +147,7 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):
         phase: str,
         requests: AsyncIterator[ep.ProcessingRequest],
         received: float,
+        outcome: list[str],
     ) -> AsyncIterator[ep.ProcessingResponse]:
         assert pick.model is not None and pick.routing is not None
         handoff = Handoff()
@@ -142,14 +159,16 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):
                 address = await handoff.picked
             except InferenceError as exc:
                 self.plane.count(pick.model, str(_status_of(exc)), pick.protocol)
+                outcome[0] = "refused"
                 yield _refusal(exc, pick.protocol)
                 return
             yield _picked(phase, address, handoff.instance)
             async for message in requests:
                 if message.HasField("response_headers"):
-                    outcome = _outcome(message.response_headers.headers.headers)
-                    handoff.answer(outcome)
-                    self.plane.count(pick.model, str(outcome.status), pick.protocol)
+                    answer = _outcome(message.response_headers.headers.headers)
+                    handoff.answer(answer)
+                    outcome[0] = "answered" if answer.upstream else "local_reply"
+                    self.plane.count(pick.model, str(answer.status), pick.protocol)
                     yield _answered_by(handoff.instance)
                 else:
                     yield _continue(message)

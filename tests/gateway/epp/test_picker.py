@@ -5,6 +5,7 @@ pick to the response, the body mode, the subset hint, refusals, and streams that
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,22 @@ async def picker(
         await gw.stop(1.0)
 
 
+def streams_ended(gw: Gateway) -> dict[str, float]:
+    """The picker's ``kairos_epp_streams_total`` by outcome."""
+    text = gw.metrics.render().decode()
+    return {k: float(v) for k, v in re.findall(r'^kairos_epp_streams_total\{outcome="(\w+)"\} (\S+)$', text, re.M)}
+
+
+async def ended_soon(gw: Gateway, outcome: str, n: int) -> bool:
+    """Whether ``n`` streams have ended with ``outcome`` within a second (a stream's end is
+    counted once Envoy's side of it has closed)."""
+    for _ in range(100):
+        if streams_ended(gw).get(outcome) == n:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
 def addresses(running: RunningPool) -> tuple[dict[str, str], dict[str, str]]:
     """Each instance's HTTP and gRPC address, by name."""
     return (
@@ -130,6 +147,7 @@ async def test_a_query_holds_its_instance_from_the_pick_to_the_response(picker: 
             break
         await asyncio.sleep(0.01)
     assert not inst.in_flight and inst.served == 1
+    assert await ended_soon(gw, "answered", 1) and b"kairos_epp_streams_open 0.0" in gw.metrics.render()
 
 
 async def test_grpc_calls_go_to_the_grpc_port(picker: Any) -> None:
@@ -217,6 +235,7 @@ async def test_bad_requests_are_answered_at_once_with_the_protocols_errors(picke
     assert refused.immediate_response.grpc_status.status == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert b"kairos-model" in refused.immediate_response.body
     assert gw.plane.outstanding == 0
+    assert await ended_soon(gw, "refused", len(cases) + 1)
 
 
 async def test_a_full_queue_is_429_and_the_queue_moves_on(picker: Any) -> None:
@@ -250,6 +269,7 @@ async def test_a_stream_that_ends_before_the_answer_frees_its_instance(picker: A
             break
         await asyncio.sleep(0.01)
     assert not inst.in_flight and inst.healthy  # freed in time, and not blamed
+    assert await ended_soon(gw, "abandoned", 1)
     again = Stream(stub)
     picked = await again.send(ep.ProcessingRequest(request_headers=infer_headers(batch=10)))
     assert set_headers(picked)["kairos-instance"] == inst.name
@@ -271,6 +291,7 @@ async def test_an_answer_envoy_made_itself_takes_the_instance_out_of_rotation(pi
         await asyncio.sleep(0.01)
     assert inst is not None and not inst.healthy
     assert b"kairos_instance_failures_total{" in gw.metrics.render()
+    assert await ended_soon(gw, "local_reply", 1)
 
 
 async def test_other_calls_go_to_a_ready_instance_without_queueing(picker: Any) -> None:
@@ -283,6 +304,7 @@ async def test_other_calls_go_to_a_ready_instance_without_queueing(picker: Any) 
     assert went_on.WhichOneof("response") == "response_headers"
     await stream.close()
     assert all(not i.in_flight for i in gw.registry.get(MODEL).core.dispatcher.instances)
+    assert await ended_soon(gw, "other_call", 1)
 
 
 async def test_health_services(picker: Any) -> None:
