@@ -5,12 +5,14 @@ Per model, one ``kairos-servers`` pool (the heterogeneous pool of ``benchmarks.p
 three fronts on it, all real processes: the gateway (V2 HTTP/gRPC), Envoy + the picker, Envoy
 alone (``LEAST_REQUEST``). For each front, ``kairos-loadgen --find-max`` finds the highest rate
 at which 99% of queries are answered within QoS (Poisson arrivals, the production batch mix,
-seeded). Then, at one common rate (``--fixed-share`` of the gateway's maximum), each front
+seeded; a search stops halving at ``--min-rate``, where a front that misses reports 0). Then, at
+one common rate (``--fixed-share`` of the gateway's maximum, or the floor), each front
 takes the same workload for ``--fixed-s`` seconds while the CPU time of the gateway, the picker
 and Envoy is read from /proc: the picker's CPU per query against the gateway's is the issue's
 target (>= 3x the queries per core), with the share within QoS and the p99 each front gives.
 
-    python -m benchmarks.epp --models rm2,dien --out results/epp.json --plot benchmarks/figures/epp.png
+    python -m benchmarks.epp --models dien,rm2 --step-queries 1000 --min-rate 25 \
+        --out results/epp.json --plot benchmarks/figures/epp.png
 
 All processes share this machine's cores (2 here): maxima are the machine's as much as the
 fronts', and are compared within one run only.
@@ -121,25 +123,29 @@ def loadgen(front: Front, model: str, args: list[str], directory: Path) -> dict[
     return report
 
 
-def measure(model: str, step_queries: int, fixed_s: float, fixed_share: float, seed: int) -> dict[str, Any]:
+def measure(
+    model: str, step_queries: int, fixed_s: float, fixed_share: float, min_rate: float, seed: int
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="kairos-epp-") as tmp, fronts(model, Path(tmp)) as fs:
         directory = Path(tmp)
         maxima: dict[str, float] = {}
-        start = None
+        start = 100.0
         for front in fs:
-            # Searches after the gateway's start at its maximum, and stop halving at 1/8 of it:
-            # a front that misses the target there reports 0 (below that, a step takes minutes).
-            floor: list[str] = ["--min-rate", str(start / 8)] if start else []
+            # Searches after the gateway's start at its maximum; all stop halving at the floor,
+            # where a front that misses the target reports 0 (below it a step takes minutes).
             report = loadgen(
                 front, model,
                 ["--find-max", "--step-queries", str(step_queries), "--seed", str(seed),
-                 "--rate", str(start or 100.0), *floor],
+                 "--rate", str(start), "--min-rate", str(min_rate)],
                 directory,
             )  # fmt: skip
             maxima[front.name] = float(report["max_qps"])
-            start = start or maxima[front.name]
+            if front.name == "gateway" and maxima["gateway"] > 0:
+                start = maxima["gateway"]
             print(f"  {model} {front.name}: max {maxima[front.name]:.0f} q/s at 99% within QoS", file=sys.stderr, flush=True)
-        rate = round(fixed_share * maxima["gateway"], 1)
+        # The fronts side by side at one rate: a share of the gateway's maximum, or the floor
+        # where the gateway met the target at no rate.
+        rate = round(fixed_share * maxima["gateway"], 1) if maxima["gateway"] > 0 else min_rate
         fixed: dict[str, Any] = {}
         for front in fs:
             report = loadgen(front, model, ["--rate", str(rate), "--duration", str(fixed_s), "--seed", str(seed)], directory)
@@ -150,7 +156,9 @@ def measure(model: str, step_queries: int, fixed_s: float, fixed_share: float, s
                 "ok": ok,
                 "cpu_us_per_query": {k: 1e6 * v / ok if ok else None for k, v in report["cpu_s"].items()},
             }
-            print(f"  {model} {front.name} at {rate:g} q/s: {report['within_qos_pct']}% within QoS", file=sys.stderr, flush=True)
+            cpu = ", ".join(f"{k} {v:.0f} us" for k, v in fixed[front.name]["cpu_us_per_query"].items() if v is not None)
+            print(f"  {model} {front.name} at {rate:g} q/s: {report['within_qos_pct']}% within QoS, "
+                  f"p99 {fixed[front.name]['p99_ms']} ms, CPU per query: {cpu}", file=sys.stderr, flush=True)  # fmt: skip
     g = fixed["gateway"]["cpu_us_per_query"]["gateway"]
     p = fixed["envoy+picker"]["cpu_us_per_query"]["picker"]
     return {
@@ -224,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--step-queries", type=int, default=1500, help="queries per find-max step (default 1500)")
     p.add_argument("--fixed-s", type=float, default=20.0, help="seconds of the fixed-rate runs (default 20)")
     p.add_argument("--fixed-share", type=float, default=0.8, help="fixed rate, as a share of the gateway's max")
+    p.add_argument("--min-rate", type=float, default=20.0, help="where the searches stop halving (default 20 q/s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the results as JSON")
     p.add_argument("--plot", help="write a figure (PNG)")
@@ -233,11 +242,11 @@ def main(argv: list[str] | None = None) -> None:
         if model not in POOLS:
             p.error(f"--models: {model!r} has no pool; expected some of {', '.join(POOLS)}")
         print(f"{model}: pool {POOLS[model]}", file=sys.stderr, flush=True)
-        rows.append(measure(model, args.step_queries, args.fixed_s, args.fixed_share, args.seed))
+        rows.append(measure(model, args.step_queries, args.fixed_s, args.fixed_share, args.min_rate, args.seed))
+        if args.out:  # after each model: a long run keeps what it has measured
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
     print_table(rows)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
     if args.plot:
         plot(rows, args.plot)
 
