@@ -197,14 +197,21 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     width = 0.8 / len(FRONTS)
     for k, name in enumerate(FRONTS):
         xs = [i + (k - 1) * width for i in range(len(rows))]
-        left.bar(xs, [r["max_qps"][name] for r in rows], width, label=name)
-    left.set_xticks(range(len(rows)), [r["model"] for r in rows])
-    left.set_ylabel("max q/s, 99% within QoS")
-    left.legend(fontsize=8)
+        shares = [r["fixed"][name]["within_qos_pct"] for r in rows]
+        left.bar(xs, shares, width, label=name)
+        for x, share, r in zip(xs, shares, rows, strict=True):
+            best = r["max_qps"][name]
+            note = f"max {best:.0f}" if best > 0 else "max: none"
+            left.text(x, share + 0.3, note, ha="center", va="bottom", fontsize=7, rotation=90)
+    left.axhline(99.0, color="k", ls="--", lw=0.8)
+    left.set_ylim(80, 104)
+    left.set_xticks(range(len(rows)), [f"{r['model']} at {r['fixed_rate_qps']:.0f} q/s" for r in rows])
+    left.set_ylabel("% within QoS (max q/s at 99%)")
+    left.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     labels = ["gateway", "picker", "envoy (with picker)", "envoy (least-request)"]
     for i, r in enumerate(rows):
         values = [
@@ -236,7 +243,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the results as JSON")
     p.add_argument("--plot", help="write a figure (PNG)")
+    p.add_argument("--from-json", metavar="PATH", help="print and plot the results saved by --out, running nothing")
     args = p.parse_args(argv)
+    if args.from_json:
+        rows = json.loads(Path(args.from_json).read_text())["rows"]
+        print_table(rows)
+        if args.plot:
+            plot(rows, args.plot)
+        return
     rows = []
     for model in args.models.split(","):
         if model not in POOLS:
