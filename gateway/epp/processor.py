@@ -25,16 +25,12 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
-from envoy.config.core.v3 import base_pb2
-from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
-from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
-from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 
 from gateway.backend.base import GRPC
 from gateway.backend.picked import Handoff, Outcome
 from gateway.dataplane import DataPlane
+from gateway.epp import ext_proc_pb2 as ep
 from gateway.epp.metrics import EppMetrics
 from gateway.epp.request import PickRequest, header_map, read_body, read_headers
 from gateway.errors import (
@@ -57,7 +53,8 @@ SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 SUBSET_KEY = "x-gateway-destination-endpoint-subset"
 INSTANCE_HEADER = "kairos-instance"  # on the response: the instance the picker chose
 UPSTREAM_TIME = "x-envoy-upstream-service-time"  # set by Envoy's router on an upstream's answer
-BUFFERED = processing_mode_pb2.ProcessingMode.BUFFERED
+SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+METHOD = f"/{SERVICE}/Process"
 
 _CONTINUE = {
     "request_headers": ep.ProcessingResponse(request_headers=ep.HeadersResponse()),
@@ -69,7 +66,7 @@ _CONTINUE = {
 }
 
 
-class EndpointPicker(ep_grpc.ExternalProcessorServicer):
+class EndpointPicker:
     """``envoy.service.ext_proc.v3.ExternalProcessor`` over the data plane's models."""
 
     def __init__(self, plane: DataPlane, addresses: dict[str, str]) -> None:
@@ -85,11 +82,21 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):
         async for response in self.process(_decoded(call)):
             call.send(response.SerializeToString())
 
-    async def Process(
-        self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[ep.ProcessingResponse]:
-        async for response in self.process(request_iterator):
-            yield response
+    def grpcio_handler(self) -> grpc.GenericRpcHandler:
+        """The same service for grpc.aio (``grpc_server: grpcio``)."""
+
+        async def process(
+            requests: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[ep.ProcessingResponse]:
+            async for response in self.process(requests):
+                yield response
+
+        handler = grpc.stream_stream_rpc_method_handler(
+            process,
+            request_deserializer=ep.ProcessingRequest.FromString,
+            response_serializer=ep.ProcessingResponse.SerializeToString,
+        )
+        return grpc.method_handlers_generic_handler(SERVICE, {"Process": handler})
 
     async def process(self, request_iterator: AsyncIterator[ep.ProcessingRequest]) -> AsyncIterator[ep.ProcessingResponse]:
         """One ext_proc stream, whatever serves it: Envoy's messages in, the answers out."""
@@ -114,7 +121,7 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):
         phase = "request_headers"
         pick: PickRequest | None = None
         try:
-            body_coming = first.protocol_config.request_body_mode == BUFFERED and not first.request_headers.end_of_stream
+            body_coming = first.protocol_config.request_body_mode == ep.BUFFERED and not first.request_headers.end_of_stream
             pick = read_headers(headers, body_coming)
             if pick.infer and body_coming:
                 yield _CONTINUE["request_headers"]
@@ -180,10 +187,12 @@ class EndpointPicker(ep_grpc.ExternalProcessorServicer):
             else:
                 task.add_done_callback(_retrieve)
 
-    def _subset(self, metadata: base_pb2.Metadata) -> frozenset[str] | None:
+    def _subset(self, metadata: ep.Metadata) -> frozenset[str] | None:
         """The instances of the subset hint, by name (None: no hint)."""
-        hint = metadata.filter_metadata.get(SUBSET_NAMESPACE)
-        if hint is None or SUBSET_KEY not in hint.fields:
+        if SUBSET_NAMESPACE not in metadata.filter_metadata:
+            return None
+        hint = metadata.filter_metadata[SUBSET_NAMESPACE]
+        if SUBSET_KEY not in hint.fields:
             return None
         listed = hint.fields[SUBSET_KEY].list_value.values
         return frozenset(name for v in listed if (name := self.addresses.get(v.string_value)) is not None)
@@ -247,19 +256,19 @@ def _picked(phase: str, address: str, instance: str) -> ep.ProcessingResponse:
     common = ep.CommonResponse(
         header_mutation=ep.HeaderMutation(
             set_headers=[
-                base_pb2.HeaderValueOption(
-                    header=base_pb2.HeaderValue(key=DESTINATION, raw_value=address.encode()),
-                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                ep.HeaderValueOption(
+                    header=ep.HeaderValue(key=DESTINATION, raw_value=address.encode()),
+                    append_action=ep.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
                 ),
-                base_pb2.HeaderValueOption(
-                    header=base_pb2.HeaderValue(key=INSTANCE_HEADER, raw_value=instance.encode()),
-                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                ep.HeaderValueOption(
+                    header=ep.HeaderValue(key=INSTANCE_HEADER, raw_value=instance.encode()),
+                    append_action=ep.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
                 ),
             ]
         ),
     )
-    metadata = struct_pb2.Struct()
-    metadata.get_or_create_struct(LB_NAMESPACE)[DESTINATION] = address
+    metadata = ep.Struct()
+    metadata.fields[LB_NAMESPACE].struct_value.fields[DESTINATION].string_value = address
     headers = ep.HeadersResponse(response=common)
     if phase == "request_body":
         return ep.ProcessingResponse(request_body=ep.BodyResponse(response=common), dynamic_metadata=metadata)
@@ -269,9 +278,9 @@ def _picked(phase: str, address: str, instance: str) -> ep.ProcessingResponse:
 @functools.lru_cache(maxsize=4096)
 def _answered_by(instance: str) -> ep.ProcessingResponse:
     """The response goes on, naming the instance the picker chose (``kairos-instance``)."""
-    header = base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key=INSTANCE_HEADER, raw_value=instance.encode()),
-        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    header = ep.HeaderValueOption(
+        header=ep.HeaderValue(key=INSTANCE_HEADER, raw_value=instance.encode()),
+        append_action=ep.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
     )
     common = ep.CommonResponse(header_mutation=ep.HeaderMutation(set_headers=[header]))
     return ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=common))
@@ -291,20 +300,20 @@ def _refusal(exc: InferenceError, protocol: str) -> ep.ProcessingResponse:
     message = str(exc)
     if protocol == GRPC:
         immediate = ep.ImmediateResponse(
-            status={"code": 200},
+            status=ep.HttpStatus(code=200),
             grpc_status=ep.GrpcStatus(status=grpc_status(exc).value[0]),
             body=message.encode(),
             details=type(exc).__name__,
         )
     else:
         set_headers = [
-            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"))
+            ep.HeaderValueOption(header=ep.HeaderValue(key="content-type", raw_value=b"application/json"))
         ]
         if isinstance(exc, (Overloaded, NoHealthyInstance)):
             retry = str(max(1, math.ceil(exc.retry_after_s))).encode()
-            set_headers.append(base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="retry-after", raw_value=retry)))
+            set_headers.append(ep.HeaderValueOption(header=ep.HeaderValue(key="retry-after", raw_value=retry)))
         immediate = ep.ImmediateResponse(
-            status={"code": status},
+            status=ep.HttpStatus(code=status),
             headers=ep.HeaderMutation(set_headers=set_headers),
             body=error_body(message),
             details=type(exc).__name__,
@@ -312,7 +321,7 @@ def _refusal(exc: InferenceError, protocol: str) -> ep.ProcessingResponse:
     return ep.ProcessingResponse(immediate_response=immediate)
 
 
-def _outcome(headers: Iterable[base_pb2.HeaderValue]) -> Outcome:
+def _outcome(headers: Iterable[ep.HeaderValue]) -> Outcome:
     """What the response headers say: the status, a trailers-only gRPC status, and whether the
     answer came from the instance (Envoy's router marks those with the upstream's time)."""
     h = header_map((x.key, x.raw_value or x.value) for x in headers)

@@ -13,19 +13,18 @@ import contextlib
 
 import grpc
 from aiohttp import web
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from gateway.dataplane import DataPlane
+from gateway.epp.processor import METHOD as EXT_PROC_METHOD
+from gateway.epp.processor import SERVICE as EXT_PROC_SERVICE
 from gateway.epp.processor import EndpointPicker
 from gateway.errors import ListenError
 from gateway.grpc_server import GrpcServer, RpcError
 from gateway.grpc_server.server import ServerSettings
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
-EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
-EXT_PROC_METHOD = f"/{EXT_PROC_SERVICE}/Process"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 LIVENESS = "liveness"
 # The health services the inference extension's protocol names, and the server's (""): SERVING
@@ -95,7 +94,7 @@ class EppServer:
                 ("grpc.max_receive_message_length", self.max_message_bytes),
             ]
         )
-        ep_grpc.add_ExternalProcessorServicer_to_server(self.picker, server)
+        server.add_generic_rpc_handlers((self.picker.grpcio_handler(),))
         self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         self.port = server.add_insecure_port(f"{host}:{port}")

@@ -13,11 +13,6 @@ from typing import Any
 import grpc
 import orjson
 import pytest
-from envoy.config.core.v3 import base_pb2
-from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
-from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
-from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers.inputs import json_body, proto_request
 from helpers.pool import RunningPool
@@ -25,6 +20,8 @@ from helpers.pool import RunningPool
 from gateway.app import Gateway, GatewaySettings
 from gateway.backend.picked import host_port
 from gateway.config import load_config, parse_config
+from gateway.epp import ext_proc_pb2 as ep
+from gateway.epp.processor import METHOD
 from gateway.errors import ConfigError
 from gateway.pool import load_address_file
 
@@ -34,7 +31,7 @@ MODEL = "rm2"
 
 def headers(**values: str) -> ep.HttpHeaders:
     pairs = [(k.replace("_", "-") if not k.startswith(":") else k, v) for k, v in values.items()]
-    return ep.HttpHeaders(headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs]))
+    return ep.HttpHeaders(headers=ep.HeaderMap(headers=[ep.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs]))
 
 
 def infer_headers(batch: int | None = 1, grpc_call: bool = False, **more: str) -> ep.HttpHeaders:
@@ -61,11 +58,22 @@ def set_headers(response: ep.ProcessingResponse) -> dict[str, str]:
     return {h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers}
 
 
+Stub = grpc.aio.StreamStreamMultiCallable
+
+
+def ext_proc_stub(channel: grpc.aio.Channel) -> Stub:
+    return channel.stream_stream(
+        METHOD,
+        request_serializer=ep.ProcessingRequest.SerializeToString,
+        response_deserializer=ep.ProcessingResponse.FromString,
+    )
+
+
 class Stream:
     """One ext_proc stream, as Envoy drives it."""
 
-    def __init__(self, stub: ep_grpc.ExternalProcessorStub) -> None:
-        self.call = stub.Process()
+    def __init__(self, stub: Stub) -> None:
+        self.call = stub()
 
     async def send(self, request: ep.ProcessingRequest) -> ep.ProcessingResponse:
         await self.call.write(request)
@@ -82,7 +90,7 @@ async def picker(
     """Starts a picker on the gateway's own gRPC server, and again on grpc.aio."""
     made: list[Gateway] = []
 
-    async def start(pool: dict[str, int] | None = None, **gateway: Any) -> tuple[Gateway, RunningPool, ep_grpc.ExternalProcessorStub]:
+    async def start(pool: dict[str, int] | None = None, **gateway: Any) -> tuple[Gateway, RunningPool, Stub]:
         running = server_pool(pool=pool or {"g4dn.xlarge": 1, "r5n.large": 2}, model=MODEL)
         config = load_config(running.config_path)
         settings = GatewaySettings.from_config(
@@ -93,7 +101,7 @@ async def picker(
         await gw.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{gw.epp_port}")
         channels.append(channel)
-        return gw, running, ep_grpc.ExternalProcessorStub(channel)
+        return gw, running, ext_proc_stub(channel)
 
     channels: list[grpc.aio.Channel] = []
     yield start
@@ -166,7 +174,7 @@ async def test_with_the_body_sent_the_batch_comes_from_the_body(picker: Any) -> 
     stream = Stream(stub)
     first = ep.ProcessingRequest(
         request_headers=infer_headers(batch=None),
-        protocol_config=ep.ProtocolConfiguration(request_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED),
+        protocol_config=ep.ProtocolConfiguration(request_body_mode=ep.BUFFERED),
     )
     went_on = await stream.send(first)
     assert went_on.WhichOneof("response") == "request_headers" and not set_headers(went_on)
@@ -181,7 +189,7 @@ async def test_with_the_body_sent_the_batch_comes_from_the_body(picker: Any) -> 
     message = proto_request(MODEL, 23).SerializeToString()
     first = ep.ProcessingRequest(
         request_headers=infer_headers(batch=None, grpc_call=True),
-        protocol_config=ep.ProtocolConfiguration(request_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED),
+        protocol_config=ep.ProtocolConfiguration(request_body_mode=ep.BUFFERED),
     )
     await grpc_stream.send(first)
     framed = b"\0" + len(message).to_bytes(4, "big") + message
@@ -192,10 +200,11 @@ async def test_with_the_body_sent_the_batch_comes_from_the_body(picker: Any) -> 
     await grpc_stream.close()
 
 
-def subset_hint(*endpoints: str) -> base_pb2.Metadata:
-    hint = struct_pb2.Struct()
-    hint.get_or_create_list("x-gateway-destination-endpoint-subset").extend(list(endpoints))
-    return base_pb2.Metadata(filter_metadata={"envoy.lb.subset_hint": hint})
+def subset_hint(*endpoints: str) -> ep.Metadata:
+    metadata = ep.Metadata()
+    listed = metadata.filter_metadata["envoy.lb.subset_hint"].fields["x-gateway-destination-endpoint-subset"]
+    listed.list_value.values.extend(ep.Value(string_value=e) for e in endpoints)
+    return metadata
 
 
 async def test_the_subset_hint_is_honoured_and_an_empty_one_is_503(picker: Any) -> None:
