@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gateway.protocol.regenerate import in_private_pool
+
 HERE = Path(__file__).parent
 
 
@@ -20,14 +22,7 @@ def main() -> None:
          "ext_proc.proto"],
         check=True, cwd=HERE,
     )  # fmt: skip
-    pb2 = HERE / "ext_proc_pb2.py"
-    text = pb2.read_text()
-    text = text.replace(
-        "_sym_db = _symbol_database.Default()",
-        "_sym_db = _symbol_database.Default()\nPOOL = _descriptor_pool.DescriptorPool()",
-    )
-    text = text.replace("_descriptor_pool.Default().AddSerializedFile", "POOL.AddSerializedFile")
-    pb2.write_text(text)
+    in_private_pool(HERE / "ext_proc_pb2.py")
 
 
 if __name__ == "__main__":

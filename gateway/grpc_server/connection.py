@@ -727,12 +727,7 @@ class GrpcConnection(asyncio.Protocol):
                 )  # fmt: skip
             else:
                 if n:
-                    if not stream.body:
-                        stream.body = bytes(payload)
-                    else:
-                        if type(stream.body) is bytes:
-                            stream.body = bytearray(stream.body)
-                        stream.body += payload
+                    _append(stream, payload)
                 elif not flags & _END_STREAM:
                     self._charge("empty DATA")
                 if flags & _END_STREAM:
@@ -756,12 +751,7 @@ class GrpcConnection(asyncio.Protocol):
             return
         n = len(payload)
         if n:
-            if not stream.body:
-                stream.body = bytes(payload)
-            else:
-                if type(stream.body) is bytes:
-                    stream.body = bytearray(stream.body)
-                stream.body += payload
+            _append(stream, payload)
             stream.held += n
             self._recv_held += n
         elif not flags & _END_STREAM:
@@ -1120,6 +1110,17 @@ class GrpcConnection(asyncio.Protocol):
                 self._close_if_idle()
             else:
                 self._start_tick()  # one more look: is what was written being read?
+
+
+def _append(stream: _Stream, payload: memoryview) -> None:
+    """Add DATA to what the stream has received: bytes for the first frame (a one-frame request
+    is not copied again), a bytearray once more come."""
+    if not stream.body:
+        stream.body = bytes(payload)
+    else:
+        if type(stream.body) is bytes:
+            stream.body = bytearray(stream.body)
+        stream.body += payload
 
 
 def _unsent_bytes(transport: asyncio.Transport) -> int:

@@ -21,7 +21,15 @@ def main() -> None:
          f"--pyi_out={HERE}", f"--grpc_python_out={HERE}", "grpc_predict_v2.proto"],
         check=True, cwd=HERE,
     )
-    pb2 = HERE / "grpc_predict_v2_pb2.py"
+    in_private_pool(HERE / "grpc_predict_v2_pb2.py")
+    grpc_file = HERE / "grpc_predict_v2_pb2_grpc.py"
+    text = grpc_file.read_text()
+    text = re.sub(r"^import grpc_predict_v2_pb2 as", "from . import grpc_predict_v2_pb2 as", text, flags=re.M)
+    grpc_file.write_text(text)
+
+
+def in_private_pool(pb2: Path) -> None:
+    """Make a generated ``_pb2.py`` register its messages in a pool of its own."""
     text = pb2.read_text()
     text = text.replace(
         "_sym_db = _symbol_database.Default()",
@@ -29,10 +37,6 @@ def main() -> None:
     )
     text = text.replace("_descriptor_pool.Default().AddSerializedFile", "POOL.AddSerializedFile")
     pb2.write_text(text)
-    grpc_file = HERE / "grpc_predict_v2_pb2_grpc.py"
-    text = grpc_file.read_text()
-    text = re.sub(r"^import grpc_predict_v2_pb2 as", "from . import grpc_predict_v2_pb2 as", text, flags=re.M)
-    grpc_file.write_text(text)
 
 
 if __name__ == "__main__":
