@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,15 @@ from typing import Any
 
 from benchmarks.envoy import least_request_bootstrap, picker_bootstrap, start_envoy
 from benchmarks.policies import POOLS
-from benchmarks.processes import console_script, running, start_gateway, start_picker, start_servers
+from benchmarks.processes import (
+    console_script,
+    cpu_seconds,
+    free_port,
+    running,
+    start_gateway,
+    start_picker,
+    start_servers,
+)
 from gateway.backend.picked import host_port
 from gateway.profiles import load_catalogue
 from gateway.sim.pool import parse_pool
@@ -49,20 +56,6 @@ class Front:
     url: str
     routing_headers: bool  # the picker reads the batch from headers
     watched: dict[str, int]  # process label -> pid, whose CPU is read
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(directory: Path, model: str, pool: str) -> Path:
@@ -115,9 +108,9 @@ def loadgen(front: Front, model: str, args: list[str], directory: Path) -> dict[
            "--json", str(out), "--max-error-rate", "1", *args]  # fmt: skip
     if front.routing_headers:
         cmd.append("--routing-headers")
-    before = {label: cpu_s(pid) for label, pid in front.watched.items()}
+    before = {label: cpu_seconds(pid) for label, pid in front.watched.items()}
     subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)  # its progress shows on stderr
-    spent = {label: cpu_s(pid) - before[label] for label, pid in front.watched.items()}
+    spent = {label: cpu_seconds(pid) - before[label] for label, pid in front.watched.items()}
     report = dict(json.loads(out.read_text()))
     report["cpu_s"] = spent
     return report

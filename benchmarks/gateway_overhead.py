@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from benchmarks.processes import start_gateway, start_servers
+from benchmarks.processes import cpu_seconds, start_gateway, start_servers
 from gateway.protocol.v2 import GRPC_INFER_METHOD
 
 if TYPE_CHECKING:
@@ -155,12 +155,6 @@ def _popen(cmd: list[str], cpu: int | None, **kw: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(cmd, preexec_fn=pin, text=True, **kw)
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_client(
     protocol: str, target: str, mode: str, value: float, duration: float, cpu: int | None, watch: int | None
 ) -> dict[str, Any]:
@@ -182,9 +176,9 @@ def run_client(
         first = proc.stdout.readline()
         if first.strip() != "warm":
             raise RuntimeError(f"load client failed before warming up: {first!r}")
-        cpu0 = _cpu_s(watch) if watch else 0.0
+        cpu0 = cpu_seconds(watch) if watch else 0.0
         last = proc.stdout.readline()
-        cpu1 = _cpu_s(watch) if watch else 0.0
+        cpu1 = cpu_seconds(watch) if watch else 0.0
         proc.wait(duration + 60)
     finally:
         if proc.poll() is None:

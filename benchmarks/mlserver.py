@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from benchmarks.processes import free_port
 
 SKLEARN_RUNTIME = "mlserver_sklearn.SKLearnModel"
 MODEL_FILE = "model.joblib"
@@ -32,12 +33,6 @@ def mlserver_command() -> list[str] | None:
         return [str(script)]
     found = shutil.which("mlserver")
     return [found] if found else None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def write_sklearn_model(

@@ -9,6 +9,7 @@ import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,23 @@ from gateway.protocol.addresses import AddressList, InstanceAddress, read_addres
 SERVERS_READY = re.compile(r"^kairos-servers ready:")
 GATEWAY_READY = re.compile(r"^kairos-gateway ready http=(\S+) grpc=(\S+)")
 PICKER_READY = re.compile(r"^kairos-gateway ready epp=(\S+) metrics=(\S+)")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(*pids: int) -> float:
+    """User + system CPU seconds of these processes so far (``/proc/<pid>/stat``)."""
+    total = 0
+    for pid in pids:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def console_script(name: str, module: str) -> list[str]:

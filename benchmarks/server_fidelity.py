@@ -41,6 +41,7 @@ import numpy as np
 import orjson
 
 from benchmarks.loadgen.payloads import PayloadFactory
+from benchmarks.processes import cpu_seconds
 from gateway.config import load_config
 from gateway.precise_timers import TIMERS, sleep_until
 from gateway.profiles import load_profiles
@@ -64,17 +65,6 @@ class Sample:
     queue_ms: float
     service_ms: float
     observed_ms: float
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of ``pids`` (from /proc/<pid>/stat; fields after the command name)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
-    return total / tick
 
 
 def _machine() -> dict[str, float]:
@@ -323,9 +313,9 @@ def _measure(
                 runner: Any = uvloop.run
             except ImportError:
                 runner = asyncio.run
-            cpu0, wall0, machine0 = _cpu_seconds(pids), time.perf_counter(), _machine()
+            cpu0, wall0, machine0 = cpu_seconds(*pids), time.perf_counter(), _machine()
             samples = runner(_drive(addresses, arrivals, args.duration, args.protocol))
-            cpu_s, wall_s = _cpu_seconds(pids) - cpu0, time.perf_counter() - wall0
+            cpu_s, wall_s = cpu_seconds(*pids) - cpu0, time.perf_counter() - wall0
             contention = _contention(machine0, _machine(), wall_s)
         finally:
             proc.send_signal(signal.SIGTERM)

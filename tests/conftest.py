@@ -24,7 +24,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers.pool import RunningPool, launch
-from helpers.pool import free_port as _free_port
+
+from benchmarks.processes import free_port as _free_port
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,6 @@ from typing import Any
 from benchmarks.processes import ServersProcess, console_script, start_servers
 
 DEFAULT_POOL: Mapping[str, int] = {"g4dn.xlarge": 1, "r5n.large": 2}
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def servers_command() -> list[str]:

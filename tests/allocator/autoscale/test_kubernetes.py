@@ -279,7 +279,7 @@ def test_prestop_stops_at_once_when_the_gateway_does_not_know_the_pod(fake_admin
 
 
 def test_prestop_exits_cleanly_when_the_gateway_is_unreachable() -> None:
-    from helpers.pool import free_port
+    from benchmarks.processes import free_port
 
     done = run_drain(f"http://127.0.0.1:{free_port()}")
     assert done.returncode == 0, done.stderr
@@ -679,7 +679,7 @@ async def test_api_errors_surface_with_their_status(cluster: Cluster) -> None:
 
 
 async def test_an_unreachable_api_server_is_an_actuator_error() -> None:
-    from helpers.pool import free_port
+    from benchmarks.processes import free_port
 
     configuration = k8s.Configuration(host=f"http://127.0.0.1:{free_port()}")
     configuration.retries = 0

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.pool import free_port
 
 from allocator.planner.cli import main
 from allocator.planner.service import MAX_BODY_BYTES
-from benchmarks.processes import Process
+from benchmarks.processes import Process, free_port
 
 REPO = Path(__file__).resolve().parents[3]
 

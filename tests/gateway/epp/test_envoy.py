@@ -20,10 +20,10 @@ import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as th
 from helpers.inputs import triton_inputs
-from helpers.pool import RunningPool, free_port
+from helpers.pool import RunningPool
 
 from benchmarks.envoy import EnvoyProcess, picker_bootstrap, start_envoy
-from benchmarks.processes import PickerProcess, console_script, start_picker
+from benchmarks.processes import PickerProcess, console_script, free_port, start_picker
 
 pytestmark = pytest.mark.slow
 MODEL = "rm2"
