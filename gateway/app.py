@@ -167,8 +167,7 @@ class Gateway:
             raise ConfigError(f"profiles: {exc}") from None
         if settings.mode == "epp":
             for e in (x for v in by_model.values() for x in v):
-                problem = next((p for a in (e.http_url, e.grpc_address) if a and (p := not_an_ip_address(a))), None)
-                if problem is not None:
+                if (problem := not_an_ip_address(e.http_url, e.grpc_address)) is not None:
                     raise ConfigError(f"instance {e.name}: {problem}")
         self.admin_token = admin_token(config.gateway.admin_host) if config.gateway.admin_port is not None else None
         self.metrics = GatewayMetrics()
@@ -221,8 +220,6 @@ class Gateway:
         if not self.picker:
             return client
         http, grpc_address = (host_port(a) if a else None for a in (endpoint.http_url, endpoint.grpc_address))
-        if self._epp is not None:
-            self._epp.picker.addresses.update({a: endpoint.name for a in (http, grpc_address) if a})
         return PickedEndpoint(client, http, grpc_address)
 
     # -- the pool admin API's operations (gateway.admin.PoolAdmin) ------------------------------
@@ -270,10 +267,8 @@ class Gateway:
                 f"unknown variant {endpoint.variant!r} of model {model.name!r}: expected one of "
                 f"{', '.join(model.variant_names)}"
             )
-        if self.picker:
-            problem = next((p for a in (endpoint.http_url, endpoint.grpc_address) if a and (p := not_an_ip_address(a))), None)
-            if problem is not None:
-                raise BadRequest(problem)
+        if self.picker and (problem := not_an_ip_address(endpoint.http_url, endpoint.grpc_address)) is not None:
+            raise BadRequest(problem)
         core = service.core
         kind = kind_of(model.name, endpoint.variant, endpoint.type)
         prior = not self.profiles.has(endpoint.variant or model.name, endpoint.type)
@@ -322,10 +317,7 @@ class Gateway:
             self.admin_port = int(self._admin_runner.addresses[0][1])
 
     async def _start_picker(self) -> None:
-        addresses = {
-            host_port(a): e.name for e in self.endpoints.values() for a in (e.http_url, e.grpc_address) if a
-        }
-        self._epp = EppServer(self.plane, addresses, self.config.gateway.max_body_bytes)
+        self._epp = EppServer(self.plane, self.config.gateway.max_body_bytes)
         await self._epp.start(self.config.host, self.settings.epp_port, self.settings.http_port, self.settings.grpc_server)
         self.epp_port, self.http_port = self._epp.port, self._epp.metrics_port
 

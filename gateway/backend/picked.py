@@ -58,14 +58,17 @@ def host_port(url_or_address: str) -> str:
     return url_or_address
 
 
-def not_an_ip_address(url_or_address: str) -> str | None:
-    """Why Envoy could not send a request to this address (its ORIGINAL_DST cluster takes
-    ``ip:port``, and resolves no names), or None."""
-    host = host_port(url_or_address).rsplit(":", 1)[0].strip("[]")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return f"{url_or_address!r}: the endpoint picker mode needs an IP address (Envoy resolves no names here), got host {host!r}"
+def not_an_ip_address(*addresses: str | None) -> str | None:
+    """Why Envoy could not send a request to one of these addresses (URLs or ``host:port``; its
+    ORIGINAL_DST cluster takes ``ip:port``, and resolves no names), or None."""
+    for address in addresses:
+        if address is None:
+            continue
+        host = host_port(address).rsplit(":", 1)[0].strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return f"{address!r}: the endpoint picker mode needs an IP address (Envoy resolves no names here), got host {host!r}"
     return None
 
 

@@ -19,7 +19,6 @@ import asyncio
 import functools
 import itertools
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -28,7 +27,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from gateway.backend.base import GRPC
-from gateway.backend.picked import Handoff, Outcome
+from gateway.backend.picked import Handoff, Outcome, PickedEndpoint
 from gateway.dataplane import DataPlane
 from gateway.epp import ext_proc_pb2 as ep
 from gateway.epp.metrics import EppMetrics
@@ -42,7 +41,7 @@ from gateway.errors import (
     Unavailable,
 )
 from gateway.grpc_server import CallStream, RpcError
-from gateway.protocol.errors import error_body, grpc_status, http_error
+from gateway.protocol.errors import grpc_status, http_error
 from gateway.protocol.limits import quote
 
 log = logging.getLogger("kairos.gateway.epp")
@@ -69,11 +68,8 @@ _CONTINUE = {
 class EndpointPicker:
     """``envoy.service.ext_proc.v3.ExternalProcessor`` over the data plane's models."""
 
-    def __init__(self, plane: DataPlane, addresses: dict[str, str]) -> None:
-        """``addresses``: each instance's endpoints (``host:port``, either protocol) to its name,
-        for the subset hint."""
+    def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
-        self.addresses = addresses
         self.metrics = EppMetrics(plane.metrics)
         self._turn = itertools.count()  # round robin over ready instances for other calls
 
@@ -194,8 +190,14 @@ class EndpointPicker:
         hint = metadata.filter_metadata[SUBSET_NAMESPACE]
         if SUBSET_KEY not in hint.fields:
             return None
-        listed = hint.fields[SUBSET_KEY].list_value.values
-        return frozenset(name for v in listed if (name := self.addresses.get(v.string_value)) is not None)
+        listed = {v.string_value for v in hint.fields[SUBSET_KEY].list_value.values}
+        # Read from the pool as it is now (instances come and go): a hint is rare, the pool small.
+        return frozenset(
+            name
+            for service in self.plane.registry
+            for name, client in service.core.clients.items()
+            if isinstance(client, PickedEndpoint) and not listed.isdisjoint(client.addresses.values())
+        )
 
     def _any_ready(self, pick: PickRequest, only: frozenset[str] | None) -> tuple[str, str]:
         """A ready instance for a call that is not an inference (round robin)."""
@@ -210,7 +212,8 @@ class EndpointPicker:
             what = f"model {quote(pick.model)}" if pick.model is not None else "any model"
             raise NoHealthyInstance(f"no healthy instance serves {what}")
         core, inst = ready[next(self._turn) % len(ready)]
-        address = core.clients[inst.name].addresses[pick.protocol]  # type: ignore[attr-defined]
+        client = core.clients[inst.name]
+        address = client.addresses[pick.protocol] if isinstance(client, PickedEndpoint) else None
         if address is None:
             raise Unavailable(f"instance {inst.name} has no {pick.protocol} endpoint")
         return str(address), inst.name
@@ -250,22 +253,19 @@ def _continue(message: ep.ProcessingRequest) -> ep.ProcessingResponse:
     return _CONTINUE[phase]
 
 
+def _set(key: str, value: str) -> ep.HeaderValueOption:
+    """A header to set, replacing any the request or response has."""
+    return ep.HeaderValueOption(
+        header=ep.HeaderValue(key=key, raw_value=value.encode()),
+        append_action=ep.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
 @functools.lru_cache(maxsize=4096)
 def _picked(phase: str, address: str, instance: str) -> ep.ProcessingResponse:
     """The answer that sends the request to ``address``."""
     common = ep.CommonResponse(
-        header_mutation=ep.HeaderMutation(
-            set_headers=[
-                ep.HeaderValueOption(
-                    header=ep.HeaderValue(key=DESTINATION, raw_value=address.encode()),
-                    append_action=ep.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-                ),
-                ep.HeaderValueOption(
-                    header=ep.HeaderValue(key=INSTANCE_HEADER, raw_value=instance.encode()),
-                    append_action=ep.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-                ),
-            ]
-        ),
+        header_mutation=ep.HeaderMutation(set_headers=[_set(DESTINATION, address), _set(INSTANCE_HEADER, instance)])
     )
     metadata = ep.Struct()
     metadata.fields[LB_NAMESPACE].struct_value.fields[DESTINATION].string_value = address
@@ -278,11 +278,7 @@ def _picked(phase: str, address: str, instance: str) -> ep.ProcessingResponse:
 @functools.lru_cache(maxsize=4096)
 def _answered_by(instance: str) -> ep.ProcessingResponse:
     """The response goes on, naming the instance the picker chose (``kairos-instance``)."""
-    header = ep.HeaderValueOption(
-        header=ep.HeaderValue(key=INSTANCE_HEADER, raw_value=instance.encode()),
-        append_action=ep.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-    )
-    common = ep.CommonResponse(header_mutation=ep.HeaderMutation(set_headers=[header]))
+    common = ep.CommonResponse(header_mutation=ep.HeaderMutation(set_headers=[_set(INSTANCE_HEADER, instance)]))
     return ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=common))
 
 
@@ -306,16 +302,11 @@ def _refusal(exc: InferenceError, protocol: str) -> ep.ProcessingResponse:
             details=type(exc).__name__,
         )
     else:
-        set_headers = [
-            ep.HeaderValueOption(header=ep.HeaderValue(key="content-type", raw_value=b"application/json"))
-        ]
-        if isinstance(exc, (Overloaded, NoHealthyInstance)):
-            retry = str(max(1, math.ceil(exc.retry_after_s))).encode()
-            set_headers.append(ep.HeaderValueOption(header=ep.HeaderValue(key="retry-after", raw_value=retry)))
+        error = http_error(exc)  # the gateway mode's body and headers (Content-Type, Retry-After)
         immediate = ep.ImmediateResponse(
             status=ep.HttpStatus(code=status),
-            headers=ep.HeaderMutation(set_headers=set_headers),
-            body=error_body(message),
+            headers=ep.HeaderMutation(set_headers=[_set(k.lower(), v) for k, v in error.headers.items()]),
+            body=error.body,
             details=type(exc).__name__,
         )
     return ep.ProcessingResponse(immediate_response=immediate)

@@ -36,9 +36,9 @@ MAX_STREAMS_PER_CONNECTION = 8192
 
 
 class EppServer:
-    def __init__(self, plane: DataPlane, addresses: dict[str, str], max_message_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, plane: DataPlane, max_message_bytes: int = 64 * 1024 * 1024) -> None:
         self.plane = plane
-        self.picker = EndpointPicker(plane, addresses)
+        self.picker = EndpointPicker(plane)
         self.max_message_bytes = max_message_bytes
         self._native: GrpcServer | None = None
         self._grpcio: grpc.aio.Server | None = None

@@ -663,12 +663,8 @@ class GrpcConnection(asyncio.Protocol):
             if encoding not in (None, b"identity"):
                 self._send_status(stream, grpc.StatusCode.UNIMPLEMENTED, "compressed streams are not supported")
                 return
-            if timeout is not None:
-                seconds = parse_timeout(timeout)
-                if seconds is None:
-                    self._send_status(stream, grpc.StatusCode.INTERNAL, f"malformed grpc-timeout {timeout!r}")
-                    return
-                stream.timer = self._loop.call_later(seconds, self._expire, stream)
+            if not self._arm_deadline(stream, timeout):
+                return
             stream.inbox = deque()
             if stream.remote_closed:
                 stream.inbox.append(None)
@@ -687,14 +683,21 @@ class GrpcConnection(asyncio.Protocol):
         else:
             stream.method = handler
             stream.gzip = encoding == b"gzip"
-            if timeout is not None:
-                seconds = parse_timeout(timeout)
-                if seconds is None:
-                    self._send_status(stream, grpc.StatusCode.INTERNAL, f"malformed grpc-timeout {timeout!r}")
-                    return
-                stream.timer = self._loop.call_later(seconds, self._expire, stream)
+            if not self._arm_deadline(stream, timeout):
+                return
             if stream.remote_closed:
                 self._end_of_request(stream)
+
+    def _arm_deadline(self, stream: _Stream, timeout: bytes | None) -> bool:
+        """End the call at the client's ``grpc-timeout``; False (the call ended) if malformed."""
+        if timeout is None:
+            return True
+        seconds = parse_timeout(timeout)
+        if seconds is None:
+            self._send_status(stream, grpc.StatusCode.INTERNAL, f"malformed grpc-timeout {timeout!r}")
+            return False
+        stream.timer = self._loop.call_later(seconds, self._expire, stream)
+        return True
 
     def _on_data(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if stream_id == 0:
@@ -788,15 +791,14 @@ class GrpcConnection(asyncio.Protocol):
         elif stream.unacked >= self._stream_half:
             self._write(window_update(stream.id, stream.unacked))
             stream.unacked = 0
-        if inbox and stream.waiter is not None and not stream.waiter.done():
-            stream.waiter.set_result(None)
+        if inbox:
+            _wake(stream)
 
     def _half_closed(self, stream: _Stream) -> None:
         stream.remote_closed = True
         assert stream.inbox is not None
         stream.inbox.append(None)
-        if stream.waiter is not None and not stream.waiter.done():
-            stream.waiter.set_result(None)
+        _wake(stream)
 
     def _give_back(self) -> None:
         """WINDOW_UPDATE on stream 0 for the bytes that no unfinished request holds: in large
@@ -1092,8 +1094,7 @@ class GrpcConnection(asyncio.Protocol):
 
     def _finish(self, stream: _Stream) -> None:
         stream.closed = True
-        if stream.waiter is not None and not stream.waiter.done():
-            stream.waiter.set_result(None)  # a reader of a streaming call sees the end
+        _wake(stream)  # a reader of a streaming call sees the end
         if stream.pending is not None:
             self._pending_bytes -= len(stream.pending)
             stream.pending = None
@@ -1110,6 +1111,12 @@ class GrpcConnection(asyncio.Protocol):
                 self._close_if_idle()
             else:
                 self._start_tick()  # one more look: is what was written being read?
+
+
+def _wake(stream: _Stream) -> None:
+    """The reader of a streaming call waiting for a message (if any) looks again."""
+    if stream.waiter is not None and not stream.waiter.done():
+        stream.waiter.set_result(None)
 
 
 def _append(stream: _Stream, payload: memoryview) -> None:

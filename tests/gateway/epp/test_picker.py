@@ -257,6 +257,8 @@ async def test_a_full_queue_is_429_and_the_queue_moves_on(picker: Any) -> None:
     await asyncio.sleep(0.1)  # queued: the only instance is busy
     refused = await Stream(stub).send(ep.ProcessingRequest(request_headers=infer_headers(batch=10)))
     assert refused.immediate_response.status.code == 429
+    sent = {h.header.key: h.header.raw_value for h in refused.immediate_response.headers.set_headers}
+    assert sent == {"content-type": b"application/json", "retry-after": b"1"}
     await holding.send(upstream_answer())
     await holding.close()
     picked = await asyncio.wait_for(waiting.call.read(), 5)  # the instance is free: it goes
