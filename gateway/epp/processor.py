@@ -99,49 +99,43 @@ class EndpointPicker:
         self.metrics.open.inc()
         outcome = ["abandoned"]  # what the stream comes to, set on the way
         try:
-            async for response in self._process(request_iterator, outcome):
+            received = time.monotonic()
+            first = await anext(request_iterator, None)
+            if first is None or not first.HasField("request_headers"):
+                return  # nothing to pick for: Envoy opens a stream with the request headers
+            headers = header_map((h.key, h.raw_value or h.value) for h in first.request_headers.headers.headers)
+            protocol = GRPC if headers.get("content-type", "").startswith("application/grpc") else "http"
+            phase = "request_headers"
+            pick: PickRequest | None = None
+            try:
+                body_coming = first.protocol_config.request_body_mode == ep.BUFFERED and not first.request_headers.end_of_stream
+                pick = read_headers(headers, body_coming)
+                if pick.infer and body_coming:
+                    yield _CONTINUE["request_headers"]
+                    phase = "request_body"
+                    message = await anext(request_iterator, None)
+                    if message is None:
+                        return
+                    pick = read_body(pick, headers, message.request_body.body)
+                only = self._subset(first.metadata_context)
+                if not pick.infer:
+                    address, name = self._any_ready(pick, only)
+                    outcome[0] = "other_call"
+                    yield _picked(phase, address, name)
+                    async for message in request_iterator:
+                        yield _continue(message)
+                    self.plane.count(pick.model, "200", pick.protocol)
+                    return
+            except InferenceError as exc:
+                self.plane.count(pick.model if pick else None, str(_status_of(exc)), protocol)
+                outcome[0] = "refused"
+                yield _refusal(exc, protocol)
+                return
+            async for response in self._infer(pick, only, phase, request_iterator, received, outcome):
                 yield response
         finally:
             self.metrics.open.dec()
             self.metrics.ended[outcome[0]].inc()
-
-    async def _process(
-        self, request_iterator: AsyncIterator[ep.ProcessingRequest], outcome: list[str]
-    ) -> AsyncIterator[ep.ProcessingResponse]:
-        received = time.monotonic()
-        first = await anext(request_iterator, None)
-        if first is None or not first.HasField("request_headers"):
-            return  # nothing to pick for: Envoy opens a stream with the request headers
-        headers = header_map((h.key, h.raw_value or h.value) for h in first.request_headers.headers.headers)
-        protocol = GRPC if headers.get("content-type", "").startswith("application/grpc") else "http"
-        phase = "request_headers"
-        pick: PickRequest | None = None
-        try:
-            body_coming = first.protocol_config.request_body_mode == ep.BUFFERED and not first.request_headers.end_of_stream
-            pick = read_headers(headers, body_coming)
-            if pick.infer and body_coming:
-                yield _CONTINUE["request_headers"]
-                phase = "request_body"
-                message = await anext(request_iterator, None)
-                if message is None:
-                    return
-                pick = read_body(pick, headers, message.request_body.body)
-            only = self._subset(first.metadata_context)
-            if not pick.infer:
-                address, name = self._any_ready(pick, only)
-                outcome[0] = "other_call"
-                yield _picked(phase, address, name)
-                async for message in request_iterator:
-                    yield _continue(message)
-                self.plane.count(pick.model, "200", pick.protocol)
-                return
-        except InferenceError as exc:
-            self.plane.count(pick.model if pick else None, str(_status_of(exc)), protocol)
-            outcome[0] = "refused"
-            yield _refusal(exc, protocol)
-            return
-        async for response in self._infer(pick, only, phase, request_iterator, received, outcome):
-            yield response
 
     async def _infer(
         self,
