@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import math
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import generate_latest
 
+from allocator.autoscale.actuator import GroupKey
 from allocator.autoscale.collector import GatewayCollector
 from allocator.autoscale.forecast import DEFAULT_FORECASTER, FORECASTERS, make_forecaster
 from allocator.autoscale.loop import ControlLoop, LoopSettings, service_times, template_from_config
@@ -34,6 +39,7 @@ from allocator.planner.request import OBJECTIVES
 from gateway.config import Config, load_config
 from gateway.errors import KairosError
 from gateway.usage import plain
+from gateway.workload import parse_batch_mix
 
 PROG = "kairos-autoscale"
 
@@ -76,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=OBJECTIVES, default="min_cost", help="what the plans optimise (default min_cost)")
     p.add_argument("--load-quantile", type=float, default=0.9, metavar="Q",
                    help="plan for this quantile of the forecast (default 0.9; lower: cheaper, the reactive step guards)")
+    p.add_argument("--fairness", type=float, default=0.0, metavar="F",
+                   help="the utility objective's weight on the worst model's share (0: total, 1: fairest; default 0)")
+    p.add_argument("--batch-mix", default="production", metavar="MIX",
+                   help="the queries' batch sizes, for plans: production, fixed:N or uniform:LO-HI (default production)")
+    p.add_argument("--cap", type=int, metavar="N",
+                   help="hold at most N instances in all (starting, serving, draining, releasing); default no cap")
+    p.add_argument("--max-utilisation", type=float, metavar="U",
+                   help="plans load each group to at most this share of its capacity (default the planner's, 0.9)")
+    p.add_argument("--release-after", type=float, default=0.0, metavar="S",
+                   help="a stopped instance still counts against --cap for S seconds (default 0)")
     p.add_argument("--max-change", type=int, default=4, metavar="N", help="instances per group per tick, at most (default 4)")
     p.add_argument("--down-after", type=float, default=120.0, metavar="S",
                    help="shrink a group only once plans have wanted less for S seconds (default 120)")
@@ -84,25 +100,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--startup-delay", type=startup_delays, default=0.0, metavar="S|TYPE=S,...",
                    help="emulated model loading of each new instance: seconds, for all or per type")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until stopped)")
+    p.add_argument("--start-at", type=float, metavar="UNIX_S",
+                   help="begin the first tick's window at this Unix time (seconds; at once if past), as a load replay does")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="serve the loop's metrics on 127.0.0.1:PORT")
     return p
 
 
+def planned_policy(args: argparse.Namespace, config: Config) -> PlannedPolicy:
+    """The policy the command runs, from its arguments; it starts from the config's pool (a
+    simulation of the same loop starts there too)."""
+    objective: dict[str, Any] = {"kind": args.objective, "load_quantile": args.load_quantile}
+    if args.objective == "utility":
+        objective["fairness"] = args.fairness
+    template = template_from_config(config, objective, mix=args.batch_mix, max_units=args.cap,
+                                    max_utilisation=args.max_utilisation)
+    initial = {GroupKey(m.name, e.variant or m.name, e.type): e.count for m in config.models for e in m.pool if e.count}
+    return PlannedPolicy(template, make_forecaster(args.forecaster), service_times(config, args.batch_mix),
+                         profiles=config.profile_set(), plan_every_s=args.plan_every, step_s=args.step,
+                         horizon_s=args.horizon, down_after_s=args.down_after, measure_s=args.measure,
+                         initial=initial, log=logging.getLogger(PROG).info)
+
+
 async def run(args: argparse.Namespace, config: Config) -> int:
-    template = template_from_config(config, {"kind": args.objective, "load_quantile": args.load_quantile})
-    policy = PlannedPolicy(template, make_forecaster(args.forecaster), service_times(config),
-                           profiles=config.profile_set(), plan_every_s=args.plan_every, step_s=args.step,
-                           horizon_s=args.horizon, down_after_s=args.down_after, measure_s=args.measure, log=logging.getLogger(PROG).info)
+    policy = planned_policy(args, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if args.start_at is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(args.start_at - time.time(), 0.0))
     if args.duration:
         loop.call_later(args.duration, stop.set)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        actuator = PoolActuator(session, args.servers_admin, args.gateway_admin, startup_delay_s=args.startup_delay)
+        actuator = PoolActuator(session, args.servers_admin, args.gateway_admin, startup_delay_s=args.startup_delay,
+                                release_s=args.release_after)
         control = ControlLoop(policy, GatewayCollector(session, args.gateway.rstrip("/") + "/metrics"), actuator,
-                              {m.name: m.qos_ms for m in config.models}, LoopSettings(args.tick, args.max_change))
+                              {m.name: m.qos_ms for m in config.models},
+                              LoopSettings(args.tick, args.max_change, args.cap))
         runner = None
         if args.metrics_port is not None:
             async def metrics(_: web.Request) -> web.Response:
@@ -132,9 +167,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{PROG}: {exc}", file=sys.stderr)
         sys.exit(2)
     if min(args.tick, args.plan_every, args.step, args.horizon, args.measure) <= 0 or args.max_change < 1 \
-            or not 0.01 <= args.load_quantile <= 0.99:
+            or not 0.01 <= args.load_quantile <= 0.99 or not 0.0 <= args.fairness <= 1.0 \
+            or (args.cap is not None and args.cap < 1) or not 0.0 <= args.release_after < 1e6 \
+            or (args.max_utilisation is not None and not 0.05 <= args.max_utilisation <= 1.0) \
+            or (args.start_at is not None and not (math.isfinite(args.start_at) and args.start_at < time.time() + 86_400)):
         print(f"{PROG}: --tick, --plan-every, --step, --horizon and --measure must be > 0, --max-change >= 1, "
-              "--load-quantile in [0.01, 0.99]", file=sys.stderr)
+              "--load-quantile in [0.01, 0.99], --fairness in [0, 1], --cap >= 1, --release-after >= 0, "
+              "--max-utilisation in [0.05, 1], --start-at a Unix time within the next day", file=sys.stderr)
+        sys.exit(2)
+    try:
+        parse_batch_mix(args.batch_mix)
+    except KairosError as exc:
+        print(f"{PROG}: --batch-mix: {exc}", file=sys.stderr)
         sys.exit(2)
     try:
         sys.exit(asyncio.run(run(args, config)))

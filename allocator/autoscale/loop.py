@@ -75,13 +75,20 @@ class ControlLoop:
             view.record(windows[name])
             view.groups = {k: s for k, s in groups.items() if k.model == name}
         held = sum(s.ready + s.starting + s.draining for s in groups.values())
-        cluster = ClusterView(now_s, self.settings.tick_s, self.views, self.settings.cap_units, held)
+        cap = self.settings.cap_units
+        cluster = ClusterView(now_s, self.settings.tick_s, self.views, cap, held)
+        targets = self.policy.decide(cluster)
         made = []
-        for key, target in sorted(self.policy.decide(cluster).items()):
+        # Downs first, as the simulated loop: under a cap, what they release is what the ups start with.
+        for key, target in sorted(targets.items(), key=lambda kv: (kv[1].replicas - groups.get(kv[0], GroupState()).committed, kv[0])):
             have = groups.get(key, GroupState()).committed
             want = bounded(have, target.replicas, self.settings.max_change)
+            if cap is not None and want > have:
+                want = have + min(want - have, max(cap - held, 0))  # never hold more than the cap
             if want == have:
                 continue
+            if want > have:
+                held += want - have
             try:
                 await self.actuator.scale(key, want)
             except Exception as exc:
@@ -110,10 +117,16 @@ class ControlLoop:
 
 
 def template_from_config(config: Config, objective: Mapping[str, Any],
-                         available: Mapping[str, int] | None = None) -> RequestTemplate:
-    """The planned policy's request template: the config's models (each one class) and catalogue."""
+                         available: Mapping[str, int] | None = None, *, mix: str = "production",
+                         max_units: int | None = None, max_utilisation: float | None = None) -> RequestTemplate:
+    """The planned policy's request template: the config's models (each one class) and catalogue,
+    the batch mix, and the cluster cap and utilisation cap where given."""
     base = request_from_config(config, {(m.name, m.default_class): 0.0 for m in config.models},
-                               objective=objective, available=available)
+                               objective=objective, available=available, mix=mix)
+    if max_units is not None:
+        base["max_units"] = max_units
+    if max_utilisation is not None:
+        base["max_utilisation"] = max_utilisation
     classes = {m.name: m.default_class for m in config.models}
 
     def template(loads: dict[str, Any], current: list[dict[str, Any]]) -> dict[str, Any]:
@@ -125,10 +138,10 @@ def template_from_config(config: Config, objective: Mapping[str, Any],
     return template
 
 
-def service_times(config: Config) -> dict[GroupKey, float]:
-    """Mean service time (s) per query of each (model, type) with a profile, at the config's batch mix."""
+def service_times(config: Config, mix: str = "production") -> dict[GroupKey, float]:
+    """Mean service time (s) per query of each (model, type) with a profile, at the batch mix."""
     profiles = config.profile_set()
-    sizes, weights = parse_batch_mix("production").pmf()
+    sizes, weights = parse_batch_mix(mix).pmf()
     out = {}
     for m in config.models:
         for t in profiles.types(m.name):

@@ -40,10 +40,12 @@ class PoolActuator:
         token: str | None = None,
         drain_poll_s: float = 0.2,
         drain_timeout_s: float = 120.0,
+        release_s: float = 0.0,
     ) -> None:
         """``servers_admin``, ``gateway_admin``: base URLs (``http://HOST:PORT``) of the two admin
         APIs; ``startup_delay_s``: passed to each start (the emulated pool's model loading), one
-        for all or per type (a type not named: 0)."""
+        for all or per type (a type not named: 0); ``release_s``: a stopped instance still counts
+        as held (draining) this long, as a cluster frees a pod's CPU only once it is gone."""
         self.session = session
         self.servers = servers_admin.rstrip("/") + "/admin/instances"
         self.gateway = gateway_admin.rstrip("/") + "/admin/instances"
@@ -55,7 +57,9 @@ class PoolActuator:
             self.startup_other_s = float(startup_delay_s)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.drain_poll_s, self.drain_timeout_s = drain_poll_s, drain_timeout_s
+        self.release_s = release_s
         self.retiring: dict[str, GroupKey] = {}
+        self.releasing: list[tuple[float, GroupKey]] = []  # (loop time it is free, group) per stopped instance
         self.tasks: set[asyncio.Task[None]] = set()
 
     def startup_of(self, type_name: str) -> float:
@@ -91,6 +95,10 @@ class PoolActuator:
                 c[0] += 1
             elif inst["state"] in ("starting", "ready") and seen is not None:
                 c[1] += 1
+        now = asyncio.get_running_loop().time()
+        self.releasing = [(at, key) for at, key in self.releasing if at > now]
+        for _, key in self.releasing:
+            counts.setdefault(key, [0, 0, 0])[2] += 1
         return {k: GroupState(*v) for k, v in counts.items()}
 
     async def scale(self, key: GroupKey, replicas: int) -> None:
@@ -135,6 +143,8 @@ class PoolActuator:
                 await asyncio.sleep(self.drain_poll_s)
             with contextlib.suppress(PoolActuatorError):  # started with the pool: it keeps running
                 await self._call("DELETE", f"{self.servers}/{name}", (200, 202, 404))
+            if self.release_s > 0:
+                self.releasing.append((loop.time() + self.release_s, self.retiring[name]))
             log.info("stopped %s", name)
         except PoolActuatorError as exc:
             log.warning("retiring %s: %s", name, exc)

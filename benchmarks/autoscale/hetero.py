@@ -33,7 +33,7 @@ from allocator.planner.request import parse_plan_request
 from benchmarks.faro_trace import load_trace, spread_over_minutes
 from gateway.config import Config, parse_config
 from gateway.sim.engine import default_profiles
-from gateway.workload import ProductionMix, QueryTrace
+from gateway.workload import BatchMix, ProductionMix, QueryTrace
 
 GPU, CPU = "g4dn.xlarge", "r5n.large"
 TYPES = (GPU, CPU)
@@ -68,11 +68,12 @@ def rates_per_minute(peaks: dict[str, float], minutes: int | None) -> dict[str, 
     return out
 
 
-def trace(per_minute: np.ndarray, seed: int, k: int, minute_s: float = 60.0) -> QueryTrace:
-    """Each minute's requests as Poisson arrivals; a ``minute_s`` under 60 compresses time, not rates."""
+def trace(per_minute: np.ndarray, seed: int, k: int, minute_s: float = 60.0, mix: BatchMix | None = None) -> QueryTrace:
+    """Each minute's requests as Poisson arrivals; a ``minute_s`` under 60 compresses time, not rates.
+    Batch sizes from ``mix`` (default the production mix)."""
     rng = np.random.default_rng([seed, 11, k])
     arrival = spread_over_minutes(rng.poisson(per_minute * minute_s / 60.0), rng, minute_s * 1000.0)
-    return QueryTrace(arrival, ProductionMix().sample(len(arrival), rng))
+    return QueryTrace(arrival, (mix or ProductionMix()).sample(len(arrival), rng))
 
 
 RAY_SERVING = Serving(policy="fcfs", depth=5, max_pending=None, shed_late=False)  # max_ongoing_requests 5
@@ -94,24 +95,52 @@ def peak_plan(peaks: dict[str, float]) -> dict[GroupKey, int]:
     return {GroupKey(a.model, a.variant, a.type): a.count for a in plan.allocations if a.count}
 
 
+class MinCost:
+    """The min-cost plan's $/hour for one model at a rate (memoised at 0.1 q/s); with no cap the
+    models' plans are independent, so a pool's cost is the sum of its models'."""
+
+    def __init__(self) -> None:
+        self.cfg = config()
+        self.template = template_from_config(self.cfg, {"kind": "min_cost"})
+        self.price = prices()
+        self.memo: dict[tuple[str, float], float] = {}
+
+    def __call__(self, model: str, rate: float) -> float:
+        key = (model, round(rate, 1))
+        if key not in self.memo:
+            loads = dict.fromkeys(JOBS, 0.0)
+            loads[model] = key[1]
+            plan = make_plan(parse_plan_request(self.template(loads, []), self.cfg.profile_set()))
+            self.memo[key] = sum(a.count * self.price.get(a.type, 0.0) for a in plan.allocations if a.model == model)
+        return self.memo[key]
+
+    def oracle(self, model: str, per_minute: np.ndarray) -> float:
+        """$ over the minutes when each minute has its own min-cost plan, known ahead, started at once."""
+        return sum(self(model, float(r) / 60.0) for r in per_minute) / 60.0
+
+
 def oracle_cost(peaks: dict[str, float], minutes: int | None) -> float:
     """$ of a pool that knows each minute's rate and changes instantly: every minute the min-cost plan
     for that minute's rates. No policy can pay less for the same plans; it bounds what following
     the load can save."""
-    cfg = config()
-    template = template_from_config(cfg, {"kind": "min_cost"})
-    price = prices()
+    cost = MinCost()
     per_minute = rates_per_minute(peaks, minutes)
-    memo: dict[tuple[float, ...], float] = {}
-    total = 0.0
-    for k in range(len(per_minute[next(iter(JOBS))])):
-        loads = {m: round(float(per_minute[m][k]) / 60.0, 1) for m in JOBS}
-        key = tuple(loads.values())
-        if key not in memo:
-            plan = make_plan(parse_plan_request(template(loads, []), cfg.profile_set()))
-            memo[key] = sum(a.count * price.get(a.type, 0.0) for a in plan.allocations)
-        total += memo[key] / 60.0
-    return total
+    return sum(cost.oracle(m, per_minute[m]) for m in JOBS)
+
+
+def oracle_by_job(peaks: dict[str, float]) -> list[tuple[str, str, float, float]]:
+    """For each model on each of the trace's ten jobs: (model, job, the job's mean / peak, the oracle's
+    cost / the static peak pool's) over the 6 hours. Where the oracle is above a target, no policy
+    planning with the same capacity model reaches it on that job."""
+    cost = MinCost()
+    jobs, counts = load_trace()
+    out = []
+    for m in JOBS:
+        static = cost(m, peaks[m]) * counts.shape[0] / 60.0
+        for k, job in enumerate(jobs):
+            c = counts[:, k].astype(float)
+            out.append((m, job, float(c.mean() / c.max()), cost.oracle(m, c / c.max() * peaks[m] * 60.0) / static))
+    return out
 
 
 def make_policy(name: str, peaks: dict[str, float]) -> tuple[ScalingPolicy, dict[str, tuple[str, ...]]]:
@@ -153,8 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=int, default=None, help="only the first minutes of the trace")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--oracle-by-job", action="store_true",
+                    help="only the oracle's cost against the static pool's, per model on each of the ten jobs")
     args = ap.parse_args(argv)
     peaks = {"rm2": args.rm2_peak, "dien": args.dien_peak}
+    if args.oracle_by_job:
+        print(f"peaks: rm2 {peaks['rm2']:g} q/s, dien {peaks['dien']:g} q/s; oracle / static peak pool, 6 hours")
+        print(f"{'model':<6}{'job':<6}{'mean/peak':>10}{'oracle/static':>15}")
+        for m, job, shape, share in oracle_by_job(peaks):
+            print(f"{m:<6}{job:<6}{shape:>10.2f}{share:>15.2f}", flush=True)
+        return 0
     jobs = [(p, s) for p in args.policies for s in args.seeds]
     runs: dict[tuple[str, int], LoopRun] = {}
     with ProcessPoolExecutor(args.workers) as pool:

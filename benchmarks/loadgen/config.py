@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.loadgen.payloads import model_inputs
+from benchmarks.loadgen.payloads import InputSpec, model_inputs
 from benchmarks.loadgen.transport import Endpoint, parse_url
 from gateway.errors import ConfigError
 from gateway.profiles import load_catalogue
@@ -57,6 +58,8 @@ class LoadConfig:
     # Send the routing facts as headers too (kairos-model, kairos-batch, kairos-class): what a
     # client of the endpoint picker mode sets, for Envoy to report them (gateway/epp/request.py).
     routing_headers: bool = False
+    inputs: tuple[InputSpec, ...] = ()  # a model outside the shipped five: its inputs (--input)
+    start_at: float | None = None  # Unix time (s) the schedule starts at: several generators together
 
     @property
     def endpoint(self) -> Endpoint:
@@ -69,7 +72,13 @@ class LoadConfig:
         """Raise ConfigError (one line naming the flag) on any bad value; return a config whose
         ``qos_ms`` is resolved. ``need_source`` False: the caller supplies the queries."""
         self.endpoint  # noqa: B018 - validates the URL
-        model_inputs(self.model)
+        if self.start_at is not None and not (math.isfinite(self.start_at) and self.start_at < time.time() + 86_400):
+            raise ConfigError(f"--start-at {self.start_at:g}: expected a Unix time (seconds) within the next day")
+        if not self.inputs:
+            try:
+                model_inputs(self.model)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc}; for another model give its inputs with --input NAME:DATATYPE:WIDTH") from None
         sources = sum(x is not None for x in (self.rate, self.ramp, self.trace))
         if sources > 1 or (need_source and sources == 0):
             raise ConfigError("expected exactly one of --rate, --ramp or --trace")

@@ -10,15 +10,33 @@ memory copies and no per-element work. Only the request ``id`` changes per reque
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 import numpy as np
 import orjson
 
+from gateway.errors import ConfigError
 from gateway.profiles.schemas import MODEL_INPUTS, InputSpec, model_inputs
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.params import CLASS_PARAMETER, QOS_PARAMETER, VARIANT_PARAMETER
 from gateway.workload.batch_mix import MAX_BATCH
 
-__all__ = ["MODEL_INPUTS", "InputSpec", "PayloadFactory", "model_inputs"]
+__all__ = ["MODEL_INPUTS", "InputSpec", "PayloadFactory", "model_inputs", "parse_input"]
+
+_INPUT = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]{1,64}):(?P<datatype>FP32|INT64):(?P<width>[0-9]{1,6})$")
+MAX_WIDTH = 65_536
+INT64_HIGH = 1000  # ids of an INT64 input given with --input are drawn in [0, 1000)
+
+
+def parse_input(text: str) -> InputSpec:
+    """``NAME:DATATYPE:WIDTH`` (``--input``): one input of a model outside the shipped five, shape
+    ``[batch, WIDTH]``, datatype FP32 or INT64."""
+    match = _INPUT.match(text)
+    if match is None or not 1 <= int(match["width"]) <= MAX_WIDTH:
+        raise ConfigError(f"--input {text!r}: expected NAME:DATATYPE:WIDTH with DATATYPE FP32 or INT64 and "
+                          f"WIDTH in 1..{MAX_WIDTH}, e.g. input0:FP32:16")
+    return InputSpec(match["name"], match["datatype"], int(match["width"]), INT64_HIGH)
 
 
 class _Tensor:
@@ -88,10 +106,12 @@ class PayloadFactory:
         max_batch: int = MAX_BATCH,
         service_class: str | None = None,
         variant: str | None = None,
+        inputs: Sequence[InputSpec] = (),
     ) -> None:
+        """``inputs``: the model's inputs where it is not one of the shipped five."""
         self.model = model
         self.service_class = service_class
-        self.specs = model_inputs(model)
+        self.specs = tuple(inputs) or model_inputs(model)
         self.max_batch = max_batch
         rng = np.random.default_rng([seed, 7])
         self._tensors = [_Tensor(s, rng, max_batch) for s in self.specs]

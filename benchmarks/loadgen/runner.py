@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TextIO, TypeVar
 
@@ -125,11 +126,13 @@ class _Run:
                     if t is not me:
                         t.cancel()
 
-    async def send_all(self) -> None:
+    async def send_all(self, start_at: float | None = None) -> None:
+        """Send every query on schedule; ``start_at`` (Unix time, s): the schedule's zero, if later."""
         loop = asyncio.get_running_loop()
         # t0 on the same clock as the samples: loop.time() trails it by up to 1 ms (whole ms,
         # read once per iteration), which was added to every latency of the run.
-        self.t0 = clock() + START_DELAY_S
+        wait = START_DELAY_S if start_at is None else max(start_at - time.time(), START_DELAY_S)
+        self.t0 = clock() + wait
         spawned_without_yield = 0
         for i, at in enumerate(self._sched):
             if self.aborted:
@@ -177,7 +180,7 @@ async def run_load(
     endpoint = cfg.endpoint
     payloads = PayloadFactory(
         cfg.model, cfg.qos_ms if cfg.send_qos else None, seed=cfg.seed,
-        service_class=cfg.service_class, variant=cfg.variant,
+        service_class=cfg.service_class, variant=cfg.variant, inputs=cfg.inputs,
     )  # fmt: skip
     if target_factory is not None:
         target = target_factory(cfg, payloads)
@@ -208,7 +211,7 @@ async def run_load(
         progress = _Progress(progress_stream or sys.stderr, len(wl)) if cfg.progress else None
         ticker = loop.create_task(_progress_loop(run, progress)) if progress else None
         try:
-            await run.send_all()
+            await run.send_all(cfg.start_at)
             while run.tasks:  # every request ends: answered, failed, timed out or cancelled
                 await asyncio.wait(set(run.tasks))
         finally:

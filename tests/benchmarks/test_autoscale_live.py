@@ -7,24 +7,56 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from allocator.autoscale.actuator import GroupKey
-from benchmarks.autoscale.live import Compressed, cost_of, main
+from benchmarks.autoscale.live import command_policy, cost_of, main
+from benchmarks.autoscale.live_settings import Compressed, FaroLive, HeteroLive
+from benchmarks.planner.faro import TYPE, service_mean_ms, service_quantiles
+from gateway.config import load_config
 
 pytestmark = pytest.mark.slow
 
 
-def test_time_compression_divides_every_setting_of_the_loop() -> None:
+def flags(args: list[str]) -> dict[str, str]:
+    return {args[k]: args[k + 1] for k in range(0, len(args) - 1, 2) if args[k].startswith("--")}
+
+
+def test_time_compression_divides_every_setting_of_the_loop(tmp_path: Path) -> None:
     c = Compressed(5.0)
-    args = c.autoscale_args()
-    value = {args[k]: args[k + 1] for k in range(0, len(args) - 1, 2) if args[k].startswith("--")}
+    setting = HeteroLive({"rm2": 40.0, "dien": 100.0})
+    value = flags(setting.autoscale_args(c))
     assert c.scale == 12.0
     assert value["--tick"] == "0.833333" and value["--plan-every"] == "2.5" and value["--step"] == "5"
     assert value["--down-after"] == "10" and value["--measure"] == "2.5"
     assert value["--startup-delay"] == "g4dn.xlarge=5,r5n.large=2.91667"
-    policy = c.policy()
+    path = setting.write_config(tmp_path, 0)
+    policy = command_policy(setting, path, load_config(path), c)
     assert (policy.plan_every_s, policy.step_s, policy.down_after_s, policy.measure_s) == (2.5, 5.0, 10.0, 2.5)
+    assert policy.start == {GroupKey("rm2", "rm2", "r5n.large"): 1, GroupKey("dien", "dien", "r5n.large"): 1}
+
+
+def test_faros_setting_runs_live_as_simulated(tmp_path: Path) -> None:
+    """The live config and the command's arguments say what the simulated setting says: ten jobs of
+    cpu-1 under the cap, Faro's service times, 720 ms, utility, release held, time compressed."""
+    c = Compressed(5.0)
+    setting = FaroLive(32)
+    path = setting.write_config(tmp_path, 0)
+    config = load_config(path)
+    value = flags(setting.autoscale_args(c))
+    assert value["--cap"] == "32" and value["--objective"] == "utility" and value["--batch-mix"] == "fixed:1"
+    assert value["--release-after"] == "2.5" and value["--startup-delay"] == "cpu-1=2.91667"
+    assert [m.name for m in config.models] == [f"job{k}" for k in range(10)]
+    sim = setting.sim_setting(config, setting.traces(0, 2, c), c)
+    assert sim.cap_units == 32 and sim.release_s == 2.5 and sim.tick_s == pytest.approx(10 / 12)
+    profile = config.profile_set().get("job3", TYPE)
+    assert profile.means_for(np.array([1]))[0] == pytest.approx(service_mean_ms())
+    assert np.allclose(profile.quantiles[0], service_quantiles())
+    policy = command_policy(setting, path, config, c)
+    request = policy.template({m: 5.0 for m in setting.models}, [])
+    assert request["max_units"] == 32 and request["max_utilisation"] == 1.0
+    assert request["objective"] == {"kind": "utility", "load_quantile": 0.9, "fairness": 0.0}
 
 
 def test_cost_is_price_times_held_instances_in_trace_time() -> None:
@@ -53,3 +85,20 @@ def test_a_short_live_replay_answers_its_queries_and_compares_with_the_simulatio
         assert counts["ok"] >= 0.5 * counts["scheduled"], (m, r["errors"])
     assert live["decisions"] >= 1  # one r5n.large per model cannot carry the load: the loop grew it
     assert (tmp_path / "live.png").stat().st_size > 10_000
+
+
+def test_a_short_live_replay_of_faros_setting_answers_every_job(tmp_path: Path) -> None:
+    """Ten load generators, one per job (a model the servers emulate from its profile file, driven
+    with --input), the loop under the cap, all started together (--start-at)."""
+    out = tmp_path / "faro.json"
+    rc = main(["--setting", "faro", "--cap", "32", "--minutes", "2", "--minute-s", "4", "--json", str(out),
+               "--plot", str(tmp_path / "faro.png"), "--workdir", str(tmp_path / "run")])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    live = doc["runs"]["live (planned)"]
+    assert doc["cap"] == 32 and len(live["per_model_pct"]) == 10
+    for k in range(10):
+        r = json.loads((tmp_path / "run" / f"loadgen-job{k}.json").read_text())
+        assert r["counts"]["scheduled"] > 0 and r["counts"]["unsent"] == 0
+        assert set(r["errors"]) <= {"http_503", "http_504"}, r["errors"]
+    assert live["decisions"] >= 1  # one replica per job cannot carry the load: the loop grew the pool

@@ -21,7 +21,8 @@ import pytest
 from helpers.inputs import json_body
 from helpers.pool import RunningPool, start_pool
 
-from allocator.autoscale.actuator import GroupKey
+from allocator.autoscale.actuator import GroupKey, GroupState
+from allocator.autoscale.cli import main as autoscale_main
 from allocator.autoscale.cli import startup_delays
 from allocator.autoscale.collector import GatewayCollector, parse_metrics, window_between
 from allocator.autoscale.forecast import make_forecaster
@@ -89,7 +90,8 @@ async def wait_for(actuator: PoolActuator, ready: int, timeout_s: float = 20.0) 
 async def test_the_actuator_starts_and_stops_instances_while_every_query_is_answered_once(stack: Any) -> None:
     pool, gw, servers_admin, gateway_admin = stack
     async with aiohttp.ClientSession() as s:
-        actuator = PoolActuator(s, servers_admin, gateway_admin, startup_delay_s={TYPE: 0.5}, drain_poll_s=0.05)
+        actuator = PoolActuator(s, servers_admin, gateway_admin, startup_delay_s={TYPE: 0.5}, drain_poll_s=0.05,
+                                release_s=1.0)
         assert (await actuator.groups())[KEY].ready == 1
         stop, codes, ids = asyncio.Event(), Counter[int](), Counter[str]()
         traffic = asyncio.create_task(load(s, gw, stop, 40.0, codes, ids))
@@ -101,7 +103,10 @@ async def test_the_actuator_starts_and_stops_instances_while_every_query_is_answ
         await actuator.scale(KEY, 1)
         assert (await actuator.groups())[KEY].draining == 2
         await actuator.settle()
+        assert (await actuator.groups())[KEY].draining == 2  # stopped, their units not yet free (release_s)
         await wait_for(actuator, 1)
+        await asyncio.sleep(1.0)
+        assert (await actuator.groups())[KEY] == GroupState(1, 0, 0)
         stop.set()
         await traffic
         async with s.get(f"{servers_admin}/admin/instances") as resp:
@@ -201,3 +206,19 @@ async def test_a_start_the_gateway_refuses_is_stopped_and_reported(stack: Any) -
         async with s.get(f"{servers_admin}/admin/instances") as resp:
             left = [i["model"] for i in (await resp.json())["instances"]]
     assert left == [MODEL]
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [(["--cap", "0"], "--cap >= 1"), (["--fairness", "1.5"], "--fairness in"), (["--batch-mix", "fixed:0"], "--batch-mix"),
+     (["--max-utilisation", "0"], "--max-utilisation"), (["--release-after", "-1"], "--release-after"),
+     (["--start-at", "nan"], "--start-at"), (["--start-at", "9e12"], "--start-at")],
+)
+def test_a_bad_loop_flag_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
+                                          words: str) -> None:
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model": MODEL, "pool": [{"type": TYPE, "count": 1}]}))
+    with pytest.raises(SystemExit) as exc:
+        autoscale_main(["--config", str(cfg), "--gateway", "http://x", "--gateway-admin", "http://x",
+                        "--servers-admin", "http://x", *flags])
+    assert exc.value.code == 2 and words in capsys.readouterr().err

@@ -227,3 +227,55 @@ def test_faros_executor_retries_a_refused_start_and_takes_no_new_target_meanwhil
     ticks = {float(t): int(r[0]) for t, r in zip(retried.ticks_s, retried.ready, strict=True)}
     assert ticks[200.0] == 6  # started at 130 s when the units were free, serving 35 s later
     assert {float(t): int(r[0]) for t, r in zip(dropped.ticks_s, dropped.ready, strict=True)}[200.0] == 2
+
+
+class Groups:
+    """An actuator held in memory: each group's instances start at once and drain at once."""
+
+    def __init__(self, start: dict[GroupKey, GroupState]) -> None:
+        self.state = dict(start)
+        self.calls: list[tuple[GroupKey, int]] = []
+
+    async def groups(self) -> dict[GroupKey, GroupState]:
+        return dict(self.state)
+
+    async def scale(self, key: GroupKey, replicas: int) -> None:
+        self.calls.append((key, replicas))
+        s = self.state.get(key, GroupState())
+        if replicas >= s.committed:
+            self.state[key] = GroupState(s.ready, s.starting + replicas - s.committed, s.draining)
+        else:  # the ones leaving still hold their units while they drain
+            self.state[key] = GroupState(replicas, 0, s.draining + s.committed - replicas)
+
+
+class NoWindows:
+    async def collect(self, models: list[str]) -> dict[str, Window]:
+        return {m: Window(0, 0, 0.0, 0, 0, 0) for m in models}
+
+
+async def test_the_live_loop_starts_no_more_than_the_cap_leaves_and_takes_downs_first() -> None:
+    from allocator.autoscale.loop import ControlLoop, LoopSettings
+
+    a, b = GroupKey("a", "a", TYPE), GroupKey("b", "b", TYPE)
+
+    class Wants(StaticPolicy):
+        free: list[int | None] = []
+
+        def decide(self, view: ClusterView) -> dict[GroupKey, Target]:
+            self.free.append(view.free_units)
+            return {a: Target(9, "a up"), b: Target(1, "b down")}
+
+    actuator = Groups({a: GroupState(4), b: GroupState(2, 0, 3)})
+    policy = Wants({}, "wants")
+    loop = ControlLoop(policy, NoWindows(), actuator, {"a": 720.0, "b": 720.0},  # type: ignore[arg-type]
+                       LoopSettings(tick_s=1.0, max_change=8, cap_units=12))
+    made = await loop.step()
+    assert policy.free == [12 - 9]  # 4 + 5 held, 3 of them draining
+    assert actuator.calls == [(b, 1), (a, 7)]  # b's down first; a gets the 3 units free, not 5
+    assert [(d.key, d.before, d.after) for d in made] == [(b, 2, 1), (a, 4, 7)]
+    assert sum(s.ready + s.starting + s.draining for s in actuator.state.values()) == 12
+    actuator.calls.clear()
+    assert await loop.step() == [] and actuator.calls == []  # at the cap: a waits for units to free
+    actuator.state[b] = GroupState(1)  # b's drained instances are gone
+    made = await loop.step()
+    assert [(d.key, d.before, d.after) for d in made] == [(a, 7, 9)]

@@ -349,3 +349,47 @@ def test_class_variant_and_accuracy_flags() -> None:
     assert json.loads(factory.json(1, "x"))["parameters"] == {"qos_ms": 350.0, "class": "premium", "variant": "rm2-small"}
     proto = pb.ModelInferRequest.FromString(factory.grpc(1, "x"))
     assert proto.parameters["class"].string_param == "premium" and proto.parameters["qos_ms"].double_param == 350.0
+
+
+# -- another model's inputs (--input), a common start (--start-at) ------------------------------
+
+
+def test_a_model_outside_the_shipped_five_is_driven_with_its_inputs() -> None:
+    from benchmarks.loadgen.payloads import parse_input
+
+    with pytest.raises(ConfigError, match="--input NAME:DATATYPE:WIDTH"):
+        LoadConfig(url="http://h:1", model="job0", rate=1, queries=1, qos_ms=720).validate()
+    spec = parse_input("input0:FP32:16")
+    assert (spec.name, spec.datatype, spec.width) == ("input0", "FP32", 16)
+    cfg = LoadConfig(url="http://h:1", model="job0", rate=1, queries=1, qos_ms=720, inputs=(spec,)).validate()
+    body = orjson.loads(PayloadFactory(cfg.model, 720.0, inputs=cfg.inputs).json(3, "q1"))
+    assert [(i["name"], i["datatype"], i["shape"], len(i["data"])) for i in body["inputs"]] == [
+        ("input0", "FP32", [3, 16], 48)]
+    ids = orjson.loads(PayloadFactory("job0", None, inputs=(parse_input("ids:INT64:2"),)).json(4, "q2"))
+    assert all(0 <= x < 1000 and isinstance(x, int) for x in ids["inputs"][0]["data"])
+
+
+@pytest.mark.parametrize("text", ["input0", "input0:FP16:4", "input0:FP32:0", "input0:FP32:70000", "a b:FP32:4",
+                                  ":FP32:4", "input0:FP32:4x4"])
+def test_a_bad_input_flag_names_the_form(text: str) -> None:
+    from benchmarks.loadgen.payloads import parse_input
+
+    with pytest.raises(ConfigError, match="NAME:DATATYPE:WIDTH"):
+        parse_input(text)
+
+
+async def test_start_at_holds_the_schedule_until_then_and_a_far_or_bad_time_is_refused() -> None:
+    import time
+
+    make, made = _factory(lambda b: 0.001)
+    start_at = time.time() + 0.6
+    cfg = LoadConfig(url="http://h:1", model="ncf", rate=200.0, queries=20, qos_ms=50, start_at=start_at)
+    report = await run_load(cfg, target_factory=make)
+    assert report.ok == 20
+    first = made[0].issued[0][1]
+    loop_now = asyncio.get_running_loop().time()
+    # the first query went out no earlier than start_at (on the loop's clock: now - (wall now - start_at))
+    assert first >= loop_now - (time.time() - start_at) - 0.01
+    for bad in (math.nan, time.time() + 3 * 86_400):
+        with pytest.raises(ConfigError, match="--start-at"):
+            LoadConfig(url="http://h:1", model="ncf", rate=1, queries=1, start_at=bad).validate()
