@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -84,3 +85,10 @@ class ManualClock:
     @property
     def pending_timers(self) -> int:
         return sum(not t.cancelled for _, _, t in self._timers)
+
+
+def start_at_problem(unix_s: float) -> str | None:
+    """Why ``unix_s`` is no start time for processes that begin together (``--start-at``), or None."""
+    if math.isfinite(unix_s) and unix_s < time.time() + 86_400:
+        return None
+    return f"--start-at {unix_s:g}: expected a Unix time (seconds) within the next day"

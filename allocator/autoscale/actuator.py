@@ -7,8 +7,9 @@ owns the decisions (how many, how fast, never below what the load needs).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -44,6 +45,20 @@ def bounded(have: int, want: int, max_change: int | None) -> int:
     if max_change is None:
         return want
     return min(max(want, have - max_change), have + max_change)
+
+
+class _Sized(Protocol):
+    @property
+    def replicas(self) -> int: ...
+
+
+T = TypeVar("T", bound=_Sized)
+
+
+def apply_order(targets: Mapping[GroupKey, T], committed: Callable[[GroupKey], int]) -> list[tuple[GroupKey, T]]:
+    """Targets in the order a loop applies them: downs first, then ups, ties in the policy's order.
+    Live and simulated loops share it, so a binding cap gives its room to the same groups."""
+    return sorted(targets.items(), key=lambda kv: kv[1].replicas - committed(kv[0]))
 
 
 class Actuator(Protocol):

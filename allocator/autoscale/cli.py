@@ -36,6 +36,7 @@ from allocator.autoscale.loop import ControlLoop, LoopSettings, service_times, t
 from allocator.autoscale.planned import PlannedPolicy
 from allocator.autoscale.pool_actuator import PoolActuator
 from allocator.planner.request import OBJECTIVES
+from gateway.clock import start_at_problem
 from gateway.config import Config, load_config
 from gateway.errors import KairosError
 from gateway.usage import plain
@@ -158,6 +159,34 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def arg_problem(args: argparse.Namespace, config: Config) -> str | None:
+    """The first flag with a bad value, as a one-line message naming it; None if all are good."""
+    for flag in ("tick", "plan_every", "step", "horizon", "measure"):
+        value = getattr(args, flag)
+        if not (math.isfinite(value) and value > 0):
+            return f"--{flag.replace('_', '-')} {value:g}: expected a positive number of seconds"
+    pool = sum(e.count for m in config.models for e in m.pool)
+    checks = [
+        (args.max_change >= 1, f"--max-change {args.max_change}: expected at least 1"),
+        (0.01 <= args.load_quantile <= 0.99, f"--load-quantile {args.load_quantile:g}: expected a level in [0.01, 0.99]"),
+        (0.0 <= args.fairness <= 1.0, f"--fairness {args.fairness:g}: expected a weight in [0, 1]"),
+        (args.fairness == 0.0 or args.objective == "utility", "--fairness: only with --objective utility"),
+        (args.cap is None or 1 <= args.cap <= 1_000_000, f"--cap {args.cap}: expected 1 to 1000000 instances"),
+        (args.cap is None or pool <= args.cap, f"--cap {args.cap}: the config's pool already holds {pool} instances"),
+        (0.0 <= args.release_after < 1e6, f"--release-after {args.release_after:g}: expected seconds in [0, 1e6)"),
+        (args.release_after == 0.0 or args.cap is not None, "--release-after: only with --cap (it counts against it)"),
+        (args.max_utilisation is None or 0.05 <= args.max_utilisation <= 1.0,
+         f"--max-utilisation {args.max_utilisation}: expected a share in [0.05, 1]"),
+        (args.duration is None or (math.isfinite(args.duration) and args.duration > 0),
+         f"--duration {args.duration}: expected a positive number of seconds"),
+        (args.metrics_port is None or 1 <= args.metrics_port <= 65535, f"--metrics-port {args.metrics_port}: expected 1-65535"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            return message
+    return start_at_problem(args.start_at) if args.start_at is not None else None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -166,14 +195,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KairosError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         sys.exit(2)
-    if min(args.tick, args.plan_every, args.step, args.horizon, args.measure) <= 0 or args.max_change < 1 \
-            or not 0.01 <= args.load_quantile <= 0.99 or not 0.0 <= args.fairness <= 1.0 \
-            or (args.cap is not None and args.cap < 1) or not 0.0 <= args.release_after < 1e6 \
-            or (args.max_utilisation is not None and not 0.05 <= args.max_utilisation <= 1.0) \
-            or (args.start_at is not None and not (math.isfinite(args.start_at) and args.start_at < time.time() + 86_400)):
-        print(f"{PROG}: --tick, --plan-every, --step, --horizon and --measure must be > 0, --max-change >= 1, "
-              "--load-quantile in [0.01, 0.99], --fairness in [0, 1], --cap >= 1, --release-after >= 0, "
-              "--max-utilisation in [0.05, 1], --start-at a Unix time within the next day", file=sys.stderr)
+    if problem := arg_problem(args, config):
+        print(f"{PROG}: {problem}", file=sys.stderr)
         sys.exit(2)
     try:
         parse_batch_mix(args.batch_mix)

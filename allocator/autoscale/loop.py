@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from allocator.autoscale.actuator import Actuator, GroupKey, GroupState, bounded
+from allocator.autoscale.actuator import Actuator, GroupKey, GroupState, apply_order, bounded
 from allocator.autoscale.collector import GatewayCollector
 from allocator.autoscale.planned import RequestTemplate
 from allocator.autoscale.policies import ScalingPolicy
@@ -79,8 +79,7 @@ class ControlLoop:
         cluster = ClusterView(now_s, self.settings.tick_s, self.views, cap, held)
         targets = self.policy.decide(cluster)
         made = []
-        # Downs first, as the simulated loop: under a cap, what they release is what the ups start with.
-        for key, target in sorted(targets.items(), key=lambda kv: (kv[1].replicas - groups.get(kv[0], GroupState()).committed, kv[0])):
+        for key, target in apply_order(targets, lambda k: groups.get(k, GroupState()).committed):
             have = groups.get(key, GroupState()).committed
             want = bounded(have, target.replicas, self.settings.max_change)
             if cap is not None and want > have:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from allocator.autoscale.actuator import GroupKey, GroupState, bounded
+from allocator.autoscale.actuator import GroupKey, GroupState, apply_order, bounded
 from allocator.autoscale.policies import ScalingPolicy, Target
 from allocator.autoscale.view import ClusterView, ModelView, Window
 from gateway.dispatch import OverloadControl
@@ -264,8 +264,7 @@ def run_loop(
             views[m.name].groups = {key: act.state(key) for key in views[m.name].groups}
         view = ClusterView(now_s, tick, views, setting.cap_units, act.held())
         targets: dict[GroupKey, Target] = policy.decide(view)
-        # Downs first: under a cap what they release is what the ups start with.
-        for key, tgt in sorted(targets.items(), key=lambda kv: kv[1].replicas - act.state(kv[0]).committed):
+        for key, tgt in apply_order(targets, lambda k: act.state(k).committed):
             if key not in views[key.model].groups:
                 views[key.model].groups[key] = GroupState()
             if act.busy(key):

@@ -27,6 +27,7 @@ from gateway.workload import QueryTrace
 
 STARTUP_S = 35.0
 RELEASE_S = 30.0
+PRICE_PER_HOUR = 0.04  # one CPU's: only for reports, costs are not what this setting compares
 SERVINGS = {"faro-queue": Serving(policy="fcfs", depth=4, max_pending=50, shed_late=False), "gateway": GATEWAY}
 POLICIES = ("static-peak", "fairshare", "oneshot", "aiad", "ray-serve", "planned")
 
@@ -42,15 +43,20 @@ def faro_setting(cap: int, serving: str, seed: int, minutes: int | None = None) 
     if minutes is not None:
         counts = counts[:minutes]
     models = tuple(SimModel(j, minute_arrivals(counts[:, k], seed, k), SLO_MS, (TYPE,)) for k, j in enumerate(jobs))
-    return SimSetting(models, profiles(jobs), SERVINGS[serving], cap, {TYPE: STARTUP_S}, RELEASE_S, {TYPE: 0.04})
+    return SimSetting(models, profiles(jobs), SERVINGS[serving], cap, {TYPE: STARTUP_S}, RELEASE_S, {TYPE: PRICE_PER_HOUR})
+
+
+def profile_body() -> dict[str, Any]:
+    """One type's profile of a job, as plan requests and config profile files hold it: batch 1 only."""
+    return {"batch": [1], "mean": [service_mean_ms()], "quantiles": [service_quantiles()]}
 
 
 def plan_template(jobs: Sequence[str], cap: int, fairness: float = 0.0, quantile: float = 0.9) -> RequestTemplate:
-    body = {"batch": [1], "mean": [service_mean_ms()], "quantiles": [service_quantiles()]}
+    body = profile_body()
 
     def template(loads: dict[str, Any], current: list[dict[str, Any]]) -> dict[str, Any]:
         return {
-            "types": [{"name": TYPE, "price_per_hour": 0.04, "available": cap}],
+            "types": [{"name": TYPE, "price_per_hour": PRICE_PER_HOUR, "available": cap}],
             "models": [{"name": j, "batch_mix": "fixed:1",
                         "profiles": {"quantile_levels": SERVICE_LEVELS, "types": {TYPE: body}},
                         "classes": [{"name": "slo", "target_ms": SLO_MS}], "load": {"slo": loads[j]}}

@@ -222,8 +222,12 @@ def plot(setting: LiveSetting, live: LiveRun, sim: LoopRun, queries: dict[str, Q
     for k, ms in enumerate(series):
         counts = sum(np.histogram(queries[m].arrival_ms / 1000.0, edges)[0] for m in ms)
         axes[0].plot(edges[:-1] * to_min, counts / c.minute_s, lw=0.8, color=f"C{k}", label=f"{label(ms)} arrivals")
+    if not each and sim.forecast:  # the loop's forecast is logged summed over the models
+        f = np.array(sim.forecast)
+        axes[0].fill_between(f[:, 0] * to_min, f[:, 1], f[:, 3], color="tab:red", alpha=0.2, lw=0,
+                             label="forecast 10-90%, max over the horizon (simulated loop)")
     axes[0].set_ylabel("queries/s")
-    axes[0].legend(loc="upper left", fontsize=8, frameon=False)
+    axes[0].legend(loc="lower center", fontsize=8, frameon=False)
     cap = f", cap {setting.cap}" if setting.cap else ""
     axes[0].set_title(f"{setting.name} setting{cap}: live against simulated, the same queries "
                       f"({c.scale:g}x time compression)", fontsize=10)
@@ -239,7 +243,7 @@ def plot(setting: LiveSetting, live: LiveRun, sim: LoopRun, queries: dict[str, Q
     if setting.cap:
         axes[1].axhline(setting.cap, color="k", ls=":", lw=0.8, label="cap")
     axes[1].set_ylabel("instances serving")
-    axes[1].legend(loc="upper left", fontsize=7, ncol=2, frameon=False)
+    axes[1].legend(loc="lower right" if setting.cap else "upper left", fontsize=8, ncol=2, frameon=False)
     for k, ms in enumerate(series):
         parts = [over_per_bin(live.timelines[m]) for m in ms]
         n = min(len(part[0]) for part in parts)
@@ -256,6 +260,7 @@ def plot(setting: LiveSetting, live: LiveRun, sim: LoopRun, queries: dict[str, Q
         axes[2].plot(st * to_min, np.where(a > 0, 100.0 * o / np.maximum(a, 1), np.nan), lw=0.9, ls="--",
                      color=f"C{k}", label=f"{label(ms)} simulated")
     axes[2].set_ylabel("% over target")
+    axes[2].set_yscale("symlog", linthresh=1.0)  # the start-up minutes' misses would flatten the rest
     axes[2].set_xlabel("trace minute")
     axes[2].legend(loc="upper left", fontsize=8, ncol=2, frameon=False)
     fig.tight_layout()

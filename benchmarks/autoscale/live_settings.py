@@ -21,8 +21,9 @@ from allocator.autoscale.actuator import GroupKey
 from allocator.autoscale.simloop import GATEWAY, SimModel, SimSetting
 from benchmarks.autoscale import faro_setting, hetero
 from benchmarks.faro_trace import load_trace
-from benchmarks.planner.faro import LEVELS, SLO_MS, TYPE, service_mean_ms, service_quantiles
+from benchmarks.planner.faro import LEVELS, SLO_MS, TYPE
 from gateway.config import Config
+from gateway.sim.transport import fittable_p99
 from gateway.workload import FixedMix, QueryTrace
 
 Transport = Mapping[str, tuple[float | None, float | None]]  # per model, the live round trip (mean, p99 ms)
@@ -52,7 +53,7 @@ class Compressed:
 class LiveSetting:
     name: str
     models: tuple[str, ...]
-    qos_ms: float | dict[str, float]
+    qos_ms: float | Mapping[str, float]
     prices: dict[str, float]
     startup_s: dict[str, float]
     max_change: int
@@ -60,7 +61,7 @@ class LiveSetting:
     release_s: float = 0.0
 
     def target_ms(self, model: str) -> float:
-        return self.qos_ms if isinstance(self.qos_ms, float) else self.qos_ms[model]
+        return self.qos_ms[model] if isinstance(self.qos_ms, Mapping) else float(self.qos_ms)
 
     def traces(self, seed: int, minutes: int | None, c: Compressed) -> dict[str, QueryTrace]:
         raise NotImplementedError
@@ -84,9 +85,12 @@ class LiveSetting:
     def sim_setting(self, config: Config, queries: Mapping[str, QueryTrace], c: Compressed,
                     transport: Transport | None = None) -> SimSetting:
         trip = transport or {}
-        sims = tuple(SimModel(m, queries[m], self.target_ms(m), self.types(m), trip.get(m, (None, None))[0] or 0.0,
-                              trip.get(m, (None, None))[1]) for m in self.models)
-        return SimSetting(sims, config.profile_set(), GATEWAY, self.cap, {t: c(s) for t, s in self.startup_s.items()},
+        sims = []
+        for m in self.models:
+            mean_ms, p99_ms = trip.get(m, (None, None))
+            sims.append(SimModel(m, queries[m], self.target_ms(m), self.types(m), mean_ms or 0.0,
+                                 fittable_p99(mean_ms or 0.0, p99_ms)))
+        return SimSetting(tuple(sims), config.profile_set(), GATEWAY, self.cap, {t: c(s) for t, s in self.startup_s.items()},
                           c(self.release_s), self.prices, tick_s=c(10.0), max_change=self.max_change)
 
     def _write(self, directory: Path, doc: dict[str, Any], seed: int) -> Path:
@@ -129,7 +133,7 @@ class HeteroLive(LiveSetting):
 class FaroLive(LiveSetting):
     name = "faro"
     qos_ms = SLO_MS
-    prices = {TYPE: 0.04}
+    prices = {TYPE: faro_setting.PRICE_PER_HOUR}
     startup_s = {TYPE: faro_setting.STARTUP_S}
     release_s = faro_setting.RELEASE_S
 
@@ -145,7 +149,7 @@ class FaroLive(LiveSetting):
     def write_config(self, directory: Path, seed: int) -> Path:
         profiles = directory / "profiles"
         profiles.mkdir(parents=True, exist_ok=True)
-        body = {"batch": [1], "mean": [service_mean_ms()], "quantiles": [service_quantiles()]}
+        body = faro_setting.profile_body()
         for m in self.models:
             (profiles / f"{m}.json").write_text(json.dumps({
                 "model": m, "unit": "ms", "quantile_levels": LEVELS, "types": {TYPE: body},

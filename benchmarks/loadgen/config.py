@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.loadgen.payloads import InputSpec, model_inputs
+from benchmarks.loadgen.payloads import InputSpec, check_inputs, model_inputs
 from benchmarks.loadgen.transport import Endpoint, parse_url
+from gateway.clock import start_at_problem
 from gateway.errors import ConfigError
 from gateway.profiles import load_catalogue
 from gateway.workload import (
@@ -72,8 +72,9 @@ class LoadConfig:
         """Raise ConfigError (one line naming the flag) on any bad value; return a config whose
         ``qos_ms`` is resolved. ``need_source`` False: the caller supplies the queries."""
         self.endpoint  # noqa: B018 - validates the URL
-        if self.start_at is not None and not (math.isfinite(self.start_at) and self.start_at < time.time() + 86_400):
-            raise ConfigError(f"--start-at {self.start_at:g}: expected a Unix time (seconds) within the next day")
+        if self.start_at is not None and (problem := start_at_problem(self.start_at)):
+            raise ConfigError(problem)
+        check_inputs(self.inputs)
         if not self.inputs:
             try:
                 model_inputs(self.model)
@@ -103,7 +104,10 @@ class LoadConfig:
             PiecewiseRateArrivals(self.ramp)
         if self.trace is not None and not Path(self.trace).is_file():
             raise ConfigError(f"--trace {self.trace}: no such file")
-        return replace(self, qos_ms=self.resolved_qos_ms())
+        try:
+            return replace(self, qos_ms=self.resolved_qos_ms())
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; for another model give its target with --qos MS") from None
 
     def arrival_process(self) -> ArrivalProcess | None:
         if self.ramp is not None:

@@ -22,10 +22,11 @@ from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.params import CLASS_PARAMETER, QOS_PARAMETER, VARIANT_PARAMETER
 from gateway.workload.batch_mix import MAX_BATCH
 
-__all__ = ["MODEL_INPUTS", "InputSpec", "PayloadFactory", "model_inputs", "parse_input"]
+__all__ = ["MODEL_INPUTS", "InputSpec", "PayloadFactory", "check_inputs", "model_inputs", "parse_input"]
 
 _INPUT = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]{1,64}):(?P<datatype>FP32|INT64):(?P<width>[0-9]{1,6})$")
-MAX_WIDTH = 65_536
+MAX_WIDTH = 1024  # features per query over all inputs: the data is rendered for the largest batch
+MAX_INPUTS = 16
 INT64_HIGH = 1000  # ids of an INT64 input given with --input are drawn in [0, 1000)
 
 
@@ -37,6 +38,15 @@ def parse_input(text: str) -> InputSpec:
         raise ConfigError(f"--input {text!r}: expected NAME:DATATYPE:WIDTH with DATATYPE FP32 or INT64 and "
                           f"WIDTH in 1..{MAX_WIDTH}, e.g. input0:FP32:16")
     return InputSpec(match["name"], match["datatype"], int(match["width"]), INT64_HIGH)
+
+
+def check_inputs(inputs: Sequence[InputSpec]) -> None:
+    """Several ``--input`` flags together: distinct names, bounded count and width."""
+    names = [i.name for i in inputs]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"--input: each name once, got {', '.join(names)}")
+    if len(inputs) > MAX_INPUTS or sum(i.width for i in inputs) > MAX_WIDTH:
+        raise ConfigError(f"--input: at most {MAX_INPUTS} inputs of {MAX_WIDTH} features per query in all")
 
 
 class _Tensor:

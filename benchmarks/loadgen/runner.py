@@ -132,6 +132,9 @@ class _Run:
         # t0 on the same clock as the samples: loop.time() trails it by up to 1 ms (whole ms,
         # read once per iteration), which was added to every latency of the run.
         wait = START_DELAY_S if start_at is None else max(start_at - time.time(), START_DELAY_S)
+        if start_at is not None and (late := time.time() + wait - start_at) > 0.1:
+            print(f"kairos-loadgen: started {late:.2f} s after --start-at; the schedule is shifted by that",
+                  file=sys.stderr, flush=True)
         self.t0 = clock() + wait
         spawned_without_yield = 0
         for i, at in enumerate(self._sched):

@@ -36,6 +36,14 @@ def lognormal_params(mean_ms: float, p99_ms: float) -> tuple[float, float]:
     return math.log(mean_ms) - sigma * sigma / 2.0, sigma
 
 
+def fittable_p99(mean_ms: float, p99_ms: float | None) -> float | None:
+    """A measured p99 moved into what a log-normal with this mean can have: a live tail can be
+    heavier than any log-normal's (a few slow round trips in a quiet minute)."""
+    if p99_ms is None or not mean_ms > 0:
+        return p99_ms
+    return min(max(p99_ms, mean_ms), 0.99 * MAX_P99_OVER_MEAN * mean_ms)
+
+
 def round_trips(n: int, mean_ms: float, p99_ms: float | None, seed: int) -> list[float]:
     """Each of ``n`` queries' round trip (ms): ``mean_ms`` for all when ``p99_ms`` is None or
     equal to it, else seeded log-normal draws with that mean and p99."""

@@ -11,6 +11,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +23,8 @@ from helpers.inputs import json_body
 from helpers.pool import RunningPool, start_pool
 
 from allocator.autoscale.actuator import GroupKey, GroupState
+from allocator.autoscale.cli import arg_problem, build_parser, startup_delays
 from allocator.autoscale.cli import main as autoscale_main
-from allocator.autoscale.cli import startup_delays
 from allocator.autoscale.collector import GatewayCollector, parse_metrics, window_between
 from allocator.autoscale.forecast import make_forecaster
 from allocator.autoscale.loop import ControlLoop, LoopSettings, template_from_config
@@ -208,17 +209,32 @@ async def test_a_start_the_gateway_refuses_is_stopped_and_reported(stack: Any) -
     assert left == [MODEL]
 
 
+_LOOP_ARGS = ["--gateway", "http://x", "--gateway-admin", "http://x", "--servers-admin", "http://x"]
+
+
 @pytest.mark.parametrize(
-    ("flags", "words"),
-    [(["--cap", "0"], "--cap >= 1"), (["--fairness", "1.5"], "--fairness in"), (["--batch-mix", "fixed:0"], "--batch-mix"),
-     (["--max-utilisation", "0"], "--max-utilisation"), (["--release-after", "-1"], "--release-after"),
-     (["--start-at", "nan"], "--start-at"), (["--start-at", "9e12"], "--start-at")],
+    ("flags", "named"),
+    [(["--cap", "0"], "--cap 0"), (["--cap", "2"], "--cap 2: the config's pool already holds 3"),
+     (["--fairness", "1.5"], "--fairness 1.5"), (["--fairness", "0.5"], "--fairness: only with --objective utility"),
+     (["--batch-mix", "fixed:0"], "--batch-mix"), (["--max-utilisation", "0"], "--max-utilisation"),
+     (["--release-after", "-1"], "--release-after -1"), (["--release-after", "5"], "--release-after: only with --cap"),
+     (["--tick", "nan"], "--tick nan"), (["--plan-every", "0"], "--plan-every 0"), (["--duration", "-5"], "--duration"),
+     (["--metrics-port", "70000"], "--metrics-port"), (["--start-at", "nan"], "--start-at"),
+     (["--start-at", "9e12"], "--start-at")],
 )
-def test_a_bad_loop_flag_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
-                                          words: str) -> None:
+def test_a_bad_loop_flag_is_a_usage_error_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    flags: list[str], named: str) -> None:
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({"model": MODEL, "pool": [{"type": TYPE, "count": 1}]}))
+    cfg.write_text(json.dumps({"model": MODEL, "pool": [{"type": TYPE, "count": 3}]}))
     with pytest.raises(SystemExit) as exc:
-        autoscale_main(["--config", str(cfg), "--gateway", "http://x", "--gateway-admin", "http://x",
-                        "--servers-admin", "http://x", *flags])
-    assert exc.value.code == 2 and words in capsys.readouterr().err
+        autoscale_main(["--config", str(cfg), *_LOOP_ARGS, *flags])
+    assert exc.value.code == 2 and capsys.readouterr().err.startswith(f"kairos-autoscale: {named}")
+
+
+def test_good_loop_flags_pass_the_checks(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model": MODEL, "pool": [{"type": TYPE, "count": 3}]}))
+    args = build_parser().parse_args(["--config", str(cfg), *_LOOP_ARGS, "--cap", "3", "--release-after", "30",
+                                      "--objective", "utility", "--fairness", "0.5", "--max-utilisation", "1",
+                                      "--duration", "60", "--metrics-port", "9500", "--start-at", str(time.time())])
+    assert arg_problem(args, load_config(cfg)) is None

@@ -69,7 +69,8 @@ def test_max_load_sits_at_the_miss_budget_and_grows_faster_than_n() -> None:
     dist = _exponential(1.0, 4000)
     loads = max_load(dist, 8.0, 0.99)
     for n, a in zip(N_GRID[:30], loads[:30], strict=True):
-        assert float(miss_probability(dist, np.array(float(n)), np.array(a), 8.0)) == pytest.approx(0.01, abs=1e-6)
+        miss = float(miss_probability(dist, np.array(float(n)), np.array(a), 8.0))
+        assert 0.01 - 5e-5 <= miss <= 0.01 + 1e-12  # at the budget, never over it
     per_replica = loads / N_GRID
     assert np.all(np.diff(per_replica) > -1e-9)  # pooling: each replica carries more in a larger group
     assert per_replica[-1] < 1.0

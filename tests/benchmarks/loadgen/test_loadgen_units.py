@@ -367,9 +367,22 @@ def test_a_model_outside_the_shipped_five_is_driven_with_its_inputs() -> None:
         ("input0", "FP32", [3, 16], 48)]
     ids = orjson.loads(PayloadFactory("job0", None, inputs=(parse_input("ids:INT64:2"),)).json(4, "q2"))
     assert all(0 <= x < 1000 and isinstance(x, int) for x in ids["inputs"][0]["data"])
+    with pytest.raises(ConfigError, match="--qos MS"):  # no target of its own in the catalogue
+        LoadConfig(url="http://h:1", model="job0", rate=1, queries=1, inputs=(spec,)).validate()
 
 
-@pytest.mark.parametrize("text", ["input0", "input0:FP16:4", "input0:FP32:0", "input0:FP32:70000", "a b:FP32:4",
+@pytest.mark.parametrize(("flags", "words"), [(["a:FP32:4", "a:INT64:4"], "each name once"),
+                                              (["a:FP32:1000", "b:FP32:100"], "features per query"),
+                                              ([f"x{i}:FP32:1" for i in range(17)], "at most 16 inputs")])
+def test_inputs_together_are_checked(flags: list[str], words: str) -> None:
+    from benchmarks.loadgen.payloads import parse_input
+
+    inputs = tuple(parse_input(f) for f in flags)
+    with pytest.raises(ConfigError, match=words):
+        LoadConfig(url="http://h:1", model="job0", rate=1, queries=1, qos_ms=720, inputs=inputs).validate()
+
+
+@pytest.mark.parametrize("text", ["input0", "input0:FP16:4", "input0:FP32:0", "input0:FP32:1025", "a b:FP32:4",
                                   ":FP32:4", "input0:FP32:4x4"])
 def test_a_bad_input_flag_names_the_form(text: str) -> None:
     from benchmarks.loadgen.payloads import parse_input
