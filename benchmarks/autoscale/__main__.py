@@ -21,6 +21,7 @@ import orjson
 
 from allocator.autoscale.simloop import LoopRun, run_loop
 from benchmarks.autoscale.faro_setting import POLICIES, SERVINGS, faro_setting, make_policy
+from benchmarks.autoscale.plotting import percent_symlog
 
 FIGURE = Path(__file__).resolve().parents[1] / "figures" / "autoscale.png"
 
@@ -72,8 +73,7 @@ def plot(runs: dict[tuple[int, str, int], LoopRun], cap: int, path: Path) -> Non
     axes[1].axhline(cap, color="k", ls=":", lw=0.8)
     axes[1].set_ylabel("instances serving\n(per-minute mean)")
     axes[2].set_ylabel("% over 720 ms\n(10-minute rolling)")
-    axes[2].set_yscale("symlog", linthresh=1.0)
-    axes[2].set_ylim(0, 100)
+    percent_symlog(axes[2], top=100.0)
     axes[2].legend(loc="upper left", bbox_to_anchor=(0.0, -0.18), ncol=3, fontsize=8)
     axes[2].set_xlabel("minute of the trace")
     fig.tight_layout()

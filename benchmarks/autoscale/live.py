@@ -48,6 +48,7 @@ from allocator.autoscale.policies import StaticPolicy
 from allocator.autoscale.pool_actuator import PoolActuator
 from allocator.autoscale.simloop import LoopRun, run_loop
 from benchmarks.autoscale.live_settings import Compressed, FaroLive, HeteroLive, LiveSetting, Transport
+from benchmarks.autoscale.plotting import percent_symlog
 from benchmarks.live import measured_transport_ms
 from benchmarks.processes import console_script, start_gateway, start_servers
 from gateway.config import Config, load_config
@@ -260,7 +261,7 @@ def plot(setting: LiveSetting, live: LiveRun, sim: LoopRun, queries: dict[str, Q
         axes[2].plot(st * to_min, np.where(a > 0, 100.0 * o / np.maximum(a, 1), np.nan), lw=0.9, ls="--",
                      color=f"C{k}", label=f"{label(ms)} simulated")
     axes[2].set_ylabel("% over target")
-    axes[2].set_yscale("symlog", linthresh=1.0)  # the start-up minutes' misses would flatten the rest
+    percent_symlog(axes[2])
     axes[2].set_xlabel("trace minute")
     axes[2].legend(loc="upper left", fontsize=8, ncol=2, frameon=False)
     fig.tight_layout()
