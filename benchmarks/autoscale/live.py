@@ -17,6 +17,7 @@ the same arguments as the command's (``allocator.autoscale.simloop``), on the vi
 
     python -m benchmarks.autoscale.live --minutes 120 --json results/autoscale-live.json
     python -m benchmarks.autoscale.live --setting faro --cap 36 --minutes 360 --plot benchmarks/figures/autoscale-live-faro.png
+    python -m benchmarks.autoscale.live --replot results/autoscale-live.json --plot again.png
 
 Cost is in trace time (live seconds x the compression), so it compares with the uncompressed runs.
 """
@@ -80,6 +81,22 @@ class LiveRun:
 
     def per_model(self) -> dict[str, float]:
         return {m: self.over[m] / max(self.queries[m], 1) for m in self.over}
+
+    def to_doc(self) -> dict[str, Any]:
+        """Everything the figure needs, so ``--replot`` can draw it again without a live run."""
+        return {"over": self.over, "queries": self.queries, "cost": self.cost, "decisions": self.decisions,
+                "wall_s": self.wall_s, "timelines": self.timelines,
+                "transport_ms": {m: list(v) for m, v in self.transport_ms.items()},
+                "samples": [[t, [[k.model, k.variant, k.type, r, h] for k, (r, h) in groups.items()]]
+                            for t, groups in self.samples]}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> LiveRun:
+        return cls(over=doc["over"], queries=doc["queries"], cost=doc["cost"], decisions=doc["decisions"],
+                   wall_s=doc["wall_s"], timelines=doc["timelines"],
+                   transport_ms={m: (a, b) for m, (a, b) in doc["transport_ms"].items()},
+                   samples=[(t, {GroupKey(m, v, ty): (r, h) for m, v, ty, r, h in groups})
+                            for t, groups in doc["samples"]])
 
 
 def command_policy(setting: LiveSetting, config_path: Path, config: Config, c: Compressed) -> PlannedPolicy:
@@ -288,13 +305,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--plot", type=Path, default=FIGURE, help=f"figure (default {FIGURE})")
     ap.add_argument("--workdir", type=Path, help="keep the config, traces, logs and load reports here")
+    ap.add_argument("--replot", type=Path, metavar="JSON",
+                    help="draw --plot again from an earlier run's --json (simulates again, no live run)")
     args = ap.parse_args(argv)
+    if args.replot:
+        return replot(args.replot, args.plot)
     if args.minutes < 1 or not 0.5 <= args.minute_s <= 60 or args.cap < 10:
         ap.error("--minutes >= 1, --minute-s in [0.5, 60], --cap >= 10 (one per job)")
     with contextlib.ExitStack() as stack:
         directory = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kairos-live-loop-")))
         directory.mkdir(parents=True, exist_ok=True)
         return replay(make_setting(args), args, directory)
+
+
+def replot(source: Path, path: Path) -> int:
+    """The figure of an earlier run: its live samples from its JSON, the simulation run again
+    (deterministic for the seed)."""
+    try:
+        doc = orjson.loads(source.read_bytes())
+        live = LiveRun.from_doc(doc["live"])
+        if doc["setting"] not in ("hetero", "faro"):
+            raise ValueError(f"setting {doc['setting']!r}")
+        peaks = doc["peaks"] or {}
+        args = argparse.Namespace(setting=doc["setting"], cap=doc["cap"], rm2_peak=peaks.get("rm2"),
+                                  dien_peak=peaks.get("dien"))
+        minutes, c, seed = int(doc["minutes"]), Compressed(float(doc["minute_s"])), int(doc["seed"])
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        print(f"--replot {source}: not a JSON this benchmark wrote with its live samples ({exc!r})", file=sys.stderr)
+        return 2
+    setting = make_setting(args)
+    with tempfile.TemporaryDirectory(prefix="kairos-live-replot-") as directory:
+        cfg_path = setting.write_config(Path(directory), seed)
+        queries = setting.traces(seed, minutes, c)
+        print(f"{setting.name}: simulating {minutes} trace minutes again for the figure", file=sys.stderr)
+        sim = simulate(setting, cfg_path, queries, c, seed)
+    plot(setting, live, sim, queries, c, path)
+    print(f"figure: {path}")
+    return 0
 
 
 def replay(setting: LiveSetting, args: argparse.Namespace, directory: Path) -> int:
@@ -341,6 +388,7 @@ def replay(setting: LiveSetting, args: argparse.Namespace, directory: Path) -> i
             "runs": {name: {"cost": cost, "x_static": cost / base, "over_target_pct": over * 100,
                             "per_model_pct": {m: v * 100 for m, v in per.items()}, "decisions": n}
                      for name, cost, over, per, n in rows},
+            "live": live.to_doc(),
         }, option=orjson.OPT_INDENT_2))
     return 0
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from allocator.autoscale.actuator import GroupKey
-from benchmarks.autoscale.live import command_policy, cost_of, main
+from benchmarks.autoscale.live import LiveRun, command_policy, cost_of, main
 from benchmarks.autoscale.live_settings import Compressed, FaroLive, HeteroLive
 from benchmarks.planner.faro import TYPE, service_mean_ms, service_quantiles
 from gateway.config import load_config
@@ -102,3 +102,24 @@ def test_a_short_live_replay_of_faros_setting_answers_every_job(tmp_path: Path) 
         assert r["counts"]["scheduled"] > 0 and r["counts"]["unsent"] == 0
         assert set(r["errors"]) <= {"http_503", "http_504"}, r["errors"]
     assert live["decisions"] >= 1  # one replica per job cannot carry the load: the loop grew the pool
+
+    # the JSON keeps the live samples: the figure can be drawn again without a live run
+    kept = LiveRun.from_doc(doc["live"])
+    assert kept.to_doc() == doc["live"]
+    assert len(kept.samples) >= 2 and kept.samples[-1][0] > kept.samples[0][0]
+    assert {key.model for key in kept.samples[-1][1]} == {f"job{k}" for k in range(10)}
+    assert sum(kept.queries.values()) == sum(
+        json.loads((tmp_path / "run" / f"loadgen-job{k}.json").read_text())["counts"]["scheduled"] for k in range(10))
+    again = tmp_path / "again.png"
+    assert main(["--replot", str(out), "--plot", str(again)]) == 0
+    assert again.stat().st_size > 10_000
+
+
+def test_replot_refuses_a_json_without_live_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"setting": "faro", "cap": 36, "minutes": 2, "minute_s": 4, "seed": 0, "runs": {}}))
+    assert main(["--replot", str(old), "--plot", str(tmp_path / "x.png")]) == 2
+    assert "not a JSON this benchmark wrote with its live samples" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+    (tmp_path / "junk.json").write_text("{")
+    assert main(["--replot", str(tmp_path / "junk.json"), "--plot", str(tmp_path / "x.png")]) == 2
