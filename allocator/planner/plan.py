@@ -98,35 +98,46 @@ def describe(req: PlanRequest, sol: Solution) -> Plan:
     n, x, d = sol.n(), sol.x(), sol.d()
     price, _start, _stop = cost_vectors(req, lay)
     cost = float(price @ n)
+    # the shares the plan uses, by group and by (model, class): one pass, not one per group or class
+    by_group: dict[int, list[int]] = {}
+    by_class: dict[tuple[int, int], list[int]] = {}
+    for j, (mj, kj, _ci, gj) in enumerate(lay.x_key):
+        if x[j] > 1e-12:
+            by_class.setdefault((mj, kj), []).append(j)
+            if x[j] > 1e-9:
+                by_group.setdefault(gj, []).append(j)
     allocations = []
     group_util = np.zeros(len(lay.groups))
     for gi, g in enumerate(lay.groups):
         if n[gi] == 0:
             continue
         m = req.models[g.model]
-        js = [j for j, key in enumerate(lay.x_key) if key[3] == gi and x[j] > 1e-9]
+        js = by_group.get(gi, [])
         group_util[gi] = sum(float(x[j]) * float(g.service_s[lay.x_key[j][2]]) for j in js) / n[gi]
         top = max((int(sol.tables[g.model].sizes_top[lay.x_key[j][2]]) for j in js), default=0)
         allocations.append(Allocation(m.name, m.variants[g.variant].name, g.type, int(n[gi]),
                                       float(sum(x[j] for j in js)), float(group_util[gi]), top))
     offered = offered_loads(lay, x)
+    dropped_of: dict[tuple[int, int], float] = {}
+    for jd, key in enumerate(lay.d_key):
+        dropped_of[key[:2]] = dropped_of.get(key[:2], 0.0) + float(d[jd])
     classes = []
     for mi, m in enumerate(req.models):
         for k, c in enumerate(m.classes):
             load = lay.loads[(mi, k)]
             within = served_util = served = 0.0
-            for j, (mj, kj, _ci, gi) in enumerate(lay.x_key):
-                if mj != mi or kj != k or x[j] <= 1e-12:
-                    continue
-                g = lay.groups[gi]
-                dist = g.dists[k]
-                assert dist is not None
-                miss = float(miss_probability(dist, np.array(float(n[gi])), np.array(offered[(gi, k)]),
-                                              c.target_ms / 1000.0))
-                within += float(x[j]) * (1.0 - miss)
+            miss_of: dict[int, float] = {}  # a group's miss depends on its class, not the batch class
+            for j in by_class.get((mi, k), []):
+                gi = lay.x_key[j][3]
+                if gi not in miss_of:
+                    dist = lay.groups[gi].dists[k]
+                    assert dist is not None
+                    miss_of[gi] = float(miss_probability(dist, np.array(float(n[gi])), np.array(offered[(gi, k)]),
+                                                         c.target_ms / 1000.0))
+                within += float(x[j]) * (1.0 - miss_of[gi])
                 served_util += float(x[j]) * group_util[gi]
                 served += float(x[j])
-            dropped = float(sum(d[jd] for jd, key in enumerate(lay.d_key) if key[:2] == (mi, k)))
+            dropped = dropped_of.get((mi, k), 0.0)
             classes.append(ClassOutcome(
                 m.name, c.name, c.target_ms, c.attainment, load,
                 within / load if load > 0 else 1.0,
