@@ -167,6 +167,7 @@ def arg_problem(args: argparse.Namespace, config: Config) -> str | None:
             return f"--{flag.replace('_', '-')} {value:g}: expected a positive number of seconds"
     pool = sum(e.count for m in config.models for e in m.pool)
     checks = [
+        (0.0 <= args.down_after < 1e9, f"--down-after {args.down_after:g}: expected seconds in [0, 1e9)"),
         (args.max_change >= 1, f"--max-change {args.max_change}: expected at least 1"),
         (0.01 <= args.load_quantile <= 0.99, f"--load-quantile {args.load_quantile:g}: expected a level in [0.01, 0.99]"),
         (0.0 <= args.fairness <= 1.0, f"--fairness {args.fairness:g}: expected a weight in [0, 1]"),

@@ -86,14 +86,14 @@ class ControlLoop:
                 want = have + min(want - have, max(cap - held, 0))  # never hold more than the cap
             if want == have:
                 continue
-            if want > have:
-                held += want - have
             try:
                 await self.actuator.scale(key, want)
             except Exception as exc:
                 self.metrics.errors.labels("actuate").inc()
                 log.warning("%s: %d -> %d failed: %s", key, have, want, exc)
                 continue
+            if want > have:
+                held += want - have  # after the scale: a failed start leaves the cap's room to the next
             d = Decision(now_s, key, have, want, target.reason)
             made.append(d)
             self.metrics.decisions.labels(key.model, key.variant, key.type, "up" if want > have else "down").inc()

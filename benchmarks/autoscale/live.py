@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import math
 import re
 import signal
 import subprocess
@@ -310,8 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.replot:
         return replot(args.replot, args.plot)
-    if args.minutes < 1 or not 0.5 <= args.minute_s <= 60 or args.cap < 10:
-        ap.error("--minutes >= 1, --minute-s in [0.5, 60], --cap >= 10 (one per job)")
+    if args.minutes < 1 or not 0.5 <= args.minute_s <= 60 or args.cap < 10 or args.seed < 0:
+        ap.error("--minutes >= 1, --minute-s in [0.5, 60], --cap >= 10 (one per job), --seed >= 0")
+    if not all(math.isfinite(p) and 0 < p <= 1e5 for p in (args.rm2_peak, args.dien_peak)):
+        ap.error("--rm2-peak and --dien-peak: rates in (0, 1e5] q/s")
     with contextlib.ExitStack() as stack:
         directory = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kairos-live-loop-")))
         directory.mkdir(parents=True, exist_ok=True)
@@ -327,9 +330,16 @@ def replot(source: Path, path: Path) -> int:
         if doc["setting"] not in ("hetero", "faro"):
             raise ValueError(f"setting {doc['setting']!r}")
         peaks = doc["peaks"] or {}
-        args = argparse.Namespace(setting=doc["setting"], cap=doc["cap"], rm2_peak=peaks.get("rm2"),
+        args = argparse.Namespace(setting=doc["setting"], cap=int(doc["cap"] or 0), rm2_peak=peaks.get("rm2"),
                                   dien_peak=peaks.get("dien"))
+        if doc["setting"] == "hetero" and not all(isinstance(peaks.get(m), int | float) and peaks[m] > 0
+                                                  for m in ("rm2", "dien")):
+            raise ValueError(f"peaks {peaks!r}")
+        if doc["setting"] == "faro" and args.cap < 10:
+            raise ValueError(f"cap {args.cap}")
         minutes, c, seed = int(doc["minutes"]), Compressed(float(doc["minute_s"])), int(doc["seed"])
+        if minutes < 1 or not c.minute_s > 0 or seed < 0:
+            raise ValueError(f"minutes {minutes}, minute_s {c.minute_s}, seed {seed}")
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         print(f"--replot {source}: not a JSON this benchmark wrote with its live samples ({exc!r})", file=sys.stderr)
         return 2

@@ -165,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.find_max:
             if not (math.isfinite(args.min_rate) and args.min_rate > 0):
                 raise ConfigError(f"--min-rate {args.min_rate:g}: expected a positive rate")
+            if args.start_at is not None:
+                raise ConfigError("--start-at: only for one run, not with --find-max (its steps run one after another)")
             def on_step(step: FindMaxStep) -> None:
                 if not args.quiet:
                     j = step.to_json()

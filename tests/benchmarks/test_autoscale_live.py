@@ -123,3 +123,18 @@ def test_replot_refuses_a_json_without_live_samples(tmp_path: Path, capsys: pyte
     assert not (tmp_path / "x.png").exists()
     (tmp_path / "junk.json").write_text("{")
     assert main(["--replot", str(tmp_path / "junk.json"), "--plot", str(tmp_path / "x.png")]) == 2
+    live = LiveRun(over={}, queries={}, cost=0.0, decisions=0, wall_s=0.0).to_doc()
+    for bad in ({"setting": "faro", "cap": 36, "minutes": 2, "minute_s": 0, "seed": 0, "peaks": None},
+                {"setting": "hetero", "cap": None, "minutes": 2, "minute_s": 4, "seed": 0, "peaks": {"rm2": 40}},
+                {"setting": "faro", "cap": 3, "minutes": 2, "minute_s": 4, "seed": 0, "peaks": None},
+                {"setting": "other", "cap": 36, "minutes": 2, "minute_s": 4, "seed": 0, "peaks": None}):
+        old.write_text(json.dumps({**bad, "live": live}))
+        assert main(["--replot", str(old), "--plot", str(tmp_path / "x.png")]) == 2, bad
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("flags", [["--rm2-peak", "0"], ["--dien-peak", "nan"], ["--seed", "-1"], ["--cap", "9"]])
+def test_a_bad_flag_is_a_usage_error(flags: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(flags)
+    assert exc.value.code == 2

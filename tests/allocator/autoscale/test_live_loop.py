@@ -220,7 +220,8 @@ _LOOP_ARGS = ["--gateway", "http://x", "--gateway-admin", "http://x", "--servers
      (["--release-after", "-1"], "--release-after -1"), (["--release-after", "5"], "--release-after: only with --cap"),
      (["--tick", "nan"], "--tick nan"), (["--plan-every", "0"], "--plan-every 0"), (["--duration", "-5"], "--duration"),
      (["--metrics-port", "70000"], "--metrics-port"), (["--start-at", "nan"], "--start-at"),
-     (["--start-at", "9e12"], "--start-at")],
+     (["--start-at", "9e12"], "--start-at"), (["--down-after", "-1"], "--down-after -1"),
+     (["--down-after", "nan"], "--down-after nan")],
 )
 def test_a_bad_loop_flag_is_a_usage_error_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                     flags: list[str], named: str) -> None:

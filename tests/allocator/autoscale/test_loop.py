@@ -279,3 +279,26 @@ async def test_the_live_loop_starts_no_more_than_the_cap_leaves_and_takes_downs_
     actuator.state[b] = GroupState(1)  # b's drained instances are gone
     made = await loop.step()
     assert [(d.key, d.before, d.after) for d in made] == [(a, 7, 9)]
+
+
+async def test_a_failed_start_leaves_its_room_under_the_cap_to_the_next_group() -> None:
+    from allocator.autoscale.loop import ControlLoop, LoopSettings
+
+    a, b = GroupKey("a", "a", TYPE), GroupKey("b", "b", TYPE)
+
+    class BrokenA(Groups):
+        async def scale(self, key: GroupKey, replicas: int) -> None:
+            if key == a:
+                raise OSError("servers' admin API refused")
+            await super().scale(key, replicas)
+
+    class Wants(StaticPolicy):
+        def decide(self, view: ClusterView) -> dict[GroupKey, Target]:
+            return {a: Target(4, "a up"), b: Target(4, "b up")}
+
+    actuator = BrokenA({a: GroupState(1), b: GroupState(1)})
+    loop = ControlLoop(Wants({}, "wants"), NoWindows(), actuator, {"a": 720.0, "b": 720.0},  # type: ignore[arg-type]
+                       LoopSettings(tick_s=1.0, max_change=8, cap_units=5))
+    made = await loop.step()
+    # a's start failed, so the 3 free units all go to b (not 3 - 3 = 0)
+    assert [(d.key, d.before, d.after) for d in made] == [(b, 1, 4)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -29,6 +30,8 @@ OK = ["--model", "ncf", "--rate", "10", "--duration", "1"]
         (["--url", "http://127.0.0.1:1", *OK, "--max-error-rate", "1.5"], "expected a fraction in [0, 1]"),
         (["--url", "http://127.0.0.1:1", *OK, "--max-error-rate", "nan"], "expected a fraction in [0, 1]"),
         (["--url", "http://127.0.0.1:1", "--model", "ncf", "--rate", "10", "--find-max", "--min-rate", "0"], "--min-rate 0"),
+        (["--url", "http://127.0.0.1:1", "--model", "ncf", "--rate", "10", "--find-max", "--start-at",
+          str(int(time.time()) + 5)], "not with --find-max"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, words, capsys):
