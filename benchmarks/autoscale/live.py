@@ -294,7 +294,7 @@ def make_setting(args: argparse.Namespace) -> LiveSetting:
     return HeteroLive({"rm2": args.rm2_peak, "dien": args.dien_peak})
 
 
-def main(argv: list[str] | None = None) -> int:
+def live_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.autoscale.live", description=__doc__.split("\n\n")[0])
     ap.add_argument("--setting", choices=("hetero", "faro"), default="hetero", help="the setting (default hetero)")
     ap.add_argument("--minutes", type=int, default=120, help="trace minutes to replay (default 120; 360 is all)")
@@ -308,13 +308,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, help="keep the config, traces, logs and load reports here")
     ap.add_argument("--replot", type=Path, metavar="JSON",
                     help="draw --plot again from an earlier run's --json (simulates again, no live run)")
+    return ap
+
+
+def run_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with a run's settings (from the command line or an earlier run's JSON), or None."""
+    if args.minutes < 1 or not 0.5 <= args.minute_s <= 60 or args.cap < 10 or args.seed < 0:
+        return "--minutes >= 1, --minute-s in [0.5, 60], --cap >= 10 (one per job), --seed >= 0"
+    if not all(math.isfinite(p) and 0 < p <= 1e5 for p in (args.rm2_peak, args.dien_peak)):
+        return "--rm2-peak and --dien-peak: rates in (0, 1e5] q/s"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = live_parser()
     args = ap.parse_args(argv)
     if args.replot:
         return replot(args.replot, args.plot)
-    if args.minutes < 1 or not 0.5 <= args.minute_s <= 60 or args.cap < 10 or args.seed < 0:
-        ap.error("--minutes >= 1, --minute-s in [0.5, 60], --cap >= 10 (one per job), --seed >= 0")
-    if not all(math.isfinite(p) and 0 < p <= 1e5 for p in (args.rm2_peak, args.dien_peak)):
-        ap.error("--rm2-peak and --dien-peak: rates in (0, 1e5] q/s")
+    if problem := run_problem(args):
+        ap.error(problem)
     with contextlib.ExitStack() as stack:
         directory = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kairos-live-loop-")))
         directory.mkdir(parents=True, exist_ok=True)
@@ -329,20 +341,18 @@ def replot(source: Path, path: Path) -> int:
         live = LiveRun.from_doc(doc["live"])
         if doc["setting"] not in ("hetero", "faro"):
             raise ValueError(f"setting {doc['setting']!r}")
-        peaks = doc["peaks"] or {}
-        args = argparse.Namespace(setting=doc["setting"], cap=int(doc["cap"] or 0), rm2_peak=peaks.get("rm2"),
-                                  dien_peak=peaks.get("dien"))
-        if doc["setting"] == "hetero" and not all(isinstance(peaks.get(m), int | float) and peaks[m] > 0
-                                                  for m in ("rm2", "dien")):
-            raise ValueError(f"peaks {peaks!r}")
-        if doc["setting"] == "faro" and args.cap < 10:
-            raise ValueError(f"cap {args.cap}")
-        minutes, c, seed = int(doc["minutes"]), Compressed(float(doc["minute_s"])), int(doc["seed"])
-        if minutes < 1 or not c.minute_s > 0 or seed < 0:
-            raise ValueError(f"minutes {minutes}, minute_s {c.minute_s}, seed {seed}")
+        args = live_parser().parse_args(["--setting", doc["setting"]])  # the defaults, then the run's own
+        args.minutes, args.minute_s, args.seed = doc["minutes"], doc["minute_s"], doc["seed"]
+        if doc["setting"] == "faro":
+            args.cap = doc["cap"]
+        else:
+            args.rm2_peak, args.dien_peak = doc["peaks"]["rm2"], doc["peaks"]["dien"]
+        if problem := run_problem(args):
+            raise ValueError(problem)
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         print(f"--replot {source}: not a JSON this benchmark wrote with its live samples ({exc!r})", file=sys.stderr)
         return 2
+    c, seed, minutes = Compressed(float(args.minute_s)), int(args.seed), int(args.minutes)
     setting = make_setting(args)
     with tempfile.TemporaryDirectory(prefix="kairos-live-replot-") as directory:
         cfg_path = setting.write_config(Path(directory), seed)
