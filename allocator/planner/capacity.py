@@ -19,6 +19,7 @@ at n0 is exact there: ``CapacityCurve.line_at`` gives that line (successive line
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,7 +151,6 @@ class CapacityCurve:
 
     ns: np.ndarray  # (P,) replica counts
     loads: np.ndarray  # (P,) C(n): offered load carried at the target
-    hull: np.ndarray  # indices into ns of the minorant's vertices
 
     @classmethod
     def build(cls, dist: ServiceDist, target_s: float, attainment: float) -> CapacityCurve:
@@ -158,7 +158,12 @@ class CapacityCurve:
 
     @classmethod
     def from_loads(cls, loads: np.ndarray) -> CapacityCurve:
-        return cls(N_GRID, loads, _lower_hull(N_GRID.astype(float), loads))
+        return cls(N_GRID, loads)
+
+    @functools.cached_property
+    def hull(self) -> np.ndarray:
+        """Indices into ns of the minorant's vertices (on first use: most curves never need it)."""
+        return _lower_hull(self.ns.astype(float), self.loads)
 
     @property
     def usable(self) -> bool:

@@ -136,6 +136,7 @@ class _CurveBatch:
     def __init__(self) -> None:
         self.pending: dict[tuple[bytes, ...], tuple[ServiceDist, float, float]] = {}
         self.behind_of: dict[tuple[bytes, ...], tuple[ServiceDist, np.ndarray]] = {}
+        self.dists: dict[tuple[bytes, bytes], ServiceDist] = {}
 
     def behind(self, key: tuple[bytes, ...], low_key: tuple[bytes, ...]) -> tuple[bytes, ...]:
         """The curve of ``key``'s class served ahead of ``low_key``'s (both resolved)."""
@@ -158,9 +159,13 @@ class _CurveBatch:
         mix = hashlib.sha1(sizes.tobytes() + probs.tobytes()).digest()
         key = (shape, np.float64(target_ms).tobytes(), np.float64(attainment).tobytes(), mix)
         if key not in _CURVES and key not in self.pending:
-            values = np.stack([prof.quantiles_for(sizes, q) for q in _LEVELS], axis=1) / 1000.0  # (S, L)
-            weights = probs[:, None] * _MASS[None, :]
-            self.pending[key] = (ServiceDist.compressed(values.ravel(), weights.ravel()), target_ms / 1000.0, attainment)
+            # Classes often allow the same sizes: one distribution per (profile, mix).
+            dist = self.dists.get((shape, mix))
+            if dist is None:
+                values = prof.quantile_table(sizes, _LEVELS) / 1000.0  # (S, L)
+                weights = probs[:, None] * _MASS[None, :]
+                dist = self.dists[(shape, mix)] = ServiceDist.compressed(values.ravel(), weights.ravel())
+            self.pending[key] = (dist, target_ms / 1000.0, attainment)
         return key
 
     def resolve(self) -> None:

@@ -13,6 +13,7 @@ solution after the first is valid for the exact curve, and each is at least as g
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,7 @@ class Layout:
     x_model: np.ndarray  # (X,) model of each x
     x_busy: np.ndarray  # (X,) replicas kept busy per query/s of each x (its class's mean service, s)
     x_priority: np.ndarray  # (X,) priority of each x's class
+    n_upper: np.ndarray  # (G,) the most replicas a group could need (or may have)
     n0: int = 0
     u0: int = 0
     x0: int = 0
@@ -62,6 +64,21 @@ class Layout:
     def in_block(self, block: list[int]) -> np.ndarray:
         """(G,) bool: the groups of the models in ``block``."""
         return np.isin(self.group_model, block)
+
+    @functools.cached_property
+    def x_of_demand(self) -> dict[tuple[int, int, int], list[int]]:
+        """(model, class, batch class) -> the x indices that serve it."""
+        out: dict[tuple[int, int, int], list[int]] = {}
+        for j, (mi, k, ci, _gi) in enumerate(self.x_key):
+            out.setdefault((mi, k, ci), []).append(j)
+        return out
+
+    @functools.cached_property
+    def x_of_group(self) -> list[np.ndarray]:
+        """Per group, the indices of its x."""
+        order = np.argsort(self.x_group, kind="stable")
+        at = np.searchsorted(self.x_group[order], np.arange(len(self.groups) + 1))
+        return [order[at[gi] : at[gi + 1]] for gi in range(len(self.groups))]
 
 
 @dataclass
@@ -259,6 +276,7 @@ def _layout(req: PlanRequest, tables: list[ModelTables]) -> Layout:
         np.array([k[0] for k in x_key], dtype=np.int64),
         np.array([groups[k[3]].service_s[k[2]] for k in x_key], dtype=float),
         np.array([priority[(k[0], k[1])] for k in x_key], dtype=np.int64),
+        _n_upper(req, groups, loads),
         n0, u0, x0, d0, up0, down0, z, z + 1,
     )
 
@@ -377,20 +395,16 @@ def _solve_once(
         hi.append(high)
 
     # Coverage: sum_g x + d = p_c * load.
-    by_demand: dict[tuple[int, int, int], list[int]] = {}
-    for j, (mi, k, ci, _gi) in enumerate(lay.x_key):
-        by_demand.setdefault((mi, k, ci), []).append(j)
+    by_demand = lay.x_of_demand
     for jd, (mi, k, ci) in enumerate(lay.d_key):
         if mi in models:
             demand = lay.mass[(mi, ci)] * lay.loads[(mi, k)]
             row([*((lay.x0 + j, 1.0) for j in by_demand.get((mi, k, ci), [])), (lay.d0 + jd, 1.0)], demand, demand)
     # Capacity per (group, class): the load at that class's priority or above.
-    order = np.argsort(lay.x_group, kind="stable")
-    bounds_at = np.searchsorted(lay.x_group[order], np.arange(n_g + 1))
     for gi, g in enumerate(lay.groups):
         if not g_in[gi]:
             continue
-        js = order[bounds_at[gi] : bounds_at[gi + 1]]
+        js = lay.x_of_group[gi]
         for k in _classes_of(g):
             slope, intercept = lines[(gi, k)]
             sel = js[lay.x_priority[js] >= lay.priority[(g.model, k)]]
@@ -398,7 +412,7 @@ def _solve_once(
                 row([*zip((lay.x0 + sel).tolist(), lay.x_busy[sel].tolist(), strict=True),
                      (lay.n0 + gi, -slope), (lay.u0 + gi, -intercept)], -np.inf, 0.0)
     # u <= n <= N u
-    n_max = _n_upper(req, lay) if fixed_n is None else np.maximum(_n_upper(req, lay), fixed_n)
+    n_max = lay.n_upper if fixed_n is None else np.maximum(lay.n_upper, fixed_n)
     for gi in np.flatnonzero(g_in).tolist():
         row([(lay.u0 + gi, 1.0), (lay.n0 + gi, -1.0)], -np.inf, 0.0)
         row([(lay.n0 + gi, 1.0), (lay.u0 + gi, -float(n_max[gi]))], -np.inf, 0.0)
@@ -463,13 +477,13 @@ def _solve_once(
     return values, "optimal" if res.status == 0 else f"stopped ({res.message})"
 
 
-def _n_upper(req: PlanRequest, lay: Layout) -> np.ndarray:
-    out = np.zeros(len(lay.groups))
-    for gi, g in enumerate(lay.groups):
-        offered = sum(lay.loads[(g.model, k)] for k in range(len(req.models[g.model].classes)))
+def _n_upper(req: PlanRequest, groups: list[Group], loads: dict[tuple[int, int], float]) -> np.ndarray:
+    out = np.zeros(len(groups))
+    for gi, g in enumerate(groups):
+        offered = sum(loads[(g.model, k)] for k in range(len(req.models[g.model].classes)))
         finite = g.service_s[np.isfinite(g.service_s)]
         worst = offered * float(finite.max()) if finite.size else 0.0
-        first = min((c.at(1).item() for c in g.curves if c is not None), default=0.0)
+        first = min((float(c.at(1)) for c in g.curves if c is not None), default=0.0)
         bound = math.ceil(worst / max(first, 1e-3)) + 1 if worst > 0 else 0
         available = req.type(g.type).available
         out[gi] = min(bound, available if available is not None else bound, 10 * 8192)
@@ -500,9 +514,10 @@ def offered_loads(lay: Layout, x: np.ndarray) -> dict[tuple[int, int], float]:
     busy = x * lay.x_busy
     out = {}
     for gi, g in enumerate(lay.groups):
-        mine = lay.x_group == gi
+        js = lay.x_of_group[gi]
+        mine, prio = busy[js], lay.x_priority[js]
         for k in _classes_of(g):
-            out[(gi, k)] = float(busy[mine & (lay.x_priority >= lay.priority[(g.model, k)])].sum())
+            out[(gi, k)] = float(mine[prio >= lay.priority[(g.model, k)]].sum())
     return out
 
 
@@ -515,7 +530,7 @@ def _why_infeasible(req: PlanRequest, lay: Layout) -> str:
         limits.append(f"a budget of {req.budget_per_hour:g} $/hour")
     what = "; ".join(limits) or "no limit"
     relaxed = replace(req, objective=Objective("utility", allow_drops=True))
-    n_max = _n_upper(req, lay)
+    n_max = lay.n_upper
     lines = {(gi, k): _line(g, k, n_max[gi]) for gi, g in enumerate(lay.groups) for k in _classes_of(g)}
     res = _solve_once(relaxed, lay, lines, max(req.time_limit_s, 1.0))
     if res is None:

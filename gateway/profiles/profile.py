@@ -76,12 +76,20 @@ class LatencyProfile:
         return float(self.quantiles_for(np.array([batch]), q)[0])
 
     def quantiles_for(self, batches: np.ndarray, q: float) -> np.ndarray:
+        return self.quantile_table(batches, np.array([q]))[:, 0]
+
+    def quantile_table(self, batches: np.ndarray, qs: np.ndarray) -> np.ndarray:
+        """(len(batches), len(qs)): the quantile at each level in ``qs`` (within [0, 1]) of each batch."""
         batches = np.asarray(batches)
         self._check_many(batches)
-        k = int(np.clip(np.searchsorted(self.levels, q, side="right") - 1, 0, len(self.levels) - 2))
-        f = (q - self.levels[k]) / (self.levels[k + 1] - self.levels[k])
-        at_level = self.quantiles[:, k] + f * (self.quantiles[:, k + 1] - self.quantiles[:, k])
-        return np.interp(batches, self.batches, at_level)
+        qs = np.asarray(qs, dtype=float)
+        k = np.clip(np.searchsorted(self.levels, qs, side="right") - 1, 0, len(self.levels) - 2)
+        f = (qs - self.levels[k]) / (self.levels[k + 1] - self.levels[k])
+        at_levels = self.quantiles[:, k] + f * (self.quantiles[:, k + 1] - self.quantiles[:, k])  # (G, Q)
+        out = np.empty((len(batches), len(qs)))
+        for j in range(len(qs)):
+            out[:, j] = np.interp(batches, self.batches, at_levels[:, j])
+        return out
 
     def sample(self, batch: int, rng: np.random.Generator) -> float:
         """Draw one service time (ms) by inverse transform of the interpolated quantile table."""

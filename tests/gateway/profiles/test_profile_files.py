@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gateway.errors import ProfileError
@@ -69,3 +70,18 @@ def test_not_json_and_an_empty_directory_are_errors(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text("{not json")
     with pytest.raises(ProfileError, match="not JSON"):
         load_profiles(tmp_path)
+
+
+def test_quantile_table_interpolates_in_level_then_in_batch(tmp_path: Path) -> None:
+    (tmp_path / "iris.json").write_text(json.dumps(GOOD))
+    profile = load_profiles(tmp_path).get("iris", "local-cpu")
+    table = profile.quantile_table(np.array([1, 4, 8]), np.array([0.0, 0.25, 0.5, 1.0]))
+    # Batch 1: levels 0/0.5/1 -> 0.5/1/2; batch 8: 1.5/2/3; batch 4 is 3/7 of the way.
+    expected_1 = [0.5, 0.75, 1.0, 2.0]
+    expected_8 = [1.5, 1.75, 2.0, 3.0]
+    np.testing.assert_allclose(table[0], expected_1)
+    np.testing.assert_allclose(table[2], expected_8)
+    np.testing.assert_allclose(table[1], np.array(expected_1) + 3 / 7 * (np.array(expected_8) - expected_1))
+    np.testing.assert_allclose(profile.quantiles_for(np.array([1, 4, 8]), 0.25), table[:, 1])
+    with pytest.raises(ProfileError, match="batch size 9 is outside"):
+        profile.quantile_table(np.array([1, 9]), np.array([0.5]))
