@@ -150,7 +150,9 @@ class GatewayConfig:
     pipeline: bool = True
     probe_interval_s: float = 1.0
     backend_protocol: str = "http"  # gRPC queries translated to HTTP: cheaper (backend/grpc_over_http.py)
-    max_body_bytes: int = 64 * 1024 * 1024
+    # The largest request: 4x gRPC's default 4 MiB. Unfinished requests may hold about twice
+    # this (HTTP bodies being received, one gRPC window), so it bounds memory under hostile load.
+    max_body_bytes: int = 16 * 1024 * 1024
     grpc_server: str = "native"
     # Out of each query's QoS, what the legs the gateway does not see take: the request's way in
     # (before the gateway has read it) and the answer's way back. QoS is met at the client.

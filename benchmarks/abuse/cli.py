@@ -59,7 +59,7 @@ class SuiteSettings:
     grace_s: float = 1.0
     legit: LegitConfig = field(default_factory=LegitConfig)
     pool: tuple[tuple[str, int], ...] = (("r5n.large", 4),)
-    max_body_bytes: int = 64 * MiB
+    max_body_bytes: int = 16 * MiB  # the gateway's default
     targets: Targets = field(default_factory=Targets)
     workdir: Path | None = None  # None: a temporary directory, removed afterwards
 
@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pool", default="r5n.large=4", help="TYPE=N,... of the emulated pool (default r5n.large=4)"
     )
     p.add_argument(
-        "--max-body-bytes", type=int, default=64 * MiB, help="the gateway's max_body_bytes (default 64 MiB)"
+        "--max-body-bytes", type=int, default=16 * MiB, help="the gateway's max_body_bytes (default 16 MiB, as the gateway's)"
     )
     p.add_argument(
         "--workdir", type=Path, help="keep config and process logs here (default: a temporary directory)"

@@ -36,7 +36,7 @@ MAX_STREAMS_PER_CONNECTION = 8192
 
 
 class EppServer:
-    def __init__(self, plane: DataPlane, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, plane: DataPlane, max_message_bytes: int = 16 * 1024 * 1024) -> None:
         self.plane = plane
         self.picker = EndpointPicker(plane)
         self.max_message_bytes = max_message_bytes
