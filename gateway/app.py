@@ -325,8 +325,9 @@ class Gateway:
         cfg = self.config
 
         http = HttpFrontend(
-            self.plane, cfg.gateway.max_body_bytes, cfg.gateway.body_timeout_s, cfg.gateway.max_buffered_bytes
-        )
+            self.plane, cfg.gateway.max_body_bytes, cfg.gateway.body_timeout_s, cfg.gateway.max_buffered_bytes,
+            cfg.gateway.body_pace_bytes_per_s, cfg.gateway.body_pace_after_bytes,
+        )  # fmt: skip
         # aiohttp closes a connection that has not sent a whole request head this long after it
         # opened or after its last answer (slowloris; idle keep-alive connections go too).
         self._runner = web.AppRunner(

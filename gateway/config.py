@@ -170,6 +170,10 @@ class GatewayConfig:
     # Bytes of HTTP request bodies being received at once, across connections (None: the larger
     # of max_body_bytes and 32 MiB); past it the largest unfinished ones are evicted (408).
     max_buffered_bytes: int | None = None
+    # While two or more HTTP bodies are past their first body_pace_after_bytes, those bytes share
+    # this rate (0: no pacing): a burst of large bodies cannot take the event loop from small queries.
+    body_pace_bytes_per_s: float = 64 * 1024 * 1024
+    body_pace_after_bytes: int = 256 * 1024
     # The pool admin API (gateway.admin): its port (0: any free one; None: not served) and host
     # (loopback unless a bearer token is set in KAIROS_ADMIN_TOKEN).
     admin_port: int | None = None
@@ -317,6 +321,8 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
         header_timeout_s=g.float("header_timeout_s", dg.header_timeout_s),
         body_timeout_s=g.float("body_timeout_s", dg.body_timeout_s),
         max_buffered_bytes=g.int("max_buffered_bytes", lo=1024) if g.raw.get("max_buffered_bytes") is not None else None,
+        body_pace_bytes_per_s=g.float("body_pace_bytes_per_s", dg.body_pace_bytes_per_s, positive=False, lo=0.0, hi=1e12),
+        body_pace_after_bytes=g.int("body_pace_after_bytes", dg.body_pace_after_bytes, lo=0),
         admin_port=_port(g, "admin_port", 0) if g.raw.get("admin_port") is not None else None,
         admin_host=g.str("admin_host", dg.admin_host),
         mode=g.str("mode", dg.mode, choices=MODES),

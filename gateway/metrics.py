@@ -192,6 +192,14 @@ class GatewayMetrics:
         self.failures = Counter(
             f"{PREFIX}_instance_failures", "Instance failures seen on queries", ["model", "instance"], registry=r
         )
+        self.body_evictions = Counter(
+            f"{PREFIX}_http_body_evictions", "HTTP request bodies evicted unfinished (408) to keep the receive budget",
+            registry=r,
+        )  # fmt: skip
+        self.body_paced = Counter(
+            f"{PREFIX}_http_body_paced_seconds", "Time HTTP request bodies waited for their turn (body_pace_bytes_per_s)",
+            registry=r,
+        )  # fmt: skip
         self.refusals = Counter(
             f"{PREFIX}_refusals", "Queries refused at admission or shed, by reason", ["model", "class", "reason"],
             registry=r,

@@ -60,6 +60,9 @@ class SuiteSettings:
     legit: LegitConfig = field(default_factory=LegitConfig)
     pool: tuple[tuple[str, int], ...] = (("r5n.large", 4),)
     max_body_bytes: int = 16 * MiB  # the gateway's default
+    # Each attack also aimed at a second gateway (a decoy) while the legitimate client uses the
+    # first: what the attack's traffic alone costs the client on this host.
+    control: bool = False
     targets: Targets = field(default_factory=Targets)
     workdir: Path | None = None  # None: a temporary directory, removed afterwards
 
@@ -76,6 +79,7 @@ class SuiteSettings:
             "legit_timeout_s": self.legit.timeout_s,
             "pool": ",".join(f"{t}={n}" for t, n in self.pool),
             "max_body_bytes": self.max_body_bytes,
+            "control": self.control,
         }
 
 
@@ -180,16 +184,18 @@ class Suite:
         self.report.baselines.append(b)
         return b
 
-    async def row(self, name: str, kind: str, baseline_p99: float | None, label: str) -> Row:
+    async def row(self, name: str, kind: str, baseline_p99: float | None, label: str, control: bool = False) -> Row:
         cls = ATTACKS[name]
         front = cls.front
         server = kind if front == GRPC else "aiohttp"
         started = time.monotonic()
         gw = await self.gateway(kind)
+        decoy = await self.gateway(kind) if control else None
         gateway_exit: int | None = None
         try:
-            grpc_port = int(gw.grpc.rsplit(":", 1)[1])
-            http_port = int(gw.http.rsplit(":", 1)[1])
+            attacked = decoy or gw
+            grpc_port = int(attacked.grpc.rsplit(":", 1)[1])
+            http_port = int(attacked.http.rsplit(":", 1)[1])
             target = Target(HOST, grpc_port, http_port, self.s.legit.model, self.s.max_body_bytes)
             worker = await Worker.start(
                 ["--attack", name, "--host", target.host, "--grpc-port", str(grpc_port),
@@ -214,10 +220,13 @@ class Suite:
             gateway_exit = gw.returncode
         finally:
             stop = await self.stop(gw)
+            if decoy is not None:
+                await self.stop(decoy)
         r = Row(
             attack=name, front=front, server=server, gateway_grpc_server=kind, legit=legit,
             baseline_p99_ms=baseline_p99, usage=usage, abuser=outcome, gateway_exit=gateway_exit,
-            gateway_stop=stop, elapsed_s=time.monotonic() - started, targets=self.s.targets,
+            gateway_stop=stop, elapsed_s=time.monotonic() - started, targets=self.s.targets, control=control,
+            attacked=f"{HOST}:{grpc_port if front == GRPC else http_port}",
         )  # fmt: skip
         self.report.rows.append(r)
         return r
@@ -251,6 +260,11 @@ class Suite:
                         r = await self.row(name, kind, base.legit.p99_ms, label)
                         verdict = "pass" if r.passed else "FAIL: " + ", ".join(r.failures())
                         self.progress.say(f"{label}: {verdict} ({r.elapsed_s:.1f} s)")
+                        if self.s.control:
+                            self.progress.say(f"{label}: the same attack at a decoy gateway (control)")
+                            c = await self.row(name, kind, base.legit.p99_ms, label + " (control)", control=True)
+                            self.progress.say(f"{label} (control): legit p99 {c.legit.p99_ms or 0:.2f} ms "
+                                              f"({c.elapsed_s:.1f} s)")
         finally:
             await asyncio.to_thread(self.servers.stop)
         self.report.wall_s = time.monotonic() - started
@@ -313,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workdir", type=Path, help="keep config and process logs here (default: a temporary directory)"
     )
+    p.add_argument("--control", action="store_true",
+                   help="after each attack, run it again at a second (decoy) gateway while the legitimate client "
+                        "uses the first: what the attack's traffic alone costs it on this host")  # fmt: skip
     p.add_argument("--json", metavar="PATH", help="write the report as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write the table to PATH too")
     return p
@@ -359,6 +376,7 @@ def settings_from_args(args: argparse.Namespace) -> SuiteSettings:
         legit=legit,
         pool=tuple(pool),
         max_body_bytes=args.max_body_bytes,
+        control=args.control,
         workdir=args.workdir,
     )
 

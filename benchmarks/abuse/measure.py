@@ -19,11 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from benchmarks.abuse.attacks import AttackOutcome
 from benchmarks.abuse.worker import READY
 from benchmarks.loadgen.config import LoadConfig, build_workload
+from benchmarks.loadgen.report import Samples
 from benchmarks.loadgen.runner import run_load
 from benchmarks.loadgen.transport import TargetUnreachable
 
@@ -132,6 +134,9 @@ class LegitResult:
     p50_ms: float | None = None
     p99_ms: float | None = None
     max_ms: float | None = None
+    # The slowest answered queries: [seconds from the start when sent, latency ms], slowest first
+    # (where in the attack the tail comes from).
+    slowest: list[tuple[float, float]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,7 +174,18 @@ async def legit_load(url: str, duration_s: float, cfg: LegitConfig) -> LegitResu
         p50_ms=lat.get("p50"),
         p99_ms=lat.get("p99"),
         max_ms=lat.get("max"),
+        slowest=_slowest(report.samples),
     )
+
+
+def _slowest(samples: Samples | None, n: int = 5) -> list[tuple[float, float]]:
+    if samples is None:
+        return []
+    sent, done = np.asarray(samples.sent_s, dtype=float), np.asarray(samples.done_s, dtype=float)
+    ok = np.array([e is None for e in samples.error], dtype=bool) & np.isfinite(sent) & np.isfinite(done)
+    idx = np.flatnonzero(ok)
+    worst = idx[np.argsort(done[idx] - sent[idx])[::-1][:n]]
+    return [(round(float(sent[i]), 3), round(float(done[i] - sent[i]) * 1000.0, 2)) for i in worst]
 
 
 # -- the attacker's process -------------------------------------------------------------------

@@ -13,7 +13,8 @@ JSON schema (``SuiteReport.to_json()``; ``schema`` = "kairos-abuse/1")::
                 "legit": LEGIT, "baseline_p99_ms": float|null, "p99_ratio": float|null,
                 "gateway": USAGE, "gateway_exit": int|null, "gateway_stop": str,
                 "abuser": OUTCOME, "checks": {"legit_errors", "p99", "memory", "disconnected": bool},
-                "passed": bool, "elapsed_s": float}]
+                "passed": bool, "elapsed_s": float,
+                "control": bool, "attacked": "host:port"}]  # control: the attack at a decoy gateway
     }
     LEGIT   = {"url", "scheduled", "ok", "errors", "error_kinds", "p50_ms", "p99_ms", "max_ms"}
     USAGE   = {"cpu_s", "rss_before_mb", "rss_peak_mb", "rss_after_mb", "growth_mb", "exited"}
@@ -72,6 +73,8 @@ class Row:
     gateway_stop: str = ""  # how it stopped after the row: "exit 0", "killed after 5 s" ...
     elapsed_s: float = 0.0
     targets: Targets = field(default_factory=Targets)
+    control: bool = False  # the attack went to a decoy gateway, not to the one measured
+    attacked: str = ""  # the address the attacker was aimed at (host:port)
 
     @property
     def p99_ratio(self) -> float | None:
@@ -116,6 +119,8 @@ class Row:
             "checks": self.checks(),
             "passed": self.passed,
             "elapsed_s": round(self.elapsed_s, 1),
+            "control": self.control,
+            "attacked": self.attacked,
         }
 
 
@@ -194,6 +199,8 @@ def sent_cell(o: AttackOutcome) -> str:
 
 
 def verdict_cell(row: Row) -> str:
+    if row.control:
+        return "control (attack at a decoy gateway)"
     failures = row.failures()
     return "pass" if not failures else "FAIL: " + ", ".join(failures)
 
@@ -234,7 +241,7 @@ def render_markdown(report: SuiteReport) -> str:
         ratio = r.p99_ratio
         errors = f"{r.legit.errors}/{r.legit.scheduled}" if r.legit.errors else "0"
         lines.append(
-            f"| {r.attack} | {r.server} | {errors} | {_num(r.legit.p99_ms, 2)} | "
+            f"| {r.attack}{' (control)' if r.control else ''} | {r.server} | {errors} | {_num(r.legit.p99_ms, 2)} | "
             f"{_num(ratio, 2, 'x')} | {_num(r.usage.cpu_s, 2)} | {_num(r.usage.growth_mb, 1)} | "
             f"{disconnect_cell(r.abuser)} | {sent_cell(r.abuser)} | {verdict_cell(r)} |"
         )

@@ -45,11 +45,20 @@ class HttpFrontend:
         max_body_bytes: int,
         body_timeout_s: float = 10.0,
         max_buffered_bytes: int | None = None,
+        body_pace_bytes_per_s: float = 0.0,
+        body_pace_after_bytes: int = 256 * 1024,
     ) -> None:
         self.plane = plane
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
-        self.bodies = BodyBudget(max_buffered_bytes or max(max_body_bytes, 32 * 1024 * 1024))
+        metrics = plane.metrics
+        self.bodies = BodyBudget(
+            max_buffered_bytes or max(max_body_bytes, 32 * 1024 * 1024),
+            body_pace_bytes_per_s,
+            body_pace_after_bytes,
+            on_evict=metrics.body_evictions.inc,
+            on_paced=metrics.body_paced.inc,
+        )
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[_v2_errors])
         add = self.app.router.add_route
         add("GET", "/v2/health/live", self.live)
@@ -158,6 +167,7 @@ class HttpFrontend:
                     if not self.bodies.take(read, len(chunk)):
                         raise Overloaded("the gateway is receiving too many request bytes; retry later")
                     chunks.append(chunk)
+                    await self.bodies.pace(read, len(chunk))
         except TimeoutError:
             raise RequestTimeout(f"request body not received within {self.body_timeout_s:g} s") from None
         except asyncio.CancelledError:

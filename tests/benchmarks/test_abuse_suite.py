@@ -324,3 +324,31 @@ def test_suite_runs_against_the_native_server(tmp_path: Path, capsys: pytest.Cap
         assert abuser["connections"] == (1 if attack == "ping-flood" else 100)
         assert 0 <= abuser["disconnected"] <= abuser["connections"]
         assert r["gateway_exit"] is None
+
+
+def test_a_control_row_is_marked_and_not_judged() -> None:
+    report = suite_report()
+    control = row(p99=35.0)
+    control.control = True
+    report.rows.append(control)
+    lines = render_markdown(report).splitlines()
+    mine = next(line for line in lines if line.startswith("| ping-flood (control) |"))
+    assert mine.endswith("| control (attack at a decoy gateway) |")
+    assert json.loads(json.dumps(report.to_json()))["rows"][-1]["control"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_control_aims_the_attack_at_a_second_gateway(tmp_path: Path) -> None:
+    path = tmp_path / "abuse.json"
+    argv = ["--servers", "native", "--attacks", "short-body", "--duration", "2", "--grace", "0.5", "--control",
+            "--json", str(path), "--workdir", str(tmp_path / "work")]  # fmt: skip
+    assert main(argv) == 0
+    doc = json.loads(path.read_text())
+    attacked, control = doc["rows"]
+    assert (attacked["control"], control["control"]) == (False, True)
+    # The plain row attacks the gateway the legitimate client uses; the control row another one.
+    assert attacked["legit"]["url"] == f"http://{attacked['attacked']}"
+    assert control["legit"]["url"] != f"http://{control['attacked']}"
+    assert control["abuser"]["connections"] == 100 and control["abuser"]["sent_bytes"] > 0
+    assert control["legit"]["errors"] == 0 and control["legit"]["scheduled"] > 50

@@ -148,3 +148,14 @@ def test_profiles_are_found_next_to_the_config_and_override_the_shipped_ones(tmp
     profiles = config.profile_set()
     assert profiles.get("iris", "local-cpu").mean(64) == 3.0
     assert profiles.get("rm2", "r5n.large").mean(1) == shipped.mean(1)
+
+
+def test_body_pacing_defaults_and_bounds() -> None:
+    g = parse_config(BASE).gateway
+    assert (g.max_body_bytes, g.body_pace_bytes_per_s, g.body_pace_after_bytes) == (16 << 20, 64 << 20, 256 << 10)
+    off = parse_config({**BASE, "gateway": {"body_pace_bytes_per_s": 0}}).gateway
+    assert off.body_pace_bytes_per_s == 0.0
+    for key, bad in (("body_pace_bytes_per_s", -1), ("body_pace_bytes_per_s", "fast"), ("body_pace_bytes_per_s", 1e13),
+                     ("body_pace_after_bytes", -1), ("body_pace_after_bytes", 1.5)):  # fmt: skip
+        with pytest.raises(ConfigError, match=rf"gateway\.{key}: expected"):
+            parse_config({**BASE, "gateway": {key: bad}})

@@ -300,3 +300,31 @@ async def test_unfinished_bodies_across_connections_are_bounded(pool: RunningPoo
         assert "Traceback" not in gw.stderr()
     finally:
         gw.stop(signal.SIGKILL)
+
+
+async def test_large_bodies_together_are_paced_and_all_served(pool: RunningPool, tmp_path: Path) -> None:
+    """Three large bodies at once share the pace (1 MB/s past their first 10 kB): each is served,
+    the gateway counts the wait, and a small query beside them is not held back."""
+    config = gateway_config(
+        pool.config_path, tmp_path, qos_ms=10_000.0,  # the deadline counts from the head: the bodies take ~1 s
+        body_pace_bytes_per_s=1_000_000, body_pace_after_bytes=10_000, body_timeout_s=30.0,
+    )  # fmt: skip
+    gw = launch_gateway(config, ["--address-file", str(pool.address_file)], tmp_path)
+    try:
+        async with aiohttp.ClientSession() as s:
+            large = [asyncio.ensure_future(post_infer(s, gw.url, MODEL, b" " * 300_000 + json_request(2, f"big{i}")))
+                     for i in range(3)]  # fmt: skip
+            await asyncio.sleep(0.2)  # the large bodies are being paced
+            started = time.monotonic()
+            status, doc, _ = await post_infer(s, gw.url, MODEL, json_request(2, "small"))
+            small_s = time.monotonic() - started
+            assert status == 200 and doc["id"] == "small"
+            answers = await asyncio.gather(*large)
+            assert [(st, d.get("id", d)) for st, d, _ in answers] == [(200, f"big{i}") for i in range(3)]
+        paced = await metric(gw.url, "kairos_http_body_paced_seconds_total")
+        # ~0.87 MB past the free bytes at 1 MB/s: most of a second of waiting in all.
+        assert paced > 0.3
+        assert small_s < paced  # the small query did not wait its turn behind them
+        assert "Traceback" not in gw.stderr()
+    finally:
+        gw.stop(signal.SIGKILL)
