@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -760,3 +761,62 @@ async def test_a_burst_of_calls_on_one_connection_takes_turns_with_other_connect
             seen = int(await call(b"", timeout=5))
         await wait_until(lambda: started == 600)
     assert seen < 600
+
+
+class _PausingTransport(FakeTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def _calls(first_sid: int, count: int, encoder: hpack.Encoder) -> bytes:
+    return b"".join(frame(FrameType.HEADERS, HEADERS_END, sid, encoder.encode(request_headers(WAIT)))
+                    for sid in range(first_sid, first_sid + 2 * count, 2))  # fmt: skip
+
+
+async def test_a_connection_with_calls_left_over_takes_shorter_turns_until_it_has_caught_up() -> None:
+    from gateway.grpc_server.connection import BURST_CALLS_PER_TURN, CALLS_PER_TURN
+
+    conn = GrpcConnection({WAIT.encode(): Gate()}, ServerSettings(max_concurrent_streams=1000))
+    conn.connection_made(_PausingTransport())
+    encoder = hpack.Encoder()
+    conn.data_received(CLIENT_START + _calls(1, 30, encoder))
+    assert len(conn._streams) == CALLS_PER_TURN  # the first turn: a full one
+    seen = [len(conn._streams)]
+    while len(conn._streams) < 30:
+        await asyncio.sleep(0)  # the next turn
+        seen.append(len(conn._streams))
+    steps = [b - a for a, b in itertools.pairwise(seen)]
+    assert steps[:-1] == [BURST_CALLS_PER_TURN] * (len(steps) - 1) and 0 < steps[-1] <= BURST_CALLS_PER_TURN
+    # Caught up: the next calls that fit in a turn get a full one again.
+    await asyncio.sleep(0)
+    conn.data_received(_calls(61, CALLS_PER_TURN, encoder))
+    assert len(conn._streams) == 30 + CALLS_PER_TURN
+    conn.connection_lost(None)
+
+
+async def test_a_connection_holding_unfinished_requests_reads_its_data_a_slice_a_turn() -> None:
+    from gateway.grpc_server.connection import DATA_PER_TURN, HOLDING_BYTES
+
+    conn = GrpcConnection({ECHO.encode(): echo}, ServerSettings())
+    conn.connection_made(_PausingTransport())
+    encoder = hpack.Encoder()
+    chunk = bytes(16 * 1024)
+    body = struct.pack(">BI", 0, 3 * MiB) + bytes(16 * 1024 - 5)  # a 3 MiB message, never finished
+    data = frame(FrameType.HEADERS, HEADERS_END, 1, encoder.encode(request_headers(ECHO)))
+    data += frame(FrameType.DATA, 0, 1, body) + b"".join(frame(FrameType.DATA, 0, 1, chunk) for _ in range(127))
+    conn.data_received(CLIENT_START + data)  # 2 MiB of DATA in one read
+    first = conn._recv_held
+    assert HOLDING_BYTES <= first < HOLDING_BYTES + DATA_PER_TURN + len(chunk)
+    await asyncio.sleep(0)
+    assert 0 < conn._recv_held - first <= DATA_PER_TURN + len(chunk)  # one slice a turn
+    while conn._recv_held < 2 * MiB:
+        await asyncio.sleep(0)
+    assert conn._recv_held == 2 * MiB
+    conn.connection_lost(None)
