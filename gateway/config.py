@@ -321,7 +321,7 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
         header_timeout_s=g.float("header_timeout_s", dg.header_timeout_s),
         body_timeout_s=g.float("body_timeout_s", dg.body_timeout_s),
         max_buffered_bytes=g.int("max_buffered_bytes", lo=1024) if g.raw.get("max_buffered_bytes") is not None else None,
-        body_pace_bytes_per_s=g.float("body_pace_bytes_per_s", dg.body_pace_bytes_per_s, positive=False, lo=0.0, hi=1e12),
+        body_pace_bytes_per_s=_pace(g.float("body_pace_bytes_per_s", dg.body_pace_bytes_per_s, positive=False, lo=0.0, hi=1e12)),
         body_pace_after_bytes=g.int("body_pace_after_bytes", dg.body_pace_after_bytes, lo=0),
         admin_port=_port(g, "admin_port", 0) if g.raw.get("admin_port") is not None else None,
         admin_host=g.str("admin_host", dg.admin_host),
@@ -525,6 +525,13 @@ def check_model_name(name: str, field: str = "model") -> str:
         return check_name(name, field)
     except BadRequest as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _pace(rate: float) -> float:
+    """0 (no pacing) or at least 1 MB/s: slower would only turn concurrent large bodies into 408s."""
+    if 0 < rate < 1e6:
+        raise ConfigError(f"gateway.body_pace_bytes_per_s: expected 0 (off) or >= 1e6, got {rate:g}")
+    return rate
 
 
 def client_margin(margin_ms: float, qos_ms: float, name: str = "gateway.client_margin_ms") -> float:

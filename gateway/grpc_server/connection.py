@@ -462,8 +462,10 @@ class GrpcConnection(asyncio.Protocol):
         max_frame = self._settings.max_frame_bytes
         yielded = False
         while n - pos >= HEADER_SIZE and self._transport is not None:
-            if self._calls_this_turn >= (BURST_CALLS_PER_TURN if self._burst else CALLS_PER_TURN):
-                self._burst = yielded = True
+            calls_full = self._calls_this_turn >= (BURST_CALLS_PER_TURN if self._burst else CALLS_PER_TURN)
+            if calls_full or (self._data_this_turn >= DATA_PER_TURN and self._recv_held >= HOLDING_BYTES):
+                self._burst = calls_full  # short turns only while calls are left over
+                yielded = True
                 self._yield_turn()
                 break
             hi, lo, kind, flags, stream_id = FRAME_HEADER.unpack_from(buf, pos)
@@ -485,8 +487,6 @@ class GrpcConnection(asyncio.Protocol):
             if kind == _DATA:
                 self._on_data(flags, stream_id, payload)
                 self._data_this_turn += length
-                if self._data_this_turn >= DATA_PER_TURN and self._recv_held >= HOLDING_BYTES:
-                    self._calls_this_turn = CALLS_PER_TURN  # this turn is over
             elif kind == _HEADERS:
                 self._on_headers(flags, stream_id, payload)
             else:

@@ -156,6 +156,7 @@ def test_body_pacing_defaults_and_bounds() -> None:
     off = parse_config({**BASE, "gateway": {"body_pace_bytes_per_s": 0}}).gateway
     assert off.body_pace_bytes_per_s == 0.0
     for key, bad in (("body_pace_bytes_per_s", -1), ("body_pace_bytes_per_s", "fast"), ("body_pace_bytes_per_s", 1e13),
+                     ("body_pace_bytes_per_s", 1000),
                      ("body_pace_after_bytes", -1), ("body_pace_after_bytes", 1.5)):  # fmt: skip
         with pytest.raises(ConfigError, match=rf"gateway\.{key}: expected"):
             parse_config({**BASE, "gateway": {key: bad}})

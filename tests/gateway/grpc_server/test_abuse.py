@@ -814,6 +814,7 @@ async def test_a_connection_holding_unfinished_requests_reads_its_data_a_slice_a
     conn.data_received(CLIENT_START + data)  # 2 MiB of DATA in one read
     first = conn._recv_held
     assert HOLDING_BYTES <= first < HOLDING_BYTES + DATA_PER_TURN + len(chunk)
+    assert not conn._burst  # DATA slices do not shorten the turns for calls
     await asyncio.sleep(0)
     assert 0 < conn._recv_held - first <= DATA_PER_TURN + len(chunk)  # one slice a turn
     while conn._recv_held < 2 * MiB:
