@@ -84,7 +84,11 @@ class BodyBudget:
             self.paced_s += delay
             if self._on_paced is not None:
                 self._on_paced(delay)
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:  # evicted or timed out: its turn goes to the reads after it
+                self._next_s -= n / self.pace_bytes_per_s
+                raise
 
     def close(self, read: BodyRead) -> None:
         """The body is in (or failed): its bytes are no longer counted here."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -118,3 +119,19 @@ async def test_eviction_is_reported() -> None:
     assert budget.take(budget.open(), 30)
     await asyncio.sleep(0)
     assert big.cancelled() and len(evicted) == 1
+
+
+async def test_a_paced_read_cancelled_in_its_wait_gives_its_turn_back() -> None:
+    budget = BodyBudget(10_000_000, pace_bytes_per_s=100_000, pace_after=1000)
+    other = budget.open()
+    assert budget.take(other, 5000)
+    read = budget.open()
+    assert budget.take(read, 50_000)
+    waiting = asyncio.ensure_future(budget.pace(read, 50_000))  # 0.5 s of the rate
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    budget.close(read)
+    waited, _ = await _taken(budget, 10_000)  # 0.1 s of its own, not 0.6 s behind the cancelled one
+    assert waited < 0.3
