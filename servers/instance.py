@@ -85,7 +85,7 @@ class FastSampler:
     def __init__(self, profile: LatencyProfile) -> None:
         batches = np.arange(1, profile.max_batch + 1)
         self.levels: list[float] = profile.levels.tolist()
-        table = np.stack([profile.quantiles_for(batches, float(q)) for q in profile.levels], axis=1)
+        table = profile.quantile_table(batches, profile.levels)
         self.rows: list[list[float]] = table.tolist()  # rows[batch - 1][level index]
         self._last = len(self.levels) - 2
 
