@@ -337,9 +337,8 @@ class Gateway:
             shutdown_timeout=5.0,
             keepalive_timeout=cfg.gateway.header_timeout_s,
             lingering_time=0.5,  # after an early answer (408, 413), read what still comes briefly, then close
-            # Pause a connection's socket once 32 KiB wait unread (aiohttp's default: 128 KiB), so
-            # that a paced or stalled body holds little; 32 large bodies opening at once cost small
-            # queries ~25 ms at the default, ~1 ms at this (same CPU for 300 KB bodies).
+            # Pause a connection's socket once 32 KiB wait unread (aiohttp's default: 128 KiB): a
+            # burst of large bodies then holds little in the loop (docs/hardening.md).
             read_bufsize=16 * 1024,
             logger=ClientErrorLog(logging.getLogger("kairos.gateway.http")),
         )

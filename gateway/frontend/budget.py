@@ -7,9 +7,9 @@ refused because others hold large unfinished ones.
 
 Large bodies are also paced: while two or more bodies are past their first ``pace_after`` bytes,
 those bytes share one rate, and a read waits for its turn before it takes its next chunk. The
-socket's buffer then fills and TCP slows the senders. Why: a burst of large bodies (32 unfinished
-8 MiB bodies at once) was read as fast as loopback delivers, and the event loop spent ~200 ms on
-it while small queries waited (their p99 12x). A small body, or one large body alone, never waits.
+socket's buffer then fills and TCP slows the senders, instead of the event loop spending its
+turns on a burst of large bodies while small queries wait. A small body, or one large body alone,
+never waits.
 """
 
 from __future__ import annotations

@@ -93,13 +93,12 @@ _SETTINGS_PER_UNIT = 10  # a SETTINGS frame costs one unit more per this many se
 # A client's reset of an open stream takes it back, plus a unit each for the reset and the HEADERS.
 _STREAM_ALLOWANCE = 2.0
 CALLS_PER_TURN = 16  # header blocks (calls) one read may handle before the connection yields the loop
-# ... and a quarter of that while the connection has more waiting than one turn takes: a client
-# that sends thousands of calls at once gets its turns, not the loop (4 x 1,000 cheap calls at 16
-# per turn held small queries ~20 ms; at 4, ~1 ms), while a client whose calls fit in a turn keeps
-# the cheaper long turns (4 per turn for every client cost ~20% more CPU a call at 32 in flight).
+# ... and a quarter of that while the connection had calls left over after its last turn: a
+# burst of thousands of calls takes short turns, while a client whose calls fit in a turn keeps
+# the cheaper long ones (measurements in docs/hardening.md).
 BURST_CALLS_PER_TURN = 4
 # A connection that holds this many bytes of unfinished requests yields the loop after each
-# DATA_PER_TURN bytes: 64 streams filling a 32 MiB window at once held small queries ~30 ms.
+# DATA_PER_TURN bytes, so that a window filled at once is not read in one go.
 HOLDING_BYTES = 1024 * 1024
 DATA_PER_TURN = 64 * 1024
 MIN_DRAIN_BYTES_PER_S = 1024  # a client reading slower than this, with answers waiting, is stalled
