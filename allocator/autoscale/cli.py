@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the queries' batch sizes, for plans: production, fixed:N or uniform:LO-HI (default production)")
     p.add_argument("--cap", type=int, metavar="N",
                    help="hold at most N instances in all (starting, serving, draining, releasing); default no cap")
+    p.add_argument("--refine", action="store_true",
+                   help="planned: refine each least-cost plan in the simulator (seconds a plan; docs/planner.md)")
     p.add_argument("--max-utilisation", type=float, metavar="U",
                    help="plans load each group to at most this share of its capacity (default the planner's, 0.9)")
     p.add_argument("--release-after", type=float, default=0.0, metavar="S",
@@ -114,7 +116,7 @@ def planned_policy(args: argparse.Namespace, config: Config) -> PlannedPolicy:
     if args.objective == "utility":
         objective["fairness"] = args.fairness
     template = template_from_config(config, objective, mix=args.batch_mix, max_units=args.cap,
-                                    max_utilisation=args.max_utilisation)
+                                    max_utilisation=args.max_utilisation, refine=args.refine)
     initial = {GroupKey(m.name, e.variant or m.name, e.type): e.count for m in config.models for e in m.pool if e.count}
     return PlannedPolicy(template, make_forecaster(args.forecaster), service_times(config, args.batch_mix),
                          profiles=config.profile_set(), plan_every_s=args.plan_every, step_s=args.step,

@@ -77,7 +77,7 @@ class ControlLoop:
         held = sum(s.ready + s.starting + s.draining for s in groups.values())
         cap = self.settings.cap_units
         cluster = ClusterView(now_s, self.settings.tick_s, self.views, cap, held)
-        targets = self.policy.decide(cluster)
+        targets = await asyncio.to_thread(self.policy.decide, cluster)  # a plan takes up to seconds
         made = []
         for key, target in apply_order(targets, lambda k: groups.get(k, GroupState()).committed):
             have = groups.get(key, GroupState()).committed
@@ -117,15 +117,19 @@ class ControlLoop:
 
 def template_from_config(config: Config, objective: Mapping[str, Any],
                          available: Mapping[str, int] | None = None, *, mix: str = "production",
-                         max_units: int | None = None, max_utilisation: float | None = None) -> RequestTemplate:
+                         max_units: int | None = None, max_utilisation: float | None = None,
+                         refine: bool = False) -> RequestTemplate:
     """The planned policy's request template: the config's models (each one class) and catalogue,
-    the batch mix, and the cluster cap and utilisation cap where given."""
+    the batch mix, the cluster cap and utilisation cap where given, and whether each plan is
+    refined in the simulator."""
     base = request_from_config(config, {(m.name, m.default_class): 0.0 for m in config.models},
                                objective=objective, available=available, mix=mix)
     if max_units is not None:
         base["max_units"] = max_units
     if max_utilisation is not None:
         base["max_utilisation"] = max_utilisation
+    if refine:
+        base["refine"] = True
     classes = {m.name: m.default_class for m in config.models}
 
     def template(loads: dict[str, Any], current: list[dict[str, Any]]) -> dict[str, Any]:

@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("request", nargs="?", type=Path, help="a plan request (JSON); or use --from-config")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--plot", type=Path, metavar="PNG", help="also draw the plan")
+    p.add_argument("--refine", action="store_true",
+                   help="trim the plan in the simulator (the request's refine: true; docs/planner.md)")
     src = p.add_argument_group("writing the request from a gateway config")
     src.add_argument("--from-config", type=Path, metavar="CONFIG", help="the config's models, classes, variants and pool")
     src.add_argument("--load", action="append", default=[], metavar="[MODEL[/CLASS]=]QPS",
@@ -103,6 +105,8 @@ def _run(args: argparse.Namespace) -> int:
         raw = read_json_file(args.request, "plan request")
     else:
         raise KairosError("give a plan request file, --from-config CONFIG or the serve command")
+    if args.refine and isinstance(raw, dict) and not raw.get("refine"):
+        raw = {**raw, "refine": True}
     plan = make_plan(parse_plan_request(raw, profiles))
     if args.json:
         sys.stdout.write(orjson.dumps(plan.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -3,11 +3,13 @@ costs, and how the solver got there. ``make_plan`` is the planner's one entry po
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from allocator.planner.capacity import miss_probability
+from allocator.planner.refine import Refinement, refine_model, simulation_profiles
 from allocator.planner.request import PlanRequest
 from allocator.planner.solve import (
     Solution,
@@ -39,6 +41,7 @@ class ClassOutcome:
     within_target: float  # predicted share of its queries within target (drops count as misses)
     dropped: float  # share of its queries the plan drops
     utilisation: float  # of the instances that serve it, weighted by its traffic
+    basis: str = "queueing model"  # or "simulation": the plan was refined and this was measured
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,7 @@ class Plan:
     solver_status: str
     solver_rounds: int
     solver_time_s: float
+    refinement: Refinement | None = None
 
     def count(self, model: str, type_name: str, variant: str | None = None) -> int:
         return sum(a.count for a in self.allocations
@@ -81,6 +85,8 @@ class Plan:
             "classes": [_rounded(asdict(c)) for c in self.classes],
             "changes": [asdict(c) for c in self.changes],
             "solver": {"status": self.solver_status, "rounds": self.solver_rounds, "time_s": round(self.solver_time_s, 4)},
+            **({"refinement": {"moves": list(self.refinement.moves), "simulations": self.refinement.simulations,
+                               "time_s": round(self.refinement.time_s, 4)}} if self.refinement else {}),
         }
 
 
@@ -89,8 +95,61 @@ def _rounded(d: dict[str, object]) -> dict[str, object]:
 
 
 def make_plan(req: PlanRequest) -> Plan:
-    """Solve ``req``; PlanInfeasible says why when nothing meets it."""
-    return describe(req, solve(req))
+    """Solve ``req``; PlanInfeasible says why when nothing meets it. With ``req.refine``, a least-cost
+    plan is then trimmed in the simulator (``refined``)."""
+    plan = describe(req, solve(req))
+    return refined(req, plan) if req.refine is not None else plan
+
+
+def _trimmable(req: PlanRequest, plan: Plan, model: str) -> bool:
+    """A trim keeps the load served and (one variant) the accuracy served: only the cost moves."""
+    kind = req.objective.kind
+    return kind == "min_cost" or (kind == "accuracy" and len({a.variant for a in plan.allocations if a.model == model}) == 1)
+
+
+def refined(req: PlanRequest, plan: Plan) -> Plan:
+    """``plan`` with each model's pool made cheaper in the simulator where only the cost moves with
+    it (least-cost plans; accuracy plans that run one variant of the model), and those models'
+    rates, utilisations and shares within target as the simulator measured them."""
+    assert req.refine is not None
+    started = time.perf_counter()
+    profiles = simulation_profiles(req)
+    allocations: list[Allocation] = []
+    outcomes: dict[tuple[str, str], ClassOutcome] = {}
+    moves: list[str] = []
+    sims = 0
+    held = {m.name: {(a.variant, a.type): a.count for a in plan.allocations if a.model == m.name} for m in req.models}
+    for mi, m in enumerate(req.models):
+        counts = held[m.name]
+        if not counts or not _trimmable(req, plan, m.name):
+            allocations += [a for a in plan.allocations if a.model == m.name]
+            continue
+        others: dict[str, int] = {}
+        for name, pool in held.items():
+            if name != m.name:
+                for (_v, t), n in pool.items():
+                    others[t] = others.get(t, 0) + n
+        now, run, made, n_sims = refine_model(req, mi, counts, req.refine, others, profiles)
+        held[m.name] = now
+        sims += n_sims
+        moves += made
+        allocations += [Allocation(m.name, v, t, n, run.rate_qps.get((v, t), 0.0), run.utilisation.get((v, t), 0.0),
+                                   run.max_batch.get((v, t), 0)) for (v, t), n in now.items()]
+        for c in m.classes:
+            served = [(run.rate_qps[k], run.utilisation[k]) for k in now if k in run.rate_qps]
+            total = sum(r for r, _ in served)
+            util = sum(r * u for r, u in served) / total if total > 0 else 0.0
+            outcomes[(m.name, c.name)] = replace(plan.outcome(m.name, c.name), within_target=run.within[c.name],
+                                                 utilisation=util, basis="simulation")
+    classes = tuple(outcomes.get((c.model, c.service_class), c) for c in plan.classes)
+    cost = sum(req.type(a.type).price_per_hour * a.count for a in allocations)
+    changes = _changes(req, allocations)
+    change_cost = sum(_change_cost(req, c) for c in changes)
+    weight = 1.0 if req.objective.kind == "min_cost" else req.objective.cost_weight
+    value = plan.objective_value + weight * (cost + change_cost - plan.cost_per_hour - plan.change_cost)
+    return replace(plan, objective_value=value, cost_per_hour=cost, change_cost=change_cost,
+                   allocations=tuple(allocations), classes=classes, changes=changes,
+                   refinement=Refinement(tuple(moves), sims, time.perf_counter() - started))
 
 
 def describe(req: PlanRequest, sol: Solution) -> Plan:

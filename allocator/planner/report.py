@@ -14,15 +14,21 @@ def format_plan(plan: Plan) -> str:
         + (f" (+{plan.change_cost:.3f} $ to change)" if plan.change_cost else "")
         + (f"   served accuracy {plan.served_accuracy:.4f}" if plan.served_accuracy is not None else ""),
         f"solver: {plan.solver_status}, {plan.solver_rounds} round(s), {plan.solver_time_s * 1000:.0f} ms",
-        "",
     ]
+    if plan.refinement is not None:
+        r = plan.refinement
+        lines.append(f"refined in the simulator: {len(r.moves)} move(s)"
+                     + (f" ({'; '.join(r.moves)})" if r.moves else "")
+                     + f", {r.simulations} simulation(s), {r.time_s:.1f} s")
+    lines.append("")
     rows: list[tuple[str, ...]] = [(a.model, a.variant, a.type, str(a.count), f"{a.rate_qps:.1f}", f"{a.utilisation:.0%}", str(a.max_batch))
             for a in plan.allocations]
     lines += _table(("model", "variant", "type", "count", "qps", "util", "max batch"), rows) or ["(no instances)"]
     lines.append("")
     rows = [(c.model, c.service_class, f"{c.target_ms:g}", f"{c.attainment:.4g}", f"{c.load_qps:.1f}",
-             f"{c.within_target:.2%}", f"{c.dropped:.1%}", f"{c.utilisation:.0%}") for c in plan.classes]
-    lines += _table(("model", "class", "target ms", "needs", "load qps", "within (pred.)", "dropped", "util"), rows)
+             f"{c.within_target:.2%}" + (" (sim.)" if c.basis == "simulation" else ""), f"{c.dropped:.1%}",
+             f"{c.utilisation:.0%}") for c in plan.classes]
+    lines += _table(("model", "class", "target ms", "needs", "load qps", "within", "dropped", "util"), rows)
     if plan.changes:
         lines.append("")
         lines += _table(("model", "variant", "type", "now", "plan"),

@@ -27,6 +27,10 @@ MAX_TARGET_MS = 3.6e6
 MAX_COUNT = 100_000
 MAX_PRICE = 1e6
 MAX_QUANTILES = 32
+MAX_REFINE_QUERIES = 200_000
+DEFAULT_REFINE_QUERIES = 10_000
+DEFAULT_REFINE_MARGIN = 0.75
+DEFAULT_REFINE_SIMULATIONS = 30
 OBJECTIVES = ("min_cost", "accuracy", "utility")
 # Headroom no queueing formula sees: the dispatcher's reordering under heavy load, profile error.
 DEFAULT_MAX_UTILISATION = 0.9
@@ -95,6 +99,16 @@ class Objective:
 
 
 @dataclass(frozen=True, slots=True)
+class RefineOptions:
+    """Trim a least-cost plan in the simulator (``allocator.planner.refine``)."""
+
+    queries: int = DEFAULT_REFINE_QUERIES  # simulated queries per trial
+    seed: int = 0
+    margin: float = DEFAULT_REFINE_MARGIN  # a class's bound on its misses must stay within margin x what it may miss
+    max_simulations: int = DEFAULT_REFINE_SIMULATIONS  # per model
+
+
+@dataclass(frozen=True, slots=True)
 class Current:
     model: str
     variant: str
@@ -115,6 +129,7 @@ class PlanRequest:
     stop_cost: float = 0.0
     time_limit_s: float = 10.0
     max_utilisation: float = DEFAULT_MAX_UTILISATION
+    refine: RefineOptions | None = None
 
     def type(self, name: str) -> TypeSpec:
         return next(t for t in self.types if t.name == name)
@@ -143,7 +158,7 @@ def _parse(raw: Any, shipped: ProfileSet) -> PlanRequest:
         raise PlanRequestError(f"request: expected a JSON object, got {kind(raw)}")
     top = Fields(raw, "")
     top.unknown({"types", "models", "objective", "budget_per_hour", "max_units", "current", "change_cost", "time_limit_s",
-                 "max_utilisation"})
+                 "max_utilisation", "refine"})
     types = _types(top.get("types", REQUIRED))
     type_names = tuple(t.name for t in types)
     profiles: dict[tuple[str, str], LatencyProfile] = {}
@@ -172,6 +187,22 @@ def _parse(raw: Any, shipped: ProfileSet) -> PlanRequest:
         stop_cost=change.float("stop", 0.0, positive=False, lo=0, hi=MAX_PRICE),
         time_limit_s=top.float("time_limit_s", 10.0, hi=600),
         max_utilisation=top.float("max_utilisation", DEFAULT_MAX_UTILISATION, lo=0.05, hi=1.0),
+        refine=_refine(top.get("refine", False)),
+    )
+
+
+def _refine(raw: Any) -> RefineOptions | None:
+    if isinstance(raw, bool):
+        return RefineOptions() if raw else None
+    if not isinstance(raw, dict):
+        raise PlanRequestError(f"refine: expected true, false or an object {{queries, seed, margin, max_simulations}}, got {kind(raw)}")
+    f = Fields(raw, "refine")
+    f.unknown({"queries", "seed", "margin", "max_simulations"})
+    return RefineOptions(
+        queries=f.int("queries", DEFAULT_REFINE_QUERIES, lo=500, hi=MAX_REFINE_QUERIES),
+        seed=f.int("seed", 0, lo=0, hi=2**31 - 1),
+        margin=f.float("margin", DEFAULT_REFINE_MARGIN, lo=0.05, hi=1.0),
+        max_simulations=f.int("max_simulations", DEFAULT_REFINE_SIMULATIONS, lo=1, hi=1000),
     )
 
 

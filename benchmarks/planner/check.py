@@ -4,11 +4,15 @@
 
 Draws plan requests over the shipped models (rm2, wnd, mtwnd, dien, ncf on the paper's four types),
 the shipped variant set (digits: three variants on dev-2vcpu), one or two service classes and loads
-from light to heavy; plans each at the least cost (the variant set: accuracy against cost), then
-simulates every model of the plan at its planned load (Poisson arrivals, the policy ``kairos``,
-each query's class drawn by the class's share of the load). A plan *meets* its targets when every
-class's share within target in simulation reaches its attainment. *Unused capacity*: 1 - load /
-the highest load the same pool carries at the targets (the loads scaled together, bisection to 2%).
+from light to heavy; plans each at the least cost (the variant set: accuracy against cost) and
+refines the plan in the simulator (``refine``, with its own seed), then simulates the plan at its
+planned load (Poisson arrivals, the policy ``kairos``, each query's class drawn by the class's
+share of the load). A plan *meets* its targets when every class's share within target in
+simulation reaches its attainment. *Unused capacity*: 1 - load / the highest load the same pool
+carries at the targets (the loads scaled together, bisection to 2%). The *least pool*: the
+cheapest mix of the request's types that meets the same targets in the same simulation (an
+oracle by enumeration, ``least_pool``); its unused capacity is the step of one instance that no
+plan can avoid.
 Prints one row per request and the two summary numbers; progress on stderr.
 """
 
@@ -24,15 +28,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from allocator.planner.plan import Plan, make_plan
-from allocator.planner.request import PlanRequest, parse_plan_request
-from gateway.config import ServiceClass
+from allocator.fluid import build_fluid_model, fluid_limit
+from allocator.planner.plan import Plan, make_plan, refined
+from allocator.planner.refine import simulate_model, simulation_profiles
+from allocator.planner.request import PlanRequest, RefineOptions, parse_plan_request
 from gateway.profiles import ProfileSet, load_catalogue, load_profiles
 from gateway.profiles.variants import load_variant_set
-from gateway.sim.engine import simulate
-from gateway.variants import kind_of
-from gateway.workload import FixedMix, UniformMix, make_workload, parse_batch_mix
-from gateway.workload.arrivals import PoissonArrivals
 
 PAPER_TYPES = ("g4dn.xlarge", "c5n.2xlarge", "r5n.large", "t3.xlarge")
 QOS = {"ncf": 5.0, "rm2": 350.0, "wnd": 25.0, "mtwnd": 25.0, "dien": 35.0}
@@ -40,6 +41,7 @@ QOS = {"ncf": 5.0, "rm2": 350.0, "wnd": 25.0, "mtwnd": 25.0, "dien": 35.0}
 REFERENCE_QPS = {"ncf": 60.0, "rm2": 10.0, "wnd": 40.0, "mtwnd": 30.0, "dien": 35.0}
 DEV_TYPE_PRICE = 0.0832  # dev-2vcpu, priced as a 2-vCPU general-purpose instance
 SEARCH_STEPS = 6
+ORACLE_SIMULATIONS = 60
 
 
 @dataclass(frozen=True)
@@ -89,64 +91,83 @@ def _profiles() -> ProfileSet:
     return load_profiles().merged(load_variant_set("digits").profiles)
 
 
-def simulate_plan(req: PlanRequest, plan: Plan, scale: float, queries: int, seed: int, profiles: ProfileSet) -> dict[str, float]:
-    """Per (model/class): the share within target when the plan's pool takes ``scale`` x its load."""
-    out = {}
-    for mi, m in enumerate(req.models):
-        pool = tuple((kind_of(m.name, a.variant if a.variant != m.name else None, a.type), a.count)
-                     for a in plan.allocations if a.model == m.name)
-        rates = np.array([m.load[c.name].at(req.objective.load_quantile) if c.name in m.load else 0.0 for c in m.classes])
-        total = float(rates.sum()) * scale
-        if total <= 0:
-            continue
-        trace = make_workload(PoissonArrivals(total), parse_batch_mix(_mix_name(req, mi)), queries, seed)
-        query_class = np.random.default_rng([seed, 7]).choice(len(rates), size=queries, p=rates / rates.sum())
-        classes = tuple(ServiceClass(c.name, c.target_ms, c.attainment, c.priority) for c in m.classes)
-        accuracy = {v.name: v.accuracy for v in m.variants if v.accuracy is not None and v.name != m.name}
-        res = simulate(trace, model=m.name, qos_ms=m.classes[0].target_ms, pool=pool, policy="kairos", seed=seed,
-                       profiles=profiles, classes=classes, query_class=query_class, accuracy=accuracy)
-        summary = res.class_summary()
-        for c in m.classes:
-            out[f"{m.name}/{c.name}"] = float(summary[c.name]["within_target"]) if c.name in summary else 1.0
-    return out
+Counts = dict[tuple[str, str], int]
 
 
-def _mix_name(req: PlanRequest, mi: int) -> str:
-    mix = req.models[mi].mix
-    if isinstance(mix, UniformMix):
-        return f"uniform:{mix.low}-{mix.high}"
-    if isinstance(mix, FixedMix):
-        return f"fixed:{mix.batch}"
-    return "production"
+def _counts(plan: Plan, model: str) -> Counts:
+    return {(a.variant, a.type): a.count for a in plan.allocations if a.model == model}
 
 
-def _meets(req: PlanRequest, within: dict[str, float]) -> bool:
-    return all(within.get(f"{m.name}/{c.name}", 1.0) >= c.attainment for m in req.models for c in m.classes)
+def _label(counts: Counts, model: str) -> str:
+    return " + ".join(f"{n}x{t}" + (f"[{v}]" if v != model else "") for (v, t), n in counts.items() if n > 0) or "-"
 
 
-def unused_capacity(req: PlanRequest, plan: Plan, queries: int, seed: int, profiles: ProfileSet) -> float:
+def _cost(req: PlanRequest, counts: Counts) -> float:
+    return sum(req.type(t).price_per_hour * n for (_v, t), n in counts.items())
+
+
+def _meets(req: PlanRequest, counts: Counts, queries: int, seed: int, profiles: ProfileSet, scale: float = 1.0) -> bool:
+    run = simulate_model(req, 0, counts, queries=queries, seed=seed, scale=scale, profiles=profiles)
+    return all(run.within[c.name] >= c.attainment for c in req.models[0].classes)
+
+
+def unused_capacity(req: PlanRequest, counts: Counts, queries: int, seed: int, profiles: ProfileSet) -> float:
+    """1 - load / the highest load (all classes scaled together) the pool carries at the targets."""
     lo, hi = 1.0, 2.0
-    while _meets(req, simulate_plan(req, plan, hi, queries, seed, profiles)) and hi < 16:
+    while _meets(req, counts, queries, seed, profiles, hi) and hi < 64:
         lo, hi = hi, hi * 2
     for _ in range(SEARCH_STEPS):
         mid = (lo + hi) / 2
-        if _meets(req, simulate_plan(req, plan, mid, queries, seed, profiles)):
+        if _meets(req, counts, queries, seed, profiles, mid):
             lo = mid
         else:
             hi = mid
     return 1.0 - 1.0 / lo
 
 
-def removable(req: PlanRequest, plan: Plan, queries: int, seed: int, profiles: ProfileSet) -> str | None:
-    """An instance the plan could do without (the targets still met in simulation), if any."""
-    for a in plan.allocations:
-        fewer = tuple(replace(b, count=b.count - 1) if b is a else b for b in plan.allocations)
-        smaller = replace(plan, allocations=tuple(b for b in fewer if b.count > 0))
-        if not any(b.model == a.model for b in smaller.allocations):
-            continue
-        if _meets(req, simulate_plan(req, smaller, 1.0, queries, seed, profiles)):
-            return f"{a.type}" + (f"[{a.variant}]" if a.variant != a.model else "")
+def removable(req: PlanRequest, counts: Counts, queries: int, seed: int, profiles: ProfileSet) -> str | None:
+    """An instance the pool could do without (the targets still met in simulation), if any."""
+    for key, n in counts.items():
+        fewer = {**counts, key: n - 1}
+        if sum(fewer.values()) > 0 and _meets(req, fewer, queries, seed, profiles):
+            return key[1] + (f"[{key[0]}]" if key[0] != req.models[0].name else "")
     return None
+
+
+def least_pool(req: PlanRequest, plan: Plan, queries: int, seed: int, profiles: ProfileSet) -> tuple[Counts, int]:
+    """The cheapest pool that meets every target in simulation, over every mix of the request's types
+    (the plan's variant when it runs one; ``plan`` itself when it runs several) costing less than
+    the plan: in order of cost, pools that can carry the load in the fluid limit are simulated until
+    one meets. Returns it and the number of simulations (at most ``ORACLE_SIMULATIONS``)."""
+    m = req.models[0]
+    plan_counts = _counts(plan, m.name)
+    variants = {v for v, _t in plan_counts}
+    if len(variants) != 1:
+        return plan_counts, 0
+    (variant,) = variants
+    types = [t.name for t in req.types if profiles.has(variant, t.name)]
+    prices = np.array([req.type(t).price_per_hour for t in types])
+    budget = _cost(req, plan_counts) - 1e-9
+    grids = np.meshgrid(*[np.arange(int(budget // p) + 1) for p in prices], indexing="ij")
+    pools = np.stack([g.ravel() for g in grids], axis=1)
+    cost = pools @ prices
+    keep = (cost < budget) & (pools.sum(axis=1) > 0)
+    pools, cost = pools[keep], cost[keep]
+    sizes, probs = m.mix.pmf()
+    loosest = max(c.target_ms for c in m.classes)
+    fluid = build_fluid_model(profiles, variant, types, sizes, probs, loosest)
+    load = sum(m.load[c.name].at(req.objective.load_quantile) for c in m.classes if c.name in m.load)
+    sims = 0
+    for i in np.argsort(cost, kind="stable"):
+        if sims >= ORACLE_SIMULATIONS:
+            break
+        if fluid_limit(fluid, pools[i]).rate < load:
+            continue
+        counts = {(variant, t): int(n) for t, n in zip(types, pools[i], strict=True) if n > 0}
+        sims += 1
+        if _meets(req, counts, queries, seed, profiles):
+            return counts, sims
+    return plan_counts, sims
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,40 +177,65 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=20000, help="simulated queries per model and run")
     p.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = p.parse_args(argv)
-    profiles = _profiles()
+    shipped = _profiles()
     rows: list[dict[str, Any]] = []
-    print(f"{'request':<28} {'pool':<44} {'$/h':>6}  {'predicted':>9}  {'simulated':>9}  {'meets':>5}  {'unused':>6}  "
-          "one too many")
+    print(f"{'request':<26} {'as solved':<26} {'refined':<26} {'$/h':>5}  {'pred.':>6}  {'sim.':>6}  meets  "
+          f"{'unused':>6}  {'least pool':<26} {'$/h':>5}  {'unused':>6}  one too many")
     for i, case in enumerate(draw_cases(args.requests, args.seed), 1):
         started = time.perf_counter()
-        req = parse_plan_request(case.raw, profiles)
-        plan = make_plan(req)
-        within = simulate_plan(req, plan, 1.0, args.queries, args.seed, profiles)
-        meets = _meets(req, within)
-        unused = unused_capacity(req, plan, args.queries, args.seed, profiles) if meets else float("nan")
-        spare = removable(req, plan, args.queries, args.seed, profiles) if meets else None
-        pool = " + ".join(f"{a.count}x{a.type}" + (f"[{a.variant}]" if a.variant != a.model else "") for a in plan.allocations)
-        predicted = min(c.within_target for c in plan.classes)
-        simulated = min(within.values())
-        rows.append({"request": case.name, "pool": pool, "cost_per_hour": plan.cost_per_hour, "predicted": predicted,
-                     "simulated": within, "meets": meets, "unused": unused, "removable": spare,
-                     "instances": sum(a.count for a in plan.allocations)})
-        print(f"{case.name:<28} {pool[:44]:<44} {plan.cost_per_hour:>6.2f}  {predicted:>9.2%}  {simulated:>9.2%}  "
-              f"{'yes' if meets else 'NO':>5}  {unused:>6.1%}  {spare or '-'}", flush=True)
-        print(f"[{i}/{args.requests}] {case.name}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    met = [r for r in rows if r["meets"]]
-    print(f"\nplans meeting every class's target in simulation: {len(met)}/{len(rows)} ({len(met) / len(rows):.0%})")
-    if met:
-        print(f"unused capacity, mean over those: {np.mean([r['unused'] for r in met]):.1%} "
-              f"(median {np.median([r['unused'] for r in met]):.1%})")
-        big = [r for r in met if r["instances"] >= 5]
-        if big:
-            print(f"  over the {len(big)} plans of 5 instances or more: {np.mean([r['unused'] for r in big]):.1%}")
-        print(f"plans that could lose an instance and still meet every target: "
-              f"{sum(r['removable'] is not None for r in met)}/{len(met)}")
+        req = parse_plan_request(case.raw, shipped)
+        profiles = simulation_profiles(req)
+        name = req.models[0].name
+        solved = make_plan(req)
+        # the refinement's own seed: its trials must not be the runs that judge it
+        plan = refined(replace(req, refine=RefineOptions(seed=args.seed + 1)), solved)
+        counts = _counts(plan, name)
+        run = simulate_model(req, 0, counts, queries=args.queries, seed=args.seed, profiles=profiles)
+        meets = all(run.within[c.name] >= c.attainment for c in req.models[0].classes)
+        unused = unused_capacity(req, counts, args.queries, args.seed, profiles) if meets else float("nan")
+        spare = removable(req, counts, args.queries, args.seed, profiles) if meets else None
+        least, sims = least_pool(req, plan, args.queries, args.seed, profiles)
+        least_unused = unused if least == counts else unused_capacity(req, least, args.queries, args.seed, profiles)
+        predicted = min(c.within_target for c in solved.classes)
+        simulated = min(run.within.values())
+        row: dict[str, Any] = {"request": case.name, "solved": _label(_counts(solved, name), name), "pool": _label(counts, name),
+               "solved_cost_per_hour": solved.cost_per_hour, "cost_per_hour": plan.cost_per_hour,
+               "predicted": predicted, "simulated": run.within, "meets": meets, "unused": unused,
+               "removable": spare, "instances": sum(counts.values()), "least_pool": _label(least, name),
+               "least_cost_per_hour": _cost(req, least), "least_unused": least_unused, "oracle_simulations": sims,
+               "refine_s": plan.refinement.time_s if plan.refinement else 0.0,
+               "moves": list(plan.refinement.moves) if plan.refinement else []}
+        rows.append(row)
+        print(f"{case.name:<26} {row['solved'][:26]:<26} {row['pool'][:26]:<26} {plan.cost_per_hour:>5.2f}  "
+              f"{predicted:>6.2%}  {simulated:>6.2%}  {'yes' if meets else 'NO':>5}  {unused:>6.1%}  "
+              f"{row['least_pool'][:26]:<26} {row['least_cost_per_hour']:>5.2f}  {least_unused:>6.1%}  {spare or '-'}",
+              flush=True)
+        print(f"[{i}/{args.requests}] {case.name}: {time.perf_counter() - started:.0f} s "
+              f"(refinement {row['refine_s']:.1f} s: {'; '.join(row['moves']) or 'no moves'})", file=sys.stderr, flush=True)
+    summarise(rows)
     if args.json is not None:
         args.json.write_bytes(orjson.dumps(rows, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     return 0
+
+
+def summarise(rows: list[dict[str, Any]]) -> None:
+    met = [r for r in rows if r["meets"]]
+    print(f"\nplans meeting every class's target in simulation: {len(met)}/{len(rows)} ({len(met) / len(rows):.0%})")
+    if not met:
+        return
+    mean = float(np.mean([r["unused"] for r in met]))
+    floor = float(np.mean([r["least_unused"] for r in met]))
+    print(f"unused capacity, mean over those: {mean:.1%} (median {np.median([r['unused'] for r in met]):.1%}); "
+          f"the least pool that meets the same targets leaves {floor:.1%} unused on average (one instance's step)")
+    print(f"capacity beyond the least pool: {mean - floor:+.1%} on average; cost "
+          f"{sum(r['cost_per_hour'] for r in met) / sum(r['least_cost_per_hour'] for r in met) - 1:+.1%} over the least pools "
+          f"({sum(r['cost_per_hour'] > r['least_cost_per_hour'] + 1e-9 for r in met)} plans dearer than theirs); "
+          f"as solved, before the refinement: {sum(r['solved_cost_per_hour'] for r in met) / sum(r['least_cost_per_hour'] for r in met) - 1:+.1%}")
+    big = [r for r in met if r["instances"] >= 5]
+    if big:
+        print(f"  over the {len(big)} plans of 5 instances or more: {np.mean([r['unused'] for r in big]):.1%} unused")
+    print(f"plans that could lose an instance and still meet every target: "
+          f"{sum(r['removable'] is not None for r in met)}/{len(met)}")
 
 
 if __name__ == "__main__":

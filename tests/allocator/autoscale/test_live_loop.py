@@ -23,13 +23,15 @@ from helpers.inputs import json_body
 from helpers.pool import RunningPool, start_pool
 
 from allocator.autoscale.actuator import GroupKey, GroupState
-from allocator.autoscale.cli import arg_problem, build_parser, startup_delays
+from allocator.autoscale.cli import arg_problem, build_parser, planned_policy, startup_delays
 from allocator.autoscale.cli import main as autoscale_main
 from allocator.autoscale.collector import GatewayCollector, parse_metrics, window_between
 from allocator.autoscale.forecast import make_forecaster
 from allocator.autoscale.loop import ControlLoop, LoopSettings, template_from_config
 from allocator.autoscale.planned import PlannedPolicy
 from allocator.autoscale.pool_actuator import PoolActuator, PoolActuatorError
+from allocator.planner.plan import make_plan
+from allocator.planner.request import parse_plan_request
 from benchmarks.processes import GatewayProcess, start_gateway
 from gateway.config import load_config
 
@@ -239,3 +241,16 @@ def test_good_loop_flags_pass_the_checks(tmp_path: Path) -> None:
                                       "--objective", "utility", "--fairness", "0.5", "--max-utilisation", "1",
                                       "--duration", "60", "--metrics-port", "9500", "--start-at", str(time.time())])
     assert arg_problem(args, load_config(cfg)) is None
+
+
+def test_refine_makes_the_loops_plans_refined_in_the_simulator() -> None:
+    repo = Path(__file__).resolve().parents[3]
+    config = load_config(repo / "config.json")
+    base = ["--config", str(repo / "config.json"), "--gateway", "http://x", "--gateway-admin", "http://x",
+            "--servers-admin", "http://x"]
+    loads = {m.name: 20.0 for m in config.models}
+    plain = planned_policy(build_parser().parse_args(base), config).template(loads, [])
+    refined = planned_policy(build_parser().parse_args([*base, "--refine"]), config).template(loads, [])
+    assert "refine" not in plain and refined["refine"] is True
+    plan = make_plan(parse_plan_request({**refined, "refine": {"queries": 2000}}, config.profile_set()))
+    assert plan.refinement is not None and all(c.basis == "simulation" for c in plan.classes)

@@ -18,12 +18,14 @@ from allocator.planner.request import (
     MAX_PRICE,
     MAX_QUANTILES,
     MAX_RATE_QPS,
+    MAX_REFINE_QUERIES,
     MAX_TARGET_MS,
     MAX_TYPES,
     MAX_VARIANTS,
     Load,
     PlanRequest,
     PlanRequestError,
+    RefineOptions,
     parse_plan_request,
 )
 from allocator.planner.solve import PlanInfeasible
@@ -76,6 +78,7 @@ BASE: dict[str, Any] = {
     "budget_per_hour": 100,
     "max_units": 1000,
     "max_utilisation": 0.85,
+    "refine": {"queries": 2000, "seed": 3, "margin": 0.4},
 }
 
 # A made-up latency profile in the profile-file format, on g4dn.xlarge only: fast enough for rm2's
@@ -358,6 +361,16 @@ CASES: list[tuple[str, list[Edit], str]] = [
     ("max-utilisation-under-min", [(("max_utilisation",), 0.01)], "max_utilisation"),
     ("max-utilisation-over-1", [(("max_utilisation",), 1.5)], "max_utilisation"),
     ("max-utilisation-string", [(("max_utilisation",), "90%")], "max_utilisation"),
+    # refine
+    ("refine-string", [(("refine",), "yes")], "refine"),
+    ("refine-number", [(("refine",), 1)], "refine"),
+    ("refine-unknown-field", [(("refine", "rounds"), 3)], "refine.rounds"),
+    ("refine-queries-too-few", [(("refine", "queries"), 100)], "refine.queries"),
+    ("refine-queries-too-many", [(("refine", "queries"), MAX_REFINE_QUERIES + 1)], "refine.queries"),
+    ("refine-queries-float", [(("refine", "queries"), 5000.5)], "refine.queries"),
+    ("refine-seed-negative", [(("refine", "seed"), -1)], "refine.seed"),
+    ("refine-margin-zero", [(("refine", "margin"), 0)], "refine.margin"),
+    ("refine-margin-over-1", [(("refine", "margin"), 1.5)], "refine.margin"),
 ]
 
 
@@ -414,6 +427,7 @@ def test_the_base_request_parses_into_what_it_says(profiles: ProfileSet) -> None
     assert req.objective.kind == "min_cost" and req.objective.load_quantile == 0.9
     assert [(c.model, c.variant, c.type, c.count) for c in req.current] == [("rm2", "rm2", "r5n.large", 2)]
     assert req.max_utilisation == 0.85
+    assert req.refine == RefineOptions(queries=2000, seed=3, margin=0.4)
     assert (req.start_cost, req.stop_cost, req.time_limit_s, req.budget_per_hour, req.max_units) == (
         0.01,
         0.0,
@@ -435,6 +449,7 @@ def test_defaults_when_optional_sections_are_left_out(profiles: ProfileSet) -> N
                 "budget_per_hour",
                 "max_units",
                 "max_utilisation",
+                "refine",
             )
         ]
     )
@@ -443,6 +458,7 @@ def test_defaults_when_optional_sections_are_left_out(profiles: ProfileSet) -> N
     assert req.current == () and req.start_cost is None and req.stop_cost == 0.0
     assert req.time_limit_s == 10.0 and req.budget_per_hour is None and req.max_units is None
     assert req.max_utilisation == DEFAULT_MAX_UTILISATION
+    assert req.refine is None
 
 
 def test_a_load_given_as_quantiles_is_interpolated(profiles: ProfileSet) -> None:

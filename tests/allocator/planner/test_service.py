@@ -144,6 +144,14 @@ def test_a_valid_request_gets_a_plan(service: Service) -> None:
     assert body["solver"]["status"] == "optimal"
 
 
+def test_a_refined_plan_over_http(service: Service) -> None:
+    status, body = service.plan(_request(refine={"queries": 2000, "seed": 1}))
+    assert status == 200, body
+    assert body["refinement"]["simulations"] >= 1 and body["classes"][0]["basis"] == "simulation"
+    status, body = service.plan(_request(refine={"queries": 10}))
+    assert status == 400 and "refine.queries" in body["error"]
+
+
 @pytest.mark.parametrize(
     "body",
     [b"{", b"not json", b"", b"\xff\xfe{}", b'{"types": NaN}'],
@@ -262,6 +270,21 @@ def test_cli_prints_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main([_write(tmp_path, REQUEST), "--json"]) == 0
     body = json.loads(capsys.readouterr().out)
     assert body["allocations"] and body["classes"][0]["load_qps"] == 100.0
+
+
+def test_cli_refine_trims_in_the_simulator_and_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    small = _request(models=[{"name": "rm2", "classes": [{"name": "default", "target_ms": 350}], "load": 10.4}])
+    assert main([_write(tmp_path, small), "--json"]) == 0
+    solved = json.loads(capsys.readouterr().out)
+    assert "refinement" not in solved and solved["classes"][0]["basis"] == "queueing model"
+    assert main([_write(tmp_path, small), "--json", "--refine"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["refinement"]["moves"] == ["rm2: -1 r5n.large"] and body["refinement"]["simulations"] >= 2
+    assert body["cost_per_hour"] < solved["cost_per_hour"]
+    assert body["classes"][0]["basis"] == "simulation" and body["classes"][0]["within_target"] >= 0.99
+    assert main([_write(tmp_path, small), "--refine"]) == 0
+    out = capsys.readouterr().out
+    assert "refined in the simulator: 1 move(s) (rm2: -1 r5n.large)" in out and "(sim.)" in out
 
 
 @pytest.mark.parametrize(
