@@ -39,8 +39,7 @@ class Handoff:
 
     __slots__ = ("answered", "instance", "picked")
 
-    def __init__(self) -> None:
-        loop = asyncio.get_running_loop()
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.picked: asyncio.Future[str] = loop.create_future()
         self.answered: asyncio.Future[Outcome] = loop.create_future()
         self.instance = ""  # the name of the picked instance
@@ -95,7 +94,7 @@ class PickedEndpoint:
         handoff.instance = self.name
         handoff.picked.set_result(address)
         # A timer, not wait_for: it costs a task and a future per query, on the picker's hot path.
-        timer = asyncio.get_running_loop().call_later(timeout_s, handoff.answer, _NO_ANSWER)
+        timer = handoff.answered.get_loop().call_later(timeout_s, handoff.answer, _NO_ANSWER)
         try:
             outcome = await handoff.answered
         finally:

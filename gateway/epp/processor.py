@@ -72,6 +72,12 @@ class EndpointPicker:
         self.plane = plane
         self.metrics = EppMetrics(plane.metrics)
         self._turn = itertools.count()  # round robin over ready instances for other calls
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        # once, not per query: on Python 3.11 each get_running_loop() is a getpid() system call
+        self._loop = asyncio.get_running_loop()
+        return self._loop
 
     async def serve(self, call: CallStream) -> None:
         """One ext_proc stream on the gateway's own gRPC server."""
@@ -147,9 +153,10 @@ class EndpointPicker:
         outcome: list[str],
     ) -> AsyncIterator[ep.ProcessingResponse]:
         assert pick.model is not None and pick.routing is not None
-        handoff = Handoff()
+        loop = self._loop or self._bind_loop()
+        handoff = Handoff(loop)
         request = self.plane.route(pick.protocol, pick.model, pick.routing, b"", handoff=handoff, only=only, received_s=received)
-        task = asyncio.ensure_future(self.plane.infer(request))
+        task = loop.create_task(self.plane.infer(request))
         task.add_done_callback(lambda t: _refused_before_pick(t, handoff))
         try:
             try:

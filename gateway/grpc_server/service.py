@@ -16,8 +16,10 @@ UnaryMethod = Callable[[bytes], Awaitable[bytes]]
 
 class CallStream(Protocol):
     """One streaming call, as its method sees it: the client's messages as they arrive (the
-    iteration ends when the client half-closes), and ``send`` for a message back. The method's
-    return ends the call with OK; an ``RpcError`` with its status."""
+    iteration ends when the client half-closes, or resets the stream while the method waits for a
+    message: a reset at any other time cancels the method), and ``send`` for a message back
+    (dropped once the stream is closed). The method's return ends the call with OK; an
+    ``RpcError`` with its status."""
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 

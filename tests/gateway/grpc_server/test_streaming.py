@@ -9,6 +9,8 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
+import h2.errors
+import h2.events
 import pytest
 from test_server import ECHO, echo_works, h2_client, message, methods, within
 
@@ -93,14 +95,34 @@ async def test_an_rpc_error_is_the_calls_status_and_the_server_goes_on() -> None
         again.cancel()
 
 
-async def test_a_client_cancel_cancels_the_method() -> None:
+async def test_a_client_cancel_ends_the_input_of_a_method_waiting_for_a_message() -> None:
     chat = Chat()
     async with serving(chat) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.stream_stream(CHAT)()
         await call.write(b"hi")
         await within(call.read())
         call.cancel()
-        await within(chat.cancelled.wait())
+        await within(chat.ended.wait())
+        assert not chat.cancelled.is_set()  # its loop ended: no exception through the call
+        assert await call.code() == grpc.StatusCode.CANCELLED
+        await echo_works(port)
+
+
+class Busy:
+    """Reads one message, then works (sleeps) until cancelled."""
+
+    def __init__(self) -> None:
+        self.working = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def __call__(self, call: CallStream) -> None:
+        async for _ in call:
+            self.working.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
 
 
 async def test_many_streams_at_once_each_get_their_own_answers() -> None:
@@ -167,15 +189,54 @@ async def test_h2_a_stream_outlives_the_request_timeout() -> None:
     assert reply.status == 0 and chat.seen == [b"early", b"late"]
 
 
-async def test_h2_a_reset_from_the_client_cancels_the_method() -> None:
+async def test_h2_a_reset_from_the_client_ends_a_waiting_methods_input() -> None:
     chat = Chat()
     async with serving(chat) as port, h2_client(port) as client:
         sid = client.request(CHAT, message(b"hello"), end=False)
-        await asyncio.sleep(0.1)
+        await client.wait_for(h2.events.DataReceived, lambda e: e.stream_id == sid)
         client.conn.reset_stream(sid)
         client.flush()
-        await within(chat.cancelled.wait())
+        await within(chat.ended.wait())
+        assert chat.seen == [b"hello"] and not chat.cancelled.is_set()
         await echo_works(port)
+
+
+async def test_h2_a_reset_cancels_a_method_that_is_not_waiting_for_a_message() -> None:
+    busy = Busy()
+    async with serving(busy) as port, h2_client(port) as client:
+        sid = client.request(CHAT, message(b"work"), end=False)
+        await within(busy.working.wait())
+        client.conn.reset_stream(sid)
+        client.flush()
+        await within(busy.cancelled.wait())
+        await echo_works(port)
+
+
+async def test_h2_streams_answered_then_reset_do_not_spend_the_connections_budget() -> None:
+    """Envoy's ext_proc client resets each stream once it has its answer: thousands of those on
+    one connection are not a rapid-reset attack (each would have cost 4 units of 1,000)."""
+    async with serving(Chat()) as port, h2_client(port) as client:
+        for i in range(1500):
+            sid = client.request(CHAT, message(b"q%d" % i), end=False)
+            await client.wait_for(h2.events.DataReceived, lambda e, sid=sid: e.stream_id == sid)
+            client.conn.reset_stream(sid)
+            client.flush()
+        sid = client.request(ECHO, message(b"still here"))
+        reply = await client.response(sid)
+        assert reply.status == 0 and reply.body == message(b"still here")
+        assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in client.events)
+
+
+async def test_h2_streams_reset_before_an_answer_still_spend_the_budget() -> None:
+    """The rapid-reset guard stands: streams reset before the server answered anything."""
+    async with serving(Busy(), ServerSettings(control_frame_budget=100, control_frame_refill_per_s=1)) as port, \
+            h2_client(port) as client:
+        for _ in range(60):
+            sid = client.request(CHAT, None, end=False)
+            client.conn.reset_stream(sid)
+            client.flush()
+        closed = await client.wait_for(h2.events.ConnectionTerminated)
+        assert closed.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 
 
 async def test_unary_methods_are_not_streams() -> None:
