@@ -113,7 +113,7 @@ def refined(req: PlanRequest, plan: Plan) -> Plan:
     rates, utilisations and shares within target as the simulator measured them."""
     assert req.refine is not None
     started = time.perf_counter()
-    profiles = simulation_profiles(req)
+    deadline = time.monotonic() + max(req.time_limit_s - plan.solver_time_s, 0.0)  # the request's time limit
     allocations: list[Allocation] = []
     outcomes: dict[tuple[str, str], ClassOutcome] = {}
     moves: list[str] = []
@@ -129,7 +129,7 @@ def refined(req: PlanRequest, plan: Plan) -> Plan:
             if name != m.name:
                 for (_v, t), n in pool.items():
                     others[t] = others.get(t, 0) + n
-        now, run, made, n_sims = refine_model(req, mi, counts, req.refine, others, profiles)
+        now, run, made, n_sims = refine_model(req, mi, counts, req.refine, others, simulation_profiles(req, mi), deadline)
         held[m.name] = now
         sims += n_sims
         moves += made
@@ -148,8 +148,22 @@ def refined(req: PlanRequest, plan: Plan) -> Plan:
     weight = 1.0 if req.objective.kind == "min_cost" else req.objective.cost_weight
     value = plan.objective_value + weight * (cost + change_cost - plan.cost_per_hour - plan.change_cost)
     return replace(plan, objective_value=value, cost_per_hour=cost, change_cost=change_cost,
+                   served_accuracy=_served_accuracy(req, allocations),
                    allocations=tuple(allocations), classes=classes, changes=changes,
                    refinement=Refinement(tuple(moves), sims, time.perf_counter() - started))
+
+
+def _served_accuracy(req: PlanRequest, allocations: list[Allocation]) -> float | None:
+    """Traffic-weighted over the served queries of variants with an accuracy (a refinement may
+    move traffic between a model's variants)."""
+    accuracy = {(m.name, v.name): v.accuracy for m in req.models for v in m.variants}
+    num = den = 0.0
+    for a in allocations:
+        acc = accuracy.get((a.model, a.variant))
+        if acc is not None:
+            num += a.rate_qps * acc
+            den += a.rate_qps
+    return num / den if den > 0 else None
 
 
 def describe(req: PlanRequest, sol: Solution) -> Plan:

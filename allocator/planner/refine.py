@@ -12,6 +12,7 @@ one variant (the utility objective trades served load against cost, which a trim
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -57,15 +58,15 @@ class Refinement:
     time_s: float
 
 
-def simulation_profiles(req: PlanRequest) -> ProfileSet:
-    """The request's profiles under the names the simulator looks up (variant or model, type)."""
+def simulation_profiles(req: PlanRequest, mi: int) -> ProfileSet:
+    """Model ``mi``'s profiles under the names the simulator looks up (variant or model, type).
+    One model at a time: variant names are unique within a model only."""
     out: dict[tuple[str, str], LatencyProfile] = {}
-    for m in req.models:
-        for v in m.variants:
-            for t in req.types:
-                if req.profiles.has(v.profile_model, t.name):
-                    p = req.profiles.get(v.profile_model, t.name)
-                    out[(v.name, t.name)] = LatencyProfile(v.name, t.name, p.batches, p.means, p.levels, p.quantiles)
+    for v in req.models[mi].variants:
+        for t in req.types:
+            if req.profiles.has(v.profile_model, t.name):
+                p = req.profiles.get(v.profile_model, t.name)
+                out[(v.name, t.name)] = LatencyProfile(v.name, t.name, p.batches, p.means, p.levels, p.quantiles)
     return ProfileSet(out)
 
 
@@ -93,7 +94,7 @@ def simulate_model(
     classes = tuple(ServiceClass(c.name, c.target_ms, c.attainment, c.priority) for c in m.classes)
     accuracy = {v.name: v.accuracy for v in m.variants if v.accuracy is not None and v.name != m.name}
     res = simulate(trace, model=m.name, qos_ms=m.classes[0].target_ms, pool=pool, policy="kairos", seed=seed,
-                   profiles=profiles or simulation_profiles(req), classes=classes, query_class=query_class,
+                   profiles=profiles or simulation_profiles(req, mi), classes=classes, query_class=query_class,
                    accuracy=accuracy)
     summary = res.class_summary()
     # a class none of whose queries was measured missed nothing
@@ -148,15 +149,17 @@ def refine_model(
     opts: RefineOptions,
     others: Mapping[str, int] | None = None,
     profiles: ProfileSet | None = None,
+    deadline: float | None = None,
 ) -> tuple[dict[GroupKey, int], ModelRun, list[str], int]:
     """A cheaper pool for model ``mi`` that still meets its targets in simulation, by local search
     from ``counts``: take one replica off, or trade one for fewer dollars of another type (a GPU
     for CPUs, say), cheapest result first, until no move of at most ``opts.max_simulations`` trials
-    is accepted. ``others``: instances of each type the other models hold (``available`` and
-    ``max_units`` bound the sum). Returns the counts, their run, the moves made and the number of
-    simulations; a pool that misses as planned is left as it is."""
+    is accepted, or ``deadline`` (``time.monotonic()``) passes. ``others``: instances of each type
+    the other models hold (``available``, ``max_units`` and ``budget_per_hour`` bound the sum).
+    Returns the counts, their run, the moves made and the number of simulations; a pool that
+    misses as planned is left as it is."""
     m = req.models[mi]
-    profiles = profiles or simulation_profiles(req)
+    profiles = profiles or simulation_profiles(req, mi)
     others = others or {}
     now = {k: n for k, n in counts.items() if n > 0}
     current = {(c.variant, c.type): c.count for c in req.current if c.model == m.name}
@@ -168,12 +171,14 @@ def refine_model(
     load = sum(m.load[c.name].at(req.objective.load_quantile) for c in m.classes if c.name in m.load)
 
     def cost(c: Mapping[GroupKey, int]) -> float:
-        """$/hour plus the change cost from the current pool, as the least-cost objective counts them."""
+        """$/hour plus, when the request gives a current pool, the cost of changing it: what the
+        least-cost objective counts."""
         total = 0.0
         for key in set(c) | set(current):
             n, was = c.get(key, 0), current.get(key, 0)
             total += req.type(key[1]).price_per_hour * n
-            total += req.start_cost_of(key[1]) * max(n - was, 0) + req.stop_cost * max(was - n, 0)
+            if req.current:
+                total += req.start_cost_of(key[1]) * max(n - was, 0) + req.stop_cost * max(was - n, 0)
         return total
 
     def allowed(c: Mapping[GroupKey, int]) -> bool:
@@ -187,6 +192,9 @@ def refine_model(
         units = sum(req.type(t).units * n for t, n in by_type.items())
         if req.max_units is not None and units > req.max_units + 1e-9:
             return False
+        hourly = sum(req.type(t).price_per_hour * n for t, n in by_type.items())
+        if req.budget_per_hour is not None and hourly > req.budget_per_hour + 1e-9:
+            return False  # a trade that saves a change cost may cost more per hour
         variants = {v for v, _t in c}
         if len(variants) == 1 and (fm := fluid.get(next(iter(variants)))) is not None:
             # what the pool carries in the fluid limit with no instance over max_utilisation busy
@@ -206,7 +214,7 @@ def refine_model(
                 for k in range(1, MAX_TRADE + 1):
                     traded = {**fewer, other: fewer.get(other, 0) + k}
                     if cost(traded) >= here - 1e-9:
-                        break
+                        continue  # more of a current type may still cost less (stops saved)
                     out.append((cost(traded), traded, f"{m.name}: 1 {_kind(m.name, key)} -> {k} {_kind(m.name, other)}"))
         kept = [(x, {g: n for g, n in d.items() if n > 0}, why) for x, d, why in out if x < here - 1e-9]
         return sorted((x for x in kept if allowed(x[1])), key=lambda x: x[0])
@@ -218,9 +226,12 @@ def refine_model(
     sims, moves = 1, list[str]()
     if not meets(req, mi, best, opts.margin):
         return now, best, moves, sims
-    while sims < opts.max_simulations:
+    def spent() -> bool:
+        return sims >= opts.max_simulations or (deadline is not None and time.monotonic() >= deadline)
+
+    while not spent():
         for _x, trial_counts, why in neighbours(now):
-            if sims >= opts.max_simulations:
+            if spent():
                 break
             trial = run(trial_counts)
             sims += 1

@@ -4,7 +4,7 @@
                 422 no plan meets it, with the reason | 413 too large | 503 busy
   GET  /health  200 {"status": "ok"}
 Plans are solved in a worker thread (the loop keeps answering), at most ``workers`` at a time and
-``queue`` waiting; each solve's time limit is capped at ``max_time_s``.
+``queue`` waiting; each plan's time limit (the solve and any refinement) is capped at ``max_time_s``.
 """
 
 from __future__ import annotations

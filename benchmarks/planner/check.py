@@ -42,6 +42,7 @@ REFERENCE_QPS = {"ncf": 60.0, "rm2": 10.0, "wnd": 40.0, "mtwnd": 30.0, "dien": 3
 DEV_TYPE_PRICE = 0.0832  # dev-2vcpu, priced as a 2-vCPU general-purpose instance
 SEARCH_STEPS = 6
 ORACLE_SIMULATIONS = 60
+ORACLE_MAX_POOLS = 5_000_000
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,10 @@ def least_pool(req: PlanRequest, plan: Plan, queries: int, seed: int, profiles: 
     types = [t.name for t in req.types if profiles.has(variant, t.name)]
     prices = np.array([req.type(t).price_per_hour for t in types])
     budget = _cost(req, plan_counts) - 1e-9
-    grids = np.meshgrid(*[np.arange(int(budget // p) + 1) for p in prices], indexing="ij")
+    sizes_per_type = [int(budget // p) + 1 for p in prices]
+    if float(np.prod(sizes_per_type, dtype=float)) > ORACLE_MAX_POOLS:
+        return plan_counts, 0  # too many pools to enumerate: the plan stands as its own least pool
+    grids = np.meshgrid(*[np.arange(n) for n in sizes_per_type], indexing="ij")
     pools = np.stack([g.ravel() for g in grids], axis=1)
     cost = pools @ prices
     keep = (cost < budget) & (pools.sum(axis=1) > 0)
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, case in enumerate(draw_cases(args.requests, args.seed), 1):
         started = time.perf_counter()
         req = parse_plan_request(case.raw, shipped)
-        profiles = simulation_profiles(req)
+        profiles = simulation_profiles(req, 0)
         name = req.models[0].name
         solved = make_plan(req)
         # the refinement's own seed: its trials must not be the runs that judge it

@@ -517,7 +517,8 @@ class GrpcConnection(asyncio.Protocol):
             stream = self._streams.get(stream_id)
             # A stream opened only to be reset costs its HEADERS too ("rapid reset"); one the
             # server has begun to answer is a client done with it (Envoy's ext_proc streams).
-            self._charge("RST_STREAM", 1.0 if stream is None or stream.headers_sent else 2.0 + _STREAM_ALLOWANCE)
+            answered = stream is not None and stream.headers_sent and _reading(stream)
+            self._charge("RST_STREAM", 1.0 if stream is None or answered else 2.0 + _STREAM_ALLOWANCE)
             if stream is not None:
                 self._drop(stream)
         elif kind == FrameType.GOAWAY:
@@ -932,7 +933,8 @@ class GrpcConnection(asyncio.Protocol):
         try:
             await call
         except RpcError as exc:
-            self._budget += self._call_credit
+            if not stream.closed:  # no credit for a call the client reset
+                self._budget += self._call_credit
             self._send_status(stream, exc.code, exc.details, exc.trailers)
         except asyncio.CancelledError:
             # The server's own cancels (reset, deadline, lost connection) close the stream first;
@@ -1112,7 +1114,7 @@ class GrpcConnection(asyncio.Protocol):
         cancelled. Envoy resets every ext_proc stream once it has its answer: a cancel there cost
         an exception through the whole call and ~40 objects of cyclic garbage per query."""
         task = stream.task
-        reading = stream.waiter is not None
+        reading = _reading(stream)
         self._finish(stream)
         if task is not None and not task.done() and not reading:
             task.cancel()
@@ -1136,6 +1138,12 @@ class GrpcConnection(asyncio.Protocol):
                 self._close_if_idle()
             else:
                 self._start_tick()  # one more look: is what was written being read?
+
+
+def _reading(stream: _Stream) -> bool:
+    """The stream's method waits for its next message, with none delivered yet (a woken reader
+    has a message to handle, which a reset must still cancel)."""
+    return stream.waiter is not None and not stream.waiter.done()
 
 
 def _wake(stream: _Stream) -> None:

@@ -3,8 +3,9 @@
 A peer that opens many streams with the same headers (Envoy's ext_proc client, one stream per
 request) sends the same block each time: indexed fields and literals that are not indexed. Such a
 block leaves the dynamic table unchanged, so while no other block has changed it, its fields are
-the same: the cache keeps them and skips the pure-Python decoder (docs/epp.md). Any block that
-may change the table (a literal with incremental indexing, a size update) empties the cache.
+the same: the cache keeps them and skips the pure-Python decoder (docs/epp.md). Any other block
+(a literal with incremental indexing, a size update, or a never-indexed literal, which may carry
+a credential) empties the cache.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class CachingDecoder:
         if hit is not None:
             return hit
         headers: Headers = tuple(self.decoder.decode(block, raw=True))
-        if len(block) > MAX_BLOCK_BYTES or not leaves_table_alone(block):
+        if len(block) > MAX_BLOCK_BYTES or not cacheable(block):
             self._blocks.clear()
         else:
             if len(self._blocks) >= self._max:
@@ -38,21 +39,22 @@ class CachingDecoder:
         return headers
 
 
-def leaves_table_alone(block: bytes) -> bool:
+def cacheable(block: bytes) -> bool:
     """Whether decoding ``block`` (already decoded once, so well formed) leaves the dynamic table
-    as it was: only indexed fields and literals without indexing or never indexed (RFC 7541 6)."""
+    as it was and may be kept: only indexed fields and literals without indexing (RFC 7541 6).
+    Never-indexed literals (0001, sensitive values such as credentials) are not kept either."""
     i, end = 0, len(block)
     while i < end:
         first = block[i]
         if first & 0x80:  # indexed field
             i = _skip_integer(block, i, 7)
-        elif first & 0xE0 == 0x00:  # literal without indexing (0000) or never indexed (0001)
+        elif first & 0xF0 == 0x00:  # literal without indexing
             name_index = first & 0x0F
             i = _skip_integer(block, i, 4)
             if name_index == 0:
                 i = _skip_string(block, i)
             i = _skip_string(block, i)
-        else:  # literal with incremental indexing (01) or a table size update (001)
+        else:  # never indexed (0001), incremental indexing (01) or a table size update (001)
             return False
         if i < 0:
             return False

@@ -124,7 +124,8 @@ class GrpcServer:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop listening, let the open calls finish (up to ``grace`` seconds; None: no limit),
-        then close every connection; calls still open then are cancelled."""
+        then close every connection: calls still open then are cancelled (a streaming method
+        waiting for its next message sees the end of its input instead)."""
         if self._server is not None:
             self._server.close()
         connections = list(self._connections)

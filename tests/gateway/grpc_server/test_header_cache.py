@@ -10,7 +10,7 @@ import hpack
 import pytest
 from hpack import NeverIndexedHeaderTuple
 
-from gateway.grpc_server.header_cache import MAX_ENTRIES, CachingDecoder, leaves_table_alone
+from gateway.grpc_server.header_cache import MAX_ENTRIES, CachingDecoder, cacheable
 
 ENVOY = [(":method", "POST"), (":path", "/envoy.service.ext_proc.v3.ExternalProcessor/Process"),
          (":authority", "kairos_epp"), (":scheme", "http"), ("te", "trailers"), ("content-type", "application/grpc")]
@@ -27,7 +27,7 @@ def _literal(name: bytes, value: bytes, kind: int) -> bytes:
         (b"\x82\x84\x87", True),  # indexed fields of the static table
         (b"\xff\x00", True),  # an indexed field with a two-byte index (127)
         (_literal(b"x-a", b"1", 0x00), True),
-        (_literal(b"x-a", b"1", 0x10), True),
+        (_literal(b"x-a", b"1", 0x10), False),  # never indexed: may be a credential, not kept
         (b"\x04\x02/a", True),  # :path by name index, literal value, not indexed
         (b"\x0f\x10\x01x", True),  # a 4-bit name index that takes two bytes (31: content-type)
         (_literal(b"x-a", b"1", 0x40), False),  # incremental indexing adds to the table
@@ -40,8 +40,8 @@ def _literal(name: bytes, value: bytes, kind: int) -> bytes:
     ids=["indexed", "long-index", "without-indexing", "never-indexed", "name-index", "long-name-index",
          "incremental", "incremental-name-index", "size-update", "mixed", "truncated", "truncated-length"],
 )
-def test_which_blocks_leave_the_table_alone(block: bytes, alone: bool) -> None:
-    assert leaves_table_alone(block) is alone
+def test_which_blocks_are_kept(block: bytes, alone: bool) -> None:
+    assert cacheable(block) is alone
 
 
 def test_a_repeated_block_is_decoded_once_and_given_back_the_same() -> None:
@@ -49,7 +49,7 @@ def test_a_repeated_block_is_decoded_once_and_given_back_the_same() -> None:
     first = enc.encode(ENVOY)  # adds to the table: decoded, not kept
     assert cached.decode(first) == tuple(plain.decode(first, raw=True))
     again = enc.encode(ENVOY)  # all indexed now
-    assert again != first and leaves_table_alone(again)
+    assert again != first and cacheable(again)
     expected = tuple(plain.decode(again, raw=True))
     calls = 0
     real = cached.decoder.decode

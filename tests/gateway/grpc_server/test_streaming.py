@@ -246,3 +246,42 @@ async def test_unary_methods_are_not_streams() -> None:
             await channel.unary_unary("/test.Service/Nope")(b"x", timeout=5)
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
+
+
+async def test_h2_a_message_and_a_reset_in_one_read_cancel_the_method() -> None:
+    """The reader was woken for the message but has not run: the reset must still cancel it (its
+    stream is gone, with its deadline and its place among the connection's streams)."""
+    busy = Busy()
+    async with serving(busy) as port, h2_client(port) as client:
+        sid = client.request(CHAT, None, end=False)
+        await asyncio.sleep(0.2)  # the method waits for its first message
+        client.conn.send_data(sid, message(b"work"))
+        client.conn.reset_stream(sid)
+        client.flush()  # DATA and RST_STREAM in one write
+        await asyncio.sleep(0.5)
+        # cancelled before or after it took the message: either way it does not go on working
+        assert not busy.working.is_set() or busy.cancelled.is_set()
+        await echo_works(port)
+
+
+async def test_h2_streams_reset_with_a_failing_message_earn_no_credit() -> None:
+    """Each stream costs net 2 units of a 20-unit budget: without credit for the reset calls the
+    connection is cut after about ten (with 10 units of credit each it outlived all 40)."""
+    settings = ServerSettings(control_frame_budget=20, control_frame_refill_per_s=0.001)
+    async with serving(Chat(), settings) as port, h2_client(port) as client:
+
+        def closed() -> list[h2.events.ConnectionTerminated]:
+            return [e for e in client.events if isinstance(e, h2.events.ConnectionTerminated)]
+
+        sent = 0
+        with contextlib.suppress(ConnectionError):
+            while sent < 40 and not closed() and not client.eof:
+                sid = client.request(CHAT, None, end=False)
+                await asyncio.sleep(0.02)  # the method waits for its first message
+                client.conn.send_data(sid, message(b"err"))  # an RpcError, if it ever ran
+                client.conn.reset_stream(sid)
+                client.flush()
+                sent += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(client.receive(), 0.05)
+        assert sent < 40 and [e.error_code for e in closed()] == [h2.errors.ErrorCodes.ENHANCE_YOUR_CALM]
