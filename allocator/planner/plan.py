@@ -154,8 +154,7 @@ def refined(req: PlanRequest, plan: Plan) -> Plan:
 
 
 def _served_accuracy(req: PlanRequest, allocations: list[Allocation]) -> float | None:
-    """Traffic-weighted over the served queries of variants with an accuracy (a refinement may
-    move traffic between a model's variants)."""
+    """Traffic-weighted over the served queries of variants with an accuracy."""
     accuracy = {(m.name, v.name): v.accuracy for m in req.models for v in m.variants}
     num = den = 0.0
     for a in allocations:
@@ -217,19 +216,13 @@ def describe(req: PlanRequest, sol: Solution) -> Plan:
                 dropped / load if load > 0 else 0.0,
                 float(served_util / served) if served > 0 else 0.0,
             ))
-    acc_num = acc_den = 0.0
-    for j, (mi, _k, _ci, gi) in enumerate(lay.x_key):
-        acc = req.models[mi].variants[lay.groups[gi].variant].accuracy
-        if acc is not None:
-            acc_num += float(x[j]) * acc
-            acc_den += float(x[j])
     changes = _changes(req, allocations)
     return Plan(
         objective=req.objective.kind,
         objective_value=objective_value(req, lay, sol.values),
         cost_per_hour=cost,
         change_cost=sum(_change_cost(req, c) for c in changes),
-        served_accuracy=acc_num / acc_den if acc_den > 0 else None,
+        served_accuracy=_served_accuracy(req, allocations),
         allocations=tuple(allocations),
         classes=tuple(classes),
         changes=changes,
@@ -253,4 +246,4 @@ def _changes(req: PlanRequest, allocations: list[Allocation]) -> tuple[Change, .
 
 
 def _change_cost(req: PlanRequest, c: Change) -> float:
-    return req.start_cost_of(c.type) * max(c.after - c.before, 0) + req.stop_cost * max(c.before - c.after, 0)
+    return req.change_cost(c.type, c.before, c.after)

@@ -1,13 +1,12 @@
-"""Trim a plan against the simulator: the gateway's own dispatcher on a virtual clock.
+"""Refine a plan against the simulator: the gateway's own dispatcher on a virtual clock.
 
 The queueing model sees each group (one variant on one type) as its own queue, but the dispatcher
 pools a model's groups (a small query takes whichever instance frees first, GPU included), so a
-mixed pool carries more than the model credits it with (docs/planner.md). ``refine`` takes
-replicas off, dearest first, while the model's pool still meets every class's target in
-simulation (an upper confidence bound of each class's misses, within a margin of what it may
-miss) and stays under ``max_utilisation``; the plan then reports what the simulator measured.
-Only where the cost is all that moves: least-cost plans, and accuracy plans for a model that runs
-one variant (the utility objective trades served load against cost, which a trim would change).
+mixed pool carries more than the model credits it with (docs/planner.md). ``refine_model`` makes
+a model's pool cheaper by local search (one instance off, or one traded for cheaper ones) while it
+still meets every class's target in simulation (an upper confidence bound of each class's
+misses, within a margin of what it may miss) and stays under ``max_utilisation``; the plan then
+reports what the simulator measured.
 """
 
 from __future__ import annotations
@@ -70,6 +69,13 @@ def simulation_profiles(req: PlanRequest, mi: int) -> ProfileSet:
     return ProfileSet(out)
 
 
+def class_rates(req: PlanRequest, mi: int) -> np.ndarray:
+    """Queries/s of each of model ``mi``'s classes at the objective's load quantile."""
+    m = req.models[mi]
+    q = req.objective.load_quantile
+    return np.array([m.load[c.name].at(q) if c.name in m.load else 0.0 for c in m.classes])
+
+
 def simulate_model(
     req: PlanRequest,
     mi: int,
@@ -83,8 +89,7 @@ def simulate_model(
     """Model ``mi`` on ``counts`` replicas per (variant, type), at ``scale`` x its planned load
     (Poisson arrivals, the policy ``kairos``, each query's class drawn by its share of the load)."""
     m = req.models[mi]
-    q = req.objective.load_quantile
-    rates = np.array([m.load[c.name].at(q) if c.name in m.load else 0.0 for c in m.classes])
+    rates = class_rates(req, mi)
     total = float(rates.sum()) * scale
     pool = tuple((kind_of(m.name, v, t), n) for (v, t), n in counts.items() if n > 0)
     if total <= 0 or not pool:
@@ -167,18 +172,18 @@ def refine_model(
     keep = None if req.objective.kind == "min_cost" else {v for v, _t in now}
     groups = [(v.name, t.name) for v in m.variants for t in req.types
               if profiles.has(v.name, t.name) and (keep is None or v.name in keep)]
-    fluid = _fluid_models(req, mi, profiles)
-    load = sum(m.load[c.name].at(req.objective.load_quantile) for c in m.classes if c.name in m.load)
+    fluid = fluid_models(req, mi, profiles)
+    load = float(class_rates(req, mi).sum())
 
     def cost(c: Mapping[GroupKey, int]) -> float:
         """$/hour plus, when the request gives a current pool, the cost of changing it: what the
         least-cost objective counts."""
         total = 0.0
         for key in set(c) | set(current):
-            n, was = c.get(key, 0), current.get(key, 0)
+            n = c.get(key, 0)
             total += req.type(key[1]).price_per_hour * n
             if req.current:
-                total += req.start_cost_of(key[1]) * max(n - was, 0) + req.stop_cost * max(was - n, 0)
+                total += req.change_cost(key[1], current.get(key, 0), n)
         return total
 
     def allowed(c: Mapping[GroupKey, int]) -> bool:
@@ -226,6 +231,7 @@ def refine_model(
     sims, moves = 1, list[str]()
     if not meets(req, mi, best, opts.margin):
         return now, best, moves, sims
+
     def spent() -> bool:
         return sims >= opts.max_simulations or (deadline is not None and time.monotonic() >= deadline)
 
@@ -248,7 +254,7 @@ def _kind(model: str, key: GroupKey) -> str:
     return key[1] if key[0] == model else f"{key[0]}@{key[1]}"
 
 
-def _fluid_models(req: PlanRequest, mi: int, profiles: ProfileSet) -> dict[str, FluidModel]:
+def fluid_models(req: PlanRequest, mi: int, profiles: ProfileSet) -> dict[str, FluidModel]:
     """Per variant of model ``mi``: its fluid model over the types it runs on, at the loosest target."""
     m = req.models[mi]
     sizes, probs = m.mix.pmf()

@@ -141,6 +141,10 @@ class PlanRequest:
         t = self.type(type_name)
         return t.price_per_hour * t.startup_s / 3600
 
+    def change_cost(self, type_name: str, before: int, after: int) -> float:
+        """$ to go from ``before`` to ``after`` instances of a type (starts and stops)."""
+        return self.start_cost_of(type_name) * max(after - before, 0) + self.stop_cost * max(before - after, 0)
+
 
 def parse_plan_request(raw: Any, shipped: ProfileSet) -> PlanRequest:
     """The request in ``raw`` (parsed JSON). Profiles named by a variant come from ``shipped`` unless

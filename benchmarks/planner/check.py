@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from allocator.fluid import build_fluid_model, fluid_limit
+from allocator.fluid import fluid_limit
 from allocator.planner.plan import Plan, make_plan, refined
-from allocator.planner.refine import simulate_model, simulation_profiles
+from allocator.planner.refine import class_rates, fluid_models, simulate_model, simulation_profiles
 from allocator.planner.request import PlanRequest, RefineOptions, parse_plan_request
 from gateway.profiles import ProfileSet, load_catalogue, load_profiles
 from gateway.profiles.variants import load_variant_set
@@ -146,7 +146,8 @@ def least_pool(req: PlanRequest, plan: Plan, queries: int, seed: int, profiles: 
     if len(variants) != 1:
         return plan_counts, 0
     (variant,) = variants
-    types = [t.name for t in req.types if profiles.has(variant, t.name)]
+    fluid = fluid_models(req, 0, profiles)[variant]
+    types = fluid.types  # the variant's types, in the order its fluid model takes counts
     prices = np.array([req.type(t).price_per_hour for t in types])
     budget = _cost(req, plan_counts) - 1e-9
     sizes_per_type = [int(budget // p) + 1 for p in prices]
@@ -157,10 +158,7 @@ def least_pool(req: PlanRequest, plan: Plan, queries: int, seed: int, profiles: 
     cost = pools @ prices
     keep = (cost < budget) & (pools.sum(axis=1) > 0)
     pools, cost = pools[keep], cost[keep]
-    sizes, probs = m.mix.pmf()
-    loosest = max(c.target_ms for c in m.classes)
-    fluid = build_fluid_model(profiles, variant, types, sizes, probs, loosest)
-    load = sum(m.load[c.name].at(req.objective.load_quantile) for c in m.classes if c.name in m.load)
+    load = float(class_rates(req, 0).sum())
     sims = 0
     for i in np.argsort(cost, kind="stable"):
         if sims >= ORACLE_SIMULATIONS:
