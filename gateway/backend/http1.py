@@ -16,6 +16,8 @@ from collections import deque
 from functools import partial
 from typing import cast
 
+from gateway.io_timeout import IoTimeout
+
 _CRLF2 = b"\r\n\r\n"
 _UNSAFE_PATH = frozenset(" \r\n\t\x00")
 
@@ -275,8 +277,9 @@ class Http1Pool:
                         conn = await self._acquire()
             ok = False
             reused = conn.served > 0
-            # One timer handle, not an asyncio.timeout block: this runs once per query.
-            timer = None if deadline is None else loop.call_at(deadline, conn.expire)
+            # A timer, not an asyncio.timeout block (this runs once per query), that gives an answer
+            # already in the socket its chance after a stall of the process (io_timeout).
+            timer = None if deadline is None else IoTimeout(loop, deadline, conn.expire)
             try:
                 resp = await conn.send(parts)
                 ok = True

@@ -17,6 +17,7 @@ import grpc
 from gateway.backend.base import GRPC, BackendReply, InstanceFailure, RoutedRequest
 from gateway.backend.client import InstanceClient
 from gateway.errors import InternalError
+from gateway.io_timeout import IoTimeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,8 @@ class PickedEndpoint:
         handoff.instance = self.name
         handoff.picked.set_result(address)
         # A timer, not wait_for: it costs a task and a future per query, on the picker's hot path.
-        timer = handoff.answered.get_loop().call_later(timeout_s, handoff.answer, _NO_ANSWER)
+        loop = handoff.answered.get_loop()
+        timer = IoTimeout(loop, loop.time() + timeout_s, handoff.answer, _NO_ANSWER)
         try:
             outcome = await handoff.answered
         finally:

@@ -176,3 +176,35 @@ def test_the_load_generator_through_envoy_with_routing_headers(
     report = json.loads(out.read_text())
     assert report["counts"]["ok"] == 60
     assert sum(dispatched(picker).values()) == 60
+
+
+def test_a_stalled_picker_keeps_its_instances_and_takes_the_answers_reported_meanwhile(
+    server_pool: Callable[..., RunningPool], envoy_and_picker: Callable[..., tuple[EnvoyProcess, PickerProcess]]
+) -> None:
+    """The picker stopped (SIGSTOP) past its no-answer timer (1.05 s for rm2) while instances
+    serve its picks: Envoy's reports of the answers wait in its socket, and on waking it must
+    take them, not blame every instance that held a query (which emptied the pool)."""
+    pool = server_pool(pool={"r5n.large": 2}, model=MODEL)
+    envoy, picker = envoy_and_picker([pool])
+
+    def infer(batch: int) -> int:
+        client = th.InferenceServerClient(envoy.listen)  # one per thread (gevent)
+        client.infer(MODEL, triton_inputs(th, MODEL, batch), headers={"kairos-batch": str(batch)})
+        return batch
+
+    infer(8)  # connections open
+    with ThreadPoolExecutor(2) as workers:
+        load = [workers.submit(infer, 500) for _ in range(2)]
+        deadline = time.monotonic() + 10
+        while sum(dispatched(picker).values()) < 3 and time.monotonic() < deadline:  # both picked
+            assert not any(f.done() for f in load), [f.result() for f in load if f.done()]
+            time.sleep(0.002)
+        picker.process.send_signal(signal.SIGSTOP)
+        time.sleep(1.6)
+        picker.process.send_signal(signal.SIGCONT)
+        for f in load:
+            f.result(timeout=20)
+    with urllib.request.urlopen(f"http://{picker.metrics}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    failures = re.findall(r"^kairos_(?:instance_failures|health_changes)_total\{[^}]*\} (\S+)$", text, re.M)
+    assert sum(float(v) for v in failures) == 0, picker.stderr()[-2000:]

@@ -157,6 +157,29 @@ async def test_sigterm_answers_queries_in_flight_then_exits_0(
     assert await asyncio.get_running_loop().run_in_executor(None, gw.process.wait, 15) == 0
 
 
+async def test_a_stalled_gateway_keeps_its_instances_and_answers_what_they_sent_meanwhile(
+    server_pool: Callable[..., RunningPool], gateway_proc: Callable[..., RunningGateway]
+) -> None:
+    """The gateway stopped (SIGSTOP: a long GC pause, a spent CPU quota) past its backend timeout
+    (1.05 s for rm2) while instances serve its queries: the answers wait in its sockets, and on
+    waking it must read them, not time the queries out and take every instance out of rotation."""
+    pool = server_pool(pool={"r5n.large": 2}, model=MODEL)
+    gw = gateway_proc(pool, gateway={"late_queries": "serve"})
+    async with aiohttp.ClientSession() as s:
+        assert (await post_infer(s, gw.url, MODEL, json_request(8)))[0] == 200  # connections open
+        load = asyncio.ensure_future(
+            asyncio.gather(*(post_infer(s, gw.url, MODEL, json_request(200, f"p{i}")) for i in range(2)))
+        )
+        await asyncio.sleep(0.05)  # both dispatched, one to each instance
+        gw.process.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(1.6)
+        gw.process.send_signal(signal.SIGCONT)
+        results = await asyncio.wait_for(load, 20)
+    assert [r[0] for r in results] == [200, 200], results
+    assert await metric(gw.url, "kairos_instance_failures_total") == 0
+    assert await metric(gw.url, "kairos_health_changes_total") == 0
+
+
 @pytest.mark.parametrize("grpc_server", ["native", "grpcio"])
 async def test_sigterm_answers_grpc_queries_in_flight_then_exits_0(
     server_pool: Callable[..., RunningPool], gateway_proc: Callable[..., RunningGateway], grpc_server: str

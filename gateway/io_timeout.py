@@ -1,0 +1,43 @@
+"""Timeouts that hold their verdict until the event loop has read its sockets.
+
+Why: when the process stalls (a long collector pass, its cgroup's CPU quota spent, a paused VM,
+SIGSTOP), every timer that came due meanwhile fires in the loop's first turn after it, and in
+that turn timers run before the poll: answers that came in time, still unread in the sockets,
+lose to their own timeouts. The core then takes every instance that held a query out of
+rotation (a 3 s stop emptied the pool, then the gateway answered 503 for a probe interval).
+A verdict here waits until a poll has run after its deadline, and the wake-ups that poll
+scheduled (the task that takes the answer) have run: a few ms more for a real timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+# Past the deadline, a timer due this long after: one that fires in the next turn, after its poll.
+POLL_DELAY_S = 0.005
+
+
+class IoTimeout:
+    """``callback(*args)`` once ``when`` (the loop's time) has passed and the loop has since read
+    its sockets; ``cancel`` stops it at any stage."""
+
+    __slots__ = ("_args", "_callback", "_handle", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, when: float, callback: Callable[..., Any], *args: Any) -> None:
+        self._loop = loop
+        self._callback = callback
+        self._args = args
+        self._handle: asyncio.Handle = loop.call_at(when, self._due)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+    def _due(self) -> None:
+        # Due timers run before the poll of their turn: this one runs in a later turn.
+        self._handle = self._loop.call_later(POLL_DELAY_S, self._polled)
+
+    def _polled(self) -> None:
+        # Behind the callbacks that the poll scheduled, which deliver what it read.
+        self._handle = self._loop.call_soon(self._callback, *self._args)

@@ -1,0 +1,97 @@
+"""Timeouts that give an answer already in the socket its chance after a stall of the loop
+(``gateway.io_timeout``), on uvloop (the gateway's loop) and on asyncio's own."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvloop
+
+from gateway.io_timeout import IoTimeout
+
+LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
+
+
+def run(factory: Callable[[], asyncio.AbstractEventLoop], main: Callable[[], Awaitable[Any]]) -> Any:
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())
+
+
+async def _connected_pair() -> tuple[asyncio.Transport, asyncio.Future[bytes], asyncio.Server]:
+    """A loopback connection: the client's transport, and a future the server side sets with
+    the first bytes it reads."""
+    loop = asyncio.get_running_loop()
+    got: asyncio.Future[bytes] = loop.create_future()
+
+    class Reader(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            if not got.done():
+                got.set_result(data)
+
+    server = await loop.create_server(Reader, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+    await asyncio.sleep(0.05)  # accepted
+    return transport, got, server  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_an_answer_that_came_during_a_stall_beats_its_timeout(loop: str) -> None:
+    """The answer arrives before the deadline while the loop is blocked past it; a task (as the
+    picker's stream) takes it. The timeout must see it taken."""
+
+    async def main() -> list[bool]:
+        transport, got, server = await _connected_pair()
+        taken: list[bytes] = []
+
+        async def taker() -> None:
+            taken.append(await got)
+
+        task = asyncio.ensure_future(taker())
+        await asyncio.sleep(0)
+        verdicts: list[bool] = []
+        lp = asyncio.get_running_loop()
+        IoTimeout(lp, lp.time() + 0.05, lambda: verdicts.append(bool(taken)))
+        transport.write(b"answer")  # in the server's socket at once (loopback)
+        time.sleep(0.3)  # the stall: past the deadline, nothing read
+        await asyncio.sleep(0.1)
+        await task
+        transport.close()
+        server.close()
+        return verdicts
+
+    assert run(LOOPS[loop], main) == [True]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_no_answer_times_out_after_the_deadline_not_before(loop: str) -> None:
+    async def main() -> tuple[float, float]:
+        lp = asyncio.get_running_loop()
+        fired: asyncio.Future[float] = lp.create_future()
+        start = lp.time()
+        IoTimeout(lp, start + 0.1, lambda: fired.set_result(lp.time()))
+        return start, await asyncio.wait_for(fired, 5)
+
+    start, at = run(LOOPS[loop], main)
+    assert 0.1 <= at - start < 1.0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("stalled", [False, True])  # cancelled before the deadline, or past it before the verdict
+def test_cancel_stops_it(loop: str, stalled: bool) -> None:
+    async def main() -> list[int]:
+        lp = asyncio.get_running_loop()
+        calls: list[int] = []
+        timer = IoTimeout(lp, lp.time() + 0.05, calls.append, 1)
+        if stalled:
+            time.sleep(0.1)
+            await asyncio.sleep(0)  # one turn: on uvloop the deadline's stage has run by now
+        timer.cancel()
+        await asyncio.sleep(0.2)
+        return calls
+
+    assert run(LOOPS[loop], main) == []
