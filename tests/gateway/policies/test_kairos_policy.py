@@ -9,7 +9,14 @@ from scipy.optimize import linear_sum_assignment
 
 from gateway.estimator import LatencyEstimator
 from gateway.policies import Snapshot, make_policy
-from gateway.policies.kairos import AT_RISK_SLACK, MISS_SLACK, KairosPolicy, slack_matrix
+from gateway.policies.kairos import (
+    AT_RISK_SLACK,
+    MISS_SLACK,
+    KairosPolicy,
+    _matched,
+    _one_query,
+    slack_matrix,
+)
 from gateway.profiles import load_profiles
 
 
@@ -143,3 +150,29 @@ def test_decide_never_chooses_an_unhealthy_instance() -> None:
         rows, cols = linear_sum_assignment(slack_matrix(s, ok), maximize=True)
         expected = [(int(r), int(ok[c])) for r, c in zip(rows, cols, strict=True) if s.free_slots[ok[c]] > 0]
         assert chosen == expected
+
+
+def test_one_query_path_decides_as_the_matching_does() -> None:
+    """The single-query path (``_one_query``) against the matching (``_matched``) on random
+    snapshots made to tie: slack on a grid, penalties, late queries, unhealthy and busy instances."""
+    rng = np.random.default_rng(7)
+    hit = {"none": 0, "tie": 0, "late": 0}
+    for _ in range(3000):
+        n_types, n = int(rng.integers(1, 4)), int(rng.integers(1, 9))
+        s = snap(
+            time_left=[float(rng.choice([-20.0, 0.0, 5.0, 6.0, 12.0, 30.0, 60.0, 200.0]))],  # 6, 12: on a safeguard
+            est=[rng.choice([5.0, 10.0, 20.0, 40.0], size=n_types).tolist()],
+            inst_type=rng.integers(0, n_types, size=n).tolist(),
+            busy_left=rng.choice([0.0, 0.0, 10.0, 25.0], size=n).tolist(),
+            free=rng.integers(0, 2, size=n).tolist(),
+            healthy=(rng.random(n) < 0.8).tolist(),
+            coefficient=rng.choice([1.0, 0.5, 0.25], size=n_types).tolist(),
+            qos_ms=float(rng.choice([50.0, 350.0])),
+        )
+        one, matched = _one_query(s), _matched(s)
+        assert one == matched
+        hit["none"] += not one
+        hit["late"] += s.time_left_ms[0] <= 0
+        rows = slack_matrix(s)[0][s.healthy]
+        hit["tie"] += rows.size > 1 and int((rows == rows.max()).sum()) > 1
+    assert min(hit.values()) > 100, hit  # the cases that could tell them apart came up
