@@ -15,20 +15,25 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-# Past the deadline, a timer due this long after: one that fires in the next turn, after its poll.
+# Past the deadline, a timer due this long after: it fires in a later turn, after a poll.
 POLL_DELAY_S = 0.005
+# A deadline timer this late found the loop stalled: give threads that read for it (grpc.aio's)
+# time to catch up too.
+STALL_S = 0.05
+STALLED_DELAY_S = 0.1
 
 
 class IoTimeout:
     """``callback(*args)`` once ``when`` (the loop's time) has passed and the loop has since read
     its sockets; ``cancel`` stops it at any stage."""
 
-    __slots__ = ("_args", "_callback", "_handle", "_loop")
+    __slots__ = ("_args", "_callback", "_handle", "_loop", "_when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, when: float, callback: Callable[..., Any], *args: Any) -> None:
         self._loop = loop
         self._callback = callback
         self._args = args
+        self._when = when
         self._handle: asyncio.Handle = loop.call_at(when, self._due)
 
     def cancel(self) -> None:
@@ -36,8 +41,10 @@ class IoTimeout:
 
     def _due(self) -> None:
         # Due timers run before the poll of their turn: this one runs in a later turn.
-        self._handle = self._loop.call_later(POLL_DELAY_S, self._polled)
+        late = self._loop.time() - self._when
+        self._handle = self._loop.call_later(STALLED_DELAY_S if late > STALL_S else POLL_DELAY_S, self._polled)
 
     def _polled(self) -> None:
-        # Behind the callbacks that the poll scheduled, which deliver what it read.
+        # Behind the callbacks that the poll scheduled, which deliver what it read (one hop: a
+        # reader that adds another queue between the socket and the verdict needs more).
         self._handle = self._loop.call_soon(self._callback, *self._args)

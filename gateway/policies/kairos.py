@@ -34,14 +34,22 @@ def slack_matrix(snap: Snapshot, instances: np.ndarray | None = None) -> np.ndar
         residual = (time_left[:, None] - left) - est
         np.putmask(slack, residual < safeguard, AT_RISK_SLACK)
         np.putmask(slack, residual < 0, MISS_SLACK)
-        return slack
-    on_time = time_left > 0
-    if on_time.any():
-        residual = (time_left[on_time, None] - left) - est[on_time]
-        rows = slack[on_time]
-        rows[residual < safeguard[on_time]] = AT_RISK_SLACK
-        rows[residual < 0] = MISS_SLACK
-        slack[on_time] = rows
+    else:
+        on_time = time_left > 0
+        if on_time.any():
+            residual = (time_left[on_time, None] - left) - est[on_time]
+            rows = slack[on_time]
+            rows[residual < safeguard[on_time]] = AT_RISK_SLACK
+            rows[residual < 0] = MISS_SLACK
+            slack[on_time] = rows
+    return _forbid(snap, slack, instances)
+
+
+def _forbid(snap: Snapshot, slack: np.ndarray, instances: np.ndarray | None) -> np.ndarray:
+    """Queries kept to some instances (a pinned variant, a subset): elsewhere, never chosen."""
+    allowed = snap.allowed
+    if allowed is not None:
+        slack[~(allowed if instances is None else allowed[:, instances])] = FORBIDDEN_SLACK
     return slack
 
 
@@ -67,10 +75,7 @@ def _with_variants(
     slack = np.where(safe, slack + rank * span, slack)
     slack[on_time & (residual < safeguard)] = AT_RISK_SLACK
     slack[on_time & (residual < 0)] = MISS_SLACK
-    allowed = snap.allowed
-    if allowed is not None:
-        slack[~(allowed if instances is None else allowed[:, instances])] = FORBIDDEN_SLACK
-    return slack
+    return _forbid(snap, slack, instances)
 
 
 class KairosPolicy(Policy):
@@ -114,9 +119,19 @@ def _matched(snap: Snapshot) -> list[Assignment]:
 
 def _one_query(snap: Snapshot) -> list[Assignment]:
     """``_matched`` for one query (no variants, no pins): the healthy instance of the highest
-    slack, the first of equals as ``linear_sum_assignment`` picks, computed as ``slack_matrix``
-    does, operation for operation (the simulator's results stay the same to the bit). Why: the
-    common decision under light load, at a third of the matrix path's cost in numpy calls."""
+    slack, the first of equals as ``linear_sum_assignment`` picks. Why: the common decision under
+    light load, at a third of the matrix path's cost in numpy calls."""
+    best_j, best = -1, 0.0
+    for j, slack in enumerate(one_query_slack(snap)):
+        if slack is not None and (best_j < 0 or slack > best):
+            best_j, best = j, slack
+    return [(0, best_j)] if best_j >= 0 and snap.free_slots[best_j] > 0 else []
+
+
+def one_query_slack(snap: Snapshot) -> list[float | None]:
+    """Row 0 of ``slack_matrix`` for a one-query snapshot without variants or pins (None for an
+    unhealthy instance), computed operation for operation as there, in Python floats: the
+    simulator's results stay the same to the bit."""
     est = snap.est_ms[0].tolist()
     left = snap.busy_left_ms.tolist()
     coefficient = snap.coefficient.tolist()
@@ -124,9 +139,10 @@ def _one_query(snap: Snapshot) -> list[Assignment]:
     time_left = float(snap.time_left_ms[0])
     on_time = time_left > 0  # the penalties apply only while the query is not yet late
     safeguard = SAFEGUARD_FRACTION * float(snap.qos_ms[0])
-    best_j, best = -1, 0.0
+    out: list[float | None] = []
     for j, t in enumerate(snap.inst_type.tolist()):
         if not healthy[j]:
+            out.append(None)
             continue
         e, w = est[t], left[j]
         slack = coefficient[t] * (-w - e)
@@ -136,6 +152,5 @@ def _one_query(snap: Snapshot) -> list[Assignment]:
                 slack = MISS_SLACK
             elif residual < safeguard:
                 slack = AT_RISK_SLACK
-        if best_j < 0 or slack > best:
-            best_j, best = j, slack
-    return [(0, best_j)] if best_j >= 0 and snap.free_slots[best_j] > 0 else []
+        out.append(slack)
+    return out

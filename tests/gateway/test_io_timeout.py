@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from gateway.io_timeout import IoTimeout
+from gateway.io_timeout import STALLED_DELAY_S, IoTimeout
 
 LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
@@ -95,3 +95,37 @@ def test_cancel_stops_it(loop: str, stalled: bool) -> None:
         return calls
 
     assert run(LOOPS[loop], main) == []
+
+
+def test_cancel_after_the_verdict_is_queued_stops_it() -> None:
+    async def main() -> list[int]:
+        lp = asyncio.get_running_loop()
+        calls: list[int] = []
+        timer = IoTimeout(lp, lp.time() + 60, calls.append, 1)
+        timer._polled()  # the last stage: the callback queued with call_soon
+        timer.cancel()
+        await asyncio.sleep(0.05)
+        return calls
+
+    assert run(uvloop.new_event_loop, main) == []
+
+
+def test_a_deadline_found_late_waits_longer_for_threads_that_read() -> None:
+    """A deadline timer that fires late (the loop stalled) gives threads that read for it
+    (grpc.aio's) ``STALLED_DELAY_S`` more, not ``POLL_DELAY_S``."""
+
+    async def main() -> tuple[float, float]:
+        lp = asyncio.get_running_loop()
+        fired: dict[str, float] = {}
+        first = lp.time() + 0.01
+        IoTimeout(lp, first, lambda: fired.setdefault("on_time", lp.time() - first))
+        await asyncio.sleep(0.2)
+        second = lp.time() + 0.01
+        IoTimeout(lp, second, lambda: fired.setdefault("stalled", lp.time() - second))
+        time.sleep(0.2)  # past the deadline by ~0.19 s
+        await asyncio.sleep(0.4)
+        return fired["on_time"], fired["stalled"]
+
+    on_time, stalled = run(uvloop.new_event_loop, main)
+    assert stalled >= 0.19 + STALLED_DELAY_S - 0.003
+    assert on_time < stalled - 0.2

@@ -98,3 +98,15 @@ def test_an_aged_query_still_goes_only_where_it_may() -> None:
     d.instances[0].healthy = d.instances[1].healthy = True
     placed = {x.query.id: x.instance.name for x in d.decide(100.0)}  # both waited past 10 ms
     assert placed == {0: "big", 1: "small"}
+
+
+@pytest.mark.parametrize("policy", ["kairos", "fluid", "fcfs", "round-robin"])
+@pytest.mark.parametrize("queued", [1, 2])
+def test_a_restriction_binds_without_accuracies(policy: str, queued: int) -> None:
+    """No accuracy rank (a subset hint on a pool of one variant): the restriction alone decides.
+    Unrestricted, kairos would take the faster "small"."""
+    d = dispatcher(policy, accuracy=None)
+    for i in range(queued):
+        d.submit(Query(id=i, batch=100, arrival_ms=0.0, deadline_ms=350.0, only=frozenset({"big"})))
+    placed = d.decide(0.0)
+    assert [x.instance.name for x in placed] == ["big"]

@@ -199,6 +199,8 @@ def test_a_stalled_picker_keeps_its_instances_and_takes_the_answers_reported_mea
         while sum(dispatched(picker).values()) < 3 and time.monotonic() < deadline:  # both picked
             assert not any(f.done() for f in load), [f.result() for f in load if f.done()]
             time.sleep(0.002)
+        assert sum(dispatched(picker).values()) == 3, "not both picked: the stop would test nothing"
+        time.sleep(0.04)  # the picks on their way to Envoy (a batch of 500 takes ~0.2 s there)
         picker.process.send_signal(signal.SIGSTOP)
         time.sleep(1.6)
         picker.process.send_signal(signal.SIGCONT)

@@ -170,7 +170,10 @@ async def test_a_stalled_gateway_keeps_its_instances_and_answers_what_they_sent_
         load = asyncio.ensure_future(
             asyncio.gather(*(post_infer(s, gw.url, MODEL, json_request(200, f"p{i}")) for i in range(2)))
         )
-        await asyncio.sleep(0.05)  # both dispatched, one to each instance
+        deadline = time.monotonic() + 10
+        while await metric(gw.url, "kairos_dispatches_total") < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        assert await metric(gw.url, "kairos_dispatches_total") == 3, "not both sent: the stop would test nothing"
         gw.process.send_signal(signal.SIGSTOP)
         await asyncio.sleep(1.6)
         gw.process.send_signal(signal.SIGCONT)

@@ -11,10 +11,12 @@ from gateway.estimator import LatencyEstimator
 from gateway.policies import Snapshot, make_policy
 from gateway.policies.kairos import (
     AT_RISK_SLACK,
+    FORBIDDEN_SLACK,
     MISS_SLACK,
     KairosPolicy,
     _matched,
     _one_query,
+    one_query_slack,
     slack_matrix,
 )
 from gateway.profiles import load_profiles
@@ -176,3 +178,38 @@ def test_one_query_path_decides_as_the_matching_does() -> None:
         rows = slack_matrix(s)[0][s.healthy]
         hit["tie"] += rows.size > 1 and int((rows == rows.max()).sum()) > 1
     assert min(hit.values()) > 100, hit  # the cases that could tell them apart came up
+
+
+@pytest.mark.parametrize("queries", [1, 2])
+def test_queries_kept_to_some_instances_go_nowhere_else_without_variants(queries: int) -> None:
+    """A subset hint or a pinned variant (``allowed``) binds with one variant too, where there is
+    no accuracy rank: instance 0 is free and faster, yet only instance 1 is allowed."""
+    s = snap([100.0] * queries, [[5.0, 5.0]] * queries, [0, 1], free=[1, 1]).replace(
+        allowed=np.array([[False, True]] * queries)
+    )
+    assert s.accuracy_rank is None
+    chosen = KairosPolicy().decide(s)
+    assert chosen and all(j == 1 for _, j in chosen), chosen
+    assert (slack_matrix(s)[:, 0] == FORBIDDEN_SLACK).all()
+
+
+def test_one_query_slack_is_slack_matrix_to_the_bit() -> None:
+    """Arbitrary floats (inexact sums, the estimator's coefficients): the single-query path's
+    slack equals ``slack_matrix``'s row bit for bit, so a reordered sum would show."""
+    rng = np.random.default_rng(11)
+    for _ in range(2000):
+        n_types, n = int(rng.integers(1, 5)), int(rng.integers(1, 10))
+        at_max = rng.uniform(1.0, 900.0, size=n_types)
+        s = snap(
+            time_left=[float(rng.uniform(-50.0, 400.0))],
+            est=[rng.uniform(0.1, 300.0, size=n_types).tolist()],
+            inst_type=rng.integers(0, n_types, size=n).tolist(),
+            busy_left=(rng.uniform(0.0, 300.0, size=n) * (rng.random(n) < 0.6)).tolist(),
+            healthy=(rng.random(n) < 0.85).tolist(),
+            coefficient=(at_max.min() / at_max).tolist(),
+            qos_ms=float(rng.uniform(5.0, 400.0)),
+        )
+        row = slack_matrix(s)[0]
+        for j, value in enumerate(one_query_slack(s)):
+            if value is not None:
+                assert value.hex() == float(row[j]).hex()
