@@ -173,10 +173,6 @@ class GatewayCore:
         if not self.dispatcher.has_healthy():
             self._refused("no_healthy_instance", request, cls)
             raise NoHealthyInstance(f"no healthy instance serves model {self.model!r}")
-        only = request.only
-        if only is not None and not any(i.in_rotation and i.name in only for i in self.dispatcher.instances):
-            self._refused("no_healthy_instance", request, cls)
-            raise NoHealthyInstance(f"no healthy instance of model {self.model!r} in the request's subset")
         now = self.clock.now_ms()
         if request.received_s is not None:
             now = min(now, request.received_s * 1000.0)
@@ -194,6 +190,9 @@ class GatewayCore:
             variant=request.variant if self.variants else None,
             only=request.only,
         )
+        if (query.only is not None or query.variant is not None) and not self.dispatcher.servable(query):
+            self._refused("no_healthy_instance", request, cls)
+            raise NoHealthyInstance(self._none_for(query))
         try:
             displaced = self.dispatcher.submit(query, now)
         except DeadlineExceeded:
@@ -299,6 +298,10 @@ class GatewayCore:
             self._kick()
         elif not self.dispatcher.has_healthy():
             self._fail_pending(NoHealthyInstance(f"no healthy instance serves model {self.model!r}"))
+        else:
+            for query in self.dispatcher.stranded():  # their instances all left rotation
+                self.dispatcher.cancel(query)
+                query.payload.fail(NoHealthyInstance(self._none_for(query)))
 
     def instance(self, name: str) -> InstanceState | None:
         """The instance of that name in this model's pool, if any."""
@@ -532,7 +535,10 @@ class GatewayCore:
         log.warning("%s", exc)
         self.set_instance_health(inst.name, False)  # back in rotation when a probe succeeds
         late = self.clock.now_ms() >= query.deadline_ms
-        others = any(i.in_rotation and i.name not in query.tried for i in self.dispatcher.instances)
+        others = any(
+            i.in_rotation and i.name not in query.tried and self.dispatcher.allows(query, i)
+            for i in self.dispatcher.instances
+        )
         retry = query.attempts < self.max_attempts and not late and others
         if retry:
             self.metrics.retries.inc()
@@ -546,6 +552,13 @@ class GatewayCore:
             raise DeadlineExceeded(f"query not served within its deadline: {what}")
         tries = f"tried {query.attempts} instances" if query.attempts > 1 else "no other healthy instance"
         raise Unavailable(f"{what}; {tries}")
+
+    def _none_for(self, query: Query) -> str:
+        """Why no instance may take a pinned or restricted query."""
+        what = f"of model {self.model!r}"
+        if query.variant is not None:
+            what = f"of variant {query.variant!r} of model {self.model!r}"
+        return f"no healthy instance {what}" + (" in the request's subset" if query.only is not None else "")
 
     def _fail_pending(self, error: InferenceError) -> None:
         d = self.dispatcher

@@ -321,13 +321,14 @@ class Dispatcher:
         est = None  # the batch's estimates per type, computed once per arrival
         if control.admission and now_ms is not None and query.sheddable:
             est = self._estimate(query.batch)
-            fastest = self._fastest(est)
+            types = self._types_for(query)
+            fastest = self._fastest(est, types)
             if now_ms + fastest > query.deadline_ms:
                 raise DeadlineExceeded(
                     f"cannot be served within its deadline even at once: {fastest:.1f} ms to serve "
                     f"batch {query.batch} on the fastest healthy instance, {query.deadline_ms - now_ms:.1f} ms left"
                 )
-            done = self._done_ms(now_ms, est, self._able(est, query.deadline_ms - now_ms), query.priority)
+            done = self._done_ms(now_ms, est, self._able(est, query.deadline_ms - now_ms, types), query.priority)
             if now_ms + self.admission_factors.get(query.priority, 1.0) * done > query.deadline_ms:
                 raise Overloaded(
                     f"cannot be served within its deadline: expected done in about {done:.0f} ms with the "
@@ -349,9 +350,14 @@ class Dispatcher:
         return displaced
 
     def requeue(self, query: Query) -> None:
-        """Put a query that must be retried back at the head: it has waited longest."""
+        """Put a query that must be retried back at the head of its class (it has waited longest),
+        behind the queries of higher classes."""
         self._enqueue(query)
-        self.pending.appendleft(query)
+        pending = self.pending
+        i = 0
+        while i < len(pending) and pending[i].priority > query.priority:
+            i += 1
+        pending.insert(i, query)
 
     def _enqueue(self, query: Query, est: np.ndarray | None = None) -> None:
         query.queued = True
@@ -363,7 +369,7 @@ class Dispatcher:
             est = self._estimate(query.batch)
         if control.admission:
             assert est is not None
-            able = self._able(est, query.deadline_ms - query.arrival_ms)
+            able = self._able(est, query.deadline_ms - query.arrival_ms, self._types_for(query))
             rate = float((self._type_healthy[able] / est[able]).sum())
             query.cost_ms = 1.0 / rate if rate > 0 else 0.0
             query.able = able
@@ -373,7 +379,7 @@ class Dispatcher:
             backlog[able] += query.cost_ms
         if shed:
             assert est is not None
-            latest = query.deadline_ms - self._fastest(est)
+            latest = query.deadline_ms - self._fastest(est, self._types_for(query))
             heapq.heappush(self._latest_start, (latest, query.id, query))
 
     def _dequeued(self, query: Query) -> None:
@@ -434,14 +440,29 @@ class Dispatcher:
         """(T,) estimated service time of ``batch`` on each type."""
         return self.estimator.estimate(np.array([batch]))[0]
 
-    def _fastest(self, est: np.ndarray) -> float:
+    def _types_for(self, query: Query) -> np.ndarray | None:
+        """Mask of the types with an instance in rotation that ``query`` may go to; None when it
+        may go anywhere (the common case)."""
+        if query.variant is None and query.only is None:
+            return None
+        mask = np.zeros(len(self._type_healthy), dtype=bool)
+        for inst in self.instances:
+            if inst.in_rotation and self.allows(query, inst):
+                mask[inst.type_index] = True
+        return mask
+
+    def _fastest(self, est: np.ndarray, types: np.ndarray | None = None) -> float:
         healthy = self._type_healthy > 0
+        if types is not None:
+            healthy &= types
         return float(est[healthy].min()) if healthy.any() else float("inf")
 
-    def _able(self, est: np.ndarray, qos_ms: float) -> np.ndarray:
-        """Mask of the healthy types whose estimate ``est`` is within ``qos_ms`` (every healthy
-        type when none is)."""
+    def _able(self, est: np.ndarray, qos_ms: float, types: np.ndarray | None = None) -> np.ndarray:
+        """Mask of the healthy types (of ``types``) whose estimate ``est`` is within ``qos_ms``
+        (every such type when none is)."""
         healthy = self._type_healthy > 0
+        if types is not None:
+            healthy &= types
         able = healthy & (est <= qos_ms)
         return able if able.any() else healthy
 
@@ -512,7 +533,21 @@ class Dispatcher:
             self._ok[instance.index] = now
             self._healthy_count += 1 if now else -1
             self._type_healthy[instance.type_index] += 1 if now else -1
+            if self._type_healthy[instance.type_index] == (1 if now else 0):  # a type came or went
+                self._replan_shedding()
         self._refresh(instance)
+
+    def _replan_shedding(self) -> None:
+        """The healthy types changed, and with them the fastest: each queued query's latest start
+        moves (a GPU that joins gives them longer; one that leaves, less)."""
+        if not (self.overload.shed_late and self.pending) or not self._healthy_count:
+            return  # with no healthy instance at all the driver fails what waits
+        self._latest_start = [
+            (q.deadline_ms - self._fastest(self._estimate(q.batch), self._types_for(q)), q.id, q)
+            for q in self.pending
+            if q.sheddable
+        ]
+        heapq.heapify(self._latest_start)
 
     def _held_changed(self, instance: InstanceState) -> None:
         """Bring the instance's span columns up to date with what it now holds."""
@@ -661,6 +696,23 @@ class Dispatcher:
             for pos in sorted(taken, reverse=True):
                 del self.pending[pos]
         return out
+
+    def allows(self, query: Query, instance: InstanceState) -> bool:
+        """Whether ``query`` may go to ``instance``: of its pinned variant, in its ``only`` set."""
+        return (query.variant is None or self.kind_variant[instance.type_index] == query.variant) and (
+            query.only is None or instance.name in query.only
+        )
+
+    def servable(self, query: Query) -> bool:
+        """Whether an instance in rotation may take ``query``."""
+        return any(i.in_rotation and self.allows(query, i) for i in self.instances)
+
+    def stranded(self) -> list[Query]:
+        """The queued queries no instance in rotation may take (pinned or restricted ones whose
+        instances all left): nothing would ever place them."""
+        if not self.pinned:
+            return []
+        return [q for q in self.pending if (q.variant is not None or q.only is not None) and not self.servable(q)]
 
     def _allowed_of(self, queries: list[Query]) -> np.ndarray:
         """(Q, N): each query's instances (those of its pinned variant and of its ``only`` set,

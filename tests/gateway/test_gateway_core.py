@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 
 from gateway.backend import BackendReply, RoutedRequest
 from gateway.backend.base import GRPC
+from gateway.config import Variant
 from gateway.core import GatewayCore, InferResult
+from gateway.dispatch import Dispatcher, OverloadControl
 from gateway.errors import BadRequest, DeadlineExceeded, InternalError, ModelNotFound, Overloaded, Unavailable
+from gateway.estimator import LatencyEstimator
 from gateway.outlier import ConsecutiveErrors
-from tests.helpers.fake_instances import Behaviour, failing, make_core, ok_after, request
+from gateway.policies import make_policy
+from gateway.profiles import load_profiles
+from tests.helpers.fake_instances import Behaviour, FakeInstance, failing, make_core, ok_after, request
 
 
 async def test_every_query_answered_once_in_fifo_order_on_one_instance() -> None:
@@ -349,3 +355,54 @@ async def test_refusals_are_timed_from_the_front_end() -> None:
     refused = sum(isinstance(o, Overloaded) for o in outcomes)
     assert refused >= 1
     assert b'kairos_refusal_duration_seconds_count ' + str(float(refused)).encode() in core.metrics.gateway.render()
+
+
+def restricted(i: int, *names: str) -> RoutedRequest:
+    """A request kept to some instances (the picker's subset hint)."""
+    return replace(request(i), only=frozenset(names))
+
+
+async def test_a_restricted_query_whose_instance_fails_is_answered_not_requeued_forever() -> None:
+    """It may go nowhere else: another healthy instance is no retry for it."""
+    core, (_, other) = make_core([failing("r5n.large-0"), ok_after(1)], late_queries="serve")
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(core.infer(restricted(0, "r5n.large-0")), 5)
+    assert not other.calls and not core.dispatcher.pending and core.dispatcher.pinned == 0
+
+
+async def test_queued_restricted_queries_fail_when_their_instances_leave_rotation() -> None:
+    core, _ = make_core([ok_after(50), ok_after(1)], late_queries="serve")
+    first = asyncio.ensure_future(core.infer(restricted(0, "r5n.large-0")))
+    queued = asyncio.ensure_future(core.infer(restricted(1, "r5n.large-0")))  # waits for instance 0
+    free = asyncio.ensure_future(core.infer(request(2)))
+    await asyncio.sleep(0.01)
+    assert [q.id for q in core.dispatcher.pending] == [1]
+    core.set_instance_health("r5n.large-0", False)  # instance 1 stays: the pool is not empty
+    with pytest.raises(Unavailable, match="subset"):
+        await asyncio.wait_for(queued, 1)
+    assert (await first).instance == "r5n.large-0" and (await free).instance == "r5n.large-1"
+    assert core.dispatcher.pinned == 0
+
+
+async def test_a_restriction_no_instance_in_rotation_meets_is_refused_at_once() -> None:
+    core, _ = make_core([ok_after(1), ok_after(1)])
+    core.set_instance_health("r5n.large-0", False)
+    with pytest.raises(Unavailable, match="subset"):
+        await core.infer(restricted(0, "r5n.large-0"))
+    assert (await core.infer(restricted(1, "r5n.large-1"))).instance == "r5n.large-1"
+
+
+async def test_a_pinned_variant_with_no_instance_in_rotation_is_refused_at_once() -> None:
+
+    est = LatencyEstimator(load_profiles(), "rm2", ["r5n.large", "wnd/r5n.large"])
+    d = Dispatcher(make_policy("kairos"), est, [("big", "r5n.large"), ("small", "wnd/r5n.large")], model="rm2",
+                   accuracy={"rm2": 0.8, "wnd": 0.7}, overload=OverloadControl.for_mode("serve", 350.0))  # fmt: skip
+    fakes = [FakeInstance("big", ok_after(1)), FakeInstance("small", ok_after(1))]
+    core = GatewayCore("rm2", 350, d, fakes, variants=[Variant("rm2", 0.8), Variant("wnd", 0.7)])
+    core.set_instance_health("small", False)
+    with pytest.raises(Unavailable, match="variant 'wnd'"):
+        await asyncio.wait_for(core.infer(replace(request(0), variant="wnd")), 1)
+    with pytest.raises(Unavailable, match=r"variant 'rm2'.*subset"):  # its variant, and not that instance
+        await asyncio.wait_for(core.infer(replace(request(1), variant="rm2", only=frozenset({"small"}))), 1)
+    assert (await core.infer(replace(request(2), variant="rm2"))).instance == "big"
+    assert not d.pending

@@ -161,3 +161,19 @@ def test_the_admission_factor_rises_with_shedding_and_falls_back_with_timely_dis
         (placed,) = d.decide(float(i))
         d.complete(placed.query, placed.instance, 1.0, float(i))
     assert d.admission_factors.get(0, 1.0) == 1.0
+
+
+def test_admission_and_shedding_judge_a_restricted_query_on_the_instances_it_may_use() -> None:
+    """Batch 500: 133 ms on the GPU, 205 ms on the CPU. Kept to the CPU with 160 ms left, it is
+    hopeless at once; with 300 ms left it is admitted, and its backlog and latest start are the
+    CPU's, not the GPU's."""
+    est = LatencyEstimator(load_profiles(), "rm2", ["g4dn.xlarge", "r5n.large"])
+    d = Dispatcher(make_policy("kairos"), est, [("gpu", "g4dn.xlarge"), ("cpu", "r5n.large")],
+                   overload=OverloadControl(shed_late=True, admission=True))  # fmt: skip
+    cpu_ms = est.estimate_one(1, 500)
+    with pytest.raises(DeadlineExceeded, match="205"):
+        d.submit(Query(id=0, batch=500, arrival_ms=0.0, deadline_ms=160.0, only=frozenset({"cpu"})), 0.0)
+    d.submit(Query(id=1, batch=500, arrival_ms=0.0, deadline_ms=300.0, only=frozenset({"cpu"})), 0.0)
+    assert d.next_shed_ms() == pytest.approx(300.0 - cpu_ms)
+    backlog = d._backlog[0]
+    assert backlog[0] == 0.0 and backlog[1] == pytest.approx(cpu_ms)

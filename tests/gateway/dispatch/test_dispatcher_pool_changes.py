@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway.dispatch import Dispatcher, Query
+from gateway.dispatch import Dispatcher, OverloadControl, Query
 from gateway.estimator import LatencyEstimator
 from gateway.policies import make_policy
 from gateway.profiles import load_profiles
@@ -178,3 +178,22 @@ def test_queries_queued_before_a_new_type_joins_are_dispatched_to_it() -> None:
     rest = d.decide(101.0)
     assert {p.query.id for p in first + placed + rest} <= {0, 1, 2, 3} and len(rest) >= 1
     assert all(b.min() >= -1e-6 for b in d._backlog.values())
+
+
+def test_a_faster_type_joining_moves_the_queued_queries_latest_start() -> None:
+    """Three batch-500 queries on one CPU (205 ms each, 350 ms deadlines): queued, the later two
+    may start by 144.8 ms. A GPU (133 ms) joins: they may now start until 217 ms, and one that
+    the GPU will take at ~153 ms is not shed at 145 ms."""
+    profiles = load_profiles()
+    d = Dispatcher(make_policy("fcfs"), LatencyEstimator(profiles, "rm2", ["r5n.large"]), [("cpu", "r5n.large")],
+                   overload=OverloadControl(shed_late=True))  # fmt: skip
+    for i in range(3):
+        d.submit(Query(id=i, batch=500, arrival_ms=0.0, deadline_ms=350.0), 0.0)
+    assert [x.query.id for x in d.decide(0.0)] == [0]
+    assert d.next_shed_ms() == pytest.approx(144.8, abs=0.1)
+    gpu = d.add("gpu", "g4dn.xlarge", profile=profiles.get("rm2", "g4dn.xlarge"))
+    assert d.next_shed_ms() == pytest.approx(350.0 - d.estimator.estimate_one(gpu.type_index, 500))
+    assert [x.query.id for x in d.decide(20.0)] == [1]
+    assert d.shed(145.0) == [] and [q.id for q in d.pending] == [2]
+    d.set_healthy(gpu, False)  # the fast type leaves again: the CPU's latest start is back
+    assert d.next_shed_ms() == pytest.approx(144.8, abs=0.1)

@@ -84,3 +84,20 @@ def test_each_class_learns_its_own_admission_factor() -> None:
     d.decide(0.0)
     assert [x.id for x in d.shed(QOS)] == [1]
     assert d.admission_factors[0] > 1.0 and d.admission_factors.get(2, 1.0) == 1.0
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "kairos", "fluid"])
+def test_a_retried_query_goes_back_at_the_head_of_its_class_not_ahead_of_higher_ones(policy: str) -> None:
+    est = LatencyEstimator(load_profiles(), "rm2", ["r5n.large"])
+    d = Dispatcher(make_policy(policy), est, [("a", "r5n.large"), ("b", "r5n.large")])
+    low = Query(id=0, batch=10, arrival_ms=0.0, deadline_ms=350.0, priority=0)
+    d.submit(low)
+    (x,) = d.decide(0.0)
+    d.submit(Query(id=1, batch=10, arrival_ms=1.0, deadline_ms=351.0, priority=1))
+    d.submit(Query(id=2, batch=10, arrival_ms=1.0, deadline_ms=351.0, priority=1))
+    d.submit(Query(id=3, batch=10, arrival_ms=1.0, deadline_ms=351.0, priority=0))
+    d.fail(low, x.instance)  # as the core does on a failure: out of rotation, then the retry
+    d.set_healthy(x.instance, False)
+    d.requeue(low)
+    assert [q.id for q in d.pending] == [1, 2, 0, 3]
+    assert [y.query.id for y in d.decide(2.0)] == [1]  # the one free slot
