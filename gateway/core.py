@@ -414,15 +414,13 @@ class GatewayCore:
 
     def _arm_timer(self, now: float) -> None:
         """Re-decide at the next moment a decision could change without an event: when a query
-        turns late while a policy leaves free instances idle (the rule the simulator follows),
-        or when a pipelining instance opens. A timer already due earlier is kept: it re-decides
+        turns late (or urgent, or aged: ``next_change_ms``) while a policy leaves free instances
+        idle (the rule the simulator follows), or when a pipelining instance opens. A timer already due earlier is kept: it re-decides
         early at worst, and re-arming on every dispatch costs more than that decision."""
         d = self.dispatcher
         if not d.pending:
             return  # a stale timer only re-runs a cheap decision
-        due = d.next_deadline_ms() if d.free_left else None
-        if due is not None and due <= now:
-            due = None
+        due = d.next_change_ms(now) if d.free_left else None
         opening = d.next_opening_ms(now)
         if opening is not None and (due is None or opening < due):
             due = opening

@@ -29,6 +29,7 @@ from gateway.variants import split_kind
 OVERDUE_LEFT_MS = 1e-3
 ADMISSION_STEP_UP = 1.1
 ADMISSION_FACTOR_MAX = 8.0
+URGENT_STEP_MS = 1e-3  # a re-decision this far past the moment a late query turns urgent (a strict bound)
 # The per-instance numpy columns (besides the type column), grown and shrunk together.
 _COLUMNS = ("_held", "_ok", "_span_start", "_span_total", "_span_end", "_floor", "_free", "_full")
 
@@ -785,13 +786,26 @@ class Dispatcher:
         due = opens[self._full & (opens > now_ms)]
         return float(due.min()) if due.size else None
 
-    def next_deadline_ms(self) -> float | None:
-        """Earliest deadline among the queries a policy sees: a timer there re-runs the policy,
-        since a query that turns late is scored differently."""
+    def next_change_ms(self, now_ms: float) -> float | None:
+        """After ``now_ms``, the next moment a decision could change with no event: a query the
+        policy sees turns late, or late enough for the policy to serve it first
+        (``Policy.urgent_after``), or the head of the queue has waited ``max_wait_ms``. A driver
+        re-decides then while the policy leaves an instance idle."""
         if not self.pending:
             return None
         n = min(len(self.pending), max(self.policy.window(len(self.instances), 1), 1))
-        return min(q.deadline_ms for q in islice(self.pending, n))
+        urgent = self.policy.urgent_after
+        best = math.inf
+        for q in islice(self.pending, n):
+            t = q.deadline_ms
+            if t <= now_ms and urgent is not None:
+                t += urgent * (q.deadline_ms - q.arrival_ms) + URGENT_STEP_MS  # past the strict bound
+            if now_ms < t < best:
+                best = t
+        max_wait = self.overload.max_wait_ms
+        if max_wait is not None and now_ms < self.pending[0].arrival_ms + max_wait < best:
+            best = self.pending[0].arrival_ms + max_wait
+        return best if best < math.inf else None
 
     # -- views --------------------------------------------------------------------------------
 

@@ -125,6 +125,9 @@ class Policy(ABC):
     # Places at most one query on each instance per call, whatever its free slots: the
     # dispatcher then calls it again while an instance it chose keeps a free slot.
     one_per_instance = False
+    # QoS multiples past its deadline at which a late query's treatment changes (fluid serves it
+    # first from then): a driver re-decides then. None: nothing changes after the deadline.
+    urgent_after: float | None = None
 
     def window(self, n_instances: int, free_slots: int) -> int:
         """How many queries from the head of the queue the policy wants to see."""

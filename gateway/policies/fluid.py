@@ -43,6 +43,8 @@ class FluidPolicy(Policy):
         self._counts = np.zeros(0, dtype=np.int64)
         self._qos = 0.0  # the target the split and the reserve were computed for
 
+    urgent_after = LATE_LIMIT
+
     def window(self, n_instances: int, free_slots: int) -> int:
         return 2 * n_instances
 

@@ -383,9 +383,9 @@ class Simulation:
                     where[qid] = j
                     free -= 1
                 if free > 0 and pending:
-                    # The policy left a free instance idle: re-decide when a query turns late.
-                    due = dispatcher.next_deadline_ms()
-                    if due is not None and due > now and due not in timers:
+                    # The policy left a free instance idle: re-decide when that could change.
+                    due = dispatcher.next_change_ms(now)
+                    if due is not None and due not in timers:
                         timers.add(due)
                         push(heap, (due, _TIMER, seq, None, -1))
                         seq += 1

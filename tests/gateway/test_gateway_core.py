@@ -406,3 +406,11 @@ async def test_a_pinned_variant_with_no_instance_in_rotation_is_refused_at_once(
         await asyncio.wait_for(core.infer(replace(request(1), variant="rm2", only=frozenset({"small"}))), 1)
     assert (await core.infer(replace(request(2), variant="rm2"))).instance == "big"
     assert not d.pending
+
+
+async def test_fluid_serves_a_held_back_query_once_it_turns_urgent_with_no_other_event() -> None:
+    """Live, as in the simulator: a timer at the moment fluid would serve it (a client margin puts
+    the deadline before the instance's estimate)."""
+    core, _ = make_core([ok_after(1)], policy="fluid", late_queries="serve", qos_ms=100, client_margin_ms=10.0)
+    result = await asyncio.wait_for(core.infer(request(0, batch=500)), 3)
+    assert result.instance == "r5n.large-0" and not core.dispatcher.pending

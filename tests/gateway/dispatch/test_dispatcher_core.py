@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.dispatch import Dispatcher, Query
+from gateway.dispatch import Dispatcher, OverloadControl, Query
 from gateway.dispatch.dispatcher import OVERDUE_LEFT_MS
 from gateway.errors import Overloaded
 from gateway.estimator import LatencyEstimator
@@ -145,3 +145,21 @@ def test_policies_that_fill_many_slots_are_called_once(policy: str) -> None:
         d.submit(q(i))
     d.decide(0.0)
     assert d.decisions == 1
+
+
+def test_the_next_change_is_the_earliest_future_moment_a_decision_could_change() -> None:
+    """A late head no longer hides the deadline behind it; a late query's urgent point (fluid:
+    3 QoS past its deadline) and the head's ``max_wait_ms`` are moments too."""
+    est = LatencyEstimator(load_profiles(), "rm2", ["r5n.large"])
+    d = Dispatcher(make_policy("kairos"), est, [("a", "r5n.large")])  # sees 2 queries
+    d.submit(Query(id=0, batch=10, arrival_ms=0.0, deadline_ms=100.0))
+    d.submit(Query(id=1, batch=10, arrival_ms=50.0, deadline_ms=150.0))
+    assert d.next_change_ms(0.0) == 100.0
+    assert d.next_change_ms(120.0) == 150.0  # the head is late: the next one's deadline
+    assert d.next_change_ms(200.0) is None  # kairos: nothing changes past a deadline
+    fluid = Dispatcher(make_policy("fluid"), est, [("a", "r5n.large")])
+    fluid.submit(Query(id=0, batch=10, arrival_ms=0.0, deadline_ms=100.0))
+    assert fluid.next_change_ms(120.0) == pytest.approx(400.0, abs=0.01)  # urgent: 3 x 100 ms late
+    aged = Dispatcher(make_policy("fcfs"), est, [("a", "r5n.large")], overload=OverloadControl(max_wait_ms=30.0))
+    aged.submit(Query(id=0, batch=10, arrival_ms=0.0, deadline_ms=100.0))
+    assert aged.next_change_ms(0.0) == 30.0 and aged.next_change_ms(40.0) == 100.0

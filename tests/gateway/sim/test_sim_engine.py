@@ -7,7 +7,14 @@ import pytest
 
 from gateway.sim import parse_pool, service_times, simulate
 from gateway.sim.engine import default_profiles
-from gateway.workload import ConstantArrivals, FixedMix, PoissonArrivals, ProductionMix, make_workload
+from gateway.workload import (
+    ConstantArrivals,
+    FixedMix,
+    PoissonArrivals,
+    ProductionMix,
+    QueryTrace,
+    make_workload,
+)
 
 POOL = parse_pool("g4dn.xlarge=1,r5n.large=3")
 POLICIES = ["kairos", "fcfs", "round-robin", "least-outstanding", "power-of-two"]
@@ -149,3 +156,12 @@ def test_a_bounded_queue_refuses_arrivals_that_find_it_full() -> None:
     assert np.isnan(r.end_ms[r.refused]).all() and np.isfinite(r.end_ms[accepted]).all()
     unbounded = simulate(trace, model="rm2", qos_ms=350, pool=pool, policy="fcfs", seed=0, depth=2, warmup=0.0)
     assert np.isfinite(unbounded.end_ms).all()
+
+
+def test_fluid_serves_a_query_it_holds_back_once_it_turns_urgent_with_no_other_event() -> None:
+    """One batch-500 query that misses 100 ms everywhere: fluid keeps it off the last free
+    instance of each type until it is 3 QoS late; nothing else happens, so only a timer serves it."""
+    trace = QueryTrace(arrival_ms=np.array([0.0]), batch=np.array([500]))
+    r = simulate(trace, model="rm2", qos_ms=100.0, pool=[("g4dn.xlarge", 1), ("r5n.large", 1)], policy="fluid",
+                 warmup=0.0)  # fmt: skip
+    assert r.start_ms[0] == pytest.approx(400.0, abs=0.01) and np.isfinite(r.end_ms[0])
