@@ -27,6 +27,7 @@ from gateway.backend import Backend, BackendReply, InstanceFailure, RoutedReques
 from gateway.clock import Clock, LoopClock, TimerHandle
 from gateway.config import DEFAULT_CLASS, ServiceClass, Variant
 from gateway.dispatch import Dispatcher, InstanceState, Query
+from gateway.dispatch.dispatcher import DecisionFailed
 from gateway.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -401,9 +402,12 @@ class GatewayCore:
         start = time.perf_counter()
         try:
             dispatches = d.decide(now)
-        except Exception:
-            # A bug in a decision must fail the queries it saw, never stop dispatching for all.
+        except Exception as exc:
+            # A bug in a decision must fail the queries it saw, never stop dispatching for all;
+            # the queries it had placed already go where it placed them.
             log.exception("dispatch decision failed; failing the pending queries")
+            for dispatch in exc.placed if isinstance(exc, DecisionFailed) else ():
+                dispatch.query.payload.place(dispatch.instance)
             self._fail_pending(InternalError("the gateway failed to dispatch this query"))
             return
         if d.decisions != before:

@@ -109,6 +109,15 @@ class OverloadControl:
         raise ValueError(f"late_queries: expected shed or serve, got {late_queries!r}")
 
 
+class DecisionFailed(Exception):
+    """The policy failed in a decision after some queries were already assigned (``placed``):
+    the driver sends those, then fails what waits."""
+
+    def __init__(self, placed: list[Dispatch]) -> None:
+        super().__init__(f"the decision failed after {len(placed)} dispatches")
+        self.placed = placed
+
+
 @dataclass(frozen=True, slots=True)
 class Dispatch:
     query: Query
@@ -620,7 +629,12 @@ class Dispatcher:
         if self.depth > 1 and self.policy.one_per_instance:
             placed = out
             while placed and self.pending and any(self._free_of[d.instance.index] for d in placed):
-                placed = self._decide_once(now_ms)
+                try:
+                    placed = self._decide_once(now_ms)
+                except DecisionFailed as exc:
+                    raise DecisionFailed(out + exc.placed) from exc.__cause__
+                except Exception as exc:
+                    raise DecisionFailed(out) from exc
                 out += placed
         return out
 
@@ -678,16 +692,23 @@ class Dispatcher:
             allowed=(lambda: self._allowed_of(queries)) if self.pinned else None,
         )
         self.decisions += 1
-        chosen = self.policy.decide(snap)
+        try:
+            chosen = self.policy.decide(snap)
+            # Every pair checked before any is assigned: a bad one must leave no query half placed.
+            taken: set[int] = set()
+            for pos, j in chosen:
+                if pos in taken or not 0 <= j < len(free_list) or free_list[j] <= 0:
+                    raise RuntimeError(f"policy {self.policy.name} returned an invalid assignment {(pos, j)}")
+                taken.add(pos)
+                free_list[j] -= 1
+        except Exception as exc:
+            if aged:  # already assigned: the driver must still send them
+                raise DecisionFailed(aged) from exc
+            raise
         if not chosen:
             return aged
         out: list[Dispatch] = aged
-        taken: set[int] = set()
         for pos, j in chosen:
-            if pos in taken or not 0 <= j < len(free_list) or free_list[j] <= 0:
-                raise RuntimeError(f"policy {self.policy.name} returned an invalid assignment {(pos, j)}")
-            taken.add(pos)
-            free_list[j] -= 1
             out.append(self._assign(queries[pos], self.instances[j], now_ms))
         self.free_left = total_free - len(taken)
         # Remove the dispatched queries, keeping the FIFO order of the rest.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from gateway.dispatch import Dispatcher, OverloadControl, Query
-from gateway.dispatch.dispatcher import OVERDUE_LEFT_MS
+from gateway.dispatch.dispatcher import OVERDUE_LEFT_MS, DecisionFailed
 from gateway.errors import Overloaded
 from gateway.estimator import LatencyEstimator
-from gateway.policies import make_policy
+from gateway.policies import Policy, Snapshot, make_policy
 from gateway.profiles import load_profiles
 
 
@@ -163,3 +163,33 @@ def test_the_next_change_is_the_earliest_future_moment_a_decision_could_change()
     aged = Dispatcher(make_policy("fcfs"), est, [("a", "r5n.large")], overload=OverloadControl(max_wait_ms=30.0))
     aged.submit(Query(id=0, batch=10, arrival_ms=0.0, deadline_ms=100.0))
     assert aged.next_change_ms(0.0) == 30.0 and aged.next_change_ms(40.0) == 100.0
+
+
+class _TwoOnFirst(Policy):
+    """A broken policy: two queries on instance 0, which has one slot."""
+
+    name = "broken"
+
+    def decide(self, snap: Snapshot) -> list[tuple[int, int]]:
+        return [(0, 0), (1, 0)]
+
+
+def test_an_invalid_decision_places_nothing_and_what_was_placed_before_it_is_handed_over() -> None:
+    est = LatencyEstimator(load_profiles(), "rm2", ["r5n.large"])
+    d = Dispatcher(_TwoOnFirst(), est, [("a", "r5n.large"), ("b", "r5n.large")])
+    for i in range(3):
+        d.submit(Query(id=i, batch=10, arrival_ms=0.0, deadline_ms=350.0))
+    with pytest.raises(RuntimeError, match="invalid assignment"):
+        d.decide(0.0)
+    assert [q.id for q in d.pending] == [0, 1, 2] and all(q.queued for q in d.pending)
+    assert not d.instance("a").in_flight and d._total_free == 2  # no slot lost
+    # An aged query placed before the policy failed: handed to the driver, not lost.
+    d = Dispatcher(_TwoOnFirst(), est, [("a", "r5n.large"), ("b", "r5n.large"), ("c", "r5n.large")],
+                   overload=OverloadControl(max_wait_ms=100.0))  # fmt: skip
+    for i in range(4):
+        d.submit(Query(id=i, batch=10, arrival_ms=0.0 if i == 0 else 150.0, deadline_ms=350.0))
+    with pytest.raises(DecisionFailed) as failed:
+        d.decide(200.0)
+    (placed,) = failed.value.placed
+    assert placed.query.id == 0 and placed.instance.in_flight == {0: placed.query}
+    assert [q.id for q in d.pending] == [1, 2, 3]
