@@ -782,15 +782,17 @@ class Dispatcher:
         would otherwise starve them (large batches under a backlog)."""
         out: list[Dispatch] = []
         left = self.work_left_ms(now_ms)
-        while self.pending and self.pending[0].arrival_ms + max_wait_ms <= now_ms:
-            q = self.pending[0]
+        pending, i = self.pending, 0
+        while i < len(pending) and pending[i].arrival_ms + max_wait_ms <= now_ms and any(free_list):
+            q = pending[i]
             mask = self._allowed_of([q])[0] if q.variant is not None or q.only is not None else None
             candidates = [j for j, f in enumerate(free_list) if f > 0 and (mask is None or mask[j])]
-            if not candidates:
-                break  # the policy still sees it, and the queries behind it
+            if not candidates:  # kept to busy instances: the aged queries behind it go first
+                i += 1
+                continue
             est = self.estimator.estimate(np.array([q.batch]))[0]
             j = min(candidates, key=lambda k: float(est[self._types[k]] + left[k]))
-            self.pending.popleft()
+            del pending[i]
             free_list[j] -= 1
             out.append(self._assign(q, self.instances[j], now_ms))
             left[j] = float(left[j] + est[self._types[j]])
@@ -810,12 +812,13 @@ class Dispatcher:
     def next_change_ms(self, now_ms: float) -> float | None:
         """After ``now_ms``, the next moment a decision could change with no event: a query the
         policy sees turns late, or late enough for the policy to serve it first
-        (``Policy.urgent_after``), or the head of the queue has waited ``max_wait_ms``. A driver
+        (``Policy.urgent_after``), or one has waited ``max_wait_ms``. A driver
         re-decides then while the policy leaves an instance idle."""
         if not self.pending:
             return None
         n = min(len(self.pending), max(self.policy.window(len(self.instances), 1), 1))
         urgent = self.policy.urgent_after
+        max_wait = self.overload.max_wait_ms
         best = math.inf
         for q in islice(self.pending, n):
             t = q.deadline_ms
@@ -823,9 +826,8 @@ class Dispatcher:
                 t += urgent * (q.deadline_ms - q.arrival_ms) + URGENT_STEP_MS  # past the strict bound
             if now_ms < t < best:
                 best = t
-        max_wait = self.overload.max_wait_ms
-        if max_wait is not None and now_ms < self.pending[0].arrival_ms + max_wait < best:
-            best = self.pending[0].arrival_ms + max_wait
+            if max_wait is not None and now_ms < q.arrival_ms + max_wait < best:
+                best = q.arrival_ms + max_wait
         return best if best < math.inf else None
 
     # -- views --------------------------------------------------------------------------------

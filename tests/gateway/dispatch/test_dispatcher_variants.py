@@ -110,3 +110,17 @@ def test_a_restriction_binds_without_accuracies(policy: str, queued: int) -> Non
         d.submit(Query(id=i, batch=100, arrival_ms=0.0, deadline_ms=350.0, only=frozenset({"big"})))
     placed = d.decide(0.0)
     assert [x.instance.name for x in placed] == ["big"]
+
+
+@pytest.mark.parametrize("policy", ["kairos", "fluid", "fcfs"])
+def test_an_aged_query_kept_to_a_busy_instance_lets_the_aged_ones_behind_it_go(policy: str) -> None:
+    d = Dispatcher(make_policy(policy), LatencyEstimator(load_profiles(), "rm2", ["r5n.large"]),
+                   [("a", "r5n.large"), ("b", "r5n.large")], overload=OverloadControl(max_wait_ms=100.0))  # fmt: skip
+    d.submit(Query(id=9, batch=10, arrival_ms=0.0, deadline_ms=350.0, only=frozenset({"a"})))
+    (busy,) = d.decide(0.0)
+    assert busy.instance.name == "a"  # busy from now on
+    d.submit(Query(id=0, batch=10, arrival_ms=1.0, deadline_ms=351.0, only=frozenset({"a"})))
+    d.submit(Query(id=1, batch=500, arrival_ms=2.0, deadline_ms=352.0))
+    assert d.next_change_ms(50.0) == 101.0
+    placed = d.decide(150.0)  # both waited past 100 ms; only "b" is free
+    assert [(x.query.id, x.instance.name) for x in placed] == [(1, "b")] and [q.id for q in d.pending] == [0]
