@@ -84,7 +84,8 @@ class OverloadControl:
     ignores the policy's order and the spread of service times; the factor absorbs both).
     ``max_wait_ms``: a
     query that has waited this long is served next, whatever the policy prefers (bounds every
-    query's wait when late queries are served).
+    query's wait when late queries are served, within its priority: one queued behind higher
+    priorities is aged only once it reaches the head of the queue).
 
     With several priorities (service classes), a query queues ahead of every lower-priority one,
     its admission counts only the work queued at its priority or above, and each priority learns
