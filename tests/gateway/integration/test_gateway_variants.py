@@ -37,12 +37,16 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
 
 async def test_the_variant_follows_the_deadline_and_pins_hold(gw: RunningGateway) -> None:
     async with aiohttp.ClientSession() as s:
-        cases = (({}, "rm2"), ({"qos_ms": 20}, "wnd"), ({"variant": "wnd"}, "wnd"), ({"variant": "rm2", "qos_ms": 20}, "rm2"))
+        # Pinned to rm2 (45 ms at batch 100) with 20 ms: late, so served only if the client asks.
+        late_pin = {"variant": "rm2", "qos_ms": 20, "late_queries": "serve"}
+        cases = (({}, "rm2"), ({"qos_ms": 20}, "wnd"), ({"variant": "wnd"}, "wnd"), (late_pin, "rm2"))
         for params, variant in cases:
             status, doc, _ = await post_infer(s, gw.url, "rm2", json_request(100, "v", model="rm2", **params))
             assert status == 200, doc
             assert doc["parameters"]["gateway_variant"] == variant, params
             assert doc["model_name"] == variant  # the variant's instance answers under its own name
+        status, doc, _ = await post_infer(s, gw.url, "rm2", json_request(100, model="rm2", variant="rm2", qos_ms=20))
+        assert status == 504 and "even at once" in doc["error"]  # judged on its variant's instances
         status, doc, _ = await post_infer(s, gw.url, "rm2", json_request(1, model="rm2", variant="rm2-xl"))
         assert status == 400 and "unknown variant 'rm2-xl' of model 'rm2': expected one of rm2, wnd" in doc["error"]
         for _ in range(5):  # the instance serving the model itself answers its metadata, whichever is asked first
