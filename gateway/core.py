@@ -191,7 +191,7 @@ class GatewayCore:
             variant=request.variant if self.variants else None,
             only=request.only,
         )
-        if (query.only is not None or query.variant is not None) and not self.dispatcher.servable(query):
+        if query.restricted and not self.dispatcher.servable(query):
             self._refused("no_healthy_instance", request, cls)
             raise NoHealthyInstance(self._none_for(query))
         try:
@@ -419,8 +419,9 @@ class GatewayCore:
     def _arm_timer(self, now: float) -> None:
         """Re-decide at the next moment a decision could change without an event: when a query
         turns late (or urgent, or aged: ``next_change_ms``) while a policy leaves free instances
-        idle (the rule the simulator follows), or when a pipelining instance opens. A timer already due earlier is kept: it re-decides
-        early at worst, and re-arming on every dispatch costs more than that decision."""
+        idle (the rule the simulator follows), or when a pipelining instance opens. A timer
+        already due earlier is kept: it re-decides early at worst, and re-arming on every
+        dispatch costs more than that decision."""
         d = self.dispatcher
         if not d.pending:
             return  # a stale timer only re-runs a cheap decision

@@ -330,6 +330,7 @@ class Dispatcher:
             displaced.append(last)
         control = self.overload
         est = None  # the batch's estimates per type, computed once per arrival
+        types = None  # the types it may go to (restricted queries), likewise
         if control.admission and now_ms is not None and query.sheddable:
             est = self._estimate(query.batch)
             types = self._types_for(query)
@@ -349,7 +350,7 @@ class Dispatcher:
                 )
         for q in displaced:
             self.cancel(q)
-        self._enqueue(query, est)
+        self._enqueue(query, est, types)
         pending = self.pending
         if not pending or pending[-1].priority >= query.priority:
             pending.append(query)
@@ -370,17 +371,19 @@ class Dispatcher:
             i += 1
         pending.insert(i, query)
 
-    def _enqueue(self, query: Query, est: np.ndarray | None = None) -> None:
+    def _enqueue(self, query: Query, est: np.ndarray | None = None, types: np.ndarray | None = None) -> None:
         query.queued = True
-        if query.variant is not None or query.only is not None:
+        if query.restricted:
             self.pinned += 1
         control = self.overload
         shed = control.shed_late and query.sheddable
         if est is None and (control.admission or shed):
             est = self._estimate(query.batch)
+        if types is None and (control.admission or shed):
+            types = self._types_for(query)
         if control.admission:
             assert est is not None
-            able = self._able(est, query.deadline_ms - query.arrival_ms, self._types_for(query))
+            able = self._able(est, query.deadline_ms - query.arrival_ms, types)
             rate = float((self._type_healthy[able] / est[able]).sum())
             query.cost_ms = 1.0 / rate if rate > 0 else 0.0
             query.able = able
@@ -390,12 +393,12 @@ class Dispatcher:
             backlog[able] += query.cost_ms
         if shed:
             assert est is not None
-            latest = query.deadline_ms - self._fastest(est, self._types_for(query))
+            latest = query.deadline_ms - self._fastest(est, types)
             heapq.heappush(self._latest_start, (latest, query.id, query))
 
     def _dequeued(self, query: Query) -> None:
         query.queued = False
-        if query.variant is not None or query.only is not None:
+        if query.restricted:
             self.pinned -= 1
         if query.cost_ms:
             # ``able`` was sized when it was queued: types added since are appended after it
@@ -454,7 +457,7 @@ class Dispatcher:
     def _types_for(self, query: Query) -> np.ndarray | None:
         """Mask of the types with an instance in rotation that ``query`` may go to; None when it
         may go anywhere (the common case)."""
-        if query.variant is None and query.only is None:
+        if not query.restricted:
             return None
         mask = np.zeros(len(self._type_healthy), dtype=bool)
         for inst in self.instances:
@@ -735,7 +738,7 @@ class Dispatcher:
         instances all left): nothing would ever place them."""
         if not self.pinned:
             return []
-        return [q for q in self.pending if (q.variant is not None or q.only is not None) and not self.servable(q)]
+        return [q for q in self.pending if q.restricted and not self.servable(q)]
 
     def _allowed_of(self, queries: list[Query]) -> np.ndarray:
         """(Q, N): each query's instances (those of its pinned variant and of its ``only`` set,
@@ -786,7 +789,7 @@ class Dispatcher:
         pending, i = self.pending, 0
         while i < len(pending) and pending[i].arrival_ms + max_wait_ms <= now_ms and any(free_list):
             q = pending[i]
-            mask = self._allowed_of([q])[0] if q.variant is not None or q.only is not None else None
+            mask = self._allowed_of([q])[0] if q.restricted else None
             candidates = [j for j, f in enumerate(free_list) if f > 0 and (mask is None or mask[j])]
             if not candidates:  # kept to busy instances: the aged queries behind it go first
                 i += 1

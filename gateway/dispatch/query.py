@@ -25,3 +25,8 @@ class Query:
     only: frozenset[str] | None = None  # restricted to these instances (by name); None: any
     cost_ms: float = 0.0  # its share of the pool's backlog while queued (admission control)
     able: Any = None  # while queued with admission control: the types that can serve it in time
+
+    @property
+    def restricted(self) -> bool:
+        """Pinned to a variant or kept to some instances."""
+        return self.variant is not None or self.only is not None

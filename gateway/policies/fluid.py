@@ -35,6 +35,7 @@ LATE_LIMIT = 3.0  # QoS multiples of lateness after which a query is served firs
 
 class FluidPolicy(Policy):
     name = "fluid"
+    urgent_after = LATE_LIMIT
 
     def __init__(self, seed: int = 0) -> None:
         self._mix: MixLearner | None = None  # deterministic: the seed is not used
@@ -42,8 +43,6 @@ class FluidPolicy(Policy):
         self._forced = np.zeros(0)
         self._counts = np.zeros(0, dtype=np.int64)
         self._qos = 0.0  # the target the split and the reserve were computed for
-
-    urgent_after = LATE_LIMIT
 
     def window(self, n_instances: int, free_slots: int) -> int:
         return 2 * n_instances
