@@ -56,15 +56,19 @@ def write_sklearn_model(
     return directory
 
 
-def write_custom_model(repo: Path, name: str, code: str, class_name: str) -> Path:
-    """An MLServer model directory whose runtime is ``class_name`` in the module ``code``."""
+def write_custom_model(
+    repo: Path, name: str, code: str, class_name: str, inputs: Sequence[dict[str, Any]] = ()
+) -> Path:
+    """An MLServer model directory whose runtime is ``class_name`` in the module ``code``
+    (``inputs``: as for ``write_sklearn_model``)."""
     directory = repo / name
     directory.mkdir(parents=True, exist_ok=True)
     module = f"{name.replace('-', '_')}_runtime"
     (directory / f"{module}.py").write_text(code)
-    (directory / "model-settings.json").write_text(
-        json.dumps({"name": name, "implementation": f"{module}.{class_name}"})
-    )
+    settings: dict[str, Any] = {"name": name, "implementation": f"{module}.{class_name}"}
+    if inputs:
+        settings["inputs"] = list(inputs)
+    (directory / "model-settings.json").write_text(json.dumps(settings))
     return directory
 
 

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import orjson
 
 from benchmarks.loadgen.config import ARRIVAL_KINDS, LoadConfig, parse_ramp
-from benchmarks.loadgen.payloads import parse_input
+from benchmarks.loadgen.inputs import parse_input
 from benchmarks.loadgen.render import plot_report, render_find_max, render_table
 from benchmarks.loadgen.report import LoadReport
 from benchmarks.loadgen.runner import run_async, run_load
@@ -44,12 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the arrival process, never from responses; latency is measured from the scheduled send time.",
     )
     p.add_argument("--url", required=True, help="http://HOST:PORT (HTTP/REST) or grpc://HOST:PORT (gRPC)")
-    p.add_argument("--model", required=True, help="model name: ncf, rm2, wnd, mtwnd, dien, or another with --input")
+    p.add_argument("--model", required=True, help="model name: ncf, rm2, wnd, mtwnd, dien, or any other the endpoint serves")
     p.add_argument("--start-at", type=float, metavar="UNIX_S",
                    help="start the schedule at this Unix time (seconds; at once if past): several generators together")
-    p.add_argument("--input", action="append", metavar="NAME:DATATYPE:WIDTH", default=[],
-                   help="an input of a model outside those five, shape [batch, WIDTH], DATATYPE FP32 or INT64 "
-                        "(repeat for several; kairos-servers emulates such a model with input0:FP32:WIDTH)")
+    p.add_argument("--input", action="append", metavar="NAME:DATATYPE:DIMS", default=[],
+                   help="an input of a model outside those five, DIMS one row's shape: x:FP64:64, image:FP32:3x224x224 "
+                        "(repeat for several; default: the inputs the model's metadata lists; kairos-servers "
+                        "emulates such a model with input0:FP32:WIDTH)")
     p.add_argument("--rate", type=float, help="mean arrival rate, queries/s (start of the search with --find-max)")
     p.add_argument("--duration", type=float, metavar="S", help="send for S seconds of arrivals")
     p.add_argument("--queries", type=int, metavar="N", help="send N queries (with --duration: whichever ends first)")

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.loadgen.payloads import InputSpec, check_inputs, model_inputs
+from benchmarks.loadgen.inputs import check_inputs
 from benchmarks.loadgen.transport import Endpoint, parse_url
 from gateway.clock import start_at_problem
 from gateway.errors import ConfigError
 from gateway.profiles import load_catalogue
+from gateway.profiles.schemas import InputSpec
 from gateway.workload import (
     ArrivalProcess,
     PiecewiseRateArrivals,
@@ -58,7 +59,7 @@ class LoadConfig:
     # Send the routing facts as headers too (kairos-model, kairos-batch, kairos-class): what a
     # client of the endpoint picker mode sets, for Envoy to report them (gateway/epp/request.py).
     routing_headers: bool = False
-    inputs: tuple[InputSpec, ...] = ()  # a model outside the shipped five: its inputs (--input)
+    inputs: tuple[InputSpec, ...] = ()  # --input; none: a shipped model's, else the model's metadata's
     start_at: float | None = None  # Unix time (s) the schedule starts at: several generators together
 
     @property
@@ -75,11 +76,6 @@ class LoadConfig:
         if self.start_at is not None and (problem := start_at_problem(self.start_at)):
             raise ConfigError(problem)
         check_inputs(self.inputs)
-        if not self.inputs:
-            try:
-                model_inputs(self.model)
-            except ConfigError as exc:
-                raise ConfigError(f"{exc}; for another model give its inputs with --input NAME:DATATYPE:WIDTH") from None
         sources = sum(x is not None for x in (self.rate, self.ramp, self.trace))
         if sources > 1 or (need_source and sources == 0):
             raise ConfigError("expected exactly one of --rate, --ramp or --trace")

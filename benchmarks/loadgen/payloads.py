@@ -1,16 +1,16 @@
 """V2 inference request bodies with realistic shapes per model, built for a hot loop.
 
-Each model has a small table of input tensors (name, datatype, features per query;
-``gateway.profiles.schemas.MODEL_INPUTS``); the batch size is ``shape[0]`` of every input, so it
-is ``shape[0]`` of the first one as V2 routing reads it.
-Tensor data is rendered ONCE for the largest batch (seeded, deterministic) and each request takes
-a prefix of it: a byte slice for JSON text and for raw tensors, so building a request costs a few
+Each model has a small table of input tensors (name, datatype, one row's shape;
+``gateway.profiles.schemas.MODEL_INPUTS``, or ``benchmarks.loadgen.inputs`` for another model);
+the batch size is ``shape[0]`` of every input, so it is ``shape[0]`` of the first one as V2
+routing reads it. Tensor data is rendered ONCE (seeded, deterministic): up to ``MAX_DISTINCT``
+elements per input drawn, repeated row by row up to the largest batch, and each request takes a
+prefix of it: a byte slice for JSON text and for raw tensors, so building a request costs a few
 memory copies and no per-element work. Only the request ``id`` changes per request.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,59 +20,55 @@ from gateway.errors import ConfigError
 from gateway.profiles.schemas import MODEL_INPUTS, InputSpec, model_inputs
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.params import CLASS_PARAMETER, QOS_PARAMETER, VARIANT_PARAMETER
+from gateway.protocol.translate import NUMPY_DTYPES
 from gateway.workload.batch_mix import MAX_BATCH
 
-__all__ = ["MODEL_INPUTS", "InputSpec", "PayloadFactory", "check_inputs", "model_inputs", "parse_input"]
+__all__ = ["MODEL_INPUTS", "InputSpec", "PayloadFactory", "model_inputs"]
 
-_INPUT = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]{1,64}):(?P<datatype>FP32|INT64):(?P<width>[0-9]{1,6})$")
-MAX_WIDTH = 1024  # features per query over all inputs: the data is rendered for the largest batch
-MAX_INPUTS = 16
-INT64_HIGH = 1000  # ids of an INT64 input given with --input are drawn in [0, 1000)
-
-
-def parse_input(text: str) -> InputSpec:
-    """``NAME:DATATYPE:WIDTH`` (``--input``): one input of a model outside the shipped five, shape
-    ``[batch, WIDTH]``, datatype FP32 or INT64."""
-    match = _INPUT.match(text)
-    if match is None or not 1 <= int(match["width"]) <= MAX_WIDTH:
-        raise ConfigError(f"--input {text!r}: expected NAME:DATATYPE:WIDTH with DATATYPE FP32 or INT64 and "
-                          f"WIDTH in 1..{MAX_WIDTH}, e.g. input0:FP32:16")
-    return InputSpec(match["name"], match["datatype"], int(match["width"]), INT64_HIGH)
-
-
-def check_inputs(inputs: Sequence[InputSpec]) -> None:
-    """Several ``--input`` flags together: distinct names, bounded count and width."""
-    names = [i.name for i in inputs]
-    if len(set(names)) < len(names):
-        raise ConfigError(f"--input: each name once, got {', '.join(names)}")
-    if len(inputs) > MAX_INPUTS or sum(i.width for i in inputs) > MAX_WIDTH:
-        raise ConfigError(f"--input: at most {MAX_INPUTS} inputs of {MAX_WIDTH} features per query in all")
+MAX_DISTINCT = 1 << 20  # elements drawn per input; rows past them repeat (every shipped model draws 1,000 rows)
+MAX_REQUEST_BYTES = 64 << 20  # raw tensor bytes of the largest request: the data is held for it
 
 
 class _Tensor:
-    """One input's data for MAX_BATCH queries, as raw little-endian bytes and as JSON text."""
+    """One input's data for ``max_batch`` queries, as raw little-endian bytes and as JSON text."""
 
     def __init__(self, spec: InputSpec, rng: np.random.Generator, max_batch: int) -> None:
         self.spec = spec
-        n = max_batch * spec.width
-        if spec.datatype == "FP32":
-            values: np.ndarray = np.round(rng.standard_normal(n), 3)  # short JSON text
-            raw = values.astype("<f4")
+        self.shape_tail = ",".join(map(str, spec.row_shape)).encode()
+        width = spec.width
+        self.distinct = min(MAX_BATCH, max(1, MAX_DISTINCT // width))  # rows drawn
+        n = self.distinct * width
+        dtype = np.dtype(NUMPY_DTYPES[spec.datatype])
+        values: np.ndarray
+        if dtype.kind == "f":
+            values = np.round(rng.standard_normal(n), 3)  # short JSON text
+        elif dtype.kind == "b":
+            values = rng.integers(0, 2, n).astype(bool)
         else:
             values = rng.integers(0, spec.high, n)
-            raw = values.astype("<i8")
-        self.raw = raw.tobytes()
-        self.itemsize = raw.dtype.itemsize
+        raw = values.astype(dtype)
+        self.itemsize = dtype.itemsize
+        rows = max(self.distinct, max_batch)
+        self.raw = raw.tobytes() * -(-rows // self.distinct)
         # "v0,v1,...": the text for the first k elements is text[:ends[k-1]].
-        tokens = list(map(repr, values.tolist()))
+        tokens = ["true" if v else "false" for v in values.tolist()] if dtype.kind == "b" else list(map(repr, values.tolist()))
         self.text = ",".join(tokens).encode()
         self.ends = np.cumsum(np.fromiter(map(len, tokens), dtype=np.int64, count=n) + 1) - 1
+
+    def shape(self, batch: int) -> list[int]:
+        return [batch, *self.spec.row_shape]
 
     def raw_prefix(self, batch: int) -> memoryview:
         return memoryview(self.raw)[: batch * self.spec.width * self.itemsize]
 
     def text_prefix(self, batch: int) -> bytes:
-        return self.text[: int(self.ends[batch * self.spec.width - 1])]
+        full, rest = divmod(batch, self.distinct)
+        if not full:
+            return self.text[: int(self.ends[rest * self.spec.width - 1])]
+        parts = [self.text] * full
+        if rest:
+            parts.append(self.text[: int(self.ends[rest * self.spec.width - 1])])
+        return b",".join(parts)
 
 
 def _varint(n: int) -> bytes:
@@ -118,11 +114,18 @@ class PayloadFactory:
         variant: str | None = None,
         inputs: Sequence[InputSpec] = (),
     ) -> None:
-        """``inputs``: the model's inputs where it is not one of the shipped five."""
+        """``inputs``: the model's inputs where it is not one of the shipped five. ConfigError
+        if a request of ``max_batch`` would carry more than ``MAX_REQUEST_BYTES`` of tensors."""
         self.model = model
         self.service_class = service_class
         self.specs = tuple(inputs) or model_inputs(model)
         self.max_batch = max_batch
+        size = max_batch * sum(s.width * np.dtype(NUMPY_DTYPES[s.datatype]).itemsize for s in self.specs)
+        if size > MAX_REQUEST_BYTES:
+            raise ConfigError(
+                f"{model}: a batch of {max_batch} is {size / 2**20:.0f} MiB of tensors, over the load generator's "
+                f"{MAX_REQUEST_BYTES >> 20} MiB a request: draw smaller batches (--batch-mix fixed:N or uniform:A-B)"
+            )
         rng = np.random.default_rng([seed, 7])
         self._tensors = [_Tensor(s, rng, max_batch) for s in self.specs]
         params: dict[str, float | str] = {} if qos_ms is None else {QOS_PARAMETER: float(qos_ms)}
@@ -149,8 +152,8 @@ class PayloadFactory:
         for i, t in enumerate(self._tensors):
             s = t.spec
             parts.append(b"," if i else b"")
-            parts.append(b'{"name":"%s","datatype":"%s","shape":[%d,%d],"data":[' % (
-                s.name.encode(), s.datatype.encode(), batch, s.width))
+            parts.append(b'{"name":"%s","datatype":"%s","shape":[%d,%s],"data":[' % (
+                s.name.encode(), s.datatype.encode(), batch, t.shape_tail))
             parts.append(t.text_prefix(batch))
             parts.append(b"]}")
         parts.append(b"]}")
@@ -165,7 +168,7 @@ class PayloadFactory:
                 {
                     "name": t.spec.name,
                     "datatype": t.spec.datatype,
-                    "shape": [batch, t.spec.width],
+                    "shape": t.shape(batch),
                     "parameters": {"binary_data_size": len(t.raw_prefix(batch))},
                 }
                 for t in self._tensors
@@ -187,7 +190,7 @@ class PayloadFactory:
         if prefix is None:
             msg = pb.ModelInferRequest(model_name=self.model, parameters=self._proto_params)
             for t in self._tensors:
-                msg.inputs.add(name=t.spec.name, datatype=t.spec.datatype, shape=[batch, t.spec.width])
+                msg.inputs.add(name=t.spec.name, datatype=t.spec.datatype, shape=t.shape(batch))
             prefix = msg.SerializeToString()
             self._proto_prefix[batch] = prefix
         rid = request_id.encode()

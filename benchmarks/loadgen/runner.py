@@ -20,6 +20,7 @@ from typing import Any, TextIO, TypeVar
 import numpy as np
 
 from benchmarks.loadgen.config import LoadConfig, build_workload
+from benchmarks.loadgen.inputs import resolve_inputs
 from benchmarks.loadgen.payloads import PayloadFactory
 from benchmarks.loadgen.report import LoadReport, RunInfo, Samples
 from benchmarks.loadgen.transport import Target, make_target
@@ -181,9 +182,10 @@ async def run_load(
     assert cfg.qos_ms is not None
     wl = workload if workload is not None else build_workload(cfg)
     endpoint = cfg.endpoint
+    inputs = await resolve_inputs(endpoint, cfg.model, cfg.inputs)
     payloads = PayloadFactory(
-        cfg.model, cfg.qos_ms if cfg.send_qos else None, seed=cfg.seed,
-        service_class=cfg.service_class, variant=cfg.variant, inputs=cfg.inputs,
+        cfg.model, cfg.qos_ms if cfg.send_qos else None, seed=cfg.seed, max_batch=int(wl.batch.max()) if len(wl) else 1,
+        service_class=cfg.service_class, variant=cfg.variant, inputs=inputs,
     )  # fmt: skip
     if target_factory is not None:
         target = target_factory(cfg, payloads)

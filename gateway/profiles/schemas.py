@@ -15,12 +15,18 @@ from gateway.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class InputSpec:
-    """One input of a model: V2 ``datatype`` (FP32 or INT64), shape ``[batch, width]``."""
+    """One input of a model: a V2 ``datatype``, shape ``[batch, width]``, or ``[batch, *dims]``
+    for a row of several dimensions (a model's own, given to the load generator)."""
 
     name: str
     datatype: str
-    width: int  # features per query; -1: any width >= 1 (``servers.schema.GENERIC_INPUT``)
-    high: int = 0  # INT64: ids drawn in [0, high); FP32: ignored (standard normal)
+    width: int  # elements per query; -1: any width >= 1 (``servers.schema.GENERIC_INPUT``)
+    high: int = 0  # integers: ids drawn in [0, high); floats: ignored (standard normal)
+    dims: tuple[int, ...] = ()  # one row's shape when it has several dimensions (width = product)
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return self.dims or (self.width,)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -20,7 +20,7 @@ OK = ["--model", "ncf", "--rate", "10", "--duration", "1"]
         (["--url", "ftp://127.0.0.1:1", *OK], "expected http://HOST:PORT or grpc://HOST:PORT"),
         (["--url", "http://127.0.0.1:1", "--model", "ncf", "--rate", "0", "--duration", "1"], "--rate 0"),
         (["--url", "http://127.0.0.1:1", "--model", "ncf", "--rate", "-5", "--duration", "1"], "--rate -5"),
-        (["--url", "http://127.0.0.1:1", "--model", "bert", "--rate", "1", "--duration", "1"], "unknown model 'bert'"),
+        (["--url", "http://127.0.0.1:1", "--model", "bert", "--rate", "1", "--duration", "1"], "no QoS target for model 'bert'"),
         (["--url", "http://127.0.0.1:1", "--model", "ncf", "--rate", "1"], "needs a bound"),
         (["--url", "http://127.0.0.1:1", *OK, "--batch-mix", "odd"], "batch mix 'odd'"),
         (["--url", "http://127.0.0.1:1", *OK, "--ramp", "x"], "--ramp 'x'"),

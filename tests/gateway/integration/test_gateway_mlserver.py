@@ -48,6 +48,24 @@ class FeatureCount(MLModel):
         return InferenceResponse(model_name=self.name, id=payload.id, outputs=[out])
 '''
 
+IMAGES_CODE = '''
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+
+class ImageMean(MLModel):
+    async def load(self) -> bool:
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        x = NumpyCodec.decode_input(payload.inputs[0])
+        if x.shape[1:] != (3, 8, 8):
+            raise ValueError(f"expected images of shape [batch, 3, 8, 8], got {list(x.shape)}")
+        out = NumpyCodec.encode_output("mean", x.reshape(len(x), -1).mean(axis=1))
+        return InferenceResponse(model_name=self.name, id=payload.id, outputs=[out])
+'''
+
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[np.ndarray, object]:
@@ -68,7 +86,9 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory, digits: tuple[np.ndarray,
     repo = root / "repo"
     write_sklearn_model(repo, "digits", digits[1], inputs=[{"name": "x", "datatype": "FP64", "shape": [-1, 64]}])
     write_custom_model(repo, "features", FEATURES_CODE, "FeatureCount")
-    server = start_mlserver(repo, ["digits", "features"], root / "mlserver.log")
+    write_custom_model(repo, "images", IMAGES_CODE, "ImageMean",
+                       inputs=[{"name": "image", "datatype": "FP32", "shape": [-1, 3, 8, 8]}])
+    server = start_mlserver(repo, ["digits", "features", "images"], root / "mlserver.log")
     yield server
     server.stop()
 
@@ -252,3 +272,33 @@ def test_mlserver_grpc_errors_for_bad_requests_go_back_and_eject_nothing(mlserve
     finally:
         client.close()
         gw.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_kairos_loadgen_drives_mlserver_models_with_inputs_from_their_metadata(
+    mlserver: MLServerProcess, tmp_path: Path, scheme: str
+) -> None:
+    """No --input: the load generator reads digits' x FP64 [-1, 64] and images' image FP32
+    [-1, 3, 8, 8] from the models' metadata (through the gateway) and every query is answered;
+    a wrong --input is MLServer's error, reported."""
+    for model in ("digits", "images"):
+        gw = gateway_for(mlserver, model, tmp_path)
+        url = gw.url if scheme == "http" else f"grpc://{gw.grpc}"
+        loadgen = [*console_script("kairos-loadgen", "benchmarks.loadgen.cli"), "--url", url, "--model", model,
+                   "--qos", "500", "--rate", "40", "--queries", "40", "--batch-mix", "uniform:1-16", "--quiet"]
+        if scheme == "http" and model == "images":
+            loadgen.append("--binary")  # rewritten to JSON tensors for MLServer, four dimensions kept
+        try:
+            report_path = tmp_path / f"{model}.json"
+            done = subprocess.run([*loadgen, "--json", str(report_path)], capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr[-3000:]
+            report = json.loads(report_path.read_text())
+            assert report["counts"]["ok"] == 40 and report["counts"]["errors"] == 0, model
+            assert report["instances"]["local-cpu-0"]["count"] == 40
+            wrong = "x:FP64:8x8" if model == "digits" else "image:FP32:3x64"
+            failed = subprocess.run([*loadgen, "--input", wrong], capture_output=True, text=True, timeout=120)
+            assert failed.returncode == 1 and "40 of 40 queries failed" in failed.stderr, model
+            # MLServer's 500 carries its own traceback, on the error's one line; the tools print none.
+            assert "Traceback (most recent call last):\n" not in failed.stderr and "Traceback" not in gw.stderr()
+        finally:
+            gw.stop(signal.SIGKILL)
