@@ -48,3 +48,34 @@ class IoTimeout:
         # Behind the callbacks that the poll scheduled, which deliver what it read (one hop: a
         # reader that adds another queue between the socket and the verdict needs more).
         self._handle = self._loop.call_soon(self._callback, *self._args)
+
+
+class io_timeout_at:
+    """``async with io_timeout_at(loop, when):`` as ``asyncio.timeout_at``, with the verdict held
+    as ``IoTimeout`` holds it: the block's task is cancelled, and TimeoutError raised out of the
+    block, only once a poll after ``when`` has found nothing to finish it."""
+
+    __slots__ = ("_cancelling", "_expired", "_loop", "_task", "_timer", "_when")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        self._loop = loop
+        self._when = when
+        self._expired = False
+
+    async def __aenter__(self) -> io_timeout_at:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("io_timeout_at must be used inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._timer = IoTimeout(self._loop, self._when, self._expire)
+        return self
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._task.cancel()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        self._timer.cancel()
+        if self._expired and self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc

@@ -16,7 +16,7 @@ from collections import deque
 from functools import partial
 from typing import cast
 
-from gateway.io_timeout import IoTimeout
+from gateway.io_timeout import IoTimeout, io_timeout_at
 
 _CRLF2 = b"\r\n\r\n"
 _UNSAFE_PATH = frozenset(" \r\n\t\x00")
@@ -273,7 +273,7 @@ class Http1Pool:
                 if deadline is None:
                     conn = await self._acquire()
                 else:
-                    async with asyncio.timeout_at(deadline):
+                    async with io_timeout_at(loop, deadline):  # a connect that completed in a stall counts
                         conn = await self._acquire()
             ok = False
             reused = conn.served > 0

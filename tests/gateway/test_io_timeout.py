@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from gateway.io_timeout import STALLED_DELAY_S, IoTimeout
+from gateway.io_timeout import STALLED_DELAY_S, IoTimeout, io_timeout_at
 
 LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
@@ -58,7 +58,10 @@ def test_an_answer_that_came_during_a_stall_beats_its_timeout(loop: str) -> None
         IoTimeout(lp, lp.time() + 0.05, lambda: verdicts.append(bool(taken)))
         transport.write(b"answer")  # in the server's socket at once (loopback)
         time.sleep(0.3)  # the stall: past the deadline, nothing read
-        await asyncio.sleep(0.1)
+        for _ in range(200):  # until the verdict (STALLED_DELAY_S after the late deadline)
+            if verdicts:
+                break
+            await asyncio.sleep(0.01)
         await task
         transport.close()
         server.close()
@@ -129,3 +132,64 @@ def test_a_deadline_found_late_waits_longer_for_threads_that_read() -> None:
     on_time, stalled = run(uvloop.new_event_loop, main)
     assert stalled >= 0.19 + STALLED_DELAY_S - 0.003
     assert on_time < stalled - 0.2
+
+
+# -- io_timeout_at: the same verdict for a block, as asyncio.timeout_at -----------------------
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_block_whose_answer_came_during_a_stall_completes(loop: str) -> None:
+    async def main() -> bytes:
+        transport, got, server = await _connected_pair()
+        lp = asyncio.get_running_loop()
+        try:
+            async with io_timeout_at(lp, lp.time() + 0.05):
+                transport.write(b"answer")
+                time.sleep(0.3)  # the stall, inside the block: past the deadline, nothing read
+                data = await got
+            assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+            await asyncio.sleep(0.2)  # no late cancellation either
+            return data
+        finally:
+            transport.close()
+            server.close()
+
+    assert run(LOOPS[loop], main) == b"answer"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_block_with_no_answer_raises_timeout_error_after_the_deadline(loop: str) -> None:
+    async def main() -> tuple[float, int]:
+        lp = asyncio.get_running_loop()
+        start = lp.time()
+        with pytest.raises(TimeoutError):
+            async with io_timeout_at(lp, start + 0.1):
+                await asyncio.sleep(5)
+        task = asyncio.current_task()
+        assert task is not None
+        return lp.time() - start, task.cancelling()
+
+    waited, cancelling = run(LOOPS[loop], main)
+    assert 0.1 <= waited < 1.0 and cancelling == 0
+
+
+def test_a_cancellation_from_outside_stays_a_cancellation() -> None:
+    async def main() -> str:
+        lp = asyncio.get_running_loop()
+
+        async def inner() -> None:
+            async with io_timeout_at(lp, lp.time() + 0.2):
+                await asyncio.sleep(5)
+
+        task = asyncio.ensure_future(inner())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        except TimeoutError:
+            return "timeout"
+        return "finished"
+
+    assert run(uvloop.new_event_loop, main) == "cancelled"

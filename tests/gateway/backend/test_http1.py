@@ -142,3 +142,35 @@ async def test_a_fresh_connection_that_fails_is_not_retried() -> None:
     finally:
         await pool.close()
         server.close()
+
+
+async def test_a_connection_made_during_a_stall_of_the_process_is_not_a_timeout() -> None:
+    """The loop blocks past the request's deadline while the connection is being set up; the
+    server (a thread: it runs through the stall) accepts and answers in time. The verdict waits
+    for the loop to read its sockets (gateway.io_timeout): the answer is taken, not a timeout."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            conn.recv(1)  # until the client closes
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    pool = Http1Pool("127.0.0.1", port)
+    try:
+        asyncio.get_running_loop().call_soon(time.sleep, 0.3)  # the stall, once the connect is under way
+        assert (await pool.request("GET", "/", timeout_s=0.1)).body == b"ok"
+    finally:
+        await pool.close()
+        listener.close()
+        thread.join(5)
