@@ -64,8 +64,12 @@ class LatencyEstimator:
         self._overheads = np.zeros(OVERHEAD_WINDOW)
         self._overhead_observations = 0
         # Heterogeneity coefficient: reference (fastest at the largest batch) over each type.
+        self._set_coefficient()
+
+    def _set_coefficient(self) -> None:
         at_max = self._profile_ms[:, self.max_batch]
         self.coefficient = at_max.min() / at_max
+        self.coefficient.flags.writeable = False  # policies read it from every snapshot
 
     def _profile_row(self, profile: LatencyProfile) -> np.ndarray:
         """The profile's mean at each batch 0..max_batch (batch 0 as batch 1; past the
@@ -89,8 +93,7 @@ class LatencyEstimator:
         self._observations.append([0] * n_buckets)
         self._regions.append([(b, b) for b in range(n_buckets)])
         self._by_batch = np.ascontiguousarray(np.hstack([self._by_batch, row[:, None]]))
-        at_max = self._profile_ms[:, self.max_batch]
-        self.coefficient = at_max.min() / at_max
+        self._set_coefficient()
         return len(self.type_names) - 1
 
     @property

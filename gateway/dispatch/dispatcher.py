@@ -237,7 +237,7 @@ class Dispatcher:
         acc = [self.accuracy.get(v) for v in self.kind_variant.tolist()]
         known = sorted({a for a in acc if a is not None})
         self.accuracy_rank = (
-            np.array([known.index(a) + 1 if a is not None else 0 for a in acc], dtype=np.int64)
+            _read_only(np.array([known.index(a) + 1 if a is not None else 0 for a in acc], dtype=np.int64))
             if len(known) > 1
             else None
         )
@@ -305,8 +305,8 @@ class Dispatcher:
 
     def _views(self) -> None:
         # What a snapshot gets of the columns: read-only views, always current, never copied.
-        self._ok_view, self._held_view, self._free_view = (
-            _read_only(a) for a in (self._ok, self._held, self._free)
+        self._types_view, self._ok_view, self._held_view, self._free_view = (
+            _read_only(a) for a in (self._types, self._ok, self._held, self._free)
         )
 
     def _retire_if_done(self, instance: InstanceState) -> None:
@@ -685,7 +685,7 @@ class Dispatcher:
             batch=batch,
             time_left_ms=lambda: np.array([q.deadline_ms for q in queries], dtype=float) - now_ms,
             qos_ms=lambda: np.array([q.deadline_ms - q.arrival_ms for q in queries], dtype=float),
-            inst_type=self._types,
+            inst_type=self._types_view,
             healthy=self._ok_view,
             free_slots=free,
             outstanding=self._held_view,

@@ -33,6 +33,13 @@ def test_the_accurate_variant_when_the_deadline_allows(policy: str) -> None:
     assert x.instance.name == "big"
 
 
+def test_the_accuracy_ranks_a_policy_reads_are_read_only() -> None:
+    d = dispatcher("kairos")
+    assert d.accuracy_rank is not None and d.accuracy_rank.tolist() == [2, 1]  # rm2 the more accurate
+    with pytest.raises(ValueError, match="read-only"):
+        d.accuracy_rank[0] = 0
+
+
 @pytest.mark.parametrize("policy", ["kairos", "fluid"])
 def test_the_fast_variant_when_only_it_makes_the_deadline(policy: str) -> None:
     d = dispatcher(policy)

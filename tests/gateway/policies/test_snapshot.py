@@ -56,7 +56,7 @@ class _Recorder(Policy):
         return []
 
 
-@pytest.mark.parametrize("field", ["healthy", "free_slots", "outstanding"])
+@pytest.mark.parametrize("field", ["healthy", "free_slots", "outstanding", "inst_type", "coefficient"])
 def test_a_policy_cannot_write_to_the_dispatchers_columns(field: str) -> None:
     est = LatencyEstimator(load_profiles(), "rm2", ["r5n.large"])
     policy = _Recorder()
@@ -66,3 +66,4 @@ def test_a_policy_cannot_write_to_the_dispatchers_columns(field: str) -> None:
     with pytest.raises(ValueError, match="read-only"):
         getattr(policy.seen[0], field)[0] = 0
     assert d.decide(0.0) == [] and policy.seen[1].free_slots.tolist() == [1]
+    assert policy.seen[1].inst_type.tolist() == [0] and policy.seen[1].coefficient.tolist() == [1.0]
