@@ -1,15 +1,16 @@
 """``kairos-servers``' admin API: start and stop emulated instances at run time, so that a control
 loop can actuate the emulated pool for real.
 
-    GET    /admin/instances           {"instances": [{name, model, type, http, grpc, state}]}
+    GET    /admin/instances           {"instances": [{name, model, type, http, grpc, state, origin}]}
     POST   /admin/instances           {"model", "type", "name"?, "startup_delay_s"?} -> 202
     DELETE /admin/instances/{name}    stops it (in-flight queries finish first)
 
 A new instance gets its ports at once (returned in the answer) but listens only after
 ``startup_delay_s`` (a real instance takes seconds to minutes to load its model): until then
-connections are refused and its state is ``starting``, then ``ready``. Instances started at run
-time live in the launcher's process. The same loopback / bearer-token rules as the gateway's
-admin API (``gateway.admin``).
+connections are refused and its state is ``starting``, then ``ready`` (or ``failed``). ``origin``
+says ``pool`` for the instances started with the pool (they stop only with it), ``runtime`` for
+the others. Instances started at run time live in the launcher's process. The same loopback /
+bearer-token rules as the gateway's admin API (``gateway.admin``).
 """
 
 from __future__ import annotations
@@ -67,14 +68,14 @@ class ServersAdmin:
         add("POST", "/admin/instances", self.start)
         add("DELETE", "/admin/instances/{name}", self.stop)
 
-    def _describe(self, address: InstanceAddress, state: str) -> dict[str, Any]:
+    def _describe(self, address: InstanceAddress, state: str, origin: str = "runtime") -> dict[str, Any]:
         return {
             "name": address.name, "model": address.model, "type": address.type,
-            "http": address.http, "grpc": address.grpc, "state": state,
+            "http": address.http, "grpc": address.grpc, "state": state, "origin": origin,
         }  # fmt: skip
 
     async def list(self, request: web.Request) -> web.Response:
-        launched = [self._describe(a, "ready") for a in self.existing()]
+        launched = [self._describe(a, "ready", "pool") for a in self.existing()]
         managed = [self._describe(m.address, m.state) for m in self.managed.values()]
         return json_response(200, {"instances": launched + managed})
 

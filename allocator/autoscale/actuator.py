@@ -47,6 +47,15 @@ def bounded(have: int, want: int, max_change: int | None) -> int:
     return min(max(want, have - max_change), have + max_change)
 
 
+class PartialScale(Exception):
+    """``scale`` failed after it had started ``started`` of the instances asked for (the cause
+    chained): they hold their units."""
+
+    def __init__(self, message: str, started: int) -> None:
+        super().__init__(message)
+        self.started = started
+
+
 class _Sized(Protocol):
     @property
     def replicas(self) -> int: ...
@@ -69,5 +78,6 @@ class Actuator(Protocol):
     async def scale(self, key: GroupKey, replicas: int) -> None:
         """Move ``key`` towards ``replicas`` serving instances: start what is missing (each joins
         the serving pool once ready), drain what is over and stop it once drained. Returns once
-        the change is under way, not when it is done."""
+        the change is under way, not when it is done; ``PartialScale`` when a start failed after
+        others had begun."""
         ...

@@ -153,11 +153,11 @@ async def run(args: argparse.Namespace, config: Config) -> int:
             await web.TCPSite(runner, "127.0.0.1", args.metrics_port).start()
         try:
             await control.run(stop)
-            await actuator.settle()
+            await actuator.settle(actuator.drain_timeout_s + 30.0)  # then the next run finishes them
         finally:
             if runner is not None:
                 await runner.cleanup()
-    print(f"{PROG}: stopped after {len(control.decisions)} decisions", file=sys.stderr)
+    print(f"{PROG}: stopped after {control.decision_count} decisions", file=sys.stderr)
     return 0
 
 

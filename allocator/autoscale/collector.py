@@ -1,13 +1,18 @@
 """The live collector: a tick's ``Window`` per model from the gateway's Prometheus metrics.
 
 Counters are read as differences between two scrapes: requests answered (arrivals), the latency
-histogram's count and sum (completions and their mean), QoS violations plus refusals (over
-target); the pool gauges give what is queued and in service at the scrape.
+histogram's count and sum (completions and their mean), QoS violations plus the refusals at
+admission (over target; a shed or displaced query was accepted, so it is a violation already);
+the pool gauges give what is queued and in service at the scrape. The first scrape is only the
+baseline of the next (the totals before it are the gateway's whole past, not a window); a total
+that fell (a restarted gateway) counts from zero, as Prometheus' ``increase`` does.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -23,6 +28,8 @@ _COUNTERS = {
     "kairos_refusals": "refusals",
 }
 _GAUGES = {"kairos_pending_queries": "queued", "kairos_instance_in_flight": "in_service"}
+# Refusals of queries already accepted: their failure counts in kairos_qos_violations too.
+_ACCEPTED_REFUSALS = ("shed", "displaced")
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,8 @@ def parse_metrics(text: str) -> Scrape:
             if model is None:
                 continue
             name = sample.name.removesuffix("_total")
+            if name == "kairos_refusals" and sample.labels.get("reason") in _ACCEPTED_REFUSALS:
+                continue
             if name in _COUNTERS:
                 counters[model][_COUNTERS[name]] += sample.value
             elif name in _GAUGES:
@@ -52,7 +61,8 @@ def window_between(before: Scrape | None, after: Scrape, model: str) -> Window:
     then = before.counters.get(model, {}) if before else {}
 
     def delta(key: str) -> float:
-        return max(now.get(key, 0.0) - then.get(key, 0.0), 0.0)  # a restarted gateway starts again at 0
+        total, before = now.get(key, 0.0), then.get(key, 0.0)
+        return total - before if total >= before else total  # fell: a restarted gateway counts from 0
 
     g = after.gauges.get(model, {})
     return Window(
@@ -65,15 +75,29 @@ def window_between(before: Scrape | None, after: Scrape, model: str) -> Window:
     )
 
 
-class GatewayCollector:
-    def __init__(self, session: aiohttp.ClientSession, metrics_url: str) -> None:
-        self.session, self.url = session, metrics_url
-        self.last: Scrape | None = None
+@dataclass(frozen=True)
+class Collected:
+    """A window per model, and the seconds between the two scrapes it is the difference of."""
 
-    async def collect(self, models: list[str]) -> dict[str, Window]:
+    windows: dict[str, Window]
+    seconds: float
+
+
+class GatewayCollector:
+    def __init__(
+        self, session: aiohttp.ClientSession, metrics_url: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.session, self.url, self.clock = session, metrics_url, clock
+        self.last: Scrape | None = None
+        self.last_at = 0.0
+
+    async def collect(self, models: list[str]) -> Collected | None:
+        """The windows since the last scrape; None for the first (the baseline)."""
         async with self.session.get(self.url) as resp:
             resp.raise_for_status()
             scrape = parse_metrics(await resp.text())
-        out = {m: window_between(self.last, scrape, m) for m in models}
-        self.last = scrape
-        return out
+        now, before, before_at = self.clock(), self.last, self.last_at
+        self.last, self.last_at = scrape, now
+        if before is None:
+            return None
+        return Collected({m: window_between(before, scrape, m) for m in models}, now - before_at)

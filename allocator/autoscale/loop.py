@@ -7,15 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from allocator.autoscale.actuator import Actuator, GroupKey, GroupState, apply_order, bounded
-from allocator.autoscale.collector import GatewayCollector
+from allocator.autoscale.actuator import Actuator, GroupKey, GroupState, PartialScale, apply_order, bounded
+from allocator.autoscale.collector import Collected
 from allocator.autoscale.planned import RequestTemplate
 from allocator.autoscale.policies import ScalingPolicy
 from allocator.autoscale.simloop import Decision
@@ -25,6 +27,13 @@ from gateway.config import Config
 from gateway.workload import parse_batch_mix
 
 log = logging.getLogger("kairos.autoscale")
+KEPT_DECISIONS = 10_000  # the latest decisions kept in memory (all are logged and counted)
+
+
+class Collector(Protocol):
+    async def collect(self, models: list[str]) -> Collected | None:
+        """The windows since the last call; None for the first (a baseline)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +50,7 @@ class LoopMetrics:
                                  ["model", "variant", "type", "direction"], registry=self.registry)
         self.target = Gauge("kairos_autoscale_target_replicas", "The replicas each group is moving to",
                             ["model", "variant", "type"], registry=self.registry)
-        self.errors = Counter("kairos_autoscale_errors", "Ticks that failed to collect or actuate", ["stage"],
+        self.errors = Counter("kairos_autoscale_errors", "Ticks that failed to collect, decide or actuate", ["stage"],
                               registry=self.registry)
 
 
@@ -49,7 +58,7 @@ class ControlLoop:
     def __init__(
         self,
         policy: ScalingPolicy,
-        collector: GatewayCollector,
+        collector: Collector,
         actuator: Actuator,
         targets_ms: Mapping[str, float],
         settings: LoopSettings = LoopSettings(),
@@ -59,25 +68,37 @@ class ControlLoop:
         self.settings, self.clock = settings, clock
         self.views = {m: ModelView(m, t, settings.tick_s) for m, t in targets_ms.items()}
         self.metrics = LoopMetrics()
-        self.decisions: list[Decision] = []
+        self.decisions: deque[Decision] = deque(maxlen=KEPT_DECISIONS)
+        self.decision_count = 0
         self.started = clock()
 
     async def step(self) -> list[Decision]:
         now_s = self.clock() - self.started
+        tick = self.settings.tick_s
         try:
-            windows = await self.collector.collect(list(self.views))
-            groups = await self.actuator.groups()
+            groups = await self.actuator.groups()  # first: a failure here loses no window
+            collected = await self.collector.collect(list(self.views))
         except Exception as exc:  # an unreachable gateway: skip the tick, never act blind
             self.metrics.errors.labels("collect").inc()
             log.warning("tick at %.0f s skipped: %s", now_s, exc)
             return []
+        if collected is None:
+            log.info("first scrape at %.0f s: the baseline of the next tick's window", now_s)
+            return []
+        ticks = max(1, round(collected.seconds / tick))  # more than one after a skipped tick
         for name, view in self.views.items():
-            view.record(windows[name])
+            for window in collected.windows[name].split(ticks):
+                view.record(window)
             view.groups = {k: s for k, s in groups.items() if k.model == name}
         held = sum(s.ready + s.starting + s.draining for s in groups.values())
         cap = self.settings.cap_units
-        cluster = ClusterView(now_s, self.settings.tick_s, self.views, cap, held)
-        targets = await asyncio.to_thread(self.policy.decide, cluster)  # a plan takes up to seconds
+        cluster = ClusterView(now_s, tick, self.views, cap, held)
+        try:
+            targets = await asyncio.to_thread(self.policy.decide, cluster)  # a plan takes up to seconds
+        except Exception:
+            self.metrics.errors.labels("decide").inc()
+            log.exception("tick at %.0f s: the policy failed; the pool stays as it is", now_s)
+            return []
         made = []
         for key, target in apply_order(targets, lambda k: groups.get(k, GroupState()).committed):
             have = groups.get(key, GroupState()).committed
@@ -86,27 +107,37 @@ class ControlLoop:
                 want = have + min(want - have, max(cap - held, 0))  # never hold more than the cap
             if want == have:
                 continue
+            reason = target.reason
             try:
                 await self.actuator.scale(key, want)
             except Exception as exc:
                 self.metrics.errors.labels("actuate").inc()
                 log.warning("%s: %d -> %d failed: %s", key, have, want, exc)
-                continue
+                if not isinstance(exc, PartialScale) or exc.started == 0:
+                    continue
+                want, reason = have + exc.started, f"{reason}; {want - have - exc.started} of the starts failed"
             if want > have:
                 held += want - have  # after the scale: a failed start leaves the cap's room to the next
-            d = Decision(now_s, key, have, want, target.reason)
+            d = Decision(now_s, key, have, want, reason)
             made.append(d)
             self.metrics.decisions.labels(key.model, key.variant, key.type, "up" if want > have else "down").inc()
             self.metrics.target.labels(key.model, key.variant, key.type).set(want)
-            log.info("%.0fs %s: %d -> %d (%s)", now_s, key, have, want, target.reason)
+            log.info("%.0fs %s: %d -> %d (%s)", now_s, key, have, want, reason)
         self.decisions.extend(made)
+        self.decision_count += len(made)
         return made
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick until ``stop`` is set; a tick's work does not shift the next tick."""
+        """Tick until ``stop`` is set; a tick's work does not shift the next tick, and a tick
+        that overran the next ones skips them (never back-to-back ticks of empty windows)."""
         tick = self.settings.tick_s
         next_at = self.clock() + tick
         while not stop.is_set():
+            late = self.clock() - next_at
+            if late > 0:
+                skipped = math.ceil(late / tick)
+                next_at += skipped * tick
+                log.warning("a tick took %.1f s: %d tick(s) skipped", late + tick, skipped)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(next_at - self.clock(), 0.0))
             if stop.is_set():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,6 +35,8 @@ from allocator.planner.plan import Plan, make_plan
 from allocator.planner.request import parse_plan_request
 from allocator.planner.solve import PlanInfeasible
 from gateway.profiles import ProfileSet
+
+FORECAST_LOG_PLANS = 20_160
 
 # The plan request without loads and pool: (model -> class -> load JSON, current pool JSON) -> request.
 RequestTemplate = Callable[[dict[str, Any], list[dict[str, Any]]], dict[str, Any]]
@@ -79,8 +82,10 @@ class PlannedPolicy:
         self.last_plan: Plan | None = None
         self.plan_time_s = 0.0
         self.plans = 0
-        # (time, model -> the planned-for rates at the 10%, 50% and 90% levels), one per plan
-        self.forecast_log: list[tuple[float, dict[str, tuple[float, float, float]]]] = []
+        # (time, model -> the planned-for rates at the 10%, 50% and 90% levels), one per plan: the
+        # latest FORECAST_LOG_PLANS (a week of plans every 30 s; a live loop runs for months)
+        self.forecast_log: deque[tuple[float, dict[str, tuple[float, float, float]]]] = deque(
+            maxlen=FORECAST_LOG_PLANS)
 
     def initial(self, view: ClusterView) -> dict[GroupKey, int]:
         return dict(self.start) if self.start else {k: 1 for m in view.models.values() for k in m.groups}

@@ -7,6 +7,11 @@ so no query reaches an instance still loading. Stop: the gateway drains it (no n
 it once it holds nothing, and only then do the servers stop it, so no query is lost on the way.
 Instances started with the pool (not through the admin API) can be drained and removed from the
 gateway but keep running: the servers stop only what they started at run time.
+
+Every tick, before it counts, the actuator repairs what a failure or a restart left: an instance
+started at run time that the gateway does not know (a restarted gateway, a lost answer) is added
+to it again; one that failed to boot is stopped; one left draining (a retirement cut short, or
+this process restarted) is retired. A retirement retries each stage until it is done.
 """
 
 from __future__ import annotations
@@ -19,14 +24,24 @@ from typing import Any
 
 import aiohttp
 
-from allocator.autoscale.actuator import GroupKey, GroupState
+from allocator.autoscale.actuator import GroupKey, GroupState, PartialScale
 from gateway.errors import KairosError
 
 log = logging.getLogger("kairos.autoscale")
+RETRY_MAX_S = 30.0  # a retirement's retries back off to this
 
 
 class PoolActuatorError(KairosError):
-    """An admin API refused or could not be reached."""
+    """An admin API refused (``status``) or could not be reached (``status`` None)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def refused(self) -> bool:
+        """The API answered no (4xx): asking again will not help."""
+        return self.status is not None and self.status < 500
 
 
 class PoolActuator:
@@ -59,6 +74,7 @@ class PoolActuator:
         self.drain_poll_s, self.drain_timeout_s = drain_poll_s, drain_timeout_s
         self.release_s = release_s
         self.retiring: dict[str, GroupKey] = {}
+        self.stale: set[str] = set()  # gateway entries of starts rolled back, to remove
         self.releasing: list[tuple[float, GroupKey]] = []  # (loop time it is free, group) per stopped instance
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -71,7 +87,7 @@ class PoolActuator:
                 body = await resp.json(content_type=None)
                 if resp.status not in ok:
                     error = body.get("error") if isinstance(body, dict) else body
-                    raise PoolActuatorError(f"{method} {url}: {resp.status} {error}")
+                    raise PoolActuatorError(f"{method} {url}: {resp.status} {error}", resp.status)
                 return body
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise PoolActuatorError(f"{method} {url}: {exc or type(exc).__name__}") from exc
@@ -84,6 +100,7 @@ class PoolActuator:
 
     async def groups(self) -> dict[GroupKey, GroupState]:
         servers, gateway = await self._instances()
+        await self._repair(servers, gateway)
         counts: dict[GroupKey, list[int]] = {}
         for inst in servers:
             key = GroupKey(inst["model"], inst["model"], inst["type"])
@@ -101,57 +118,137 @@ class PoolActuator:
             counts.setdefault(key, [0, 0, 0])[2] += 1
         return {k: GroupState(*v) for k, v in counts.items()}
 
+    async def _repair(self, servers: list[dict[str, Any]], gateway: dict[str, dict[str, Any]]) -> None:
+        """What a failure or a restart left, put right (the module's docstring); ``gateway`` is
+        updated with the instances added back."""
+        listed = {i["name"] for i in servers}
+        for name in [n for n in self.stale if n not in listed]:
+            try:  # a start rolled back whose gateway entry stayed: its name would clash
+                await self._call("DELETE", f"{self.gateway}/{name}", (200, 202, 404))
+                self.stale.discard(name)
+            except PoolActuatorError as exc:
+                log.warning("removing %s from the gateway: %s", name, exc)
+        for inst in servers:
+            name = inst["name"]
+            if name in self.retiring or (inst.get("origin") == "pool" and name not in gateway):
+                continue  # a pool instance out of the gateway was retired there: it runs on, uncounted
+            seen = gateway.get(name)
+            key = GroupKey(inst["model"], inst["model"], inst["type"])
+            if inst["state"] == "failed":
+                log.warning("%s failed to start: stopping it", name)
+                self._retire_later(name, key)
+            elif seen is not None and seen["state"] == "draining":
+                log.info("%s was left draining: retiring it", name)
+                self._retire_later(name, key)
+            elif seen is None and inst.get("origin") == "runtime":
+                try:
+                    await self._add_to_gateway(inst)
+                except PoolActuatorError as exc:
+                    log.warning("%s runs but the gateway refused it back (%s): stopping it", name, exc)
+                    self._retire_later(name, key)
+                    continue
+                log.info("%s runs but the gateway did not know it: added back", name)
+                gateway[name] = {"name": name, "state": "unhealthy"}  # serving once its probe passes
+
+    async def _add_to_gateway(self, inst: dict[str, Any]) -> None:
+        await self._call("POST", self.gateway, (201,), json={
+            "model": inst["model"], "type": inst["type"], "name": inst["name"],
+            "http": inst["http"], "grpc": inst["grpc"]})
+
     async def scale(self, key: GroupKey, replicas: int) -> None:
         servers, gateway = await self._instances()
         mine = [i for i in servers if i["model"] == key.model and i["type"] == key.type
-                and i["name"] not in self.retiring and i["name"] in gateway
+                and i["name"] not in self.retiring and i["name"] in gateway and i["state"] != "failed"
                 and gateway[i["name"]]["state"] not in ("draining", "removed")]
         have = len(mine)
-        for _ in range(replicas - have):
-            started = await self._call("POST", self.servers, (202,), json={
-                "model": key.model, "type": key.type, "startup_delay_s": self.startup_of(key.type)})
+        for started_now in range(replicas - have):
             try:
-                await self._call("POST", self.gateway, (201,), json={
-                    "model": key.model, "type": key.type, "name": started["name"],
-                    "http": started["http"], "grpc": started["grpc"]})
-            except PoolActuatorError:
-                # Not in the pool, it would run unseen and uncounted: stop it, then report.
-                with contextlib.suppress(PoolActuatorError):
-                    await self._call("DELETE", f"{self.servers}/{started['name']}", (200, 202, 404))
+                await self._start(key)
+            except PoolActuatorError as exc:
+                if started_now:
+                    raise PartialScale(str(exc), started_now) from exc
                 raise
-            log.info("started %s for %s", started["name"], key)
         if replicas < have:
             # Those not serving yet go first, then the newest (the servers list them in start order).
             position = {i["name"]: k for k, i in enumerate(servers)}
             order = sorted(mine, key=lambda i: (gateway[i["name"]]["state"] == "healthy", -position[i["name"]]))
             for inst in order[: have - replicas]:
-                self.retiring[inst["name"]] = key
-                task = asyncio.get_running_loop().create_task(self._retire(inst["name"]))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
+                self._retire_later(inst["name"], key)
+
+    async def _start(self, key: GroupKey) -> None:
+        started = await self._call("POST", self.servers, (202,), json={
+            "model": key.model, "type": key.type, "startup_delay_s": self.startup_of(key.type)})
+        try:
+            await self._add_to_gateway({**started, "model": key.model, "type": key.type})
+        except PoolActuatorError:
+            # Not in the pool, it would run unseen and uncounted: stop it, then report. The add may
+            # have been applied with its answer lost: the gateway's entry goes too.
+            name = started["name"]
+            try:
+                await self._call("DELETE", f"{self.gateway}/{name}", (200, 202, 404))
+            except PoolActuatorError:
+                self.stale.add(name)  # removed at a later tick
+            with contextlib.suppress(PoolActuatorError):  # if not, the next tick adds it back
+                await self._call("DELETE", f"{self.servers}/{name}", (200, 202, 404))
+            raise
+        log.info("started %s for %s", started["name"], key)
+
+    def _retire_later(self, name: str, key: GroupKey) -> None:
+        self.retiring[name] = key
+        task = asyncio.get_running_loop().create_task(self._retire(name))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def _retire(self, name: str) -> None:
-        """Drain, remove from the gateway once empty, then stop."""
+        """Drain, remove from the gateway once empty (or after ``drain_timeout_s``), then stop;
+        each stage again after a failure, backing off, until it is done."""
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        drained = stopped = False
+        backoff = self.drain_poll_s
         try:
-            await self._call("POST", f"{self.gateway}/{name}/drain", (200,))
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.drain_timeout_s
-            while True:
-                body = await self._call("DELETE", f"{self.gateway}/{name}", (200, 202, 404))
-                if body.get("state") in ("removed", None) or loop.time() > deadline:
-                    break
-                await asyncio.sleep(self.drain_poll_s)
-            with contextlib.suppress(PoolActuatorError):  # started with the pool: it keeps running
-                await self._call("DELETE", f"{self.servers}/{name}", (200, 202, 404))
+            while not stopped:
+                try:
+                    if not drained:
+                        try:
+                            await self._call("POST", f"{self.gateway}/{name}/drain", (200,))
+                        except PoolActuatorError as exc:
+                            if exc.status != 404:
+                                raise
+                        drained, deadline = True, loop.time() + self.drain_timeout_s
+                    assert deadline is not None
+                    body = await self._call("DELETE", f"{self.gateway}/{name}", (200, 202, 404))
+                    if body.get("state") not in ("removed", None) and loop.time() <= deadline:
+                        await asyncio.sleep(self.drain_poll_s)
+                        continue
+                    try:
+                        await self._call("DELETE", f"{self.servers}/{name}", (200, 202, 404))
+                    except PoolActuatorError as exc:
+                        if not exc.refused:
+                            raise
+                        log.info("%s keeps running: %s", name, exc)  # started with the pool
+                    stopped = True
+                except PoolActuatorError as exc:
+                    log.warning("retiring %s: %s; again in %.1f s", name, exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, RETRY_MAX_S)
             if self.release_s > 0:
                 self.releasing.append((loop.time() + self.release_s, self.retiring[name]))
             log.info("stopped %s", name)
-        except PoolActuatorError as exc:
-            log.warning("retiring %s: %s", name, exc)
         finally:
             self.retiring.pop(name, None)
 
-    async def settle(self) -> None:
-        """Wait for the retirements under way (tests, and a clean exit)."""
+    async def settle(self, timeout_s: float | None = None) -> None:
+        """Wait for the retirements under way (tests, and a clean exit); past ``timeout_s``,
+        leave them (named in the log: the next run finds them draining and retires them)."""
+        loop = asyncio.get_running_loop()
+        end = None if timeout_s is None else loop.time() + timeout_s
         while self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+            left = None if end is None else end - loop.time()
+            if left is not None and left <= 0:
+                log.warning("left unfinished: retiring %s", ", ".join(sorted(self.retiring)))
+                for task in list(self.tasks):
+                    task.cancel()
+                await asyncio.gather(*list(self.tasks), return_exceptions=True)
+                return
+            await asyncio.wait(list(self.tasks), timeout=left)

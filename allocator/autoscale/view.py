@@ -28,6 +28,23 @@ class Window:
     def ongoing(self) -> int:
         return self.queued + self.in_service
 
+    def split(self, ticks: int) -> list[Window]:
+        """This window as ``ticks`` ticks (it covered that many): counts shared out evenly, the
+        gauges (read at its end) in each."""
+        if ticks <= 1:
+            return [self]
+
+        def share(n: int) -> list[int]:
+            q, r = divmod(n, ticks)
+            return [q + (k < r) for k in range(ticks)]
+
+        done = share(self.completed)
+        return [
+            Window(a, c, self.latency_sum_ms * (c / self.completed if self.completed else 1.0 / ticks), o,
+                   self.queued, self.in_service)
+            for a, c, o in zip(share(self.arrivals), done, share(self.over_target), strict=True)
+        ]
+
 
 # The forecaster's history, bounded: two days of 10 s ticks, trimmed a day at a time (8640 ticks
 # divides by every step of 1-6, 8, 9, 10 or 12 ticks, so the steps keep their boundaries).

@@ -126,23 +126,62 @@ async def test_an_unreachable_admin_api_is_a_clear_error() -> None:
             await actuator.groups()
 
 
-def test_the_collector_reads_windows_as_differences_between_scrapes() -> None:
-    def text(requests: float, count: float, total_s: float, late: float, pending: float) -> str:
-        return "\n".join([
-            "# TYPE kairos_requests counter", f'kairos_requests_total{{model="m",code="200",protocol="http"}} {requests}',
-            "# TYPE kairos_request_duration_seconds histogram",
-            f'kairos_request_duration_seconds_bucket{{model="m",class="default",protocol="http",le="+Inf"}} {count}',
-            f'kairos_request_duration_seconds_count{{model="m",class="default",protocol="http"}} {count}',
-            f'kairos_request_duration_seconds_sum{{model="m",class="default",protocol="http"}} {total_s}',
-            "# TYPE kairos_qos_violations counter", f'kairos_qos_violations_total{{model="m",class="default"}} {late}',
-            "# TYPE kairos_pending_queries gauge", f'kairos_pending_queries{{model="m"}} {pending}', ""])
+def metrics_text(requests: float, count: float, total_s: float, late: float, pending: float,
+                 shed: float = 0.0, full: float = 0.0) -> str:
+    return "\n".join([
+        "# TYPE kairos_requests counter", f'kairos_requests_total{{model="m",code="200",protocol="http"}} {requests}',
+        "# TYPE kairos_request_duration_seconds histogram",
+        f'kairos_request_duration_seconds_bucket{{model="m",class="default",protocol="http",le="+Inf"}} {count}',
+        f'kairos_request_duration_seconds_count{{model="m",class="default",protocol="http"}} {count}',
+        f'kairos_request_duration_seconds_sum{{model="m",class="default",protocol="http"}} {total_s}',
+        "# TYPE kairos_qos_violations counter", f'kairos_qos_violations_total{{model="m",class="default"}} {late}',
+        "# TYPE kairos_refusals counter",
+        f'kairos_refusals_total{{model="m",class="default",reason="shed"}} {shed}',
+        f'kairos_refusals_total{{model="m",class="default",reason="queue_full"}} {full}',
+        "# TYPE kairos_pending_queries gauge", f'kairos_pending_queries{{model="m"}} {pending}', ""])
 
-    a, b = parse_metrics(text(100, 90, 9.0, 2, 0)), parse_metrics(text(160, 150, 21.0, 5, 7))
+
+def test_the_collector_reads_windows_as_differences_between_scrapes() -> None:
+    a = parse_metrics(metrics_text(100, 90, 9.0, 2, 0, shed=1, full=4))
+    b = parse_metrics(metrics_text(160, 150, 21.0, 5, 7, shed=3, full=6))
     w = window_between(a, b, "m")
-    assert (w.arrivals, w.completed, w.over_target, w.queued) == (60, 60, 3, 7)
+    # over target: 3 late or failed (2 of them shed: already violations) + 2 refused at admission
+    assert (w.arrivals, w.completed, w.over_target, w.queued) == (60, 60, 5, 7)
     assert w.latency_sum_ms == pytest.approx(12_000.0)
-    assert window_between(b, a, "m").arrivals == 0  # a restarted gateway: counters start again
+    assert window_between(b, a, "m").arrivals == 100  # a restarted gateway: counted from zero
     assert window_between(None, a, "other").arrivals == 0
+
+
+async def test_the_collectors_first_scrape_is_a_baseline_and_windows_carry_their_seconds() -> None:
+    """The first scrape's totals are the gateway's whole past: no window. Then one window per
+    scrape, with the seconds between the two."""
+    from aiohttp import web
+
+    totals = iter([(36_000, 30.0), (36_050, 33.0), (36_250, 45.0)])
+    now = iter([100.0, 110.0, 140.0])
+
+    async def metrics(_: web.Request) -> web.Response:
+        n, busy = next(totals)
+        return web.Response(text=metrics_text(n, n, busy, 0, 0))
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as s:
+            collector = GatewayCollector(s, f"http://127.0.0.1:{port}/metrics", clock=lambda: next(now))
+            assert await collector.collect(["m"]) is None
+            first = await collector.collect(["m"])
+            second = await collector.collect(["m"])
+    finally:
+        await runner.cleanup()
+    assert first is not None and second is not None
+    assert (first.windows["m"].arrivals, first.seconds) == (50, 10.0)
+    assert (second.windows["m"].arrivals, second.seconds) == (200, 30.0)
 
 
 async def test_the_loop_grows_the_pool_under_load_and_shrinks_it_after(stack: Any, tmp_path: Path) -> None:
@@ -254,3 +293,119 @@ def test_refine_makes_the_loops_plans_refined_in_the_simulator() -> None:
     assert "refine" not in plain and refined["refine"] is True
     plan = make_plan(parse_plan_request({**refined, "refine": {"queries": 2000}}, config.profile_set()))
     assert plan.refinement is not None and all(c.basis == "simulation" for c in plan.classes)
+
+
+async def _names(s: aiohttp.ClientSession, admin: str) -> dict[str, str]:
+    async with s.get(f"{admin}/admin/instances") as resp:
+        return {i["name"]: i["state"] for i in (await resp.json())["instances"]}
+
+
+async def _until(check: Any, timeout_s: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await check():
+        assert loop.time() < deadline
+        await asyncio.sleep(0.1)
+
+
+async def test_the_actuator_repairs_an_instance_the_gateway_forgot_and_one_left_draining(stack: Any) -> None:
+    """A run-time instance the gateway no longer knows (a restarted gateway) is added back; one
+    left draining (a retirement cut short, this process restarted) is retired: gone from both."""
+    pool, _, servers_admin, gateway_admin = stack
+    async with aiohttp.ClientSession() as s:
+        actuator = PoolActuator(s, servers_admin, gateway_admin, drain_poll_s=0.05)
+        await actuator.scale(KEY, 3)
+        await wait_for(actuator, 3)
+        forgot, left = [n for n in await _names(s, servers_admin) if n != pool.instances[0].name]
+        async with s.delete(f"{gateway_admin}/admin/instances/{forgot}") as resp:
+            assert resp.status == 200
+        async with s.post(f"{gateway_admin}/admin/instances/{left}/drain") as resp:
+            assert resp.status == 200
+        assert forgot not in await _names(s, gateway_admin)
+        state = (await actuator.groups())[KEY]
+        assert state.committed == 2 and state.draining == 1  # forgot: back, loading; left: retiring
+        await actuator.settle()
+        await wait_for(actuator, 2)
+        assert set(await _names(s, servers_admin)) == set(await _names(s, gateway_admin)) == {
+            pool.instances[0].name, forgot}
+
+
+async def test_a_retirement_goes_on_after_an_admin_call_fails(stack: Any) -> None:
+    """The gateway's removal fails once (a timeout on a loaded host): the retirement tries again
+    and the instance is stopped, not left draining and running for good."""
+    pool, _, servers_admin, gateway_admin = stack
+
+    class Flaky(PoolActuator):
+        failed = 0
+
+        async def _call(self, method: str, url: str, ok: tuple[int, ...], **kw: Any) -> Any:
+            if method == "DELETE" and url.startswith(self.gateway + "/") and not self.failed:
+                self.failed += 1
+                raise PoolActuatorError(f"{method} {url}: timed out")
+            return await super()._call(method, url, ok, **kw)
+
+    async with aiohttp.ClientSession() as s:
+        actuator = Flaky(s, servers_admin, gateway_admin, drain_poll_s=0.05)
+        await actuator.scale(KEY, 2)
+        await wait_for(actuator, 2)
+        await actuator.scale(KEY, 1)
+        await actuator.settle(timeout_s=20.0)
+        assert actuator.failed == 1 and actuator.retiring == {}
+        assert list(await _names(s, servers_admin)) == list(await _names(s, gateway_admin)) == [pool.instances[0].name]
+        assert (await actuator.groups())[KEY] == GroupState(1, 0, 0)
+
+
+async def test_a_gateway_entry_of_a_rolled_back_start_is_removed(stack: Any) -> None:
+    """The gateway applied an add whose answer was lost: the start is rolled back, the gateway's
+    entry removed with it (else the servers' next instance of that name would clash there)."""
+    _, _, servers_admin, gateway_admin = stack
+
+    class LostAnswer(PoolActuator):
+        async def _call(self, method: str, url: str, ok: tuple[int, ...], **kw: Any) -> Any:
+            body = await super()._call(method, url, ok, **kw)
+            if method == "POST" and url == self.gateway:
+                raise PoolActuatorError(f"{method} {url}: timed out")  # after the gateway applied it
+            return body
+
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(PoolActuatorError, match="timed out"):
+            await LostAnswer(s, servers_admin, gateway_admin).scale(KEY, 2)
+        assert len(await _names(s, gateway_admin)) == len(await _names(s, servers_admin)) == 1
+        actuator = PoolActuator(s, servers_admin, gateway_admin)
+        await actuator.scale(KEY, 2)  # the same name again: no clash
+        await wait_for(actuator, 2)
+
+
+async def test_an_instance_that_failed_to_boot_is_stopped_and_replaced() -> None:
+    """The servers report a start that failed (its port taken meanwhile, say): it is retired, not
+    counted, and a scale to 2 starts one more. The admin APIs are recorded here, not run."""
+
+    class Recorded(PoolActuator):
+        def __init__(self, session: aiohttp.ClientSession) -> None:
+            super().__init__(session, "http://servers", "http://gateway", drain_poll_s=0.01)
+            self.calls: list[tuple[str, str]] = []
+            self.servers_list = [
+                {"name": "pool-0", "model": MODEL, "type": TYPE, "http": "h", "grpc": "g", "state": "ready", "origin": "pool"},
+                {"name": "run-1", "model": MODEL, "type": TYPE, "http": "h", "grpc": "g", "state": "failed",
+                 "origin": "runtime"},
+            ]
+            self.gateway_list = {"pool-0": {"name": "pool-0", "state": "healthy"},
+                                 "run-1": {"name": "run-1", "state": "unhealthy"}}
+
+        async def _instances(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+            return [dict(i) for i in self.servers_list], dict(self.gateway_list)
+
+        async def _call(self, method: str, url: str, ok: tuple[int, ...], **kw: Any) -> Any:
+            self.calls.append((method, url))
+            if method == "POST" and url == self.servers:
+                return {"name": "run-2", "http": "h2", "grpc": "g2"}
+            return {"state": "removed"} if method == "DELETE" else {}
+
+    async with aiohttp.ClientSession() as s:
+        actuator = Recorded(s)
+        assert (await actuator.groups())[KEY] == GroupState(1, 0, 1)  # the failed one: leaving
+        await actuator.scale(KEY, 2)
+        await actuator.settle(timeout_s=5.0)
+    assert ("POST", "http://gateway/admin/instances/run-1/drain") in actuator.calls
+    assert ("DELETE", "http://servers/admin/instances/run-1") in actuator.calls
+    assert actuator.calls.count(("POST", "http://servers/admin/instances")) == 1  # run-2, for run-1

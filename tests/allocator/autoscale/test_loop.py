@@ -9,7 +9,8 @@ import itertools
 import numpy as np
 import pytest
 
-from allocator.autoscale.actuator import GroupKey, GroupState, bounded
+from allocator.autoscale.actuator import GroupKey, GroupState, PartialScale, bounded
+from allocator.autoscale.collector import Collected
 from allocator.autoscale.forecast import make_forecaster
 from allocator.autoscale.planned import PlannedPolicy
 from allocator.autoscale.policies import StaticPolicy, Target, aiad, oneshot
@@ -249,8 +250,8 @@ class Groups:
 
 
 class NoWindows:
-    async def collect(self, models: list[str]) -> dict[str, Window]:
-        return {m: Window(0, 0, 0.0, 0, 0, 0) for m in models}
+    async def collect(self, models: list[str]) -> Collected | None:
+        return Collected({m: Window(0, 0, 0.0, 0, 0, 0) for m in models}, 1.0)
 
 
 async def test_the_live_loop_starts_no_more_than_the_cap_leaves_and_takes_downs_first() -> None:
@@ -302,3 +303,123 @@ async def test_a_failed_start_leaves_its_room_under_the_cap_to_the_next_group() 
     made = await loop.step()
     # a's start failed, so the 3 free units all go to b (not 3 - 3 = 0)
     assert [(d.key, d.before, d.after) for d in made] == [(b, 1, 4)]
+
+
+class Windows:
+    """A collector that hands out the given windows, each covering ``seconds``."""
+
+    def __init__(self, arrivals: list[int], seconds: float = 1.0) -> None:
+        self.arrivals, self.seconds, self.calls = list(arrivals), seconds, 0
+
+    async def collect(self, models: list[str]) -> Collected | None:
+        self.calls += 1
+        n = self.arrivals.pop(0)
+        return Collected({m: Window(n, n, 10.0 * n, 0, 0, 0) for m in models}, self.seconds)
+
+
+class Keep(StaticPolicy):
+    def decide(self, view: ClusterView) -> dict[GroupKey, Target]:
+        return {}
+
+
+async def test_a_window_over_several_ticks_is_recorded_as_that_many() -> None:
+    """After a skipped tick the next window covers two or more: the rate stays the rate."""
+    from allocator.autoscale.loop import ControlLoop, LoopSettings
+
+    loop = ControlLoop(Keep({}, "keep"), Windows([301], seconds=3.02), Groups({KEY: GroupState(1)}),  # type: ignore[arg-type]
+                       {"a": 720.0}, LoopSettings(tick_s=1.0))
+    await loop.step()
+    view = loop.views["a"]
+    assert view.arrivals == [101, 100, 100] and view.rate(3.0) == pytest.approx(301 / 3)
+    assert sum(w.latency_sum_ms for w in view.windows) == pytest.approx(3010.0)
+
+
+async def test_a_failed_read_of_the_pool_loses_no_window() -> None:
+    from allocator.autoscale.loop import ControlLoop, LoopSettings
+
+    class Down(Groups):
+        fail = True
+
+        async def groups(self) -> dict[GroupKey, GroupState]:
+            if self.fail:
+                raise OSError("servers' admin API down")
+            return await super().groups()
+
+    actuator, collector = Down({KEY: GroupState(1)}), Windows([50, 60])
+    loop = ControlLoop(Keep({}, "keep"), collector, actuator, {"a": 720.0}, LoopSettings(tick_s=1.0))  # type: ignore[arg-type]
+    assert await loop.step() == [] and collector.calls == 0  # the window stays with the gateway
+    actuator.fail = False
+    await loop.step()
+    assert loop.views["a"].arrivals == [50]
+
+
+async def test_a_failing_policy_skips_the_tick_and_the_loop_goes_on() -> None:
+    from allocator.autoscale.loop import ControlLoop, LoopSettings
+
+    class Fails(StaticPolicy):
+        calls = 0
+
+        def decide(self, view: ClusterView) -> dict[GroupKey, Target]:
+            self.calls += 1
+            if self.calls == 1:
+                raise ValueError("rate above the planner's bound")
+            return {KEY: Target(2, "up")}
+
+    actuator = Groups({KEY: GroupState(1)})
+    loop = ControlLoop(Fails({}, "fails"), NoWindows(), actuator, {"a": 720.0}, LoopSettings(tick_s=1.0))  # type: ignore[arg-type]
+    assert await loop.step() == [] and actuator.calls == []
+    assert loop.metrics.errors.labels("decide")._value.get() == 1
+    assert [(d.before, d.after) for d in await loop.step()] == [(1, 2)]
+
+
+async def test_a_start_that_fails_part_way_holds_the_units_it_started() -> None:
+    """a asks for 2 more, one starts, then the servers refuse: that one holds a unit of the cap,
+    so b gets 2, not 3, and the cluster stays within its 5."""
+    from allocator.autoscale.loop import ControlLoop, LoopSettings
+
+    a, b = GroupKey("a", "a", TYPE), GroupKey("b", "b", TYPE)
+
+    class HalfA(Groups):
+        async def scale(self, key: GroupKey, replicas: int) -> None:
+            if key == a:
+                await super().scale(key, self.state[key].committed + 1)
+                raise PartialScale("servers' admin API refused the second", 1)
+            await super().scale(key, replicas)
+
+    class Wants(StaticPolicy):
+        def decide(self, view: ClusterView) -> dict[GroupKey, Target]:
+            return {a: Target(3, "a up"), b: Target(4, "b up")}
+
+    actuator = HalfA({a: GroupState(1), b: GroupState(1)})
+    loop = ControlLoop(Wants({}, "wants"), NoWindows(), actuator, {"a": 720.0, "b": 720.0},  # type: ignore[arg-type]
+                       LoopSettings(tick_s=1.0, max_change=8, cap_units=5))
+    made = await loop.step()
+    assert [(d.key, d.before, d.after) for d in made] == [(a, 1, 2), (b, 1, 3)]
+    assert "1 of the starts failed" in made[0].reason
+    assert sum(s.committed for s in actuator.state.values()) == 5
+
+
+async def test_a_tick_that_overran_skips_the_ticks_it_missed() -> None:
+    """The first step takes 3.5 ticks: the next runs on the tick grid after it, not three times
+    back to back on windows of nothing."""
+    import asyncio
+    import time
+
+    from allocator.autoscale.loop import ControlLoop, LoopSettings
+
+    loop = ControlLoop(Keep({}, "keep"), NoWindows(), Groups({}), {"a": 720.0}, LoopSettings(tick_s=0.2))  # type: ignore[arg-type]
+    at: list[float] = []
+    stop = asyncio.Event()
+
+    async def step() -> list[object]:
+        at.append(time.monotonic())
+        if len(at) == 1:
+            await asyncio.sleep(0.7)
+        if len(at) == 4:
+            stop.set()
+        return []
+
+    loop.step = step  # type: ignore[method-assign]
+    await asyncio.wait_for(loop.run(stop), 10)
+    gaps = [b - a for a, b in itertools.pairwise(at)]
+    assert gaps[0] >= 0.7 and min(gaps[1:]) > 0.05, gaps
