@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
@@ -30,6 +32,7 @@ from gateway.protocol.limits import check_name, quote
 
 TOKEN_ENV = "KAIROS_ADMIN_TOKEN"
 MAX_BODY_BYTES = 16 * 1024
+log = logging.getLogger("kairos.admin")
 MAX_ADDRESS_CHARS = 512
 
 
@@ -96,6 +99,11 @@ def admin_app(token: str | None) -> web.Application:
             return web.Response(status=error.status, body=error.body, headers=headers)
         except web.HTTPRequestEntityTooLarge:
             return json_response(413, {"error": f"request body larger than {MAX_BODY_BYTES} bytes"})
+        except web.HTTPException:
+            raise  # aiohttp's own answers (405, 404 for an unknown path)
+        except Exception:  # a bug: one JSON error, logged, never a bare 500 page
+            log.exception("admin %s %s failed", request.method, request.path)
+            return json_response(500, {"error": "internal error; see the log"})
 
     return web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[guard])
 
@@ -164,7 +172,7 @@ def parse_new_instance(body: bytes) -> NewInstance:
     http, grpc = text("http"), text("grpc")
     if http is None and grpc is None:
         raise BadRequest("expected an http URL, a grpc address, or both")
-    if http is not None and not http.startswith("http://"):
+    if http is not None and not _host_port_url(http):
         raise BadRequest(f"http: expected http://HOST:PORT, got {quote(http)}")
     if grpc is not None:
         grpc = grpc.removeprefix("grpc://")
@@ -180,6 +188,16 @@ def parse_new_instance(body: bytes) -> NewInstance:
         check_name(variant, "variant") if variant is not None and variant != model else None,
     )
     return NewInstance(model, endpoint)
+
+
+def _host_port_url(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        return False
+    return (parts.scheme == "http" and bool(parts.hostname) and port is not None and port > 0
+            and parts.path in ("", "/") and not parts.query and not parts.fragment)
 
 
 def json_response(status: int, payload: object) -> web.Response:

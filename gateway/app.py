@@ -38,9 +38,10 @@ from gateway.grpc_server import GrpcServer
 from gateway.grpc_server.server import ServerSettings
 from gateway.metrics import GatewayMetrics
 from gateway.policies import make_policy
-from gateway.pool import Endpoint, HealthProber
+from gateway.pool import Endpoint, HealthProber, probe
 from gateway.profiles import LatencyProfile, ProfileSet
 from gateway.profiles.prior import prior_profile
+from gateway.protocol.limits import MAX_NAME_CHARS
 from gateway.registry import ModelRegistry, ModelService
 from gateway.variants import kind_of, split_kind
 
@@ -259,6 +260,8 @@ class Gateway:
             while f"{endpoint.type}-{k}" in taken:
                 k += 1
             endpoint = replace(endpoint, name=f"{endpoint.type}-{k}")
+            if len(endpoint.name) > MAX_NAME_CHARS:
+                raise BadRequest(f"type {endpoint.type[:40]!r}...: too long to name its instances; give a name")
         if any(s.core.instance(endpoint.name) is not None for s in self.registry):
             raise Conflict(f"an instance named {endpoint.name!r} is already in the pool")
         model = service.config
@@ -278,11 +281,19 @@ class Gateway:
             else self.profiles.get(endpoint.variant or model.name, endpoint.type)
         )
         client = self._client(endpoint)
+        self._forget_removed()
         self.endpoints[endpoint.name] = endpoint
         inst = core.add_instance(endpoint.name, kind, client, healthy=False, profile=profile, prior=prior)
-        ready = await client.ready(model.name, min(self.config.gateway.probe_interval_s, 1.0))
-        core.set_instance_health(endpoint.name, ready)
+        ready = await probe(client, model.name, min(self.config.gateway.probe_interval_s, 1.0))
+        if core.clients.get(endpoint.name) is client:  # not removed (nor replaced) meanwhile
+            core.set_instance_health(endpoint.name, ready)
         return self._describe(model.name, inst)
+
+    def _forget_removed(self) -> None:
+        """Drop the addresses of instances that have left the pool (some leave once drained)."""
+        present = {i.name for s in self.registry for i in s.core.dispatcher.instances}
+        for name in [n for n in self.endpoints if n not in present]:
+            del self.endpoints[name]
 
     def drain_instance(self, name: str) -> dict[str, Any]:
         service, _ = self._holder(name)
@@ -291,9 +302,9 @@ class Gateway:
     def remove_instance(self, name: str) -> dict[str, Any]:
         service, _ = self._holder(name)
         inst = service.core.remove_instance(name)
-        if inst.removed:
-            self.endpoints.pop(name, None)
-        return self._describe(service.config.name, inst)
+        described = self._describe(service.config.name, inst)
+        self._forget_removed()
+        return described
 
     async def start(self) -> None:
         """Connect to each model's pool, probe it once, and listen on both front ends."""

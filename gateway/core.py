@@ -351,6 +351,7 @@ class GatewayCore:
         """After an instance let go of a query: close the client of one that left the pool."""
         if inst.removed and (client := self.clients.pop(inst.name, None)) is not None:
             self._outliers.reset(inst.name)
+            self.metrics.forget_instance(inst.name)  # its series end: names come and go for good
             log.info("instance %s removed", inst.name)
             task = (self._loop or self._bind_loop()).create_task(client.close())
             self._closing_clients.add(task)
@@ -497,7 +498,7 @@ class GatewayCore:
         service_ms = reply.service_ms if reply.service_ms is not None else reply.round_trip_ms
         self.dispatcher.complete(query, inst, service_ms if reply.ok else None, self.clock.now_ms())
         self._released(inst)
-        if self._outliers.record(inst.name, reply.server_error) and self._may_eject():
+        if not inst.removed and self._outliers.record(inst.name, reply.server_error) and self._may_eject():
             self.metrics.failure(inst.name)
             log.warning("instance %s: %d error answers in a row", inst.name, self._outliers.threshold)
             self.set_instance_health(inst.name, False)

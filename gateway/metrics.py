@@ -11,6 +11,7 @@ the hot path pays nothing for them. ``kairos_build_info`` and the ``process_*`` 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import platform
 from collections.abc import Iterator
@@ -66,6 +67,18 @@ class Children(Generic[M]):
         if child is None:
             child = self._cache[labels] = self.metric.labels(*labels)
         return child
+
+    def cached(self) -> list[tuple[str, ...]]:
+        return list(self._cache)
+
+    def forget(self, labels: tuple[str, ...]) -> None:
+        """Remove a child asked for by ``labels``, from the cache and the metric."""
+        self._cache.pop(labels, None)
+        with contextlib.suppress(KeyError):
+            self.metric.remove(*self._label_values(labels))
+
+    def _label_values(self, labels: tuple[str, ...]) -> tuple[str, ...]:
+        return labels
 
 
 class _PoolCollector(Collector):
@@ -145,10 +158,13 @@ class _KindChildren(Children[Counter]):
     def __call__(self, *labels: str) -> Counter:
         child = self._cache.get(labels)
         if child is None:
-            model, instance, kind = labels
-            variant, type_name = split_kind(self.model, kind)
-            child = self._cache[labels] = self.metric.labels(model, instance, type_name, variant)
+            child = self._cache[labels] = self.metric.labels(*self._label_values(labels))
         return child
+
+    def _label_values(self, labels: tuple[str, ...]) -> tuple[str, ...]:
+        model, instance, kind = labels
+        variant, type_name = split_kind(self.model, kind)
+        return (model, instance, type_name, variant)
 
 
 class GatewayMetrics:
@@ -273,3 +289,12 @@ class ModelMetrics:
 
     def health_change(self, instance: str, state: str) -> None:
         self.gateway.health_changes.labels(self.model, instance, state).inc()
+
+    def forget_instance(self, instance: str) -> None:
+        """Drop a removed instance's series (else every name that ever came stays in /metrics)."""
+        g = self.gateway
+        for labels in [k for k in self._dispatches.cached() if k[1] == instance]:
+            self._dispatches.forget(labels)
+        for metric, rest in ((g.failures, ()), (g.health_changes, ("up",)), (g.health_changes, ("down",))):
+            with contextlib.suppress(KeyError):
+                metric.remove(self.model, instance, *rest)

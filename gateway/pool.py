@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -54,11 +55,30 @@ def parse_instance_flags(specs: Sequence[str]) -> list[Endpoint]:
 
 
 ProbeResult = Callable[[str, bool], None]
+log = logging.getLogger("kairos.gateway")
+
+
+async def probe(client: Backend, model: str, timeout_s: float) -> bool:
+    """Readiness of ``model`` on ``client``; False, never an exception, when the probe fails in
+    any way, including a client closed under it (the instance was removed meanwhile). Only the
+    caller's own cancellation goes through."""
+    try:
+        return await client.ready(model, timeout_s)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        return False  # not ours: the client's channel closed under the call
+    except Exception as exc:
+        log.debug("probe failed: %r", exc)
+        return False
 
 
 class HealthProber:
     """Probes every instance's readiness on a timer and reports each result by instance name.
-    ``clients`` is read at each round: the pool's own live mapping, as instances come and go."""
+    ``clients`` is read at each round: the pool's own live mapping, as instances come and go; a
+    result is reported only while its instance still has the client it probed (not one removed,
+    nor a new one of the same name)."""
 
     def __init__(
         self,
@@ -75,10 +95,11 @@ class HealthProber:
         self._task: asyncio.Task[None] | None = None
 
     async def probe_all(self) -> None:
-        names = list(self.clients)
-        results = await asyncio.gather(*(self.clients[n].ready(self.model, self.timeout_s) for n in names))
-        for name, ready in zip(names, results, strict=True):
-            self.on_result(name, ready)
+        probed = list(self.clients.items())
+        results = await asyncio.gather(*(probe(c, self.model, self.timeout_s) for _, c in probed))
+        for (name, client), ready in zip(probed, results, strict=True):
+            if self.clients.get(name) is client:
+                self.on_result(name, ready)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -86,7 +107,10 @@ class HealthProber:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            await self.probe_all()
+            try:
+                await self.probe_all()
+            except Exception:  # a bug in a result's handling: the probes must go on, or no instance returns
+                log.exception("probe round for %s failed", self.model)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -33,6 +34,14 @@ FAILURE_CODES = frozenset(
         grpc.StatusCode.ABORTED,
     }
 )
+
+
+def _reraise_if_cancelled(exc: BaseException) -> None:
+    """A closed channel fails its calls (UsageError; CancelledError for one under way), as the
+    instance leaves the pool; a cancellation of the caller's own task goes on."""
+    task = asyncio.current_task()
+    if isinstance(exc, asyncio.CancelledError) and (task is None or task.cancelling()):
+        raise exc
 
 
 class GrpcBackend:
@@ -72,6 +81,9 @@ class GrpcBackend:
             return await self._stub.ModelMetadata(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise InstanceFailure(self.name, f"{exc.code().name}: {exc.details()}") from None
+        except (grpc.aio.UsageError, asyncio.CancelledError) as exc:
+            _reraise_if_cancelled(exc)
+            raise InstanceFailure(self.name, "the instance left the pool") from None
 
     async def server_metadata(self, timeout_s: float) -> ServerInfo | None:
         """The server's V2 metadata; None if it does not answer."""
@@ -79,12 +91,18 @@ class GrpcBackend:
             reply = await self._stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=timeout_s)
         except grpc.aio.AioRpcError:
             return None
+        except (grpc.aio.UsageError, asyncio.CancelledError) as exc:
+            _reraise_if_cancelled(exc)
+            return None
         return ServerInfo.from_proto(reply.name, reply.version, reply.extensions)
 
     async def ready(self, model: str, timeout_s: float) -> bool:
         try:
             reply = await self._stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=timeout_s)
         except grpc.aio.AioRpcError:
+            return False
+        except (grpc.aio.UsageError, asyncio.CancelledError) as exc:
+            _reraise_if_cancelled(exc)
             return False
         return bool(reply.ready)
 

@@ -193,6 +193,7 @@ class Http1Pool:
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._all: set[_Conn] = set()
+        self._closed = False
 
     def _take_idle(self) -> _Conn | None:
         while self._idle:
@@ -205,6 +206,8 @@ class Http1Pool:
 
     async def _acquire(self) -> _Conn:
         while True:
+            if self._closed:  # a connection opened now would never be closed
+                raise ConnectionResetError(f"{self.host}:{self.port}: the client is closed")
             conn = self._take_idle()
             if conn is not None:
                 return conn
@@ -217,6 +220,9 @@ class Http1Pool:
                     self._open -= 1
                     self._wake()
                     raise
+                if self._closed:  # closed while it connected (close() reset the count)
+                    proto.close()
+                    raise ConnectionResetError(f"{self.host}:{self.port}: the client is closed")
                 self._all.add(proto)
                 return proto
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -298,6 +304,7 @@ class Http1Pool:
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
+        self._closed = True
         for conn in list(self._all):
             conn.close()
         self._all.clear()

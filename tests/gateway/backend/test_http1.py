@@ -174,3 +174,19 @@ async def test_a_connection_made_during_a_stall_of_the_process_is_not_a_timeout(
         await pool.close()
         listener.close()
         thread.join(5)
+
+
+async def test_a_closed_pool_opens_no_connection() -> None:
+    """A late call on a client the core has closed (a probe, a metadata read of an instance just
+    removed) fails, instead of opening a connection that nothing would ever close."""
+    accepted: list[int] = []
+    server = await asyncio.start_server(lambda r, w: accepted.append(1), "127.0.0.1", 0)
+    pool = Http1Pool("127.0.0.1", server.sockets[0].getsockname()[1])
+    await pool.close()
+    try:
+        with pytest.raises(ConnectionResetError, match="closed"):
+            await pool.request("GET", "/v2/health/ready", timeout_s=1.0)
+        await asyncio.sleep(0.05)
+        assert accepted == []
+    finally:
+        server.close()

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from gateway_process import RunningGateway, json_request, launch_gateway
+from helpers.hanging_grpc import hanging_grpc_server
 from helpers.pool import RunningPool, start_pool
 
 from gateway.admin import TOKEN_ENV
@@ -117,11 +118,13 @@ async def test_instances_come_and_go_under_load_and_every_query_is_answered_once
     assert sorted(rid for _, rid, _ in results) == sorted(f"r{i}" for i in range(n))
     served_by = Counter(inst for _, _, inst in results)
     assert served_by[b0.name] > 0 and served_by[gpu.name] > 0 and served_by[a0.name] > 0
-    # Nothing sent twice: one dispatch per answer, no retry.
+    # Nothing sent twice: one dispatch per answer, no retry. The removed instance's series are
+    # gone (names that come and go must not pile up in /metrics).
     dispatched = sum(
         float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("kairos_dispatches_total{")
     )
-    assert dispatched == n
+    assert dispatched == served_by[b0.name] + served_by[gpu.name] == n - served_by[a0.name] - served_by[a1.name]
+    assert f'instance="{a0.name}"' not in metrics and f'instance="{a1.name}"' not in metrics
     assert 'kairos_retries_total{model="rm2"} 0.0' in metrics
 
 
@@ -138,6 +141,10 @@ async def test_admin_errors_are_clear(pool: RunningPool, gw: RunningGateway) -> 
             (json.dumps({"model": MODEL, "type": "bad type", "http": "http://a:1"}).encode(), "type"),
             (json.dumps({"model": MODEL, "type": "r5n.large", "http": "http://a:1", "colour": 1}).encode(), "unknown field"),
             (b"x" * 20_000, "larger than"),
+            *((json.dumps({"model": MODEL, "type": "r5n.large", "http": url}).encode(), "http: expected")
+              for url in ("http://127.0.0.1", "http://127.0.0.1:99999", "http://127.0.0.1:abc", "http://a:1/v2",
+                          "http://:80", "http://a:0")),
+            (json.dumps({"model": MODEL, "type": "t" * 256, "http": "http://a:1"}).encode(), "give a name"),
         ):
             status, doc = await call(s, "POST", admin, data=body)
             assert status in (400, 413) and message in doc["error"], (body[:40], doc)
@@ -226,3 +233,29 @@ async def test_a_control_loop_actuates_the_emulated_pool_through_both_admin_apis
 
 def endpoint_of(doc: dict[str, Any]) -> dict[str, str]:
     return {"http": doc["http"], "grpc": doc["grpc"]}
+
+
+async def test_an_instance_removed_during_its_first_probe_answers_both_calls(
+    pool: RunningPool, gw: RunningGateway
+) -> None:
+    """A gRPC-only instance whose readiness never answers: its first probe (0.2 s) hangs; a
+    DELETE meanwhile closes its channel. The add still answers (the instance is gone)
+    and the gateway serves on."""
+    admin = admin_url(gw)
+    silent, port = await hanging_grpc_server()
+    try:
+        async with aiohttp.ClientSession() as s:
+            add = asyncio.ensure_future(call(s, "POST", admin, json={
+                "model": MODEL, "type": "r5n.large", "name": "silent", "grpc": f"127.0.0.1:{port}"}))
+            await asyncio.sleep(0.08)
+            status, doc = await call(s, "DELETE", f"{admin}/silent")
+            assert status == 200 and doc["state"] == "removed"
+            status, doc = await add
+            assert status == 201 and doc["name"] == "silent"
+            status, doc = await call(s, "GET", admin)
+            assert "silent" not in [i["name"] for i in doc["instances"]]
+            async with s.post(f"{gw.url}/v2/models/{MODEL}/infer", data=json_request(1, model=MODEL)) as resp:
+                assert resp.status == 200
+        assert "Traceback" not in gw.stderr()
+    finally:
+        await silent.stop(None)
