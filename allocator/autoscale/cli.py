@@ -31,7 +31,7 @@ from prometheus_client import generate_latest
 
 from allocator.autoscale.actuator import GroupKey
 from allocator.autoscale.collector import GatewayCollector
-from allocator.autoscale.forecast import DEFAULT_FORECASTER, FORECASTERS, make_forecaster
+from allocator.autoscale.forecast import DEFAULT_FORECASTER, FORECASTERS, LEVELS, make_forecaster
 from allocator.autoscale.loop import ControlLoop, LoopSettings, service_times, template_from_config
 from allocator.autoscale.planned import PlannedPolicy
 from allocator.autoscale.pool_actuator import PoolActuator
@@ -171,7 +171,8 @@ def arg_problem(args: argparse.Namespace, config: Config) -> str | None:
     checks = [
         (0.0 <= args.down_after < 1e9, f"--down-after {args.down_after:g}: expected seconds in [0, 1e9)"),
         (args.max_change >= 1, f"--max-change {args.max_change}: expected at least 1"),
-        (0.01 <= args.load_quantile <= 0.99, f"--load-quantile {args.load_quantile:g}: expected a level in [0.01, 0.99]"),
+        (LEVELS[0] <= args.load_quantile <= LEVELS[-1],
+         f"--load-quantile {args.load_quantile:g}: expected a level in [{LEVELS[0]:g}, {LEVELS[-1]:g}] (the forecast's)"),
         (0.0 <= args.fairness <= 1.0, f"--fairness {args.fairness:g}: expected a weight in [0, 1]"),
         (args.fairness == 0.0 or args.objective == "utility", "--fairness: only with --objective utility"),
         (args.cap is None or 1 <= args.cap <= 1_000_000, f"--cap {args.cap}: expected 1 to 1000000 instances"),

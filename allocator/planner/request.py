@@ -174,6 +174,13 @@ def _parse(raw: Any, shipped: ProfileSet) -> PlanRequest:
                 if v.accuracy is None:
                     where = f"models[{i}].variants[{j}]" if m.has_variants else f"models[{i}]"
                     raise PlanRequestError(f"{where}.accuracy: missing; the accuracy objective needs every variant's")
+    q = objective.load_quantile
+    for i, m in enumerate(models):
+        for name, load in m.load.items():
+            if len(load.levels) > 1 and not load.levels[0] <= q <= load.levels[-1]:
+                raise PlanRequestError(
+                    f"models[{i}].load.{name}: quantiles {load.levels[0]:g} to {load.levels[-1]:g} do not reach "
+                    f"objective.load_quantile {q:g}; give a level at or beyond it (no extrapolation)")
     change = Fields(top.get("change_cost", {}), "change_cost")
     change.unknown({"start", "stop"})
     start = change.raw.get("start")

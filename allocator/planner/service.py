@@ -1,26 +1,31 @@
 """``kairos-plan serve``: the planner over HTTP (aiohttp), for a control loop or a person with curl.
 
   POST /plan    a plan request (JSON) -> 200 the plan | 400 a malformed request, the field named |
-                422 no plan meets it, with the reason | 413 too large | 503 busy
+                422 no plan meets it, with the reason | 413 too large | 503 busy, or no plan found
+                within the time limit | 500 the planner failed
   GET  /health  200 {"status": "ok"}
-Plans are solved in a worker thread (the loop keeps answering), at most ``workers`` at a time and
-``queue`` waiting; each plan's time limit (the solve and any refinement) is capped at ``max_time_s``.
+Plans are solved in child processes (the loop keeps answering), at most ``workers`` at a time and
+``queue`` waiting; each plan's time limit (the solve and any refinement) is capped at ``max_time_s``,
+and a child still solving ``grace_s`` after it is stopped (503): no request holds a worker for good.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 
 import orjson
 from aiohttp import web
 
-from allocator.planner.plan import Plan, make_plan
+from allocator.planner.isolated import PlannerCrashed, plan_in_child
+from allocator.planner.plan import Plan
 from allocator.planner.request import PlanRequest, PlanRequestError, parse_plan_request
-from allocator.planner.solve import PlanInfeasible
+from allocator.planner.solve import PlanInfeasible, PlanTimeout
 from gateway.profiles import ProfileSet
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
+log = logging.getLogger("kairos.plan")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -28,10 +33,16 @@ class ServiceOptions:
     workers: int = 1
     queue: int = 8
     max_time_s: float = 30.0
+    grace_s: float = 5.0
 
 
 def _error(status: int, message: str) -> web.Response:
     return web.Response(status=status, body=orjson.dumps({"error": message}), content_type="application/json")
+
+
+def _busy(message: str) -> web.Response:
+    return web.Response(status=503, headers={"Retry-After": "1"}, body=orjson.dumps({"error": message}),
+                        content_type="application/json")
 
 
 def make_app(profiles: ProfileSet, options: ServiceOptions = ServiceOptions()) -> web.Application:
@@ -39,8 +50,16 @@ def make_app(profiles: ProfileSet, options: ServiceOptions = ServiceOptions()) -
     solving = asyncio.Semaphore(options.workers)
     waiting = 0
 
-    def _solve(req: PlanRequest) -> Plan:
-        return make_plan(dataclasses.replace(req, time_limit_s=min(req.time_limit_s, options.max_time_s)))
+    async def _solve(req: PlanRequest) -> Plan:
+        limit = min(req.time_limit_s, options.max_time_s)
+        return await plan_in_child(dataclasses.replace(req, time_limit_s=limit), limit + options.grace_s)
+
+    def _parse(body: bytes) -> PlanRequest:
+        try:
+            raw = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise PlanRequestError(f"body: not valid JSON ({exc})") from None
+        return parse_plan_request(raw, profiles)
 
     async def plan(request: web.Request) -> web.Response:
         nonlocal waiting
@@ -48,23 +67,22 @@ def make_app(profiles: ProfileSet, options: ServiceOptions = ServiceOptions()) -
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
-        try:
-            raw = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return _error(400, f"body: not valid JSON ({exc})")
-        try:
-            req = parse_plan_request(raw, profiles)
-        except PlanRequestError as exc:
-            return _error(400, str(exc))
-        if waiting >= options.workers + options.queue:
-            return web.Response(status=503, headers={"Retry-After": "1"},
-                                body=orjson.dumps({"error": "the planner is busy; retry"}), content_type="application/json")
+        if waiting >= options.workers + options.queue:  # before the parse: a refusal costs nothing
+            return _busy("the planner is busy; retry")
         waiting += 1
         try:
+            req = await asyncio.to_thread(_parse, body)  # up to 8 MiB: not on the loop
             async with solving:
-                result = await asyncio.to_thread(_solve, req)
+                result = await _solve(req)
+        except PlanRequestError as exc:
+            return _error(400, str(exc))
+        except PlanTimeout as exc:
+            return _busy(str(exc))
         except PlanInfeasible as exc:
             return _error(422, str(exc))
+        except PlannerCrashed as exc:
+            log.error("plan failed: %s", exc)
+            return _error(500, f"the planner failed: {exc}")
         finally:
             waiting -= 1
         return web.Response(body=orjson.dumps(result.to_json()), content_type="application/json")

@@ -29,11 +29,16 @@ from gateway.errors import KairosError
 
 MAX_ROUNDS = 1  # MILP rounds after the relaxation's guess: a second changed no plan in benchmarks.planner.speed
 WORKERS = 2  # blocks solved at once (HiGHS releases the GIL)
+SPREAD_FACTOR, SPREAD_MIN = 4, 64  # a utility plan's spare replicas: at most 4x its own (or 64)
 _TOL = 1e-9
 
 
 class PlanInfeasible(KairosError):
     """No plan meets the request; the message says why."""
+
+
+class PlanTimeout(PlanInfeasible):
+    """The solver found no plan within the request's time limit (one may exist)."""
 
 
 @dataclass(frozen=True)
@@ -185,13 +190,20 @@ def _spread(req: PlanRequest, lay: Layout, sol: Solution, block: list[int], dead
             if t.available is not None else np.inf for t in req.types}
     total_units = req.max_units - float(units @ n) if req.max_units is not None else np.inf
     budget = req.budget_per_hour - float(price @ n) if req.budget_per_hour is not None else np.inf
-    if all(r == np.inf for r in room.values()) and total_units == np.inf and budget == np.inf:
-        return None  # no cap: spare replicas would only cost
-    added = False
-    while True:
+    # A group whose additions no limit bounds gets none (a type without a cap, and no cap on units
+    # or cost that it spends): spare replicas would only cost, without end.
+    bounded = np.array([room[g.type] < np.inf or (total_units < np.inf and units[gi] > 0)
+                        or (budget < np.inf and price[gi] > 0) for gi, g in enumerate(lay.groups)])
+    if not (bounded & in_block).any():
+        return None
+    # Past a few times the plan's own replicas, more capacity helps no one's latency.
+    most = max(SPREAD_FACTOR * int(n[in_block].sum()), SPREAD_MIN)
+    added = 0
+    while added < most and time.perf_counter() < deadline:
         best_gi, best_pressure = -1, 0.0
         for gi, g in enumerate(lay.groups):
-            if not in_block[gi] or room[g.type] < 1 or units[gi] > total_units or price[gi] > budget:
+            if (not in_block[gi] or not bounded[gi] or room[g.type] < 1 or units[gi] > total_units
+                    or price[gi] > budget):
                 continue
             pressure = max((loads[(gi, k)] / max(g.carries(k, max(n[gi], 1)), 1e-9) for k in _classes_of(g)), default=0.0)
             demand = sum(lay.loads[(g.model, k)] for k in range(len(req.models[g.model].classes)))
@@ -203,7 +215,7 @@ def _spread(req: PlanRequest, lay: Layout, sol: Solution, block: list[int], dead
         room[lay.groups[best_gi].type] -= 1
         total_units -= units[best_gi]
         budget -= price[best_gi]
-        added = True
+        added += 1
     if not added:
         return None
     lines = _lines(lay, in_block, np.maximum(n, 1))
@@ -320,7 +332,9 @@ def _optimistic_guess(req: PlanRequest, lay: Layout) -> np.ndarray:
         offered = sum(lay.loads[(g.model, k)] for k in range(len(req.models[g.model].classes)))
         mean = float(np.nanmean(np.where(np.isfinite(g.service_s), g.service_s, np.nan)))
         guess[gi] = max(1.0, offered * mean)
-    return guess
+    # A tangent touches no further out than the group may go: one at 10 replicas of a type capped
+    # at 1 is far below the curve at 1, and made a feasible plan look infeasible.
+    return np.minimum(guess, np.maximum(lay.n_upper, 1.0))
 
 
 def cost_vectors(req: PlanRequest, lay: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -471,6 +485,8 @@ def _solve_once(
         options={"time_limit": max(time_limit, 0.05), "mip_rel_gap": 1e-2},
     )
     if res.x is None:
+        if res.status == 1:  # the time limit, before any plan: not a verdict on the request
+            raise PlanTimeout(f"no plan found within the time limit ({req.time_limit_s:g} s): raise time_limit_s")
         return None
     values = np.zeros(lay.size)
     values[active] = res.x
@@ -532,7 +548,10 @@ def _why_infeasible(req: PlanRequest, lay: Layout) -> str:
     relaxed = replace(req, objective=Objective("utility", allow_drops=True))
     n_max = lay.n_upper
     lines = {(gi, k): _line(g, k, n_max[gi]) for gi, g in enumerate(lay.groups) for k in _classes_of(g)}
-    res = _solve_once(relaxed, lay, lines, max(req.time_limit_s, 1.0))
+    try:
+        res = _solve_once(relaxed, lay, lines, max(req.time_limit_s, 1.0))
+    except PlanTimeout:
+        res = None
     if res is None:
         return f"no plan within the limits ({what}) meets the targets"
     d = res[0][lay.d0 : lay.d0 + len(lay.d_key)]
@@ -541,7 +560,7 @@ def _why_infeasible(req: PlanRequest, lay: Layout) -> str:
         dropped[(mi, k)] = dropped.get((mi, k), 0.0) + float(d[jd])
     worst = sorted(((v / lay.loads[key], key) for key, v in dropped.items() if v > 1e-6), reverse=True)[:3]
     shares = ", ".join(
-        f"{req.models[mi].name}/{req.models[mi].classes[k].name} {share:.0%}" for share, (mi, k) in worst
+        f"{req.models[mi].name}/{req.models[mi].classes[k].name} {100 * share:.2g}%" for share, (mi, k) in worst
     )
     return (
         f"the load does not fit within the limits ({what}) at the targets: the best plan within them would "

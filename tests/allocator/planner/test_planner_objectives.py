@@ -194,3 +194,42 @@ def test_under_a_cap_the_utility_objective_uses_the_spare_replicas() -> None:
     assert sum(a.count for a in cheap.allocations) < 10
     assert spread.count("a", "cpu") > spread.count("b", "cpu")  # the busier model gets more of the spare
     assert all(c.dropped == 0 for c in spread.classes)
+
+
+def _finishes(req: PlanRequest, within_s: float = 20.0) -> Plan:
+    """make_plan in a thread that must end (a loop without end would hang the test run)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(make_plan, req).result(timeout=within_s)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def test_spare_replicas_go_only_where_a_limit_bounds_them() -> None:
+    """One type capped, another not, no cap on units or cost: the uncapped type gets no spare
+    replicas (they would only cost, without end; the spreading looped for ever)."""
+    models = [{"name": "a", **_variant("a", {"gpu": 20.0, "cpu": 50.0}), "classes": [{"name": "c", "target_ms": 400}],
+               "load": 30.0}]
+    types = [{"name": "gpu", "price_per_hour": 0.5, "available": 1}, {"name": "cpu", "price_per_hour": 0.1}]
+    spread = _finishes(_request(types, [dict(m) for m in models], {"kind": "utility"}))
+    cheap = make_plan(_request(types, [dict(m) for m in models], {"kind": "min_cost"}))
+    assert spread.count("a", "gpu") <= 1 and spread.count("a", "cpu") <= cheap.count("a", "cpu") + 1
+    # A huge cap on units: spare replicas stop at a few times what the plan needs.
+    big = _finishes(_request(types, [dict(m) for m in models], {"kind": "utility"}, max_units=100_000))
+    assert sum(a.count for a in big.allocations) <= 4 * sum(a.count for a in cheap.allocations) + 64
+
+
+def test_a_plan_not_found_in_time_is_a_timeout_not_infeasible() -> None:
+    """200 models of two classes under one budget, 10 ms to plan: HiGHS stops with no plan. That
+    is no verdict on the request (it was reported as "does not fit within the limits")."""
+    from allocator.planner.solve import PlanTimeout
+    from gateway.profiles import load_profiles
+
+    models = [{"name": f"m{i}", "profile": "rm2", "load": {"a": 5, "p": 5},
+               "classes": [{"name": "a", "target_ms": 350}, {"name": "p", "target_ms": 700}]} for i in range(200)]
+    raw = {"types": [{"name": "g4dn.xlarge", "price_per_hour": 0.526}, {"name": "r5n.large", "price_per_hour": 0.149}],
+           "models": models, "objective": {"kind": "min_cost"}, "budget_per_hour": 1e6, "time_limit_s": 0.01}
+    with pytest.raises(PlanTimeout, match=r"time limit \(0.01 s\)"):
+        make_plan(parse_plan_request(raw, load_profiles()))

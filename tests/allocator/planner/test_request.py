@@ -560,6 +560,13 @@ def test_inline_profile_levels_of_the_wrong_shape_are_named(profiles: ProfileSet
         parse(raw, profiles)
 
 
+def test_quantiles_that_do_not_reach_the_planned_level_are_refused(profiles: ProfileSet) -> None:
+    """Planned at 0.9 from levels up to 0.5: the rate at 0.5 would be planned for, silently."""
+    with pytest.raises(PlanRequestError, match=r"^models\[1\]\.load\.bulk: quantiles 0.1 to 0.5 do not reach "
+                                               r"objective.load_quantile 0.9"):
+        parse(edited((BULK, {"quantiles": {"0.1": 10, "0.5": 50}})), profiles)
+
+
 def test_a_quantile_level_given_twice_is_refused(profiles: ProfileSet) -> None:
     with pytest.raises(PlanRequestError, match=r"^models\[1\]\.load\.bulk\.quantiles"):
         parse(edited(((*BULK, "quantiles"), {"0.5": 20, "0.50": 40, "0.9": 50})), profiles)

@@ -350,3 +350,32 @@ def test_cli_bad_arguments_exit_2(
     monkeypatch.chdir(REPO)
     assert main(argv) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_a_solve_that_overruns_is_stopped_and_the_next_plan_is_served(tmp_path: Path) -> None:
+    """A refinement whose first simulation alone takes seconds overruns a 0.5 s time limit: its
+    child process is stopped at the limit plus the grace (503), and the next plan is answered at
+    once (a thread could not be stopped: it held the only worker)."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from allocator.planner.service import ServiceOptions, make_app
+    from gateway.profiles import load_profiles
+
+    slow = _request(time_limit_s=0.5, refine={"queries": 200_000, "max_simulations": 1})
+
+    async def main() -> tuple[int, dict[str, Any], float, int, int]:
+        app = make_app(load_profiles(), ServiceOptions(workers=1, max_time_s=0.5, grace_s=1.0))
+        async with TestClient(TestServer(app)) as client:
+            started = time.monotonic()
+            resp = await client.post("/plan", json=slow)
+            stopped = resp.status, await resp.json(), time.monotonic() - started
+            health = (await client.get("/health")).status
+            resp = await client.post("/plan", json=_request())
+            return (*stopped, health, resp.status)
+
+    status, doc, waited, health, after = asyncio.run(main())
+    assert status == 503 and "the solve was stopped" in doc["error"], doc
+    assert waited < 1.5 + 5.0  # the limit, the grace, and a process start
+    assert health == 200 and after == 200
