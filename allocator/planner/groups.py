@@ -58,15 +58,18 @@ def build_tables(req: PlanRequest) -> list[ModelTables]:
         d.behind_lower_classes(m, curves)
     curves.resolve()
     tables = [d.finish(req.max_utilisation) for d in drafts]
-    if req.objective.kind == "accuracy":
-        return [ModelTables(t.sizes_top, t.mass, _undominated(t.groups, req)) for t in tables]
-    return [ModelTables(t.sizes_top, t.mass, _undominated(t.groups, None)) for t in tables]
+    running = {(c.model, c.variant, c.type) for c in req.current}
+    by_accuracy = req if req.objective.kind == "accuracy" else None
+    return [ModelTables(t.sizes_top, t.mass, _undominated(t.groups, by_accuracy, req, running)) for t in tables]
 
 
-def _undominated(groups: tuple[Group, ...], by_accuracy: PlanRequest | None) -> tuple[Group, ...]:
+def _undominated(
+    groups: tuple[Group, ...], by_accuracy: PlanRequest | None, req: PlanRequest, running: set[tuple[str, str, str]]
+) -> tuple[Group, ...]:
     """Drop a group when another variant on the same type is at least as fast on every batch class,
     carries at least as much at every class's target, and (when accuracy counts) is as accurate:
-    same price, so it can never be the better choice. Fewer integers for the MILP."""
+    same price, so it can never be the better choice. Fewer integers for the MILP. A group the
+    current pool runs stays: keeping it may beat stopping it and starting another."""
 
     def accuracy(g: Group) -> float:
         assert by_accuracy is not None
@@ -79,9 +82,15 @@ def _undominated(groups: tuple[Group, ...], by_accuracy: PlanRequest | None) -> 
             return False
         return all(cb is None or (ca is not None and (ca.loads >= cb.loads).all()) for ca, cb in zip(a.curves, b.curves, strict=True))
 
+    def runs(g: Group) -> bool:
+        m = req.models[g.model]
+        return (m.name, m.variants[g.variant].name, g.type) in running
+
     keep: list[Group] = []
     for i, g in enumerate(groups):
-        if not any(dominates(h, g) and (not dominates(g, h) or j < i) for j, h in enumerate(groups) if j != i):
+        if runs(g) or not any(
+            dominates(h, g) and (not dominates(g, h) or j < i) for j, h in enumerate(groups) if j != i
+        ):
             keep.append(g)
     return tuple(keep)
 

@@ -29,6 +29,7 @@ from gateway.errors import KairosError
 
 MAX_ROUNDS = 1  # MILP rounds after the relaxation's guess: a second changed no plan in benchmarks.planner.speed
 WORKERS = 2  # blocks solved at once (HiGHS releases the GIL)
+MAX_GROUP_REPLICAS = 10 * 8192  # the most replicas of one variant on one type the program considers
 SPREAD_FACTOR, SPREAD_MIN = 4, 64  # a utility plan's spare replicas: at most 4x its own (or 64)
 _TOL = 1e-9
 
@@ -234,7 +235,9 @@ def _trim(req: PlanRequest, lay: Layout, sol: Solution, in_block: np.ndarray) ->
         g = lay.groups[gi]
         n = round(float(sol.values[lay.n0 + gi]))
         needed = [(loads[(gi, k)], k) for k in _classes_of(g) if loads[(gi, k)] > 1e-9]
-        while n > max(current[gi], 1 if needed else 0) and all(
+        # Below the current pool only where a stop costs less than an hour of the instance.
+        keep = current[gi] if req.stop_cost >= req.type(g.type).price_per_hour else 0
+        while n > max(keep, 1 if needed else 0) and all(
             load <= g.carries(k, n - 1) * (1 - 1e-9) for load, k in needed
         ):
             n -= 1
@@ -502,17 +505,19 @@ def _n_upper(req: PlanRequest, groups: list[Group], loads: dict[tuple[int, int],
         first = min((float(c.at(1)) for c in g.curves if c is not None), default=0.0)
         bound = math.ceil(worst / max(first, 1e-3)) + 1 if worst > 0 else 0
         available = req.type(g.type).available
-        out[gi] = min(bound, available if available is not None else bound, 10 * 8192)
+        out[gi] = min(bound, available if available is not None else bound, MAX_GROUP_REPLICAS)
     return out
 
 
 def current_counts(req: PlanRequest, lay: Layout) -> np.ndarray:
+    groups_of: dict[tuple[str, str, str], list[int]] = {}
+    for gi, g in enumerate(lay.groups):
+        m = req.models[g.model]
+        groups_of.setdefault((m.name, m.variants[g.variant].name, g.type), []).append(gi)
     out = np.zeros(len(lay.groups))
     for cur in req.current:
-        for gi, g in enumerate(lay.groups):
-            m = req.models[g.model]
-            if m.name == cur.model and m.variants[g.variant].name == cur.variant and g.type == cur.type:
-                out[gi] += cur.count
+        for gi in groups_of.get((cur.model, cur.variant, cur.type), ()):
+            out[gi] += cur.count
     return out
 
 
@@ -544,6 +549,8 @@ def _why_infeasible(req: PlanRequest, lay: Layout) -> str:
         limits.append(f"at most {req.max_units:g} units")
     if req.budget_per_hour is not None:
         limits.append(f"a budget of {req.budget_per_hour:g} $/hour")
+    if (lay.n_upper >= MAX_GROUP_REPLICAS).any():
+        limits.append(f"at most {MAX_GROUP_REPLICAS:,} replicas of a variant on a type (the planner's own)")
     what = "; ".join(limits) or "no limit"
     relaxed = replace(req, objective=Objective("utility", allow_drops=True))
     n_max = lay.n_upper

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -167,6 +168,28 @@ def test_a_costly_change_keeps_the_current_pool() -> None:
     assert fresh.cost_per_hour == cheap_change.cost_per_hour
     assert costly_change.count("m", "fast") == 0 and costly_change.change_cost == 0.0
     assert cheap_change.changes or fresh.count("m", "slow") == 4
+
+
+def test_free_changes_plan_as_if_nothing_ran_and_a_running_twin_variant_is_kept() -> None:
+    """With stops and starts free, the current pool is no floor (the plan kept 4 where 3 carry the
+    load). A variant that another one of the same speed would replace is kept where it runs, when
+    stopping costs more than running it (its stop cost was charged, but not seen by the program)."""
+    from gateway.profiles import load_profiles
+
+    base = {"types": [{"name": "r5n.large", "price_per_hour": 0.149}], "objective": {"kind": "min_cost"}}
+    free = parse_plan_request({**base, "models": [{"name": "rm2", "classes": [{"name": "d", "target_ms": 1000}],
+                                                   "load": 26}],
+                               "current": [{"model": "rm2", "variant": "rm2", "type": "r5n.large", "count": 6}],
+                               "change_cost": {"start": 0, "stop": 0}}, load_profiles())
+    fresh = make_plan(replace(free, current=()))
+    assert make_plan(free).count("rm2", "r5n.large") == fresh.count("rm2", "r5n.large") == 3
+    twins = parse_plan_request({**base, "models": [{"name": "rm2", "load": 10, "classes": [{"name": "d", "target_ms": 1000}],
+                                                    "variants": [{"name": "a", "profile": "rm2"}, {"name": "b", "profile": "rm2"}]}],
+                                "current": [{"model": "rm2", "variant": "b", "type": "r5n.large", "count": 4}],
+                                "change_cost": {"start": 5, "stop": 5}}, load_profiles())
+    plan = make_plan(twins)
+    assert plan.count("rm2", "r5n.large", "b") == 4 and plan.count("rm2", "r5n.large", "a") == 0
+    assert plan.change_cost == 0 and plan.objective_value == pytest.approx(plan.cost_per_hour + plan.change_cost)
 
 
 def test_a_forecast_is_planned_at_the_requested_quantile() -> None:
