@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max", type=_parse_max, default={}, metavar="TYPE=N,...", help="override per-type maxima")
     p.add_argument(
         "--config", type=Path, metavar="PATH",
-        help="take the instance types a gateway config declares and its profiles (with --space catalogue)",
+        help="take the instance types a gateway config declares and its profiles (with --space catalogue or profiled)",
     )
     p.add_argument("--mix", default="production", help="batch mix: production | fixed:N | uniform:LO-HI")
     p.add_argument("--method", choices=("auto", "enumerate", "milp"), default="auto", help="budget-mode search")

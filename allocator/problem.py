@@ -51,7 +51,15 @@ def build_problem(
     if not qos > 0:
         raise ConfigError(f"QoS must be a positive number of milliseconds, got {qos}")
     profiles, scaled = with_scaled_profiles(profiles, catalogue, model, space.types)
-    sizes, probs = (mix or ProductionMix()).pmf()
+    mix = mix or ProductionMix()
+    sizes, probs = mix.pmf()
+    largest = min(profiles.get(model, t).max_batch for t in space.types)
+    if int(sizes[probs > 0].max()) > largest:
+        short = min(space.types, key=lambda t: profiles.get(model, t).max_batch)
+        raise ConfigError(
+            f"the batch mix ({mix.name}) reaches batch {int(sizes[probs > 0].max())}, but the profile of {model} on "
+            f"{short} stops at {largest}: give --mix uniform:1-{largest} (or fixed:N), or profile larger batches"
+        )
     fluid = build_fluid_model(profiles, model, space.types, sizes, probs, qos)
     bad = fluid.unservable_from()
     if bad is not None:
@@ -61,7 +69,7 @@ def build_problem(
             f"QoS {qos:g} ms is out of reach for {model}: no instance type in the search space serves batch "
             f"size {bad} within it (fastest: {fastest} at {best:.1f} ms mean)"
         )
-    summaries = summarise(profiles, model, space.types, space.accelerator, MixOnGrid.from_pmf(sizes, probs), qos)
+    summaries = summarise(profiles, model, space.types, space.accelerator, MixOnGrid.from_pmf(sizes, probs, largest=largest), qos)
     return Problem(
         model=model,
         qos_ms=float(qos),

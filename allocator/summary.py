@@ -41,8 +41,13 @@ class MixOnGrid:
     probs: np.ndarray  # (R,) sums to 1
 
     @classmethod
-    def from_pmf(cls, sizes: np.ndarray, probs: np.ndarray, rounding: int = PAPER_ROUNDING) -> MixOnGrid:
+    def from_pmf(
+        cls, sizes: np.ndarray, probs: np.ndarray, rounding: int = PAPER_ROUNDING, largest: int | None = None
+    ) -> MixOnGrid:
+        """``largest``: no size rounds past it (a profile that stops at 64 is read at 64, not 70)."""
         rounded = np.ceil(np.asarray(sizes, dtype=float) / rounding) * rounding
+        if largest is not None:
+            rounded = np.minimum(rounded, np.maximum(np.asarray(sizes, dtype=float), largest))
         grid, inverse = np.unique(rounded, return_inverse=True)
         mass = np.bincount(inverse, weights=np.asarray(probs, dtype=float), minlength=len(grid))
         keep = mass > 0

@@ -35,8 +35,8 @@ from gateway.config import load_config
 from gateway.errors import KairosError
 
 REFUSED = frozenset({"http_503", "grpc_RESOURCE_EXHAUSTED", "grpc_UNAVAILABLE"})
-# The gateway's deadline error (the load generator counts HTTP 504 and gRPC DEADLINE_EXCEEDED
-# as "timeout"; its own client timeout is set far above the QoS here).
+# The gateway's deadline error (HTTP 504, gRPC DEADLINE_EXCEEDED with the gateway's words); the
+# load generator's own client timeout ("timeout") is set far above the QoS here.
 SHED = frozenset({"timeout", "http_504", "grpc_DEADLINE_EXCEEDED"})
 
 

@@ -70,8 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--pipeline",
         action=argparse.BooleanOptionalAction,
-        help="send an instance its next query once its current one has run its estimated service time "
-        "(default: from config, on)",
+        help="send a busy instance its next query once what it holds is estimated done within the round "
+        "trip's 99th percentile, so the round trip overlaps service (default: from config, on)",
     )
     p.add_argument("--max-pending", type=int, help="bound of the pending queue (default: from config)")
     p.add_argument(

@@ -5,9 +5,10 @@ builds the body with ``PayloadFactory`` and parses only the response ``parameter
 per-instance share); it never goes through tritonclient.
 
 Error kinds (stable strings, the keys of ``errors`` in the report): ``http_<status>``,
-``grpc_<CODE>`` (e.g. ``grpc_UNAVAILABLE``), ``timeout`` (the client's per-request timeout, or
-gRPC DEADLINE_EXCEEDED), ``connection`` (refused, reset, disconnected), ``bad_response``
-(a 200 whose body is not a V2 response), ``cancelled`` (still in flight when the run was aborted).
+``grpc_<CODE>`` (e.g. ``grpc_UNAVAILABLE``, ``grpc_DEADLINE_EXCEEDED`` from a server that shed the
+query), ``timeout`` (the client's per-request timeout), ``connection`` (refused, reset,
+disconnected), ``bad_response`` (a 200 whose body is not a V2 response), ``cancelled`` (still in
+flight when the run was aborted).
 """
 
 from __future__ import annotations
@@ -255,10 +256,10 @@ class GrpcTarget(Target):
             metadata = routing_headers(self.payloads, batch) if self.routing else None
             resp = await self._call(body, timeout=self.timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                return Outcome("timeout")
-            return Outcome(f"grpc_{code.name}", detail=error_text(exc.details() or ""))
+            code, details = exc.code(), exc.details() or ""
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED and details in ("", "Deadline Exceeded"):
+                return Outcome("timeout")  # our own deadline; a server's (a shed query) says why
+            return Outcome(f"grpc_{code.name}", detail=error_text(details))
         params = _grpc_params(resp)
         return Outcome(None, _instance(params), _variant(params))
 

@@ -43,3 +43,17 @@ def test_declared_types_and_their_profiles_are_planned_over(tmp_path: Path, caps
 def test_without_the_config_the_model_is_unknown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--model", "digits", "--space", "profiled", "--budget", "0.5", "--mix", "fixed:8"]) == 2
     assert "--space profiled: the model has no latency profile on any type" in capsys.readouterr().err
+
+
+def test_a_mix_up_to_the_profiles_largest_batch_is_planned(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Profiled up to batch 64 (kairos-profile --max-batch 64): a mix up to 64 is planned (batch 61
+    was read at the paper's grid point 70, past the profile); the default mix, past 64, is refused
+    with the way out."""
+    config = _config(tmp_path)
+    for mix in ("uniform:1-64", "fixed:64", "uniform:1-61"):
+        assert main(["--model", "digits", "--config", str(config), "--space", "profiled", "--budget", "0.5",
+                     "--mix", mix, "--json"]) == 0, mix
+        assert json.loads(capsys.readouterr().out)
+    assert main(["--model", "digits", "--config", str(config), "--space", "profiled", "--budget", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "the batch mix (production) reaches batch 999" in err and "give --mix uniform:1-64" in err

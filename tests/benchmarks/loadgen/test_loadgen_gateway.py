@@ -45,3 +45,15 @@ async def test_loadgen_through_the_gateway(gateway: tuple[GatewayProcess, list[s
     assert doc["schema"] == SCHEMA and doc["qos_ms"] == qos
     assert doc["counts"]["sent"] == 300 and abs(sum(v["share"] for v in doc["instances"].values()) - 1) < 1e-3
     assert {"p50", "p90", "p99", "p99_9", "max"} <= set(doc["latency_ms"])
+
+
+async def test_a_query_the_gateway_refuses_for_its_deadline_keeps_the_gateways_words(
+    gateway: tuple[GatewayProcess, list[str]]
+) -> None:
+    """gRPC DEADLINE_EXCEEDED from the gateway (no instance can meet 0.05 ms) is the gateway's
+    answer, with its reason, not the client's own timeout."""
+    gw, _ = gateway
+    cfg = LoadConfig(url=f"grpc://{gw.grpc}", model="ncf", rate=50, queries=10, qos_ms=0.05)
+    report = await run_load(cfg)
+    assert report.errors == {"grpc_DEADLINE_EXCEEDED": 10}
+    assert report.first_errors and "deadline" in report.first_errors[0].lower()
