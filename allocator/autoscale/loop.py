@@ -52,6 +52,8 @@ class LoopMetrics:
                             ["model", "variant", "type"], registry=self.registry)
         self.errors = Counter("kairos_autoscale_errors", "Ticks that failed to collect, decide or actuate", ["stage"],
                               registry=self.registry)
+        for stage in ("collect", "decide", "actuate"):  # at 0 from the start: a scrape sees every series
+            self.errors.labels(stage)
 
 
 class ControlLoop:

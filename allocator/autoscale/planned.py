@@ -122,6 +122,11 @@ class PlannedPolicy:
             self.plan_time_s += time.perf_counter() - started
             self.plans += 1
         self.last_plan = plan
+        if self.log:
+            forecast = ", ".join(f"{name} {q['0.5']:.1f}/{q['0.9']:.1f} q/s" for name, q in
+                                 ((n, load["quantiles"]) for n, load in loads.items()))
+            pool = ", ".join(f"{a.count} x {a.variant}@{a.type}" for a in plan.allocations) or "nothing"
+            self._say(f"{view.now_s:.0f}s plan for {forecast} (median/0.9 of the forecast): {pool}")
         return plan
 
     def need(self, m: ModelView, key: GroupKey) -> int:
