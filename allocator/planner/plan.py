@@ -121,7 +121,9 @@ def refined(req: PlanRequest, plan: Plan) -> Plan:
     held = {m.name: {(a.variant, a.type): a.count for a in plan.allocations if a.model == m.name} for m in req.models}
     for mi, m in enumerate(req.models):
         counts = held[m.name]
-        if not counts or not _trimmable(req, plan, m.name):
+        if not counts or not _trimmable(req, plan, m.name) or time.monotonic() >= deadline:
+            if counts and time.monotonic() >= deadline:
+                moves.append(f"{m.name}: not refined (the time limit)")
             allocations += [a for a in plan.allocations if a.model == m.name]
             continue
         others: dict[str, int] = {}
