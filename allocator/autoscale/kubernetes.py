@@ -9,11 +9,12 @@ project runs without it).
 ``kairos.dev/type``, on the Deployment and on its pod template (so on its pods). Each group has
 exactly one Deployment; the template is ``deploy/kubernetes/instance-deployment.yaml``.
 
-**States.** ``groups()`` reads, per Deployment: ready = ``status.readyReplicas``; starting =
-``spec.replicas`` minus ready, when positive (pods created and not ready yet, or not created
-yet); draining = the group's pods being terminated (they have a ``deletionTimestamp`` and have
-not finished), from one list of the namespace's managed pods. ``readyReplicas`` does not count
-a terminating pod, so the three never overlap.
+**States.** ``groups()`` reads, per Deployment: ready = ``status.readyReplicas`` up to
+``spec.replicas`` (a rollout's surge beyond it counts as draining); starting = ``spec.replicas``
+minus ready, when positive (pods created and not ready yet, or not created yet); draining = the
+group's pods being terminated (they have a ``deletionTimestamp`` and have not finished), from one
+list of the namespace's managed pods. ``readyReplicas`` does not count a terminating pod, so the
+three never overlap. A group with two Deployments is left out (logged), the others go on.
 
 **What it asks of the API server** is ``PERMISSIONS``, nothing more: list Deployments, patch
 ``deployments/scale``, list pods. ``deploy/kubernetes/autoscaler-rbac.yaml`` grants exactly that,
@@ -205,6 +206,7 @@ class KubernetesActuator:
                 draining[key] = draining.get(key, 0) + 1
         out: dict[GroupKey, GroupState] = {}
         names: dict[GroupKey, str] = {}
+        duplicated: set[GroupKey] = set()
         for d in deployment_items:
             key = _key_of(d.metadata.labels)
             if key is None:
@@ -214,14 +216,18 @@ class KubernetesActuator:
                 )
                 continue
             if key in names:
-                raise KubernetesActuatorError(
-                    f"group {key} has two Deployments in namespace {self.namespace!r}: "
-                    f"{names[key]} and {d.metadata.name}; expected one"
-                )
+                duplicated.add(key)
+                log.warning("group %s has two Deployments in namespace %r: %s and %s; expected one: "
+                            "left alone until one goes", key, self.namespace, names[key], d.metadata.name)
+                continue
             names[key] = d.metadata.name
             wanted = d.spec.replicas if d.spec is not None and d.spec.replicas is not None else 1
             ready = (d.status.ready_replicas if d.status is not None else None) or 0
-            out[key] = GroupState(ready=ready, starting=max(wanted - ready, 0), draining=draining.get(key, 0))
+            # A rollout's surge can be ready beyond the spec: those beyond are on their way out.
+            out[key] = GroupState(ready=min(ready, wanted), starting=max(wanted - ready, 0),
+                                  draining=draining.get(key, 0) + max(ready - wanted, 0))
+        for key in duplicated:  # one broken group must not stop the others' scaling
+            del out[key]
         return out
 
     async def scale(self, key: GroupKey, replicas: int) -> None:
