@@ -1,13 +1,16 @@
-"""``kairos-autoscale``: the control loop against a running gateway and its emulated pool.
+"""``kairos-autoscale``: the control loop against a running gateway and its pool.
 
   kairos-autoscale --config config.json --gateway http://127.0.0.1:8000 \\
       --gateway-admin http://127.0.0.1:8002 --servers-admin http://127.0.0.1:9400
+  kairos-autoscale --config config.json --gateway http://kairos-gateway:8000 \\
+      --gateway-admin http://kairos-gateway-admin:8002 --kubernetes kairos
 
 Every tick (default 10 s) it reads the gateway's /metrics, and every plan period (default 30 s) it
 forecasts each model's load as quantiles and plans the pool (objective min_cost by default); it
-starts instances through kairos-servers' admin API, adds them to the gateway, and drains and stops
-the ones it removes. Every decision is logged with its reason; --metrics-port serves them.
-Stop it with Ctrl-C (SIGINT) or SIGTERM. Exit codes: 0 stopped, 1 a runtime failure, 2 bad
+starts instances through kairos-servers' admin API (or scales the managed Deployments, with
+--kubernetes), adds them to the gateway, and drains and stops the ones it removes. Every
+decision is logged with its reason; --metrics-port serves them. Stop it with Ctrl-C (SIGINT) or
+SIGTERM. Exit codes: 0 stopped, 1 a runtime failure, 2 bad
 arguments or config.
 """
 
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -29,13 +33,15 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import generate_latest
 
-from allocator.autoscale.actuator import GroupKey
+from allocator.autoscale.actuator import Actuator, GroupKey
+from allocator.autoscale.admin_api import GatewayPool
 from allocator.autoscale.collector import GatewayCollector
 from allocator.autoscale.forecast import DEFAULT_FORECASTER, FORECASTERS, LEVELS, make_forecaster
 from allocator.autoscale.loop import ControlLoop, LoopSettings, service_times, template_from_config
 from allocator.autoscale.planned import PlannedPolicy
 from allocator.autoscale.pool_actuator import PoolActuator
 from allocator.planner.request import OBJECTIVES
+from gateway.admin import TOKEN_ENV
 from gateway.clock import start_at_problem
 from gateway.config import Config, load_config
 from gateway.errors import KairosError
@@ -74,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True, help="the gateway's config: models, classes, catalogue")
     p.add_argument("--gateway", required=True, metavar="URL", help="the gateway's HTTP address (its /metrics)")
     p.add_argument("--gateway-admin", required=True, metavar="URL", help="the gateway's admin API")
-    p.add_argument("--servers-admin", required=True, metavar="URL", help="kairos-servers' admin API")
+    pool = p.add_mutually_exclusive_group(required=True)
+    pool.add_argument("--servers-admin", metavar="URL", help="kairos-servers' admin API (the emulated pool)")
+    pool.add_argument("--kubernetes", metavar="NAMESPACE", nargs="?", const="",
+                      help="scale the managed Deployments of NAMESPACE (default: the pod's own) and register their "
+                           "pods with the gateway (allocator/autoscale/kubernetes.py; needs kairos-gateway[kubernetes])")
     p.add_argument("--tick", type=float, default=10.0, metavar="S", help="collect and react every S seconds (default 10)")
     p.add_argument("--plan-every", type=float, default=30.0, metavar="S", help="plan every S seconds (default 30)")
     p.add_argument("--step", type=float, default=60.0, metavar="S", help="the forecaster's step (default 60 s)")
@@ -136,8 +146,16 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     if args.duration:
         loop.call_later(args.duration, stop.set)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        actuator = PoolActuator(session, args.servers_admin, args.gateway_admin, startup_delay_s=args.startup_delay,
-                                release_s=args.release_after)
+        token = os.environ.get(TOKEN_ENV) or None  # the admin APIs' bearer token, if they want one
+        actuator: Actuator
+        if args.kubernetes is not None:
+            from allocator.autoscale.kubernetes import KubernetesActuator
+
+            actuator = KubernetesActuator(args.kubernetes or None,
+                                          gateway=GatewayPool(session, args.gateway_admin, token))
+        else:
+            actuator = PoolActuator(session, args.servers_admin, args.gateway_admin, startup_delay_s=args.startup_delay,
+                                    release_s=args.release_after, token=token)
         control = ControlLoop(policy, GatewayCollector(session, args.gateway.rstrip("/") + "/metrics"), actuator,
                               {m.name: m.qos_ms for m in config.models},
                               LoopSettings(args.tick, args.max_change, args.cap))
@@ -153,7 +171,8 @@ async def run(args: argparse.Namespace, config: Config) -> int:
             await web.TCPSite(runner, "127.0.0.1", args.metrics_port).start()
         try:
             await control.run(stop)
-            await actuator.settle(actuator.drain_timeout_s + 30.0)  # then the next run finishes them
+            if isinstance(actuator, PoolActuator):
+                await actuator.settle(actuator.drain_timeout_s + 30.0)  # then the next run finishes them
         finally:
             if runner is not None:
                 await runner.cleanup()
@@ -209,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     try:
         sys.exit(asyncio.run(run(args, config)))
-    except OSError as exc:
+    except (OSError, KairosError) as exc:  # a port in use; no Kubernetes configuration
         print(f"{PROG}: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except ModuleNotFoundError as exc:
+        print(f"{PROG}: {exc}: --kubernetes needs the kubernetes client (pip install 'kairos-gateway[kubernetes]')",
+              file=sys.stderr)
         sys.exit(1)

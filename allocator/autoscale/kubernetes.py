@@ -29,15 +29,17 @@ before that. So an instance must have stopped receiving queries before SIGTERM: 
 /admin/instances/POD_NAME``, repeated while it answers 202, i.e. while the instance still holds
 queries; bounded at 20 s) and the grace period (30 s) covers that plus the second of stop.
 
-**How the gateway learns that pods come and go: it does not, by itself.** The gateway reads its
-instances from its config at start-up, and afterwards only through its admin API (``POST
-/admin/instances`` with the pod's address: the instance joins once a probe finds it ready;
-``DELETE /admin/instances/NAME``: drained, then gone). Nothing in this project watches pods or
-EndpointSlices to call it: a registrar that adds each ready pod of a managed Deployment under
-its pod name (the name the ``preStop`` hook removes) is out of scope here. A Service in front of
-the instances would not do: the gateway must see each instance (it places every query on one),
-and a ClusterIP Service would show it one. The gateway's pool lives in its process, so a
-restarted gateway has to be told its instances again.
+**How the gateway learns that pods come and go: from this actuator.** The gateway does not
+watch Kubernetes; it changes its pool through its admin API. Given the gateway's (``gateway``),
+the actuator registers every managed pod that has an address and is not terminating (``POST
+/admin/instances`` under the pod's name, its ``http``/``grpc`` container ports: the instance
+joins the rotation once the gateway's probe finds it ready), every tick, so a restarted gateway
+is told its instances again; it removes the gateway's instance of a pod that went without its
+``preStop`` (force-deleted, evicted, its node lost). A group's ``ready`` is then its pods the
+gateway has in rotation (a pod Kubernetes calls ready but the gateway does not know serves no
+one). Leaving stays with each pod's ``preStop`` hook (``DELETE /admin/instances/POD_NAME``).
+A Service in front of the instances would not do: the gateway must see each instance (it places
+every query on one), and a ClusterIP Service would show it one.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from allocator.autoscale.actuator import GroupKey, GroupState
+from allocator.autoscale.admin_api import AdminApiError, GatewayPool
 from gateway.errors import KairosError
 
 if TYPE_CHECKING:  # the client is an optional dependency: imported when an actuator is built
@@ -71,6 +74,7 @@ PERMISSIONS: Mapping[tuple[str, str], frozenset[str]] = {
     ("", "pods"): frozenset({"list"}),
 }
 
+DEFAULT_PORTS = {"http": 9100, "grpc": 9300}  # kairos-servers' in deploy/kubernetes/instance-deployment.yaml
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
 # A label value: at most 63 characters, alphanumerics with - _ . inside.
@@ -107,6 +111,16 @@ def group_selector(key: GroupKey | None = None) -> str:
 def labels_for(key: GroupKey) -> dict[str, str]:
     """The labels a group's Deployment, and its pod template, carry."""
     return {MODEL_LABEL: key.model, VARIANT_LABEL: key.variant, TYPE_LABEL: key.type, MANAGED_BY_LABEL: MANAGED_BY}
+
+
+def _ports(pod: Any) -> dict[str, int]:
+    """The pod's ``http`` and ``grpc`` container ports by name (kairos-servers' defaults if unnamed)."""
+    out = dict(DEFAULT_PORTS)
+    for c in (pod.spec.containers if pod.spec is not None else None) or []:
+        for port in c.ports or []:
+            if port.name in out:
+                out[port.name] = int(port.container_port)
+    return out
 
 
 def _key_of(labels: Mapping[str, str] | None) -> GroupKey | None:
@@ -175,7 +189,10 @@ class KubernetesActuator:
         apps: AppsV1Api | None = None,
         core: CoreV1Api | None = None,
         request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+        gateway: GatewayPool | None = None,
     ) -> None:
+        """``gateway``: the gateway's pool, to register the pods with (see the module's docstring);
+        None: the pods are registered by other means, and ``ready`` is Kubernetes'."""
         if not request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be > 0, got {request_timeout_s}")
         if apps is None or core is None:
@@ -186,6 +203,7 @@ class KubernetesActuator:
         self.core = core
         self.namespace = namespace if namespace is not None else default_namespace()
         self.request_timeout_s = request_timeout_s
+        self.gateway = gateway
 
     async def groups(self) -> dict[GroupKey, GroupState]:
         """Every managed Deployment's group, with its replicas by state (scaled to zero ones too)."""
@@ -204,6 +222,7 @@ class KubernetesActuator:
             phase = pod.status.phase if pod.status is not None else None
             if key is not None and pod.metadata.deletion_timestamp is not None and phase not in _FINISHED_PHASES:
                 draining[key] = draining.get(key, 0) + 1
+        serving = await self._register(pod_items, deployment_items) if self.gateway is not None else None
         out: dict[GroupKey, GroupState] = {}
         names: dict[GroupKey, str] = {}
         duplicated: set[GroupKey] = set()
@@ -223,12 +242,53 @@ class KubernetesActuator:
             names[key] = d.metadata.name
             wanted = d.spec.replicas if d.spec is not None and d.spec.replicas is not None else 1
             ready = (d.status.ready_replicas if d.status is not None else None) or 0
+            if serving is not None:
+                ready = min(ready, serving.get(key, 0))  # ready in Kubernetes and in the gateway's rotation
             # A rollout's surge can be ready beyond the spec: those beyond are on their way out.
             out[key] = GroupState(ready=min(ready, wanted), starting=max(wanted - ready, 0),
                                   draining=draining.get(key, 0) + max(ready - wanted, 0))
         for key in duplicated:  # one broken group must not stop the others' scaling
             del out[key]
         return out
+
+    async def _register(self, pods: list[Any], deployments: list[Any]) -> dict[GroupKey, int]:
+        """Tell the gateway of the pods it lacks, forget those gone without their preStop; per
+        group, its pods in the gateway's rotation."""
+        assert self.gateway is not None
+        known = await self.gateway.instances()
+        alive: set[str] = set()
+        serving: dict[GroupKey, int] = {}
+        for pod in pods:
+            key = _key_of(pod.metadata.labels)
+            ip = pod.status.pod_ip if pod.status is not None else None
+            name = pod.metadata.name
+            if key is None or pod.metadata.deletion_timestamp is not None:
+                continue
+            alive.add(name)
+            seen = known.get(name)
+            if seen is not None:
+                if seen.get("state") == "healthy":
+                    serving[key] = serving.get(key, 0) + 1
+                continue
+            phase = pod.status.phase if pod.status is not None else None
+            if not ip or phase in _FINISHED_PHASES:
+                continue
+            ports = _ports(pod)
+            try:
+                await self.gateway.add(key.model, key.type, name, f"http://{ip}:{ports['http']}", f"{ip}:{ports['grpc']}",
+                                       variant=key.variant)
+                log.info("pod %s (%s) added to the gateway", name, key)
+            except AdminApiError as exc:
+                log.warning("pod %s: the gateway did not take it: %s", name, exc)
+        prefixes = tuple(f"{d.metadata.name}-" for d in deployments)
+        for name, info in known.items():
+            if name not in alive and name.startswith(prefixes) and info.get("state") != "removed":
+                try:  # a pod gone without its preStop (force-deleted, evicted, its node lost)
+                    await self.gateway.remove(name)
+                    log.info("pod %s is gone: removed from the gateway", name)
+                except AdminApiError as exc:
+                    log.warning("pod %s is gone but the gateway kept it: %s", name, exc)
+        return serving
 
     async def scale(self, key: GroupKey, replicas: int) -> None:
         """Set the replicas of ``key``'s Deployment (its ``scale`` subresource); the Deployment

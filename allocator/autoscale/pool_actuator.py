@@ -25,23 +25,13 @@ from typing import Any
 import aiohttp
 
 from allocator.autoscale.actuator import GroupKey, GroupState, PartialScale
-from gateway.errors import KairosError
+from allocator.autoscale.admin_api import AdminApiError, admin_call, bearer
 
 log = logging.getLogger("kairos.autoscale")
 RETRY_MAX_S = 30.0  # a retirement's retries back off to this
 
 
-class PoolActuatorError(KairosError):
-    """An admin API refused (``status``) or could not be reached (``status`` None)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-    @property
-    def refused(self) -> bool:
-        """The API answered no (4xx): asking again will not help."""
-        return self.status is not None and self.status < 500
+PoolActuatorError = AdminApiError  # the name this module's callers know
 
 
 class PoolActuator:
@@ -70,7 +60,7 @@ class PoolActuator:
             self.startup_by_type = dict(startup_delay_s)
         else:
             self.startup_other_s = float(startup_delay_s)
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.headers = bearer(token)
         self.drain_poll_s, self.drain_timeout_s = drain_poll_s, drain_timeout_s
         self.release_s = release_s
         self.retiring: dict[str, GroupKey] = {}
@@ -82,15 +72,7 @@ class PoolActuator:
         return self.startup_by_type.get(type_name, self.startup_other_s)
 
     async def _call(self, method: str, url: str, ok: tuple[int, ...], **kw: Any) -> Any:
-        try:
-            async with self.session.request(method, url, headers=self.headers, **kw) as resp:
-                body = await resp.json(content_type=None)
-                if resp.status not in ok:
-                    error = body.get("error") if isinstance(body, dict) else body
-                    raise PoolActuatorError(f"{method} {url}: {resp.status} {error}", resp.status)
-                return body
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise PoolActuatorError(f"{method} {url}: {exc or type(exc).__name__}") from exc
+        return await admin_call(self.session, self.headers, method, url, ok, **kw)
 
     async def _instances(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         servers, gateway = await asyncio.gather(

@@ -107,6 +107,7 @@ def test_the_manifests_are_there() -> None:
         "instance-deployment.yaml",
         "gateway-deployment.yaml",
         "autoscaler-rbac.yaml",
+        "autoscaler-deployment.yaml",
         "epp-deployment.yaml",  # the endpoint picker and Envoy: tests/gateway/epp/test_manifests.py
         "envoy-deployment.yaml",
     }
@@ -414,7 +415,8 @@ class FakeKube:
             "status": status,
         }
 
-    def add_pod(self, key: GroupKey, name: str, terminating: bool = False, phase: str = "Running") -> None:
+    def add_pod(self, key: GroupKey, name: str, terminating: bool = False, phase: str = "Running",
+                ip: str = "10.0.0.7", ports: dict[str, int] | None = None) -> None:
         metadata: dict[str, Any] = {
             "name": name,
             "namespace": NS,
@@ -429,8 +431,9 @@ class FakeKube:
                 "apiVersion": "v1",
                 "kind": "Pod",
                 "metadata": metadata,
-                "spec": {"containers": [{"name": "instance", "image": "kairos-gateway:0.1.0"}]},
-                "status": {"phase": phase, "podIP": "10.0.0.7"},
+                "spec": {"containers": [{"name": "instance", "image": "kairos-gateway:0.1.0", "ports": [
+                    {"name": n, "containerPort": port} for n, port in (ports or {}).items()]}]},
+                "status": {"phase": phase, "podIP": ip},
             }
         )
 
@@ -751,3 +754,90 @@ async def test_the_requests_sent_are_exactly_what_the_role_grants(cluster: Clust
     await actuator.scale(GPU, 2)
     await actuator.scale(CPU, 0)
     assert cluster.fake.verbs == needed() == granted(rbac_documents()["Role"])
+
+
+async def test_the_actuator_registers_its_pods_with_a_real_gateway_and_counts_what_it_serves(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Two pods (real emulated instances on loopback) the gateway does not know: each tick adds
+    them under their pod names; a group is ready only as far as the gateway serves its pods; a pod
+    gone without its preStop (force-deleted) leaves the gateway too; a restarted gateway would be
+    told again (the same path)."""
+    import aiohttp
+    from helpers.pool import start_pool
+
+    from allocator.autoscale.admin_api import GatewayPool
+    from benchmarks.processes import start_gateway
+
+    with start_pool(tmp_path / "pool", pool={"r5n.large": 3}, model="rm2") as pool:
+        first, *pods = pool.instances
+        config = tmp_path / "gateway.json"
+        config.write_text(json.dumps({
+            "model": "rm2", "qos_ms": 350,
+            "instances": [{"name": first.name, "type": first.type, "http": first.http, "grpc": first.grpc}],
+            "gateway": {"http_port": 0, "grpc_port": 0, "admin_port": 0, "probe_interval_s": 0.2}}))
+        gw = start_gateway(config, [], tmp_path)
+        try:
+            admin = "http://" + gw.ready_line.rsplit(" admin=", 1)[1].split()[0]
+            cluster.fake.add_deployment(CPU, replicas=2, ready=2, name="kairos-rm2")
+            for i, inst in enumerate(pods):
+                host, http_port = inst.http.removeprefix("http://").rsplit(":", 1)
+                cluster.fake.add_pod(CPU, f"kairos-rm2-7d9f-{i}", ip=host,
+                                     ports={"http": int(http_port), "grpc": int(inst.grpc.rsplit(":", 1)[1])})
+            async with aiohttp.ClientSession() as s:
+                gateway = GatewayPool(s, admin)
+                actuator = cluster.actuator(gateway=gateway)
+                first_look = await actuator.groups()
+                assert first_look[CPU] == GroupState(ready=0, starting=2)  # Kubernetes-ready, not yet served
+                assert {"kairos-rm2-7d9f-0", "kairos-rm2-7d9f-1"} <= set(await gateway.instances())
+                for _ in range(50):
+                    if (await actuator.groups())[CPU].ready == 2:
+                        break
+                    await asyncio.sleep(0.1)
+                assert (await actuator.groups())[CPU] == GroupState(ready=2)
+                cluster.fake.pods = [p for p in cluster.fake.pods if p["metadata"]["name"] != "kairos-rm2-7d9f-1"]
+                await actuator.groups()  # force-deleted: no preStop ran
+                assert set(await gateway.instances()) == {first.name, "kairos-rm2-7d9f-0"}
+        finally:
+            assert gw.stop() == 0
+
+
+def test_the_command_takes_kubernetes_instead_of_the_servers_admin_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Outside a cluster and without a kubeconfig: one line saying so, exit 1. The servers' admin
+    API and --kubernetes exclude each other; one of them is needed."""
+    from allocator.autoscale.cli import main
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    flags = ["--config", str(Path(__file__).resolve().parents[3] / "config.json"), "--gateway", "http://127.0.0.1:9",
+             "--gateway-admin", "http://127.0.0.1:9"]
+    with pytest.raises(SystemExit) as done:
+        main([*flags, "--kubernetes", "kairos", "--duration", "1"])
+    assert done.value.code == 1 and "no Kubernetes configuration" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main([*flags, "--kubernetes", "--servers-admin", "http://127.0.0.1:9"])
+    assert done.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(flags)
+    assert done.value.code == 2 and "one of the arguments --servers-admin --kubernetes is required" in capsys.readouterr().err
+
+
+def test_the_autoscaler_runs_as_its_service_account_against_the_gateways_services() -> None:
+    from allocator.autoscale.cli import build_parser
+
+    (deployment,) = documents(ROOT / "deploy/kubernetes/autoscaler-deployment.yaml")
+    spec = deployment["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == rbac_documents()["ServiceAccount"]["metadata"]["name"]
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    c = container(deployment)
+    args = build_parser().parse_args(c["command"][1:])
+    assert args.kubernetes == NS and args.servers_admin is None
+    docs = gateway_documents()
+    g = parse_config(config_of(docs["Deployment/kairos-gateway"])).gateway
+    assert args.gateway == f"http://kairos-gateway.{NS}.svc:{g.http_port}"
+    assert args.gateway_admin == f"http://kairos-gateway-admin.{NS}.svc:{g.admin_port}"
+    assert spec["volumes"][0]["configMap"]["name"] == docs["ConfigMap/kairos-gateway-config"]["metadata"]["name"]
+    (token,) = [e for e in c["env"] if e["name"] == "KAIROS_ADMIN_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"]["name"] == "kairos-admin-token"

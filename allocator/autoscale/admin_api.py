@@ -1,0 +1,73 @@
+"""Calls to the admin APIs the actuators drive (the gateway's pool, kairos-servers'), over one
+aiohttp session: one error type, and the gateway's pool as a small client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from gateway.errors import KairosError
+
+
+class AdminApiError(KairosError):
+    """An admin API refused (``status``) or could not be reached (``status`` None)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def refused(self) -> bool:
+        """The API answered no (4xx): asking again will not help."""
+        return self.status is not None and self.status < 500
+
+
+async def admin_call(
+    session: aiohttp.ClientSession, headers: dict[str, str], method: str, url: str, ok: tuple[int, ...], **kw: Any
+) -> Any:
+    """One call; its JSON body, or AdminApiError with the API's own words."""
+    try:
+        async with session.request(method, url, headers=headers, **kw) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status not in ok:
+                error = body.get("error") if isinstance(body, dict) else body
+                raise AdminApiError(f"{method} {url}: {resp.status} {error}", resp.status)
+            return body
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise AdminApiError(f"{method} {url}: {exc or type(exc).__name__}") from exc
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+class GatewayPool:
+    """The gateway's pool through its admin API (``gateway.admin``)."""
+
+    def __init__(self, session: aiohttp.ClientSession, admin_url: str, token: str | None = None) -> None:
+        self.session = session
+        self.url = admin_url.rstrip("/") + "/admin/instances"
+        self.headers = bearer(token)
+
+    async def instances(self) -> dict[str, dict[str, Any]]:
+        """name -> {name, model, variant, type, state, ...} of every instance in the pool."""
+        body = await admin_call(self.session, self.headers, "GET", self.url, (200,))
+        return {i["name"]: i for i in body["instances"]}
+
+    async def add(self, model: str, type_name: str, name: str, http: str | None, grpc: str | None,
+                  variant: str | None = None) -> None:
+        doc: dict[str, Any] = {"model": model, "type": type_name, "name": name}
+        if variant is not None and variant != model:
+            doc["variant"] = variant
+        if http:
+            doc["http"] = http
+        if grpc:
+            doc["grpc"] = grpc
+        await admin_call(self.session, self.headers, "POST", self.url, (201,), json=doc)
+
+    async def remove(self, name: str) -> dict[str, Any]:
+        """Drain and remove (200: gone, 202: still holds queries; 404: not there)."""
+        body: dict[str, Any] = await admin_call(self.session, self.headers, "DELETE", f"{self.url}/{name}",
+                                                (200, 202, 404))
+        return body
