@@ -108,7 +108,7 @@ _TIMED_OUT_STREAM_UNITS = 100.0  # ten of them spend a full budget
 
 class _Stream:
     __slots__ = ("body", "closed", "ending", "gzip", "headers_sent", "held", "id", "inbox", "method", "opened",
-                 "pending", "remote_closed", "send_window", "size", "stalled_at", "task", "timer",
+                 "pending", "queued", "remote_closed", "send_window", "size", "stalled_at", "task", "timer",
                  "unacked", "waiter")  # fmt: skip
 
     def __init__(self, stream_id: int, send_window: int) -> None:
@@ -131,6 +131,7 @@ class _Stream:
         # A streaming call: its messages not yet read (None: the client half-closed), the reader
         # waiting for one, and whether its method has returned (trailers once all is sent).
         self.inbox: deque[bytes | None] | None = None
+        self.queued = 0  # bytes of the messages in ``inbox``: held (both windows) until read
         self.waiter: asyncio.Future[None] | None = None
         self.ending = False
 
@@ -163,6 +164,7 @@ class _CallStream:
         if message is None:
             inbox.append(None)  # stays ended
             raise StopAsyncIteration
+        self._conn._read(stream, _MESSAGE_PREFIX.size + len(message))
         return message
 
     def send(self, message: bytes) -> None:
@@ -187,6 +189,8 @@ class GrpcConnection(asyncio.Protocol):
         self._streams: dict[int, _Stream] = {}
         self._blocked: dict[int, _Stream] = {}  # answers waiting for a window, in order
         self._last_stream_id = 0
+        self._table_update_due = False  # a dynamic table size update leads the next header block
+        self._goaway_last: int | None = None  # the last stream id a GOAWAY named
         self._continuation: tuple[int, int, list[bytes]] | None = None
         self._continuation_size = 0
         self._continuation_frames = 0
@@ -243,7 +247,7 @@ class GrpcConnection(asyncio.Protocol):
         if self._recv_window > DEFAULT_WINDOW:  # an increment of 0 is a connection error (RFC 9113 6.9)
             preface += window_update(0, self._recv_window - DEFAULT_WINDOW)
         if self._draining:  # the server began to stop before this connection was set up
-            preface += goaway(0, ErrorCode.NO_ERROR)
+            preface += self._goaway(ErrorCode.NO_ERROR)
         transport.write(preface)
         self._close_if_idle()
 
@@ -319,8 +323,15 @@ class GrpcConnection(asyncio.Protocol):
             return
         self._draining = True
         if self._transport is not None:  # else connection_made sends it
-            self._transport.write(goaway(self._last_stream_id, ErrorCode.NO_ERROR))
+            self._transport.write(self._goaway(ErrorCode.NO_ERROR))
             self._close_if_idle()
+
+    def _goaway(self, code: ErrorCode, debug: bytes = b"") -> bytes:
+        """A GOAWAY naming the last stream this server takes: never more than an earlier one
+        named (RFC 9113 6.8), whatever streams were refused since."""
+        last = self._last_stream_id if self._goaway_last is None else min(self._goaway_last, self._last_stream_id)
+        self._goaway_last = last
+        return goaway(last, code, debug)
 
     def abort(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
         """Close now: GOAWAY with ``code``, cancel the open calls, then close the socket (after
@@ -335,7 +346,7 @@ class GrpcConnection(asyncio.Protocol):
         if self._out_closed:  # half-closed already: nothing more to say
             self._close()
         else:
-            self._write(goaway(self._last_stream_id, code, reason.encode()[:256]))
+            self._write(self._goaway(code, reason.encode()[:256]))
             self._linger(transport)
         for stream in list(self._streams.values()):
             self._drop(stream)
@@ -557,8 +568,12 @@ class GrpcConnection(asyncio.Protocol):
                 self._peer_max_frame = value
             elif key == Setting.ENABLE_PUSH and value > 1:
                 raise ConnectionError_(ErrorCode.PROTOCOL_ERROR, "ENABLE_PUSH not 0 or 1")
-            # The header table size bounds the encoder's dynamic table, which this server's
-            # literal-only header blocks never use; the other settings concern the client.
+            elif key == Setting.HEADER_TABLE_SIZE:
+                # The literal-only header blocks never use the dynamic table, but a decoder told
+                # a smaller size than 4,096 waits for the encoder to confirm one (RFC 7541 4.2;
+                # nghttp2 fails the next block without it): the next block starts with size 0.
+                self._table_update_due = True
+            # The other settings concern the client.
         self._write(frame(FrameType.SETTINGS, Flag.ACK, 0))
         # Only the last value counts, and only a change walks the streams.
         delta = 0 if window is None else window - self._peer_initial_window
@@ -803,18 +818,36 @@ class GrpcConnection(asyncio.Protocol):
             start = end
         if start:
             stream.body = body[start:]
-            self._recv_held -= start
-            stream.held -= start
+            stream.queued += start  # held until the method reads them: a method that does not read
+            # stops the client (flow control), instead of its messages piling up here
         if flags & _END_STREAM:
             if stream.body:
                 self._send_status(stream, grpc.StatusCode.INTERNAL, "the stream ended inside a message")
                 return
             self._half_closed(stream)
-        elif stream.unacked >= self._stream_half:
-            self._write(window_update(stream.id, stream.unacked))
-            stream.unacked = 0
+        else:
+            self._ack_stream(stream)
         if inbox:
             _wake(stream)
+
+    def _ack_stream(self, stream: _Stream) -> None:
+        """Give the client's stream window back what no unread message holds, in large steps."""
+        free = stream.unacked - stream.queued
+        if free >= self._stream_half:
+            self._write(window_update(stream.id, free))
+            stream.unacked -= free
+
+    def _read(self, stream: _Stream, n: int) -> None:
+        """A streaming method took a message of ``n`` bytes: both windows may have them back."""
+        if stream.closed:
+            return  # its bytes went back when it ended
+        stream.queued -= n
+        stream.held -= n
+        self._recv_held -= n
+        if not stream.remote_closed:
+            self._ack_stream(stream)
+        if self._recv_unacked >= self._recv_half:
+            self._give_back()
 
     def _half_closed(self, stream: _Stream) -> None:
         stream.remote_closed = True
@@ -848,7 +881,9 @@ class GrpcConnection(asyncio.Protocol):
                     refused.append(stream)
         for stream in refused:
             self._charge("refused stream", 1.0 + _STREAM_ALLOWANCE)
-            self._reset(stream, ErrorCode.REFUSED_STREAM)
+            # REFUSED_STREAM promises no method saw the call (the client may retry it): not so for
+            # a streaming call, whose method runs from its HEADERS
+            self._reset(stream, ErrorCode.CANCEL if stream.inbox is not None else ErrorCode.REFUSED_STREAM)
 
     def _whole_request(self, stream: _Stream) -> int:
         """The bytes the stream's request will hold once whole (its gRPC prefix tells)."""
@@ -917,7 +952,7 @@ class GrpcConnection(asyncio.Protocol):
             if stream.pending is not None:
                 stream.ending = True  # the trailers follow what flow control holds back
             elif stream.headers_sent:
-                out = frame(_HEADERS, _OK_TRAILERS_FRAME_FLAGS, stream.id, OK_TRAILERS)
+                out = frame(_HEADERS, _OK_TRAILERS_FRAME_FLAGS, stream.id, self._hb(OK_TRAILERS))
                 if not stream.remote_closed:
                     out += rst_stream(stream.id, ErrorCode.NO_ERROR)
                 self._write(out)
@@ -952,7 +987,7 @@ class GrpcConnection(asyncio.Protocol):
         sid = stream.id
         size = _MESSAGE_PREFIX.size + len(message)
         prefix = _MESSAGE_PREFIX.pack(0, len(message))
-        out = b"" if stream.headers_sent else frame(_HEADERS, _END_HEADERS, sid, RESPONSE_HEADERS)
+        out = b"" if stream.headers_sent else frame(_HEADERS, _END_HEADERS, sid, self._hb(RESPONSE_HEADERS))
         stream.headers_sent = True
         if (
             stream.pending is None
@@ -1009,7 +1044,7 @@ class GrpcConnection(asyncio.Protocol):
             stream.send_window -= size
             self._send_window -= size
             self._write(b"".join((
-                frame(_HEADERS, _END_HEADERS, sid, headers),
+                frame(_HEADERS, _END_HEADERS, sid, self._hb(headers)),
                 frame_header(_DATA, 0, sid, size), prefix, reply,
                 frame(_HEADERS, _OK_TRAILERS_FRAME_FLAGS, sid, OK_TRAILERS),
             )))  # fmt: skip
@@ -1027,7 +1062,7 @@ class GrpcConnection(asyncio.Protocol):
                 stream, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many answers wait for the client"
             )
             return
-        self._write(frame(_HEADERS, _END_HEADERS, sid, headers))
+        self._write(frame(_HEADERS, _END_HEADERS, sid, self._hb(headers)))
         stream.headers_sent = True
         stream.pending = memoryview(prefix + reply)
         stream.stalled_at = time.monotonic()
@@ -1057,7 +1092,7 @@ class GrpcConnection(asyncio.Protocol):
         self._blocked.pop(stream.id, None)
         if stream.inbox is not None and not stream.ending:
             return  # a streaming call goes on
-        out = frame(_HEADERS, _OK_TRAILERS_FRAME_FLAGS, stream.id, OK_TRAILERS)
+        out = frame(_HEADERS, _OK_TRAILERS_FRAME_FLAGS, stream.id, self._hb(OK_TRAILERS))
         if stream.inbox is not None and not stream.remote_closed:
             out += rst_stream(stream.id, ErrorCode.NO_ERROR)
         self._write(out)
@@ -1082,8 +1117,16 @@ class GrpcConnection(asyncio.Protocol):
     def _send_http_status(self, stream: _Stream, status: int) -> None:
         self._send_block(stream, http_status_block(status))
 
+    def _hb(self, block: bytes) -> bytes:
+        """A header block to send, led by a dynamic table size update (to 0) when one is due."""
+        if self._table_update_due:
+            self._table_update_due = False
+            return b"\x20" + block
+        return block
+
     def _send_block(self, stream: _Stream, block: bytes) -> None:
         sid = stream.id
+        block = self._hb(block)
         limit = self._peer_max_frame
         if len(block) <= limit:
             out = frame(_HEADERS, _END_HEADERS | _END_STREAM, sid, block)

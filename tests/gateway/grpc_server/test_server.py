@@ -1274,3 +1274,44 @@ def test_server_settings_reject_out_of_range(kwargs: dict[str, int]) -> None:
 )  # fmt: skip
 def test_server_settings_accept_the_edges(kwargs: dict[str, int]) -> None:
     ServerSettings(**kwargs)
+
+
+@pytest.mark.parametrize("table", [0, 1024])
+async def test_raw_a_smaller_header_table_is_confirmed_by_the_next_header_block(table: int) -> None:
+    """A client that lowers SETTINGS_HEADER_TABLE_SIZE below 4,096 waits for a dynamic table size
+    update at the start of the next header block (RFC 7541 4.2); nghttp2 fails the block without
+    it. The server's blocks never use the table: the update says 0, once."""
+    from gateway.grpc_server.frames import Setting
+
+    request = frame(FrameType.HEADERS, Flag.END_HEADERS, 1, header_block()) + frame(
+        FrameType.DATA, Flag.END_STREAM, 1, message(b"small table"))
+    second = frame(FrameType.HEADERS, Flag.END_HEADERS, 3, header_block()) + frame(
+        FrameType.DATA, Flag.END_STREAM, 3, message(b"again"))
+    frames = await raw_exchange(PREFACE + settings_frame({Setting.HEADER_TABLE_SIZE: table}) + request + second)
+    blocks = [p for kind, _, sid, p in frames if kind == FrameType.HEADERS]
+    assert blocks[0][:1] == b"\x20" and not any(b[:1] == b"\x20" for b in blocks[1:])
+    decoder = hpack.Decoder()
+    decoder.max_allowed_table_size = table
+    assert (b":status", b"200") in decoder.decode(blocks[0], raw=True)
+    plain = await raw_exchange(CLIENT_START + request)  # no setting: no update
+    assert not any(p[:1] == b"\x20" for kind, _, _, p in plain if kind == FrameType.HEADERS)
+
+
+async def test_a_goaway_never_names_a_later_stream_than_the_one_before() -> None:
+    """Stopping: GOAWAY(first); a new stream is refused; at the grace's end the connection is
+    closed with a second GOAWAY, which must not name the refused stream (RFC 9113 6.8)."""
+    gate = Gate()
+    server = GrpcServer(methods(gate))
+    port = await server.start("127.0.0.1", 0)
+    client = await H2Client.connect(port)
+    first = client.request(WAIT, message(b"one"))
+    await within(gate.started.wait())
+    stopping = asyncio.create_task(server.stop(grace=0.5))
+    await client.wait_for(h2.events.ConnectionTerminated)
+    block = client.conn.encoder.encode(request_headers(ECHO))
+    client.writer.write(frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, first + 2, block))
+    data = await within(client.reader.read())  # to the end: the grace runs out, the call is cut
+    client.close()
+    await within(stopping)
+    goaways = [struct.unpack_from(">I", p)[0] for kind, _, _, p in parse_frames(data) if kind == FrameType.GOAWAY]
+    assert goaways and all(last == first for last in goaways)

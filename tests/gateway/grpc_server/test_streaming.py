@@ -285,3 +285,42 @@ async def test_h2_streams_reset_with_a_failing_message_earn_no_credit() -> None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(client.receive(), 0.05)
         assert sent < 40 and [e.error_code for e in closed()] == [h2.errors.ErrorCodes.ENHANCE_YOUR_CALM]
+
+
+async def test_h2_a_method_that_does_not_read_stops_the_client_by_flow_control() -> None:
+    """The messages a streaming method has not read hold the stream's window: the client is
+    stopped at the window, not buffered without end (200 MiB were queued before); once the method
+    reads, the window comes back and everything arrives."""
+    window = 256 * 1024
+    go = asyncio.Event()
+    seen: list[int] = []
+
+    async def late(call: CallStream) -> None:
+        await go.wait()
+        async for msg in call:
+            seen.append(len(msg))
+        call.send(b"done")
+
+    chunk = message(b"m" * 16_000)
+    async with serving(late, ServerSettings(stream_window=window, connection_window=16 * window)) as port, \
+            h2_client(port) as client:
+        sid = client.request(CHAT, body=None, end=False)
+        sent = 0
+        for _ in range(200):  # far past the window, had the server given it back
+            if client.conn.local_flow_control_window(sid) < len(chunk):
+                await asyncio.sleep(0.3)  # the server has read what was sent: a WINDOW_UPDATE, if any, is out
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        await asyncio.wait_for(client.receive(), 0.1)
+                if client.conn.local_flow_control_window(sid) < len(chunk):
+                    break
+            client.conn.send_data(sid, chunk)
+            client.flush()
+            sent += 1
+        assert sent * len(chunk) <= window  # stopped at the stream's window
+        go.set()
+        body = b"".join([chunk] * 40)
+        await client.send(sid, body)  # more, ended: it goes as the method reads
+        reply = await client.response(sid)
+    assert reply.status == 0 and reply.body == message(b"done")
+    assert seen == [16_000] * (sent + 40)
