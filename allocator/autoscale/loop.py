@@ -41,6 +41,7 @@ class LoopSettings:
     tick_s: float = 10.0
     max_change: int = 4  # instances per group per tick, up or down
     cap_units: int | None = None
+    decide_s: float | None = None  # a decision still running after this skips its tick (None: 2 ticks)
 
 
 class LoopMetrics:
@@ -54,6 +55,11 @@ class LoopMetrics:
                               registry=self.registry)
         for stage in ("collect", "decide", "actuate"):  # at 0 from the start: a scrape sees every series
             self.errors.labels(stage)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class ControlLoop:
@@ -72,6 +78,7 @@ class ControlLoop:
         self.metrics = LoopMetrics()
         self.decisions: deque[Decision] = deque(maxlen=KEPT_DECISIONS)
         self.decision_count = 0
+        self._deciding: asyncio.Future[dict[GroupKey, Any]] | None = None
         self.started = clock()
 
     async def step(self) -> list[Decision]:
@@ -95,8 +102,19 @@ class ControlLoop:
         held = sum(s.ready + s.starting + s.draining for s in groups.values())
         cap = self.settings.cap_units
         cluster = ClusterView(now_s, tick, self.views, cap, held)
+        if self._deciding is not None and not self._deciding.done():
+            self.metrics.errors.labels("decide").inc()
+            log.warning("tick at %.0f s: the last decision still runs; the pool stays as it is", now_s)
+            return []  # one decision at a time: the policy's state is not shared between threads
+        self._deciding = asyncio.ensure_future(asyncio.to_thread(self.policy.decide, cluster))  # a plan: seconds
+        self._deciding.add_done_callback(_retrieved)  # a late one's error is logged below or dropped
+        limit = self.settings.decide_s if self.settings.decide_s is not None else 2 * tick
         try:
-            targets = await asyncio.to_thread(self.policy.decide, cluster)  # a plan takes up to seconds
+            targets = await asyncio.wait_for(asyncio.shield(self._deciding), limit)
+        except TimeoutError:
+            self.metrics.errors.labels("decide").inc()
+            log.warning("tick at %.0f s: no decision within %.0f s; the pool stays as it is", now_s, limit)
+            return []  # what it decides when it ends is stale: dropped
         except Exception:
             self.metrics.errors.labels("decide").inc()
             log.exception("tick at %.0f s: the policy failed; the pool stays as it is", now_s)

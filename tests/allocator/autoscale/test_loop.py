@@ -3,6 +3,7 @@ simulated actuator (start-up delays, the cap, released capacity held) and reprod
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 
@@ -423,3 +424,33 @@ async def test_a_tick_that_overran_skips_the_ticks_it_missed() -> None:
     await asyncio.wait_for(loop.run(stop), 10)
     gaps = [b - a for a, b in itertools.pairwise(at)]
     assert gaps[0] >= 0.7 and min(gaps[1:]) > 0.05, gaps
+
+
+async def test_a_decision_that_overruns_skips_ticks_and_only_one_runs_at_a_time() -> None:
+    """A plan stuck for a while: the tick goes on without it (windows still recorded), the next
+    ticks do not start a second decision beside it, and once it ends the loop decides again."""
+    import threading
+
+    from allocator.autoscale.loop import ControlLoop, LoopSettings
+
+    release = threading.Event()
+
+    class Stuck(StaticPolicy):
+        calls = 0
+
+        def decide(self, view: ClusterView) -> dict[GroupKey, Target]:
+            self.calls += 1
+            if self.calls == 1:
+                release.wait(10)
+            return {KEY: Target(2, "up")}
+
+    policy = Stuck({}, "stuck")
+    actuator = Groups({KEY: GroupState(1)})
+    loop = ControlLoop(policy, Windows([10, 20, 30]), actuator, {"a": 720.0},  # type: ignore[arg-type]
+                       LoopSettings(tick_s=1.0, decide_s=0.2))
+    assert await loop.step() == [] and await loop.step() == []
+    assert policy.calls == 1 and actuator.calls == [] and loop.views["a"].arrivals == [10, 20]
+    assert loop.metrics.errors.labels("decide")._value.get() == 2
+    release.set()
+    await asyncio.sleep(0.1)  # the stuck one ends; its targets are stale, dropped
+    assert [(d.before, d.after) for d in await loop.step()] == [(1, 2)] and policy.calls == 2
