@@ -51,6 +51,7 @@ from gateway.protocol.params import (
 from gateway.protocol.v2 import (
     json_batch,
     load_json_object,
+    loads_nonfinite,
     parse_proto_infer,
     proto_batch,
     proto_param_value,
@@ -130,10 +131,11 @@ def json_response_header(body: bytes, header_length: int | None) -> dict[str, An
     """The JSON header of an HTTP infer response (the whole body without the binary extension),
     None when it is not a JSON object. Parsed once per reply: the backend reads the instance's
     service time from it and the front end adds the gateway's parameters to it."""
+    data = body if header_length is None else memoryview(body)[:header_length]
     try:
-        header = orjson.loads(body if header_length is None else memoryview(body)[:header_length])
+        header = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return None
+        header = loads_nonfinite(data)  # an output with NaN, as Triton writes it
     return header if isinstance(header, dict) else None
 
 

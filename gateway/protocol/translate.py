@@ -206,8 +206,16 @@ def raw_to_json_data(raw: memoryview | bytes, datatype: str, index: int = 0) -> 
             pos += 4 + n
         return out
     if datatype == "BF16":
-        return (np.frombuffer(raw, dtype="<u2").astype("<u4") << 16).view("<f4").tolist()
-    return np.frombuffer(raw, dtype=NUMPY_DTYPES[datatype]).tolist()
+        values = (np.frombuffer(raw, dtype="<u2").astype("<u4") << 16).view("<f4")
+    else:
+        values = np.frombuffer(raw, dtype=NUMPY_DTYPES[datatype])
+    if values.dtype.kind == "f" and np.isinf(values).any():
+        # JSON has no infinity (orjson would write null, read back as NaN: another input)
+        raise BadRequest(
+            f"inputs[{index}]: holds +-Infinity, which JSON cannot carry, and this instance takes JSON "
+            "tensors only (no binary tensor extension)"
+        )
+    return values.tolist()  # NaN goes as null, which V2 servers read back as NaN
 
 
 # -- response: HTTP -> gRPC ------------------------------------------------------------------

@@ -16,6 +16,7 @@ saying its length in ``parameters.binary_data_size``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,15 +136,36 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
     return n
 
 
+NONFINITE_JSON_BYTES = 1 << 20
+
+
 def load_json_object(data: bytes | memoryview, what: str = "request body") -> dict[str, Any]:
-    """Parse JSON that must be an object; BadRequest on malformed JSON."""
+    """Parse JSON that must be an object; BadRequest on malformed JSON. ``NaN`` and
+    ``[-]Infinity`` tokens, which Triton and tritonclient write, are read too (in bodies up to
+    ``NONFINITE_JSON_BYTES``: the parser that takes them is ~10x slower)."""
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON in {what}: {exc}") from None
+        obj = loads_nonfinite(data)
+        if obj is None:
+            raise BadRequest(f"malformed JSON in {what}: {exc}") from None
     if not isinstance(obj, dict):
         raise BadRequest(f"{what}: expected a JSON object, got {_json_kind(obj)}")
     return obj
+
+
+def loads_nonfinite(data: bytes | memoryview) -> Any:
+    """JSON with ``NaN``/``Infinity`` tokens (not JSON, but what Triton writes), parsed; None
+    when it is not that, or too long for the slow parser."""
+    if len(data) > NONFINITE_JSON_BYTES:
+        return None
+    raw = bytes(data)
+    if b"NaN" not in raw and b"Infinity" not in raw:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
 
 
 def json_batch(obj: Mapping[str, Any]) -> int:

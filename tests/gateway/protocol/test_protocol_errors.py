@@ -75,3 +75,19 @@ def test_address_file_round_trip(tmp_path: Path) -> None:
     path.write_text('{"instances": [{"name": 1}]}')
     with pytest.raises(ConfigError, match="not an address file"):
         read_address_file(path)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(401, "UNAUTHENTICATED"), (403, "PERMISSION_DENIED"), (409, "ABORTED"), (422, "INVALID_ARGUMENT"),
+     (429, "RESOURCE_EXHAUSTED"), (501, "UNIMPLEMENTED"), (418, "INVALID_ARGUMENT")],
+)
+def test_an_http_instances_client_error_reaches_a_grpc_client_as_its_grpc_equivalent(status: int, code: str) -> None:
+    """A gRPC query sent to an instance's HTTP endpoint: the status a gRPC instance would give
+    (Triton answers 501 where its gRPC server says UNIMPLEMENTED); unknown 4xx stay INVALID_ARGUMENT."""
+    import grpc
+
+    from gateway.backend.grpc_over_http import _client_error
+
+    reply = _client_error(status, "the instance's words", 1.0)
+    assert reply.grpc_code == getattr(grpc.StatusCode, code) and reply.status == status

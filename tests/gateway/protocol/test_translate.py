@@ -306,3 +306,33 @@ def test_a_binary_request_with_sizes_past_its_data_is_refused_before_decoding() 
     body, n = _binary_body({"x": ("FP32", np.zeros(4, dtype="<f4"))})
     with pytest.raises(BadRequest, match="runs past the end"):
         binary_request_to_json(body[:-4], n)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_infinity_is_refused_for_a_json_only_instance_and_nan_goes_as_null(dtype: Any) -> None:
+    """JSON has no infinity: written as null it reached the model as NaN (another input). NaN
+    itself goes as null, which V2 servers (MLServer's codec) read back as NaN."""
+    from gateway.protocol.translate import proto_request_to_json
+
+    with pytest.raises(BadRequest, match=r"inputs\[0\]: holds \+-Infinity, which JSON cannot carry"):
+        proto_request_to_json(_triton_grpc(tensors={"x": np.array([[1.0, np.inf, -np.inf]], dtype=dtype)}))
+    doc = orjson.loads(proto_request_to_json(_triton_grpc(tensors={"x": np.array([[1.0, np.nan]], dtype=dtype)})))
+    assert doc["inputs"][0]["data"] == [1.0, None]
+
+
+def test_a_json_body_with_nan_and_infinity_tokens_is_read_as_triton_writes_it() -> None:
+    """tritonclient.http with binary_data=False writes NaN and Infinity (not JSON); Triton reads
+    them. The gateway routes such a request (it answered 400 "malformed JSON")."""
+    from gateway.protocol.routing import json_response_header, routing_from_json_body
+
+    x = np.array([[np.nan, np.inf, -np.inf, 1.5]], dtype=np.float32)
+    inp = th.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=False)
+    body, _ = http_request([inp], "r1", None, 0, False, False, 0, None, None)
+    assert b"NaN" in body and b"Infinity" in body
+    assert routing_from_json_body(body).batch == 1
+    answer = b'{"id":"r1","outputs":[{"name":"y","datatype":"FP32","shape":[1],"data":[NaN]}]}'
+    header = json_response_header(answer, None)
+    assert header is not None and header["id"] == "r1"  # the gateway's parameters can be added
+    with pytest.raises(BadRequest, match="malformed JSON"):
+        routing_from_json_body(b'{"inputs": [NaN')
