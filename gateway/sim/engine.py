@@ -180,7 +180,9 @@ class Simulation:
         self.counts_refusals = self.control.admission or max_pending is not None
         n = self.n = len(trace)
         self.legs = [rt / 2.0 for rt in round_trips(n, transport_ms, transport_p99_ms, seed)]
-        self.observe_overhead = transport_ms > 0
+        # As the live core (GatewayCore._serve): only at depth 1 is a query's round trip free of
+        # another's service (deeper, one held behind another would read as no overhead).
+        self.observe_overhead = transport_ms > 0 and dispatcher.depth == 1
         self.batch = np.asarray(trace.batch, dtype=np.int64)
         # Service-time rows by type, drawn on first use: a type's stream is keyed by (seed, type).
         self.types: list[str] = []
@@ -312,7 +314,7 @@ class Simulation:
                     qid = q.id
                     inst = sim_insts[j]
                     complete(q, inst, svc_rows[row_of_instance[j]][qid], now)
-                    if observe_overhead and not q.pipelined:  # as live: only a query that found its instance idle
+                    if observe_overhead and not q.pipelined:  # as live: a query that found its instance idle, depth 1
                         estimator.observe_overhead(now - q.started_ms - svc_rows[row_of_instance[j]][qid])
                     end[qid] = now
                     if observe:

@@ -98,7 +98,8 @@ class SimResult:
 
     def class_summary(self) -> dict[str, dict[str, float]]:
         """Per class, over its measured queries: how many, the fraction refused or shed, within
-        target of all and of those accepted."""
+        target of all and of those accepted (not refused: a shed query was accepted, and missed,
+        as ``accepted_attainment`` counts it)."""
         out: dict[str, dict[str, float]] = {}
         m = self.measured
         ok = self.within_qos()[m]
@@ -106,7 +107,7 @@ class SimResult:
         for k, c in enumerate(self.classes):
             mine = self.query_class[m] == k
             n = int(mine.sum())
-            accepted = mine & ~dropped
+            accepted = mine & ~self.refused[m] if self.refused.size else mine
             out[c.name] = {
                 "queries": n,
                 "target_ms": c.qos_ms,
@@ -155,7 +156,9 @@ class SimResult:
             if not lat.size:
                 return {**{f"p{p:g}": float("nan") for p in PERCENTILES}, "max": float("nan"), "mean": float("nan")}
         lat = np.where(np.isfinite(lat), lat, np.inf)  # an unfinished query is slower than any finished one
-        out = {f"p{p:g}": float(np.percentile(lat, p)) for p in PERCENTILES}
+        # interpolating between two unfinished (inf) queries gives NaN: those percentiles are inf
+        with np.errstate(invalid="ignore"):
+            out = {f"p{p:g}": float(np.nan_to_num(np.percentile(lat, p), nan=np.inf)) for p in PERCENTILES}
         out["max"] = float(lat.max())
         out["mean"] = float(lat.mean())
         return out

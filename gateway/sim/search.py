@@ -27,6 +27,7 @@ from gateway.profiles import ProfileSet
 from gateway.sim.engine import DEFAULT_WARMUP, default_profiles, simulate
 from gateway.sim.pool import PoolSpec
 from gateway.sim.result import SimResult
+from gateway.variants import split_kind
 from gateway.workload import BatchMix, ProductionMix, QueryTrace, make_workload
 from gateway.workload.arrivals import parse_arrivals
 
@@ -108,7 +109,7 @@ def capacity_guess(profiles: ProfileSet, model: str, pool: PoolSpec, mix: BatchM
     total = 0.0
     for t, n in pool:
         if n > 0:
-            mean_ms = float(probs @ profiles.get(model, t).means_for(sizes))
+            mean_ms = float(probs @ profiles.get(*split_kind(model, t)).means_for(sizes))  # t may be variant/type
             total += n * 1000.0 / mean_ms
     return total
 

@@ -54,3 +54,15 @@ def test_classes_need_a_class_per_query() -> None:
     trace = make_workload(parse_arrivals("poisson", 10.0), ProductionMix(), 10, 0)
     with pytest.raises(ValueError, match="one class index per query"):
         simulate(trace, model="rm2", qos_ms=350.0, pool=POOL, classes=CLASSES)
+
+
+def test_of_accepted_means_one_thing_for_the_run_and_for_its_classes() -> None:
+    """A shed query was accepted, and missed: the run's accepted attainment counted it, the
+    classes' left it out (0.995 against 1.0 for one class at 300 q/s)."""
+    one = (ServiceClass("default", 350.0, 0.99, 0),)
+    n = 4000
+    trace = make_workload(parse_arrivals("poisson", 300.0), ProductionMix(), n, 0)
+    res = simulate(trace, model="rm2", qos_ms=350.0, pool=POOL, seed=0, classes=one, query_class=np.zeros(n, dtype=int),
+                   overload=OverloadControl.for_mode("shed", 350.0))
+    assert res.shed[res.measured].any() and res.refused[res.measured].any()
+    assert res.class_summary()["default"]["within_target_of_accepted"] == pytest.approx(res.accepted_attainment)

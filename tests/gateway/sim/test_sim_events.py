@@ -129,3 +129,14 @@ def test_a_scheduled_add_reuses_no_name() -> None:
     run = Simulation(trace, model="rm2", qos_ms=350.0, pool=POOL)
     with pytest.raises(ConfigError, match="already used"):
         run.schedule(PoolEvent(0.0, "add", "r5n.large-0", "r5n.large"))
+
+
+def test_queries_left_unfinished_give_infinite_percentiles_not_nan() -> None:
+    """The only instance leaves mid-run: the queries after it never finish. Their latency is
+    infinite; interpolating between two of them gave NaN (null in JSON) for p99."""
+    trace = make_workload(parse_arrivals("poisson", 5.0), ProductionMix(), 2000, 0)
+    res = simulate(trace, model="rm2", qos_ms=350.0, pool=parse_pool("g4dn.xlarge=1"), seed=0,
+                   events=parse_events(["330000:remove:g4dn.xlarge-0"]))
+    pct = res.percentiles()
+    assert not any(np.isnan(v) for v in pct.values())
+    assert pct["p99"] == pct["max"] == np.inf and np.isfinite(pct["p50"])

@@ -68,3 +68,11 @@ def test_integer_poisson_gaps_are_drawn_at_each_tried_rate(monkeypatch: pytest.M
         assert gaps.var() == pytest.approx(mean, rel=0.25)  # Poisson: variance = mean, not ~0
         assert np.all(gaps == np.round(gaps))
         assert np.array_equal(trace.batch, seen[0].batch)
+
+
+def test_find_max_takes_a_pool_of_variants() -> None:
+    """``variant/type`` kinds in the pool: the first guess read profiles by the kind and failed."""
+    from gateway.sim.cli import run
+
+    out = run(["--model", "rm2", "--pool", "r5n.large=2,wnd/r5n.large=2", "--find-max", "--queries", "500"])
+    assert out["max_qps"] > 0
