@@ -324,3 +324,36 @@ async def test_h2_a_method_that_does_not_read_stops_the_client_by_flow_control()
         reply = await client.response(sid)
     assert reply.status == 0 and reply.body == message(b"done")
     assert seen == [16_000] * (sent + 40)
+
+
+async def test_h2_streaming_calls_cut_to_free_the_window_are_cancelled_not_refused() -> None:
+    """Unfinished messages on many streams hold the whole connection window: the server cuts
+    some. A streaming call's method has seen it (it runs from the HEADERS): REFUSED_STREAM, which
+    tells the client it may safely retry, would be false; CANCEL."""
+    chat = Chat()
+    settings = ServerSettings(max_message_bytes=1000, connection_window=65_535)
+    async with serving(chat, settings) as port, h2_client(port) as client:
+        sids = []
+        for i in range(80):
+            sid = client.request(CHAT, body=None, end=False)
+            client.conn.send_data(sid, message(b"hello %d" % i))
+            sids.append(sid)
+        client.flush()
+        for sid in sids:  # each call seen and answered once
+            await client.wait_for(h2.events.DataReceived, lambda e, sid=sid: e.stream_id == sid)
+        partial = message(b"x" * 1000)[:990]  # 990 of its 1,005 bytes: never whole
+        sent = dict.fromkeys(sids, 0)
+        resets: list[int] = []
+        for _ in range(100):  # fill every window the server gives, until it cuts streams
+            for sid in sids:
+                room = min(client.conn.local_flow_control_window(sid), len(partial) - sent[sid])
+                if room > 0 and client.replies[sid].reset is None:
+                    client.conn.send_data(sid, partial[sent[sid] : sent[sid] + room])
+                    sent[sid] += room
+            client.flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(client.receive(), 0.2)
+            resets = [r.reset for r in client.replies.values() if r.reset is not None]
+            if resets:
+                break
+    assert resets and set(resets) == {h2.errors.ErrorCodes.CANCEL}
