@@ -47,6 +47,7 @@ log = logging.getLogger("kairos.gateway")
 
 MIN_BACKEND_TIMEOUT_MS = 1000.0  # an instance that takes longer than this and 3 QoS has failed
 DEFAULT_MAX_ATTEMPTS = 3
+COLD_ROUND_TRIPS = 2  # an instance's first round trips set up its connection: no overhead learned
 
 
 @dataclass(slots=True)
@@ -502,8 +503,12 @@ class GatewayCore:
             self.metrics.failure(inst.name)
             log.warning("instance %s: %d error answers in a row", inst.name, self._outliers.threshold)
             self.set_instance_health(inst.name, False)
-        if reply.ok and reply.service_ms is not None and self.dispatcher.depth == 1 and not query.pipelined:
-            # Sent to an idle instance, the round trip holds no instance queueing.
+        if (reply.ok and reply.service_ms is not None and self.dispatcher.depth == 1 and not query.pipelined
+                and inst.served > COLD_ROUND_TRIPS):
+            # Sent to an idle instance, the round trip holds no instance queueing. Not an
+            # instance's first: its connection was being set up (and, the process's first, code
+            # loaded). Taken as the overhead, one such exceeded ncf's 5 ms QoS in a fresh clone,
+            # and every query after it was refused at admission: nothing more was learned.
             self.dispatcher.estimator.observe_overhead(reply.round_trip_ms - reply.service_ms)
         self._kick()  # a freed slot
         variant = str(self.dispatcher.kind_variant[inst.type_index]) if self.variants else None

@@ -414,3 +414,21 @@ async def test_fluid_serves_a_held_back_query_once_it_turns_urgent_with_no_other
     core, _ = make_core([ok_after(1)], policy="fluid", late_queries="serve", qos_ms=100, client_margin_ms=10.0)
     result = await asyncio.wait_for(core.infer(request(0, batch=500)), 3)
     assert result.instance == "r5n.large-0" and not core.dispatcher.pending
+
+
+async def test_an_instances_first_round_trips_teach_no_overhead() -> None:
+    """An instance's first round trips set up its connection (and, the process's first, load
+    code): 40 ms of them taken as the overhead would refuse every query of a tight QoS at
+    admission for good, and nothing more would be learned."""
+    calls = 0
+
+    async def cold_then_warm(request: RoutedRequest) -> BackendReply:
+        nonlocal calls
+        calls += 1
+        return BackendReply(body=request.request_id.encode(), service_ms=1.0,
+                            round_trip_ms=41.0 if calls <= 2 else 1.3)
+
+    core, _ = make_core([cold_then_warm])
+    for i in range(5):
+        await core.infer(request(i))
+    assert core.dispatcher.estimator.overhead_ms == pytest.approx(0.3)
