@@ -20,11 +20,11 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
 
+from gateway.backend.http_client import split_http_url
 from gateway.config import Endpoint
 from gateway.errors import BadRequest, ConfigError, InferenceError, Unauthorized
 from gateway.protocol.errors import http_error
@@ -172,8 +172,11 @@ def parse_new_instance(body: bytes) -> NewInstance:
     http, grpc = text("http"), text("grpc")
     if http is None and grpc is None:
         raise BadRequest("expected an http URL, a grpc address, or both")
-    if http is not None and not _host_port_url(http):
-        raise BadRequest(f"http: expected http://HOST:PORT, got {quote(http)}")
+    if http is not None:
+        try:
+            split_http_url(http)  # the HTTP backend's own rule
+        except ConfigError:
+            raise BadRequest(f"http: expected http://HOST:PORT, got {quote(http)}") from None
     if grpc is not None:
         grpc = grpc.removeprefix("grpc://")
         host, sep, port = grpc.rpartition(":")
@@ -188,16 +191,6 @@ def parse_new_instance(body: bytes) -> NewInstance:
         check_name(variant, "variant") if variant is not None and variant != model else None,
     )
     return NewInstance(model, endpoint)
-
-
-def _host_port_url(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:  # not a number, or out of range
-        return False
-    return (parts.scheme == "http" and bool(parts.hostname) and port is not None and port > 0
-            and parts.path in ("", "/") and not parts.query and not parts.fragment)
 
 
 def json_response(status: int, payload: object) -> web.Response:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from gateway.backend import Backend
+from gateway.backend.base import cancelled_from_within
 from gateway.config import Endpoint, check_model_name
 from gateway.errors import ConfigError
 from gateway.protocol.addresses import read_address_file
@@ -65,8 +66,7 @@ async def probe(client: Backend, model: str, timeout_s: float) -> bool:
     try:
         return await client.ready(model, timeout_s)
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
+        if cancelled_from_within():
             raise
         return False  # not ours: the client's channel closed under the call
     except Exception as exc:

@@ -3,6 +3,7 @@ kind of failure that makes the core retry elsewhere."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -89,3 +90,10 @@ class InstanceFailure(Exception):
         self.instance = instance
         self.reason = reason
         self.timeout = timeout
+
+
+def cancelled_from_within() -> bool:
+    """Whether a CancelledError just caught was asked for by the current task's own cancellation,
+    not raised by a client closed under its call (a grpc.aio channel cancels its calls under way)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0

@@ -7,7 +7,13 @@ import time
 
 import grpc
 
-from gateway.backend.base import SERVER_ERROR_CODES, BackendReply, InstanceFailure, RoutedRequest
+from gateway.backend.base import (
+    SERVER_ERROR_CODES,
+    BackendReply,
+    InstanceFailure,
+    RoutedRequest,
+    cancelled_from_within,
+)
 from gateway.backend.negotiation import ServerInfo
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -39,8 +45,7 @@ FAILURE_CODES = frozenset(
 def _reraise_if_cancelled(exc: BaseException) -> None:
     """A closed channel fails its calls (UsageError; CancelledError for one under way), as the
     instance leaves the pool; a cancellation of the caller's own task goes on."""
-    task = asyncio.current_task()
-    if isinstance(exc, asyncio.CancelledError) and (task is None or task.cancelling()):
+    if isinstance(exc, asyncio.CancelledError) and cancelled_from_within():
         raise exc
 
 

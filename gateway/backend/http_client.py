@@ -33,15 +33,28 @@ def model_path(model: str, version: str | None) -> str:
     return f"{path}/versions/{version}" if version else path
 
 
+def split_http_url(url: str) -> tuple[str, int, str]:
+    """An instance's ``http://HOST:PORT[/PREFIX]`` as (host, port, prefix: a V2 server mounted
+    under a path, else ""); ConfigError for anything else."""
+    parts = urlsplit(url.rstrip("/"))
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = None
+    if parts.scheme != "http" or not parts.hostname or not port or parts.query or parts.fragment:
+        raise ConfigError(f"{url!r}: expected http://HOST:PORT")
+    return parts.hostname, port, parts.path
+
+
 class HttpBackend:
     def __init__(self, name: str, base_url: str) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
-        parts = urlsplit(self.base_url)
-        if parts.scheme != "http" or not parts.hostname or parts.port is None:
-            raise ConfigError(f"instance {name}: {base_url!r}: expected http://HOST:PORT")
-        self.prefix = parts.path  # a V2 server mounted under a path
-        self._pool = Http1Pool(parts.hostname, parts.port)
+        try:
+            host, port, self.prefix = split_http_url(self.base_url)
+        except ConfigError as exc:
+            raise ConfigError(f"instance {name}: {exc}") from None
+        self._pool = Http1Pool(host, port)
         self._paths: dict[tuple[str, str | None], str] = {}
 
     def _model_path(self, model: str, version: str | None) -> str:

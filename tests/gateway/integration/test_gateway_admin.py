@@ -142,7 +142,7 @@ async def test_admin_errors_are_clear(pool: RunningPool, gw: RunningGateway) -> 
             (json.dumps({"model": MODEL, "type": "r5n.large", "http": "http://a:1", "colour": 1}).encode(), "unknown field"),
             (b"x" * 20_000, "larger than"),
             *((json.dumps({"model": MODEL, "type": "r5n.large", "http": url}).encode(), "http: expected")
-              for url in ("http://127.0.0.1", "http://127.0.0.1:99999", "http://127.0.0.1:abc", "http://a:1/v2",
+              for url in ("http://127.0.0.1", "http://127.0.0.1:99999", "http://127.0.0.1:abc", "http://a:1/?q",
                           "http://:80", "http://a:0")),
             (json.dumps({"model": MODEL, "type": "t" * 256, "http": "http://a:1"}).encode(), "give a name"),
         ):
