@@ -3,6 +3,7 @@ aiohttp session: one error type, and the gateway's pool as a small client."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -42,17 +43,27 @@ def bearer(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-class GatewayPool:
-    """The gateway's pool through its admin API (``gateway.admin``)."""
+Call = Callable[..., Awaitable[Any]]  # (method, url, ok statuses, **request options) -> the JSON body
 
-    def __init__(self, session: aiohttp.ClientSession, admin_url: str, token: str | None = None) -> None:
-        self.session = session
+
+class GatewayPool:
+    """The gateway's pool through its admin API (``gateway.admin``). ``call``: how a request goes
+    (default ``admin_call`` on ``session``; an actuator passes its own)."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, admin_url: str, token: str | None = None, call: Call | None = None
+    ) -> None:
         self.url = admin_url.rstrip("/") + "/admin/instances"
-        self.headers = bearer(token)
+        headers = bearer(token)
+
+        async def direct(method: str, url: str, ok: tuple[int, ...], **kw: Any) -> Any:
+            return await admin_call(session, headers, method, url, ok, **kw)
+
+        self._call: Call = call or direct
 
     async def instances(self) -> dict[str, dict[str, Any]]:
         """name -> {name, model, variant, type, state, ...} of every instance in the pool."""
-        body = await admin_call(self.session, self.headers, "GET", self.url, (200,))
+        body = await self._call("GET", self.url, (200,))
         return {i["name"]: i for i in body["instances"]}
 
     async def add(self, model: str, type_name: str, name: str, http: str | None, grpc: str | None,
@@ -64,10 +75,13 @@ class GatewayPool:
             doc["http"] = http
         if grpc:
             doc["grpc"] = grpc
-        await admin_call(self.session, self.headers, "POST", self.url, (201,), json=doc)
+        await self._call("POST", self.url, (201,), json=doc)
+
+    async def drain(self, name: str) -> None:
+        """No new query for it (AdminApiError 404: not in the pool)."""
+        await self._call("POST", f"{self.url}/{name}/drain", (200,))
 
     async def remove(self, name: str) -> dict[str, Any]:
         """Drain and remove (200: gone, 202: still holds queries; 404: not there)."""
-        body: dict[str, Any] = await admin_call(self.session, self.headers, "DELETE", f"{self.url}/{name}",
-                                                (200, 202, 404))
+        body: dict[str, Any] = await self._call("DELETE", f"{self.url}/{name}", (200, 202, 404))
         return body

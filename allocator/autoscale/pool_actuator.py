@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from allocator.autoscale.actuator import GroupKey, GroupState, PartialScale
-from allocator.autoscale.admin_api import AdminApiError, admin_call, bearer
+from allocator.autoscale.admin_api import AdminApiError, GatewayPool, admin_call, bearer
 
 log = logging.getLogger("kairos.autoscale")
 RETRY_MAX_S = 30.0  # a retirement's retries back off to this
@@ -53,7 +53,8 @@ class PoolActuator:
         as held (draining) this long, as a cluster frees a pod's CPU only once it is gone."""
         self.session = session
         self.servers = servers_admin.rstrip("/") + "/admin/instances"
-        self.gateway = gateway_admin.rstrip("/") + "/admin/instances"
+        self.pool = GatewayPool(session, gateway_admin, call=self._call)  # through _call, as the servers'
+        self.gateway = self.pool.url
         self.startup_by_type: dict[str, float] = {}
         self.startup_other_s = 0.0  # a type not named
         if isinstance(startup_delay_s, Mapping):
@@ -75,10 +76,8 @@ class PoolActuator:
         return await admin_call(self.session, self.headers, method, url, ok, **kw)
 
     async def _instances(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-        servers, gateway = await asyncio.gather(
-            self._call("GET", self.servers, (200,)), self._call("GET", self.gateway, (200,))
-        )
-        return servers["instances"], {i["name"]: i for i in gateway["instances"]}
+        servers, gateway = await asyncio.gather(self._call("GET", self.servers, (200,)), self.pool.instances())
+        return servers["instances"], gateway
 
     async def groups(self) -> dict[GroupKey, GroupState]:
         servers, gateway = await self._instances()
@@ -106,7 +105,7 @@ class PoolActuator:
         listed = {i["name"] for i in servers}
         for name in [n for n in self.stale if n not in listed]:
             try:  # a start rolled back whose gateway entry stayed: its name would clash
-                await self._call("DELETE", f"{self.gateway}/{name}", (200, 202, 404))
+                await self.pool.remove(name)
                 self.stale.discard(name)
             except PoolActuatorError as exc:
                 log.warning("removing %s from the gateway: %s", name, exc)
@@ -133,9 +132,7 @@ class PoolActuator:
                 gateway[name] = {"name": name, "state": "unhealthy"}  # serving once its probe passes
 
     async def _add_to_gateway(self, inst: dict[str, Any]) -> None:
-        await self._call("POST", self.gateway, (201,), json={
-            "model": inst["model"], "type": inst["type"], "name": inst["name"],
-            "http": inst["http"], "grpc": inst["grpc"]})
+        await self.pool.add(inst["model"], inst["type"], inst["name"], inst["http"], inst["grpc"])
 
     async def scale(self, key: GroupKey, replicas: int) -> None:
         servers, gateway = await self._instances()
@@ -167,7 +164,7 @@ class PoolActuator:
             # have been applied with its answer lost: the gateway's entry goes too.
             name = started["name"]
             try:
-                await self._call("DELETE", f"{self.gateway}/{name}", (200, 202, 404))
+                await self.pool.remove(name)
             except PoolActuatorError:
                 self.stale.add(name)  # removed at a later tick
             with contextlib.suppress(PoolActuatorError):  # if not, the next tick adds it back
@@ -193,13 +190,13 @@ class PoolActuator:
                 try:
                     if not drained:
                         try:
-                            await self._call("POST", f"{self.gateway}/{name}/drain", (200,))
+                            await self.pool.drain(name)
                         except PoolActuatorError as exc:
                             if exc.status != 404:
                                 raise
                         drained, deadline = True, loop.time() + self.drain_timeout_s
                     assert deadline is not None
-                    body = await self._call("DELETE", f"{self.gateway}/{name}", (200, 202, 404))
+                    body = await self.pool.remove(name)
                     if body.get("state") not in ("removed", None) and loop.time() <= deadline:
                         await asyncio.sleep(self.drain_poll_s)
                         continue
