@@ -9,9 +9,11 @@ the same pool, driven by the same workload. Writes results/live.{json,md,png}.
 
 The simulator's side is the same experiment on the same queries: its search starts where the
 live search starts, and each of its steps replays exactly the queries of the live step at that
-rate, counted as a live step counts them (``sim_live_search``). The policies table's own max
-(``benchmarks.policies``: 20,000-query steps, a warm-up left out) is shown beside it; it ran on
-other queries, and which queries a step holds moves a max by a few percent.
+rate, counted as a live step counts them (``sim_live_search``), and run as the gateway runs
+(``GatewaySettings``: late queries shed at once with admission control, each deadline 0.5 ms early
+for the client's legs). The policies table's own max (``benchmarks.policies``: 20,000-query steps,
+a warm-up left out, every query served) is shown beside it; it ran on other queries, and which
+queries a step holds moves a max by a few percent.
 
 ``--searches N`` runs each gateway search N times on the same processes and reports the median
 (the lower one for an even N) with every search beside it: a live step's verdict turns on a few
@@ -52,6 +54,8 @@ from typing import Any
 from benchmarks.loadgen import LoadConfig, build_workload, find_max, run_async, run_load, search_rates
 from benchmarks.policies import POOLS
 from benchmarks.processes import ServersProcess, start_gateway, start_servers
+from gateway.config import LATE_QUERIES, GatewayConfig
+from gateway.dispatch import OverloadControl
 from gateway.errors import ConfigError
 from gateway.profiles import load_catalogue
 from gateway.sim import SimResult, parse_pool, simulate
@@ -114,13 +118,13 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def write_config(directory: Path, model: str, pool: str, qos_ms: float) -> Path:
+def write_config(directory: Path, model: str, pool: str, qos_ms: float, settings: GatewaySettings) -> Path:
     doc = {
         "model": model,
         "qos_ms": qos_ms,
         "pool": [{"type": t, "count": n} for t, n in parse_pool(pool)],
         "servers": {"http_port": 0, "grpc_port": 0, "address_file": str(directory / "instances.json")},
-        "gateway": {"http_port": 0, "grpc_port": 0},
+        "gateway": {"http_port": 0, "grpc_port": 0, "late_queries": settings.late_queries},
     }
     path = directory / f"{model}.json"
     path.write_text(json.dumps(doc))
@@ -202,15 +206,36 @@ def live_max(url: str, base: LoadConfig, start_qps: float, steps: Steps) -> floa
     return result.max_qps
 
 
-def simulate_load(load: LoadConfig, pool: str, policy: str, **transport: Any) -> SimResult:
-    """The simulator on exactly the queries ``load`` sends, every one of them measured (no
-    warm-up left out, as a live run counts them). ``transport``: ``simulate``'s options."""
-    return simulate(build_workload(load), model=load.model, qos_ms=float(load.qos_ms or 0), pool=parse_pool(pool),
-                    policy=policy, seed=load.seed, warmup=0.0, **transport)
+@dataclass(frozen=True)
+class GatewaySettings:
+    """What the live gateway is started with, and so what its simulated twin runs with: a late
+    query is shed (``late_queries``, the gateway's default, with admission control) and each
+    query's deadline leaves ``client_margin_ms`` of its QoS to the legs the gateway cannot see.
+    The simulator has no such legs, so it counts a query within QoS when it ends within the QoS
+    less that margin, as the gateway aims."""
+
+    client_margin_ms: float = CLIENT_MARGIN_MS
+    late_queries: str = GatewayConfig().late_queries
+
+    def gateway_args(self) -> list[str]:
+        return ["--client-margin-ms", str(self.client_margin_ms)]
+
+    def sim_options(self, qos_ms: float) -> dict[str, Any]:
+        target = qos_ms - self.client_margin_ms
+        return {"qos_ms": target, "overload": OverloadControl.for_mode(self.late_queries, target)}
+
+
+def simulate_load(load: LoadConfig, pool: str, policy: str, settings: GatewaySettings,
+                  **transport: Any) -> SimResult:
+    """The simulator, set up as the live gateway (``settings``), on exactly the queries ``load``
+    sends, every one of them measured (no warm-up left out, as a live run counts them).
+    ``transport``: ``simulate``'s options."""
+    return simulate(build_workload(load), model=load.model, pool=parse_pool(pool), policy=policy, seed=load.seed,
+                    warmup=0.0, **settings.sim_options(float(load.qos_ms or 0)), **transport)
 
 
 def sim_live_search(base: LoadConfig, pool: str, policy: str, start_qps: float, steps: Steps,
-                    **transport: Any) -> float:
+                    settings: GatewaySettings, **transport: Any) -> float:
     """The live search, run by the simulator on the same queries: from the same first rate, each
     step simulates exactly the queries the live step at that rate sends (seed, rate and count),
     and passes as a live step does (>= 99% of all its queries within QoS). Only the pool differs
@@ -220,7 +245,7 @@ def sim_live_search(base: LoadConfig, pool: str, policy: str, start_qps: float, 
 
     async def step(rate: float) -> bool:
         n = steps.count(rate)
-        res = simulate_load(replace(base, rate=rate, queries=n), pool, policy, **transport)
+        res = simulate_load(replace(base, rate=rate, queries=n), pool, policy, settings, **transport)
         return int(res.within_qos().sum()) >= math.ceil(TARGET * n - 1e-9)
 
     return asyncio.run(search_rates(step, start_qps, resolution=RESOLUTION, min_qps=MIN_FRACTION * start_qps,
@@ -228,17 +253,17 @@ def sim_live_search(base: LoadConfig, pool: str, policy: str, start_qps: float, 
 
 
 def at_fixed_rate(url: str, base: LoadConfig, rate: float, queries: int, pool: str,
-                  policy: str | None) -> tuple[float, float | None]:
+                  policy: str | None, settings: GatewaySettings) -> tuple[float, float | None]:
     """(live % within QoS, the simulator's % for the same queries when ``policy`` is given)."""
     load = replace(base, url=url, rate=rate, queries=queries)
     report = run_async(run_load(load))
     if policy is None:
         return report.within_qos_pct, None
-    return report.within_qos_pct, 100.0 * simulate_load(load, pool, policy).attainment
+    return report.within_qos_pct, 100.0 * simulate_load(load, pool, policy, settings).attainment
 
 
 def run_model(model: str, policies: list[str], haproxy: bool, steps: Steps, sim_queries: int,
-              haproxy_port: int, workers: int, client_margin_ms: float = CLIENT_MARGIN_MS,
+              haproxy_port: int, workers: int, settings: GatewaySettings = GatewaySettings(),
               searches: int = 1) -> list[Row]:
     qos = load_catalogue().qos(model)
     pool = POOLS[model]
@@ -250,7 +275,7 @@ def run_model(model: str, policies: list[str], haproxy: bool, steps: Steps, sim_
     fixed_rate = round(0.5 * sims["kairos"], 1)
     with tempfile.TemporaryDirectory(prefix=f"kairos-live-{model}-") as tmp:
         directory = Path(tmp)
-        config = write_config(directory, model, pool, qos)
+        config = write_config(directory, model, pool, qos, settings)
         servers = start_servers(config, directory / "instances.json", ["--workers", str(workers)], directory)
         try:
             _say(f"{model}: {servers.ready_line}")
@@ -258,7 +283,7 @@ def run_model(model: str, policies: list[str], haproxy: bool, steps: Steps, sim_
                 started = time.monotonic()
                 _say(f"  kairos-gateway --policy {policy} (sim max {sims[policy]:.1f} QPS)")
                 gateway = start_gateway(config, ["--policy", policy, "--address-file", str(servers.address_file),
-                                                 "--client-margin-ms", str(client_margin_ms)], directory)
+                                                 *settings.gateway_args()], directory)
                 url = gateway.url
                 try:
                     if sims[policy] > 0:
@@ -271,24 +296,24 @@ def run_model(model: str, policies: list[str], haproxy: bool, steps: Steps, sim_
                                   table_sim_max=sims[policy], live_searches=tuple(maxima))
                     else:
                         live_pct, sim_pct = at_fixed_rate(url, base, fixed_rate, steps.count(fixed_rate),
-                                                          pool, policy)
+                                                          pool, policy, settings)
                         row = Row(model, f"kairos-gateway/{policy}", 0.0, None, fixed_rate, live_pct, sim_pct,
                                   table_sim_max=0.0)
                     row.transport_ms, row.transport_p99_ms = measured_transport_ms(url)
                 finally:
                     gateway.stop()
                 if sims[policy] > 0:
-                    row.sim_max = sim_live_search(base, pool, policy, sims[policy], steps)
+                    row.sim_max = sim_live_search(base, pool, policy, sims[policy], steps, settings)
                     _say(f"    sim on the live search's queries: {row.sim_max:.1f} QPS")
                 if row.sim_max and row.transport_ms:
-                    row.sim_transport_max = sim_live_search(base, pool, policy, sims[policy], steps,
+                    row.sim_transport_max = sim_live_search(base, pool, policy, sims[policy], steps, settings,
                                                             transport_ms=row.transport_ms, pipeline=True)
                     _say(f"    sim with {row.transport_ms:.2f} ms transport: {row.sim_transport_max:.1f} QPS")
                     p99 = row.transport_p99_ms
                     if p99 is not None:
                         try:
                             row.sim_drawn_max = sim_live_search(
-                                base, pool, policy, sims[policy], steps,
+                                base, pool, policy, sims[policy], steps, settings,
                                 transport_ms=row.transport_ms, transport_p99_ms=p99, pipeline=True,
                             )
                             _say(f"    sim with transport drawn (mean {row.transport_ms:.2f}, p99 {p99:.2f} ms):"
@@ -308,7 +333,7 @@ def run_model(model: str, policies: list[str], haproxy: bool, steps: Steps, sim_
                     if best == 0:
                         row.fixed_rate = fixed_rate
                         row.live_within_pct, _ = at_fixed_rate(url, base, fixed_rate, steps.count(fixed_rate),
-                                                               pool, None)
+                                                               pool, None, settings)
                 finally:
                     proc.terminate()
                     proc.wait(10)
@@ -403,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="kairos-servers worker processes (default 2)")
     p.add_argument("--client-margin-ms", type=float, default=CLIENT_MARGIN_MS,
                    help=f"the gateway's client margin (default {CLIENT_MARGIN_MS:g}: see CLIENT_MARGIN_MS)")
+    p.add_argument("--late-queries", choices=LATE_QUERIES, default=GatewayConfig().late_queries,
+                   help="the gateway's late_queries, which its simulated twin runs with too"
+                        f" (default {GatewayConfig().late_queries})")
     p.add_argument("--searches", type=int, default=1,
                    help="live searches per gateway policy, on the same processes; the table gives their median"
                         " and each one (default 1)")
@@ -419,13 +447,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--searches: expected >= 1")
     if args.step_queries < 100 or not args.step_seconds >= 0:
         p.error("--step-queries: expected >= 100; --step-seconds: expected >= 0")
+    if not 0 <= args.client_margin_ms < 5.0:
+        p.error("--client-margin-ms: expected >= 0 and < 5 (the tightest benchmark QoS is dien's 35 ms)")
     steps = Steps(args.step_queries, args.step_seconds)
+    settings = GatewaySettings(args.client_margin_ms, args.late_queries)
     _say(f"live find-max steps: {steps.describe()} each")
     started = time.monotonic()
     rows: list[Row] = []
     for model in models:
         rows.extend(run_model(model, args.policies.split(","), haproxy, steps, args.sim_queries,
-                              args.haproxy_port, args.workers, args.client_margin_ms, args.searches))
+                              args.haproxy_port, args.workers, settings, args.searches))
     table = render(rows)
     print(table)
     out = Path(args.out)
@@ -437,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         "step_seconds": args.step_seconds,
         "sim_queries": args.sim_queries,
         "searches": args.searches,
+        "gateway": {"client_margin_ms": settings.client_margin_ms, "late_queries": settings.late_queries},
         "rows": [{**r.__dict__, "ratio": r.ratio, "transport_ratio": r.transport_ratio, "drawn_ratio": r.drawn_ratio}
                  for r in rows],
     }

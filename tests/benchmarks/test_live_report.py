@@ -6,11 +6,23 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from benchmarks.live import Row, Steps, main, median_max, plot, render, sim_live_search
+from benchmarks.live import (
+    GatewaySettings,
+    Row,
+    Steps,
+    main,
+    median_max,
+    plot,
+    render,
+    sim_live_search,
+    simulate_load,
+)
 from benchmarks.loadgen import LoadConfig, build_workload
 from benchmarks.policies import POOLS
+from gateway.dispatch import OverloadControl
 from gateway.sim import parse_pool, simulate
 
 
@@ -71,11 +83,29 @@ def test_the_command_refuses_a_search_count_below_one(capsys: pytest.CaptureFixt
 def test_the_simulator_searches_on_the_live_search_s_own_queries() -> None:
     base = LoadConfig(url="http://127.0.0.1:1", model="rm2", rate=1.0, qos_ms=350.0, seed=3, binary=True)
     steps = Steps(queries=500, seconds=0.0)
-    found = sim_live_search(base, POOLS["rm2"], "kairos", 100.0, steps)
-    assert found > 0 and sim_live_search(base, POOLS["rm2"], "kairos", 100.0, steps) == found
-    # Its max passes as a live step passes: >= 99% of exactly the queries a live step sends.
+    settings = GatewaySettings(client_margin_ms=0.5, late_queries="shed")
+    found = sim_live_search(base, POOLS["rm2"], "kairos", 100.0, steps, settings)
+    assert found > 0 and sim_live_search(base, POOLS["rm2"], "kairos", 100.0, steps, settings) == found
+    # Its max passes as a live step passes: >= 99% of exactly the queries a live step sends, run
+    # as the gateway runs them (deadlines 0.5 ms early, late queries shed).
     queries = build_workload(replace(base, rate=found, queries=steps.count(found)))
     res = simulate(
-        queries, model="rm2", qos_ms=350.0, pool=parse_pool(POOLS["rm2"]), policy="kairos", seed=3, warmup=0.0
+        queries, model="rm2", qos_ms=349.5, pool=parse_pool(POOLS["rm2"]), policy="kairos", seed=3, warmup=0.0,
+        overload=OverloadControl(shed_late=True, admission=True),
     )
     assert len(queries) == 500 and int(res.within_qos().sum()) >= math.ceil(0.99 * 500)
+
+
+def test_the_simulated_twin_runs_as_the_gateway_does() -> None:
+    """Past the pool's capacity the live gateway (default late_queries: shed) refuses and sheds;
+    its twin must too, and must count its deadlines less the client margin."""
+    load = LoadConfig(url="http://127.0.0.1:1", model="rm2", rate=200.0, queries=2000, qos_ms=350.0, seed=1,
+                      binary=True)
+    shed = simulate_load(load, POOLS["rm2"], "kairos", GatewaySettings(0.5, "shed"))
+    served = simulate_load(load, POOLS["rm2"], "kairos", GatewaySettings(0.5, "serve"))
+    assert shed.qos_ms == served.qos_ms == 349.5
+    assert (shed.refused | shed.shed).sum() > 20  # overloaded: the gateway drops some
+    assert not served.refused.any() and not served.shed.any()
+    assert np.isfinite(served.latency_ms).all()  # every query served, some late
+    late = served.latency_ms > 349.5
+    assert late.sum() > (shed.latency_ms[np.isfinite(shed.latency_ms)] > 349.5).sum()
