@@ -27,11 +27,19 @@ class GroupKey:
 
 @dataclass(frozen=True, slots=True)
 class GroupState:
-    """A group's instances: serving, starting (not serving yet) and draining (leaving)."""
+    """A group's instances: serving, starting (not serving yet) and draining (leaving).
+    ``unschedulable``: of those starting, how many the cluster has no room for (Kubernetes: no
+    node fits the pod, or a quota refused it); they will not serve until the cluster changes."""
 
     ready: int = 0
     starting: int = 0
     draining: int = 0
+    unschedulable: int = 0
+
+    @property
+    def placed(self) -> int:
+        """What the group will have once what is starting and has room is ready."""
+        return self.ready + self.starting - self.unschedulable
 
     @property
     def committed(self) -> int:

@@ -14,7 +14,10 @@ exactly one Deployment; the template is ``deploy/kubernetes/instance-deployment.
 minus ready, when positive (pods created and not ready yet, or not created yet); draining = the
 group's pods being terminated (they have a ``deletionTimestamp`` and have not finished), from one
 list of the namespace's managed pods. ``readyReplicas`` does not count a terminating pod, so the
-three never overlap. A group with two Deployments is left out (logged), the others go on.
+three never overlap. Of those starting, ``unschedulable`` are the pods the scheduler has no node
+for (``PodScheduled`` false, reason ``Unschedulable``) and, while the Deployment reports
+``ReplicaFailure`` (a quota refused them), the pods not created: the control loop plans around
+them rather than wait for them. A group with two Deployments is left out (logged), the others go on.
 
 **What it asks of the API server** is ``PERMISSIONS``, nothing more: list Deployments, patch
 ``deployments/scale``, list pods. ``deploy/kubernetes/autoscaler-rbac.yaml`` grants exactly that,
@@ -131,6 +134,21 @@ def _key_of(labels: Mapping[str, str] | None) -> GroupKey | None:
     return GroupKey(model, variant, type_)
 
 
+def _unschedulable(pod: Any) -> bool:
+    """The scheduler found no node for the pod (it stays Pending until the cluster changes)."""
+    if pod.status is None or pod.status.phase != "Pending" or pod.spec is None or pod.spec.node_name:
+        return False
+    return any(c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
+               for c in pod.status.conditions or [])
+
+
+def _replica_failure(deployment: Any) -> bool:
+    """The Deployment reports pods its ReplicaSet could not create (``FailedCreate``: a quota)."""
+    status = deployment.status
+    return status is not None and any(c.type == "ReplicaFailure" and c.status == "True"
+                                      for c in status.conditions or [])
+
+
 def _api_message(body: object) -> str:
     """The ``message`` of a Kubernetes ``Status`` body, else the body itself (shortened)."""
     if isinstance(body, bytes):
@@ -217,11 +235,19 @@ class KubernetesActuator:
         pod_items: list[Any] = pods.items or []
         deployment_items: list[Any] = deployments.items or []
         draining: dict[GroupKey, int] = {}
+        unplaced: dict[GroupKey, int] = {}  # pods no node fits
+        created: dict[GroupKey, int] = {}  # pods that exist and are not leaving
         for pod in pod_items:
             key = _key_of(pod.metadata.labels)
             phase = pod.status.phase if pod.status is not None else None
-            if key is not None and pod.metadata.deletion_timestamp is not None and phase not in _FINISHED_PHASES:
+            if key is None or phase in _FINISHED_PHASES:
+                continue
+            if pod.metadata.deletion_timestamp is not None:
                 draining[key] = draining.get(key, 0) + 1
+                continue
+            created[key] = created.get(key, 0) + 1
+            if _unschedulable(pod):
+                unplaced[key] = unplaced.get(key, 0) + 1
         serving = await self._register(pod_items, deployment_items) if self.gateway is not None else None
         out: dict[GroupKey, GroupState] = {}
         names: dict[GroupKey, str] = {}
@@ -245,8 +271,13 @@ class KubernetesActuator:
             if serving is not None:
                 ready = min(ready, serving.get(key, 0))  # ready in Kubernetes and in the gateway's rotation
             # A rollout's surge can be ready beyond the spec: those beyond are on their way out.
-            out[key] = GroupState(ready=min(ready, wanted), starting=max(wanted - ready, 0),
-                                  draining=draining.get(key, 0) + max(ready - wanted, 0))
+            starting = max(wanted - ready, 0)
+            stuck = unplaced.get(key, 0)
+            if _replica_failure(d):  # pods the ReplicaSet could not create (a quota)
+                stuck += max(wanted - created.get(key, 0), 0)
+            out[key] = GroupState(ready=min(ready, wanted), starting=starting,
+                                  draining=draining.get(key, 0) + max(ready - wanted, 0),
+                                  unschedulable=min(stuck, starting))
         for key in duplicated:  # one broken group must not stop the others' scaling
             del out[key]
         return out

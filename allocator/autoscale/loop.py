@@ -193,12 +193,13 @@ def template_from_config(config: Config, objective: Mapping[str, Any],
 
 
 def service_times(config: Config, mix: str = "production") -> dict[GroupKey, float]:
-    """Mean service time (s) per query of each (model, type) with a profile, at the batch mix."""
+    """Mean service time (s) per query of each (model, variant, type) with a profile, at the batch mix."""
     profiles = config.profile_set()
     sizes, weights = parse_batch_mix(mix).pmf()
     out = {}
     for m in config.models:
-        for t in profiles.types(m.name):
-            out[GroupKey(m.name, m.name, t)] = float((profiles.get(m.name, t).means_for(sizes) * weights).sum()) / 1000.0
+        for v in m.variant_names:
+            for t in profiles.types(v):
+                out[GroupKey(m.name, v, t)] = float((profiles.get(v, t).means_for(sizes) * weights).sum()) / 1000.0
     return out
 

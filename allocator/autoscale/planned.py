@@ -15,6 +15,11 @@ last tick's arrivals) while its ready instances were busy (at least ``react_util
 serve), or whose queue outgrew its instances, gets ``react_step`` more, if there is room. Late
 queries on an idle pool (a slow network, a noisy host) are not a capacity problem: more instances
 would not fix them, and on a 35 ms target they made the loop add one instance per tick.
+
+A cluster out of room: when a group's instances are ``unschedulable`` (no node fits them, a quota
+refused them), their type is capped at what it has placed for ``unschedulable_hold_s``: the plans
+put the rest of the load on other types, the stuck instances are dropped at once, and the
+reaction grows other groups. After the hold the type is tried again.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class PlannedPolicy:
         react_queue: float = 2.0,
         react_step: int = 1,
         initial: Mapping[GroupKey, int] | None = None,
+        unschedulable_hold_s: float = 600.0,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.template, self.forecaster, self.service_s = template, forecaster, dict(service_s)
@@ -76,6 +82,8 @@ class PlannedPolicy:
         self.react_over, self.react_queue, self.react_step = react_over, react_queue, react_step
         self.react_util = react_util
         self.start = dict(initial or {})
+        self.unschedulable_hold_s = unschedulable_hold_s
+        self.type_caps: dict[str, tuple[int, float]] = {}  # type -> (instances it has room for, until)
         self.log = log
         self.next_plan_s = 0.0
         self.wanted_less_since: dict[GroupKey, float] = {}
@@ -110,11 +118,17 @@ class PlannedPolicy:
         self.forecast_log.append((view.now_s, {
             name: tuple(load["quantiles"][f"{lv:g}"] for lv in (0.1, 0.5, 0.9)) for name, load in loads.items()
         }))
-        current = [{"model": k.model, "variant": k.variant, "type": k.type, "count": s.committed}
-                   for m in view.models.values() for k, s in m.groups.items() if s.committed]
+        current = [{"model": k.model, "variant": k.variant, "type": k.type, "count": s.placed}
+                   for m in view.models.values() for k, s in m.groups.items() if s.placed]
+        request = self.template(loads, current)
+        caps = self.caps(view.now_s)
+        if caps:
+            request = {**request, "types": [
+                {**t, "available": min(caps[t["name"]], t.get("available") or caps[t["name"]])}
+                if t["name"] in caps else t for t in request["types"]]}
         started = time.perf_counter()
         try:
-            plan = make_plan(parse_plan_request(self.template(loads, current), self.profiles))
+            plan = make_plan(parse_plan_request(request, self.profiles))
         except PlanInfeasible as e:
             self._say(f"{view.now_s:.0f}s plan infeasible: {e}")
             return None
@@ -129,8 +143,29 @@ class PlannedPolicy:
             self._say(f"{view.now_s:.0f}s plan for {forecast} (median/0.9 of the forecast): {pool}")
         return plan
 
+    def caps(self, now_s: float) -> dict[str, int]:
+        """Per type the cluster had no room for lately, the instances it has room for."""
+        return {t: cap for t, (cap, until) in self.type_caps.items() if now_s < until}
+
+    def note_unschedulable(self, view: ClusterView) -> None:
+        """Cap each type with unschedulable instances at what it has placed, for the hold."""
+        placed: dict[str, int] = {}
+        stuck: dict[str, int] = {}
+        for m in view.models.values():
+            for k, s in m.groups.items():
+                placed[k.type] = placed.get(k.type, 0) + s.placed
+                stuck[k.type] = stuck.get(k.type, 0) + s.unschedulable
+        for t, n in sorted(stuck.items()):
+            if n:
+                if t not in self.caps(view.now_s):
+                    self._say(f"{view.now_s:.0f}s {n} instance(s) of {t} cannot be placed: planning with at most"
+                              f" {placed[t]} of {t} for {self.unschedulable_hold_s:.0f}s")
+                self.type_caps[t] = (placed[t], view.now_s + self.unschedulable_hold_s)
+
     def need(self, m: ModelView, key: GroupKey) -> int:
         """Instances the rate measured now needs at ``max_utilisation``, if all of it went to ``key``."""
+        if key not in self.service_s:
+            return 0
         return math.ceil(m.rate(self.measure_s) * self.service_s[key] / self.max_utilisation - 1e-9)
 
     def utilisation(self, m: ModelView) -> float:
@@ -142,11 +177,17 @@ class PlannedPolicy:
 
     def decide(self, view: ClusterView) -> dict[GroupKey, Target]:
         out: dict[GroupKey, Target] = {}
+        self.note_unschedulable(view)
         if view.now_s + 1e-9 >= self.next_plan_s:
             self.next_plan_s = view.now_s + self.plan_every_s
             plan = self.plan(view)
             if plan is not None:
                 out = self._from_plan(view, plan)
+        for m in view.models.values():  # instances that cannot be placed serve no one: gone at once
+            for key, s in m.groups.items():
+                if s.unschedulable and (key not in out or out[key].replicas > s.placed):
+                    out[key] = Target(s.placed, f"{s.unschedulable} of {key} cannot be placed:"
+                                                f" {s.committed} -> {s.placed}")
         self._react(view, out)
         return out
 
@@ -156,7 +197,7 @@ class PlannedPolicy:
             keys = set(m.groups) | {GroupKey(a.model, a.variant, a.type) for a in plan.allocations if a.model == m.name}
             for key in sorted(keys):
                 state = m.groups.get(key)
-                have = state.committed if state else 0
+                have = state.placed if state else 0
                 want = plan.count(key.model, key.type, key.variant if key.variant != key.model else None)
                 if want > have:
                     self.wanted_less_since.pop(key, None)
@@ -184,7 +225,11 @@ class PlannedPolicy:
             late = over > self.react_over and self.utilisation(m) >= self.react_util
             if not late and w.queued <= self.react_queue * ready:
                 continue
-            key = min(m.groups, key=lambda k: self.service_s[k])  # the fastest group absorbs the surprise
+            caps = self.caps(view.now_s)
+            room = [k for k, s in m.groups.items() if k in self.service_s and k.type not in caps]
+            if not room:
+                continue
+            key = min(room, key=lambda k: self.service_s[k])  # the fastest group absorbs the surprise
             have = m.groups[key].committed
             base = out[key].replicas if key in out else have
             if base > have or m.groups[key].starting:

@@ -416,7 +416,8 @@ class FakeKube:
         }
 
     def add_pod(self, key: GroupKey, name: str, terminating: bool = False, phase: str = "Running",
-                ip: str = "10.0.0.7", ports: dict[str, int] | None = None) -> None:
+                ip: str | None = "10.0.0.7", ports: dict[str, int] | None = None,
+                conditions: list[dict[str, str]] | None = None) -> None:
         metadata: dict[str, Any] = {
             "name": name,
             "namespace": NS,
@@ -433,7 +434,8 @@ class FakeKube:
                 "metadata": metadata,
                 "spec": {"containers": [{"name": "instance", "image": "kairos-gateway:0.1.0", "ports": [
                     {"name": n, "containerPort": port} for n, port in (ports or {}).items()]}]},
-                "status": {"phase": phase, "podIP": ip},
+                "status": {"phase": phase, **({"podIP": ip} if ip else {}),
+                           **({"conditions": conditions} if conditions else {})},
             }
         )
 
@@ -621,6 +623,34 @@ async def test_groups_counts_a_deployment_without_replicas_as_one_and_more_ready
         CPU: GroupState(ready=0, starting=1, draining=0),
         GPU: GroupState(ready=2, starting=0, draining=1),  # the surge beyond the spec: leaving
     }
+
+
+UNSCHEDULABLE = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                  "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]
+
+
+async def test_groups_counts_pods_the_cluster_has_no_room_for(cluster: Cluster) -> None:
+    cluster.fake.add_deployment(GPU, replicas=4, ready=1)
+    cluster.fake.add_pod(GPU, "gpu-ready")
+    cluster.fake.add_pod(GPU, "gpu-pulling", phase="Pending", ip=None,  # placed, its image on its way
+                         conditions=[{"type": "PodScheduled", "status": "True"}])
+    cluster.fake.add_pod(GPU, "gpu-nowhere-1", phase="Pending", ip=None, conditions=UNSCHEDULABLE)
+    cluster.fake.add_pod(GPU, "gpu-nowhere-2", phase="Pending", ip=None, conditions=UNSCHEDULABLE)
+    cluster.fake.add_pod(GPU, "gpu-leaving", terminating=True, phase="Pending", ip=None, conditions=UNSCHEDULABLE)
+    # A quota let the ReplicaSet create 2 of 5 pods: the 3 never created cannot serve either.
+    cluster.fake.add_deployment(CPU, replicas=5, ready=1)
+    cluster.fake.deployments["kairos-rm2-rm2-r5n-large"]["status"]["conditions"] = [
+        {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+         "message": 'pods "x" is forbidden: exceeded quota: compute'}]
+    cluster.fake.add_pod(CPU, "cpu-ready")
+    cluster.fake.add_pod(CPU, "cpu-starting", phase="Pending", ip=None)
+    states = await cluster.actuator().groups()
+    assert states[GPU] == GroupState(ready=1, starting=3, draining=1, unschedulable=2)
+    assert states[GPU].placed == 2
+    assert states[CPU] == GroupState(ready=1, starting=4, unschedulable=3)
+    # Once the quota is lifted (the condition gone), pods not yet created are only starting.
+    del cluster.fake.deployments["kairos-rm2-rm2-r5n-large"]["status"]["conditions"]
+    assert (await cluster.actuator().groups())[CPU] == GroupState(ready=1, starting=4)
 
 
 async def test_two_deployments_for_one_group_leave_that_group_alone_only(

@@ -454,3 +454,74 @@ async def test_a_decision_that_overruns_skips_ticks_and_only_one_runs_at_a_time(
     release.set()
     await asyncio.sleep(0.1)  # the stuck one ends; its targets are stale, dropped
     assert [(d.before, d.after) for d in await loop.step()] == [(1, 2)] and policy.calls == 2
+
+
+GPU_KEY, CPU_KEY = GroupKey("rm2", "rm2", "g4dn.xlarge"), GroupKey("rm2", "rm2", "r5n.large")
+
+
+def hetero_view(now_s: float, rate_per_tick: int, groups: dict[GroupKey, GroupState],
+                late: bool = False) -> ClusterView:
+    m = ModelView("rm2", 350.0, 10.0, groups=groups)
+    for _ in range(6):
+        m.record(Window(rate_per_tick, rate_per_tick, 100.0 * rate_per_tick,
+                        rate_per_tick // 5 if late else 0, 0, sum(s.ready for s in groups.values())))
+    return ClusterView(now_s, 10.0, {"rm2": m}, None, sum(s.ready + s.starting for s in groups.values()))
+
+
+def hetero_policy(**kw: object) -> PlannedPolicy:
+    from allocator.autoscale.loop import service_times, template_from_config
+    from gateway.config import parse_config
+
+    cfg = parse_config({"models": [{"name": "rm2", "qos_ms": 350,
+                                    "pool": [{"type": "g4dn.xlarge", "count": 1}, {"type": "r5n.large", "count": 1}]}]})
+    return PlannedPolicy(template_from_config(cfg, {"kind": "min_cost", "load_quantile": 0.5}),
+                         make_forecaster("last"), service_times(cfg), profiles=cfg.profile_set(),
+                         **kw)  # type: ignore[arg-type]
+
+
+def test_a_type_the_cluster_has_no_room_for_is_planned_around_and_tried_again_later() -> None:
+    """GPUs that cannot be placed (no node fits them, a quota) are dropped at once, the plan puts
+    the load on the other type, and the GPU type is tried again after the hold."""
+    free = hetero_policy(plan_every_s=30.0, unschedulable_hold_s=600.0)
+    wanted = free.decide(hetero_view(60.0, 1000, {GPU_KEY: GroupState(1), CPU_KEY: GroupState(1)}))
+    assert wanted[GPU_KEY].replicas == 2  # 100 q/s: the cheapest plan wants another GPU
+
+    pol = hetero_policy(plan_every_s=30.0, unschedulable_hold_s=600.0)
+    stuck = {GPU_KEY: GroupState(ready=1, starting=1, unschedulable=1), CPU_KEY: GroupState(ready=1)}
+    out = pol.decide(hetero_view(60.0, 1000, stuck))
+    assert out[GPU_KEY].replicas == 1 and "cannot be placed" in out[GPU_KEY].reason
+    assert pol.caps(60.0) == {"g4dn.xlarge": 1}
+    assert pol.last_plan is not None and pol.last_plan.count("rm2", "g4dn.xlarge", None) == 1
+    # The GPU's share of the load goes to a type with room: more CPU instances than without the cap.
+    others = {k: t.replicas for k, t in out.items() if k.type != "g4dn.xlarge"}
+    assert sum(others.values()) > sum(t.replicas for k, t in wanted.items() if k.type != "g4dn.xlarge")
+    # Late queries meanwhile grow another group, never the (faster) GPU one.
+    placed = {GPU_KEY: GroupState(ready=1), **{k: GroupState(ready=n) for k, n in others.items()}}
+    react = pol.decide(hetero_view(70.0, 1000, placed, late=True))
+    assert react and GPU_KEY not in react
+    # After the hold, GPUs are planned again.
+    assert pol.caps(661.0) == {}
+    later = pol.decide(hetero_view(661.0, 1000, {GPU_KEY: GroupState(1), CPU_KEY: GroupState(1)}))
+    assert later[GPU_KEY].replicas == 2
+
+
+def test_the_planned_policy_knows_the_service_time_of_every_variant() -> None:
+    """A model whose groups include a variant: the reaction and the floor must not fail on it."""
+    from allocator.autoscale.loop import service_times, template_from_config
+    from gateway.config import parse_config
+
+    cfg = parse_config({"models": [{"name": "rm2", "qos_ms": 350,
+                                    "variants": [{"name": "rm2", "accuracy": 0.8}, {"name": "wnd", "accuracy": 0.7}],
+                                    "pool": [{"type": "r5n.large", "count": 1},
+                                             {"type": "r5n.large", "count": 1, "variant": "wnd"}]}]})
+    service = service_times(cfg)
+    wnd = GroupKey("rm2", "wnd", "r5n.large")
+    assert {GroupKey("rm2", "rm2", "r5n.large"), wnd} <= set(service)
+    assert service[wnd] < service[GroupKey("rm2", "rm2", "r5n.large")]  # the smaller network is faster
+    pol = PlannedPolicy(template_from_config(cfg, {"kind": "min_cost", "load_quantile": 0.5}),
+                        make_forecaster("last"), service, profiles=cfg.profile_set(), plan_every_s=1e9)
+    groups = {GroupKey("rm2", "rm2", "r5n.large"): GroupState(1), wnd: GroupState(1)}
+    pol.decide(hetero_view(0.0, 10, groups))  # the first plan
+    react = pol.decide(hetero_view(10.0, 1000, groups, late=True))  # 93% busy
+    assert react[wnd].reason.startswith("react")  # the fastest group absorbs the surprise
+    assert pol.need(ModelView("rm2", 350.0, 10.0, groups={wnd: GroupState(1)}), wnd) == 0  # no rate yet
