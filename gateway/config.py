@@ -15,6 +15,7 @@ from gateway.fields import REQUIRED, Fields
 from gateway.jsonfile import read_json_file
 from gateway.policies import POLICY_NAMES
 from gateway.profiles import Catalogue, InstanceType, ProfileSet, load_catalogue, load_profiles
+from gateway.profiles.profile import MAX_BATCH_SIZE
 from gateway.protocol.limits import check_name
 
 BACKEND_PROTOCOLS = ("grpc", "http")
@@ -387,7 +388,7 @@ def _model(f: Fields, catalogue: Catalogue, type_names: tuple[str, ...], single:
         for inst in instances:
             counts[inst.type, inst.variant] = counts.get((inst.type, inst.variant), 0) + 1
         pool = [PoolEntry(t, n, v) for (t, v), n in counts.items()]
-    max_batch = f.int("max_batch", lo=1, hi=1 << 20) if "max_batch" in f.raw else None
+    max_batch = f.int("max_batch", lo=1, hi=MAX_BATCH_SIZE) if "max_batch" in f.raw else None
     return ModelConfig(
         name=name,
         classes=tuple(classes),

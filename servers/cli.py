@@ -44,8 +44,22 @@ def _non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+MAX_LATENCY_SCALE = 1000.0  # beyond it a batch takes hours: an instance that never answers
+
+
+def _latency_scale(text: str) -> float:
+    expected = f"expected a number in [0, {MAX_LATENCY_SCALE:g}]"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+    if not 0 <= value <= MAX_LATENCY_SCALE:
+        raise argparse.ArgumentTypeError(f"{expected}, got {text!r}")
     return value
 
 
@@ -86,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lat = p.add_mutually_exclusive_group()
     lat.add_argument(
-        "--latency-scale", type=_non_negative_float, default=1.0, help="multiply service times (default: 1)"
+        "--latency-scale", type=_latency_scale, default=1.0, help="multiply service times (default: 1)"
     )
     lat.add_argument(
         "--zero-latency", action="store_true", help="serve instantly (same as --latency-scale 0)"
@@ -169,6 +183,9 @@ class Launcher:
         self.local: LocalGroup | None = None
         self.workers: WorkerSet | None = None
         self.launched: list[InstanceAddress] = []
+        self.lost: dict[str, InstanceAddress] = {}  # pool instances whose worker died
+        self._added: list[InstanceAddress] = []  # run-time instances serving
+        self._reaping: set[asyncio.Task[None]] = set()
         self.admin: ServersAdmin | None = None
         self._admin_runner: web.AppRunner | None = None
         # Checked before anything starts: an admin API off loopback needs its token.
@@ -190,7 +207,7 @@ class Launcher:
                 starting.cancel()
                 await asyncio.gather(starting, return_exceptions=True)
             return 0
-        except KairosError as exc:
+        except (KairosError, OSError) as exc:  # OSError: the admin port taken, say
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             return 1
         finally:
@@ -229,6 +246,7 @@ class Launcher:
         return ",".join(m.name for m in self.config.models)
 
     def _write_addresses(self, added: list[InstanceAddress]) -> None:
+        self._added = list(added)
         instances = (*self.launched, *added)
         write_address_file(self.address_file, AddressList(model=self._models, pid=os.getpid(), instances=instances))
 
@@ -241,7 +259,8 @@ class Launcher:
         group = self.local or LocalGroup([], self.options, profiles, pid=os.getpid())
         self.local = group
         self.admin = ServersAdmin(
-            group, profiles, self.config.host, lambda: self.launched, self._write_addresses, self.admin_token
+            group, profiles, self.config.host, lambda: self.launched, self._write_addresses, self.admin_token,
+            lost=self.lost, variants={m.name: [v for v in m.variant_names if v != m.name] for m in self.config.models},
         )
         self._admin_runner = web.AppRunner(self.admin.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._admin_runner.setup()
@@ -251,13 +270,22 @@ class Launcher:
 
     def _worker_exited(self, worker: Worker) -> None:
         # Keep serving with the rest: tests kill workers on purpose to emulate failed instances.
-        names = ", ".join(s.name for s in worker.specs)
+        # Its instances leave the address file and are listed ``failed`` by the admin API.
+        names = {s.name for s in worker.specs}
+        self.lost.update((a.name, a) for a in self.launched if a.name in names)
+        self.launched = [a for a in self.launched if a.name not in names]
+        self._write_addresses(self._added)
+        self._reaping.add(asyncio.get_running_loop().create_task(self._reap(worker, sorted(names))))
+
+    async def _reap(self, worker: Worker, names: list[str]) -> None:
+        await asyncio.to_thread(worker.process.join, 5.0)  # it has exited: this collects its code
         print(
             f"{PROG}: worker pid {worker.process.pid} exited (code {worker.process.exitcode}); "
-            f"instances gone: {names}",
+            f"instances gone: {', '.join(names)}",
             file=sys.stderr,
             flush=True,
         )
+        self._reaping.discard(asyncio.current_task())
 
     async def _stop(self) -> None:
         if self.admin is not None:

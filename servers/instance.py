@@ -161,6 +161,10 @@ class Instance:
     def busy(self) -> bool:
         return clock() < self._free_at
 
+    def work_left_s(self) -> float:
+        """Seconds until the device is done with every query it has accepted."""
+        return max(self._free_at - clock(), 0.0)
+
     def check_model(self, model: str, version: str = "") -> None:
         """ModelNotFound unless ``model`` (and ``version``, if given) is the one served here."""
         if model != self.model:

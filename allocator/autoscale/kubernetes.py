@@ -25,9 +25,9 @@ and the tests check both the Role and the requests actually sent against it.
 
 **Draining.** Scaling down, the Deployment controller picks the pods to delete; each gets its
 ``preStop`` hook, then SIGTERM, within ``terminationGracePeriodSeconds``. ``kairos-servers``
-answers SIGTERM by closing its listeners and giving queries in flight one second
-(``servers.pool.STOP_GRACE_S``) before it exits, and its readiness endpoint never turns false
-before that. So an instance must have stopped receiving queries before SIGTERM: the manifest's
+answers SIGTERM by closing its listeners and giving the queries it holds their queued time plus
+one second (``servers.pool.stop_grace_s``; one second once drained) before it exits, and its
+readiness endpoint never turns false before that. So an instance must have stopped receiving queries before SIGTERM: the manifest's
 ``preStop`` asks the gateway's admin API to remove the pod's instance (``DELETE
 /admin/instances/POD_NAME``, repeated while it answers 202, i.e. while the instance still holds
 queries; bounded at 20 s) and the grace period (30 s) covers that plus the second of stop.

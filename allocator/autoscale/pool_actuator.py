@@ -34,6 +34,12 @@ RETRY_MAX_S = 30.0  # a retirement's retries back off to this
 PoolActuatorError = AdminApiError  # the name this module's callers know
 
 
+def _key_of(inst: Mapping[str, Any]) -> GroupKey:
+    """The group of an instance the servers list (``variant``: what it serves; the model's own
+    name when it is no variant, and absent from servers before variants were listed)."""
+    return GroupKey(inst["model"], inst.get("variant") or inst["model"], inst["type"])
+
+
 class PoolActuator:
     def __init__(
         self,
@@ -84,7 +90,7 @@ class PoolActuator:
         await self._repair(servers, gateway)
         counts: dict[GroupKey, list[int]] = {}
         for inst in servers:
-            key = GroupKey(inst["model"], inst["model"], inst["type"])
+            key = _key_of(inst)
             c = counts.setdefault(key, [0, 0, 0])
             seen = gateway.get(inst["name"])
             if inst["name"] in self.retiring or (seen and seen["state"] in ("draining", "removed")):
@@ -114,7 +120,7 @@ class PoolActuator:
             if name in self.retiring or (inst.get("origin") == "pool" and name not in gateway):
                 continue  # a pool instance out of the gateway was retired there: it runs on, uncounted
             seen = gateway.get(name)
-            key = GroupKey(inst["model"], inst["model"], inst["type"])
+            key = _key_of(inst)
             if inst["state"] == "failed":
                 log.warning("%s failed to start: stopping it", name)
                 self._retire_later(name, key)
@@ -132,11 +138,12 @@ class PoolActuator:
                 gateway[name] = {"name": name, "state": "unhealthy"}  # serving once its probe passes
 
     async def _add_to_gateway(self, inst: dict[str, Any]) -> None:
-        await self.pool.add(inst["model"], inst["type"], inst["name"], inst["http"], inst["grpc"])
+        await self.pool.add(inst["model"], inst["type"], inst["name"], inst["http"], inst["grpc"],
+                            variant=inst.get("variant"))
 
     async def scale(self, key: GroupKey, replicas: int) -> None:
         servers, gateway = await self._instances()
-        mine = [i for i in servers if i["model"] == key.model and i["type"] == key.type
+        mine = [i for i in servers if _key_of(i) == key
                 and i["name"] not in self.retiring and i["name"] in gateway and i["state"] != "failed"
                 and gateway[i["name"]]["state"] not in ("draining", "removed")]
         have = len(mine)
@@ -155,10 +162,12 @@ class PoolActuator:
                 self._retire_later(inst["name"], key)
 
     async def _start(self, key: GroupKey) -> None:
-        started = await self._call("POST", self.servers, (202,), json={
-            "model": key.model, "type": key.type, "startup_delay_s": self.startup_of(key.type)})
+        doc: dict[str, Any] = {"model": key.model, "type": key.type, "startup_delay_s": self.startup_of(key.type)}
+        if key.variant != key.model:
+            doc["variant"] = key.variant
+        started = await self._call("POST", self.servers, (202,), json=doc)
         try:
-            await self._add_to_gateway({**started, "model": key.model, "type": key.type})
+            await self._add_to_gateway({**started, "model": key.model, "variant": key.variant, "type": key.type})
         except PoolActuatorError:
             # Not in the pool, it would run unseen and uncounted: stop it, then report. The add may
             # have been applied with its answer lost: the gateway's entry goes too.

@@ -4,7 +4,8 @@ gRPC): warm-up, then a fixed number of timed requests per batch size at a set co
 A request's service time is what the server reports in its response parameters (``service_us``
 and the like, as the gateway's estimator reads them) when it reports one and ``timing`` allows,
 else the client's round trip. At concurrency 1 on an idle server that is the service time the
-gateway's profiles hold; above 1 a single-stream server queues and the times include waiting.
+gateway's profiles hold. Above 1 a single-stream server queues: a round trip then includes the
+wait, a server-reported service time does not (the load can still slow a real server down).
 """
 
 from __future__ import annotations
@@ -69,7 +70,10 @@ class HttpTarget:
             raise ProfilingError(f"GET {url}: {type(exc).__name__}: {exc}") from None
         if resp.status != 200:
             raise ProfilingError(f"GET {url}: HTTP {resp.status}: {body[:300]!r}")
-        return orjson.loads(body)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ProfilingError(f"GET {url}: not a V2 server's JSON: {body[:300]!r}") from None
 
     def prepare(self, specs: Sequence[TensorSpec], batch: int, rng: np.random.Generator) -> Any:
         binary = self.server is not None and self.server.binary_tensors

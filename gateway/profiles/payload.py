@@ -60,7 +60,11 @@ def specs_from_metadata(metadata: Any, fill: dict[str, int] | None = None) -> li
         if not isinstance(t, dict) or not isinstance(t.get("shape"), list) or not t["shape"]:
             raise ConfigError(f"model metadata: inputs[{i}] has no shape: give the inputs with --input")
         name, datatype = str(t.get("name", "")), str(t.get("datatype", ""))
-        row = [int(d) if int(d) >= 0 else (fill or {}).get(name, 1) for d in t["shape"][1:]]
+        dims = t["shape"][1:]
+        if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+            raise ConfigError(f"model metadata: inputs[{i}] has a shape of non-integers {t['shape']!r}: "
+                              "give the inputs with --input")
+        row = [d if d >= 0 else (fill or {}).get(name, 1) for d in dims]
         specs.append(_spec(name, datatype, row, f"model metadata: inputs[{i}]"))
     return specs
 

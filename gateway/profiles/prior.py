@@ -17,8 +17,13 @@ SOURCE = "prior"
 
 
 def prior_profile(model: str, instance_type: str, qos_ms: float, max_batch: int) -> LatencyProfile:
-    batches = np.array([1.0, float(max(max_batch, 2))])
-    means = np.array([qos_ms / 4.0, qos_ms / 2.0])
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    if max_batch == 1:  # a model that does not batch: batch 1 only, and admission holds it there
+        batches, means = np.array([1.0]), np.array([qos_ms / 4.0])
+    else:
+        batches = np.array([1.0, float(max_batch)])
+        means = np.array([qos_ms / 4.0, qos_ms / 2.0])
     return LatencyProfile(
         model=model,
         instance_type=instance_type,

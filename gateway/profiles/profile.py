@@ -20,6 +20,8 @@ from gateway.errors import ProfileError
 PROFILE_DIR = Path(__file__).parent / "data" / "profiles"
 # Quantile levels a profile file keeps per batch size (the importer's and kairos-profile's).
 QUANTILE_LEVELS = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0]
+# The largest batch a profile or a config may name: an instance replays a table per batch size.
+MAX_BATCH_SIZE = 1 << 20
 
 
 def summarize_samples(by_batch: dict[int, np.ndarray]) -> dict[str, object]:
@@ -182,11 +184,24 @@ def parse_profile_file(data: Any) -> list[LatencyProfile]:
         quantiles = _floats(body.get("quantiles"), f"{where}.quantiles")
         if batches.ndim != 1 or not len(batches) or batches[0] < 1 or np.any(np.diff(batches) <= 0):
             raise ProfileError(f"{where}.batch: expected increasing batch sizes from 1 up")
+        if batches[-1] > MAX_BATCH_SIZE or np.any(batches != np.round(batches)):
+            raise ProfileError(f"{where}.batch: expected whole batch sizes of at most {MAX_BATCH_SIZE:,}")
         if means.shape != batches.shape or np.any(means <= 0):
             raise ProfileError(f"{where}.mean: expected one positive mean (ms) per batch size")
         if quantiles.shape != (len(batches), len(levels)) or np.any(np.diff(quantiles, axis=1) < 0):
             raise ProfileError(
                 f"{where}.quantiles: expected one non-decreasing row of {len(levels)} values per batch size"
+            )
+        if np.any(quantiles < 0):
+            raise ProfileError(f"{where}.quantiles: expected service times >= 0 ms")
+        # Levels 0 and 1 are the least and the greatest time seen: a mean lies between them.
+        slack = 1e-6 * quantiles[:, -1] + 1e-9
+        outside = np.flatnonzero((means < quantiles[:, 0] - slack) | (means > quantiles[:, -1] + slack))
+        if outside.size:
+            i = int(outside[0])
+            raise ProfileError(
+                f"{where}.mean: batch {batches[i]:g} has mean {means[i]:g} ms outside its quantiles' range "
+                f"[{quantiles[i, 0]:g}, {quantiles[i, -1]:g}] ms"
             )
         out.append(LatencyProfile(model, str(type_name), batches, means, levels, quantiles))
     return out

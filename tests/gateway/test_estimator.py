@@ -116,6 +116,18 @@ def test_a_type_without_a_profile_learns_every_batch_size_from_its_first_answers
     assert est.observations(0) == 2
 
 
+def test_the_prior_of_a_model_that_does_not_batch_admits_batch_1_only() -> None:
+    from gateway.profiles import ProfileSet
+    from gateway.profiles.prior import prior_profile
+
+    prior = prior_profile("iris", "local-cpu", qos_ms=100.0, max_batch=1)
+    assert prior.max_batch == 1 and prior.mean(1) == pytest.approx(25.0)
+    est = LatencyEstimator(ProfileSet({("iris", "local-cpu"): prior}), "iris", ["local-cpu"], prior_types=["local-cpu"])
+    assert est.max_batch == 1  # the config's max_batch: 1 holds (the prior used to raise it to 2)
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        prior_profile("iris", "local-cpu", qos_ms=100.0, max_batch=0)
+
+
 def test_a_measured_profile_is_not_spread_from_one_bucket_to_the_others() -> None:
     est = LatencyEstimator(load_profiles(), "rm2", ["r5n.large"])
     before = est.estimate_one(0, 900)

@@ -66,6 +66,30 @@ async def test_an_instance_started_at_run_time_listens_after_its_delay_then_stop
         assert [i["name"] for i in json.loads(pool.address_file.read_text())["instances"]] == ["r5n.large-0"]
 
 
+async def test_stopping_an_instance_answers_every_query_it_has_queued(pool: RunningPool) -> None:
+    """A stop lets the queries it accepted finish, however long its queue (it gave them 1 s)."""
+    url = admin(pool)
+    async with aiohttp.ClientSession() as s:
+        status, doc = await call(s, "POST", url, json={"model": "rm2", "type": "r5n.large", "name": "queued"})
+        assert status == 202
+        deadline = time.monotonic() + 10
+        while not await reachable(s, doc["http"]):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+
+        async def infer() -> int:
+            async with s.post(f"{doc['http']}/v2/models/rm2/infer", data=json_body("rm2", 1000)) as resp:
+                await resp.read()
+                return resp.status
+
+        queries = [asyncio.create_task(infer()) for _ in range(10)]  # ~4 s of work on one r5n.large
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        status, _ = await call(s, "DELETE", f"{url}/queued")
+        assert status == 200 and time.monotonic() - started > 2.0  # it waited for its queue
+        assert await asyncio.gather(*queries) == [200] * 10
+
+
 async def test_stopping_an_instance_that_is_still_starting_frees_its_ports(pool: RunningPool) -> None:
     url = admin(pool)
     async with aiohttp.ClientSession() as s:
@@ -86,6 +110,7 @@ async def test_admin_errors(pool: RunningPool) -> None:
             ({"model": "rm2", "type": "r5n.large", "startup_delay_s": "soon"}, 400, "startup_delay_s"),
             ({"model": "rm2"}, 400, "type: expected a non-empty string"),
             ({"model": "rm2", "type": "r5n.large", "gpu": True}, 400, "unknown field"),
+            ({"model": "rm2", "type": "r5n.large", "variant": "wnd"}, 400, "'wnd' is not a variant of 'rm2' in the config (its variants: none)"),
             ({"model": "rm2", "type": "r5n.large", "name": "r5n.large-0"}, 409, "already running"),
         ):
             status, doc = await call(s, "POST", url, json=body)

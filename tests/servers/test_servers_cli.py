@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def test_timer_modes_reach_the_workers(server_pool: PoolFactory, timers: str) ->
 
 @pytest.mark.slow
 def test_workers_spread_instances_and_survive_a_dead_worker(server_pool: PoolFactory) -> None:
-    pool = server_pool(pool={"g4dn.xlarge": 1, "r5n.large": 3}, args=["--workers", "2"])
+    pool = server_pool(pool={"g4dn.xlarge": 1, "r5n.large": 3}, args=["--workers", "2"], admin_port=0)
     assert "in 2 processes" in pool.ready_line
     pids = {a.pid for a in pool.instances}
     assert len(pids) == 2 and pool.process.pid not in pids
@@ -81,8 +82,23 @@ def test_workers_spread_instances_and_survive_a_dead_worker(server_pool: PoolFac
     while "exited" not in pool.stderr() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "instances gone: g4dn.xlarge-0, r5n.large-1" in pool.stderr()
+    assert f"exited (code {-signal.SIGKILL})" in pool.stderr()  # reaped: its real code
     survivor = next(a for a in pool.instances if a.pid != victim)
     assert _infer(survivor.http)["instance"] == survivor.name
+    # Its instances leave the address file (a gateway must not read dead addresses) and the admin
+    # API lists them failed, so that a control loop replaces them; a DELETE forgets them.
+    written = json.loads(pool.address_file.read_text())
+    assert [i["name"] for i in written["instances"]] == ["r5n.large-0", "r5n.large-2"]
+    admin = pool.ready_line.rsplit("; admin ", 1)[1].strip() + "/admin/instances"
+    listed = json.loads(urllib.request.urlopen(admin, timeout=5).read())["instances"]
+    assert [(i["name"], i["state"], i["origin"]) for i in listed] == [
+        ("r5n.large-0", "ready", "pool"), ("r5n.large-2", "ready", "pool"),
+        ("g4dn.xlarge-0", "failed", "pool"), ("r5n.large-1", "failed", "pool"),
+    ]  # fmt: skip
+    forget = urllib.request.Request(f"{admin}/g4dn.xlarge-0", method="DELETE")
+    assert json.loads(urllib.request.urlopen(forget, timeout=5).read())["state"] == "stopped"
+    listed = json.loads(urllib.request.urlopen(admin, timeout=5).read())["instances"]
+    assert "g4dn.xlarge-0" not in [i["name"] for i in listed]
     assert pool.stop() == 0
     for pid in pids:
         with pytest.raises(ProcessLookupError):
@@ -139,6 +155,13 @@ def test_bad_json_and_bad_flags_exit_2(tmp_path: Path, capsys: pytest.CaptureFix
     with pytest.raises(SystemExit) as info:
         main(["--config", str(tmp_path / "bad.json"), "--latency-scale", "-1"])
     assert info.value.code == 2 and "--latency-scale" in capsys.readouterr().err
+    for never_answers in ("inf", "1e300", "nan"):  # an instance that would stay busy for good
+        with pytest.raises(SystemExit) as info:
+            main(["--config", str(tmp_path / "bad.json"), "--latency-scale", never_answers])
+        assert info.value.code == 2 and "--latency-scale" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["--config", str(tmp_path / "bad.json"), "--ready-timeout", "inf"])
+    assert info.value.code == 2 and "--ready-timeout" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         main(["--config", str(tmp_path / "bad.json"), "--timers", "spin"])
     assert info.value.code == 2 and "--timers" in capsys.readouterr().err
@@ -152,3 +175,14 @@ def test_port_in_use_exits_1(tmp_path: Path) -> None:
         done = _run(["--config", str(_config(tmp_path, **{"servers.grpc_port": port}))])
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_admin_port_in_use_exits_1_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run(["--config", str(_config(tmp_path, **{"servers.admin_port": port}))])
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("kairos-servers: error: ") and "Traceback" not in done.stderr
+    assert str(port) in done.stderr and len(done.stderr.strip().splitlines()) == 1

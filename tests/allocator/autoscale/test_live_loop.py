@@ -413,3 +413,54 @@ async def test_an_instance_that_failed_to_boot_is_stopped_and_replaced() -> None
     assert ("POST", "http://gateway/admin/instances/run-1/drain") in actuator.calls
     assert ("DELETE", "http://servers/admin/instances/run-1") in actuator.calls
     assert actuator.calls.count(("POST", "http://servers/admin/instances")) == 1  # run-2, for run-1
+
+
+VARIANTS = [{"name": MODEL, "accuracy": 0.8}, {"name": "wnd", "accuracy": 0.7}]
+
+
+async def test_the_actuator_starts_and_retires_a_variants_instances(tmp_path: Path) -> None:
+    """A plan's variant group (rm2's smaller wnd) is started as the variant, with the model's inputs,
+    counted in its own group, known to the gateway as the variant, and retired."""
+    from benchmarks.processes import start_servers
+
+    servers_doc = {"models": [{"name": MODEL, "qos_ms": 5000, "variants": VARIANTS, "pool": [{"type": TYPE, "count": 1}]}],
+                   "servers": {"http_port": 0, "grpc_port": 0, "admin_port": 0,
+                               "address_file": str(tmp_path / "instances.json")}}
+    (tmp_path / "servers.json").write_text(json.dumps(servers_doc))
+    pool = start_servers(tmp_path / "servers.json", tmp_path / "instances.json", [], tmp_path)
+    try:
+        inst = pool.instances[0]
+        gateway_doc = {"models": [{"name": MODEL, "qos_ms": 5000, "variants": VARIANTS, "instances": [
+            {"name": inst.name, "type": inst.type, "http": inst.http, "grpc": inst.grpc}]}],
+            "gateway": {"http_port": 0, "grpc_port": 0, "admin_port": 0, "probe_interval_s": 0.2}}
+        (tmp_path / "gateway.json").write_text(json.dumps(gateway_doc))
+        gw = start_gateway(tmp_path / "gateway.json", [], tmp_path)
+        try:
+            servers_admin = pool.ready_line.rsplit("; admin ", 1)[1].strip()
+            gateway_admin = "http://" + gw.ready_line.rsplit(" admin=", 1)[1].split()[0]
+            wnd = GroupKey(MODEL, "wnd", TYPE)
+            async with aiohttp.ClientSession() as s:
+                actuator = PoolActuator(s, servers_admin, gateway_admin, drain_poll_s=0.05)
+                assert await actuator.groups() == {KEY: GroupState(1)}
+                await actuator.scale(wnd, 1)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 20
+                while (await actuator.groups()).get(wnd) != GroupState(1):
+                    assert loop.time() < deadline, await actuator.groups()
+                    await asyncio.sleep(0.1)
+                assert (await actuator.groups())[KEY] == GroupState(1)  # the model's own group untouched
+                known = await actuator.pool.instances()
+                (name,) = [n for n, i in known.items() if i.get("variant") == "wnd"]
+                async with s.get(f"{servers_admin}/admin/instances") as resp:
+                    listed = {i["name"]: i for i in (await resp.json())["instances"]}
+                assert (listed[name]["model"], listed[name]["variant"]) == (MODEL, "wnd")
+                # It serves the variant with the model's inputs.
+                async with s.post(f"{listed[name]['http']}/v2/models/wnd/infer", data=json_body(MODEL, 4)) as resp:
+                    assert resp.status == 200, await resp.text()
+                await actuator.scale(wnd, 0)
+                await actuator.settle()
+                assert wnd not in await actuator.groups()
+        finally:
+            assert gw.stop(signal.SIGTERM) == 0
+    finally:
+        pool.stop()

@@ -3,8 +3,10 @@ sampling error, over HTTP and gRPC) and bad arguments (one line, exit 2)."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +98,45 @@ def test_a_file_with_other_quantile_levels_is_not_overwritten(tmp_path: Path) ->
     with pytest.raises(ProfileError, match="other quantile levels"):
         write_profile(out, "m", "b", Measurement(samples={1: np.array([1.0, 2.0])}), "test")
     assert json.loads(out.read_text()) == other
+
+
+class _OddServer(http.server.BaseHTTPRequestHandler):
+    """A server that is not quite a V2 server: ``pages`` maps a path to (content type, body)."""
+
+    pages: dict[str, tuple[str, bytes]] = {}
+
+    def do_GET(self) -> None:
+        ctype, body = self.pages.get(self.path, ("application/json", b'{"error": "no"}'))
+        self.send_response(200 if self.path in self.pages else 404)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+V2 = ("application/json", b'{"name": "odd", "version": "1", "extensions": []}')
+
+
+@pytest.mark.parametrize(
+    ("pages", "message"),
+    [
+        ({"/v2": ("text/html", b"<html>hello</html>")}, "not a V2 server's JSON"),
+        ({"/v2": V2, "/v2/models/m": ("application/json",
+                                      b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, "n"]}]}')},
+         "shape of non-integers"),
+    ],
+)
+def test_a_server_that_answers_oddly_stops_with_one_line(pages: dict, message: str) -> None:
+    handler = type("Odd", (_OddServer,), {"pages": pages})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        done = profile("--url", f"http://127.0.0.1:{server.server_address[1]}", "--model", "m", "--type", "t")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1

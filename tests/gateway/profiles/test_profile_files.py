@@ -55,6 +55,14 @@ def test_a_single_file_or_a_directory_loads(tmp_path: Path) -> None:
         (_with("types.local-cpu.mean", ["a", 2]), r"types.local-cpu.mean: expected numbers"),
         (_with("types.local-cpu.quantiles", [[1, 0.5, 2], [1, 2, 3]]), r"types.local-cpu.quantiles: expected one non-decreasing row of 3"),
         (_with("types.local-cpu", 3), "types.local-cpu: expected an object"),
+        # Replayed as they are: a negative time would be served, and a mean beyond the range
+        # seen would set the estimator (means) apart from the replay (quantiles).
+        (_with("types.local-cpu.quantiles", [[-50, -1, 2], [1, 2, 3]]), r"types.local-cpu.quantiles: expected service times >= 0"),
+        (_with("types.local-cpu.mean", [1000.0, 2.0]), r"types.local-cpu.mean: batch 1 has mean 1000 ms outside its quantiles' range \[0.5, 2\]"),
+        (_with("types.local-cpu.mean", [1.0, 1.0]), r"types.local-cpu.mean: batch 8 has mean 1 ms outside"),
+        # An instance builds a table per batch size up to the largest: bounded.
+        (_with("types.local-cpu.batch", [1, 1e12]), r"types.local-cpu.batch: expected whole batch sizes of at most 1,048,576"),
+        (_with("types.local-cpu.batch", [1, 7.5]), r"types.local-cpu.batch: expected whole batch sizes"),
     ],
 )
 def test_a_bad_file_names_itself_and_the_field(tmp_path: Path, doc: object, message: str) -> None:
