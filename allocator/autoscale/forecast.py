@@ -80,11 +80,17 @@ def _finish(q: np.ndarray) -> np.ndarray:
 
 
 def error_quantiles(err: np.ndarray, levels: np.ndarray, widen: float = 1.0) -> np.ndarray:
-    """Quantiles of past errors at levels pushed away from the median by (n + 1) / n, the
-    finite-sample (split-conformal) correction: n errors under-cover the next one otherwise.
+    """Per level, the split-conformal order statistic of the past errors: for a level q >= 0.5
+    the ceil((n + 1) q)-th smallest of n, below 0.5 the floor((n + 1) q)-th (the largest or the
+    smallest where n is too few), so that the next error falls at or below the upper ones and
+    above the lower ones with at least their probability when errors are exchangeable
+    (interpolated sample quantiles fall about one order statistic short: 87% at q90 with n = 10).
     ``widen`` scales the spread around the median further."""
     n = err.size
-    q = np.quantile(err, np.clip(0.5 + (levels - 0.5) * (n + 1) / n, 0.0, 1.0))
+    ordered = np.sort(err)
+    upper = levels >= 0.5
+    rank = np.where(upper, np.ceil((n + 1) * levels - 1e-9), np.floor((n + 1) * levels + 1e-9))
+    q = ordered[np.clip(rank.astype(int), 1, n) - 1]
     if widen != 1.0:
         mid = np.quantile(err, 0.5)
         q = mid + (q - mid) * widen

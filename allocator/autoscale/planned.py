@@ -24,6 +24,7 @@ reaction grows other groups. After the hold the type is tried again.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections import deque
@@ -82,6 +83,7 @@ class PlannedPolicy:
         self.react_over, self.react_queue, self.react_step = react_over, react_queue, react_step
         self.react_util = react_util
         self.start = dict(initial or {})
+        self.forecasters: dict[str, Forecaster] = {}
         self.unschedulable_hold_s = unschedulable_hold_s
         self.type_caps: dict[str, tuple[int, float]] = {}  # type -> (instances it has room for, until)
         self.log = log
@@ -100,16 +102,24 @@ class PlannedPolicy:
 
     # -- planning -------------------------------------------------------------------------------
 
+    def forecaster_of(self, model: str) -> Forecaster:
+        """The model's own copy of the forecaster: one that keeps state per series (gbm's fitted
+        models, found by the series' tail) must not hand one model's fit to another."""
+        if model not in self.forecasters:
+            self.forecasters[model] = copy.deepcopy(self.forecaster)
+        return self.forecasters[model]
+
     def load_of(self, m: ModelView) -> dict[str, Any]:
-        """The model's load for the plan: per level, the forecast's maximum over the horizon, never
-        below the rate measured in the last ``measure_s``."""
+        """The model's load for the plan: per level, the forecast's maximum over the horizon (from
+        now: the forecast's first step is the one in progress), never below the rate measured in
+        the last ``measure_s``."""
         now = m.rate(self.measure_s)
         history = m.per_step(self.step_s)
         if history.size == 0:
             rates = np.full(len(LEVELS), now)
         else:
-            horizon = max(1, math.ceil(self.horizon_s / self.step_s))
-            rates = np.maximum(self.forecaster.forecast(history, horizon, LEVELS).max(axis=0), now)
+            horizon = max(1, math.ceil((self.horizon_s + m.step_elapsed_s(self.step_s)) / self.step_s - 1e-9))
+            rates = np.maximum(self.forecaster_of(m.name).forecast(history, horizon, LEVELS).max(axis=0), now)
         rates = np.maximum.accumulate(np.maximum(rates, 0.0))
         return {"quantiles": {f"{lv:g}": round(float(r), 6) for lv, r in zip(LEVELS, rates, strict=True)}}
 

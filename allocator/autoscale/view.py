@@ -101,6 +101,11 @@ class ModelView:
         counts = np.asarray(self.arrivals[:whole], dtype=float).reshape(-1, k).sum(axis=1)
         return counts / (k * self.tick_s)
 
+    def step_elapsed_s(self, step_s: float) -> float:
+        """How much of the step in progress (the one ``per_step`` leaves out) has passed."""
+        k = max(1, round(step_s / self.tick_s))
+        return len(self.arrivals) % k * self.tick_s
+
     @property
     def committed(self) -> int:
         return sum(s.committed for s in self.groups.values())

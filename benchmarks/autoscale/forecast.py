@@ -28,7 +28,6 @@ from allocator.autoscale.forecast import DEFAULT_FORECASTER, LEVELS, GBMForecast
 from benchmarks.faro_trace import load_trace
 
 FIGURE = Path(__file__).resolve().parents[1] / "figures" / "forecast.png"
-DATE = "2026-12-05"
 PLOT_JOBS = ("job2", "job3", "job9")
 REFIT_EVERY = 10  # gbm pooled: minutes between refits on every job's past
 
@@ -195,7 +194,7 @@ def plot(run: Run, label: str, warmup: int, horizon: int, path: Path) -> None:
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="upper center", ncol=4, fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.955))
     fig.suptitle(f"Faro's trace: the '{label}' forecaster's {horizon}-minute-ahead quantiles "
-                 f"(rolling origin, {DATE})")
+                 f"(rolling origin, {time.strftime('%Y-%m-%d')})")
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -226,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         plot(runs[args.plot_forecaster], args.plot_forecaster, args.warmup, args.horizon, args.plot)
         _progress(f"wrote {args.plot}")
     if args.json:
-        out = {"date": DATE, "warmup": args.warmup, "horizon": args.horizon, "levels": list(LEVELS),
+        out = {"date": time.strftime("%Y-%m-%d"), "warmup": args.warmup, "horizon": args.horizon, "levels": list(LEVELS),
                "default": DEFAULT_FORECASTER, "results": results}
         args.json.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
         _progress(f"wrote {args.json}")

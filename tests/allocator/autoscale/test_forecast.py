@@ -3,6 +3,8 @@ determinism."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -195,3 +197,27 @@ def test_gbm_refits_every_few_steps_per_series() -> None:
         f.forecast(a[:t], 2)
         f.forecast(b[t - 50:t], 2)  # a sliding window hits the cache too
     assert len(f._fitted) == 4
+
+
+@pytest.mark.parametrize("n", [5, 10, 60])
+def test_error_quantiles_are_the_conformal_order_statistics(n: int) -> None:
+    """The ceil((n + 1) q)-th smallest of n errors for q >= 0.5 (the floor for q < 0.5): the next
+    exchangeable error falls at or below it with probability >= q (interpolated sample quantiles
+    fall about one order statistic short)."""
+    from allocator.autoscale.forecast import error_quantiles
+
+    err = np.random.default_rng(n).normal(size=n)
+    ordered = np.sort(err)
+    levels = np.array([0.05, 0.1, 0.5, 0.9, 0.95])
+    got = error_quantiles(err, levels)
+    for q, value in zip(levels, got, strict=True):
+        k = math.ceil((n + 1) * q - 1e-9) if q >= 0.5 else math.floor((n + 1) * q + 1e-9)
+        assert value == ordered[min(max(k, 1), n) - 1]
+    # Coverage of a fresh error, over many seeded draws: k / (n + 1), at least the level where n
+    # errors allow it (n = 5 cannot: its largest covers 5/6).
+    rng = np.random.default_rng(1)
+    trials = rng.normal(size=(20_000, n + 1))
+    below = [trials[i, n] <= error_quantiles(trials[i, :n], np.array([0.9]))[0] for i in range(len(trials))]
+    exact = min(math.ceil((n + 1) * 0.9 - 1e-9), n) / (n + 1)
+    assert abs(np.mean(below) - exact) < 4 * np.sqrt(exact * (1 - exact) / len(trials))
+    assert exact >= 0.9 or n < 9

@@ -525,3 +525,27 @@ def test_the_planned_policy_knows_the_service_time_of_every_variant() -> None:
     react = pol.decide(hetero_view(10.0, 1000, groups, late=True))  # 93% busy
     assert react[wnd].reason.startswith("react")  # the fastest group absorbs the surprise
     assert pol.need(ModelView("rm2", 350.0, 10.0, groups={wnd: GroupState(1)}), wnd) == 0  # no rate yet
+
+
+def test_the_forecast_reaches_the_horizon_from_now_and_each_model_has_its_own_forecaster() -> None:
+    """The forecast's first step is the one in progress: 120 s ahead from 10 s into a 60 s step
+    takes 3 steps (it took 2, reaching 110 s). A forecaster keeping state per series is copied
+    per model (gbm's cache found a model by its series' tail alone)."""
+    asked: list[int] = []
+
+    class Recording:
+        name = "recording"
+
+        def forecast(self, history: np.ndarray, horizon: int, levels: object = None) -> np.ndarray:
+            asked.append(horizon)
+            return np.full((horizon, 7), float(history[-1]))
+
+    pol = PlannedPolicy(plan_template(["a"], 36), Recording(), {KEY: 0.1}, step_s=60.0, horizon_s=120.0)
+    for ticks, steps in ((12, 2), (13, 3), (17, 3), (18, 2)):
+        m = ModelView("a", 720.0, 10.0, groups={KEY: GroupState(1)})
+        for _ in range(ticks):
+            m.record(Window(100, 100, 0.0, 0, 0, 0))
+        pol.load_of(m)
+        assert asked[-1] == steps, (ticks, asked)
+    assert pol.forecaster_of("a") is pol.forecaster_of("a")
+    assert pol.forecaster_of("a") is not pol.forecaster_of("b") and pol.forecaster_of("b") is not pol.forecaster
