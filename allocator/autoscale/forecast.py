@@ -121,7 +121,8 @@ def residual_band(x: np.ndarray, paths: np.ndarray, horizon: int, levels: np.nda
 
 def detect_period(x: np.ndarray, max_period: int = 60, min_cycles: int = 3, threshold: float = 0.4) -> int:
     """The lag (>= 2) at which the series' short-term wiggles repeat most, if their
-    autocorrelation there reaches ``threshold`` and the history holds ``min_cycles`` of it; else 0.
+    autocorrelation there, and at twice the lag, reaches ``threshold`` and the history holds
+    ``min_cycles`` of it; else 0.
     The wiggles are the values less a centred median of 7 (so level shifts and trends don't count).
     At 0.3, Faro's trace showed spurious 36-minute periods in two jobs; at 0.4 only its real
     15-minute one (three jobs)."""
@@ -135,7 +136,14 @@ def detect_period(x: np.ndarray, max_period: int = 60, min_cycles: int = 3, thre
         return 0
     acf = np.array([d[:-lag] @ d[lag:] for lag in range(2, top + 1)]) / energy
     best = int(np.argmax(acf))
-    return best + 2 if acf[best] >= threshold else 0
+    period = best + 2
+    if acf[best] < threshold:
+        return 0
+    # A pattern repeats: it must show two periods apart too (over the overlap), or two bursts one
+    # "period" apart read as a season and half a burst is forecast at every cycle.
+    twice = 2 * period
+    again = (d[:-twice] @ d[twice:]) / energy * d.size / (d.size - twice)
+    return period if again >= threshold else 0
 
 
 def seasonal_profile(x: np.ndarray, period: int) -> np.ndarray:

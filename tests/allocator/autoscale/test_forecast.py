@@ -85,6 +85,14 @@ def test_detect_period() -> None:
     assert detect_period(spiky_every(15, 40)) == 0  # fewer than three cycles
     assert detect_period(np.random.default_rng(9).poisson(200, 240).astype(float)) == 0
     assert detect_period(np.full(100, 3.0)) == 0
+    # Two bursts are no season: forecasting half a burst every 20 steps after 40 quiet ones was.
+    two = np.zeros(100)
+    two[[40, 60]] = 100.0
+    assert detect_period(two) == 0
+    assert make_forecaster("ets-seasonal").forecast(two, 1)[0, MID] < 1.0
+    three = np.zeros(100)
+    three[[20, 40, 60, 80]] = 100.0  # a pattern seen four times is one
+    assert detect_period(three) == 20
 
 
 def test_ets_seasonal_forecasts_the_next_spike() -> None:
