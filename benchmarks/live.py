@@ -384,7 +384,7 @@ def plot(rows: list[Row], path: Path) -> None:
     models = list(dict.fromkeys(r.model for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 4), squeeze=False)
     series = [
-        ("simulated max (ideal pool, the live search's queries)", lambda r: r.sim_max),
+        ("simulated max (no transport, the live search's queries, shed as live)", lambda r: r.sim_max),
         ("simulated, measured mean transport", lambda r: r.sim_transport_max),
         ("simulated, transport drawn (measured mean, p99)", lambda r: r.sim_drawn_max),
         ("live max", lambda r: r.live_max),
