@@ -24,8 +24,8 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
-from gateway.backend.http_client import split_http_url
 from gateway.config import Endpoint
+from gateway.endpoint_urls import instance_urls
 from gateway.errors import BadRequest, ConfigError, InferenceError, Unauthorized
 from gateway.protocol.errors import http_error
 from gateway.protocol.limits import check_name, quote
@@ -169,24 +169,15 @@ def parse_new_instance(body: bytes) -> NewInstance:
     model = check_name(text("model", True) or "", "model")
     type_name = check_name(text("type", True) or "", "type")
     name = text("name")
-    http, grpc = text("http"), text("grpc")
-    if http is None and grpc is None:
-        raise BadRequest("expected an http URL, a grpc address, or both")
-    if http is not None:
-        try:
-            split_http_url(http)  # the HTTP backend's own rule
-        except ConfigError:
-            raise BadRequest(f"http: expected http://HOST:PORT, got {quote(http)}") from None
-    if grpc is not None:
-        grpc = grpc.removeprefix("grpc://")
-        host, sep, port = grpc.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise BadRequest(f"grpc: expected HOST:PORT, got {quote(grpc)}")
+    try:  # the rule the config and --instance follow
+        http, grpc = instance_urls(text("http"), text("grpc"), "instance")
+    except ConfigError as exc:
+        raise BadRequest(str(exc).removeprefix("instance: ").removeprefix("instance.")) from None
     variant = text("variant")
     endpoint = Endpoint(
         check_name(name, "name") if name is not None else "",
         type_name,
-        http.rstrip("/") if http else None,
+        http,
         grpc,
         check_name(variant, "variant") if variant is not None and variant != model else None,
     )

@@ -265,11 +265,16 @@ class Gateway:
         if any(s.core.instance(endpoint.name) is not None for s in self.registry):
             raise Conflict(f"an instance named {endpoint.name!r} is already in the pool")
         model = service.config
-        if endpoint.variant is not None and endpoint.variant not in model.variant_names:
+        if (endpoint.variant or model.name) not in model.variant_names:
             raise BadRequest(
-                f"unknown variant {endpoint.variant!r} of model {model.name!r}: expected one of "
+                f"unknown variant {endpoint.variant or model.name!r} of model {model.name!r}: expected one of "
                 f"{', '.join(model.variant_names)}"
             )
+        catalogue = self.config.catalogue
+        if catalogue is not None and endpoint.type not in catalogue.types:
+            # As in the config: each type is a column of every estimate and series of metrics.
+            raise BadRequest(f"type {endpoint.type!r}: not in the catalogue (declare it under instance_types): "
+                             f"expected one of {', '.join(sorted(catalogue.types))}")
         if self.picker and (problem := not_an_ip_address(endpoint.http_url, endpoint.grpc_address)) is not None:
             raise BadRequest(problem)
         core = service.core

@@ -28,7 +28,16 @@ import sys
 from pathlib import Path
 
 from gateway.app import Gateway, GatewaySettings
-from gateway.config import GRPC_SERVERS, MODES, Config, Endpoint, ModelConfig, client_margin, load_config
+from gateway.config import (
+    GRPC_SERVERS,
+    MAX_PENDING,
+    MODES,
+    Config,
+    Endpoint,
+    ModelConfig,
+    client_margin,
+    load_config,
+)
 from gateway.errors import ConfigError, ListenError
 from gateway.gc_freeze import freeze_startup_objects
 from gateway.policies import POLICY_NAMES
@@ -81,15 +90,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="time out of each query's QoS for the legs between client and gateway (default: from config, 0)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of randomised policies")
-    p.add_argument("--log-level", default="WARNING", help="logging level (default: WARNING)")
+    p.add_argument("--log-level", default="WARNING", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                   help="logging level (default: WARNING)")
     return p.parse_args(argv)
 
 
 def _check_flags(args: argparse.Namespace) -> None:
-    for flag, lo in (("http_port", 0), ("grpc_port", 0), ("epp_port", 0), ("depth", 1), ("max_pending", 1)):
+    # The config's bounds for the same fields.
+    for flag, lo, hi in (("http_port", 0, 65535), ("grpc_port", 0, 65535), ("epp_port", 0, 65535),
+                         ("depth", 1, 1000), ("max_pending", 1, MAX_PENDING)):
         value = getattr(args, flag)
-        if value is not None and (value < lo or (flag.endswith("port") and value > 65535)):
-            raise ConfigError(f"--{flag.replace('_', '-')}: expected an integer >= {lo}, got {value}")
+        if value is not None and (value < lo or (hi is not None and value > hi)):
+            bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise ConfigError(f"--{flag.replace('_', '-')}: expected an integer {bound}, got {value}")
     if not 0 <= args.wait_for_addresses <= 3600:
         raise ConfigError(f"--wait-for-addresses: expected seconds in [0, 3600], got {args.wait_for_addresses:g}")
 
@@ -135,7 +148,7 @@ def _instances(args: argparse.Namespace, config: Config) -> dict[str, list[Endpo
     if args.instance:
         if len(config.models) > 1:
             raise ConfigError("--instance: only for a one-model config; list each model's instances in the config")
-        return {config.model: parse_instance_flags(args.instance)}
+        return {config.model: parse_instance_flags(args.instance, config.catalogue.types if config.catalogue else None)}
     out = {}
     for m in config.models:
         if _reads_address_file(args, m):

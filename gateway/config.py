@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.endpoint_urls import instance_urls
 from gateway.errors import BadRequest, ConfigError
 from gateway.fields import REQUIRED, Fields
 from gateway.jsonfile import read_json_file
@@ -47,6 +48,10 @@ class Endpoint:
 
 # Batch limit of a model with no latency profile (with one, the profile's largest batch).
 DEFAULT_MAX_BATCH = 1024
+MAX_BODY_BYTES = 1 << 32  # the largest request a gateway may be set to take (4 GiB)
+GRPCIO_MAX_MESSAGE_BYTES = (1 << 31) - 1  # grpcio's options are C ints
+MAX_WAIT_MS = 86_400_000.0  # a day
+MAX_PENDING = 1_000_000  # queued queries a model may hold
 DEFAULT_CLASS = "default"  # the one class of a model that declares none
 DEFAULT_ATTAINMENT = 0.99
 MAX_MODELS = 256
@@ -302,25 +307,26 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
         http_port=_port(g, "http_port", dg.http_port),
         grpc_port=_port(g, "grpc_port", dg.grpc_port),
         policy=g.str("policy", dg.policy, choices=POLICY_NAMES),
-        max_pending=g.int("max_pending", dg.max_pending, lo=1),
+        max_pending=g.int("max_pending", dg.max_pending, lo=1, hi=MAX_PENDING),
         depth_per_instance=g.int("depth_per_instance", dg.depth_per_instance, lo=1, hi=1000),
         pipeline=g.bool("pipeline", dg.pipeline),
-        probe_interval_s=g.float("probe_interval_s", dg.probe_interval_s),
+        # Each probe waits at most the interval (1 s at most): below 10 ms they flap and burn CPU.
+        probe_interval_s=g.float("probe_interval_s", dg.probe_interval_s, lo=0.01, hi=3600.0),
         backend_protocol=g.str("backend_protocol", dg.backend_protocol, choices=BACKEND_PROTOCOLS),
-        max_body_bytes=g.int("max_body_bytes", dg.max_body_bytes, lo=1024),
+        max_body_bytes=g.int("max_body_bytes", dg.max_body_bytes, lo=1024, hi=MAX_BODY_BYTES),
         grpc_server=g.str("grpc_server", dg.grpc_server, choices=GRPC_SERVERS),
         client_margin_ms=client_margin(
             g.float("client_margin_ms", dg.client_margin_ms, positive=False),
             min(c.qos_ms for m in models for c in m.classes),
         ),
         late_queries=g.str("late_queries", dg.late_queries, choices=LATE_QUERIES),
-        max_wait_ms=g.float("max_wait_ms") if g.raw.get("max_wait_ms") is not None else None,
+        max_wait_ms=g.float("max_wait_ms", hi=MAX_WAIT_MS) if g.raw.get("max_wait_ms") is not None else None,
         outlier_consecutive_errors=g.int(
             "outlier_consecutive_errors", dg.outlier_consecutive_errors, lo=1, hi=1000
         ),
         max_attempts=g.int("max_attempts", dg.max_attempts, lo=1, hi=10),
-        header_timeout_s=g.float("header_timeout_s", dg.header_timeout_s),
-        body_timeout_s=g.float("body_timeout_s", dg.body_timeout_s),
+        header_timeout_s=g.float("header_timeout_s", dg.header_timeout_s, lo=0.01, hi=3600.0),
+        body_timeout_s=g.float("body_timeout_s", dg.body_timeout_s, lo=0.01, hi=3600.0),
         max_buffered_bytes=g.int("max_buffered_bytes", lo=1024) if g.raw.get("max_buffered_bytes") is not None else None,
         body_pace_bytes_per_s=_pace(g.float("body_pace_bytes_per_s", dg.body_pace_bytes_per_s, positive=False, lo=0.0, hi=1e12)),
         body_pace_after_bytes=g.int("body_pace_after_bytes", dg.body_pace_after_bytes, lo=0),
@@ -329,6 +335,7 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
         mode=g.str("mode", dg.mode, choices=MODES),
         epp_port=_port(g, "epp_port", dg.epp_port),
     )
+    _check_gateway(gateway)
     return Config(
         models=tuple(models),
         host=top.str("host", "127.0.0.1"),
@@ -337,6 +344,22 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
         profiles=profiles,
         catalogue=catalogue,
     )
+
+
+def _check_gateway(g: GatewayConfig) -> None:
+    """Combinations of fields a gateway cannot work with, refused before it starts."""
+    if g.max_buffered_bytes is not None and g.max_buffered_bytes < g.max_body_bytes:
+        raise ConfigError(
+            f"gateway.max_buffered_bytes: {g.max_buffered_bytes} is below gateway.max_body_bytes "
+            f"({g.max_body_bytes}): every request larger than it would be refused"
+        )
+    if g.grpc_server == "grpcio" and g.max_body_bytes > GRPCIO_MAX_MESSAGE_BYTES:
+        raise ConfigError(
+            f"gateway.max_body_bytes: grpcio takes messages of at most {GRPCIO_MAX_MESSAGE_BYTES} bytes, "
+            f"got {g.max_body_bytes} (with grpc_server: grpcio)"
+        )
+    if g.max_wait_ms is not None and g.late_queries == "shed":
+        raise ConfigError('gateway.max_wait_ms: applies to late_queries "serve" only (late queries are shed)')
 
 
 def _models(raw: Any, catalogue: Catalogue, type_names: tuple[str, ...]) -> list[ModelConfig]:
@@ -388,6 +411,13 @@ def _model(f: Fields, catalogue: Catalogue, type_names: tuple[str, ...], single:
         for inst in instances:
             counts[inst.type, inst.variant] = counts.get((inst.type, inst.variant), 0) + 1
         pool = [PoolEntry(t, n, v) for (t, v), n in counts.items()]
+    if variants and name not in known:  # an entry without a variant serves the model itself
+        plain = [f"instances[{i}]" for i, e in enumerate(instances) if e.variant is None]
+        if "pool" in f.raw:
+            plain += [f"pool[{i}]" for i, p in enumerate(pool) if p.variant is None]
+        if plain:
+            raise ConfigError(f"{f.name(plain[0])}: no variant given, and {name!r} is not among the model's variants "
+                              f"({', '.join(known)}): name one")
     max_batch = f.int("max_batch", lo=1, hi=MAX_BATCH_SIZE) if "max_batch" in f.raw else None
     return ModelConfig(
         name=name,
@@ -487,14 +517,10 @@ def _instances(
         f = Fields(item, f"{path}[{i}]")
         f.unknown({"name", "type", "http", "grpc", "variant"})
         type_name = f.str("type", choices=type_names)
-        http = f.str("http") if "http" in f.raw else None
-        grpc = f.str("grpc").removeprefix("grpc://") if "grpc" in f.raw else None
-        if http is None and grpc is None:
-            raise ConfigError(f"{f.path}: expected an http URL, a grpc address, or both")
-        if http is not None and not http.startswith("http://"):
-            raise ConfigError(f"{f.path}.http: expected http://HOST:PORT, got {http!r}")
+        http, grpc = instance_urls(f.str("http") if "http" in f.raw else None,
+                                   f.str("grpc") if "grpc" in f.raw else None, f.path)
         name = check_model_name(f.str("name", f"{type_name}-{i}"), f"{f.path}.name")
-        out.append(Endpoint(name, type_name, http.rstrip("/") if http else None, grpc, _variant(f, variants)))
+        out.append(Endpoint(name, type_name, http, grpc, _variant(f, variants)))
     names = [e.name for e in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: names must be unique, got {names}")

@@ -538,9 +538,9 @@ class GatewayCore:
 
     def _on_failure(self, query: Query, inst: InstanceState, exc: InstanceFailure) -> None:
         """Requeue the query for one retry elsewhere if its deadline allows; raise otherwise."""
+        self.metrics.failure(inst.name)  # before the release, which ends a removed instance's series
         self.dispatcher.fail(query, inst)
         self._released(inst)
-        self.metrics.failure(inst.name)
         log.warning("%s", exc)
         self.set_instance_health(inst.name, False)  # back in rotation when a probe succeeds
         late = self.clock.now_ms() >= query.deadline_ms

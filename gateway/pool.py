@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 from gateway.backend import Backend
 from gateway.backend.base import cancelled_from_within
 from gateway.config import Endpoint, check_model_name
+from gateway.endpoint_urls import instance_urls
 from gateway.errors import ConfigError
 from gateway.protocol.addresses import read_address_file
 
@@ -35,22 +36,28 @@ def load_address_file(path: str | Path, model: str, variants: Sequence[str] = ()
     return out
 
 
-def parse_instance_flags(specs: Sequence[str]) -> list[Endpoint]:
-    """``TYPE=URL[,URL]`` per instance: ``http://host:port`` and/or ``grpc://host:port``."""
+def parse_instance_flags(specs: Sequence[str], type_names: Collection[str] | None = None) -> list[Endpoint]:
+    """``TYPE=URL[,URL]`` per instance: ``http://host:port`` and/or ``grpc://host:port``, at most
+    one of each, checked as the config's are; ``type_names``: the catalogue's, when known."""
     out = []
     for i, spec in enumerate(specs):
+        where = f"--instance {spec!r}"
         type_name, sep, urls = spec.partition("=")
         if not sep or not type_name or not urls:
-            raise ConfigError(f"--instance {spec!r}: expected TYPE=URL, e.g. r5n.large=grpc://127.0.0.1:9300")
-        check_model_name(type_name, f"--instance {spec!r}: the type")
-        http_url = grpc_address = None
+            raise ConfigError(f"{where}: expected TYPE=URL, e.g. r5n.large=grpc://127.0.0.1:9300")
+        check_model_name(type_name, f"{where}: the type")
+        if type_names is not None and type_name not in type_names:
+            raise ConfigError(f"{where}: type {type_name!r} is not in the catalogue (declare it under instance_types): "
+                              f"expected one of {', '.join(sorted(type_names))}")
+        found: dict[str, str] = {}
         for url in urls.split(","):
-            if url.startswith(("http://", "https://")):
-                http_url = url.rstrip("/")
-            elif url.startswith("grpc://"):
-                grpc_address = url.removeprefix("grpc://")
-            else:
-                raise ConfigError(f"--instance {spec!r}: URL {url!r} must start with http:// or grpc://")
+            scheme = "http" if url.startswith("http://") else "grpc" if url.startswith("grpc://") else None
+            if scheme is None:
+                raise ConfigError(f"{where}: URL {url!r} must start with http:// or grpc://")
+            if scheme in found:
+                raise ConfigError(f"{where}: two {scheme} URLs ({found[scheme]!r}, {url!r}); one instance has one of each")
+            found[scheme] = url
+        http_url, grpc_address = instance_urls(found.get("http"), found.get("grpc"), where)
         out.append(Endpoint(f"{type_name}-{i}", type_name, http_url, grpc_address))
     return out
 

@@ -5,13 +5,13 @@ per request where aiohttp's client costs ~0.1 ms)."""
 from __future__ import annotations
 
 import time
-from urllib.parse import urlsplit
 
 import orjson
 
 from gateway.backend.base import BackendReply, InstanceFailure, RoutedRequest
 from gateway.backend.http1 import Http1Pool, HttpError, Response
 from gateway.backend.negotiation import ServerInfo
+from gateway.endpoint_urls import split_http_url
 from gateway.errors import BadRequest, ConfigError
 from gateway.protocol.errors import error_body
 from gateway.protocol.routing import json_response_header, reported_service_ms_json
@@ -31,19 +31,6 @@ def model_path(model: str, version: str | None) -> str:
     """A model's V2 path, for validated names only: it goes into a request line."""
     path = f"/v2/models/{model}"
     return f"{path}/versions/{version}" if version else path
-
-
-def split_http_url(url: str) -> tuple[str, int, str]:
-    """An instance's ``http://HOST:PORT[/PREFIX]`` as (host, port, prefix: a V2 server mounted
-    under a path, else ""); ConfigError for anything else."""
-    parts = urlsplit(url.rstrip("/"))
-    try:
-        port = parts.port
-    except ValueError:  # not a number, or out of range
-        port = None
-    if parts.scheme != "http" or not parts.hostname or not port or parts.query or parts.fragment:
-        raise ConfigError(f"{url!r}: expected http://HOST:PORT")
-    return parts.hostname, port, parts.path
 
 
 class HttpBackend:

@@ -158,14 +158,24 @@ def add_json_parameters(
     return encoded + body[header_length:], len(encoded)
 
 
+# A reported service time beyond this (an hour) or below 0 is an instance's bug, not a measurement.
+MAX_REPORTED_SERVICE_MS = 3_600_000.0
+
+
+def _service_ms(value: Any, unit_ms: float) -> float | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    ms = float(value) * unit_ms
+    return ms if 0.0 <= ms <= MAX_REPORTED_SERVICE_MS else None  # NaN fails both
+
+
 def reported_service_ms_json(header: Mapping[str, Any] | None) -> float | None:
-    """The service time an instance reported in a JSON response header, if any."""
+    """The service time an instance reported in a JSON response header, if any (and sane)."""
     params = header.get("parameters") if header is not None else None
     if isinstance(params, dict):
         for key, unit_ms in SERVICE_TIME_KEYS:
-            value = params.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value) * unit_ms
+            if key in params and (ms := _service_ms(params[key], unit_ms)) is not None:
+                return ms
     return None
 
 
@@ -213,10 +223,8 @@ def gateway_parameters_suffix(instance: str, queue_ms: float, e2e_ms: float, var
 
 def reported_service_ms_proto(response: pb.ModelInferResponse) -> float | None:
     for key, unit_ms in SERVICE_TIME_KEYS:
-        if key in response.parameters:
-            value = proto_param_value(response.parameters[key])
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value) * unit_ms
+        if key in response.parameters and (ms := _service_ms(proto_param_value(response.parameters[key]), unit_ms)) is not None:
+            return ms
     return None
 
 

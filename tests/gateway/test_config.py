@@ -122,6 +122,15 @@ def test_a_model_with_its_own_instances_and_types_needs_no_pool() -> None:
         ({"model": "bad name"}, "model"),
         ({"profiles": "/no/such/profiles.json"}, "profiles: no such file or directory"),
         ({"instances": [], "pool": None}, "pool: missing; it is required"),
+        # The admin API's rule for addresses, here too: each of these started a gateway that
+        # served nothing, for good.
+        ({"instances": [{"type": "local-cpu", "grpc": "grpc://"}]}, "instances[0].grpc: expected HOST:PORT, got 'grpc://'"),
+        ({"instances": [{"type": "local-cpu", "grpc": "no port here"}]}, "instances[0].grpc: expected HOST:PORT"),
+        ({"instances": [{"type": "local-cpu", "http": "http://a:99999"}]}, "instances[0].http: expected http://HOST:PORT"),
+        # Variants without the model's own name: an entry without a variant would serve nothing
+        # (every query answered 500 once served).
+        ({"variants": [{"name": "iris-small"}, {"name": "iris-big"}]},
+         "instances[0]: no variant given, and 'iris' is not among the model's variants"),
     ],
 )
 def test_bad_declarations_name_the_field(change: dict[str, object], message: str) -> None:
@@ -160,3 +169,48 @@ def test_body_pacing_defaults_and_bounds() -> None:
                      ("body_pace_after_bytes", -1), ("body_pace_after_bytes", 1.5)):  # fmt: skip
         with pytest.raises(ConfigError, match=rf"gateway\.{key}: expected"):
             parse_config({**BASE, "gateway": {key: bad}})
+
+
+@pytest.mark.parametrize(
+    ("gateway", "message"),
+    [
+        ({"max_buffered_bytes": 1024}, "gateway.max_buffered_bytes: 1024 is below gateway.max_body_bytes"),
+        ({"grpc_server": "grpcio", "max_body_bytes": 2**31}, "grpcio takes messages of at most 2147483647 bytes"),
+        ({"max_body_bytes": 2**40}, "gateway.max_body_bytes"),
+        ({"probe_interval_s": 0.0002}, "gateway.probe_interval_s: expected a positive number >= 0.01"),
+        ({"header_timeout_s": 1e-9}, "gateway.header_timeout_s"),
+        ({"body_timeout_s": 1e12}, "gateway.body_timeout_s"),
+        ({"max_wait_ms": 100}, "gateway.max_wait_ms: applies to late_queries \"serve\" only"),
+        ({"late_queries": "serve", "max_wait_ms": 1e12}, "gateway.max_wait_ms"),
+        ({"max_pending": 10**9}, "gateway.max_pending"),
+    ],
+)
+def test_gateway_settings_a_gateway_cannot_work_with_are_refused(gateway: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_config({**BASE, "gateway": gateway})
+    parse_config({**BASE, "gateway": {"late_queries": "serve", "max_wait_ms": 100}})  # fine together
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--instance", "p9.huge=http://127.0.0.1:1"], "type 'p9.huge' is not in the catalogue"),
+        (["--instance", "r5n.large=grpc://"], "expected HOST:PORT"),
+        (["--instance", "r5n.large=http://127.0.0.1:1,http://127.0.0.1:2"], "two http URLs"),
+        (["--instance", "r5n.large=http://127.0.0.1:1", "--depth", "100000000"], "--depth: expected an integer in [1, 1000]"),
+        (["--instance", "r5n.large=http://127.0.0.1:1", "--log-level", "bogus"], "--log-level: invalid choice"),
+    ],
+)
+def test_gateway_flags_are_checked_as_the_config_is(flags: list[str], message: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from gateway.cli import main
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(BASE))
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config", str(config), *flags])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err, err

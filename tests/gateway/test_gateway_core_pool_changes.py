@@ -11,7 +11,7 @@ import pytest
 from gateway.errors import InferenceError
 from gateway.profiles import load_profiles
 from gateway.profiles.prior import prior_profile
-from tests.helpers.fake_instances import FakeInstance, make_core, ok_after, request
+from tests.helpers.fake_instances import FakeInstance, failing, make_core, ok_after, request
 
 
 class ClosingFake(FakeInstance):
@@ -134,3 +134,16 @@ async def test_thousands_of_queries_while_instances_come_and_go_each_answered_on
     assert core.outstanding == 0 and not core.dispatcher.pending
     assert all(not i.in_flight for i in core.dispatcher.instances)
     assert set(core.clients) == {i.name for i in core.dispatcher.instances}
+
+
+async def test_a_removed_instance_that_fails_its_last_query_leaves_no_series_behind() -> None:
+    """Its failure is counted before its series end, not after (which made them again, for good)."""
+    core, _ = make_core([failing("r5n.large-0", after_ms=30), ok_after(1)], policy="round-robin")
+    first = asyncio.ensure_future(core.infer(request(0)))
+    await asyncio.sleep(0.01)
+    core.remove_instance("r5n.large-0")  # draining: it still holds q0, which then fails
+    assert (await first).instance == "r5n.large-1"  # retried on the other one
+    await asyncio.sleep(0)
+    text = core.metrics.gateway.render().decode()
+    assert 'instance="r5n.large-0"' not in text
+    assert 'kairos_instance_failures_total{instance="r5n.large-1"' not in text  # nothing failed there

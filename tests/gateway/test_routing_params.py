@@ -62,6 +62,16 @@ def test_json_parameters_merge_and_binary_tail_is_untouched() -> None:
     assert reported_service_ms_json(json_response_header(header + tail, len(header))) == 3.5
     assert reported_service_ms_json(json_response_header(b"[1, 2]", None)) is None  # not an object
     assert reported_service_ms_json(json_response_header(b"{not json", None)) is None
+    # A time no clock measures (negative, NaN, over an hour) is no measurement: it would run the
+    # instance's busy-seconds counter backwards and teach the estimator nonsense.
+    for bad in (-1000, float("nan"), 4e9):
+        params = {"parameters": {"service_us": bad, "service_ms": 2.0}}
+        assert reported_service_ms_json(params) == 2.0  # the next key that is sane
+        assert reported_service_ms_json({"parameters": {"service_us": bad}}) is None
+        reply = pb.ModelInferResponse()
+        reply.parameters["service_ms"].double_param = bad
+        assert reported_service_ms_proto(reply) is None
+    assert reported_service_ms_json({"parameters": {"service_us": 0}}) == 0.0
     # A header parsed once by the backend is reused, and the body is the same as parsing it here.
     parsed = json_response_header(header + tail, len(header))
     assert add_json_parameters(header + tail, len(header), {"gateway_instance": "gpu-0"}, parsed) == (body, length)

@@ -145,6 +145,11 @@ async def test_admin_errors_are_clear(pool: RunningPool, gw: RunningGateway) -> 
               for url in ("http://127.0.0.1", "http://127.0.0.1:99999", "http://127.0.0.1:abc", "http://a:1/?q",
                           "http://:80", "http://a:0")),
             (json.dumps({"model": MODEL, "type": "t" * 256, "http": "http://a:1"}).encode(), "give a name"),
+            # Each type is a column of every estimate and a set of series: the catalogue's only.
+            (json.dumps({"model": MODEL, "type": "p9.huge", "name": "x", "http": "http://a:1"}).encode(),
+             "type 'p9.huge': not in the catalogue"),
+            (json.dumps({"model": MODEL, "variant": "wnd", "type": "r5n.large", "http": "http://a:1"}).encode(),
+             "unknown variant 'wnd' of model 'rm2'"),
         ):
             status, doc = await call(s, "POST", admin, data=body)
             assert status in (400, 413) and message in doc["error"], (body[:40], doc)

@@ -1,0 +1,46 @@
+"""The one rule for an instance's addresses, wherever they come from (the config, ``--instance``,
+the admin API): ``http://HOST:PORT[/PREFIX]`` and gRPC ``HOST:PORT`` (``grpc://`` allowed)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from gateway.errors import ConfigError
+
+
+def split_http_url(url: str) -> tuple[str, int, str]:
+    """An instance's ``http://HOST:PORT[/PREFIX]`` as (host, port, prefix: a V2 server mounted
+    under a path, else ""); ConfigError for anything else."""
+    parts = urlsplit(url.rstrip("/"))
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = None
+    if parts.scheme != "http" or not parts.hostname or not port or parts.query or parts.fragment:
+        raise ConfigError(f"{url!r}: expected http://HOST:PORT")
+    return parts.hostname, port, parts.path
+
+
+def grpc_address(text: str) -> str:
+    """An instance's gRPC ``HOST:PORT`` (a ``grpc://`` prefix dropped); ConfigError otherwise."""
+    address = text.removeprefix("grpc://")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or "/" in address or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{text!r}: expected HOST:PORT")
+    return address
+
+
+def instance_urls(http: str | None, grpc: str | None, where: str) -> tuple[str | None, str | None]:
+    """Both addresses checked (at least one given): (http URL without a trailing /, gRPC address)."""
+    if http is None and grpc is None:
+        raise ConfigError(f"{where}: expected an http URL, a grpc address, or both")
+    if http is not None:
+        try:
+            split_http_url(http)
+        except ConfigError:
+            raise ConfigError(f"{where}.http: expected http://HOST:PORT, got {http[:200]!r}") from None
+        http = http.rstrip("/")
+    try:
+        return http, grpc_address(grpc) if grpc is not None else None
+    except ConfigError:
+        raise ConfigError(f"{where}.grpc: expected HOST:PORT, got {(grpc or '')[:200]!r}") from None
