@@ -123,7 +123,8 @@ class LoopRun:
         return {m: float(o[j] / max(a[j], 1)) for j, m in enumerate(self.models)}
 
     def per_minute_mean(self) -> float:
-        """Faro's averaging: the mean over (minute, model) of the share over target."""
+        """The mean over (minute, model) of the share over target (Faro reports the share of all
+        requests, ``over_target``)."""
         k = max(1, round(60.0 / self.tick_s))
         whole = self.arrivals.shape[0] // k * k
         a = self.arrivals[:whole].reshape(-1, k, self.arrivals.shape[1]).sum(axis=1)

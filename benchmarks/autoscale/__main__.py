@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     executor = "Faro's executor (refused starts retried)" if args.faro_executor else "refused starts dropped"
     print(f"serving: {args.serving}; {executor}; seeds {args.seeds}; % of requests over 720 ms (drops included), "
           "mean [min-max]")
-    print(f"{'policy':<12}" + "".join(f"{f'{c} CPUs':>26}{'Faro avg':>12}" for c in args.caps))
+    print(f"{'policy':<12}" + "".join(f"{f'{c} CPUs':>26}{'per-minute':>12}" for c in args.caps))
     table: dict[str, dict[str, object]] = {}
     for p in args.policies:
         row = f"{p:<12}"

@@ -3,7 +3,8 @@
 
 Policies: the planner's three utility objectives (total: fewest requests over target; fair: the
 worst job's share; mix: half each), and two splits of the cap: FairShare (cap // 10 replicas per
-job, as Faro's configs) and Oneshot-like proportional (the cap split by each job's load).
+job, as Faro's configs) and a proportional split (the cap split by each job's known next-minute
+load: an oracle's split, not Oneshot, which reacts to what it measured).
 Each simulated minute serves exactly the minute's requests (exponential gaps) on the job's
 replicas, in one of two ways: ``gateway``, the gateway's dispatcher as it runs (policy kairos,
 one queue per job, an instance takes a query when free, late queries shed at once); or
