@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway.admin import AdminApi, NewInstance, admin_token
 from gateway.backend import Backend, InstanceClient
-from gateway.backend.picked import PickedEndpoint, host_port, not_an_ip_address
+from gateway.backend.picked import ANSWER_TIMEOUT_MS, PickedEndpoint, host_port, not_an_ip_address
 from gateway.config import DEFAULT_MAX_BATCH, Config, ModelConfig
 from gateway.core import GatewayCore
 from gateway.dataplane import DataPlane
@@ -204,7 +204,8 @@ class Gateway:
             classes=model.classes,
             default_class=model.default_class,
             variants=model.variants,
-            backend_timeout_ms=settings.backend_timeout_ms,
+            # A picked query's instance works on it for as long as Envoy waits for the answer.
+            backend_timeout_ms=settings.backend_timeout_ms or (ANSWER_TIMEOUT_MS if self.picker else None),
             client_margin_ms=settings.client_margin_ms,
             consecutive_errors=cfg.gateway.outlier_consecutive_errors,
             # A picked query cannot be sent again: Envoy holds its payload.

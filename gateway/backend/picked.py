@@ -32,6 +32,9 @@ class Outcome:
 
 
 _NO_ANSWER = Outcome(0, upstream=False, reason="no answer reported in time")
+# Envoy waits for the instance up to its route timeout (60 s in deploy/envoy/envoy.yaml), and the
+# instance holds the query meanwhile: unless told otherwise, the picker frees no slot before that.
+ANSWER_TIMEOUT_MS = 60_000.0
 
 
 class Handoff:
@@ -51,10 +54,12 @@ class Handoff:
 
 
 def host_port(url_or_address: str) -> str:
-    """``host:port`` of ``http://host:port`` or of a gRPC ``host:port``."""
+    """``host:port`` of ``http://host:port`` or of a gRPC ``host:port``; an IPv6 host in
+    brackets (``[fd00::1]:9100``), the only form Envoy's ORIGINAL_DST reads."""
     if "://" in url_or_address:
         parts = urlsplit(url_or_address)
-        return f"{parts.hostname}:{parts.port}"
+        host = parts.hostname or ""
+        return f"[{host}]:{parts.port}" if ":" in host else f"{host}:{parts.port}"
     return url_or_address
 
 

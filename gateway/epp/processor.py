@@ -52,6 +52,8 @@ SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 SUBSET_KEY = "x-gateway-destination-endpoint-subset"
 INSTANCE_HEADER = "kairos-instance"  # on the response: the instance the picker chose
 UPSTREAM_TIME = "x-envoy-upstream-service-time"  # set by Envoy's router on an upstream's answer
+LOCAL_REPLY_STATUSES = frozenset({502, 503, 504})  # connect failure, reset, no healthy upstream, timeout
+LOCAL_REPLY_GRPC_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 METHOD = f"/{SERVICE}/Process"
 
@@ -123,7 +125,7 @@ class EndpointPicker:
                     if message is None:
                         return
                     pick = read_body(pick, headers, message.request_body.body)
-                only = self._subset(first.metadata_context)
+                only = self._subset(first.metadata_context, pick.protocol)
                 if not pick.infer:
                     address, name = self._any_ready(pick, only)
                     outcome[0] = "other_call"
@@ -184,8 +186,9 @@ class EndpointPicker:
             else:
                 task.add_done_callback(_retrieve)
 
-    def _subset(self, metadata: ep.Metadata) -> frozenset[str] | None:
-        """The instances of the subset hint, by name (None: no hint)."""
+    def _subset(self, metadata: ep.Metadata, protocol: str) -> frozenset[str] | None:
+        """The instances of the subset hint, by name (None: no hint): those whose address for the
+        request's protocol is listed (the address the pick would hand to Envoy)."""
         if SUBSET_NAMESPACE not in metadata.filter_metadata:
             return None
         hint = metadata.filter_metadata[SUBSET_NAMESPACE]
@@ -197,7 +200,7 @@ class EndpointPicker:
             name
             for service in self.plane.registry
             for name, client in service.core.clients.items()
-            if isinstance(client, PickedEndpoint) and not listed.isdisjoint(client.addresses.values())
+            if isinstance(client, PickedEndpoint) and client.addresses.get(protocol) in listed
         )
 
     def _any_ready(self, pick: PickRequest, only: frozenset[str] | None) -> tuple[str, str]:
@@ -330,6 +333,8 @@ def _outcome(headers: Iterable[ep.HeaderValue]) -> Outcome:
             upstream_ms = float(h[UPSTREAM_TIME])
         except ValueError:
             upstream_ms = None
-    upstream = upstream_ms is not None
-    reason = "" if upstream else f"Envoy answered {status} without the instance ({h.get('x-envoy-local-reply', 'local reply')})"
-    return Outcome(status, code, upstream, upstream_ms, reason)
+    # Without the router's header (an Envoy may suppress its x-envoy-* headers), only a status
+    # Envoy gives its own replies for an unreachable or silent upstream is taken for one.
+    local = upstream_ms is None and (status in LOCAL_REPLY_STATUSES or code in LOCAL_REPLY_GRPC_CODES)
+    reason = f"Envoy answered {status} without the instance ({h.get('x-envoy-local-reply', 'local reply')})" if local else ""
+    return Outcome(status, code, not local, upstream_ms, reason)

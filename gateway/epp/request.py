@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from google.protobuf.message import DecodeError
 
@@ -65,6 +66,18 @@ def header_map(headers: Iterable[tuple[str, bytes | str]]) -> dict[str, str]:
     return out
 
 
+def _normal_path(path: str) -> str:
+    """The HTTP path as the instance's server will read it (percent-escapes decoded): an infer
+    call written ``/v2/models/m/%69nfer`` must be seen as one, not sent round robin unaccounted.
+    A path with empty or dot segments is refused: servers differ on what it names."""
+    raw, sep, query = path.partition("?")
+    decoded = unquote(raw)
+    segments = decoded.split("/")[1:]
+    if any(seg in ("", ".", "..") for seg in segments[:-1]) or segments[-1:] in ([".."], ["."]):
+        raise BadRequest(f"path {quote(path[:200])}: empty or dot segments")
+    return decoded + sep + query
+
+
 def read_headers(headers: Mapping[str, str], body_coming: bool = False) -> PickRequest:
     """The request from its headers (``routing`` from the ``kairos-*`` headers); with
     ``body_coming``, ``read_body`` completes it."""
@@ -77,7 +90,7 @@ def read_headers(headers: Mapping[str, str], body_coming: bool = False) -> PickR
             raise BadRequest(f"a gRPC ModelInfer call through the picker needs the {MODEL_HEADER} header")
         version = None
     else:
-        m = _HTTP_MODEL.fullmatch(path)
+        m = _HTTP_MODEL.fullmatch(_normal_path(path))
         model = check_name(m.group(1)) if m else None
         infer = bool(m and m.group(3) == "/infer") and headers.get(":method", "POST") == "POST"
         version = check_version(m.group(2)) if m and m.group(2) else None

@@ -225,6 +225,24 @@ async def test_the_subset_hint_is_honoured_and_an_empty_one_is_503(picker: Any) 
     )
     assert refused.immediate_response.status.code == 503
     assert "subset" in orjson.loads(refused.immediate_response.body)["error"]
+    # A gRPC call is sent to the instance's gRPC address: an instance whose HTTP address alone is
+    # listed is not in the subset for it.
+    _, grpc_of = addresses(running)
+    stream = Stream(stub)
+    refused = await stream.send(
+        ep.ProcessingRequest(request_headers=infer_headers(grpc_call=True, kairos_model=MODEL),
+                             metadata_context=subset_hint(http[cpu]))
+    )
+    assert refused.immediate_response.grpc_status.status == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert "subset" in refused.immediate_response.body.decode()
+    stream = Stream(stub)
+    picked = await stream.send(
+        ep.ProcessingRequest(request_headers=infer_headers(grpc_call=True, kairos_model=MODEL),
+                             metadata_context=subset_hint(grpc_of[cpu]))
+    )
+    assert set_headers(picked)["x-gateway-destination-endpoint"] == grpc_of[cpu]
+    await stream.send(upstream_answer())
+    await stream.close()
 
 
 async def test_bad_requests_are_answered_at_once_with_the_protocols_errors(picker: Any) -> None:
@@ -303,6 +321,39 @@ async def test_an_answer_envoy_made_itself_takes_the_instance_out_of_rotation(pi
     assert inst is not None and not inst.healthy
     assert b"kairos_instance_failures_total{" in gw.metrics.render()
     assert await ended_soon(gw, "local_reply", 1)
+
+
+async def test_answers_without_envoys_headers_are_the_instances(picker: Any) -> None:
+    """An Envoy that suppresses its x-envoy-* headers (the inference extension's reference config
+    does) reports the instance's answers without the upstream time: a 200, a 4xx, a gRPC error
+    other than UNAVAILABLE are the instance's own (they took it out of rotation, and the pool
+    emptied); a 503 or a gRPC UNAVAILABLE without it is still taken for Envoy's own reply."""
+    gw, _, stub = await picker(pool={"r5n.large": 2})
+    core = gw.registry.get(MODEL).core
+    for status in ("200", "400", "500"):
+        stream = Stream(stub)
+        picked = await stream.send(ep.ProcessingRequest(request_headers=infer_headers(batch=10)))
+        await stream.send(upstream_answer(status, upstream_ms=None))
+        await stream.close()
+        inst = core.instance(set_headers(picked)["kairos-instance"])
+        await asyncio.sleep(0.05)
+        assert inst is not None and inst.healthy and not inst.in_flight, status
+    stream = Stream(stub)
+    picked = await stream.send(ep.ProcessingRequest(request_headers=infer_headers(batch=10)))
+    await stream.send(ep.ProcessingRequest(response_headers=headers(**{":status": "200", "grpc-status": "14"})))
+    await stream.close()
+    inst = core.instance(set_headers(picked)["kairos-instance"])
+    for _ in range(100):
+        if inst is not None and not inst.healthy:
+            break
+        await asyncio.sleep(0.01)
+    assert inst is not None and not inst.healthy
+
+
+def test_an_ipv6_instance_is_handed_to_envoy_in_brackets() -> None:
+    assert host_port("http://[fd00::1]:9100") == "[fd00::1]:9100"
+    assert host_port("http://10.0.0.7:9100") == "10.0.0.7:9100"
+    assert host_port("[fd00::1]:9300") == "[fd00::1]:9300"
 
 
 async def test_other_calls_go_to_a_ready_instance_without_queueing(picker: Any) -> None:

@@ -80,6 +80,18 @@ def test_hostile_paths() -> None:
         read_headers(http("/v2/models/rm2/versions/%E2%98%83/infer"))
 
 
+def test_an_escaped_infer_path_is_still_an_infer_call() -> None:
+    """The instance's server decodes the path: an infer call written with escapes must be seen as
+    one (it was sent round robin, past the queue and the accounting)."""
+    for path in ("/v2/models/rm2/%69nfer", "/v2/models/%72m2/infer", "/v2/models/rm2/infer?x=%2F"):
+        pick = read_headers(http(path, kairos_batch="500"))
+        assert (pick.infer, pick.model) == (True, "rm2"), path
+        assert pick.routing is not None and pick.routing.batch == 500
+    for path in ("/v2/models/rm2/../rm2/infer", "/v2//models/rm2/infer", "/v2/models/rm2/%2e%2e/x/infer"):
+        with pytest.raises(BadRequest, match="empty or dot segments"):
+            read_headers(http(path))
+
+
 def test_the_body_wins_over_the_headers() -> None:
     headers = http(kairos_batch="1")
     pick = read_body(read_headers(headers), headers, json_body("rm2", 33, parameters={"class": "gold"}))
