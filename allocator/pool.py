@@ -41,7 +41,7 @@ class Pool:
 class Candidate:
     pool: Pool
     cost: float  # $/hour
-    paper_bound: float  # QPS, the paper's upper bound
+    paper_bound: float  # QPS, the paper's estimate of the most the pool carries (allocator/bound.py)
     fluid_limit: float | None = None  # QPS, the LP limit (None: not computed)
     simulated_max_qps: float | None = None  # QPS, from kairos-sim --find-max (None: not validated)
     validation_error: str | None = None

@@ -31,7 +31,8 @@ def format_table(ranking: Ranking, notes: Sequence[str] = ()) -> str:
         if validated:
             row += f"  {_num(c.simulated_max_qps, 13)}"
         lines.append(row)
-    lines.append("(QPS; paper bound: the paper's upper bound; fluid limit: LP limit no distributor can beat)")
+    lines.append("(QPS; paper bound: the paper's estimate of the most a pool carries, which the simulator can exceed; "
+                 "fluid limit: the LP limit no distributor beats when every query must meet its QoS)")
     lines.extend(f"note: {n}" for n in notes)
     return "\n".join(lines)
 

@@ -25,7 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from gateway.dispatch import Dispatcher, Query
 from gateway.estimator import LatencyEstimator
 from gateway.policies import Snapshot, make_policy
-from gateway.policies.kairos import AT_RISK_SLACK, MISS_SLACK, SAFEGUARD_FRACTION, slack_matrix
+from gateway.policies.kairos import SAFEGUARD_FRACTION, penalties, slack_matrix
 from gateway.profiles import load_profiles
 
 MODEL, QOS_MS = "rm2", 350.0
@@ -35,6 +35,7 @@ TYPES = ["g4dn.xlarge", "r5n.large"]
 def python_slack(snap: Snapshot, instances: list[int]) -> list[list[float]]:
     """The same matrix, one cell at a time (what the numpy code replaces)."""
     rows = []
+    at_risk, miss = penalties(float(snap.qos_ms.max()))
     for i in range(snap.n_queries):
         t_left = float(snap.time_left_ms[i])
         safeguard = SAFEGUARD_FRACTION * float(snap.qos_ms[i])
@@ -47,9 +48,9 @@ def python_slack(snap: Snapshot, instances: list[int]) -> list[list[float]]:
             if t_left > 0:
                 residual = t_left - left - est
                 if residual < 0:
-                    slack = MISS_SLACK
+                    slack = miss
                 elif residual - safeguard < 0:
-                    slack = AT_RISK_SLACK
+                    slack = at_risk
             row.append(slack)
         rows.append(row)
     return rows

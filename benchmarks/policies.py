@@ -40,7 +40,7 @@ POOLS: dict[str, str] = {
     "dien": "g4dn.xlarge=2,r5n.large=9",
 }
 HOMOGENEOUS_TYPES = ("g4dn.xlarge", "c5n.2xlarge", "r5n.large", "t3.xlarge")  # the types with latency data
-HOMOGENEOUS_POLICIES = ("fcfs", "kairos")
+HOMOGENEOUS_POLICIES = ("fcfs", "kairos", "fluid")  # the best of ours on one type too
 
 
 @dataclass(frozen=True)

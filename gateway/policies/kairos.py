@@ -13,6 +13,14 @@ MISS_SLACK = -1000.0
 FORBIDDEN_SLACK = -1e9  # a query pinned to another variant: never chosen
 
 
+def penalties(max_qos_ms: float) -> tuple[float, float]:
+    """(at risk, likely miss) scores, below every on-time one: a placement in time scores at least
+    -QoS (a coefficient <= 1 times a finish within the time left), so past 500 ms of QoS the fixed
+    penalties would rank a miss above a safe placement."""
+    at_risk = min(AT_RISK_SLACK, -max_qos_ms - 1.0)
+    return at_risk, min(MISS_SLACK, 2.0 * at_risk)
+
+
 def slack_matrix(snap: Snapshot, instances: np.ndarray | None = None) -> np.ndarray:
     """(Q, M) scores of placing each query on each of ``instances`` (default: all N)."""
     if instances is None:  # all healthy, the common case: no gathers
@@ -27,20 +35,21 @@ def slack_matrix(snap: Snapshot, instances: np.ndarray | None = None) -> np.ndar
     # The penalties apply only while the query is not yet late; a late query scores on slack.
     time_left = snap.time_left_ms
     safeguard = SAFEGUARD_FRACTION * snap.qos_ms[:, None]  # per query: its own target's share
+    at_risk, miss = penalties(float(snap.qos_ms.max()))
     if snap.accuracy_rank is not None:
-        return _with_variants(snap, slack, types, left, est, safeguard, instances)
+        return _with_variants(snap, slack, types, left, est, safeguard, instances, at_risk, miss)
     if time_left.min() > 0:
         # residual = time left - wait - service; penalise a likely miss, then a near miss.
         residual = (time_left[:, None] - left) - est
-        np.putmask(slack, residual < safeguard, AT_RISK_SLACK)
-        np.putmask(slack, residual < 0, MISS_SLACK)
+        np.putmask(slack, residual < safeguard, at_risk)
+        np.putmask(slack, residual < 0, miss)
     else:
         on_time = time_left > 0
         if on_time.any():
             residual = (time_left[on_time, None] - left) - est[on_time]
             rows = slack[on_time]
-            rows[residual < safeguard[on_time]] = AT_RISK_SLACK
-            rows[residual < 0] = MISS_SLACK
+            rows[residual < safeguard[on_time]] = at_risk
+            rows[residual < 0] = miss
             slack[on_time] = rows
     return _forbid(snap, slack, instances)
 
@@ -61,6 +70,8 @@ def _with_variants(
     est: np.ndarray,
     safeguard: np.ndarray,
     instances: np.ndarray | None,
+    at_risk: float,
+    miss: float,
 ) -> np.ndarray:
     """The slack matrix with variants: where a query is still safely in time, a more accurate
     variant wins outright (its rank times more than any slack difference), then slack; pinned
@@ -73,8 +84,8 @@ def _with_variants(
     rank = snap.accuracy_rank.take(types)[None, :]
     span = float(-slack.min()) + 1.0 if slack.size else 1.0
     slack = np.where(safe, slack + rank * span, slack)
-    slack[on_time & (residual < safeguard)] = AT_RISK_SLACK
-    slack[on_time & (residual < 0)] = MISS_SLACK
+    slack[on_time & (residual < safeguard)] = at_risk
+    slack[on_time & (residual < 0)] = miss
     return _forbid(snap, slack, instances)
 
 
@@ -139,6 +150,7 @@ def one_query_slack(snap: Snapshot) -> list[float | None]:
     time_left = float(snap.time_left_ms[0])
     on_time = time_left > 0  # the penalties apply only while the query is not yet late
     safeguard = SAFEGUARD_FRACTION * float(snap.qos_ms[0])
+    at_risk, miss = penalties(float(snap.qos_ms[0]))
     out: list[float | None] = []
     for j, t in enumerate(snap.inst_type.tolist()):
         if not healthy[j]:
@@ -149,8 +161,8 @@ def one_query_slack(snap: Snapshot) -> list[float | None]:
         if on_time:
             residual = (time_left - w) - e
             if residual < 0:
-                slack = MISS_SLACK
+                slack = miss
             elif residual < safeguard:
-                slack = AT_RISK_SLACK
+                slack = at_risk
         out.append(slack)
     return out

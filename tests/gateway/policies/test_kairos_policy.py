@@ -17,6 +17,7 @@ from gateway.policies.kairos import (
     _matched,
     _one_query,
     one_query_slack,
+    penalties,
     slack_matrix,
 )
 from gateway.profiles import load_profiles
@@ -40,6 +41,22 @@ def test_at_risk_within_the_two_percent_safeguard_scores_minus_500() -> None:
 def test_expected_miss_scores_minus_1000() -> None:
     assert one(time_left=9, est=10) == MISS_SLACK == -1000
     assert one(time_left=20, est=10, busy_left=15) == MISS_SLACK  # the wait behind the busy query counts
+
+
+def test_the_penalties_stay_below_every_placement_in_time_whatever_the_qos() -> None:
+    """Past 500 ms of QoS a placement in time scores below the fixed -500 (a 1,500 ms finish on an
+    idle GPU): the penalties scale so that a miss never outranks it (a 2 s target chose the CPU
+    that would miss). Below 500 ms they are the paper's -500 / -1000."""
+    assert penalties(350.0) == (AT_RISK_SLACK, MISS_SLACK)
+    kairos = make_policy("kairos")
+    for qos, gpu_ms, cpu_ms in ((2000.0, 1500.0, 2600.0), (800.0, 700.0, 790.0)):
+        s = snap([qos], [[gpu_ms, cpu_ms]], [0, 1], coefficient=[1.0, 0.2], qos_ms=qos)
+        row = slack_matrix(s, np.array([0, 1]))[0]
+        assert row[0] == pytest.approx(-gpu_ms) and row[1] < row[0], qos
+        assert kairos.decide(s) == [(0, 0)], qos  # the GPU, in time
+        assert one_query_slack(s) == pytest.approx(row.tolist())  # the fast path agrees
+    two = snap([2000.0, 2000.0], [[1500.0, 2600.0], [1500.0, 2600.0]], [0, 1], coefficient=[1.0, 0.2], qos_ms=2000.0)
+    assert slack_matrix(two, np.array([0, 1]))[:, 1].tolist() == [penalties(2000.0)[1]] * 2
 
 
 def test_no_penalty_once_the_query_is_late() -> None:
