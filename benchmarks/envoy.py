@@ -38,17 +38,26 @@ def _address(host_port: str) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": int(port)}}
 
 
-def picker_bootstrap(listen: str, epp: str, admin: str, body: bool = False) -> dict[str, Any]:
+def picker_bootstrap(listen: str, epp: str, admin: str, body: bool = False,
+                     full_duplex: bool = False) -> dict[str, Any]:
     """The shipped bootstrap, listening on ``listen``, with the picker at ``epp`` (``host:port``
-    each); ``body``: Envoy sends the picker the request body (BUFFERED)."""
+    each); ``body``: Envoy sends the picker the request body (BUFFERED); ``full_duplex``: as the
+    inference extension's reference configuration, both bodies streamed both ways
+    (FULL_DUPLEX_STREAMED, trailers sent) and the router's x-envoy-* headers suppressed."""
     doc = yaml.safe_load(BOOTSTRAP.read_text())
     doc["admin"]["address"] = _address(admin)
     listener = doc["static_resources"]["listeners"][0]
     listener["address"] = _address(listen)
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    ext_proc = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_proc")
+    mode = ext_proc["typed_config"]["processing_mode"]
     if body:
-        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        ext_proc = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_proc")
-        ext_proc["typed_config"]["processing_mode"]["request_body_mode"] = "BUFFERED"
+        mode["request_body_mode"] = "BUFFERED"
+    if full_duplex:
+        mode.update(request_body_mode="FULL_DUPLEX_STREAMED", response_body_mode="FULL_DUPLEX_STREAMED",
+                    request_trailer_mode="SEND", response_trailer_mode="SEND")
+        router = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.router")
+        router.setdefault("typed_config", {})["suppress_envoy_headers"] = True
     epp_cluster = next(c for c in doc["static_resources"]["clusters"] if c["name"] == "kairos_epp")
     epp_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = _address(epp)
     return dict(doc)

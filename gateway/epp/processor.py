@@ -11,6 +11,13 @@ response: 429 when the query is shed or the queue is full, 503 when no instance 
 V2 error status otherwise (a gRPC status for gRPC).
 
 Any other V2 call (health, metadata) goes to a ready instance of its model, without queueing.
+
+Body modes: ``NONE`` (headers only), ``BUFFERED`` (the body in one message, answered with the
+pick), and ``FULL_DUPLEX_STREAMED`` (the inference extension's reference configuration): the
+body arrives in chunks (then trailers, or an end of stream) and Envoy forwards only what the
+picker streams back, so the picker holds the request's body (bounded by ``max_body_bytes``),
+picks, answers the headers with the pick, then streams the body back; a response body in that
+mode is streamed back chunk by chunk as it comes.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import functools
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -33,11 +41,13 @@ from gateway.epp import ext_proc_pb2 as ep
 from gateway.epp.metrics import EppMetrics
 from gateway.epp.request import PickRequest, header_map, read_body, read_headers
 from gateway.errors import (
+    BadRequest,
     DeadlineExceeded,
     InferenceError,
     InternalError,
     NoHealthyInstance,
     Overloaded,
+    PayloadTooLarge,
     Unavailable,
 )
 from gateway.grpc_server import CallStream, RpcError
@@ -70,8 +80,9 @@ _CONTINUE = {
 class EndpointPicker:
     """``envoy.service.ext_proc.v3.ExternalProcessor`` over the data plane's models."""
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, max_body_bytes: int = 16 * 1024 * 1024) -> None:
         self.plane = plane
+        self.max_body_bytes = max_body_bytes  # a request body the picker holds (full duplex)
         self.metrics = EppMetrics(plane.metrics)
         self._turn = itertools.count()  # round robin over ready instances for other calls
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -115,10 +126,21 @@ class EndpointPicker:
             protocol = GRPC if headers.get("content-type", "").startswith("application/grpc") else "http"
             phase = "request_headers"
             pick: PickRequest | None = None
+            modes = first.protocol_config
+            duplex = _Duplex(modes.request_body_mode == ep.FULL_DUPLEX_STREAMED,
+                             modes.response_body_mode == ep.FULL_DUPLEX_STREAMED)
+            held: _HeldBody | None = None
             try:
-                body_coming = first.protocol_config.request_body_mode == ep.BUFFERED and not first.request_headers.end_of_stream
+                has_body = not first.request_headers.end_of_stream
+                body_coming = has_body and modes.request_body_mode in (ep.BUFFERED, ep.FULL_DUPLEX_STREAMED)
                 pick = read_headers(headers, body_coming)
-                if pick.infer and body_coming:
+                if duplex.request and has_body:  # the body comes whatever we answer: hold it
+                    held = await _hold_body(request_iterator, self.max_body_bytes)
+                    if held is None:
+                        return
+                    if pick.infer:
+                        pick = read_body(pick, headers, held.body)
+                elif pick.infer and body_coming:
                     yield _CONTINUE["request_headers"]
                     phase = "request_body"
                     message = await anext(request_iterator, None)
@@ -130,8 +152,10 @@ class EndpointPicker:
                     address, name = self._any_ready(pick, only)
                     outcome[0] = "other_call"
                     yield _picked(phase, address, name)
+                    for response in held.replay() if held is not None else ():
+                        yield response
                     async for message in request_iterator:
-                        yield _continue(message)
+                        yield _continue(message, duplex)
                     self.plane.count(pick.model, "200", pick.protocol)
                     return
             except InferenceError as exc:
@@ -139,7 +163,7 @@ class EndpointPicker:
                 outcome[0] = "refused"
                 yield _refusal(exc, protocol)
                 return
-            async for response in self._infer(pick, only, phase, request_iterator, received, outcome):
+            async for response in self._infer(pick, only, phase, request_iterator, received, outcome, held, duplex):
                 yield response
         finally:
             self.metrics.open.dec()
@@ -153,6 +177,8 @@ class EndpointPicker:
         requests: AsyncIterator[ep.ProcessingRequest],
         received: float,
         outcome: list[str],
+        held: _HeldBody | None,
+        duplex: _Duplex,
     ) -> AsyncIterator[ep.ProcessingResponse]:
         assert pick.model is not None and pick.routing is not None
         loop = self._loop or self._bind_loop()
@@ -169,6 +195,8 @@ class EndpointPicker:
                 yield _refusal(exc, pick.protocol)
                 return
             yield _picked(phase, address, handoff.instance)
+            for response in held.replay() if held is not None else ():
+                yield response
             async for message in requests:
                 if message.HasField("response_headers"):
                     answer = _outcome(message.response_headers.headers.headers)
@@ -177,7 +205,7 @@ class EndpointPicker:
                     self.plane.count(pick.model, str(answer.status), pick.protocol)
                     yield _answered_by(handoff.instance)
                 else:
-                    yield _continue(message)
+                    yield _continue(message, duplex)
         finally:
             if not task.done() and not handoff.answered.done():
                 task.cancel()  # the client or Envoy went away: the core frees the slot in time
@@ -248,13 +276,78 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-def _continue(message: ep.ProcessingRequest) -> ep.ProcessingResponse:
+def _continue(message: ep.ProcessingRequest, duplex: _Duplex | None = None) -> ep.ProcessingResponse:
     """Go on unchanged, for whatever part of the exchange Envoy sent (the processing mode in
-    Envoy's config decides which)."""
+    Envoy's config decides which); in full duplex a body chunk goes on only as streamed back."""
     phase = message.WhichOneof("request")
     if phase is None:
         raise InternalError("an ext_proc message without a request")  # not Envoy's
+    if duplex is not None and ((phase == "response_body" and duplex.response) or
+                               (phase == "request_body" and duplex.request)):
+        chunk = message.response_body if phase == "response_body" else message.request_body
+        return _streamed(phase, chunk.body, chunk.end_of_stream)
     return _CONTINUE[phase]
+
+
+@dataclass(frozen=True, slots=True)
+class _Duplex:
+    """Which directions stream their bodies in full duplex (``FULL_DUPLEX_STREAMED``)."""
+
+    request: bool = False
+    response: bool = False
+
+
+# Envoy recommends streamed-back chunks of at most 64 KiB.
+STREAMED_CHUNK_BYTES = 64 * 1024
+
+
+def _streamed(phase: str, body: bytes, end_of_stream: bool) -> ep.ProcessingResponse:
+    """A body chunk streamed back (``StreamedBodyResponse``), for ``phase`` (request or response body)."""
+    common = ep.CommonResponse(
+        body_mutation=ep.BodyMutation(streamed_response=ep.StreamedBodyResponse(body=body, end_of_stream=end_of_stream))
+    )
+    if phase == "response_body":
+        return ep.ProcessingResponse(response_body=ep.BodyResponse(response=common))
+    return ep.ProcessingResponse(request_body=ep.BodyResponse(response=common))
+
+
+@dataclass(frozen=True, slots=True)
+class _HeldBody:
+    """A request's body, held in full duplex until the pick, and whether trailers ended it."""
+
+    body: bytes
+    trailers: bool
+
+    def replay(self) -> Iterator[ep.ProcessingResponse]:
+        """The body streamed back in chunks, then the trailers' answer: what Envoy forwards."""
+        size = len(self.body)
+        for start in range(0, max(size, 1), STREAMED_CHUNK_BYTES):
+            last = start + STREAMED_CHUNK_BYTES >= size
+            yield _streamed("request_body", self.body[start : start + STREAMED_CHUNK_BYTES], last and not self.trailers)
+        if self.trailers:
+            yield _CONTINUE["request_trailers"]
+
+
+async def _hold_body(requests: AsyncIterator[ep.ProcessingRequest], limit: int) -> _HeldBody | None:
+    """The request body's chunks up to its end (end of stream, or trailers); None if the stream
+    ended first. PayloadTooLarge past ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for message in requests:
+        kind = message.WhichOneof("request")
+        if kind == "request_body":
+            chunk = message.request_body.body
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body over the limit of {limit} bytes")
+            chunks.append(chunk)
+            if message.request_body.end_of_stream:
+                return _HeldBody(b"".join(chunks), trailers=False)
+        elif kind == "request_trailers":
+            return _HeldBody(b"".join(chunks), trailers=True)
+        else:
+            raise BadRequest(f"ext_proc: {kind} before the end of the request's body")
+    return None
 
 
 def _set(key: str, value: str) -> ep.HeaderValueOption:

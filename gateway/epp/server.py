@@ -38,7 +38,7 @@ MAX_STREAMS_PER_CONNECTION = 8192
 class EppServer:
     def __init__(self, plane: DataPlane, max_message_bytes: int = 16 * 1024 * 1024) -> None:
         self.plane = plane
-        self.picker = EndpointPicker(plane)
+        self.picker = EndpointPicker(plane, max_message_bytes)
         self.max_message_bytes = max_message_bytes
         self._native: GrpcServer | None = None
         self._grpcio: grpc.aio.Server | None = None

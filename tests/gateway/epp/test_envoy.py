@@ -46,10 +46,12 @@ def picker_config(pools: list[RunningPool], directory: Path) -> Path:
 def envoy_and_picker(tmp_path: Path) -> Iterator[Callable[..., tuple[EnvoyProcess, PickerProcess]]]:
     started: list[Any] = []
 
-    def start(pools: list[RunningPool], *args: str, body: bool = False) -> tuple[EnvoyProcess, PickerProcess]:
+    def start(pools: list[RunningPool], *args: str, body: bool = False,
+              full_duplex: bool = False) -> tuple[EnvoyProcess, PickerProcess]:
         picker = start_picker(picker_config(pools, tmp_path), args, directory=tmp_path)
         started.append(picker)
-        bootstrap = picker_bootstrap(f"127.0.0.1:{free_port()}", picker.epp, f"127.0.0.1:{free_port()}", body=body)
+        bootstrap = picker_bootstrap(f"127.0.0.1:{free_port()}", picker.epp, f"127.0.0.1:{free_port()}", body=body,
+                                     full_duplex=full_duplex)
         envoy = start_envoy(bootstrap, tmp_path)
         started.append(envoy)
         return envoy, picker
@@ -116,6 +118,40 @@ def test_v2_http_and_grpc_through_envoy_land_where_the_picker_said(
         with urllib.request.urlopen(request, timeout=10) as resp:
             doc = json.loads(resp.read())
             assert resp.headers["kairos-instance"] == doc["parameters"]["instance"]
+
+
+def test_the_inference_extensions_reference_envoy_config_works(
+    server_pool: Callable[..., RunningPool], envoy_and_picker: Callable[..., tuple[EnvoyProcess, PickerProcess]]
+) -> None:
+    """Bodies streamed both ways (FULL_DUPLEX_STREAMED, trailers sent) and Envoy's x-envoy-*
+    headers suppressed, as the extension's reference configuration: every request was a 500
+    (the picker answered body chunks as in BUFFERED mode), and answers without the upstream time
+    took their instances out of rotation until the pool was empty."""
+    pool = server_pool(pool={"g4dn.xlarge": 1, "r5n.large": 2}, model=MODEL)
+    envoy, picker = envoy_and_picker([pool], full_duplex=True)
+    landed: Counter[str] = Counter()
+
+    def one_http(i: int) -> None:
+        client = th.InferenceServerClient(envoy.listen)  # the batch size from the body: no header
+        result = client.infer(MODEL, triton_inputs(th, MODEL, 4 + i % 60, binary=i % 2 == 0))
+        assert result.as_numpy("output0").shape[0] == 4 + i % 60  # the whole body reached the instance
+        landed[result.get_response()["parameters"]["instance"]] += 1
+
+    def one_grpc(i: int) -> None:
+        client = tg.InferenceServerClient(envoy.listen)
+        result = client.infer(MODEL, triton_inputs(tg, MODEL, 8))
+        landed[result.get_response().parameters["instance"].string_param] += 1
+        client.close()
+
+    with ThreadPoolExecutor(8) as workers:
+        list(workers.map(one_http, range(40)))
+        list(workers.map(one_grpc, range(40)))
+    assert sum(landed.values()) == 80 and landed == dispatched(picker) and len(landed) >= 2
+    # A body past the picker's stream chunking (64 KiB) arrives whole.
+    big = th.InferenceServerClient(envoy.listen).infer(MODEL, triton_inputs(th, MODEL, 1000))
+    assert big.as_numpy("output0").shape[0] == 1000
+    healthy = th.InferenceServerClient(envoy.listen)
+    assert healthy.is_server_ready()
 
 
 def test_a_killed_instance_is_avoided(

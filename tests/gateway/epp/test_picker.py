@@ -411,3 +411,68 @@ async def test_an_answer_never_reported_is_the_instances_timeout(picker: Any) ->
         await asyncio.sleep(0.02)
     assert not inst.healthy and not inst.in_flight
     stream.call.cancel()
+
+
+def duplex_headers(**more: str) -> ep.ProcessingRequest:
+    """Request headers in full duplex (FULL_DUPLEX_STREAMED both ways): a body follows."""
+    message = ep.ProcessingRequest(request_headers=infer_headers(batch=None, **more))
+    message.request_headers.end_of_stream = False
+    config = message.protocol_config
+    config.request_body_mode = ep.FULL_DUPLEX_STREAMED
+    config.response_body_mode = ep.FULL_DUPLEX_STREAMED
+    return message
+
+
+def streamed(response: ep.ProcessingResponse) -> tuple[bytes, bool]:
+    phase = response.WhichOneof("response")
+    chunk = getattr(response, phase).response.body_mutation.streamed_response
+    return chunk.body, chunk.end_of_stream
+
+
+async def test_full_duplex_holds_the_body_then_picks_and_streams_it_back(picker: Any) -> None:
+    """Envoy forwards only what the picker streams back: the pick on the headers, then the whole
+    body in chunks (after trailers, the trailers' answer); a response body is echoed chunk by chunk."""
+    gw, _, stub = await picker(pool={"r5n.large": 2})
+    body = json_body(MODEL, 700)  # past one 64 KiB chunk
+    for trailers in (False, True):
+        call = stub()
+        await call.write(duplex_headers())
+        half = len(body) // 2
+        await call.write(ep.ProcessingRequest(request_body=ep.HttpBody(body=body[:half])))
+        await call.write(ep.ProcessingRequest(request_body=ep.HttpBody(body=body[half:], end_of_stream=not trailers)))
+        if trailers:
+            await call.write(ep.ProcessingRequest(request_trailers=ep.HttpTrailers()))
+        picked = await asyncio.wait_for(call.read(), 10)
+        assert picked.WhichOneof("response") == "request_headers" and "x-gateway-destination-endpoint" in set_headers(picked)
+        back, ended = b"", False
+        while not ended:
+            chunk, ended = streamed(await asyncio.wait_for(call.read(), 10))
+            back += chunk
+            if trailers and len(back) == len(body):
+                break
+        assert back == body
+        if trailers:
+            assert (await asyncio.wait_for(call.read(), 10)).WhichOneof("response") == "request_trailers"
+        # The batch came from the body: the instance holds a query of 700.
+        inst = gw.registry.get(MODEL).core.instance(set_headers(picked)["kairos-instance"])
+        assert inst is not None and [q.batch for q in inst.in_flight.values()] == [700]
+        await call.write(upstream_answer())
+        assert (await asyncio.wait_for(call.read(), 10)).WhichOneof("response") == "response_headers"
+        await call.write(ep.ProcessingRequest(response_body=ep.HttpBody(body=b"abc", end_of_stream=True)))
+        assert streamed(await asyncio.wait_for(call.read(), 10)) == (b"abc", True)
+        await call.done_writing()
+        assert not inst.in_flight
+
+
+async def test_full_duplex_refuses_a_body_past_the_limit(picker: Any) -> None:
+    gw, _, stub = await picker(pool={"r5n.large": 1})
+    assert gw._epp is not None
+    gw._epp.picker.max_body_bytes = 1000  # the config's max_body_bytes, lowered for the test
+    call = stub()
+    await call.write(duplex_headers())
+    await call.write(ep.ProcessingRequest(request_body=ep.HttpBody(body=b"x" * 600)))
+    await call.write(ep.ProcessingRequest(request_body=ep.HttpBody(body=b"x" * 600)))
+    refused = await asyncio.wait_for(call.read(), 10)
+    assert refused.immediate_response.status.code == 413
+    assert all(not i.in_flight for i in gw.registry.get(MODEL).core.dispatcher.instances)
+    call.cancel()
