@@ -127,8 +127,10 @@ class EndpointPicker:
             phase = "request_headers"
             pick: PickRequest | None = None
             modes = first.protocol_config
-            duplex = _Duplex(modes.request_body_mode == ep.FULL_DUPLEX_STREAMED,
-                             modes.response_body_mode == ep.FULL_DUPLEX_STREAMED)
+            duplex = _NO_DUPLEX
+            if modes.request_body_mode == ep.FULL_DUPLEX_STREAMED or modes.response_body_mode == ep.FULL_DUPLEX_STREAMED:
+                duplex = _Duplex(modes.request_body_mode == ep.FULL_DUPLEX_STREAMED,
+                                 modes.response_body_mode == ep.FULL_DUPLEX_STREAMED)
             held: _HeldBody | None = None
             try:
                 has_body = not first.request_headers.end_of_stream
@@ -282,8 +284,8 @@ def _continue(message: ep.ProcessingRequest, duplex: _Duplex | None = None) -> e
     phase = message.WhichOneof("request")
     if phase is None:
         raise InternalError("an ext_proc message without a request")  # not Envoy's
-    if duplex is not None and ((phase == "response_body" and duplex.response) or
-                               (phase == "request_body" and duplex.request)):
+    if duplex is not None and duplex is not _NO_DUPLEX and (
+            (phase == "response_body" and duplex.response) or (phase == "request_body" and duplex.request)):
         chunk = message.response_body if phase == "response_body" else message.request_body
         return _streamed(phase, chunk.body, chunk.end_of_stream)
     return _CONTINUE[phase]
@@ -296,6 +298,8 @@ class _Duplex:
     request: bool = False
     response: bool = False
 
+
+_NO_DUPLEX = _Duplex()
 
 # Envoy recommends streamed-back chunks of at most 64 KiB.
 STREAMED_CHUNK_BYTES = 64 * 1024

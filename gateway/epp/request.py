@@ -71,6 +71,8 @@ def _normal_path(path: str) -> str:
     call written ``/v2/models/m/%69nfer`` must be seen as one, not sent round robin unaccounted.
     A path with empty or dot segments is refused: servers differ on what it names."""
     raw, sep, query = path.partition("?")
+    if "%" not in raw and "//" not in raw and "/." not in raw:
+        return path  # nothing to decode, no empty or dot segment: the common case, at no cost
     decoded = unquote(raw)
     segments = decoded.split("/")[1:]
     if any(seg in ("", ".", "..") for seg in segments[:-1]) or segments[-1:] in ([".."], ["."]):
