@@ -6,6 +6,7 @@ the served accuracy reported."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import grpc
@@ -96,3 +97,19 @@ async def test_the_load_generator_reports_the_variants_and_accuracy_served(gw: R
         LoadConfig(url=f"{scheme}://{address}", model="rm2", rate=20, queries=20, batch_mix="fixed:8", accuracy=accuracy)
     )
     assert free.variants.get("rm2", 0) > 0 and free.accuracy_served is not None and free.accuracy_served > 0.7
+
+
+async def test_variants_without_the_model_itself_need_every_instance_to_name_one(tmp_path: Path) -> None:
+    """rm2 served only by its wnd variant: an instance added without a variant would serve the
+    model itself, which the config does not list (every query it took was a bare 500)."""
+    config = {**CONFIG, "variants": [{"name": "wnd", "accuracy": 0.7}],
+              "pool": [{"type": "r5n.large", "count": 1, "variant": "wnd"}]}
+    with servers_and_gateway(tmp_path, config) as (servers, running):
+        admin = "http://" + running.ready_line.rsplit(" admin=", 1)[1].split()[0] + "/admin/instances"
+        inst = servers.instances[0]
+        async with aiohttp.ClientSession() as s:
+            async with s.post(admin, json={"model": "rm2", "type": "r5n.large", "name": "plain", "http": inst.http}) as resp:
+                assert resp.status == 400
+                assert "unknown variant 'rm2' of model 'rm2': expected one of wnd" in (await resp.json())["error"]
+            status, doc, _ = await post_infer(s, running.url, "rm2", json_request(4, model="rm2"))
+            assert status == 200 and doc["model_name"] == "wnd"  # served by the variant
