@@ -155,7 +155,7 @@ def summarise(results: list[MinuteResult]) -> dict[str, float]:
     per_minute_job = np.where(requests > 0, over / np.maximum(requests, 1), 0.0)
     return {
         "over_target": float(over.sum() / requests.sum()),  # request-weighted
-        "over_target_job_minute_mean": float(per_minute_job.mean()),  # Faro's own averaging
+        "over_target_job_minute_mean": float(per_minute_job.mean()),  # the other averaging (Faro reports the first)
         "worst_job": float((over.sum(axis=0) / requests.sum(axis=0)).max()),
         "minutes": float(len(results)),
     }
