@@ -170,9 +170,9 @@ def parse_new_instance(body: bytes) -> NewInstance:
     type_name = check_name(text("type", True) or "", "type")
     name = text("name")
     try:  # the rule the config and --instance follow
-        http, grpc = instance_urls(text("http"), text("grpc"), "instance")
+        http, grpc = instance_urls(text("http"), text("grpc"))
     except ConfigError as exc:
-        raise BadRequest(str(exc).removeprefix("instance: ").removeprefix("instance.")) from None
+        raise BadRequest(str(exc)) from None
     variant = text("variant")
     endpoint = Endpoint(
         check_name(name, "name") if name is not None else "",

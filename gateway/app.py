@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway.admin import AdminApi, NewInstance, admin_token
 from gateway.backend import Backend, InstanceClient
 from gateway.backend.picked import ANSWER_TIMEOUT_MS, PickedEndpoint, host_port, not_an_ip_address
-from gateway.config import DEFAULT_MAX_BATCH, Config, ModelConfig
+from gateway.config import DEFAULT_MAX_BATCH, Config, ModelConfig, check_instance_type
 from gateway.core import GatewayCore
 from gateway.dataplane import DataPlane
 from gateway.dispatch import Dispatcher, InstanceState, OverloadControl
@@ -271,11 +271,11 @@ class Gateway:
                 f"unknown variant {endpoint.variant or model.name!r} of model {model.name!r}: expected one of "
                 f"{', '.join(model.variant_names)}"
             )
-        catalogue = self.config.catalogue
-        if catalogue is not None and endpoint.type not in catalogue.types:
-            # As in the config: each type is a column of every estimate and series of metrics.
-            raise BadRequest(f"type {endpoint.type!r}: not in the catalogue (declare it under instance_types): "
-                             f"expected one of {', '.join(sorted(catalogue.types))}")
+        if self.config.catalogue is not None:
+            try:
+                check_instance_type(endpoint.type, self.config.catalogue.types, "")
+            except ConfigError as exc:
+                raise BadRequest(str(exc)) from None
         if self.picker and (problem := not_an_ip_address(endpoint.http_url, endpoint.grpc_address)) is not None:
             raise BadRequest(problem)
         core = service.core

@@ -30,6 +30,7 @@ from pathlib import Path
 from gateway.app import Gateway, GatewaySettings
 from gateway.config import (
     GRPC_SERVERS,
+    MAX_DEPTH,
     MAX_PENDING,
     MODES,
     Config,
@@ -98,11 +99,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _check_flags(args: argparse.Namespace) -> None:
     # The config's bounds for the same fields.
     for flag, lo, hi in (("http_port", 0, 65535), ("grpc_port", 0, 65535), ("epp_port", 0, 65535),
-                         ("depth", 1, 1000), ("max_pending", 1, MAX_PENDING)):
+                         ("depth", 1, MAX_DEPTH), ("max_pending", 1, MAX_PENDING)):
         value = getattr(args, flag)
-        if value is not None and (value < lo or (hi is not None and value > hi)):
-            bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-            raise ConfigError(f"--{flag.replace('_', '-')}: expected an integer {bound}, got {value}")
+        if value is not None and not lo <= value <= hi:
+            raise ConfigError(f"--{flag.replace('_', '-')}: expected an integer in [{lo}, {hi}], got {value}")
     if not 0 <= args.wait_for_addresses <= 3600:
         raise ConfigError(f"--wait-for-addresses: expected seconds in [0, 3600], got {args.wait_for_addresses:g}")
 

@@ -6,6 +6,7 @@ value expected; callers print it and exit, never a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ MAX_BODY_BYTES = 1 << 32  # the largest request a gateway may be set to take (4 
 GRPCIO_MAX_MESSAGE_BYTES = (1 << 31) - 1  # grpcio's options are C ints
 MAX_WAIT_MS = 86_400_000.0  # a day
 MAX_PENDING = 1_000_000  # queued queries a model may hold
+MAX_DEPTH = 1000  # queries in flight per instance
 DEFAULT_CLASS = "default"  # the one class of a model that declares none
 DEFAULT_ATTAINMENT = 0.99
 MAX_MODELS = 256
@@ -308,7 +310,7 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
         grpc_port=_port(g, "grpc_port", dg.grpc_port),
         policy=g.str("policy", dg.policy, choices=POLICY_NAMES),
         max_pending=g.int("max_pending", dg.max_pending, lo=1, hi=MAX_PENDING),
-        depth_per_instance=g.int("depth_per_instance", dg.depth_per_instance, lo=1, hi=1000),
+        depth_per_instance=g.int("depth_per_instance", dg.depth_per_instance, lo=1, hi=MAX_DEPTH),
         pipeline=g.bool("pipeline", dg.pipeline),
         # Each probe waits at most the interval (1 s at most): below 10 ms they flap and burn CPU.
         probe_interval_s=g.float("probe_interval_s", dg.probe_interval_s, lo=0.01, hi=3600.0),
@@ -544,6 +546,14 @@ def _with_declared_types(catalogue: Catalogue, raw: Any) -> Catalogue:
             accelerator=f.bool("accelerator", False),
         )
     return Catalogue(types=types, qos_ms=catalogue.qos_ms)
+
+
+def check_instance_type(type_name: str, type_names: Collection[str], where: str) -> None:
+    """An instance type added at run time (``--instance``, the admin API) must be one of the
+    catalogue's, as in the config: each type is a column of every estimate and a set of metrics."""
+    if type_name not in type_names:
+        raise ConfigError(f"{where}type {type_name!r} is not in the catalogue (declare it under instance_types): "
+                          f"expected one of {', '.join(sorted(type_names))}")
 
 
 def check_model_name(name: str, field: str = "model") -> str:

@@ -30,17 +30,19 @@ def grpc_address(text: str) -> str:
     return address
 
 
-def instance_urls(http: str | None, grpc: str | None, where: str) -> tuple[str | None, str | None]:
-    """Both addresses checked (at least one given): (http URL without a trailing /, gRPC address)."""
+def instance_urls(http: str | None, grpc: str | None, where: str | None = None) -> tuple[str | None, str | None]:
+    """Both addresses checked (at least one given): (http URL without a trailing /, gRPC address).
+    Errors name ``where`` (a config path), or the fields alone when None (a request's)."""
     if http is None and grpc is None:
-        raise ConfigError(f"{where}: expected an http URL, a grpc address, or both")
+        raise ConfigError(f"{where + ': ' if where else ''}expected an http URL, a grpc address, or both")
+    prefix = f"{where}." if where else ""
     if http is not None:
         try:
             split_http_url(http)
         except ConfigError:
-            raise ConfigError(f"{where}.http: expected http://HOST:PORT, got {http[:200]!r}") from None
+            raise ConfigError(f"{prefix}http: expected http://HOST:PORT, got {http[:200]!r}") from None
         http = http.rstrip("/")
     try:
         return http, grpc_address(grpc) if grpc is not None else None
     except ConfigError:
-        raise ConfigError(f"{where}.grpc: expected HOST:PORT, got {(grpc or '')[:200]!r}") from None
+        raise ConfigError(f"{prefix}grpc: expected HOST:PORT, got {(grpc or '')[:200]!r}") from None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gateway.backend import Backend
 from gateway.backend.base import cancelled_from_within
-from gateway.config import Endpoint, check_model_name
+from gateway.config import Endpoint, check_instance_type, check_model_name
 from gateway.endpoint_urls import instance_urls
 from gateway.errors import ConfigError
 from gateway.protocol.addresses import read_address_file
@@ -46,9 +46,8 @@ def parse_instance_flags(specs: Sequence[str], type_names: Collection[str] | Non
         if not sep or not type_name or not urls:
             raise ConfigError(f"{where}: expected TYPE=URL, e.g. r5n.large=grpc://127.0.0.1:9300")
         check_model_name(type_name, f"{where}: the type")
-        if type_names is not None and type_name not in type_names:
-            raise ConfigError(f"{where}: type {type_name!r} is not in the catalogue (declare it under instance_types): "
-                              f"expected one of {', '.join(sorted(type_names))}")
+        if type_names is not None:
+            check_instance_type(type_name, type_names, f"{where}: ")
         found: dict[str, str] = {}
         for url in urls.split(","):
             scheme = "http" if url.startswith("http://") else "grpc" if url.startswith("grpc://") else None

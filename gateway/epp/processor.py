@@ -278,19 +278,6 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-def _continue(message: ep.ProcessingRequest, duplex: _Duplex | None = None) -> ep.ProcessingResponse:
-    """Go on unchanged, for whatever part of the exchange Envoy sent (the processing mode in
-    Envoy's config decides which); in full duplex a body chunk goes on only as streamed back."""
-    phase = message.WhichOneof("request")
-    if phase is None:
-        raise InternalError("an ext_proc message without a request")  # not Envoy's
-    if duplex is not None and duplex is not _NO_DUPLEX and (
-            (phase == "response_body" and duplex.response) or (phase == "request_body" and duplex.request)):
-        chunk = message.response_body if phase == "response_body" else message.request_body
-        return _streamed(phase, chunk.body, chunk.end_of_stream)
-    return _CONTINUE[phase]
-
-
 @dataclass(frozen=True, slots=True)
 class _Duplex:
     """Which directions stream their bodies in full duplex (``FULL_DUPLEX_STREAMED``)."""
@@ -300,6 +287,20 @@ class _Duplex:
 
 
 _NO_DUPLEX = _Duplex()
+
+
+def _continue(message: ep.ProcessingRequest, duplex: _Duplex = _NO_DUPLEX) -> ep.ProcessingResponse:
+    """Go on unchanged, for whatever part of the exchange Envoy sent (the processing mode in
+    Envoy's config decides which); in full duplex a body chunk goes on only as streamed back."""
+    phase = message.WhichOneof("request")
+    if phase is None:
+        raise InternalError("an ext_proc message without a request")  # not Envoy's
+    if duplex is not _NO_DUPLEX and (
+            (phase == "response_body" and duplex.response) or (phase == "request_body" and duplex.request)):
+        chunk = message.response_body if phase == "response_body" else message.request_body
+        return _streamed(phase, chunk.body, chunk.end_of_stream)
+    return _CONTINUE[phase]
+
 
 # Envoy recommends streamed-back chunks of at most 64 KiB.
 STREAMED_CHUNK_BYTES = 64 * 1024

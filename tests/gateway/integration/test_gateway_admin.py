@@ -147,7 +147,7 @@ async def test_admin_errors_are_clear(pool: RunningPool, gw: RunningGateway) -> 
             (json.dumps({"model": MODEL, "type": "t" * 256, "http": "http://a:1"}).encode(), "give a name"),
             # Each type is a column of every estimate and a set of series: the catalogue's only.
             (json.dumps({"model": MODEL, "type": "p9.huge", "name": "x", "http": "http://a:1"}).encode(),
-             "type 'p9.huge': not in the catalogue"),
+             "type 'p9.huge' is not in the catalogue"),
             (json.dumps({"model": MODEL, "variant": "wnd", "type": "r5n.large", "http": "http://a:1"}).encode(),
              "unknown variant 'wnd' of model 'rm2'"),
         ):
