@@ -20,6 +20,7 @@ from gateway.backend.base import GRPC, HTTP, BackendReply, RoutedRequest
 from gateway.backend.grpc_client import GrpcBackend
 from gateway.backend.grpc_over_http import GrpcOverHttp
 from gateway.backend.http_client import HttpBackend
+from gateway.backend.http_over_grpc import HttpOverGrpc
 from gateway.backend.negotiation import ServerInfo
 from gateway.errors import Unavailable
 from gateway.protocol.wire import model_name_override
@@ -63,6 +64,8 @@ class InstanceClient:
         self.probe_protocol = backend_protocol
         # gRPC requests translated to this instance's HTTP endpoint (None: sent as they are).
         self._over_http = GrpcOverHttp(self.http) if self.http is not None and backend_protocol == HTTP else None
+        # HTTP requests translated to this instance's gRPC endpoint, when it has no HTTP one.
+        self._over_grpc = HttpOverGrpc(self.grpc) if self.grpc is not None and self.http is None else None
         self.server: ServerInfo | None = None  # what its server supports, once read
         self._ready = False
 
@@ -83,7 +86,9 @@ class InstanceClient:
                 raise Unavailable(f"instance {self.name} has no grpc endpoint")
             return await self.grpc.infer(request, timeout_s)
         if self.http is None:
-            raise Unavailable(f"instance {self.name} has no http endpoint")
+            if self._over_grpc is None:
+                raise Unavailable(f"instance {self.name} has no endpoint")
+            return await self._over_grpc.infer(request, timeout_s)
         return await self.http.infer(request, timeout_s, binary)
 
     async def ready(self, model: str, timeout_s: float) -> bool:

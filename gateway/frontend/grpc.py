@@ -24,14 +24,16 @@ from grpc_health.v1 import health_pb2
 
 from gateway.backend import Backend, InstanceFailure
 from gateway.backend.base import GRPC
+from gateway.backend.http_client import model_path
 from gateway.dataplane import DataPlane
 from gateway.errors import InferenceError, Overloaded
 from gateway.frontend import EXTENSIONS, METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
 from gateway.grpc_server import RpcError, UnaryMethod, call_opened
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.errors import HTTP_OF_GRPC, grpc_status
-from gateway.protocol.limits import quote
+from gateway.protocol.limits import check_version, quote
 from gateway.protocol.routing import gateway_parameters_suffix, routing_from_proto
+from gateway.protocol.translate import MalformedResponse, metadata_from_json
 from gateway.protocol.v2 import GRPC_SERVICE, decode_proto_infer
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
@@ -99,8 +101,8 @@ class GrpcFrontend:
 
     async def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
         async def fetch(client: Backend, served: str) -> pb.ModelMetadataResponse | None:
-            if client.grpc is None:
-                return None
+            if client.grpc is None:  # an HTTP-only instance: its metadata translated
+                return await _http_metadata(client, served, version)
             ask = request if served == request.name else pb.ModelMetadataRequest(name=served, version=request.version)
             try:
                 return await client.grpc.model_metadata(ask, METADATA_TIMEOUT_S)
@@ -108,6 +110,7 @@ class GrpcFrontend:
                 return None
 
         try:
+            version = check_version(request.version)  # it goes into an HTTP path
             return await self.plane.metadata(request.name, fetch)
         except InferenceError as exc:
             raise self._abort(exc, request.name) from None
@@ -144,3 +147,13 @@ class GrpcFrontend:
         if isinstance(exc, Overloaded):
             trailers = (("retry-after", str(max(1, math.ceil(exc.retry_after_s)))),)
         return RpcError(code, str(exc), trailers)
+
+
+async def _http_metadata(client: Backend, served: str, version: str | None) -> pb.ModelMetadataResponse | None:
+    if client.http is None:
+        return None
+    try:
+        status, body, _ = await client.http.get(model_path(served, version), METADATA_TIMEOUT_S)
+        return metadata_from_json(body) if status == 200 else None
+    except (InstanceFailure, MalformedResponse):
+        return None

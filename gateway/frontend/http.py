@@ -30,7 +30,9 @@ from gateway.errors import (
 from gateway.frontend import EXTENSIONS, METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
 from gateway.frontend.budget import BodyBudget
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.errors import http_error
+from gateway.protocol.http_to_grpc import metadata_to_json
 from gateway.protocol.limits import check_content_type, check_version
 from gateway.protocol.routing import add_json_parameters, gateway_parameters, routing_from_json_body
 from gateway.protocol.v2 import INFERENCE_HEADER, parse_header_length
@@ -97,8 +99,8 @@ class HttpFrontend:
         model = request.match_info["model"]
 
         async def fetch(client: Backend, served: str) -> web.Response | None:
-            if client.http is None:
-                return None
+            if client.http is None:  # a gRPC-only instance: its metadata translated
+                return await _grpc_metadata(client, served, version)
             try:  # the path from validated parts only
                 status, body, content_type = await client.http.get(model_path(served, version), METADATA_TIMEOUT_S)
             except InstanceFailure:
@@ -186,6 +188,18 @@ class HttpFrontend:
         error = http_error(exc)
         self._count(model, error.status)
         return web.Response(status=error.status, body=error.body, headers=error.headers)
+
+
+async def _grpc_metadata(client: Backend, served: str, version: str | None) -> web.Response | None:
+    if client.grpc is None:
+        return None
+    try:
+        reply = await client.grpc.model_metadata(
+            pb.ModelMetadataRequest(name=served, version=version or ""), METADATA_TIMEOUT_S
+        )
+    except InstanceFailure:
+        return None
+    return web.Response(status=200, body=metadata_to_json(reply), content_type=JSON)
 
 
 @web.middleware

@@ -139,7 +139,9 @@ def params_to_json(params: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
     return out
 
 
-def contents_to_raw(tensor: pb.ModelInferRequest.InferInputTensor) -> bytes:
+def contents_to_raw(
+    tensor: pb.ModelInferRequest.InferInputTensor | pb.ModelInferResponse.InferOutputTensor,
+) -> bytes:
     """A typed ``contents`` tensor in the raw encoding (validated beforehand: the datatype has a
     contents field and the element count matches the shape)."""
     values = getattr(tensor.contents, CONTENTS_FIELD[tensor.datatype])
@@ -169,7 +171,12 @@ def binary_request_to_json(body: bytes, header_length: int) -> bytes:
         if not isinstance(params, dict) or BINARY_DATA_SIZE not in params:
             continue
         size = params.pop(BINARY_DATA_SIZE)
-        tensor["data"] = raw_to_json_data(view[offset : offset + size], tensor["datatype"], i)
+        try:
+            tensor["data"] = raw_to_json_data(view[offset : offset + size], tensor["datatype"])
+        except JsonCannotCarry as exc:
+            raise BadRequest(
+                f"inputs[{i}]: {exc}, and this instance takes JSON tensors only (no binary tensor extension)"
+            ) from None
         offset += size
         if not params:
             del tensor["parameters"]
@@ -189,8 +196,14 @@ def proto_request_to_json(request: pb.ModelInferRequest) -> bytes:
     return binary_request_to_json(translated.body, translated.header_length)
 
 
-def raw_to_json_data(raw: memoryview | bytes, datatype: str, index: int = 0) -> list[Any]:
-    """A tensor in the raw encoding as a flat JSON ``data`` list."""
+class JsonCannotCarry(ValueError):
+    """Tensor data that JSON cannot carry: a BYTES element that is not UTF-8 text, +-Infinity."""
+
+
+def raw_to_json_data(raw: memoryview | bytes, datatype: str, finite_only: bool = True) -> list[Any]:
+    """A tensor in the raw encoding as a flat JSON ``data`` list (NaN as null, as V2 servers
+    read it back). JsonCannotCarry for what JSON has no way to write (+-Infinity too, unless
+    ``finite_only`` is False: then it goes as null, as the gateway writes an HTTP instance's)."""
     if datatype == "BYTES":
         out: list[Any] = []
         view, pos = memoryview(raw), 0
@@ -199,23 +212,17 @@ def raw_to_json_data(raw: memoryview | bytes, datatype: str, index: int = 0) -> 
             try:
                 out.append(bytes(view[pos + 4 : pos + 4 + n]).decode())
             except UnicodeDecodeError:
-                raise BadRequest(
-                    f"inputs[{index}]: a BYTES element is not UTF-8 text, and this instance takes "
-                    "JSON tensors only (no binary tensor extension)"
-                ) from None
+                raise JsonCannotCarry("a BYTES element is not UTF-8 text") from None
             pos += 4 + n
         return out
     if datatype == "BF16":
         values = (np.frombuffer(raw, dtype="<u2").astype("<u4") << 16).view("<f4")
     else:
         values = np.frombuffer(raw, dtype=NUMPY_DTYPES[datatype])
-    if values.dtype.kind == "f" and np.isinf(values).any():
-        # JSON has no infinity (orjson would write null, read back as NaN: another input)
-        raise BadRequest(
-            f"inputs[{index}]: holds +-Infinity, which JSON cannot carry, and this instance takes JSON "
-            "tensors only (no binary tensor extension)"
-        )
-    return values.tolist()  # NaN goes as null, which V2 servers read back as NaN
+    if finite_only and values.dtype.kind == "f" and np.isinf(values).any():
+        # orjson would write null, read back as NaN: another value
+        raise JsonCannotCarry("holds +-Infinity, which JSON cannot carry")
+    return values.tolist()
 
 
 # -- response: HTTP -> gRPC ------------------------------------------------------------------
@@ -260,7 +267,10 @@ def http_response_to_proto(body: bytes, header_length: int | None) -> GrpcInferR
             raw = binary[offset : offset + size]
             offset += size
         elif "data" in o:
-            raw = json_data_to_raw(o["data"], datatype)
+            try:
+                raw = json_data_to_raw(o["data"], datatype)
+            except BadTensorData as exc:
+                raise MalformedResponse(f"instance response: outputs[{i}]: {exc}") from None
         else:
             raise MalformedResponse(f"instance response: outputs[{i}] has neither data nor binary_data_size")
         tensor = message.outputs.add(name=_str(o, "name"), datatype=datatype, shape=shape)
@@ -272,20 +282,48 @@ def http_response_to_proto(body: bytes, header_length: int | None) -> GrpcInferR
     return GrpcInferResponse(message, b"".join((message.SerializeToString(), *tail)))
 
 
+class BadTensorData(ValueError):
+    """JSON ``data`` that is not a tensor of its datatype."""
+
+
+# numpy kinds JSON data may have for each V2 datatype class (bools are integers to numpy).
+_INT_KINDS = "iu"
+_FLOAT_KINDS = "iuf"
+_BOOL_KINDS = "biu"
+
+
 def json_data_to_raw(data: Any, datatype: str) -> bytes:
-    """JSON ``data`` (flat or nested, row-major) of a V2 tensor in the raw encoding."""
-    dtype = NUMPY_DTYPES.get(datatype)
-    if dtype is None and datatype not in ("BYTES", "BF16"):
-        raise MalformedResponse(f"instance response: unknown datatype {datatype!r}")
+    """JSON ``data`` (flat or nested, row-major) of a V2 tensor in the raw encoding; BadTensorData
+    for an unknown datatype or values that are not of it (text in a number tensor, an integer
+    out of range, a fraction in an integer tensor). Null in a float tensor is NaN."""
+    if datatype == "BYTES":
+        return bytes_elements_to_raw(_bytes_element(x) for x in _flatten(data))
+    dtype = NUMPY_DTYPES.get(datatype, "<f4" if datatype == "BF16" else None)
+    if dtype is None:
+        raise BadTensorData(f"unknown datatype {datatype!r}")
+    floats = np.dtype(dtype).kind == "f"
     try:
-        if datatype == "BYTES":
-            return bytes_elements_to_raw(_bytes_element(x) for x in _flatten(data))
-        if datatype == "BF16":  # float32 rounded to nearest even, upper 16 bits
-            bits = np.asarray(data, dtype="<f4").ravel().view("<u4")
-            return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2").tobytes()
-        return np.asarray(data, dtype=dtype).tobytes()
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise MalformedResponse(f"instance response: {datatype} data cannot be encoded: {exc}") from None
+        values = np.asarray(data)
+        if values.dtype.kind == "O" and floats:  # nulls among the numbers: NaN
+            if not all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool)) for x in _flatten(data)):
+                raise BadTensorData(f"{datatype} data holds a value that is not a number")
+            values = np.asarray(data, dtype="<f8")
+    except ValueError as exc:  # ragged nesting
+        raise BadTensorData(f"{datatype} data is not a tensor: {exc}") from None
+    kinds = _BOOL_KINDS if datatype == "BOOL" else _FLOAT_KINDS if floats else _INT_KINDS
+    if values.size and values.dtype.kind not in kinds:
+        raise BadTensorData(f"{datatype} data holds {_KIND_NAMES.get(values.dtype.kind, 'other values')}")
+    if values.size and kinds == _INT_KINDS:
+        info = np.iinfo(dtype)
+        if values.min() < info.min or values.max() > info.max:
+            raise BadTensorData(f"{datatype} data holds a value outside [{info.min}, {info.max}]")
+    if datatype == "BF16":  # float32 rounded to nearest even, upper 16 bits
+        bits = values.astype("<f4").ravel().view("<u4")
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2").tobytes()
+    return values.astype(dtype).tobytes()
+
+
+_KIND_NAMES = {"f": "fractions", "b": "booleans", "U": "text", "S": "text", "O": "values out of range or of mixed kinds"}
 
 
 def _flatten(data: Any) -> Iterable[Any]:
@@ -294,6 +332,35 @@ def _flatten(data: Any) -> Iterable[Any]:
             yield from _flatten(x)
     else:
         yield data
+
+
+def metadata_from_json(body: bytes) -> pb.ModelMetadataResponse:
+    """A V2 HTTP model metadata body as a gRPC ``ModelMetadataResponse``; MalformedResponse if
+    it is not one."""
+    try:
+        doc = load_json_object(body, "instance metadata")
+        reply = pb.ModelMetadataResponse(
+            name=_str(doc, "name"), versions=_strings(doc, "versions"), platform=_str(doc, "platform")
+        )
+        for key, tensors in (("inputs", reply.inputs), ("outputs", reply.outputs)):
+            items = doc.get(key, [])
+            if not isinstance(items, list) or not all(isinstance(t, dict) for t in items):
+                raise MalformedResponse(f"instance metadata: {key!r} is not a list of objects")
+            for t in items:
+                shape = t.get("shape", [])
+                if not isinstance(shape, list) or not all(isinstance(d, int) and -1 <= d < 2**63 for d in shape):
+                    raise MalformedResponse(f"instance metadata: a shape in {key!r} is not a list of dimensions")
+                tensors.add(name=_str(t, "name"), datatype=_str(t, "datatype"), shape=shape)
+    except BadRequest as exc:
+        raise MalformedResponse(str(exc)) from None
+    return reply
+
+
+def _strings(obj: Mapping[str, Any], key: str) -> list[str]:
+    value = obj.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise MalformedResponse(f"instance response: {key!r} is not a list of strings")
+    return value
 
 
 def _bytes_element(x: Any) -> bytes:

@@ -21,6 +21,7 @@ from gateway.errors import BadRequest
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol.params import set_proto_parameters
 from gateway.protocol.translate import (
+    BadTensorData,
     MalformedResponse,
     http_response_to_proto,
     json_data_to_raw,
@@ -193,10 +194,35 @@ def test_json_data_is_encoded_per_datatype() -> None:
     assert json_data_to_raw([1, 0, 1], "BOOL") == b"\x01\x00\x01"
     assert json_data_to_raw(["ab", "c"], "BYTES") == b"\x02\x00\x00\x00ab\x01\x00\x00\x00c"
     assert json_data_to_raw([1.0, -2.5], "BF16") == np.array([0x3F80, 0xC020], "<u2").tobytes()
-    with pytest.raises(MalformedResponse, match="unknown datatype"):
-        json_data_to_raw([1], "FP8")
-    with pytest.raises(MalformedResponse, match="cannot be encoded"):
-        json_data_to_raw(["x"], "INT32")
+    assert json_data_to_raw([[1], [None]], "FP64") == np.array([1.0, np.nan], "<f8").tobytes()  # null: NaN
+    assert json_data_to_raw([2**63], "UINT64") == np.array([2**63], "<u8").tobytes()
+    assert json_data_to_raw([], "INT32") == b""
+
+
+@pytest.mark.parametrize(
+    ("data", "datatype", "match"),
+    [
+        ([1], "FP8", "unknown datatype 'FP8'"),
+        (["x"], "INT32", "INT32 data holds text"),
+        (["1.5"], "FP32", "FP32 data holds text"),
+        ([1.5], "INT64", "INT64 data holds fractions"),
+        ([300], "INT8", r"outside \[-128, 127\]"),
+        ([-1], "UINT32", "outside"),
+        ([True], "FP32", "FP32 data holds booleans"),
+        ([2**70], "INT64", "out of range"),
+        ([1.0, "x", None], "FP32", "not a number"),
+        ([[1], [1, 2]], "FP32", "not a tensor"),
+    ],
+)
+def test_json_data_that_is_not_of_its_datatype_is_refused(data: Any, datatype: str, match: str) -> None:
+    with pytest.raises(BadTensorData, match=match):
+        json_data_to_raw(data, datatype)
+
+
+def test_an_instances_response_with_text_in_a_number_output_is_malformed() -> None:
+    body = orjson.dumps({"outputs": [{"name": "o", "datatype": "INT32", "shape": [1], "data": ["x"]}]})
+    with pytest.raises(MalformedResponse, match=r"outputs\[0\]: INT32 data holds text"):
+        http_response_to_proto(body, None)
 
 
 def test_json_parameters_map_to_the_protobuf_oneof_by_type() -> None:

@@ -1,0 +1,182 @@
+"""V2 HTTP infer requests to V2 gRPC and back, for an instance that has a gRPC endpoint only.
+
+* request: the body is validated as a V2 HTTP server would (``parse_http_infer``); each input
+  becomes an ``inputs`` entry (its parameters less ``binary_data_size``) and its data, from the
+  binary section or from JSON ``data`` (checked against the datatype), its
+  ``raw_input_contents`` entry. Requested outputs and parameters carry over, less the binary
+  extension's own (``binary_data``, ``binary_data_output``): those say how the gateway answers.
+* response: a ``ModelInferResponse`` becomes the JSON header; each output goes in binary form
+  where the client asked for it (``binary_data`` / ``binary_data_output``), as JSON ``data``
+  otherwise, whether the instance sent raw or typed contents.
+
+Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from google.protobuf.message import DecodeError
+
+from gateway.errors import BadRequest
+from gateway.protocol import grpc_predict_v2_pb2 as pb
+from gateway.protocol.datatypes import byte_size, count_bytes_elements, element_count
+from gateway.protocol.params import set_proto_parameters
+from gateway.protocol.translate import (
+    BINARY_DATA,
+    BINARY_DATA_OUTPUT,
+    BINARY_DATA_SIZE,
+    NUMPY_DTYPES,
+    BadTensorData,
+    JsonCannotCarry,
+    MalformedResponse,
+    contents_to_raw,
+    json_data_to_raw,
+    params_to_json,
+    raw_to_json_data,
+)
+from gateway.protocol.v2 import CONTENTS_FIELD, InferRequest, load_json_object, parse_http_infer
+
+
+@dataclass(frozen=True, slots=True)
+class ProtoInfer:
+    """A translated request: the serialized ``ModelInferRequest``, and the validated HTTP
+    request it came from (which outputs the client wants in binary form)."""
+
+    data: bytes
+    request: InferRequest
+
+
+@dataclass(frozen=True, slots=True)
+class HttpInferResponse:
+    """A translated response: the body, its JSON header's length when binary outputs follow it
+    (None for a plain JSON body), and the header itself (for the gateway's parameters)."""
+
+    body: bytes
+    header_length: int | None
+    header: dict[str, Any]
+
+
+def http_request_to_proto(body: bytes, header_length: int | None, model: str, version: str | None) -> ProtoInfer:
+    """The ``ModelInferRequest`` of an HTTP infer body for ``model`` (the name the instance
+    serves). BadRequest for a body a V2 server would refuse."""
+    request = parse_http_infer(body, model, version or "", header_length)
+    view = memoryview(body)
+    head = load_json_object(view if header_length is None else view[:header_length])
+    message = pb.ModelInferRequest(model_name=model, model_version=version or "", id=request.id)
+    set_proto_parameters(message.parameters, _without(request.parameters, BINARY_DATA_OUTPUT))
+    offset = 0 if header_length is None else header_length
+    raw: list[bytes] = []
+    for i, (tensor, doc) in enumerate(zip(request.inputs, head["inputs"], strict=True)):
+        entry = message.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        set_proto_parameters(entry.parameters, _without(doc.get("parameters", {}), BINARY_DATA_SIZE))
+        if tensor.raw_size is not None:
+            raw.append(bytes(view[offset : offset + tensor.raw_size]))
+            offset += tensor.raw_size
+        else:
+            try:
+                raw.append(json_data_to_raw(doc["data"], tensor.datatype))
+            except BadTensorData as exc:
+                raise BadRequest(f"inputs[{i}] {tensor.name!r}: {exc}") from None
+    message.raw_input_contents.extend(raw)
+    for doc in head.get("outputs") or ():
+        asked = message.outputs.add(name=doc["name"])
+        set_proto_parameters(asked.parameters, _without(doc.get("parameters", {}), BINARY_DATA))
+    return ProtoInfer(message.SerializeToString(), request)
+
+
+def proto_response_to_http(data: bytes, request: InferRequest) -> HttpInferResponse:
+    """The HTTP body of a serialized ``ModelInferResponse``, each output in the form ``request``
+    asked for. MalformedResponse if it is not a V2 response; BadRequest for an output the
+    client asked for as JSON that JSON cannot carry (non-UTF-8 BYTES: ask for it in binary)."""
+    message = pb.ModelInferResponse()
+    try:
+        message.ParseFromString(data)
+    except DecodeError as exc:
+        raise MalformedResponse(f"instance response: malformed protobuf ModelInferResponse: {exc}") from None
+    raw = message.raw_output_contents
+    if raw and len(raw) != len(message.outputs):
+        raise MalformedResponse(
+            f"instance response: {len(raw)} raw_output_contents for {len(message.outputs)} outputs"
+        )
+    head: dict[str, Any] = {"model_name": message.model_name, "model_version": message.model_version}
+    if message.id:
+        head["id"] = message.id
+    params = params_to_json(message.parameters)
+    if params:
+        head["parameters"] = params
+    outputs: list[dict[str, Any]] = []
+    tail: list[bytes] = []
+    for i, o in enumerate(message.outputs):
+        tensor: dict[str, Any] = {"name": o.name, "datatype": o.datatype, "shape": list(o.shape)}
+        oparams = params_to_json(o.parameters)
+        tensor_raw = _output_raw(o, raw[i] if raw else None, i)
+        if request.wants_binary(o.name):
+            oparams[BINARY_DATA_SIZE] = len(tensor_raw)
+            tail.append(tensor_raw)
+        else:
+            try:
+                tensor["data"] = raw_to_json_data(tensor_raw, o.datatype)
+            except JsonCannotCarry as exc:
+                if o.datatype == "BYTES":
+                    raise BadRequest(
+                        f"output {o.name!r}: {exc}: ask for it in binary form (parameters.binary_data: true)"
+                    ) from None
+                tensor["data"] = raw_to_json_data(tensor_raw, o.datatype, finite_only=False)
+        if oparams:
+            tensor["parameters"] = oparams
+        outputs.append(tensor)
+    head["outputs"] = outputs
+    encoded = orjson.dumps(head)
+    if not tail:
+        return HttpInferResponse(encoded, None, head)
+    return HttpInferResponse(b"".join((encoded, *tail)), len(encoded), head)
+
+
+def metadata_to_json(reply: pb.ModelMetadataResponse) -> bytes:
+    """A gRPC ``ModelMetadataResponse`` as the V2 HTTP model metadata body."""
+
+    def tensors(items: Any) -> list[dict[str, Any]]:
+        return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
+
+    return orjson.dumps(
+        {
+            "name": reply.name,
+            "versions": list(reply.versions),
+            "platform": reply.platform,
+            "inputs": tensors(reply.inputs),
+            "outputs": tensors(reply.outputs),
+        }
+    )
+
+
+def _output_raw(o: pb.ModelInferResponse.InferOutputTensor, raw: bytes | None, i: int) -> bytes:
+    """An output's data in the raw encoding, checked against its datatype and shape."""
+    label = f"instance response: outputs[{i}] {o.name!r}"
+    if o.datatype not in NUMPY_DTYPES and o.datatype not in ("BYTES", "BF16"):
+        raise MalformedResponse(f"{label}: unknown datatype {o.datatype!r}")
+    if any(d < 0 for d in o.shape):
+        raise MalformedResponse(f"{label}: shape {list(o.shape)} has a negative dimension")
+    if raw is None:
+        field_name = CONTENTS_FIELD.get(o.datatype)
+        if field_name is None or len(getattr(o.contents, field_name)) != element_count(o.shape):
+            raise MalformedResponse(f"{label}: its contents do not hold {element_count(o.shape)} {o.datatype} values")
+        raw = contents_to_raw(o)
+    expected = byte_size(o.datatype, o.shape)
+    if expected is None:
+        try:
+            n = count_bytes_elements(raw)
+        except BadRequest:
+            n = -1
+        if n != element_count(o.shape):
+            raise MalformedResponse(f"{label}: its BYTES data does not hold {element_count(o.shape)} elements")
+    elif len(raw) != expected:
+        raise MalformedResponse(f"{label}: {len(raw)} bytes where shape {list(o.shape)} needs {expected}")
+    return raw
+
+
+def _without(params: Mapping[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k != key} if isinstance(params, Mapping) else {}
