@@ -95,8 +95,9 @@ class InferRequest:
 
     @property
     def batch(self) -> int:
-        """The batch size: shape[0] of the first input (validated to be >= 1)."""
-        return self.inputs[0].shape[0]
+        """The batch size: shape[0] of the first input (validated to be >= 1); 1 for a scalar."""
+        shape = self.inputs[0].shape
+        return shape[0] if shape else 1
 
     def wants_binary(self, output: str) -> bool:
         """Whether ``output`` should be returned in binary form (HTTP binary extension).
@@ -110,10 +111,11 @@ class InferRequest:
 
 
 def batch_of_shape(shape: Sequence[int], input_name: str = "") -> int:
-    """shape[0] of the first input, checked to be a batch size >= 1."""
+    """shape[0] of the first input, checked to be a batch size >= 1. A scalar first input (shape
+    ``[]``, a model without a batch dimension) is one query."""
     what = f"first input {quote(input_name)}" if input_name else "first input"
     if len(shape) == 0:
-        raise BadRequest(f"{what} has shape []: expected [batch, ...] with batch >= 1")
+        return 1
     if shape[0] < 1:
         raise BadRequest(f"batch size {shape[0]}: shape[0] of the {what} must be >= 1")
     return int(shape[0])

@@ -26,6 +26,7 @@ def test_json_routing_reads_batch_id_and_qos() -> None:
     )
     assert (info.batch, info.request_id, info.qos_ms) == (7, "a", 20.0)
     assert routing_from_json({"inputs": [{"name": "x", "shape": [1]}]}).qos_ms is None
+    assert routing_from_json({"inputs": [{"name": "x", "shape": []}]}).batch == 1  # a scalar: one query
 
 
 @pytest.mark.parametrize(
@@ -33,7 +34,6 @@ def test_json_routing_reads_batch_id_and_qos() -> None:
     [
         {},
         {"inputs": []},
-        {"inputs": [{"name": "x", "shape": []}]},
         {"inputs": [{"name": "x", "shape": [0, 3]}]},
         {"inputs": [{"name": "x", "shape": [2]}], "parameters": {"qos_ms": -1}},
         {"inputs": [{"name": "x", "shape": [2]}], "id": 5},

@@ -116,7 +116,6 @@ def test_binary_data_output_request_parameter() -> None:
         (_body(_inp(shape=[2, 3], data=[1.0] * 5)), "needs 6 elements but 'data' has 5"),
         (_body(_inp(datatype="FLOAT")), "unknown datatype 'FLOAT'"),
         (_body(_inp(shape=[0, 3], data=[])), "batch size 0"),
-        (_body(_inp(shape=[], data=1.0)), r"shape \[\]"),
         (_body(_inp(shape=[2, -1], data=[])), "negative"),
         (_body(_inp(shape="2x3", data=[])), "'shape' must be a list of integers"),  # type: ignore[arg-type]
         (_body({"name": "x", "datatype": "FP32", "shape": [1]}), "has no data"),
@@ -130,6 +129,15 @@ def test_binary_data_output_request_parameter() -> None:
 def test_bad_json_requests(body: bytes, message: str) -> None:
     with pytest.raises(BadRequest, match=message):
         parse_http_infer(body, "m")
+
+
+def test_a_scalar_first_input_is_one_query() -> None:
+    scalar = {"name": "t", "datatype": "FP32", "shape": [], "data": 0.5}
+    assert parse_http_infer(_body(scalar, _inp(shape=[3, 2], data=[1.0] * 6)), "m").batch == 1
+    assert parse_http_infer(_body(scalar), "m").batch == 1
+    request = pb.ModelInferRequest(model_name="m")
+    request.inputs.add(name="t", datatype="FP32", shape=[]).contents.fp32_contents.append(0.5)
+    assert parse_proto_infer(request).batch == 1 and proto_batch(request) == 1
 
 
 def test_binary_extension() -> None:
