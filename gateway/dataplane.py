@@ -19,6 +19,7 @@ from gateway.registry import ModelRegistry
 T = TypeVar("T")
 
 OTHER_MODEL = "other"  # the metric label of requests for a model this gateway does not serve
+MAX_VERSION_PROBES = 3  # instances asked whether a model version is ready
 
 
 class DataPlane:
@@ -37,6 +38,18 @@ class DataPlane:
 
     def model_ready(self, model: str) -> bool:
         return self.core(model).ready
+
+    async def version_ready(self, model: str, version: str, timeout_s: float) -> bool:
+        """Whether ``version`` of ``model`` is ready: the model is, and one of the first few
+        instances (those in rotation first) says that version is. Few: a probe must not
+        fan out over the pool."""
+        if not self.model_ready(model):
+            return False
+        for client, served in self.core(model).metadata_clients()[:MAX_VERSION_PROBES]:
+            backend = client.http if client.http is not None else client.grpc
+            if backend is not None and await backend.ready(served, timeout_s, version):
+                return True
+        return False
 
     def route(self, protocol: str, model: str, info: RoutingInfo, body: bytes, **transport: Any) -> RoutedRequest:
         """The request the core routes, from what a front end parsed (``transport``: its own

@@ -101,9 +101,9 @@ class GrpcBackend:
             return None
         return ServerInfo.from_proto(reply.name, reply.version, reply.extensions)
 
-    async def ready(self, model: str, timeout_s: float) -> bool:
+    async def ready(self, model: str, timeout_s: float, version: str | None = None) -> bool:
         try:
-            reply = await self._stub.ModelReady(pb.ModelReadyRequest(name=model), timeout=timeout_s)
+            reply = await self._stub.ModelReady(pb.ModelReadyRequest(name=model, version=version or ""), timeout=timeout_s)
         except grpc.aio.AioRpcError:
             return False
         except (grpc.aio.UsageError, asyncio.CancelledError) as exc:

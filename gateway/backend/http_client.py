@@ -121,10 +121,10 @@ class HttpBackend:
         except (InstanceFailure, orjson.JSONDecodeError):
             return None
 
-    async def ready(self, model: str, timeout_s: float) -> bool:
+    async def ready(self, model: str, timeout_s: float, version: str | None = None) -> bool:
         try:
             resp = await self._pool.request(
-                "GET", self._model_path(model, None) + "/ready", timeout_s=timeout_s
+                "GET", self._model_path(model, version) + "/ready", timeout_s=timeout_s
             )
         except (TimeoutError, HttpError, OSError):
             return False

@@ -89,7 +89,11 @@ class HttpFrontend:
     async def model_ready(self, request: web.Request) -> web.Response:
         model = request.match_info["model"]
         try:
-            ready = self.plane.model_ready(model)
+            version = check_version(request.match_info.get("version"))
+            if version is None:
+                ready = self.plane.model_ready(model)
+            else:
+                ready = await self.plane.version_ready(model, version, METADATA_TIMEOUT_S)
         except InferenceError as exc:
             return self._error(exc, None)
         return _json(200 if ready else 503, {"name": model, "ready": ready})

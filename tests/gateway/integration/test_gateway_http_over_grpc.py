@@ -2,7 +2,7 @@
 through the gateway gets what the instance itself answers over HTTP (same outputs, fields and
 parameters, plus the gateway's), in JSON or binary form as asked; the instance's gRPC errors
 come back as V2 HTTP errors; model metadata is translated both ways (a gRPC client asking the
-model's metadata of an HTTP-only instance too)."""
+model's metadata of an HTTP-only instance too); a model version's readiness is the instances'."""
 
 from __future__ import annotations
 
@@ -44,6 +44,13 @@ def _gateway(pool: RunningPool, directory: object, endpoint: str) -> RunningGate
 @pytest.fixture(scope="module")
 def gw(pool: RunningPool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     running = _gateway(pool, tmp_path_factory.mktemp("gateway-grpc-only"), "grpc")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def http_only(pool: RunningPool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    running = _gateway(pool, tmp_path_factory.mktemp("gateway-http-only"), "http")
     yield running
     running.stop()
 
@@ -114,7 +121,9 @@ async def test_a_plain_json_request_and_the_instance_errors_come_back_as_v2_http
         assert status == 200  # the instance is still served after the errors
 
 
-async def test_model_metadata_is_translated_both_ways(gw: RunningGateway, pool: RunningPool, tmp_path: object) -> None:
+async def test_model_metadata_is_translated_both_ways(
+    gw: RunningGateway, http_only: RunningGateway, pool: RunningPool
+) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{pool.instances[0].http}/v2/models/{MODEL}") as resp:
             direct = orjson.loads(await resp.read())
@@ -124,23 +133,41 @@ async def test_model_metadata_is_translated_both_ways(gw: RunningGateway, pool: 
     assert through == {k: direct.get(k, [] if k == "versions" else "") for k in through}
     assert through["inputs"] == direct["inputs"] and through["outputs"] == direct["outputs"]
 
-    http_only = _gateway(pool, tmp_path, "http")
-    try:
-        async with grpc.aio.insecure_channel(http_only.grpc) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            reply = await stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL))
-        async with grpc.aio.insecure_channel(pool.instances[0].grpc) as channel:
-            direct_reply = await pb_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
-                pb.ModelMetadataRequest(name=MODEL)
-            )
-        assert reply == direct_reply
-        async with grpc.aio.insecure_channel(http_only.grpc) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as bad:
-                await stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL, version="../x"))
-            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    finally:
-        http_only.stop()
+    async with grpc.aio.insecure_channel(http_only.grpc) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        reply = await stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL))
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL, version="../x"))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    async with grpc.aio.insecure_channel(pool.instances[0].grpc) as channel:
+        direct_reply = await pb_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
+            pb.ModelMetadataRequest(name=MODEL)
+        )
+    assert reply == direct_reply
+
+
+@pytest.mark.parametrize("endpoint", ["grpc", "http"])
+async def test_readiness_of_a_version_is_the_instances(
+    gw: RunningGateway, http_only: RunningGateway, endpoint: str
+) -> None:
+    """The instances serve version 1 only: the gateway's readiness of another is theirs, over
+    whichever endpoint they have; a malformed version is the client's error."""
+    gateway = gw if endpoint == "grpc" else http_only
+    async with aiohttp.ClientSession() as session:
+
+        async def ready(path: str) -> int:
+            async with session.get(f"{gateway.url}/v2/models/{MODEL}{path}/ready") as resp:
+                return resp.status
+
+        assert [await ready(p) for p in ("", "/versions/1", "/versions/9", "/versions/a%20b")] == [200, 200, 503, 400]
+    async with grpc.aio.insecure_channel(gateway.grpc) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for version, expected in (("", True), ("1", True), ("9", False)):
+            reply = await stub.ModelReady(pb.ModelReadyRequest(name=MODEL, version=version))
+            assert reply.ready is expected, version
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await stub.ModelReady(pb.ModelReadyRequest(name=MODEL, version="a b"))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_the_gateway_keeps_serving_after_an_instance_error(gw: RunningGateway) -> None:
