@@ -88,3 +88,17 @@ def triton_inputs(client_module: Any, model: str, batch: int, binary: bool = Tru
 
 def _datatype(x: np.ndarray) -> str:
     return "FP32" if x.dtype == np.float32 else "INT64"
+
+
+# One tensor of each kind the V2 translations must carry (every encoding: fixed-size numbers,
+# FP16 with no JSON or typed form, BOOL, BYTES with an empty and a non-ASCII element), and
+# request parameters of each JSON kind.
+MIXED_TENSORS: dict[str, np.ndarray] = {
+    "f32": np.arange(6, dtype=np.float32).reshape(2, 3),
+    "i64": np.array([[-1], [2**40]], dtype=np.int64),
+    "u8": np.array([[0, 255]], dtype=np.uint8),
+    "b": np.array([[True, False]], dtype=np.bool_),
+    "f16": np.array([0.5, -2.0], dtype=np.float16),
+    "s": np.array([b"xy", b"", "\u00e9".encode()], dtype=np.object_),
+}
+MIXED_PARAMS: dict[str, Any] = {"qos_ms": 5, "flag": True, "tag": "t", "ratio": 0.25}

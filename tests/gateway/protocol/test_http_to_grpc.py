@@ -13,6 +13,7 @@ import orjson
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as th
+from helpers.inputs import MIXED_PARAMS, MIXED_TENSORS
 from tritonclient.grpc._utils import _get_inference_request as grpc_request
 from tritonclient.http._utils import _get_inference_request as http_request
 
@@ -26,15 +27,7 @@ from gateway.protocol.http_to_grpc import (
 from gateway.protocol.translate import MalformedResponse, bytes_elements_to_raw, metadata_from_json
 from gateway.protocol.v2 import parse_http_infer, proto_param_value
 
-TENSORS: dict[str, np.ndarray] = {
-    "f32": np.arange(6, dtype=np.float32).reshape(2, 3),
-    "i64": np.array([[-1], [2**40]], dtype=np.int64),
-    "u8": np.array([[0, 255]], dtype=np.uint8),
-    "b": np.array([[True, False]], dtype=np.bool_),
-    "f16": np.array([0.5, -2.0], dtype=np.float16),
-    "s": np.array([b"xy", b"", "\u00e9".encode()], dtype=np.object_),
-}
-PARAMS = {"qos_ms": 5, "flag": True, "tag": "t", "ratio": 0.25}
+TENSORS, PARAMS = MIXED_TENSORS, MIXED_PARAMS
 
 
 def _inputs(module: Any, binary: bool) -> list[Any]:
