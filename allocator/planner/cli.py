@@ -102,6 +102,9 @@ def _run(args: argparse.Namespace) -> int:
             args.write_request.write_bytes(orjson.dumps(raw, option=orjson.OPT_INDENT_2) + b"\n")
             print(f"wrote {args.write_request}", file=sys.stderr)
     elif args.request is not None:
+        if args.max or args.budget is not None:  # a request file says both itself
+            raise KairosError("--max and --budget go with --from-config; a request file gives types[].available "
+                              "and budget_per_hour")
         raw = read_json_file(args.request, "plan request")
     else:
         raise KairosError("give a plan request file, --from-config CONFIG or the serve command")

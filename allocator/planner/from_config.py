@@ -49,6 +49,11 @@ def request_from_config(
     used = sorted({t for v in variant_names for t in profiles.types(v) if t in catalogue.types})
     if not used:
         raise ConfigError("no catalogue instance type has a latency profile for the config's models")
+    unknown = sorted(set(available or {}) - set(used))
+    if unknown:
+        raise ConfigError(
+            f"--max: {', '.join(map(repr, unknown))} is not a type the plan can use; expected one of {', '.join(used)}"
+        )
     types = []
     for name in used:
         t = catalogue.type(name)
