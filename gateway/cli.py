@@ -39,7 +39,7 @@ from gateway.config import (
     client_margin,
     load_config,
 )
-from gateway.errors import ConfigError, ListenError
+from gateway.errors import ConfigError, ListenError, PoolNotFound, RuntimeFailure
 from gateway.gc_freeze import freeze_startup_objects
 from gateway.policies import POLICY_NAMES
 from gateway.pool import load_address_file, parse_instance_flags
@@ -134,8 +134,8 @@ async def wait_for_addresses(path: str, timeout_s: float) -> None:
             stale = listed.pid
         if loop.time() >= deadline:
             if stale is not None:
-                raise ConfigError(f"{path}: written by kairos-servers pid {stale}, which has exited; start kairos-servers")
-            raise ConfigError(f"{path}: no address file after {timeout_s:g} s; is kairos-servers running with this config?")
+                raise PoolNotFound(f"{path}: written by kairos-servers pid {stale}, which has exited; start kairos-servers")
+            raise PoolNotFound(f"{path}: no address file after {timeout_s:g} s; is kairos-servers running with this config?")
         if not said:
             print(f"{PROG}: waiting up to {timeout_s:g} s for kairos-servers to write {path}", file=sys.stderr, flush=True)
             said = True
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except ListenError as exc:  # a runtime failure, as in kairos-servers
+    except RuntimeFailure as exc:  # a port in use, no pool: as in kairos-servers
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -12,8 +12,17 @@ class ConfigError(KairosError):
     """A configuration file or flag is wrong; the message names the field and what was expected."""
 
 
-class ListenError(KairosError):
-    """A port could not be bound (in use, or not allowed): a runtime failure, exit code 1."""
+class RuntimeFailure(KairosError):
+    """Something a command needs is not there or not working (a port, a pool, an endpoint): not
+    a usage error; the command exits 1."""
+
+
+class ListenError(RuntimeFailure):
+    """A port could not be bound (in use, or not allowed)."""
+
+
+class PoolNotFound(RuntimeFailure):
+    """The pool's address file is missing, or its writer has exited."""
 
 
 class ProfileError(KairosError):

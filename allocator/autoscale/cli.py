@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -177,6 +178,10 @@ async def run(args: argparse.Namespace, config: Config) -> int:
             if runner is not None:
                 await runner.cleanup()
     print(f"{PROG}: stopped after {control.decision_count} decisions", file=sys.stderr)
+    if control.ticks_failed and not control.ticks_read:
+        print(f"{PROG}: error: no tick could read the pool and the gateway's metrics ({control.ticks_failed} tried; "
+              f"last: {control.last_error})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -207,7 +212,23 @@ def arg_problem(args: argparse.Namespace, config: Config) -> str | None:
     for ok, message in checks:
         if not ok:
             return message
+    for flag in ("gateway", "gateway_admin", "servers_admin"):
+        if (url := getattr(args, flag)) is not None and (problem := _url_problem(url)):
+            return f"--{flag.replace('_', '-')} {url!r}: {problem}"
     return start_at_problem(args.start_at) if args.start_at is not None else None
+
+
+def _url_problem(url: str) -> str | None:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return "the port is not a number in 1-65535"
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        return "expected http://HOST:PORT"
+    if parts.query or parts.fragment or parts.path.strip("/"):
+        return "expected http://HOST:PORT, with no path"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -78,6 +78,9 @@ class ControlLoop:
         self.metrics = LoopMetrics()
         self.decisions: deque[Decision] = deque(maxlen=KEPT_DECISIONS)
         self.decision_count = 0
+        self.ticks_read = 0  # ticks whose pool and metrics were read
+        self.ticks_failed = 0
+        self.last_error = ""
         self._deciding: asyncio.Future[dict[GroupKey, Any]] | None = None
         self.started = clock()
 
@@ -89,8 +92,11 @@ class ControlLoop:
             collected = await self.collector.collect(list(self.views))
         except Exception as exc:  # an unreachable gateway: skip the tick, never act blind
             self.metrics.errors.labels("collect").inc()
-            log.warning("tick at %.0f s skipped: %s", now_s, exc)
+            self.ticks_failed += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("tick at %.0f s skipped: %s", now_s, self.last_error)
             return []
+        self.ticks_read += 1
         if collected is None:
             log.info("first scrape at %.0f s: the baseline of the next tick's window", now_s)
             return []

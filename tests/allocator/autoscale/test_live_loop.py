@@ -266,7 +266,10 @@ _LOOP_ARGS = ["--gateway", "http://x", "--gateway-admin", "http://x", "--servers
      (["--tick", "nan"], "--tick nan"), (["--plan-every", "0"], "--plan-every 0"), (["--duration", "-5"], "--duration"),
      (["--metrics-port", "70000"], "--metrics-port"), (["--start-at", "nan"], "--start-at"),
      (["--start-at", "9e12"], "--start-at"), (["--down-after", "-1"], "--down-after -1"),
-     (["--down-after", "nan"], "--down-after nan")],
+     (["--down-after", "nan"], "--down-after nan"),
+     (["--gateway", "127.0.0.1:8000"], "--gateway '127.0.0.1:8000': expected http://HOST:PORT"),
+     (["--servers-admin", "http://h:99999"], "--servers-admin 'http://h:99999': the port"),
+     (["--gateway-admin", "http://h:8002/admin"], "--gateway-admin 'http://h:8002/admin': expected http://HOST:PORT, with no path")],
 )
 def test_a_bad_loop_flag_is_a_usage_error_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                     flags: list[str], named: str) -> None:
@@ -275,6 +278,19 @@ def test_a_bad_loop_flag_is_a_usage_error_naming_it(tmp_path: Path, capsys: pyte
     with pytest.raises(SystemExit) as exc:
         autoscale_main(["--config", str(cfg), *_LOOP_ARGS, *flags])
     assert exc.value.code == 2 and capsys.readouterr().err.startswith(f"kairos-autoscale: {named}")
+
+
+def test_a_loop_that_never_reaches_the_pool_exits_1_saying_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model": MODEL, "pool": [{"type": TYPE, "count": 3}]}))
+    closed = "http://127.0.0.1:9"  # discard: nothing listens
+    with pytest.raises(SystemExit) as exc:
+        autoscale_main(["--config", str(cfg), "--gateway", closed, "--gateway-admin", closed, "--servers-admin", closed,
+                        "--tick", "0.2", "--duration", "1"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and "error: no tick could read the pool and the gateway's metrics" in err
 
 
 def test_good_loop_flags_pass_the_checks(tmp_path: Path) -> None:
