@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kairos-allocate", description=plain(__doc__.splitlines()[0]), formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", required=True, help="model name (ncf, rm2, wnd, mtwnd, dien)")
+    p.add_argument("--model", help="model name (ncf, rm2, wnd, mtwnd, dien; default: --config's model)")
     goal = p.add_mutually_exclusive_group()
     goal.add_argument("--budget", type=float, metavar="USD_PER_HOUR", help="rank pools within this cost (default: the space's)")
     goal.add_argument("--load", type=float, metavar="QPS", help="size the cheapest pool for this arrival rate")
@@ -94,8 +94,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.config is not None:
         config = load_config(args.config)
         catalogue, profiles = config.catalogue or catalogue, config.profile_set()
+        args.model = args.model or config.model
         if qos is None and config.model == args.model:
             qos = config.qos_ms
+    if args.model is None:
+        raise KairosError("--model: which model to allocate for (ncf, rm2, wnd, mtwnd, dien), or --config for its model")
     space = _space(args.space, args.budget, catalogue, profiles.types(args.model)).with_max(args.max)
     problem: Problem = build_problem(
         args.model, space, profiles, catalogue, qos_ms=qos, mix=parse_batch_mix(args.mix)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,7 @@ from gateway.profiles import Catalogue, ProfileSet
         (["--model", "rm2", "--budget", "0.1"], "buys no pool"),
         (["--model", "rm2", "--budget", "2.5", "--qos", "1"], "out of reach"),
         (["--model", "bert", "--budget", "2.5"], "unknown model 'bert'"),
+        (["--budget", "2.5"], "--model: which model to allocate for"),
     ],
 )
 def test_cli_errors(args: list[str], message: str) -> None:
@@ -47,3 +49,11 @@ def test_api_errors(rm2: Problem, paper_space: SearchSpace, profiles: ProfileSet
     bad.write_text('{"types": ["g4dn.xlarge", "z9.mega"], "max_count": [1, 2]}')
     with pytest.raises(ConfigError, match=r"unknown instance type 'z9\.mega'"):
         load_search_space(catalogue, bad)
+
+
+def test_the_model_defaults_to_the_configs() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "allocator.cli", "--config", str(repo / "config.json"), "--budget", "2.5",
+                           "--top", "1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("rm2:")
