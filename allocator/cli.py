@@ -94,8 +94,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.config is not None:
         config = load_config(args.config)
         catalogue, profiles = config.catalogue or catalogue, config.profile_set()
-        args.model = args.model or config.model
-        if qos is None and config.model == args.model:
+        if args.model is None:
+            variants = [v for v in config.primary.variant_names if profiles.types(v)]
+            if not profiles.types(config.model) and variants:
+                raise KairosError(f"--model: {config.model!r} runs as its variants; name one ({', '.join(variants)})")
+            args.model = config.model
+        if qos is None and args.model in (config.model, *config.primary.variant_names):
             qos = config.qos_ms
     if args.model is None:
         raise KairosError("--model: which model to allocate for (ncf, rm2, wnd, mtwnd, dien), or --config for its model")

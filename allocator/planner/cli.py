@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The flags that write a request from a config: meaningless beside a request file.
+_CONFIG_FLAGS = ("load", "objective", "cost_weight", "fairness", "mix", "max", "budget", "write_request")
+
+
 def build_serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"{PROG} serve", description="the planner over HTTP: POST /plan, GET /health")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -102,9 +106,11 @@ def _run(args: argparse.Namespace) -> int:
             args.write_request.write_bytes(orjson.dumps(raw, option=orjson.OPT_INDENT_2) + b"\n")
             print(f"wrote {args.write_request}", file=sys.stderr)
     elif args.request is not None:
-        if args.max or args.budget is not None:  # a request file says both itself
-            raise KairosError("--max and --budget go with --from-config; a request file gives types[].available "
-                              "and budget_per_hour")
+        parser = build_parser()
+        given = [f"--{d.replace('_', '-')}" for d in _CONFIG_FLAGS if getattr(args, d) != parser.get_default(d)]
+        if given:  # a request file says all of these itself
+            raise KairosError(f"{', '.join(given)}: only with --from-config (a request file gives its own loads, "
+                              "objective, batch mix, types[].available and budget_per_hour)")
         raw = read_json_file(args.request, "plan request")
     else:
         raise KairosError("give a plan request file, --from-config CONFIG or the serve command")

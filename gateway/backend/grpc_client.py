@@ -17,6 +17,7 @@ from gateway.backend.base import (
 from gateway.backend.negotiation import ServerInfo
 from gateway.protocol import grpc_predict_v2_pb2 as pb
 from gateway.protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+from gateway.protocol.errors import error_from_grpc
 from gateway.protocol.routing import reported_service_ms_proto
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -40,6 +41,11 @@ FAILURE_CODES = frozenset(
         grpc.StatusCode.ABORTED,
     }
 )
+
+
+# An instance's metadata errors that are answers about the request (the model or version it
+# names), not about the instance: the same from every instance.
+ANSWER_CODES = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT})
 
 
 def _reraise_if_cancelled(exc: BaseException) -> None:
@@ -82,9 +88,13 @@ class GrpcBackend:
         return BackendReply(body=body, service_ms=service_ms, round_trip_ms=rtt)
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, timeout_s: float) -> pb.ModelMetadataResponse:
+        """The instance's answer; its NOT_FOUND or INVALID_ARGUMENT (no such model or version) as
+        the InferenceError it maps to, any other failure as InstanceFailure (ask another)."""
         try:
             return await self._stub.ModelMetadata(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() in ANSWER_CODES:
+                raise error_from_grpc(exc.code(), exc.details()) from None
             raise InstanceFailure(self.name, f"{exc.code().name}: {exc.details()}") from None
         except (grpc.aio.UsageError, asyncio.CancelledError) as exc:
             _reraise_if_cancelled(exc)

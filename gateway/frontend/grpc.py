@@ -30,7 +30,7 @@ from gateway.errors import InferenceError, Overloaded
 from gateway.frontend import EXTENSIONS, METADATA_TIMEOUT_S, SERVER_NAME, SERVER_VERSION
 from gateway.grpc_server import RpcError, UnaryMethod, call_opened
 from gateway.protocol import grpc_predict_v2_pb2 as pb
-from gateway.protocol.errors import HTTP_OF_GRPC, grpc_status
+from gateway.protocol.errors import HTTP_OF_GRPC, error_from_http, grpc_status
 from gateway.protocol.limits import check_version, quote
 from gateway.protocol.routing import gateway_parameters_suffix, routing_from_proto
 from gateway.protocol.translate import MalformedResponse, metadata_from_json
@@ -157,6 +157,8 @@ async def _http_metadata(client: Backend, served: str, version: str | None) -> p
         return None
     try:
         status, body, _ = await client.http.get(model_path(served, version), METADATA_TIMEOUT_S)
+        if status in (400, 404):  # no such model or version: the same from every instance
+            raise error_from_http(status, body)
         return metadata_from_json(body) if status == 200 else None
     except (InstanceFailure, MalformedResponse):
         return None

@@ -38,7 +38,7 @@ from gateway.protocol.translate import (
     params_to_json,
     raw_to_json_data,
 )
-from gateway.protocol.v2 import CONTENTS_FIELD, InferRequest, load_json_object, parse_http_infer
+from gateway.protocol.v2 import CONTENTS_FIELD, CONTENTS_RANGE, InferRequest, parse_http_infer_doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +62,20 @@ class HttpInferResponse:
 
 def http_request_to_proto(body: bytes, header_length: int | None, model: str, version: str | None) -> ProtoInfer:
     """The ``ModelInferRequest`` of an HTTP infer body for ``model`` (the name the instance
-    serves). BadRequest for a body a V2 server would refuse."""
-    request = parse_http_infer(body, model, version or "", header_length)
+    serves). BadRequest for a body a V2 server would refuse, or one that protobuf cannot carry."""
+    request, head = parse_http_infer_doc(body, model, version or "", header_length)
+    try:
+        return ProtoInfer(_request_message(body, header_length, request, head).SerializeToString(), request)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a parameter out of int64, nested deep
+        raise BadRequest(f"the request cannot be sent to a gRPC instance: {type(exc).__name__}: {exc}") from None
+
+
+def _request_message(
+    body: bytes, header_length: int | None, request: InferRequest, head: dict[str, Any]
+) -> pb.ModelInferRequest:
     view = memoryview(body)
-    head = load_json_object(view if header_length is None else view[:header_length])
-    message = pb.ModelInferRequest(model_name=model, model_version=version or "", id=request.id)
+    model, version = request.model, request.version
+    message = pb.ModelInferRequest(model_name=model, model_version=version, id=request.id)
     set_proto_parameters(message.parameters, _without(request.parameters, BINARY_DATA_OUTPUT))
     offset = 0 if header_length is None else header_length
     raw: list[bytes] = []
@@ -85,7 +94,7 @@ def http_request_to_proto(body: bytes, header_length: int | None, model: str, ve
     for doc in head.get("outputs") or ():
         asked = message.outputs.add(name=doc["name"])
         set_proto_parameters(asked.parameters, _without(doc.get("parameters", {}), BINARY_DATA))
-    return ProtoInfer(message.SerializeToString(), request)
+    return message
 
 
 def proto_response_to_http(data: bytes, request: InferRequest) -> HttpInferResponse:
@@ -162,8 +171,12 @@ def _output_raw(o: pb.ModelInferResponse.InferOutputTensor, raw: bytes | None, i
         raise MalformedResponse(f"{label}: shape {list(o.shape)} has a negative dimension")
     if raw is None:
         field_name = CONTENTS_FIELD.get(o.datatype)
-        if field_name is None or len(getattr(o.contents, field_name)) != element_count(o.shape):
+        values = getattr(o.contents, field_name) if field_name is not None else ()
+        if field_name is None or len(values) != element_count(o.shape):
             raise MalformedResponse(f"{label}: its contents do not hold {element_count(o.shape)} {o.datatype} values")
+        bounds = CONTENTS_RANGE.get(o.datatype)
+        if bounds is not None and values and (min(values) < bounds[0] or max(values) > bounds[1]):
+            raise MalformedResponse(f"{label}: its contents hold a value outside {o.datatype}'s range")
         raw = contents_to_raw(o)
     expected = byte_size(o.datatype, o.shape)
     if expected is None:

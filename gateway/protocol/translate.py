@@ -296,20 +296,29 @@ def json_data_to_raw(data: Any, datatype: str) -> bytes:
     """JSON ``data`` (flat or nested, row-major) of a V2 tensor in the raw encoding; BadTensorData
     for an unknown datatype or values that are not of it (text in a number tensor, an integer
     out of range, a fraction in an integer tensor). Null in a float tensor is NaN."""
+    try:
+        return _json_data_to_raw(data, datatype)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # ragged, nested, huge
+        if isinstance(exc, BadTensorData):
+            raise
+        raise BadTensorData(f"{datatype} data is not a tensor of it: {type(exc).__name__}: {exc}") from None
+
+
+def _json_data_to_raw(data: Any, datatype: str) -> bytes:
     if datatype == "BYTES":
-        return bytes_elements_to_raw(_bytes_element(x) for x in _flatten(data))
+        flat = np.asarray(data, dtype=object).ravel() if isinstance(data, list) else [data]
+        return bytes_elements_to_raw(_bytes_element(x) for x in flat)
     dtype = NUMPY_DTYPES.get(datatype, "<f4" if datatype == "BF16" else None)
     if dtype is None:
         raise BadTensorData(f"unknown datatype {datatype!r}")
     floats = np.dtype(dtype).kind == "f"
-    try:
-        values = np.asarray(data)
-        if values.dtype.kind == "O" and floats:  # nulls among the numbers: NaN
-            if not all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool)) for x in _flatten(data)):
-                raise BadTensorData(f"{datatype} data holds a value that is not a number")
-            values = np.asarray(data, dtype="<f8")
-    except ValueError as exc:  # ragged nesting
-        raise BadTensorData(f"{datatype} data is not a tensor: {exc}") from None
+    values = np.asarray(data)
+    if values.dtype.kind == "O" and floats:  # nulls among the numbers: NaN
+        objects = np.asarray(data, dtype=object)
+        found = set(_TYPES_OF(objects).ravel().tolist()) if objects.size else set()
+        if not found <= {type(None), int, float}:
+            raise BadTensorData(f"{datatype} data holds a value that is not a number")
+        values = np.asarray(data, dtype="<f8")
     kinds = _BOOL_KINDS if datatype == "BOOL" else _FLOAT_KINDS if floats else _INT_KINDS
     if values.size and values.dtype.kind not in kinds:
         raise BadTensorData(f"{datatype} data holds {_KIND_NAMES.get(values.dtype.kind, 'other values')}")
@@ -323,15 +332,8 @@ def json_data_to_raw(data: Any, datatype: str) -> bytes:
     return values.astype(dtype).tobytes()
 
 
+_TYPES_OF = np.frompyfunc(type, 1, 1)
 _KIND_NAMES = {"f": "fractions", "b": "booleans", "U": "text", "S": "text", "O": "values out of range or of mixed kinds"}
-
-
-def _flatten(data: Any) -> Iterable[Any]:
-    if isinstance(data, list):
-        for x in data:
-            yield from _flatten(x)
-    else:
-        yield data
 
 
 def metadata_from_json(body: bytes) -> pb.ModelMetadataResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,22 @@ def test_the_model_defaults_to_the_configs() -> None:
                            "--top", "1"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("rm2:")
+
+
+def test_a_config_whose_model_runs_as_variants_needs_model_naming_one(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    config = tmp_path / "variants.json"
+    config.write_text(json.dumps({
+        "model": "digits", "qos_ms": 80, "instance_types": {"dev-2vcpu": {"price_per_hour": 0.0832}},
+        "profiles": str(repo / "gateway/profiles/data/variants/profiles"),
+        "variants": [{"name": "digits-rf512", "accuracy": 0.9759}, {"name": "digits-rf8", "accuracy": 0.9389}],
+        "pool": [{"type": "dev-2vcpu", "count": 1, "variant": "digits-rf512"},
+                 {"type": "dev-2vcpu", "count": 2, "variant": "digits-rf8"}],
+    }))
+    base = [sys.executable, "-m", "allocator.cli", "--config", str(config), "--space", "profiled", "--budget", "1"]
+    proc = subprocess.run(base, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "name one (digits-rf512, digits-rf8)" in proc.stderr
+    proc = subprocess.run([*base, "--model", "digits-rf8", "--mix", "uniform:1-16", "--top", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("digits-rf8: pools within 1 $/hour") and "QoS 80 ms" in proc.stdout  # the config's

@@ -345,8 +345,10 @@ def test_cli_from_config_writes_the_request(tmp_path: Path, capsys: pytest.Captu
         ["--from-config", "config.json"], [], ["serve", "--port", "70000"], ["serve", "--workers", "0"],
         ["--from-config", "config.json", "--load", "50", "--max", "g4dn.xlarg=0"],
         ["request.json", "--max", "g4dn.xlarge=1"],
+        ["request.json", "--load", "5000", "--mix", "fixed:64"],
     ],
-    ids=["no-load", "nothing", "port", "workers", "max-of-a-type-not-planned", "max-with-a-request-file"],
+    ids=["no-load", "nothing", "port", "workers", "max-of-a-type-not-planned", "max-with-a-request-file",
+         "load-with-a-request-file"],
 )
 def test_cli_bad_arguments_exit_2(
     argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -357,6 +359,8 @@ def test_cli_bad_arguments_exit_2(
     assert "error" in err
     if "--max" in argv:
         assert "--max" in err and ("g4dn.xlarg'" in err or "--from-config" in err)
+    if "--load" in argv and "request.json" in argv:
+        assert "--load, --mix: only with --from-config" in err
 
 
 def test_a_solve_that_overruns_is_stopped_and_the_next_plan_is_served(tmp_path: Path) -> None:

@@ -147,6 +147,20 @@ async def test_model_metadata_is_translated_both_ways(
 
 
 @pytest.mark.parametrize("endpoint", ["grpc", "http"])
+async def test_metadata_of_a_version_no_instance_serves_is_not_found(
+    gw: RunningGateway, http_only: RunningGateway, endpoint: str
+) -> None:
+    """The instance's own answer about the version, not "no instance answered" (502)."""
+    gateway = gw if endpoint == "grpc" else http_only
+    async with aiohttp.ClientSession() as session, session.get(f"{gateway.url}/v2/models/{MODEL}/versions/9") as resp:
+        assert resp.status == 404, await resp.text()
+    async with grpc.aio.insecure_channel(gateway.grpc) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await pb_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(pb.ModelMetadataRequest(name=MODEL, version="9"))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("endpoint", ["grpc", "http"])
 async def test_readiness_of_a_version_is_the_instances(
     gw: RunningGateway, http_only: RunningGateway, endpoint: str
 ) -> None:

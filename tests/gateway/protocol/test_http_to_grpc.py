@@ -6,6 +6,7 @@ builder sends for the same tensors; responses are read back by tritonclient's HT
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -216,3 +217,51 @@ def test_model_metadata_goes_both_ways() -> None:
 def test_malformed_instance_metadata_is_refused(body: bytes) -> None:
     with pytest.raises(MalformedResponse):
         metadata_from_json(body)
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for _ in range(levels):
+        doc = {"a": doc}
+    return doc
+
+
+def _dumps(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc).encode()  # orjson stops at 254 levels: the body a client may send
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (_dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
+                 "parameters": {"p": _deep(300)}}), "cannot be sent to a gRPC instance"),
+        (_dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1],
+                             "parameters": {"p": _deep(300)}}]}), "cannot be sent to a gRPC instance"),
+        (_dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}],
+                 "outputs": [{"name": "y", "parameters": {"p": _deep(300)}}]}), "cannot be sent to a gRPC instance"),
+        # NaN tokens send the body through Python's parser, which reads integers of any size
+        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [NaN]}], "parameters": {"p": 1'
+         + b"0" * 30 + b"}}", "cannot be sent to a gRPC instance"),
+        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [NaN, 1' + b"0" * 400 + b"]}]}",
+         r"inputs\[0\] 'x': FP32 data"),
+        (orjson.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": [{"a": 1}]}],
+                       "parameters": {"q": [1]}}), None),  # a non-text BYTES element goes as its JSON text
+    ],
+)  # fmt: skip
+def test_what_protobuf_cannot_carry_is_a_bad_request_not_a_crash(body: bytes, match: str | None) -> None:
+    if match is None:
+        message = pb.ModelInferRequest.FromString(http_request_to_proto(body, None, "m", None).data)
+        assert message.raw_input_contents[0] == bytes_elements_to_raw([b'{"a":1}'])
+        return
+    with pytest.raises(BadRequest, match=match):
+        http_request_to_proto(body, None, "m", None)
+
+
+@pytest.mark.parametrize(("datatype", "field", "value"), [("UINT8", "uint_contents", 300), ("INT8", "int_contents", -200),
+                                                         ("INT16", "int_contents", 40000)])
+def test_typed_contents_out_of_their_datatype_are_a_malformed_response(datatype: str, field: str, value: int) -> None:
+    message = pb.ModelInferResponse(model_name="m")
+    getattr(message.outputs.add(name="o", datatype=datatype, shape=[1]).contents, field).append(value)
+    for binary in (True, False):
+        with pytest.raises(MalformedResponse, match="outside"):
+            proto_response_to_http(message.SerializeToString(), _asked(binary))
