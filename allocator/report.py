@@ -50,7 +50,19 @@ def pareto_front(cost: np.ndarray, qps: np.ndarray) -> np.ndarray:
 
 
 MAX_LABELLED = 8  # ranked pools named on the plot
-_OFFSETS = ((-22, 8), (-22, -14), (10, -16), (-34, -4))  # points of the rank labels from their pools
+LABEL_GAP = 0.06  # of the y range: the rank labels' spacing in their column
+
+
+def _label_column(ys: Sequence[float], y_lo: float, y_hi: float) -> list[float]:
+    """Heights for the rank labels, one column, in the order of ``ys`` (highest first): evenly
+    spaced around the points' mean, so no two collide however close the points are."""
+    gap = LABEL_GAP * (y_hi - y_lo)
+    centre = float(np.mean(ys))
+    order = sorted(range(len(ys)), key=lambda k: -ys[k])
+    out = [0.0] * len(ys)
+    for rank, k in enumerate(order):
+        out[k] = centre + gap * ((len(ys) - 1) / 2 - rank)
+    return out
 
 
 def plot(ranking: Ranking, path: Path, title: str) -> None:
@@ -59,7 +71,7 @@ def plot(ranking: Ranking, path: Path, title: str) -> None:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    fig, ax = plt.subplots(figsize=(8, 5.6), dpi=120)
     if ranking.cloud_cost.size:
         ax.scatter(ranking.cloud_cost, ranking.cloud_bound, s=5, c="0.75", label="every pool (paper bound)")
         front = pareto_front(ranking.cloud_cost, ranking.cloud_bound)
@@ -73,14 +85,26 @@ def plot(ranking: Ranking, path: Path, title: str) -> None:
         ax.scatter(cost, sim, marker="s", c="C2", label="ranked: simulated max", zorder=3)
     if ranking.target_qps is not None:
         ax.axhline(ranking.target_qps, c="C3", ls="--", lw=1, label="load x (1 + headroom)")
-    # Each ranked pool by its rank beside its point, and what it is in a key: the points crowd
-    # near the budget, the key does not.
+    # Each ranked pool by its rank, in a column right of the points with a line to its point (the
+    # points crowd near the budget; labels beside them collided), and what it is in a key.
     shown = cands[:MAX_LABELLED]
-    for k, c in enumerate(shown):
-        ax.annotate(str(k + 1), (c.cost, c.paper_bound), xytext=_OFFSETS[k % len(_OFFSETS)], textcoords="offset points",
-                    fontsize=8, fontweight="bold", color="C0", zorder=4, arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
-    key = "\n".join(f"{k + 1}. {c.pool.label()}: {c.paper_bound:.0f} q/s bound, ${c.cost:.2f}/h"
-                    for k, c in enumerate(shown))
+    if shown:
+        x_lo, x_hi = ax.get_xlim()
+        y_lo, y_hi = ax.get_ylim()
+        x_label = max(c.cost for c in shown) + 0.08 * (x_hi - x_lo)
+        heights = _label_column([c.paper_bound for c in shown], y_lo, y_hi)
+        for k, (c, y) in enumerate(zip(shown, heights, strict=True)):
+            ax.annotate(str(k + 1), (c.cost, c.paper_bound), xytext=(x_label, y), textcoords="data", ha="left",
+                        va="center", fontsize=8, fontweight="bold", color="C0", zorder=4,
+                        arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5, "shrinkA": 2, "shrinkB": 3})
+        ax.set_xlim(x_lo, max(x_hi, x_label + 0.04 * (x_hi - x_lo)))
+        ax.set_ylim(y_lo, max(y_hi, max(heights) + LABEL_GAP * (y_hi - y_lo)))
+
+    def line(k: int, c: Candidate) -> str:
+        sim = f", {c.simulated_max_qps:.0f} simulated" if c.simulated_max_qps is not None else ""
+        return f"{k + 1}. {c.pool.label()}: {c.paper_bound:.0f} q/s bound{sim}, ${c.cost:.2f}/h"
+
+    key = "\n".join(line(k, c) for k, c in enumerate(shown))
     if key:
         ax.text(0.02, 0.98, "ranked pools\n" + key, transform=ax.transAxes, va="top", ha="left", fontsize=7,
                 bbox={"boxstyle": "round", "fc": "white", "ec": "0.8", "alpha": 0.9}, zorder=5)
@@ -88,7 +112,7 @@ def plot(ranking: Ranking, path: Path, title: str) -> None:
     ax.set_ylabel("throughput (queries/s)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)  # off the pools
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -36,7 +36,7 @@ def _best_of(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.allocator_speed", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("results/allocator_speed.json"))
     ap.add_argument("--model", default="rm2")
     ap.add_argument("--repeat", type=int, default=5, help="best of N timings")

@@ -106,7 +106,7 @@ def dispatcher_decide_us(n: int, est: LatencyEstimator, rng: np.random.Generator
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.decision_time", description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[14, 50, 200])
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--out", default="results/decision_time.json")

@@ -159,6 +159,7 @@ def measure(
         "pool": POOLS[model],
         "max_qps": maxima,
         "fixed_rate_qps": rate,
+        "min_rate_qps": min_rate,
         "fixed": fixed,
         "picker_vs_gateway_queries_per_core": g / p if g and p else None,
         "added_p99_ms": _minus(fixed["envoy+picker"]["p99_ms"], fixed["gateway"]["p99_ms"]),
@@ -184,42 +185,55 @@ def print_table(rows: list[dict[str, Any]]) -> None:
               f"p99 through Envoy + picker {added:+.1f} ms" if ratio and added is not None else "")  # fmt: skip
 
 
-def plot(rows: list[dict[str, Any]], path: str) -> None:
+def plot(rows: list[dict[str, Any]], path: str, min_rate: float | None = None) -> None:
+    """Left: each front's share within QoS at the common rate, and its max q/s; right: the CPU each
+    front spent per query (Envoy + the picker stacked). One colour per front in both panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
+    colour = {name: f"C{k}" for k, name in enumerate(FRONTS)}
     width = 0.8 / len(FRONTS)
+    ticks = [f"{r['model']} at {r['fixed_rate_qps']:.0f} q/s" for r in rows]
     for k, name in enumerate(FRONTS):
         xs = [i + (k - 1) * width for i in range(len(rows))]
         shares = [r["fixed"][name]["within_qos_pct"] for r in rows]
-        left.bar(xs, shares, width, label=name)
+        left.bar(xs, shares, width, color=colour[name], label=name)
         for x, share, r in zip(xs, shares, rows, strict=True):
             best = r["max_qps"][name]
-            note = f"max {best:.0f}" if best > 0 else "max: none"
-            left.text(x, share + 0.3, note, ha="center", va="bottom", fontsize=7, rotation=90)
-    left.axhline(99.0, color="k", ls="--", lw=0.8)
-    left.set_ylim(80, 104)
-    left.set_xticks(range(len(rows)), [f"{r['model']} at {r['fixed_rate_qps']:.0f} q/s" for r in rows])
-    left.set_ylabel("% within QoS (max q/s at 99%)")
-    left.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
-    labels = ["gateway", "picker", "envoy (with picker)", "envoy (least-request)"]
+            floor = r.get("min_rate_qps", min_rate)  # a search that meets the target nowhere stops there
+            note = f"max {best:.0f} q/s" if best > 0 else (f"max < {floor:g} q/s" if floor else "max: none found")
+            inside = share > 40  # the values inside a tall bar, above a short one
+            left.text(x, share - 1.5 if inside else share + 1.5, f"{share:.1f}%\n{note}", ha="center",
+                      va="top" if inside else "bottom", fontsize=7, rotation=90, color="white" if inside else "black")
+    left.axhline(99.0, color="k", ls="--", lw=0.8, label="99% (the target)", zorder=0.5)
+    left.set_ylim(0, 105)  # from 0: bars cut at 80 overstated the gaps
+    left.set_xticks(range(len(rows)), ticks)
+    left.set_ylabel("% within QoS at the common rate")
+    left.set_title("within QoS at one rate; each front's max q/s at 99%", fontsize=9)
+    left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     for i, r in enumerate(rows):
-        values = [
-            r["fixed"]["gateway"]["cpu_us_per_query"]["gateway"],
-            r["fixed"]["envoy+picker"]["cpu_us_per_query"]["picker"],
-            r["fixed"]["envoy+picker"]["cpu_us_per_query"]["envoy"],
-            r["fixed"]["envoy least-request"]["cpu_us_per_query"]["envoy"],
+        picker = r["fixed"]["envoy+picker"]["cpu_us_per_query"]
+        parts = [
+            ("gateway", r["fixed"]["gateway"]["cpu_us_per_query"]["gateway"] or 0, 0.0, None),
+            ("envoy+picker", picker["envoy"] or 0, 0.0, None),
+            ("envoy+picker", picker["picker"] or 0, picker["envoy"] or 0, "//"),  # stacked on Envoy's part
+            ("envoy least-request", r["fixed"]["envoy least-request"]["cpu_us_per_query"]["envoy"] or 0, 0.0, None),
         ]
-        xs = [i + (k - 1.5) * 0.2 for k in range(4)]
-        right.bar(xs, [v or 0 for v in values], 0.2, color=[f"C{k}" for k in range(4)],
-                  label=labels if i == 0 else None)  # fmt: skip
-    right.set_xticks(range(len(rows)), [f"{r['model']} at {r['fixed_rate_qps']:.0f} q/s" for r in rows])
+        for name, value, bottom, hatch in parts:
+            x = i + (FRONTS.index(name) - 1) * width
+            right.bar(x, value, width, bottom=bottom, color=colour[name], hatch=hatch, edgecolor="white", lw=0)
+    right.set_xticks(range(len(rows)), ticks)
     right.set_ylabel("CPU per query (us)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{k}") for k in range(4)]
-    right.legend(handles, labels, fontsize=8)
+    right.set_title("CPU per query, each front's processes", fontsize=9)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colour[name]) for name in FRONTS]
+    handles.insert(2, plt.Rectangle((0, 0), 1, 1, fc=colour["envoy+picker"], hatch="//", ec="white", lw=0))
+    labels = ["gateway", "Envoy (with the picker)", "the picker (stacked)", "Envoy least-request"]
+    right.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
+    fig.suptitle("Envoy with the endpoint picker against the gateway, one pool per model, one 2-core machine",
+                 fontsize=10)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -242,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = json.loads(Path(args.from_json).read_text())["rows"]
         print_table(rows)
         if args.plot:
-            plot(rows, args.plot)
+            plot(rows, args.plot, args.min_rate)
         return
     rows = []
     for model in args.models.split(","):
@@ -255,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
             Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
     print_table(rows)
     if args.plot:
-        plot(rows, args.plot)
+        plot(rows, args.plot, args.min_rate)
 
 
 if __name__ == "__main__":

@@ -339,7 +339,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         _worker(sys.argv[2:])
         return
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.gateway_overhead", description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
     ap.add_argument("--concurrency", type=int, default=32, help="closed-loop outstanding requests")
     ap.add_argument("--rate", type=float, default=1000.0, help="open-loop rate (q/s)")

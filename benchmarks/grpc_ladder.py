@@ -155,24 +155,31 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     return rows
 
 
+SERVER_NAMES = {"native": "own server", "grpcio": "grpc.aio"}  # as the docs name them
+
+
 def plot(by_server: dict[str, list[dict[str, Any]]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 3.5))
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
     width = 0.8 / len(by_server)
+    rounds = 0
     for k, (server, rows) in enumerate(by_server.items()):
         xs = [i + (k - (len(by_server) - 1) / 2) * width for i in range(len(rows))]
-        ax.bar(xs, [r["median_us"] or 0 for r in rows], width, label=server)
+        ax.bar(xs, [r["median_us"] or 0 for r in rows], width, label=f"{SERVER_NAMES.get(server, server)} (median)")
         for x, r in zip(xs, rows, strict=True):
             ax.plot([x] * len(r["us_per_query"]), r["us_per_query"], "k.", ms=3)
+            rounds = max(rounds, len(r["us_per_query"]))
+    ax.plot([], [], "k.", ms=3, label="each round")  # the dots' key
     first = next(iter(by_server.values()))
     ax.set_xticks(range(len(first)), [r["rung"] for r in first])
     ax.axhline(1e6 / 3000, color="tab:red", ls="--", lw=1, label="3,000 q/s per core")
     ax.set_ylabel("server CPU per gRPC query (us)")
-    ax.legend(fontsize=8)
+    ax.set_title(f"CPU per gRPC query, rung by rung, on each gRPC server (median of {rounds} rounds)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -394,20 +394,33 @@ def plot(rows: list[Row], path: Path) -> None:
         mine = [r for r in rows if r.model == model]
         for k, (label, value) in enumerate(series):
             ax.bar([i + (k - 1.5) * w for i in range(len(mine))], [value(r) or 0 for r in mine], w, label=label)
-        # Several live searches: their range on the live bar.
+        # Several live searches: their range on the live bar (the bar is their median).
         for i, r in enumerate(mine):
             if len(r.live_searches) > 1 and r.live_max is not None:
                 lo, hi = min(r.live_searches), max(r.live_searches)
                 ax.errorbar(i + 1.5 * w, r.live_max, yerr=[[r.live_max - lo], [hi - r.live_max]], fmt="none",
-                            ecolor="black", capsize=3, lw=1)
+                            ecolor="black", capsize=3, lw=1,
+                            label=f"range of the {len(r.live_searches)} live searches (bar: their median)")
+        # A system with no max has no bars: its column says so and gives the fixed-rate comparison
+        # that stands in for it, which was otherwise only in the table.
+        top = max([value(r) or 0 for r in mine for _, value in series] + [1.0])
         for i, r in enumerate(mine):
             if not any(value(r) for _, value in series):
-                ax.text(i, 0, "no rate reaches\n99% within QoS", ha="center", va="bottom", fontsize=7, rotation=90)
+                lines = ["no rate reaches", "99% within QoS"]
+                if r.fixed_rate is not None:
+                    lines += ["", f"at {r.fixed_rate:.1f} q/s,", "within QoS:", f"live {_f(r.live_within_pct, '{:.2f}%')}"]
+                    if r.sim_within_pct is not None:
+                        lines.append(f"sim {r.sim_within_pct:.2f}%")
+                ax.text(i, top / 2, "\n".join(lines), ha="center", va="center", fontsize=7,
+                        bbox={"boxstyle": "round", "fc": "0.95", "ec": "0.8"})
         ax.set_xticks(range(len(mine)), [r.system.replace("/", "\n") for r in mine], fontsize=7)
         ax.set_title(model)
         ax.set_ylabel("max QPS with 99% within QoS")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7)
+    seen: dict[str, Any] = {}  # the key of every panel: the error bar may be drawn in one only
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=2, fontsize=7)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -168,7 +168,7 @@ def plot(reports: list[tuple[str, LoadReport]], qos_ms: float, path: Path) -> No
         ax.set_title(f"late_queries = {late}, {report.offered_qps:.0f} QPS offered", pad=48)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.08), ncol=2, fontsize=8, markerscale=4)
-    axes[0][0].set_ylabel("latency from scheduled send (ms)")
+    axes[0][0].set_ylabel("latency from scheduled send (ms, log scale)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

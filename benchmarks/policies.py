@@ -117,6 +117,12 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1f}"
 
 
+def _homogeneous(h: dict[str, Any]) -> str:
+    if h["pool"] == "-":  # not run (--no-homogeneous): no number to show
+        return "not run"
+    return f"{h['max_qps']:.1f}: {h['pool']} {h['policy']} ({h['cost']:.3f})"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     policies = report["policies"]
     head = ["model", "QoS ms", "pool ($/h)", *policies, "best homogeneous ($/h)", "kairos / homog."]
@@ -129,8 +135,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         cells = [
             r["model"], f"{r['qos_ms']:g}", f"{r['pool']} ({r['cost']:.3f})",
             *[(f"**{r['max_qps'][p]:.1f}**" if r["max_qps"][p] == best else f"{r['max_qps'][p]:.1f}") for p in policies],
-            f"{r['homogeneous']['max_qps']:.1f}: {r['homogeneous']['pool']} {r['homogeneous']['policy']} "
-            f"({r['homogeneous']['cost']:.3f})",
+            _homogeneous(r["homogeneous"]),
             f"{r['max_qps']['kairos'] / r['homogeneous']['max_qps']:.2f}x" if r["homogeneous"]["max_qps"] else "n/a",
         ]
         if has_limits:
@@ -154,21 +159,28 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows, policies = report["rows"], report["policies"]
-    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 4.2), squeeze=False)
-    labels = [*policies, "best homog."]
+    has_homogeneous = any(r["homogeneous"]["pool"] != "-" for r in rows)
+    fig, axes = plt.subplots(1, len(rows), figsize=(max(3.2 * len(rows), 4.5), 4.8), squeeze=False)
+    labels = [*policies, "best homog."] if has_homogeneous else list(policies)
     colors = [plt.get_cmap("tab10")(i) for i in range(10)]
     for ax, r in zip(axes[0], rows, strict=True):
-        values = [r["max_qps"][p] for p in policies] + [r["homogeneous"]["max_qps"]]
-        ax.bar(range(len(values)), values, color=[colors[i % 10] for i in range(len(values))])
+        values = [r["max_qps"][p] for p in policies] + ([r["homogeneous"]["max_qps"]] if has_homogeneous else [])
+        bars = ax.bar(range(len(values)), values, color=[colors[i % 10] for i in range(len(values))])
+        # A policy that misses the target at any rate has no bar to see: say 0.
+        ax.bar_label(bars, ["0" if v == 0 else "" for v in values], fontsize=7)
         if r["fluid_limit"]:
             ax.axhline(r["fluid_limit"], color="black", linestyle="--", linewidth=1, label="fluid limit")
-            ax.legend(loc="lower right", fontsize=7)
+            ax.set_ylim(0, 1.12 * max(r["fluid_limit"], *values))  # room above the line, no bar under a key
         ax.set_title(f"{r['model']} (QoS {r['qos_ms']:g} ms)", fontsize=9)
         ax.set_xticks(range(len(values)), labels, rotation=60, ha="right", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
     axes[0][0].set_ylabel("max QPS at 99% within QoS")
-    fig.suptitle(f"Simulated max QPS per policy, pools <= {report['budget']:g} $/h ({report['date']})", fontsize=10)
-    fig.tight_layout()
+    handles, names = axes[0][0].get_legend_handles_labels()
+    if handles:  # one key for every panel, below them: in a panel it covered bars
+        fig.legend(handles, names, loc="lower center", fontsize=8, frameon=False)
+    fig.suptitle(f"Simulated max QPS per policy, pools <= {report['budget']:g} $/h\n"
+                 f"seed {report['seed']}, {report['queries_per_step']:,} queries a step ({report['date']})", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

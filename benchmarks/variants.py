@@ -2,6 +2,7 @@
 different latencies, served by MLServer and profiled by ``kairos-profile``.
 
     python -m benchmarks.variants [--samples 30] [--max-batch 256]
+    python -m benchmarks.variants --replot    # the plots again from the stored profiles
 
 Random forests of 8, 64 and 512 trees on scikit-learn's handwritten digits (1,797 8x8 images,
 shipped with scikit-learn), trained on 70% and scored on the 30% held out (stratified, seed 0).
@@ -61,11 +62,19 @@ def train() -> list[Trained]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.variants", description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=30)
     p.add_argument("--max-batch", type=int, default=256)
     p.add_argument("--out", type=Path, default=VARIANTS_DIR)
+    p.add_argument("--replot", action="store_true",
+                   help="only redraw each variant's plot from its stored profile (measures nothing)")
     args = p.parse_args(argv)
+    if args.replot:
+        for trees in TREES:
+            profile = args.out / "profiles" / f"{SET_NAME}-rf{trees}.json"
+            profile_cli.plot_stored(profile, INSTANCE_TYPE, profile.with_suffix(".png"))
+            print(f"wrote {profile.with_suffix('.png')}")
+        return 0
     variants = train()
     args.out.mkdir(parents=True, exist_ok=True)
     inputs = [{"name": "x", "datatype": "FP64", "shape": [-1, 64]}]

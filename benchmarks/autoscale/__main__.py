@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -62,15 +63,22 @@ def plot(runs: dict[tuple[int, str, int], LoopRun], cap: int, path: Path) -> Non
                              label="planned: forecast 10-90% (max over the horizon)")
     axes[0].set_ylabel("requests/minute")
     axes[0].legend(loc="lower center", fontsize=8)
-    axes[0].set_title(f"Faro's trace, {cap} CPUs (seed {some.seed}): load, instances serving, requests over target")
+    axes[0].set_title(f"Faro's trace, {cap} CPUs (seed {some.seed}, drawn {time.strftime('%Y-%m-%d')}): "
+                      "load, instances serving, requests over target")
     for policy, r in sorted(mine.items()):
-        axes[1].plot(minutes, per_minute(r.ready.sum(axis=1), k)[: len(minutes)] / k, lw=0.8, label=policy)
+        # static-peak holds the whole cap all along: drawn thicker and on top, so the cap's band
+        # below and the other policies' peaks at the cap do not hide it.
+        flat = policy == "static-peak"
+        axes[1].plot(minutes, per_minute(r.ready.sum(axis=1), k)[: len(minutes)] / k, lw=2.0 if flat else 0.8,
+                     label=policy, zorder=3 if flat else 2)
         over = per_minute(r.over.sum(axis=1), k)[: len(minutes)]
         arrived = per_minute(r.arrivals.sum(axis=1), k)[: len(minutes)]
         window = np.ones(10)  # 10-minute rolling share
         share = 100.0 * np.convolve(over, window, "same") / np.maximum(np.convolve(arrived, window, "same"), 1)
         axes[2].plot(minutes, share, lw=0.9, label=f"{policy} ({100 * r.over_target:.1f}% overall)")
-    axes[1].axhline(cap, color="k", ls=":", lw=0.8)
+    axes[1].axhline(cap, color="0.8", lw=5, zorder=1, label=f"cap ({cap} CPUs)")  # a band behind the lines
+    axes[1].set_ylim(top=cap + 3)  # room above the cap: a line along the frame was lost in it
+    axes[1].legend(handles=axes[1].get_lines()[-1:], loc="lower right", fontsize=8)  # colours: the key below
     axes[1].set_ylabel("instances serving\n(per-minute mean)")
     axes[2].set_ylabel("% over 720 ms\n(10-minute rolling)")
     percent_symlog(axes[2], top=100.0)

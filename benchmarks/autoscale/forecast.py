@@ -186,13 +186,16 @@ def plot(run: Run, label: str, warmup: int, horizon: int, path: Path) -> None:
         ax.plot(minutes, f[:, mid], color="tab:blue", lw=1.0, label=f"median forecast {horizon} min before")
         ax.plot(np.arange(counts.shape[0]), counts[:, j], color="black", lw=0.8, label="actual")
         ax.axvspan(0, warmup, color="0.9", lw=0, label=f"warm-up ({warmup} min, no forecast)")
+        if horizon > 1:  # the first origin's forecast lands H - 1 minutes later: the gap, explained
+            ax.axvspan(warmup, warmup + horizon - 1, color="0.9", alpha=0.45, lw=0,
+                       label=f"minutes {warmup}-{warmup + horizon - 2}: forecast only\nless than {horizon} min before")
         ax.set_xlim(0, counts.shape[0])
         ax.set_ylim(0, max(counts[:, j].max(), f[:, hi].max()) * 1.05)
         ax.set_ylabel("requests/minute")
         ax.set_title(job, loc="left", fontsize=10)
     axes[-1].set_xlabel("minute of the trace")
     handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="upper center", ncol=4, fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.955))
+    fig.legend(handles, names, loc="upper center", ncol=5, fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.955))
     fig.suptitle(f"Faro's trace: the '{label}' forecaster's {horizon}-minute-ahead quantiles "
                  f"(rolling origin, {time.strftime('%Y-%m-%d')})")
     fig.tight_layout(rect=(0, 0, 1, 0.95))
@@ -202,7 +205,7 @@ def plot(run: Run, label: str, warmup: int, horizon: int, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.autoscale.forecast", description=__doc__.splitlines()[0])
     p.add_argument("--horizon", type=int, default=5, help="minutes ahead per forecast (default 5)")
     p.add_argument("--warmup", type=int, default=30, help="minutes of history before the first forecast")
     p.add_argument("--only", help="comma-separated candidate labels (default: all)")

@@ -221,10 +221,19 @@ def over_per_bin(timeline: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.n
     return t, sent, sent * (1.0 - within)
 
 
+def _darker(color: str, f: float = 0.6) -> tuple[float, float, float]:
+    """``color`` darkened: a model's simulated lines beside its live ones, the same hue."""
+    from matplotlib.colors import to_rgb
+
+    r, g, b = to_rgb(color)
+    return r * f, g * f, b * f
+
+
 def plot(setting: LiveSetting, live: LiveRun, sim: LoopRun, queries: dict[str, QueryTrace], c: Compressed,
          path: Path) -> None:
-    """Load, instances serving and % over target, live (solid) against simulated (dashed); per model
-    for two or three models, summed over them for more."""
+    """Load, instances serving and % over target, live (solid) against simulated (dashed, darker);
+    per model for two or three models (one colour per model in every panel, one instances panel
+    per model), summed over them for more. Legends sit right of the panels, clear of the lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,55 +243,80 @@ def plot(setting: LiveSetting, live: LiveRun, sim: LoopRun, queries: dict[str, Q
     each = len(models) <= 3
     series = [[m] for m in models] if each else [list(models)]
     label = (lambda ms: ms[0]) if each else (lambda ms: f"all {len(models)} jobs")
-    fig, axes = plt.subplots(3, 1, figsize=(10, 8.5), sharex=True)
+    fig, axes = plt.subplots(2 + len(series), 1, figsize=(12, 2.6 * (2 + len(series)) + 0.6), sharex=True,
+                             layout="constrained")
+    top, mids, bottom = axes[0], axes[1:-1], axes[-1]
     to_min = 1.0 / c.minute_s  # live or virtual seconds -> trace minutes
     end_s = max(float(q.arrival_ms[-1]) for q in queries.values()) / 1000.0
     edges = np.arange(0.0, end_s + c.minute_s, c.minute_s)
+    outside: dict[str, Any] = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": 8, "frameon": False}
     for k, ms in enumerate(series):
         counts = sum(np.histogram(queries[m].arrival_ms / 1000.0, edges)[0] for m in ms)
-        axes[0].plot(edges[:-1] * to_min, counts / c.minute_s, lw=0.8, color=f"C{k}", label=f"{label(ms)} arrivals")
+        top.plot(edges[:-1] * to_min, counts / c.minute_s, lw=0.8, color=f"C{k}", label=f"{label(ms)} arrivals")
     if not each and sim.forecast:  # the loop's forecast is logged summed over the models
         f = np.array(sim.forecast)
-        axes[0].fill_between(f[:, 0] * to_min, f[:, 1], f[:, 3], color="tab:red", alpha=0.2, lw=0,
-                             label="forecast 10-90%, max over the horizon (simulated loop)")
-    axes[0].set_ylabel("queries/s")
-    axes[0].legend(loc="lower center", fontsize=8, frameon=False)
+        top.fill_between(f[:, 0] * to_min, f[:, 1], f[:, 3], color="tab:red", alpha=0.2, lw=0,
+                         label="forecast 10-90%,\nmax over the horizon\n(simulated loop)")
+    top.set_ylabel("queries/s")
+    top.legend(**outside)
     cap = f", cap {setting.cap}" if setting.cap else ""
-    axes[0].set_title(f"{setting.name} setting{cap}: live against simulated, the same queries "
-                      f"({c.scale:g}x time compression)", fontsize=10)
+    top.set_title(f"{setting.name} setting{cap}: live against simulated, the same queries "
+                  f"({c.scale:g}x time compression)", fontsize=10)
     t_live = np.array([sample[0] for sample in live.samples])
-    groups = [[k] for k in sim.groups] if each else [list(sim.groups)]
-    for k, keys in enumerate(groups):
-        name = str(keys[0]) if each else f"all {len(keys)} groups"
-        idx = [sim.groups.index(key) for key in keys]
-        axes[1].step(sim.ticks_s * to_min, sim.ready[:, idx].sum(axis=1), where="post", color=f"C{k}", lw=1.0,
-                     ls="--", label=f"{name} simulated")
-        y = np.array([sum(sample[1].get(key, (0, 0))[0] for key in keys) for sample in live.samples])
-        axes[1].step(t_live * to_min, y, where="post", color=f"C{k}", lw=1.0, label=f"{name} live")
-    if setting.cap:
-        axes[1].axhline(setting.cap, color="k", ls=":", lw=0.8, label="cap")
-    axes[1].set_ylabel("instances serving")
-    axes[1].legend(loc="lower right" if setting.cap else "upper left", fontsize=8, ncol=2, frameon=False)
+    settled = 3.0  # trace minutes: the pool's first start-ups, left off a zoomed axis
+    for k, (ax, ms) in enumerate(zip(mids, series, strict=True)):
+        # Each model's groups in its own panel (no model's line hides another's); the instance
+        # types of one model by line width, live and simulated by style and shade.
+        mine = [g for g in sim.groups if g.model in ms]
+        groups = [[g] for g in mine] if each else [mine]
+        shown: list[np.ndarray] = []  # after the first start-ups
+        lows: list[float] = []  # the whole run
+        for t, keys in enumerate(groups):
+            name = str(keys[0]) if each else label(ms)
+            idx = [sim.groups.index(key) for key in keys]
+            lw = 2.0 if t == 0 and len(groups) > 1 else 1.0
+            y_sim = sim.ready[:, idx].sum(axis=1)
+            ax.step(sim.ticks_s * to_min, y_sim, where="post", color=_darker(f"C{k}"), lw=lw, ls="--",
+                    label=f"{name} simulated")
+            y = np.array([sum(sample[1].get(key, (0, 0))[0] for key in keys) for sample in live.samples])
+            ax.step(t_live * to_min, y, where="post", color=f"C{k}", lw=lw, label=f"{name} live")
+            shown += [y_sim[sim.ticks_s * to_min > settled], y[t_live * to_min > settled]]
+            lows += [float(v.min()) for v in (y_sim, y) if v.size]
+        if setting.cap:
+            ax.axhline(setting.cap, color="0.8", lw=5, zorder=1, label=f"cap ({setting.cap})")
+        start = min(lows, default=0.0)
+        after = min((float(v.min()) for v in shown if v.size), default=start)
+        if not each and start < after - 5:  # the start-up minutes would squash the rest into a line
+            high = max(float(v.max()) for v in shown if v.size)
+            ax.set_ylim(after - 1.5, max(high, setting.cap or 0) + 1.0)
+            ax.text(0.01, 0.04, f"minutes 0-{settled:g}: the pool starts at {start:g} instances, below the axis",
+                    transform=ax.transAxes, fontsize=8, color="0.3")
+        ax.set_ylabel(f"instances serving\n({label(ms)})" if each else "instances serving")
+        ax.legend(**outside)
+    targets = {setting.target_ms(m) for m in models}
+    target = f"{targets.pop():g} ms" if len(targets) == 1 else ", ".join(f"{m} {setting.target_ms(m):g} ms" for m in models)
+    bin_min = 0.0
     for k, ms in enumerate(series):
         parts = [over_per_bin(live.timelines[m]) for m in ms]
         n = min(len(part[0]) for part in parts)
         sent = sum(part[1][:n] for part in parts)
         over = sum(part[2][:n] for part in parts)
-        axes[2].plot(parts[0][0][:n] * to_min, np.where(sent > 0, 100.0 * over / np.maximum(sent, 1), np.nan),
-                     lw=0.9, color=f"C{k}", label=f"{label(ms)} live")
+        bottom.plot(parts[0][0][:n] * to_min, np.where(sent > 0, 100.0 * over / np.maximum(sent, 1), np.nan),
+                    lw=0.9, color=f"C{k}", label=f"{label(ms)} live")
+        bin_min = live.timelines[ms[0]]["bin_s"] * to_min
         step = max(1, round(live.timelines[ms[0]]["bin_s"] / sim.tick_s))
         whole = sim.arrivals.shape[0] // step * step
         j = [sim.models.index(m) for m in ms]
         a = sim.arrivals[:whole, j].sum(axis=1).reshape(-1, step).sum(axis=1)
         o = sim.over[:whole, j].sum(axis=1).reshape(-1, step).sum(axis=1)
         st = sim.ticks_s[:whole].reshape(-1, step)[:, 0] - sim.tick_s
-        axes[2].plot(st * to_min, np.where(a > 0, 100.0 * o / np.maximum(a, 1), np.nan), lw=0.9, ls="--",
-                     color=f"C{k}", label=f"{label(ms)} simulated")
-    axes[2].set_ylabel("% over target")
-    percent_symlog(axes[2])
-    axes[2].set_xlabel("trace minute")
-    axes[2].legend(loc="upper left", fontsize=8, ncol=2, frameon=False)
-    fig.tight_layout()
+        bottom.plot(st * to_min, np.where(a > 0, 100.0 * o / np.maximum(a, 1), np.nan), lw=0.9, ls="--",
+                    color=_darker(f"C{k}"), label=f"{label(ms)} simulated")
+    width = f"{bin_min:.3g}-minute" if bin_min >= 1 else f"{60 * bin_min:.3g} s (trace time)"
+    bottom.set_ylabel(f"% over target\n({target}),\nper {width} bin")
+    percent_symlog(bottom)
+    bottom.set_xlabel("trace minute")
+    bottom.legend(**outside)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

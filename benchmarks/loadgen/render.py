@@ -78,7 +78,7 @@ def log_ticks(axis: Any) -> None:
 
 
 def plot_report(report: LoadReport, path: str | Path, title: str | None = None) -> Path:
-    """Latency CDF (left) and a timeline of latency and throughput (right) as a PNG."""
+    """Latency CDF (left), and timelines of latency and of throughput (right, one above the other) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,7 +93,13 @@ def plot_report(report: LoadReport, path: str | Path, title: str | None = None) 
     ok = ~np.isnan(done) & np.array([e is None for e in s.error], dtype=bool)
     lat = (done - sched) * 1000.0
 
-    fig, (ax_cdf, ax_t) = plt.subplots(1, 2, figsize=(13, 5.2))
+    # The CDF on the left; on the right latency over time above throughput over time, sharing the
+    # time axis (on a twin axis, throughput tangled with the p99 and QoS lines).
+    fig = plt.figure(figsize=(13, 6.2))
+    grid = fig.add_gridspec(2, 2, height_ratios=(2.2, 1))
+    ax_cdf = fig.add_subplot(grid[:, 0])
+    ax_t = fig.add_subplot(grid[0, 1])
+    ax_q = fig.add_subplot(grid[1, 1], sharex=ax_t)
     fig.suptitle(
         title or f"{i.model} @ {report.offered_qps:,.0f} q/s offered ({i.protocol}), "
         f"{report.within_qos_pct:.2f}% within {i.qos_ms:g} ms"
@@ -121,22 +127,24 @@ def plot_report(report: LoadReport, path: str | Path, title: str | None = None) 
     ax_t.axhline(i.qos_ms, color="red", ls="--", lw=1, label=f"QoS {i.qos_ms:g} ms")
     ax_t.set_yscale("log")
     log_ticks(ax_t.yaxis)
-    ax_t.set_xlabel("time (s, by scheduled send)")
     ax_t.set_ylabel("latency (ms, log)")
     ax_t.grid(alpha=0.3)
-    ax_q = ax_t.twinx()
+    ax_t.tick_params(labelbottom=False)
+    ax_t.legend(loc="upper center", bbox_to_anchor=(0.5, 1.16), ncol=4, fontsize=8, frameon=False, markerscale=4)
     # Completions per bin swing with each bin's few queries: a 1 s moving mean shows the trend.
     k = max(1, round(1.0 / width)) if width > 0 else 1
     qps = np.array([b["achieved_qps"] for b in bins], dtype=float)
+    top = report.offered_qps
     if len(qps) >= k:
         smooth = np.convolve(qps, np.ones(k) / k, mode="valid")
-        ax_q.plot(t[k - 1 :], smooth, color="tab:green", lw=1.5, label=f"achieved q/s ({k * width:g} s mean)")
-    ax_q.set_ylabel("achieved q/s", color="tab:green")
-    ax_q.set_ylim(bottom=0)
-    h1, l1 = ax_t.get_legend_handles_labels()
-    h2, l2 = ax_q.get_legend_handles_labels()
-    ax_t.legend(h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8,
-                frameon=False, markerscale=4)
+        ax_q.plot(t[k - 1 :], smooth, color="tab:green", lw=1.5, label=f"achieved ({k * width:g} s mean)")
+        top = max(top, float(np.nanmax(smooth)) if smooth.size else 0.0)
+    ax_q.axhline(report.offered_qps, color="0.4", ls=":", lw=1, label=f"offered ({report.offered_qps:,.0f} q/s)")
+    ax_q.set_ylabel("q/s")
+    ax_q.set_ylim(0, 1.15 * top if top > 0 else None)  # room above: a line at the frame is lost in it
+    ax_q.set_xlabel("time (s, by scheduled send)")
+    ax_q.grid(alpha=0.3)
+    ax_q.legend(loc="lower right", fontsize=8, framealpha=0.9)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, dpi=110)

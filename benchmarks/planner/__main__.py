@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from benchmarks.autoscale.plotting import percent_symlog
 from benchmarks.planner import faro, min_cost, variants
 
 FIGURE = Path(__file__).resolve().parents[1] / "figures" / "planner.png"
@@ -93,15 +94,19 @@ def plot(faro_res: dict[FaroKey, dict[str, float]] | None, cost_rows: list[min_c
         combos = [(cap, s) for s in faro.SERVING for cap in CAPS]
         width = 0.8 / len(combos)
         for i, (cap, s) in enumerate(combos):
-            ax.bar([k + width * i for k in range(len(pols))], [100 * faro_res[(p, cap, s)]["over_target"] for p in pols],
-                   width=width, label=f"{s}, {cap} CPUs")
+            bars = ax.bar([k + width * i for k in range(len(pols))],
+                          [100 * faro_res[(p, cap, s)]["over_target"] for p in pols], width=width,
+                          label=f"{s}, {cap} CPUs")
+            ax.bar_label(bars, fmt="%.2g", fontsize=6, rotation=90, padding=2)
         ax.set_xticks([k + 0.4 - width / 2 for k in range(len(pols))], pols, rotation=30, fontsize=8)
-        ax.set_ylabel("% of requests over 720 ms (drops included)")
+        # Linear to 1%, log above: on a linear 0-25% axis the planners' tenths of a % were invisible.
+        percent_symlog(ax, top=100.0)
+        ax.set_ylabel("% of requests over 720 ms (drops included;\nlinear to 1%, log above)")
         ax.set_title("Faro's trace: 10 jobs, capped cluster")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left")
     if cost_rows:
         ax = axes[1]
-        labels = [f"{r.model}@{r.load:g}" for r in cost_rows]
+        labels = [f"{r.model} @ {r.load:g} q/s" for r in cost_rows]
         xs = range(len(cost_rows))
         ax.bar([x - 0.2 for x in xs], [r.single[0] / r.planner[0] if r.single else 0 for r in cost_rows], width=0.4,
                label="cheapest single type")
@@ -110,13 +115,28 @@ def plot(faro_res: dict[FaroKey, dict[str, float]] | None, cost_rows: list[min_c
         ax.axhline(1.0, color="black", lw=1, label="planner")
         ax.set_xticks(list(xs), labels, rotation=60, fontsize=7)
         ax.set_ylabel("cost / planner's cost")
+        ax.set_xlabel("model @ load")
         ax.set_title("least cost at the target")
         ax.legend(fontsize=8)
     if variant_rows:
         ax = axes[2]
-        for load in sorted({r.load for r in variant_rows}):
+        for k, load in enumerate(sorted({r.load for r in variant_rows})):
             mine = [r for r in variant_rows if r.load == load]
-            ax.scatter([r.cost for r in mine], [r.accuracy for r in mine], marker="o", s=50, label=f"planner @ {load:g} qps")
+            ax.scatter([r.cost for r in mine], [r.accuracy for r in mine], marker="o", s=50, color=f"C{k}",
+                       label=f"planner @ {load:g} q/s")
+        # Each point's plan and accuracy weight. Points of equal accuracy share a row; their labels
+        # step away from it (upwards below the middle, downwards above) so none overlaps another.
+        middle = (min(r.accuracy for r in variant_rows) + max(r.accuracy for r in variant_rows)) / 2
+        centre = (min(r.cost for r in variant_rows) + max(r.cost for r in variant_rows)) / 2
+        for upper in (False, True):
+            row = sorted((r for r in variant_rows if (r.accuracy > middle) == upper), key=lambda r: r.cost)
+            for k, r in enumerate(row):
+                plan = " + ".join(f"{n} {v.removeprefix('digits-')}" for v, n in r.plan.items() if n)
+                dy = (10 + 11 * k) * (-1 if upper else 1)
+                right = r.cost > centre  # labels of the dearest points run leftwards, inside the axes
+                ax.annotate(f"weight {r.weight:g}: {plan}", (r.cost, r.accuracy), xytext=(-4 if right else 4, dy),
+                            textcoords="offset points", fontsize=7, va="top" if upper else "bottom",
+                            ha="right" if right else "left", arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})
         ax.set_xlabel("$/hour")
         ax.set_ylabel("accuracy served (simulated)")
         ax.set_title("digits variants: accuracy against cost")
@@ -129,7 +149,7 @@ def plot(faro_res: dict[FaroKey, dict[str, float]] | None, cost_rows: list[min_c
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.planner", description=__doc__.splitlines()[0])
     p.add_argument("--parts", default="faro,cost,variants")
     p.add_argument("--stride", type=int, default=6, help="faro: simulate every Nth minute (1: all 360)")
     p.add_argument("--queries", type=int, default=10000, help="cost, variants: simulated queries per pool")

@@ -176,7 +176,7 @@ def least_pool(req: PlanRequest, plan: Plan, queries: int, seed: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.planner.check", description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--queries", type=int, default=20000, help="simulated queries per model and run")

@@ -84,7 +84,7 @@ def time_case(shape: tuple[int, int, int, int], shipped: ProfileSet, repeats: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.planner.speed", description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     shipped = load_profiles()

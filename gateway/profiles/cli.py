@@ -15,7 +15,9 @@ import argparse
 import asyncio
 import datetime
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -131,16 +133,32 @@ def write_profile(path: Path, model: str, type_name: str, result: Measurement, s
 
 
 def plot_profile(path: Path, model: str, type_name: str, result: Measurement) -> None:
+    plot_summary(path, model, type_name, summarize_samples(result.samples), QUANTILE_LEVELS, result.timing)
+
+
+def plot_stored(profile_file: Path, type_name: str, path: Path) -> None:
+    """The plot of one instance type of a stored profile file, drawn from its quantiles (the
+    same as the one written when it was measured), measuring nothing."""
+    load_profile_file(profile_file)  # ProfileError if it is not a profile file
+    doc = orjson.loads(profile_file.read_bytes())
+    timing = "server" if str(doc.get("source", "")).endswith("server-measured") else "client"
+    plot_summary(path, doc["model"], type_name, doc["types"][type_name], doc["quantile_levels"], timing)
+
+
+def plot_summary(path: Path, model: str, type_name: str, entry: dict[str, Any], levels: Sequence[float],
+                 timing: str) -> None:
+    """Latency against batch size from a profile file's entry for one type (``summarize_samples``)."""
     import matplotlib
     import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    batches = sorted(result.samples)
-    q = np.array([np.quantile(result.samples[b], [0.05, 0.5, 0.95, 0.99]) for b in batches])
-    mean = [float(result.samples[b].mean()) for b in batches]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    batches = list(entry["batch"])
+    columns = [list(levels).index(v) for v in (0.05, 0.5, 0.95, 0.99)]
+    q = np.asarray(entry["quantiles"], dtype=float)[:, columns]
+    mean = list(entry["mean"])
+    fig, ax = plt.subplots(figsize=(8.4, 4.2))  # the key right of the axes
     ax.fill_between(batches, q[:, 0], q[:, 2], alpha=0.25, label="5th-95th percentile")
     ax.plot(batches, mean, marker="o", label="mean")
     ax.plot(batches, q[:, 1], linestyle="--", label="median")
@@ -150,11 +168,14 @@ def plot_profile(path: Path, model: str, type_name: str, result: Measurement) ->
     if q[:, 3].max() > 10 * q[:, 0].min():  # over a decade: the spread at small batches stays visible
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        scale = "log scale"
+    else:  # the axis spans this plot's own range: say so, as plots side by side differ
+        scale = "axis not from 0"
     ax.set_xlabel("batch size")
-    ax.set_ylabel(f"service time (ms, {result.timing}-measured)")
+    ax.set_ylabel(f"service time (ms, {timing}-measured;\n{scale})")
     ax.set_title(f"{model} on {type_name}: latency by batch size")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # clear of the markers
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -205,9 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return asyncio.run(run(args))
-    except (ConfigError, ProfileError, ProfilingError) as exc:
+    except (ConfigError, ProfileError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except ProfilingError as exc:  # the endpoint: unreachable, refusing, not a V2 server
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

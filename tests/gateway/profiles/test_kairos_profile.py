@@ -1,5 +1,6 @@
 """``kairos-profile`` against real endpoints: an emulated instance (its profile comes back within
-sampling error, over HTTP and gRPC) and bad arguments (one line, exit 2)."""
+sampling error, over HTTP and gRPC), bad arguments (one line, exit 2) and an endpoint that fails
+(one line, exit 1)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,6 @@ def test_another_type_is_added_to_an_existing_file_and_client_timing_includes_th
     ("args", "message"),
     [
         (["--url", "ftp://x", "--model", "m", "--type", "t"], "--url 'ftp://x': expected http://HOST:PORT"),
-        (["--url", "http://127.0.0.1:9", "--model", "m", "--type", "t"], "GET http://127.0.0.1:9/v2"),
         (["--url", "http://x:1", "--model", "a b", "--type", "t"], "model"),
         (["--url", "http://x:1", "--model", "m", "--type", "t", "--batches", "0,4"], "--batches: every batch size"),
         (["--url", "http://x:1", "--model", "m", "--type", "t", "--input", "x:FP64"], "--input 'x:FP64': expected"),
@@ -78,11 +78,17 @@ def test_bad_arguments_print_one_line_and_exit_2(args: list[str], message: str) 
     assert message in done.stderr and "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
 
 
+def test_an_endpoint_that_cannot_be_reached_is_a_runtime_failure_exit_1() -> None:
+    done = profile("--url", "http://127.0.0.1:9", "--model", "m", "--type", "t")
+    assert done.returncode == 1, done.stderr
+    assert "GET http://127.0.0.1:9/v2" in done.stderr and len(done.stderr.splitlines()) == 1
+
+
 def test_a_model_the_server_refuses_stops_with_the_servers_words(tmp_path: Path) -> None:
     with start_pool(tmp_path, pool={"r5n.large": 1}, model="rm2") as pool:
         done = profile("--url", pool.instances[0].http, "--model", "wnd", "--type", "r5n.large",
                        "--out", str(tmp_path / "wnd.json"))
-    assert done.returncode == 2 and "HTTP 404" in done.stderr and "wnd" in done.stderr
+    assert done.returncode == 1 and "HTTP 404" in done.stderr and "wnd" in done.stderr
 
 
 def test_a_file_with_other_quantile_levels_is_not_overwritten(tmp_path: Path) -> None:
@@ -121,15 +127,16 @@ V2 = ("application/json", b'{"name": "odd", "version": "1", "extensions": []}')
 
 
 @pytest.mark.parametrize(
-    ("pages", "message"),
+    ("pages", "message", "code"),
     [
-        ({"/v2": ("text/html", b"<html>hello</html>")}, "not a V2 server's JSON"),
+        ({"/v2": ("text/html", b"<html>hello</html>")}, "not a V2 server's JSON", 1),
+        # metadata the tool cannot use: the way out is a flag (--input), a usage error
         ({"/v2": V2, "/v2/models/m": ("application/json",
                                       b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, "n"]}]}')},
-         "shape of non-integers"),
+         "shape of non-integers", 2),
     ],
 )
-def test_a_server_that_answers_oddly_stops_with_one_line(pages: dict, message: str) -> None:
+def test_a_server_that_answers_oddly_stops_with_one_line(pages: dict, message: str, code: int) -> None:
     handler = type("Odd", (_OddServer,), {"pages": pages})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -138,5 +145,5 @@ def test_a_server_that_answers_oddly_stops_with_one_line(pages: dict, message: s
     finally:
         server.shutdown()
         server.server_close()
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == code, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
