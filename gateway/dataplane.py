@@ -5,9 +5,10 @@ HTTP and gRPC adapters (``gateway.frontend``) only translate to and from it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar
 
+from gateway.answer_cache import AnswerCache
 from gateway.backend import Backend, RoutedRequest
 from gateway.core import GatewayCore, InferResult
 from gateway.errors import InferenceError, Unavailable
@@ -20,12 +21,16 @@ T = TypeVar("T")
 
 OTHER_MODEL = "other"  # the metric label of requests for a model this gateway does not serve
 MAX_VERSION_PROBES = 3  # instances asked whether a model version is ready
+ANSWER_TTL_S = 1.0  # how long an instance's answer about metadata or readiness is kept
 
 
 class DataPlane:
     def __init__(self, registry: ModelRegistry, metrics: GatewayMetrics) -> None:
         self.registry = registry
         self.metrics = metrics
+        # What clients ask of the instances (metadata, a version's readiness): one call per
+        # question a second, however often they ask.
+        self._answers: AnswerCache[Any] = AnswerCache(ANSWER_TTL_S)
 
     def core(self, model: str) -> GatewayCore:
         """The model's core (``ModelNotFound`` for a model not served)."""
@@ -45,6 +50,10 @@ class DataPlane:
         fan out over the pool."""
         if not self.model_ready(model):
             return False
+        ready: bool = await self._answers.get(("ready", model, version), lambda: self._version_ready(model, version, timeout_s))
+        return ready
+
+    async def _version_ready(self, model: str, version: str, timeout_s: float) -> bool:
         for client, served in self.core(model).metadata_clients()[:MAX_VERSION_PROBES]:
             backend = client.http if client.http is not None else client.grpc
             if backend is not None and await backend.ready(served, timeout_s, version):
@@ -71,9 +80,17 @@ class DataPlane:
     async def infer(self, request: RoutedRequest) -> InferResult:
         return await self.core(request.model).infer(request)
 
-    async def metadata(self, model: str, fetch: Callable[[Backend, str], Awaitable[T | None]]) -> T:
+    async def metadata(
+        self, model: str, fetch: Callable[[Backend, str], Awaitable[T | None]], question: Hashable
+    ) -> T:
         """The model's metadata from the first instance that gives it: ``fetch(client, served
-        model name)`` asks one (None: try the next). Unavailable when none answers."""
+        model name)`` asks one (None: try the next). Unavailable when none answers. Answers are
+        kept a second by ``question`` (what the front end asked: its protocol, the version)."""
+        self.core(model)  # ModelNotFound before anything is kept
+        answer: T = await self._answers.get(("metadata", model, question), lambda: self._metadata(model, fetch))
+        return answer
+
+    async def _metadata(self, model: str, fetch: Callable[[Backend, str], Awaitable[T | None]]) -> T:
         for client, served in self.core(model).metadata_clients():
             answer = await fetch(client, served)
             if answer is not None:

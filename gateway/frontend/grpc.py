@@ -114,7 +114,7 @@ class GrpcFrontend:
 
         try:
             version = check_version(request.version)  # it goes into an HTTP path
-            return await self.plane.metadata(request.name, fetch)
+            return await self.plane.metadata(request.name, fetch, (GRPC, version))
         except InferenceError as exc:
             raise self._abort(exc, request.name) from None
 

@@ -102,20 +102,21 @@ class HttpFrontend:
         """The instances' own metadata (tensor names, shapes), asked of a healthy one."""
         model = request.match_info["model"]
 
-        async def fetch(client: Backend, served: str) -> web.Response | None:
+        async def fetch(client: Backend, served: str) -> tuple[int, bytes, str | None] | None:
             if client.http is None:  # a gRPC-only instance: its metadata translated
                 return await _grpc_metadata(client, served, version)
             try:  # the path from validated parts only
                 status, body, content_type = await client.http.get(model_path(served, version), METADATA_TIMEOUT_S)
             except InstanceFailure:
                 return None
-            return web.Response(status=status, body=body, content_type=_mime(content_type)) if status < 500 else None
+            return (status, body, content_type) if status < 500 else None
 
         try:
             version = check_version(request.match_info.get("version"))
-            return await self.plane.metadata(model, fetch)
+            status, body, content_type = await self.plane.metadata(model, fetch, (HTTP, version))
         except InferenceError as exc:
             return self._error(exc, model)
+        return web.Response(status=status, body=body, content_type=_mime(content_type))
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.plane.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
@@ -194,7 +195,7 @@ class HttpFrontend:
         return web.Response(status=error.status, body=error.body, headers=error.headers)
 
 
-async def _grpc_metadata(client: Backend, served: str, version: str | None) -> web.Response | None:
+async def _grpc_metadata(client: Backend, served: str, version: str | None) -> tuple[int, bytes, str] | None:
     if client.grpc is None:
         return None
     try:
@@ -203,7 +204,7 @@ async def _grpc_metadata(client: Backend, served: str, version: str | None) -> w
         )
     except InstanceFailure:
         return None
-    return web.Response(status=200, body=metadata_to_json(reply), content_type=JSON)
+    return 200, metadata_to_json(reply), JSON
 
 
 @web.middleware
