@@ -286,12 +286,6 @@ class BadTensorData(ValueError):
     """JSON ``data`` that is not a tensor of its datatype."""
 
 
-# numpy kinds JSON data may have for each V2 datatype class (bools are integers to numpy).
-_INT_KINDS = "iu"
-_FLOAT_KINDS = "iuf"
-_BOOL_KINDS = "biu"
-
-
 def json_data_to_raw(data: Any, datatype: str) -> bytes:
     """JSON ``data`` (flat or nested, row-major) of a V2 tensor in the raw encoding; BadTensorData
     for an unknown datatype or values that are not of it (text in a number tensor, an integer
@@ -305,24 +299,23 @@ def json_data_to_raw(data: Any, datatype: str) -> bytes:
 
 
 def _json_data_to_raw(data: Any, datatype: str) -> bytes:
+    flat = np.asarray(data, dtype=object).ravel() if isinstance(data, list) else np.array([data], dtype=object)
     if datatype == "BYTES":
-        flat = np.asarray(data, dtype=object).ravel() if isinstance(data, list) else [data]
         return bytes_elements_to_raw(_bytes_element(x) for x in flat)
     dtype = NUMPY_DTYPES.get(datatype, "<f4" if datatype == "BF16" else None)
     if dtype is None:
         raise BadTensorData(f"unknown datatype {datatype!r}")
     floats = np.dtype(dtype).kind == "f"
-    values = np.asarray(data)
-    if values.dtype.kind == "O" and floats:  # nulls among the numbers: NaN
-        objects = np.asarray(data, dtype=object)
-        found = set(_TYPES_OF(objects).ravel().tolist()) if objects.size else set()
-        if not found <= {type(None), int, float}:
-            raise BadTensorData(f"{datatype} data holds a value that is not a number")
-        values = np.asarray(data, dtype="<f8")
-    kinds = _BOOL_KINDS if datatype == "BOOL" else _FLOAT_KINDS if floats else _INT_KINDS
-    if values.size and values.dtype.kind not in kinds:
-        raise BadTensorData(f"{datatype} data holds {_KIND_NAMES.get(values.dtype.kind, 'other values')}")
-    if values.size and kinds == _INT_KINDS:
+    allowed = _BOOL_TYPES if datatype == "BOOL" else _FLOAT_TYPES if floats else _INT_TYPES
+    found = set(map(type, flat.tolist()))  # at C speed; ragged nesting leaves lists here
+    if not found <= allowed:
+        extra = found - allowed
+        name = next((what for t, what in _TYPE_NAMES.items() if t in extra), "values of another kind")
+        raise BadTensorData(f"{datatype} data holds {name}")
+    values = np.asarray(data, dtype="<f8") if floats else np.asarray(data)
+    if values.dtype.kind == "O":  # integers past 64 bits
+        raise BadTensorData(f"{datatype} data holds a value out of range")
+    if values.size and not floats and datatype != "BOOL":
         info = np.iinfo(dtype)
         if values.min() < info.min or values.max() > info.max:
             raise BadTensorData(f"{datatype} data holds a value outside [{info.min}, {info.max}]")
@@ -332,8 +325,13 @@ def _json_data_to_raw(data: Any, datatype: str) -> bytes:
     return values.astype(dtype).tobytes()
 
 
-_TYPES_OF = np.frompyfunc(type, 1, 1)
-_KIND_NAMES = {"f": "fractions", "b": "booleans", "U": "text", "S": "text", "O": "values out of range or of mixed kinds"}
+# The JSON values each datatype class takes (Triton's rules: no booleans among numbers; null is
+# NaN in a float tensor; 0 and 1 as booleans, as some servers write them).
+_FLOAT_TYPES = frozenset({int, float, type(None)})
+_INT_TYPES = frozenset({int})
+_BOOL_TYPES = frozenset({bool, int})
+_TYPE_NAMES: dict[type, str] = {str: "text", list: "ragged nesting", dict: "objects", float: "fractions",
+                                bool: "booleans", type(None): "nulls"}
 
 
 def metadata_from_json(body: bytes) -> pb.ModelMetadataResponse:

@@ -203,8 +203,12 @@ def test_json_data_is_encoded_per_datatype() -> None:
         ([-1], "UINT32", "outside"),
         ([True], "FP32", "FP32 data holds booleans"),
         ([2**70], "INT64", "out of range"),
-        ([1.0, "x", None], "FP32", "not a number"),
-        ([[1], [1, 2]], "FP32", "not a tensor"),
+        ([1.0, "x", None], "FP32", "FP32 data holds text"),
+        ([[1], [1, 2]], "FP32", "ragged nesting"),
+        ([1.0, True], "FP32", "FP32 data holds booleans"),
+        ([2, True], "INT32", "INT32 data holds booleans"),
+        ([1, None], "INT32", "INT32 data holds nulls"),
+        ([{"a": 1}], "INT64", "objects"),
     ],
 )
 def test_json_data_that_is_not_of_its_datatype_is_refused(data: Any, datatype: str, match: str) -> None:
