@@ -407,7 +407,11 @@ async def _metric(http_addr: str, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
-def run_fuzz(n_http: int, n_grpc: int, seed: int = 0, grpc_server: str = "native") -> FuzzResult:
+def run_fuzz(
+    n_http: int, n_grpc: int, seed: int = 0, grpc_server: str = "native", endpoints: str = "both"
+) -> FuzzResult:
+    """``endpoints``: what the gateway is told of each instance: ``both`` (the address file),
+    ``grpc`` or ``http`` only (then every request of the other protocol is translated)."""
     with tempfile.TemporaryDirectory(prefix="kairos-fuzz-") as tmp:
         directory = Path(tmp)
         config = directory / "config.json"
@@ -423,7 +427,12 @@ def run_fuzz(n_http: int, n_grpc: int, seed: int = 0, grpc_server: str = "native
         )
         servers = start_servers(config, directory / "instances.json", directory=directory)
         try:
-            gw = start_gateway(config, ["--address-file", str(servers.address_file)], directory)
+            if endpoints == "both":
+                args = ["--address-file", str(servers.address_file)]
+            else:
+                args = [a for i in servers.instances for a in
+                        ("--instance", f"{i.type}=grpc://{i.grpc}" if endpoints == "grpc" else f"{i.type}={i.http}")]
+            gw = start_gateway(config, args, directory)
             try:
                 result = run_async(fuzz(gw.http, gw.grpc, n_http, n_grpc, seed))
                 result.health_changes = run_async(_metric(gw.http, "kairos_health_changes_total"))
@@ -441,11 +450,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grpc", type=int, default=2_000, help="malformed gRPC calls (2,000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grpc-server", choices=("native", "grpcio"), default="native")
+    p.add_argument("--endpoints", choices=("both", "grpc", "http"), default="both",
+                   help="the instances' endpoints the gateway is given: one only makes it translate the other protocol")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.http < 0 or args.grpc < 0:
         p.error("--http and --grpc must be >= 0")
-    result = run_fuzz(args.http, args.grpc, args.seed, args.grpc_server)
+    result = run_fuzz(args.http, args.grpc, args.seed, args.grpc_server, args.endpoints)
     summary = result.to_json()
     print(json.dumps(summary, indent=1))
     if args.json:

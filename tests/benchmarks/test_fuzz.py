@@ -45,3 +45,13 @@ def test_fuzz_run_every_malformed_request_is_a_client_error(server: str) -> None
     assert sum(result.http_statuses.values()) == 600
     assert sum(result.grpc_codes.values()) == 150
     assert set(result.grpc_codes) <= {c.name for c in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("endpoints", ["grpc", "http"])
+def test_fuzz_run_through_a_translation_every_malformed_request_is_a_client_error(endpoints: str) -> None:
+    """Instances known by one endpoint only: every request of the other protocol is translated."""
+    result = run_fuzz(600, 150, seed=2, endpoints=endpoints)
+    assert result.failures == []
+    assert result.health_changes == 0 and result.tracebacks == 0
+    assert sum(result.http_statuses.values()) == 600 and sum(result.grpc_codes.values()) == 150
