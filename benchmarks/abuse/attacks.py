@@ -524,8 +524,11 @@ async def execute(attack: Attack, duration_s: float, grace_s: float) -> AttackOu
     elif budget.exhausted:
         out.ended_by = "caps"
     left = [c for c in ctx.conns if not c.gone]
-    if left and grace_s > 0:
-        await asyncio.gather(*(c.drain_briefly(grace_s) for c in left))
+    # An attack that spent its caps early still holds its connections for the attack's duration:
+    # a server that cuts them on a timer must be watched until then, whatever the sender's speed.
+    watch_s = grace_s + (max(0.0, duration_s - out.attack_s) if out.ended_by == "caps" else 0.0)
+    if left and watch_s > 0:
+        await asyncio.gather(*(c.drain_briefly(watch_s) for c in left))
     for c in ctx.conns:
         c.poll_tcp()
         c.close()
