@@ -23,13 +23,12 @@ from google.protobuf.message import DecodeError
 
 from gateway.errors import BadRequest
 from gateway.protocol import grpc_predict_v2_pb2 as pb
-from gateway.protocol.datatypes import byte_size, count_bytes_elements, element_count
+from gateway.protocol.datatypes import element_size
 from gateway.protocol.params import set_proto_parameters
 from gateway.protocol.translate import (
     BINARY_DATA,
     BINARY_DATA_OUTPUT,
     BINARY_DATA_SIZE,
-    NUMPY_DTYPES,
     BadTensorData,
     JsonCannotCarry,
     MalformedResponse,
@@ -38,7 +37,7 @@ from gateway.protocol.translate import (
     params_to_json,
     raw_to_json_data,
 )
-from gateway.protocol.v2 import CONTENTS_FIELD, CONTENTS_RANGE, InferRequest, parse_http_infer_doc
+from gateway.protocol.v2 import InferRequest, InputTensor, check_contents, check_raw, parse_http_infer_doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,31 +162,20 @@ def metadata_to_json(reply: pb.ModelMetadataResponse) -> bytes:
 
 
 def _output_raw(o: pb.ModelInferResponse.InferOutputTensor, raw: bytes | None, i: int) -> bytes:
-    """An output's data in the raw encoding, checked against its datatype and shape."""
-    label = f"instance response: outputs[{i}] {o.name!r}"
-    if o.datatype not in NUMPY_DTYPES and o.datatype not in ("BYTES", "BF16"):
-        raise MalformedResponse(f"{label}: unknown datatype {o.datatype!r}")
-    if any(d < 0 for d in o.shape):
-        raise MalformedResponse(f"{label}: shape {list(o.shape)} has a negative dimension")
-    if raw is None:
-        field_name = CONTENTS_FIELD.get(o.datatype)
-        values = getattr(o.contents, field_name) if field_name is not None else ()
-        if field_name is None or len(values) != element_count(o.shape):
-            raise MalformedResponse(f"{label}: its contents do not hold {element_count(o.shape)} {o.datatype} values")
-        bounds = CONTENTS_RANGE.get(o.datatype)
-        if bounds is not None and values and (min(values) < bounds[0] or max(values) > bounds[1]):
-            raise MalformedResponse(f"{label}: its contents hold a value outside {o.datatype}'s range")
-        raw = contents_to_raw(o)
-    expected = byte_size(o.datatype, o.shape)
-    if expected is None:
-        try:
-            n = count_bytes_elements(raw)
-        except BadRequest:
-            n = -1
-        if n != element_count(o.shape):
-            raise MalformedResponse(f"{label}: its BYTES data does not hold {element_count(o.shape)} elements")
-    elif len(raw) != expected:
-        raise MalformedResponse(f"{label}: {len(raw)} bytes where shape {list(o.shape)} needs {expected}")
+    """An output's data in the raw encoding, checked against its datatype and shape by the same
+    rules as a request's inputs."""
+    label = f"output {o.name!r}"
+    tensor = InputTensor(o.name, o.datatype, tuple(o.shape))
+    try:
+        element_size(o.datatype)  # a V2 datatype
+        if any(d < 0 for d in o.shape):
+            raise BadRequest(f"{label}: shape {list(o.shape)} has a negative dimension")
+        if raw is None:
+            check_contents(tensor, o, label, "raw_output_contents")
+            raw = contents_to_raw(o)
+        check_raw(tensor, raw, "output")
+    except BadRequest as exc:
+        raise MalformedResponse(f"instance response: outputs[{i}]: {exc}") from None
     return raw
 
 

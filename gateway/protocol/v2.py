@@ -218,7 +218,7 @@ def parse_http_infer_doc(
                     f"input {tensor.name!r}: binary_data_size {tensor.raw_size} runs past the end of the "
                     f"binary data ({binary_len} bytes after the JSON header)"
                 )
-            _check_raw(tensor, view[header_length + offset : header_length + end])
+            check_raw(tensor, view[header_length + offset : header_length + end])
             offset = end
         inputs.append(tensor)
     if offset != binary_len:
@@ -378,9 +378,9 @@ def parse_proto_infer(request: pb.ModelInferRequest) -> InferRequest:
         shape = check_shape(tuple(t.shape), label)
         tensor = InputTensor(t.name, t.datatype, shape, raw_size=len(raw[i]) if raw else None)
         if raw:
-            _check_raw(tensor, raw[i])
+            check_raw(tensor, raw[i])
         else:
-            _check_contents(tensor, t, label)
+            check_contents(tensor, t, label)
         inputs.append(tensor)
     _check_unique(inputs)
     batch_of_shape(inputs[0].shape, inputs[0].name)
@@ -409,10 +409,12 @@ def _opt_bool(value: object) -> bool | None:
     return None if value is None else bool(value)
 
 
-def _check_contents(tensor: InputTensor, t: Any, label: str) -> None:
+def check_contents(tensor: InputTensor, t: Any, label: str, raw_field: str = "raw_input_contents") -> None:
+    """A tensor's typed ``contents`` (of a request's input or a response's output ``t``): the
+    datatype's field, as many values as the shape holds, each within the datatype's range."""
     field_name = CONTENTS_FIELD.get(tensor.datatype)
     if field_name is None:
-        raise BadRequest(f"{label}: datatype {tensor.datatype} can only be sent in raw_input_contents")
+        raise BadRequest(f"{label}: datatype {tensor.datatype} can only be sent in {raw_field}")
     values = getattr(t.contents, field_name)
     n = len(values)
     if n != element_count(tensor.shape):
@@ -432,18 +434,19 @@ def _check_contents(tensor: InputTensor, t: Any, label: str) -> None:
 # shared
 
 
-def _check_raw(tensor: InputTensor, data: bytes | memoryview) -> None:
+def check_raw(tensor: InputTensor, data: bytes | memoryview, what: str = "input") -> None:
+    """A tensor's raw bytes against its datatype and shape (``what``: input or output)."""
     expected = byte_size(tensor.datatype, tensor.shape)
     if expected is None:  # BYTES: count the length-prefixed elements
         n = count_bytes_elements(data)
         if n != element_count(tensor.shape):
             raise BadRequest(
-                f"input {tensor.name!r}: shape {list(tensor.shape)} needs {element_count(tensor.shape)} "
+                f"{what} {tensor.name!r}: shape {list(tensor.shape)} needs {element_count(tensor.shape)} "
                 f"BYTES elements but the binary data holds {n}"
             )
     elif len(data) != expected:
         raise BadRequest(
-            f"input {tensor.name!r}: shape {list(tensor.shape)} of {tensor.datatype} needs {expected} bytes "
+            f"{what} {tensor.name!r}: shape {list(tensor.shape)} of {tensor.datatype} needs {expected} bytes "
             f"but the binary data has {len(data)}"
         )
 

@@ -179,12 +179,12 @@ def _malformed(edit: Any) -> bytes:
     [
         (b"\xff\xff", "malformed protobuf"),
         (_malformed(lambda m: m.raw_output_contents.pop()), "raw_output_contents for"),
-        (_malformed(lambda m: m.raw_output_contents.__setitem__(0, b"abc")), "3 bytes where shape"),
+        (_malformed(lambda m: m.raw_output_contents.__setitem__(0, b"abc")), r"outputs\[0\]: output 'f32': shape \[2, 3\] of FP32 needs 24 bytes but the binary data has 3"),
         (_malformed(lambda m: setattr(m.outputs[0], "datatype", "FP8")), "unknown datatype"),
         (_malformed(lambda m: m.outputs[0].shape.__setitem__(0, -2)), "negative dimension"),
-        (_malformed(lambda m: m.raw_output_contents.__setitem__(5, b"\x09\x00\x00\x00x")), "BYTES data"),
+        (_malformed(lambda m: m.raw_output_contents.__setitem__(5, b"\x09\x00\x00\x00x")), r"outputs\[5\]: BYTES tensor data is truncated"),
         (pb.ModelInferResponse(outputs=[pb.ModelInferResponse.InferOutputTensor(name="o", datatype="FP32", shape=[2])])
-         .SerializeToString(), "contents do not hold 2"),
+         .SerializeToString(), "needs 2 elements but contents.fp32_contents has 0"),
     ],
 )  # fmt: skip
 def test_malformed_instance_responses_are_refused(body: bytes, match: str) -> None:
