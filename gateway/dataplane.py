@@ -44,14 +44,15 @@ class DataPlane:
     def model_ready(self, model: str) -> bool:
         return self.core(model).ready
 
-    async def version_ready(self, model: str, version: str, timeout_s: float) -> bool:
-        """Whether ``version`` of ``model`` is ready: the model is, and one of the first few
-        instances (those in rotation first) says that version is. Few: a probe must not
-        fan out over the pool."""
-        if not self.model_ready(model):
-            return False
-        ready: bool = await self._answers.get(("ready", model, version), lambda: self._version_ready(model, version, timeout_s))
-        return ready
+    async def version_ready(self, model: str, version: str | None, timeout_s: float) -> bool:
+        """Whether ``version`` of ``model`` is ready (None: the model): the model is, and one of
+        the first few instances (those in rotation first) says that version is. Few: a probe
+        must not fan out over the pool."""
+        ready = self.model_ready(model)
+        if not ready or version is None:
+            return ready
+        answer: bool = await self._answers.get(("ready", model, version), lambda: self._version_ready(model, version, timeout_s))
+        return answer
 
     async def _version_ready(self, model: str, version: str, timeout_s: float) -> bool:
         for client, served in self.core(model).metadata_clients()[:MAX_VERSION_PROBES]:

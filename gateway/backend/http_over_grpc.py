@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import grpc
+
 from gateway.backend.base import GRPC, BackendReply, InstanceFailure, RoutedRequest
 from gateway.backend.grpc_client import GrpcBackend
 from gateway.backend.http_client import JSON_CONTENT_TYPE
@@ -31,17 +33,17 @@ class HttpOverGrpc:
         try:
             translated = http_request_to_proto(request.body, request.header_length, request.model, request.version)
         except BadRequest as exc:  # what an HTTP instance answers to it
-            return _error(400, str(exc), None, 0.0)
+            return _error(400, str(exc), 0.0)
         reply = await self.grpc.infer(replace(request, protocol=GRPC, body=translated.data), timeout_s)
         if not reply.ok:
             status = reply.status if reply.status == 413 else HTTP_OF_GRPC.get(reply.grpc_code, 500)
-            return _error(status, reply.grpc_details or reply.grpc_code.name, reply, reply.round_trip_ms)
+            return _error(status, reply.grpc_details or reply.grpc_code.name, reply.round_trip_ms, reply.grpc_code)
         try:
             http = proto_response_to_http(reply.body, translated.request)
         except MalformedResponse as exc:
             raise InstanceFailure(self.name, str(exc)) from None
         except BadRequest as exc:
-            return _error(400, str(exc), None, reply.round_trip_ms)
+            return _error(400, str(exc), reply.round_trip_ms)
         return BackendReply(
             http.body,
             content_type=JSON_CONTENT_TYPE if http.header_length is None else BINARY_CONTENT_TYPE,
@@ -52,10 +54,7 @@ class HttpOverGrpc:
         )
 
 
-def _error(status: int, message: str, instance_reply: BackendReply | None, rtt_ms: float) -> BackendReply:
+def _error(status: int, message: str, rtt_ms: float, grpc_code: grpc.StatusCode = grpc.StatusCode.OK) -> BackendReply:
     """A V2 HTTP error answer; an instance's own error keeps its gRPC code, which outlier
     detection reads."""
-    reply = BackendReply(error_body(message), status, JSON_CONTENT_TYPE, round_trip_ms=rtt_ms)
-    if instance_reply is not None:
-        reply.grpc_code = instance_reply.grpc_code
-    return reply
+    return BackendReply(error_body(message), status, JSON_CONTENT_TYPE, grpc_code=grpc_code, round_trip_ms=rtt_ms)

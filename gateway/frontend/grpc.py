@@ -93,8 +93,6 @@ class GrpcFrontend:
     async def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
         try:
             version = check_version(request.version)
-            if version is None:
-                return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name))
             return pb.ModelReadyResponse(ready=await self.plane.version_ready(request.name, version, METADATA_TIMEOUT_S))
         except InferenceError as exc:
             raise self._abort(exc, request.name) from None

@@ -90,10 +90,7 @@ class HttpFrontend:
         model = request.match_info["model"]
         try:
             version = check_version(request.match_info.get("version"))
-            if version is None:
-                ready = self.plane.model_ready(model)
-            else:
-                ready = await self.plane.version_ready(model, version, METADATA_TIMEOUT_S)
+            ready = await self.plane.version_ready(model, version, METADATA_TIMEOUT_S)
         except InferenceError as exc:
             return self._error(exc, None)
         return _json(200 if ready else 503, {"name": model, "ready": ready})
