@@ -22,9 +22,10 @@ What one connection may cost the server is bounded by its ``ServerSettings``:
   streams, paused writes or unsent bytes;
 * CPU: frames that make the server work without asking for a call (PING, SETTINGS, PRIORITY,
   RST_STREAM, idle WINDOW_UPDATE, empty DATA or CONTINUATION, unknown types, streams reset by
-  the client or for its errors, or refused) spend a budget that refills with time and with
-  answered calls; once it is spent the connection ends with GOAWAY ENHANCE_YOUR_CALM (as
-  against CVE-2019-9512/9515/9518, CVE-2023-44487 "rapid reset" and CVE-2025-8671
+  the client or for its errors, or refused; refused for a full window, its bytes too, past two
+  windows' worth thrown away since a request last ended) spend a budget that refills with time
+  and with answered calls; once it is spent the connection ends with GOAWAY ENHANCE_YOUR_CALM
+  (as against CVE-2019-9512/9515/9518, CVE-2023-44487 "rapid reset" and CVE-2025-8671
   "MadeYouReset"). Header blocks are bounded in bytes and in CONTINUATION frames.
 """
 
@@ -104,6 +105,10 @@ HOLDING_BYTES = 1024 * 1024
 DATA_PER_TURN = 64 * 1024
 MIN_DRAIN_BYTES_PER_S = 1024  # a client reading slower than this, with answers waiting, is stalled
 _TIMED_OUT_STREAM_UNITS = 100.0  # ten of them spend a full budget
+# A client whose concurrent requests overfill the window throws away a few windows for each
+# one that ends (grpc-core spreads its DATA over them); one that ends none, all it sends.
+FREE_DISCARDED_WINDOWS = 2
+DISCARDED_BYTES_PER_UNIT = 64 * 1024  # past those: a unit per this many bytes refused
 
 
 class _Stream:
@@ -208,6 +213,7 @@ class GrpcConnection(asyncio.Protocol):
         self._min_update = min(DEFAULT_MAX_FRAME, self._recv_half)
         self._recv_unacked = 0  # bytes received that the client's connection window has not had back
         self._recv_held = 0  # of them, those in requests that have not ended
+        self._discarded = 0  # bytes of requests refused for a full window since a request last ended
         self._budget = float(settings.control_frame_budget)
         self._budget_at = time.monotonic()
         self._call_credit = settings.control_frame_credit_per_call
@@ -815,6 +821,7 @@ class GrpcConnection(asyncio.Protocol):
             if len(body) < end:
                 break
             inbox.append(bytes(body[start + _MESSAGE_PREFIX.size : end]))
+            self._discarded = 0
             start = end
         if start:
             stream.body = body[start:]
@@ -880,7 +887,13 @@ class GrpcConnection(asyncio.Protocol):
                 else:
                     refused.append(stream)
         for stream in refused:
-            self._charge("refused stream", 1.0 + _STREAM_ALLOWANCE)
+            # Past FREE_DISCARDED_WINDOWS thrown away with no request ended, each byte costs: a
+            # client that only fills the window spent less on refusals than the budget refills.
+            free = FREE_DISCARDED_WINDOWS * self._recv_window
+            over = self._discarded - free
+            self._discarded += stream.held
+            thrown = self._discarded - free - max(over, 0)
+            self._charge("refused stream", 1.0 + _STREAM_ALLOWANCE + max(thrown, 0) / DISCARDED_BYTES_PER_UNIT)
             # REFUSED_STREAM promises no method saw the call (the client may retry it): not so for
             # a streaming call, whose method runs from its HEADERS
             self._reset(stream, ErrorCode.CANCEL if stream.inbox is not None else ErrorCode.REFUSED_STREAM)
@@ -922,6 +935,7 @@ class GrpcConnection(asyncio.Protocol):
             if type(body) is bytes
             else bytes(memoryview(body)[_MESSAGE_PREFIX.size :])
         )
+        self._discarded = 0
         stream.task = self._loop.create_task(self._call(stream, stream.method, message, bool(compressed)))
 
     def _release(self, stream: _Stream) -> None:

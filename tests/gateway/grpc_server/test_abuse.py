@@ -638,6 +638,48 @@ async def test_requests_that_fill_the_window_keep_the_oldest_that_fit() -> None:
     assert grpc_status(frames, 1) == 0
 
 
+async def test_a_client_that_keeps_filling_the_window_with_requests_it_never_ends_is_cut_off() -> None:
+    # Each stream refused for a full window made the server read and throw away its bytes; at a
+    # few units a refusal the budget refilled faster than such a client spent it (the abuse
+    # suite's `unfinished-bodies` was cut only when its last streams timed out, or not at all).
+    settings = ServerSettings(max_message_bytes=1_000_000, connection_window=65_535, control_frame_budget=100)
+    window = settings.receive_window
+    encoder = hpack.Encoder()
+    whole = message(bytes(999_000))  # declared whole, never sent whole
+    kept = 600_000
+
+    def opened(sid: int, sent: int) -> bytes:
+        data = whole[:sent]
+        return frame(FrameType.HEADERS, HEADERS_END, sid, encoder.encode(request_headers(ECHO))) + b"".join(
+            frame(FrameType.DATA, 0, sid, data[i : i + 16_384]) for i in range(0, len(data), 16_384)
+        )
+
+    def given_back(fs: list[Frame]) -> int:
+        return sum(
+            struct.unpack(">I", p)[0] for k, _, sid, p in fs if k == FrameType.WINDOW_UPDATE and sid == 0
+        )
+
+    async with serving(settings=settings) as (_, port), raw(port) as client:
+        await client.send(CLIENT_START + opened(1, kept))
+        refused = 0
+        for sid in range(3, 3 + 2 * 30, 2):  # 30 refusals would cost 90 units at 3 each
+            before = given_back(client.frames)
+            await client.send(opened(sid, window - kept))  # the window, full
+            frames = await client.read_until(
+                lambda fs, sid=sid, before=before: (
+                    goaway_code(fs) is not None
+                    or (bool(resets(fs, sid)) and given_back(fs) >= before + window - kept)
+                )
+            )
+            if goaway_code(frames) is not None:
+                break
+            assert resets(frames, sid) == [ErrorCode.REFUSED_STREAM]
+            refused += 1
+        assert goaway_code(client.frames) == ErrorCode.ENHANCE_YOUR_CALM
+        assert 8 <= refused < 25  # 3 units each, 6.4 more for its 416 kB once two windows went
+        assert not resets(client.frames, 1)  # the stream that fit was kept to the end
+
+
 async def test_requests_larger_than_the_configured_window_still_fit() -> None:
     # One request of max_message_bytes always fits: the window grows to hold it.
     settings = ServerSettings(max_message_bytes=3 * MiB, connection_window=65_535)
@@ -663,6 +705,32 @@ async def test_a_heavy_grpc_aio_client_is_never_cut_off() -> None:
         big = os.urandom(2 * MiB)  # and large answers, with window updates under way
         assert await within(asyncio.gather(*(stub(big, timeout=30) for _ in range(8))), 30) == [big] * 8
         assert len(server._connections) == 1
+
+
+async def test_a_grpc_aio_client_whose_large_requests_overfill_the_window_is_never_cut_off() -> None:
+    # Concurrent requests of 3 MiB in a window of about one: grpc-core spreads its DATA over
+    # them, the window jams, the younger ones are refused (UNAVAILABLE to the caller, who may
+    # retry), and the bytes thrown away cost the connection less than the calls that end earn.
+    settings = ServerSettings(max_message_bytes=3 * MiB, connection_window=65_535)
+    payloads = [os.urandom(3 * MiB) for _ in range(12)]
+    async with serving(settings=settings) as (server, port), grpc_channel(port) as channel:
+        stub = channel.unary_unary(ECHO)
+        answered = 0
+        for _ in range(6):
+            replies = await within(
+                asyncio.gather(*(stub(p, timeout=30) for p in payloads), return_exceptions=True), 60
+            )
+            for reply, sent in zip(replies, payloads, strict=True):
+                if isinstance(reply, grpc.aio.AioRpcError):
+                    assert reply.code() == grpc.StatusCode.UNAVAILABLE and "error code 7" in (
+                        reply.details() or ""
+                    )
+                else:
+                    assert reply == sent
+                    answered += 1
+        assert answered >= 6
+        assert len(server._connections) == 1  # never cut: the same connection throughout
+        assert await stub(b"ok", timeout=5) == b"ok"
 
 
 async def test_an_h2_client_with_pings_and_window_updates_is_never_cut_off() -> None:
