@@ -5,7 +5,10 @@ histogram's count and sum (completions and their mean), QoS violations plus the 
 admission (over target; a shed or displaced query was accepted, so it is a violation already);
 the pool gauges give what is queued and in service at the scrape. The first scrape is only the
 baseline of the next (the totals before it are the gateway's whole past, not a window); a total
-that fell (a restarted gateway) counts from zero, as Prometheus' ``increase`` does.
+that fell (a restarted gateway) counts from zero, as Prometheus' ``increase`` does. A scrape
+without a model's pool gauges (the gateway reports them for every model it serves, from its
+start) is not the gateway's: a proxy's page, a truncated answer. It fails the tick and keeps the
+baseline; read as zeros, its totals would have counted the gateway's whole past as one window.
 """
 
 from __future__ import annotations
@@ -83,6 +86,10 @@ class Collected:
     seconds: float
 
 
+class IncompleteMetrics(Exception):
+    """A scrape that lacks a model's series."""
+
+
 class GatewayCollector:
     def __init__(
         self, session: aiohttp.ClientSession, metrics_url: str, clock: Callable[[], float] = time.monotonic
@@ -95,7 +102,15 @@ class GatewayCollector:
         """The windows since the last scrape; None for the first (the baseline)."""
         async with self.session.get(self.url) as resp:
             resp.raise_for_status()
-            scrape = parse_metrics(await resp.text())
+            text = await resp.text()
+        try:
+            scrape = parse_metrics(text)
+        except ValueError as exc:
+            raise IncompleteMetrics(f"{self.url}: not Prometheus text ({exc})") from None
+        missing = [m for m in models if "queued" not in scrape.gauges.get(m, {})]
+        if missing:
+            raise IncompleteMetrics(f"{self.url} has no kairos_pending_queries series of {', '.join(missing)}: "
+                                    "not the gateway's metrics, or a gateway that serves no such model")
         now, before, before_at = self.clock(), self.last, self.last_at
         self.last, self.last_at = scrape, now
         if before is None:

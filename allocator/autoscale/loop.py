@@ -88,8 +88,15 @@ class ControlLoop:
         now_s = self.clock() - self.started
         tick = self.settings.tick_s
         try:
-            groups = await self.actuator.groups()  # first: a failure here loses no window
+            # The scrape first, on the tick's schedule: windows of a tick each (a pool read
+            # that took longer on some ticks skewed the rates by its difference).
             collected = await self.collector.collect(list(self.views))
+            if collected is not None:
+                ticks = max(1, round(collected.seconds / tick))  # more than one after a skipped tick
+                for name, view in self.views.items():
+                    for window in collected.windows[name].split(ticks):
+                        view.record(window)
+            groups = await self.actuator.groups()  # a failure here loses no window: recorded above
         except Exception as exc:  # an unreachable gateway: skip the tick, never act blind
             self.metrics.errors.labels("collect").inc()
             self.ticks_failed += 1
@@ -100,10 +107,7 @@ class ControlLoop:
         if collected is None:
             log.info("first scrape at %.0f s: the baseline of the next tick's window", now_s)
             return []
-        ticks = max(1, round(collected.seconds / tick))  # more than one after a skipped tick
         for name, view in self.views.items():
-            for window in collected.windows[name].split(ticks):
-                view.record(window)
             view.groups = {k: s for k, s in groups.items() if k.model == name}
         held = sum(s.ready + s.starting + s.draining for s in groups.values())
         cap = self.settings.cap_units

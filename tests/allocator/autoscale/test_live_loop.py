@@ -25,7 +25,7 @@ from helpers.pool import RunningPool, start_pool
 from allocator.autoscale.actuator import GroupKey, GroupState
 from allocator.autoscale.cli import arg_problem, build_parser, planned_policy, startup_delays
 from allocator.autoscale.cli import main as autoscale_main
-from allocator.autoscale.collector import GatewayCollector, parse_metrics, window_between
+from allocator.autoscale.collector import GatewayCollector, IncompleteMetrics, parse_metrics, window_between
 from allocator.autoscale.forecast import make_forecaster
 from allocator.autoscale.loop import ControlLoop, LoopSettings, template_from_config
 from allocator.autoscale.planned import PlannedPolicy
@@ -186,6 +186,40 @@ async def test_the_collectors_first_scrape_is_a_baseline_and_windows_carry_their
     assert first is not None and second is not None
     assert (first.windows["m"].arrivals, first.seconds) == (50, 10.0)
     assert (second.windows["m"].arrivals, second.seconds) == (200, 30.0)
+
+
+async def test_a_scrape_without_the_models_series_fails_its_tick_and_keeps_the_baseline() -> None:
+    """A 200 that is not the gateway's metrics (a proxy's page, an empty body): read as zeros, it
+    made the next window the gateway's whole past (a plan for 13,000 q/s from 20)."""
+    from aiohttp import web
+
+    bodies = iter([metrics_text(36_000, 36_000, 30.0, 0, 0), "", "<html>502 Bad Gateway</html>",
+                   metrics_text(36_040, 36_040, 34.0, 0, 0).replace('model="m"', 'model="other"'),
+                   metrics_text(36_080, 36_080, 38.0, 0, 0)])
+    now = iter([100.0, 130.0])  # read with each scrape that counts
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=next(bodies))
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as s:
+            collector = GatewayCollector(s, f"http://127.0.0.1:{port}/metrics", clock=lambda: next(now))
+            assert await collector.collect(["m"]) is None
+            for _ in range(3):
+                with pytest.raises(IncompleteMetrics, match=r"no kairos_pending_queries series of m|not Prometheus"):
+                    await collector.collect(["m"])
+            after = await collector.collect(["m"])
+    finally:
+        await runner.cleanup()
+    assert after is not None
+    assert (after.windows["m"].arrivals, after.seconds) == (80, 30.0)  # since the last good scrape
 
 
 async def test_the_loop_grows_the_pool_under_load_and_shrinks_it_after(stack: Any, tmp_path: Path) -> None:

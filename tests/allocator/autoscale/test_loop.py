@@ -335,7 +335,7 @@ async def test_a_window_over_several_ticks_is_recorded_as_that_many() -> None:
     assert sum(w.latency_sum_ms for w in view.windows) == pytest.approx(3010.0)
 
 
-async def test_a_failed_read_of_the_pool_loses_no_window() -> None:
+async def test_a_failed_read_of_the_pool_loses_no_window_and_decides_nothing() -> None:
     from allocator.autoscale.loop import ControlLoop, LoopSettings
 
     class Down(Groups):
@@ -346,12 +346,17 @@ async def test_a_failed_read_of_the_pool_loses_no_window() -> None:
                 raise OSError("servers' admin API down")
             return await super().groups()
 
+    class Wants(StaticPolicy):
+        def decide(self, view: ClusterView) -> dict[GroupKey, Target]:
+            return {KEY: Target(3, "up")}
+
     actuator, collector = Down({KEY: GroupState(1)}), Windows([50, 60])
-    loop = ControlLoop(Keep({}, "keep"), collector, actuator, {"a": 720.0}, LoopSettings(tick_s=1.0))  # type: ignore[arg-type]
-    assert await loop.step() == [] and collector.calls == 0  # the window stays with the gateway
+    loop = ControlLoop(Wants({}), collector, actuator, {"a": 720.0}, LoopSettings(tick_s=1.0))  # type: ignore[arg-type]
+    assert await loop.step() == [] and loop.ticks_failed == 1 and actuator.calls == []  # never blind
+    assert loop.views["a"].arrivals == [50]  # the window was read: kept
     actuator.fail = False
     await loop.step()
-    assert loop.views["a"].arrivals == [50]
+    assert loop.views["a"].arrivals == [50, 60] and actuator.calls == [(KEY, 3)]
 
 
 async def test_a_failing_policy_skips_the_tick_and_the_loop_goes_on() -> None:
