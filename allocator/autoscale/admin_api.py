@@ -3,6 +3,7 @@ aiohttp session: one error type, and the gateway's pool as a small client."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,10 +28,16 @@ class AdminApiError(KairosError):
 async def admin_call(
     session: aiohttp.ClientSession, headers: dict[str, str], method: str, url: str, ok: tuple[int, ...], **kw: Any
 ) -> Any:
-    """One call; its JSON body, or AdminApiError with the API's own words."""
+    """One call; its JSON body, or AdminApiError with the API's own words (a body that is not
+    JSON, such as a proxy's error page, with its status and its start)."""
     try:
         async with session.request(method, url, headers=headers, **kw) as resp:
-            body = await resp.json(content_type=None)
+            text = (await resp.read()).decode("utf-8", "replace")
+            try:
+                body = json.loads(text)
+            except ValueError:
+                status = resp.status if resp.status >= 400 else None  # a 2xx that is not the API: retried
+                raise AdminApiError(f"{method} {url}: {resp.status}, not JSON: {text[:120]!r}", status) from None
             if resp.status not in ok:
                 error = body.get("error") if isinstance(body, dict) else body
                 raise AdminApiError(f"{method} {url}: {resp.status} {error}", resp.status)
@@ -41,6 +48,14 @@ async def admin_call(
 
 def bearer(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def instance_list(method: str, url: str, body: Any) -> list[dict[str, Any]]:
+    """The ``instances`` of an admin API's answer, each with a name; AdminApiError otherwise."""
+    items = body.get("instances") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in items):
+        raise AdminApiError(f"{method} {url}: the answer has no list of named instances")
+    return items
 
 
 Call = Callable[..., Awaitable[Any]]  # (method, url, ok statuses, **request options) -> the JSON body
@@ -64,7 +79,7 @@ class GatewayPool:
     async def instances(self) -> dict[str, dict[str, Any]]:
         """name -> {name, model, variant, type, state, ...} of every instance in the pool."""
         body = await self._call("GET", self.url, (200,))
-        return {i["name"]: i for i in body["instances"]}
+        return {i["name"]: i for i in instance_list("GET", self.url, body)}
 
     async def add(self, model: str, type_name: str, name: str, http: str | None, grpc: str | None,
                   variant: str | None = None) -> None:

@@ -137,10 +137,14 @@ def planned_policy(args: argparse.Namespace, config: Config) -> PlannedPolicy:
 
 async def run(args: argparse.Namespace, config: Config) -> int:
     policy = planned_policy(args, config)
-    stop = asyncio.Event()
+    stop, again = asyncio.Event(), asyncio.Event()  # a signal; a second one while stopping
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        (again if stop.is_set() else stop).set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     if args.start_at is not None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), max(args.start_at - time.time(), 0.0))
@@ -173,7 +177,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         try:
             await control.run(stop)
             if isinstance(actuator, PoolActuator):
-                await actuator.settle(actuator.drain_timeout_s + 30.0)  # then the next run finishes them
+                await finish_retirements(actuator, again)
         finally:
             if runner is not None:
                 await runner.cleanup()
@@ -183,6 +187,25 @@ async def run(args: argparse.Namespace, config: Config) -> int:
               f"last: {control.last_error})", file=sys.stderr)
         return 1
     return 0
+
+
+async def finish_retirements(actuator: PoolActuator, again: asyncio.Event) -> None:
+    """Wait for the retirements under way (drain, remove, stop), up to the drain timeout and
+    30 s; a second signal leaves them at once. What is left, the next run finishes."""
+    if not actuator.retiring:
+        return
+    limit = actuator.drain_timeout_s + 30.0
+    print(f"{PROG}: stopping: waiting up to {limit:.0f} s for {len(actuator.retiring)} instance(s) to drain and stop "
+          f"({', '.join(sorted(actuator.retiring))}); signal again to leave them to the next run", file=sys.stderr)
+    settling = asyncio.ensure_future(actuator.settle(limit))
+    interrupted = asyncio.ensure_future(again.wait())
+    await asyncio.wait([settling, interrupted], return_when=asyncio.FIRST_COMPLETED)
+    interrupted.cancel()
+    if not settling.done():
+        settling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await settling
+        await actuator.settle(0.0)  # names what is left and cancels it
 
 
 def arg_problem(args: argparse.Namespace, config: Config) -> str | None:

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from allocator.autoscale.actuator import GroupKey, GroupState, PartialScale
-from allocator.autoscale.admin_api import AdminApiError, GatewayPool, admin_call, bearer
+from allocator.autoscale.admin_api import AdminApiError, GatewayPool, admin_call, bearer, instance_list
 
 log = logging.getLogger("kairos.autoscale")
 RETRY_MAX_S = 30.0  # a retirement's retries back off to this
@@ -83,7 +83,7 @@ class PoolActuator:
 
     async def _instances(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         servers, gateway = await asyncio.gather(self._call("GET", self.servers, (200,)), self.pool.instances())
-        return servers["instances"], gateway
+        return instance_list("GET", self.servers, servers), gateway
 
     async def groups(self) -> dict[GroupKey, GroupState]:
         servers, gateway = await self._instances()

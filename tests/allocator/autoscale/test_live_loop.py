@@ -23,7 +23,13 @@ from helpers.inputs import json_body
 from helpers.pool import RunningPool, start_pool
 
 from allocator.autoscale.actuator import GroupKey, GroupState
-from allocator.autoscale.cli import arg_problem, build_parser, planned_policy, startup_delays
+from allocator.autoscale.cli import (
+    arg_problem,
+    build_parser,
+    finish_retirements,
+    planned_policy,
+    startup_delays,
+)
 from allocator.autoscale.cli import main as autoscale_main
 from allocator.autoscale.collector import GatewayCollector, IncompleteMetrics, parse_metrics, window_between
 from allocator.autoscale.forecast import make_forecaster
@@ -514,3 +520,23 @@ async def test_the_actuator_starts_and_retires_a_variants_instances(tmp_path: Pa
             assert gw.stop(signal.SIGTERM) == 0
     finally:
         pool.stop()
+
+
+async def test_a_second_signal_while_stopping_leaves_the_retirements_to_the_next_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Stopping waits for the retirements under way (up to the drain timeout and 30 s), saying
+    so; a second Ctrl-C leaves them at once (before, it was ignored for up to 150 s, silently)."""
+    async with aiohttp.ClientSession() as s:
+        actuator = PoolActuator(s, "http://127.0.0.1:9", "http://127.0.0.1:9")
+        again = asyncio.Event()
+        await asyncio.wait_for(finish_retirements(actuator, again), 1.0)  # nothing retiring: at once
+        assert capsys.readouterr().err == ""
+        stuck = asyncio.get_running_loop().create_task(asyncio.sleep(3600))  # a drain that never ends
+        actuator.retiring["m-1"] = KEY
+        actuator.tasks.add(stuck)
+        asyncio.get_running_loop().call_later(0.2, again.set)
+        started = time.monotonic()
+        await asyncio.wait_for(finish_retirements(actuator, again), 5.0)
+    assert time.monotonic() - started < 2.0 and stuck.cancelled()
+    assert "waiting up to 150 s for 1 instance(s) to drain and stop (m-1); signal again" in capsys.readouterr().err
