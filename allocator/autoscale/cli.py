@@ -48,8 +48,14 @@ from gateway.config import Config, load_config
 from gateway.errors import KairosError
 from gateway.usage import plain
 from gateway.workload import parse_batch_mix
+from servers.admin import MAX_STARTUP_DELAY_S
 
 PROG = "kairos-autoscale"
+
+
+MIN_TICK_S = 0.1
+MAX_PERIOD_S = 7 * 86400.0
+MAX_HORIZON_STEPS = 10_080  # a week of minutes
 
 
 def startup_delays(text: str) -> float | dict[str, float]:
@@ -65,11 +71,12 @@ def startup_delays(text: str) -> float | dict[str, float]:
             out[name.strip()] = _non_negative(float(value))
         return out
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds or TYPE=S,... with seconds >= 0, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected seconds or TYPE=S,... with seconds in [0, {MAX_STARTUP_DELAY_S:g}], got {text!r}") from None
 
 
 def _non_negative(x: float) -> float:
-    if not x >= 0 or x == float("inf"):
+    if not 0 <= x <= MAX_STARTUP_DELAY_S:  # kairos-servers refuses more: every start would fail
         raise ValueError
     return x
 
@@ -214,8 +221,19 @@ def arg_problem(args: argparse.Namespace, config: Config) -> str | None:
         value = getattr(args, flag)
         if not (math.isfinite(value) and value > 0):
             return f"--{flag.replace('_', '-')} {value:g}: expected a positive number of seconds"
+        if value > MAX_PERIOD_S:
+            return f"--{flag.replace('_', '-')} {value:g}: expected at most {MAX_PERIOD_S:g} s (a week)"
+    steps = args.step / args.tick
+    kubernetes = args.kubernetes is not None
     pool = sum(e.count for m in config.models for e in m.pool)
     checks = [
+        (args.tick >= MIN_TICK_S, f"--tick {args.tick:g}: expected at least {MIN_TICK_S:g} s (each tick reads both admin APIs)"),
+        (abs(steps - round(steps)) < 1e-6 and round(steps) >= 1,
+         f"--step {args.step:g}: expected a whole multiple of --tick ({args.tick:g} s): the forecaster counts whole ticks"),
+        (args.horizon / args.step <= MAX_HORIZON_STEPS,
+         f"--horizon {args.horizon:g}: expected at most {MAX_HORIZON_STEPS} steps of {args.step:g} s"),
+        (not kubernetes or args.startup_delay == 0.0,
+         "--startup-delay: only with --servers-admin (Kubernetes starts its pods as their specs say)"),
         (0.0 <= args.down_after < 1e9, f"--down-after {args.down_after:g}: expected seconds in [0, 1e9)"),
         (args.max_change >= 1, f"--max-change {args.max_change}: expected at least 1"),
         (LEVELS[0] <= args.load_quantile <= LEVELS[-1],
@@ -226,6 +244,8 @@ def arg_problem(args: argparse.Namespace, config: Config) -> str | None:
         (args.cap is None or pool <= args.cap, f"--cap {args.cap}: the config's pool already holds {pool} instances"),
         (0.0 <= args.release_after < 1e6, f"--release-after {args.release_after:g}: expected seconds in [0, 1e6)"),
         (args.release_after == 0.0 or args.cap is not None, "--release-after: only with --cap (it counts against it)"),
+        (args.release_after == 0.0 or not kubernetes,
+         "--release-after: only with --servers-admin (a pod holds its node until it is gone)"),
         (args.max_utilisation is None or 0.05 <= args.max_utilisation <= 1.0,
          f"--max-utilisation {args.max_utilisation}: expected a share in [0.05, 1]"),
         (args.duration is None or (math.isfinite(args.duration) and args.duration > 0),

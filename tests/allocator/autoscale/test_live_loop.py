@@ -309,7 +309,11 @@ _LOOP_ARGS = ["--gateway", "http://x", "--gateway-admin", "http://x", "--servers
      (["--down-after", "nan"], "--down-after nan"),
      (["--gateway", "127.0.0.1:8000"], "--gateway '127.0.0.1:8000': expected http://HOST:PORT"),
      (["--servers-admin", "http://h:99999"], "--servers-admin 'http://h:99999': the port"),
-     (["--gateway-admin", "http://h:8002/admin"], "--gateway-admin 'http://h:8002/admin': expected http://HOST:PORT, with no path")],
+     (["--gateway-admin", "http://h:8002/admin"], "--gateway-admin 'http://h:8002/admin': expected http://HOST:PORT, with no path"),
+     (["--tick", "0.001"], "--tick 0.001: expected at least 0.1 s"),
+     (["--tick", "10", "--step", "15"], "--step 15: expected a whole multiple of --tick (10 s)"),
+     (["--horizon", "1e300"], "--horizon 1e+300: expected at most 604800 s"),
+     (["--step", "1", "--tick", "1", "--horizon", "86400"], "--horizon 86400: expected at most 10080 steps of 1 s")],
 )
 def test_a_bad_loop_flag_is_a_usage_error_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                     flags: list[str], named: str) -> None:
@@ -318,6 +322,28 @@ def test_a_bad_loop_flag_is_a_usage_error_naming_it(tmp_path: Path, capsys: pyte
     with pytest.raises(SystemExit) as exc:
         autoscale_main(["--config", str(cfg), *_LOOP_ARGS, *flags])
     assert exc.value.code == 2 and capsys.readouterr().err.startswith(f"kairos-autoscale: {named}")
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [(["--startup-delay", "35"], "--startup-delay: only with --servers-admin"),
+     (["--cap", "5", "--release-after", "30"], "--release-after: only with --servers-admin")],
+)
+def test_pool_only_flags_with_kubernetes_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          flags: list[str], named: str) -> None:
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model": MODEL, "pool": [{"type": TYPE, "count": 3}]}))
+    with pytest.raises(SystemExit) as exc:
+        autoscale_main(["--config", str(cfg), "--gateway", "http://x", "--gateway-admin", "http://x",
+                        "--kubernetes", "ns", *flags])
+    assert exc.value.code == 2 and capsys.readouterr().err.startswith(f"kairos-autoscale: {named}")
+
+
+@pytest.mark.parametrize("value", ["7200", "g4dn.xlarge=60,r5n.large=3601"])
+def test_a_startup_delay_kairos_servers_would_refuse_is_a_usage_error(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--config", "c.json", *_LOOP_ARGS, "--startup-delay", value])
+    assert exc.value.code == 2 and "with seconds in [0, 3600]" in capsys.readouterr().err
 
 
 def test_a_loop_that_never_reaches_the_pool_exits_1_saying_why(
