@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plans never go below the rate measured over the last S seconds (default 30)")
     p.add_argument("--startup-delay", type=startup_delays, default=0.0, metavar="S|TYPE=S,...",
                    help="emulated model loading of each new instance: seconds, for all or per type")
+    p.add_argument("--start-timeout", type=float, metavar="S",
+                   help="an instance not serving this long after its start-up is stuck: planned around and replaced "
+                        "(default 300 s; 600 s with --kubernetes, from the pod's Ready turning false)")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until stopped)")
     p.add_argument("--start-at", type=float, metavar="UNIX_S",
                    help="begin the first tick's window at this Unix time (seconds; at once if past), as a load replay does")
@@ -164,10 +167,12 @@ async def run(args: argparse.Namespace, config: Config) -> int:
             from allocator.autoscale.kubernetes import KubernetesActuator
 
             actuator = KubernetesActuator(args.kubernetes or None,
-                                          gateway=GatewayPool(session, args.gateway_admin, token))
+                                          gateway=GatewayPool(session, args.gateway_admin, token),
+                                          start_timeout_s=args.start_timeout or 600.0)
         else:
             actuator = PoolActuator(session, args.servers_admin, args.gateway_admin, startup_delay_s=args.startup_delay,
-                                    release_s=args.release_after, token=token)
+                                    release_s=args.release_after, token=token,
+                                    start_timeout_s=args.start_timeout if args.start_timeout is not None else 300.0)
         control = ControlLoop(policy, GatewayCollector(session, args.gateway.rstrip("/") + "/metrics"), actuator,
                               {m.name: m.qos_ms for m in config.models},
                               LoopSettings(args.tick, args.max_change, args.cap))
@@ -250,6 +255,8 @@ def arg_problem(args: argparse.Namespace, config: Config) -> str | None:
          f"--max-utilisation {args.max_utilisation}: expected a share in [0.05, 1]"),
         (args.duration is None or (math.isfinite(args.duration) and args.duration > 0),
          f"--duration {args.duration}: expected a positive number of seconds"),
+        (args.start_timeout is None or 0 < args.start_timeout <= MAX_PERIOD_S,
+         f"--start-timeout {args.start_timeout}: expected seconds in (0, {MAX_PERIOD_S:g}]"),
         (args.metrics_port is None or 1 <= args.metrics_port <= 65535, f"--metrics-port {args.metrics_port}: expected 1-65535"),
     ]
     for ok, message in checks:

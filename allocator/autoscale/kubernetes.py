@@ -16,8 +16,10 @@ group's pods being terminated (they have a ``deletionTimestamp`` and have not fi
 list of the namespace's managed pods. ``readyReplicas`` does not count a terminating pod, so the
 three never overlap. Of those starting, ``unschedulable`` are the pods the scheduler has no node
 for (``PodScheduled`` false, reason ``Unschedulable``) and, while the Deployment reports
-``ReplicaFailure`` (a quota refused them), the pods not created: the control loop plans around
-them rather than wait for them. A group with two Deployments is left out (logged), the others go on.
+``ReplicaFailure`` (a quota refused them), the pods not created, and the pods not ready for
+``start_timeout_s`` (their ``Ready`` condition false that long: failing probes, or containers in
+``CrashLoopBackOff`` or ``ImagePullBackOff``): the control loop plans around them rather than
+wait for them. A group with two Deployments is left out (logged), the others go on.
 
 **What it asks of the API server** is ``PERMISSIONS``, nothing more: list Deployments, patch
 ``deployments/scale``, list pods. ``deploy/kubernetes/autoscaler-rbac.yaml`` grants exactly that,
@@ -48,6 +50,7 @@ every query on one), and a ClusterIP Service would show it one.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
 import os
@@ -142,6 +145,17 @@ def _unschedulable(pod: Any) -> bool:
                for c in pod.status.conditions or [])
 
 
+def _not_ready_for(pod: Any, now: datetime.datetime) -> float:
+    """Seconds since the pod's ``Ready`` condition turned false (0: ready, or not reported yet)."""
+    if pod.status is None:
+        return 0.0
+    for c in pod.status.conditions or []:
+        if c.type == "Ready" and c.status == "False":
+            since = c.last_transition_time or pod.metadata.creation_timestamp
+            return max((now - since).total_seconds(), 0.0) if since is not None else 0.0
+    return 0.0
+
+
 def _replica_failure(deployment: Any) -> bool:
     """The Deployment reports pods its ReplicaSet could not create (``FailedCreate``: a quota)."""
     status = deployment.status
@@ -208,9 +222,11 @@ class KubernetesActuator:
         core: CoreV1Api | None = None,
         request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
         gateway: GatewayPool | None = None,
+        start_timeout_s: float = 600.0,
     ) -> None:
         """``gateway``: the gateway's pool, to register the pods with (see the module's docstring);
-        None: the pods are registered by other means, and ``ready`` is Kubernetes'."""
+        None: the pods are registered by other means, and ``ready`` is Kubernetes'.
+        ``start_timeout_s``: a pod not ready this long is stuck (the module's docstring)."""
         if not request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be > 0, got {request_timeout_s}")
         if apps is None or core is None:
@@ -222,6 +238,7 @@ class KubernetesActuator:
         self.namespace = namespace if namespace is not None else default_namespace()
         self.request_timeout_s = request_timeout_s
         self.gateway = gateway
+        self.start_timeout_s = start_timeout_s
 
     async def groups(self) -> dict[GroupKey, GroupState]:
         """Every managed Deployment's group, with its replicas by state (scaled to zero ones too)."""
@@ -235,7 +252,8 @@ class KubernetesActuator:
         pod_items: list[Any] = pods.items or []
         deployment_items: list[Any] = deployments.items or []
         draining: dict[GroupKey, int] = {}
-        unplaced: dict[GroupKey, int] = {}  # pods no node fits
+        now = datetime.datetime.now(datetime.UTC)
+        unplaced: dict[GroupKey, int] = {}  # pods no node fits, or not ready for the start timeout
         created: dict[GroupKey, int] = {}  # pods that exist and are not leaving
         for pod in pod_items:
             key = _key_of(pod.metadata.labels)
@@ -246,7 +264,7 @@ class KubernetesActuator:
                 draining[key] = draining.get(key, 0) + 1
                 continue
             created[key] = created.get(key, 0) + 1
-            if _unschedulable(pod):
+            if _unschedulable(pod) or _not_ready_for(pod, now) > self.start_timeout_s:
                 unplaced[key] = unplaced.get(key, 0) + 1
         serving = await self._register(pod_items, deployment_items) if self.gateway is not None else None
         out: dict[GroupKey, GroupState] = {}

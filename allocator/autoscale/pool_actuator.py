@@ -12,6 +12,11 @@ Every tick, before it counts, the actuator repairs what a failure or a restart l
 started at run time that the gateway does not know (a restarted gateway, a lost answer) is added
 to it again; one that failed to boot is stopped; one left draining (a retirement cut short, or
 this process restarted) is retired. A retirement retries each stage until it is done.
+
+An instance started at run time that has not served for its start-up delay and
+``start_timeout_s`` (it never became ready, or the gateway ejected it since) is reported
+``unschedulable``, as Kubernetes' stuck pods are: the policy plans around its type for a while
+and drops it, and this actuator retires it (those not serving go first).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ class PoolActuator:
         drain_poll_s: float = 0.2,
         drain_timeout_s: float = 120.0,
         release_s: float = 0.0,
+        start_timeout_s: float = 300.0,
     ) -> None:
         """``servers_admin``, ``gateway_admin``: base URLs (``http://HOST:PORT``) of the two admin
         APIs; ``startup_delay_s``: passed to each start (the emulated pool's model loading), one
@@ -70,6 +76,9 @@ class PoolActuator:
         self.headers = bearer(token)
         self.drain_poll_s, self.drain_timeout_s = drain_poll_s, drain_timeout_s
         self.release_s = release_s
+        self.start_timeout_s = start_timeout_s
+        self.not_serving_since: dict[str, float] = {}  # run-time instances counted as starting
+        self.stuck: set[str] = set()  # of them, those past the start timeout (logged once)
         self.retiring: dict[str, GroupKey] = {}
         self.stale: set[str] = set()  # gateway entries of starts rolled back, to remove
         self.releasing: list[tuple[float, GroupKey]] = []  # (loop time it is free, group) per stopped instance
@@ -88,21 +97,31 @@ class PoolActuator:
     async def groups(self) -> dict[GroupKey, GroupState]:
         servers, gateway = await self._instances()
         await self._repair(servers, gateway)
-        counts: dict[GroupKey, list[int]] = {}
+        counts: dict[GroupKey, list[int]] = {}  # ready, starting, draining, stuck (of those starting)
+        now = asyncio.get_running_loop().time()
+        waiting: dict[str, float] = {}
         for inst in servers:
-            key = _key_of(inst)
-            c = counts.setdefault(key, [0, 0, 0])
-            seen = gateway.get(inst["name"])
-            if inst["name"] in self.retiring or (seen and seen["state"] in ("draining", "removed")):
+            key, name = _key_of(inst), inst["name"]
+            c = counts.setdefault(key, [0, 0, 0, 0])
+            seen = gateway.get(name)
+            if name in self.retiring or (seen and seen["state"] in ("draining", "removed")):
                 c[2] += 1
             elif inst["state"] == "ready" and seen and seen["state"] == "healthy":
                 c[0] += 1
             elif inst["state"] in ("starting", "ready") and seen is not None:
                 c[1] += 1
-        now = asyncio.get_running_loop().time()
+                if inst.get("origin") == "runtime":
+                    since = waiting[name] = self.not_serving_since.get(name, now)
+                    if now - since > self.startup_of(key.type) + self.start_timeout_s:
+                        if name not in self.stuck:
+                            log.warning("%s has not served for %.0f s: replacing it", name, now - since)
+                            self.stuck.add(name)
+                        c[3] += 1
+        self.not_serving_since = waiting
+        self.stuck &= waiting.keys()
         self.releasing = [(at, key) for at, key in self.releasing if at > now]
         for _, key in self.releasing:
-            counts.setdefault(key, [0, 0, 0])[2] += 1
+            counts.setdefault(key, [0, 0, 0, 0])[2] += 1
         return {k: GroupState(*v) for k, v in counts.items()}
 
     async def _repair(self, servers: list[dict[str, Any]], gateway: dict[str, dict[str, Any]]) -> None:
@@ -155,9 +174,11 @@ class PoolActuator:
                     raise PartialScale(str(exc), started_now) from exc
                 raise
         if replicas < have:
-            # Those not serving yet go first, then the newest (the servers list them in start order).
+            # Stuck ones first, then those not serving yet, then the newest (the servers list them
+            # in start order).
             position = {i["name"]: k for k, i in enumerate(servers)}
-            order = sorted(mine, key=lambda i: (gateway[i["name"]]["state"] == "healthy", -position[i["name"]]))
+            order = sorted(mine, key=lambda i: (i["name"] not in self.stuck, gateway[i["name"]]["state"] == "healthy",
+                                                -position[i["name"]]))
             for inst in order[: have - replicas]:
                 self._retire_later(inst["name"], key)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime
 import json
 import re
 import subprocess
@@ -651,6 +652,25 @@ async def test_groups_counts_pods_the_cluster_has_no_room_for(cluster: Cluster) 
     # Once the quota is lifted (the condition gone), pods not yet created are only starting.
     del cluster.fake.deployments["kairos-rm2-rm2-r5n-large"]["status"]["conditions"]
     assert (await cluster.actuator().groups())[CPU] == GroupState(ready=1, starting=4)
+
+
+def _ready_false_since(minutes: float) -> list[dict[str, str]]:
+    at = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=minutes)
+    return [{"type": "PodScheduled", "status": "True"},
+            {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+             "lastTransitionTime": at.strftime("%Y-%m-%dT%H:%M:%SZ")}]
+
+
+async def test_groups_counts_pods_not_ready_for_the_start_timeout_as_stuck(cluster: Cluster) -> None:
+    # A crash loop, an image that never pulls, a probe that never passes: not ready for good.
+    # Counted as starting, they held the plan's capacity and stopped the reaction for ever.
+    cluster.fake.add_deployment(CPU, replicas=4, ready=1)
+    cluster.fake.add_pod(CPU, "cpu-ready")
+    cluster.fake.add_pod(CPU, "cpu-crashing", conditions=_ready_false_since(20))
+    cluster.fake.add_pod(CPU, "cpu-loading", conditions=_ready_false_since(1))
+    cluster.fake.add_pod(CPU, "cpu-pending", phase="Pending", ip=None)
+    assert (await cluster.actuator().groups())[CPU] == GroupState(ready=1, starting=3, unschedulable=1)
+    assert (await cluster.actuator(start_timeout_s=30).groups())[CPU] == GroupState(ready=1, starting=3, unschedulable=2)
 
 
 async def test_two_deployments_for_one_group_leave_that_group_alone_only(

@@ -129,6 +129,30 @@ async def test_the_actuator_starts_and_stops_instances_while_every_query_is_answ
         assert all(n == 1 for n in ids.values()) and len(ids) == codes[200]
 
 
+async def test_an_instance_that_never_serves_is_stuck_after_the_start_timeout_and_retired_first(
+    stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, _, servers_admin, gateway_admin = stack
+    async with aiohttp.ClientSession() as s:
+        actuator = PoolActuator(s, servers_admin, gateway_admin, startup_delay_s={TYPE: 3000.0}, drain_poll_s=0.05,
+                                start_timeout_s=0.0)
+        await actuator.scale(KEY, 2)  # one that loads for 50 minutes
+        assert (await actuator.groups())[KEY] == GroupState(ready=1, starting=1)
+        actuator.startup_by_type[TYPE] = 0.4  # what it was given; it has not served for longer
+        await asyncio.sleep(0.6)
+        assert (await actuator.groups())[KEY] == GroupState(ready=1, starting=1, unschedulable=1)
+        assert sum("has not served for" in r.getMessage() for r in caplog.records) == 1
+        await actuator.groups()
+        assert sum("has not served for" in r.getMessage() for r in caplog.records) == 1  # said once
+        stuck = next(iter(actuator.stuck))
+        await actuator.scale(KEY, 2)  # the policy asks for the group's placed count and more
+        await actuator.scale(KEY, 1)
+        assert set(actuator.retiring) == {stuck}  # the stuck one goes, not the one serving
+        await actuator.settle()
+        assert (await actuator.groups())[KEY] == GroupState(ready=1)
+        assert not actuator.stuck and not actuator.not_serving_since
+
+
 async def test_an_unreachable_admin_api_is_a_clear_error() -> None:
     async with aiohttp.ClientSession() as s:
         actuator = PoolActuator(s, "http://127.0.0.1:9", "http://127.0.0.1:9")
@@ -310,7 +334,8 @@ _LOOP_ARGS = ["--gateway", "http://x", "--gateway-admin", "http://x", "--servers
      (["--gateway", "127.0.0.1:8000"], "--gateway '127.0.0.1:8000': expected http://HOST:PORT"),
      (["--servers-admin", "http://h:99999"], "--servers-admin 'http://h:99999': the port"),
      (["--gateway-admin", "http://h:8002/admin"], "--gateway-admin 'http://h:8002/admin': expected http://HOST:PORT, with no path"),
-     (["--tick", "0.001"], "--tick 0.001: expected at least 0.1 s"),
+     (["--tick", "0.001"], "--tick 0.001: expected at least 0.1 s"), (["--start-timeout", "0"], "--start-timeout 0.0"),
+     (["--start-timeout", "nan"], "--start-timeout nan"),
      (["--tick", "10", "--step", "15"], "--step 15: expected a whole multiple of --tick (10 s)"),
      (["--horizon", "1e300"], "--horizon 1e+300: expected at most 604800 s"),
      (["--step", "1", "--tick", "1", "--horizon", "86400"], "--horizon 86400: expected at most 10080 steps of 1 s")],
