@@ -12,7 +12,11 @@ Safety: capacity goes up at once; it comes down only when the plans have wanted 
 measured now needs at ``max_utilisation`` (the mean service time of each group).
 Between plans, each tick: a model whose queries ran over target (more than ``react_over`` of the
 last tick's arrivals) while its ready instances were busy (at least ``react_util`` of what they
-serve), or whose queue outgrew its instances, gets ``react_step`` more, if there is room. Late
+serve), or whose queue outgrew its instances, gets ``react_step`` more, if there is room and
+none of its groups is growing already. A reaction soon after a plan took the group down (within
+``down_after_s``) doubles the time the plans must want less before they take it down again (up
+to 8x): a plan that keeps undoing what the measurements need would start and stop an instance
+every few minutes. Late
 queries on an idle pool (a slow network, a noisy host) are not a capacity problem: more instances
 would not fix them, and on a 35 ms target they made the loop add one instance per tick.
 
@@ -43,6 +47,7 @@ from allocator.planner.solve import PlanInfeasible
 from gateway.profiles import ProfileSet
 
 FORECAST_LOG_PLANS = 20_160
+MAX_DOWN_HOLD = 8.0
 
 # The plan request without loads and pool: (model -> class -> load JSON, current pool JSON) -> request.
 RequestTemplate = Callable[[dict[str, Any], list[dict[str, Any]]], dict[str, Any]]
@@ -89,6 +94,8 @@ class PlannedPolicy:
         self.log = log
         self.next_plan_s = 0.0
         self.wanted_less_since: dict[GroupKey, float] = {}
+        self.last_down_s: dict[GroupKey, float] = {}  # when a plan last took the group down
+        self.down_hold: dict[GroupKey, float] = {}  # times down_after_s the plans must want less
         self.last_plan: Plan | None = None
         self.plan_time_s = 0.0
         self.plans = 0
@@ -217,9 +224,10 @@ class PlannedPolicy:
                     since = self.wanted_less_since.setdefault(key, view.now_s)
                     floor = self.need(m, key) if len(keys) == 1 else 0
                     lower = max(want, have - self.max_down, floor)
-                    if view.now_s - since >= self.down_after_s and lower < have:
+                    if view.now_s - since >= self.down_after_s * self.down_hold.get(key, 1.0) and lower < have:
                         out[key] = Target(lower, f"plan: {have} -> {lower}, wanted fewer for {view.now_s - since:.0f}s")
                         self.wanted_less_since[key] = view.now_s
+                        self.last_down_s[key] = view.now_s
                 else:
                     self.wanted_less_since.pop(key, None)
         return out
@@ -239,16 +247,18 @@ class PlannedPolicy:
             room = [k for k, s in m.groups.items() if k in self.service_s and k.type not in caps]
             if not room:
                 continue
+            if any(s.starting or (k in out and out[k].replicas > s.committed) for k, s in m.groups.items()):
+                continue  # already growing: what is starting will help
             key = min(room, key=lambda k: self.service_s[k])  # the fastest group absorbs the surprise
             have = m.groups[key].committed
             base = out[key].replicas if key in out else have
-            if base > have or m.groups[key].starting:
-                continue  # already growing: what is starting will help
             step = self.react_step if free is None else min(self.react_step, free)
             if step <= 0:
                 continue
             out[key] = Target(base + step, f"react: {over:.1%} over target, {w.queued} queued on {m.ready} ready")
             self.wanted_less_since.pop(key, None)
+            if view.now_s - self.last_down_s.get(key, -math.inf) <= self.down_after_s:
+                self.down_hold[key] = min(2.0 * self.down_hold.get(key, 1.0), MAX_DOWN_HOLD)
             if free is not None:
                 free -= step
 

@@ -554,3 +554,35 @@ def test_the_forecast_reaches_the_horizon_from_now_and_each_model_has_its_own_fo
         assert asked[-1] == steps, (ticks, asked)
     assert pol.forecaster_of("a") is pol.forecaster_of("a")
     assert pol.forecaster_of("a") is not pol.forecaster_of("b") and pol.forecaster_of("b") is not pol.forecaster
+
+
+def queued_view(now_s: float, gpu: int, cpu: int, queued: int = 0) -> ClusterView:
+    groups = {GPU_KEY: GroupState(gpu), CPU_KEY: GroupState(cpu)}
+    m = ModelView("rm2", 350.0, 10.0, groups=groups)
+    for _ in range(6):
+        m.record(Window(200, 200, 20_000.0, 0, queued, gpu + cpu))
+    return ClusterView(now_s, 10.0, {"rm2": m}, None, gpu + cpu)
+
+
+def test_a_reaction_soon_after_a_plan_took_the_group_down_holds_the_next_down_longer() -> None:
+    """Steady load, a plan that wants one GPU, measurements that need two: the plan took the GPU
+    down every ``down_after_s`` and the reaction started it again (a GPU started and stopped every
+    2.5-3 minutes with the defaults). A reaction within ``down_after_s`` of a down doubles the wait."""
+    pol = hetero_policy(plan_every_s=10.0, down_after_s=30.0)
+    gpu, cpu, downs = 2, 3, []
+    for t in range(0, 200, 10):
+        out = pol.decide(queued_view(float(t), gpu, cpu, queued=10 if t == 40 else 0))
+        if GPU_KEY in out:
+            if out[GPU_KEY].replicas < gpu:
+                downs.append(t)
+            gpu = out[GPU_KEY].replicas
+        cpu = out[CPU_KEY].replicas if CPU_KEY in out else cpu
+    assert downs == [30, 110]  # 30 s of wanting less, then 60 s after the reaction at 40 (was 30, 80, ...)
+    assert pol.down_hold == {GPU_KEY: 2.0}
+
+
+def test_no_reaction_while_a_plan_grows_another_group_of_the_model() -> None:
+    pol = hetero_policy(plan_every_s=10.0)
+    out = pol.decide(queued_view(0.0, 1, 1, queued=10))  # a queue, and a plan that grows the CPUs
+    assert out[CPU_KEY].reason.startswith("plan") and out[CPU_KEY].replicas > 1
+    assert GPU_KEY not in out  # the reaction also added a GPU in the same tick
