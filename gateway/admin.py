@@ -88,7 +88,7 @@ def admin_app(token: str | None) -> web.Application:
         try:
             if expected is not None:
                 scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-                if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), expected):
+                if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode("utf-8", "surrogateescape"), expected):
                     raise Unauthorized("the admin API needs Authorization: Bearer <token>")
             return await handler(request)
         except InferenceError as exc:

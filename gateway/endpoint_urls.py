@@ -11,11 +11,11 @@ from gateway.errors import ConfigError
 def split_http_url(url: str) -> tuple[str, int, str]:
     """An instance's ``http://HOST:PORT[/PREFIX]`` as (host, port, prefix: a V2 server mounted
     under a path, else ""); ConfigError for anything else."""
-    parts = urlsplit(url.rstrip("/"))
     try:
+        parts = urlsplit(url.rstrip("/"))
         port = parts.port
-    except ValueError:  # not a number, or out of range
-        port = None
+    except ValueError:  # a bracketed host that is no IPv6 address; a port not a number, or out of range
+        raise ConfigError(f"{url!r}: expected http://HOST:PORT") from None
     if parts.scheme != "http" or not parts.hostname or not port or parts.query or parts.fragment:
         raise ConfigError(f"{url!r}: expected http://HOST:PORT")
     return parts.hostname, port, parts.path

@@ -127,6 +127,8 @@ def test_a_model_with_its_own_instances_and_types_needs_no_pool() -> None:
         ({"instances": [{"type": "local-cpu", "grpc": "grpc://"}]}, "instances[0].grpc: expected HOST:PORT, got 'grpc://'"),
         ({"instances": [{"type": "local-cpu", "grpc": "no port here"}]}, "instances[0].grpc: expected HOST:PORT"),
         ({"instances": [{"type": "local-cpu", "http": "http://a:99999"}]}, "instances[0].http: expected http://HOST:PORT"),
+        ({"instances": [{"type": "local-cpu", "http": "http://[::1:80"}]}, "instances[0].http: expected http://HOST:PORT"),
+        ({"instances": [{"type": "local-cpu", "http": "http://[zz]:80"}]}, "instances[0].http: expected http://HOST:PORT"),
         # Variants without the model's own name: an entry without a variant would serve nothing
         # (every query answered 500 once served).
         ({"variants": [{"name": "iris-small"}, {"name": "iris-big"}]},

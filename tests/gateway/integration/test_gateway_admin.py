@@ -189,6 +189,14 @@ async def test_off_loopback_the_admin_api_needs_its_token(
                     assert "Bearer <token>" in (await resp.json())["error"]
             async with s.post(f"{url}/{pool.instances[0].name}/drain") as resp:
                 assert resp.status == 401  # nothing changes without the token
+            # A token that is not ASCII (the raw bytes): a 500 from the check itself before.
+            host, port = url.removeprefix("http://").split("/")[0].split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /admin/instances HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+                         b"Connection: close\r\n\r\n")
+            answer = await reader.read()
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
             status, doc = await call(s, "GET", url, headers={"Authorization": "Bearer s3cret"})
             assert status == 200 and doc["instances"][0]["state"] == "healthy"
     finally:
