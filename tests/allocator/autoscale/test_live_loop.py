@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,47 +187,10 @@ def test_the_collector_reads_windows_as_differences_between_scrapes() -> None:
     assert window_between(None, a, "other").arrivals == 0
 
 
-async def test_the_collectors_first_scrape_is_a_baseline_and_windows_carry_their_seconds() -> None:
-    """The first scrape's totals are the gateway's whole past: no window. Then one window per
-    scrape, with the seconds between the two."""
+@contextlib.asynccontextmanager
+async def metrics_server(bodies: Iterator[str]) -> AsyncIterator[str]:
+    """A /metrics that answers ``bodies`` in turn; its URL."""
     from aiohttp import web
-
-    totals = iter([(36_000, 30.0), (36_050, 33.0), (36_250, 45.0)])
-    now = iter([100.0, 110.0, 140.0])
-
-    async def metrics(_: web.Request) -> web.Response:
-        n, busy = next(totals)
-        return web.Response(text=metrics_text(n, n, busy, 0, 0))
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with aiohttp.ClientSession() as s:
-            collector = GatewayCollector(s, f"http://127.0.0.1:{port}/metrics", clock=lambda: next(now))
-            assert await collector.collect(["m"]) is None
-            first = await collector.collect(["m"])
-            second = await collector.collect(["m"])
-    finally:
-        await runner.cleanup()
-    assert first is not None and second is not None
-    assert (first.windows["m"].arrivals, first.seconds) == (50, 10.0)
-    assert (second.windows["m"].arrivals, second.seconds) == (200, 30.0)
-
-
-async def test_a_scrape_without_the_models_series_fails_its_tick_and_keeps_the_baseline() -> None:
-    """A 200 that is not the gateway's metrics (a proxy's page, an empty body): read as zeros, it
-    made the next window the gateway's whole past (a plan for 13,000 q/s from 20)."""
-    from aiohttp import web
-
-    bodies = iter([metrics_text(36_000, 36_000, 30.0, 0, 0), "", "<html>502 Bad Gateway</html>",
-                   metrics_text(36_040, 36_040, 34.0, 0, 0).replace('model="m"', 'model="other"'),
-                   metrics_text(36_080, 36_080, 38.0, 0, 0)])
-    now = iter([100.0, 130.0])  # read with each scrape that counts
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(text=next(bodies))
@@ -235,19 +199,43 @@ async def test_a_scrape_without_the_models_series_fails_its_tick_and_keeps_the_b
     app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        async with aiohttp.ClientSession() as s:
-            collector = GatewayCollector(s, f"http://127.0.0.1:{port}/metrics", clock=lambda: next(now))
-            assert await collector.collect(["m"]) is None
-            for _ in range(3):
-                with pytest.raises(IncompleteMetrics, match=r"no kairos_pending_queries series of m|not Prometheus"):
-                    await collector.collect(["m"])
-            after = await collector.collect(["m"])
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
     finally:
         await runner.cleanup()
+
+
+async def test_the_collectors_first_scrape_is_a_baseline_and_windows_carry_their_seconds() -> None:
+    """The first scrape's totals are the gateway's whole past: no window. Then one window per
+    scrape, with the seconds between the two."""
+    totals = [(36_000, 30.0), (36_050, 33.0), (36_250, 45.0)]
+    now = iter([100.0, 110.0, 140.0])
+    async with metrics_server(metrics_text(n, n, busy, 0, 0) for n, busy in totals) as url, \
+            aiohttp.ClientSession() as s:
+        collector = GatewayCollector(s, url, clock=lambda: next(now))
+        assert await collector.collect(["m"]) is None
+        first = await collector.collect(["m"])
+        second = await collector.collect(["m"])
+    assert first is not None and second is not None
+    assert (first.windows["m"].arrivals, first.seconds) == (50, 10.0)
+    assert (second.windows["m"].arrivals, second.seconds) == (200, 30.0)
+
+
+async def test_a_scrape_without_the_models_series_fails_its_tick_and_keeps_the_baseline() -> None:
+    """A 200 that is not the gateway's metrics (a proxy's page, an empty body): read as zeros, it
+    made the next window the gateway's whole past (a plan for 13,000 q/s from 20)."""
+    bodies = iter([metrics_text(36_000, 36_000, 30.0, 0, 0), "", "<html>502 Bad Gateway</html>",
+                   metrics_text(36_040, 36_040, 34.0, 0, 0).replace('model="m"', 'model="other"'),
+                   metrics_text(36_080, 36_080, 38.0, 0, 0)])
+    now = iter([100.0, 130.0])  # read with each scrape that counts
+    async with metrics_server(bodies) as url, aiohttp.ClientSession() as s:
+        collector = GatewayCollector(s, url, clock=lambda: next(now))
+        assert await collector.collect(["m"]) is None
+        for _ in range(3):
+            with pytest.raises(IncompleteMetrics, match=r"no kairos_pending_queries series of m|not Prometheus"):
+                await collector.collect(["m"])
+        after = await collector.collect(["m"])
     assert after is not None
     assert (after.windows["m"].arrivals, after.seconds) == (80, 30.0)  # since the last good scrape
 
