@@ -159,9 +159,13 @@ class Gateway:
         self._initial = by_model
         self.settings = settings
         names = [e.name for endpoints in by_model.values() for e in endpoints]
-        dup = next((n for n in names if names.count(n) > 1), None)
-        if dup is not None:
-            raise ConfigError(f"instances: name {dup!r} is used twice; instance names are unique across models")
+        if len(names) > config.gateway.max_instances:
+            raise ConfigError(f"instances: {len(names)}, more than gateway.max_instances ({config.gateway.max_instances})")
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise ConfigError(f"instances: name {name!r} is used twice; instance names are unique across models")
+            seen.add(name)
         try:
             self.profiles = config.profile_set()
         except ProfileError as exc:
@@ -265,6 +269,9 @@ class Gateway:
                 raise BadRequest(f"type {endpoint.type[:40]!r}...: too long to name its instances; give a name")
         if any(s.core.instance(endpoint.name) is not None for s in self.registry):
             raise Conflict(f"an instance named {endpoint.name!r} is already in the pool")
+        held = sum(len(s.core.dispatcher.instances) for s in self.registry)
+        if held >= self.config.gateway.max_instances:
+            raise Conflict(f"the pools hold {held} instances, the most gateway.max_instances allows; remove one first")
         model = service.config
         if (endpoint.variant or model.name) not in model.variant_names:
             raise BadRequest(

@@ -54,6 +54,7 @@ GRPCIO_MAX_MESSAGE_BYTES = (1 << 31) - 1  # grpcio's options are C ints
 MAX_WAIT_MS = 86_400_000.0  # a day
 MAX_PENDING = 1_000_000  # queued queries a model may hold
 MAX_DEPTH = 1000  # queries in flight per instance
+MAX_INSTANCES = 100_000  # the most gateway.max_instances may allow
 DEFAULT_CLASS = "default"  # the one class of a model that declares none
 DEFAULT_ATTAINMENT = 0.99
 MAX_MODELS = 256
@@ -157,6 +158,9 @@ class GatewayConfig:
     # so that the transport round trip overlaps service (gateway/dispatch/dispatcher.py).
     pipeline: bool = True
     probe_interval_s: float = 1.0
+    # Instances in all the pools: each is probed and weighed in every decision, so an admin API
+    # client adding thousands of unreachable ones slowed every query (config and admin API alike).
+    max_instances: int = 1024
     backend_protocol: str = "http"  # gRPC queries translated to HTTP: cheaper (backend/grpc_over_http.py)
     # The largest request: 4x gRPC's default 4 MiB. Unfinished requests may hold about twice
     # this (HTTP bodies being received, one gRPC window), so it bounds memory under hostile load.
@@ -314,6 +318,7 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
         pipeline=g.bool("pipeline", dg.pipeline),
         # Each probe waits at most the interval (1 s at most): below 10 ms they flap and burn CPU.
         probe_interval_s=g.float("probe_interval_s", dg.probe_interval_s, lo=0.01, hi=3600.0),
+        max_instances=g.int("max_instances", dg.max_instances, lo=1, hi=MAX_INSTANCES),
         backend_protocol=g.str("backend_protocol", dg.backend_protocol, choices=BACKEND_PROTOCOLS),
         max_body_bytes=g.int("max_body_bytes", dg.max_body_bytes, lo=1024, hi=MAX_BODY_BYTES),
         grpc_server=g.str("grpc_server", dg.grpc_server, choices=GRPC_SERVERS),

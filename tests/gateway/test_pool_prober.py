@@ -86,3 +86,28 @@ async def test_a_probe_passes_its_own_cancellation_on() -> None:
     task.cancel()
     await asyncio.sleep(0)
     assert task.cancelled()
+
+
+async def test_an_instance_that_keeps_failing_is_probed_less_often_until_it_answers() -> None:
+    """Every round probed thousands of unreachable instances an admin API client had added: each
+    that keeps failing is now probed every 2, then every 4 rounds; once ready, every round again."""
+    down, up = Ready(answer=False), Ready()
+    clients = {"down": down, "up": up}
+    probed: list[tuple[int, str]] = []
+    prober = HealthProber(clients, "m", 1.0, lambda n, r: probed.append((k, n)))
+    for k in range(1, 15):
+        if k == 11:
+            down.answer = True
+        await prober.probe_all()
+    assert [k for k, n in probed if n == "up"] == list(range(1, 15))
+    assert [k for k, n in probed if n == "down"] == [1, 2, 4, 8, 12, 13, 14]  # ready from 12: every round
+    down.answer = False
+    k = 15
+    await prober.probe_all()
+    k = 16
+    await prober.probe_all()  # two failures in a row: next probed at round 18
+    del clients["down"]
+    clients["down"] = Ready(answer=False)  # a new instance of the same name starts afresh
+    k = 17
+    await prober.probe_all()
+    assert [k for k, n in probed if n == "down"][-3:] == [15, 16, 17]

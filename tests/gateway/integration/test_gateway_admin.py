@@ -171,6 +171,33 @@ async def test_admin_errors_are_clear(pool: RunningPool, gw: RunningGateway) -> 
             assert resp.status == 200
 
 
+async def test_the_pools_hold_at_most_max_instances(pool: RunningPool, tmp_path: Path) -> None:
+    # 10,000 unreachable instances added through the admin API took the gateway's loop (probes,
+    # decisions over them all): another client's queries fell to 17.5% within QoS.
+    config = write_config(tmp_path, pool, first=1, max_instances=2)
+    gw = launch_gateway(config, [], tmp_path)
+    try:
+        url = admin_url(gw)
+        async with aiohttp.ClientSession() as s:
+            second = pool.instances[1]
+            status, _ = await call(s, "POST", url, json={"model": MODEL, "type": second.type, "name": "two",
+                                                         **endpoint(second)})
+            assert status == 201
+            status, doc = await call(s, "POST", url, json={"model": MODEL, "type": second.type, "name": "junk",
+                                                           "http": "http://127.0.0.1:1"})
+            assert status == 409 and "gateway.max_instances" in doc["error"]
+            status, _ = await call(s, "DELETE", f"{url}/two")
+            assert status in (200, 202)
+            status, _ = await call(s, "POST", url, json={"model": MODEL, "type": second.type, "name": "three",
+                                                         **endpoint(second)})
+            assert status == 201  # room again once one left
+    finally:
+        assert gw.stop(signal.SIGTERM) == 0
+    many = write_config(tmp_path, pool, first=2, max_instances=1)
+    with pytest.raises(RuntimeError, match=r"instances: 2, more than gateway.max_instances \(1\)"):
+        launch_gateway(many, [], tmp_path, timeout_s=15)
+
+
 async def test_off_loopback_the_admin_api_needs_its_token(
     pool: RunningPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
