@@ -20,6 +20,7 @@ _LEVELS = (_EDGES[1:] + _EDGES[:-1]) / 2
 _MASS = np.diff(_EDGES)
 
 _CURVES: dict[tuple[bytes, ...], tuple[ServiceDist, CapacityCurve]] = {}
+MAX_CACHED_CURVES = 8192  # past it the shared cache is emptied (a request holds its own)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def build_tables(req: PlanRequest) -> list[ModelTables]:
     for d, m in zip(drafts, req.models, strict=True):
         d.behind_lower_classes(m, curves)
     curves.resolve()
-    tables = [d.finish(req.max_utilisation) for d in drafts]
+    tables = [d.finish(req.max_utilisation, curves) for d in drafts]
     running = {(c.model, c.variant, c.type) for c in req.current}
     by_accuracy = req if req.objective.kind == "accuracy" else None
     return [ModelTables(t.sizes_top, t.mass, _undominated(t.groups, by_accuracy, req, running)) for t in tables]
@@ -117,11 +118,11 @@ class _Draft:
                 if m.classes[k].priority > m.classes[lowest].priority and key is not None:
                     keys[k] = batch.behind(key, low_key)
 
-    def finish(self, max_utilisation: float) -> ModelTables:
+    def finish(self, max_utilisation: float, batch: _CurveBatch) -> ModelTables:
         out = []
         for mi, vi, type_name, service, allowed, keys in self.groups:
             allowed = allowed.copy()
-            found = [None if key is None else _capped(_CURVES[key], max_utilisation) for key in keys]
+            found = [None if key is None else _capped(batch.get(key), max_utilisation) for key in keys]
             for k, hit in enumerate(found):
                 if hit is None or not hit[1].usable:
                     allowed[k] = False
@@ -140,9 +141,13 @@ def _capped(hit: tuple[ServiceDist, CapacityCurve], max_utilisation: float) -> t
 
 
 class _CurveBatch:
-    """Capacity curves asked for, computed together (one vectorised search) and cached by content."""
+    """Capacity curves asked for, computed together (one vectorised search) and cached by content.
+    The batch holds every curve it was asked for until the request is planned: the shared cache
+    may be emptied between two ``resolve`` calls (it was, under a request of many curves, and the
+    first call's curves were gone: a KeyError for a valid request)."""
 
     def __init__(self) -> None:
+        self.held: dict[tuple[bytes, ...], tuple[ServiceDist, CapacityCurve]] = {}
         self.pending: dict[tuple[bytes, ...], tuple[ServiceDist, float, float]] = {}
         self.behind_of: dict[tuple[bytes, ...], tuple[ServiceDist, np.ndarray]] = {}
         self.dists: dict[tuple[bytes, bytes], ServiceDist] = {}
@@ -150,15 +155,25 @@ class _CurveBatch:
     def behind(self, key: tuple[bytes, ...], low_key: tuple[bytes, ...]) -> tuple[bytes, ...]:
         """The curve of ``key``'s class served ahead of ``low_key``'s (both resolved)."""
         new = (*key, b"behind", *low_key)
-        if new not in _CURVES and new not in self.pending:
+        if self._cached(new) is None and new not in self.pending:
             dist, target_s, attainment = self._spec(key)
-            low_dist, low_curve = _CURVES[low_key]
+            low_dist, low_curve = self.get(low_key)
             self.pending[new] = (dist, target_s, attainment)
             self.behind_of[new] = (low_dist, low_curve.loads)
         return new
 
+    def get(self, key: tuple[bytes, ...]) -> tuple[ServiceDist, CapacityCurve]:
+        """A curve this batch was asked for, once resolved."""
+        return self.held[key]
+
+    def _cached(self, key: tuple[bytes, ...]) -> tuple[ServiceDist, CapacityCurve] | None:
+        hit = self.held.get(key) or _CURVES.get(key)
+        if hit is not None:
+            self.held[key] = hit
+        return hit
+
     def _spec(self, key: tuple[bytes, ...]) -> tuple[ServiceDist, float, float]:
-        dist, _ = _CURVES[key]
+        dist, _ = self.get(key)
         return dist, float(np.frombuffer(key[1])[0]) / 1000.0, float(np.frombuffer(key[2])[0])
 
     def want(self, prof: LatencyProfile, sizes: np.ndarray, probs: np.ndarray, target_ms: float, attainment: float
@@ -167,7 +182,7 @@ class _CurveBatch:
         shape = hashlib.sha1(prof.batches.tobytes() + prof.levels.tobytes() + prof.quantiles.tobytes()).digest()
         mix = hashlib.sha1(sizes.tobytes() + probs.tobytes()).digest()
         key = (shape, np.float64(target_ms).tobytes(), np.float64(attainment).tobytes(), mix)
-        if key not in _CURVES and key not in self.pending:
+        if self._cached(key) is None and key not in self.pending:
             # Classes often allow the same sizes: one distribution per (profile, mix).
             dist = self.dists.get((shape, mix))
             if dist is None:
@@ -180,13 +195,13 @@ class _CurveBatch:
     def resolve(self) -> None:
         if not self.pending:
             return
-        if len(_CURVES) + len(self.pending) > 8192:
+        if len(_CURVES) + len(self.pending) > MAX_CACHED_CURVES:
             _CURVES.clear()
         items = list(self.pending.items())
         loads = max_loads([d for _, (d, _, _) in items], np.array([t for _, (_, t, _) in items]),
                           np.array([a for _, (_, _, a) in items]), behind=[self.behind_of.get(k) for k, _ in items])
         for (key, (dist, _, _)), row in zip(items, loads, strict=True):
-            _CURVES[key] = (dist, CapacityCurve.from_loads(row))
+            _CURVES[key] = self.held[key] = (dist, CapacityCurve.from_loads(row))
         self.pending.clear()
         self.behind_of.clear()
 

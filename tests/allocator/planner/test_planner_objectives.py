@@ -156,6 +156,23 @@ def test_a_higher_priority_class_is_not_slowed_by_a_lower_one() -> None:
     assert plan(1).outcome("m", "gold").within_target >= 0.99
 
 
+def test_a_plan_holds_its_curves_when_the_shared_cache_is_emptied_between_its_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cache of capacity curves is emptied past its size; a request of many curves emptied it
+    between its classes' curves and those behind higher priorities, and lost the first: a 500
+    KeyError for a valid request (40 models x 5 variants x 8 classes)."""
+    from allocator.planner import groups
+
+    classes = [{"name": "gold", "target_ms": 120, "priority": 1}, {"name": "bulk", "target_ms": 2000}]
+    model = {"name": "m", **_variant("m", {"cpu": 50.0}), "classes": classes, "load": {"gold": 20.0, "bulk": 60.0}}
+    expected = make_plan(_request([{"name": "cpu", "price_per_hour": 0.1}], [dict(model)], {"kind": "min_cost"}))
+    monkeypatch.setattr(groups, "MAX_CACHED_CURVES", 0)  # emptied at every step
+    groups._CURVES.clear()
+    again = make_plan(_request([{"name": "cpu", "price_per_hour": 0.1}], [dict(model)], {"kind": "min_cost"}))
+    assert again.count("m", "cpu") == expected.count("m", "cpu") > 0
+
+
 def test_a_costly_change_keeps_the_current_pool() -> None:
     model = {"name": "m", **_variant("m", {"fast": 20.0, "slow": 60.0}), "classes": [{"name": "c", "target_ms": 300}],
              "load": 30.0}
