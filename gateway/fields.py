@@ -35,9 +35,9 @@ class Fields:
     ) -> builtins.str:
         value = self.get(key, default if default is not None else REQUIRED)
         if not isinstance(value, str) or not value:
-            raise ConfigError(f"{self.name(key)}: expected a non-empty string, got {value!r}")
+            raise ConfigError(f"{self.name(key)}: expected a non-empty string, got {shown(value)}")
         if choices and value not in choices:
-            raise ConfigError(f"{self.name(key)}: expected one of {', '.join(choices)}, got {value!r}")
+            raise ConfigError(f"{self.name(key)}: expected one of {', '.join(choices)}, got {shown(value)}")
         return value
 
     def int(
@@ -51,7 +51,7 @@ class Fields:
             or (hi is not None and value > hi)
         ):
             bound = f"an integer >= {lo}" + (f" and <= {hi}" if hi is not None else "")
-            raise ConfigError(f"{self.name(key)}: expected {bound}, got {value!r}")
+            raise ConfigError(f"{self.name(key)}: expected {bound}, got {shown(value)}")
         return value
 
     def float(
@@ -76,22 +76,33 @@ class Fields:
                 bound += f" >= {lo:g}"
             if hi is not None:
                 bound += f" and <= {hi:g}" if lo is not None else f" <= {hi:g}"
-            raise ConfigError(f"{self.name(key)}: expected {bound}, got {value!r}")
+            raise ConfigError(f"{self.name(key)}: expected {bound}, got {shown(value)}")
         return float(value)
 
     def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
         value = self.get(key, default)
         if not isinstance(value, bool):
-            raise ConfigError(f"{self.name(key)}: expected true or false, got {value!r}")
+            raise ConfigError(f"{self.name(key)}: expected true or false, got {shown(value)}")
         return value
 
     def unknown(self, known: builtins.set[builtins.str]) -> None:
         extra = sorted(set(self.raw) - known)
         if extra:
             raise ConfigError(
-                f"{self.name(extra[0])}: unknown field; expected one of {', '.join(sorted(known))}"
+                f"{self.name(clipped(extra[0]))}: unknown field; expected one of {', '.join(sorted(known))}"
             )
 
+
+SHOWN_CHARS = 80  # of a client's value quoted back in an error: a message never carries a body
+
+
+def clipped(text: str, limit: int = SHOWN_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown(value: Any) -> str:
+    """``value``'s repr, at most SHOWN_CHARS long."""
+    return clipped(repr(value))
 
 
 def kind(value: Any) -> str:

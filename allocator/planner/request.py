@@ -12,7 +12,7 @@ import numpy as np
 
 from gateway.config import DEFAULT_ATTAINMENT, check_model_name
 from gateway.errors import ConfigError, ProfileError
-from gateway.fields import REQUIRED, Fields, kind
+from gateway.fields import REQUIRED, Fields, clipped, kind
 from gateway.profiles import LatencyProfile, ProfileSet
 from gateway.profiles.profile import parse_profile_file
 from gateway.workload import BatchMix, parse_batch_mix
@@ -351,11 +351,13 @@ def _loads(raw: Any, path: str, classes: tuple[ClassSpec, ...]) -> dict[str, Loa
             pairs = []
             for level in q.raw:
                 try:
+                    if not level.isascii():  # float() reads other scripts' digits
+                        raise ValueError
                     lv = float(level)
                 except ValueError:
-                    raise PlanRequestError(f"{where}.quantiles.{level}: expected a level in (0, 1) as the key") from None
+                    raise PlanRequestError(f"{where}.quantiles.{clipped(level)}: expected a level in (0, 1) as the key") from None
                 if not 0.0 < lv < 1.0:
-                    raise PlanRequestError(f"{where}.quantiles.{level}: expected a level in (0, 1) as the key")
+                    raise PlanRequestError(f"{where}.quantiles.{clipped(level)}: expected a level in (0, 1) as the key")
                 pairs.append((lv, q.float(level, positive=False, lo=0, hi=MAX_RATE_QPS)))
             pairs.sort()
             if len({p[0] for p in pairs}) != len(pairs):

@@ -9,6 +9,7 @@ import numpy as np
 from scipy import stats
 
 from gateway.errors import ConfigError
+from gateway.fields import shown
 
 MAX_BATCH = 1000
 
@@ -115,6 +116,8 @@ class TraceMix(BatchMix):
 def parse_batch_mix(spec: str) -> BatchMix:
     """``production`` | ``fixed:N`` | ``uniform:LO-HI``."""
     try:
+        if not spec.isascii():  # int() reads other scripts' digits
+            raise ValueError
         if spec == "production":
             return ProductionMix()
         if spec.startswith("fixed:"):
@@ -130,5 +133,5 @@ def parse_batch_mix(spec: str) -> BatchMix:
     except ValueError:
         pass
     raise ConfigError(
-        f"batch mix {spec!r}: expected 'production', 'fixed:N' or 'uniform:LO-HI' with sizes in 1..{MAX_BATCH}"
+        f"batch mix {shown(spec)}: expected 'production', 'fixed:N' or 'uniform:LO-HI' with sizes in 1..{MAX_BATCH}"
     )

@@ -677,3 +677,32 @@ def test_the_base_request_is_planned(profiles: ProfileSet) -> None:
     # the two r5n.large instances of rm2 already running count as changes only where the plan differs
     for change in plan.changes:
         assert change.after == plan.count(change.model, change.type, change.variant)
+
+
+@pytest.mark.parametrize(
+    ("edits", "field"),
+    [
+        ([(("frob" * 100_000,), 1)], "frob"),  # an unknown key of 400 kB
+        ([(("objective", "kind"), "\x85" * 1_000_000)], "objective.kind"),
+        ([(("models", 1, "batch_mix"), "fixed:" + "9" * 100_000)], "models[1].batch_mix"),
+        ([((*BULK, "quantiles"), {"x" * 100_000: 20})], "models[1].load.bulk.quantiles.x"),
+        ([(("types", 0, "price_per_hour"), list(range(100_000)))], "types[0].price_per_hour"),
+    ],
+    ids=["unknown-key", "string", "batch-mix", "quantile-key", "list"],
+)
+def test_an_error_quotes_a_bounded_part_of_the_clients_value(
+    profiles: ProfileSet, edits: list[Edit], field: str
+) -> None:
+    # An 8 MB request got a 20 MB error back: every value was quoted whole.
+    with pytest.raises(PlanRequestError) as exc:
+        parse(edited(*edits), profiles)
+    message = str(exc.value)
+    assert message.startswith(field) and len(message) < 400, message[:500]
+
+
+@pytest.mark.parametrize("text", ["fixed:\u0661\u0660", "uniform:\u0661-\u0662"])
+def test_a_batch_mix_takes_ascii_digits_only(text: str) -> None:
+    from gateway.workload import parse_batch_mix
+
+    with pytest.raises(ConfigError, match="batch mix"):
+        parse_batch_mix(text)
