@@ -88,7 +88,8 @@ def admin_app(token: str | None) -> web.Application:
         try:
             if expected is not None:
                 scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-                if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode("utf-8", "surrogateescape"), expected):
+                token_given = value.strip().encode("utf-8", "surrogateescape")
+                if scheme.lower() != "bearer" or not hmac.compare_digest(token_given, expected):
                     raise Unauthorized("the admin API needs Authorization: Bearer <token>")
             return await handler(request)
         except InferenceError as exc:
@@ -99,8 +100,12 @@ def admin_app(token: str | None) -> web.Application:
             return web.Response(status=error.status, body=error.body, headers=headers)
         except web.HTTPRequestEntityTooLarge:
             return json_response(413, {"error": f"request body larger than {MAX_BODY_BYTES} bytes"})
-        except web.HTTPException:
-            raise  # aiohttp's own answers (405, 404 for an unknown path)
+        except web.RequestPayloadError:  # a Content-Encoding the body does not decode as
+            return json_response(400, {"error": "the request body could not be read (its Content-Encoding?)"})
+        except web.HTTPException as exc:  # aiohttp's own answers (405, 404 for an unknown path), as JSON
+            if exc.status < 400:
+                raise
+            return http_exception_as_json(exc)
         except Exception:  # a bug: one JSON error, logged, never a bare 500 page
             log.exception("admin %s %s failed", request.method, request.path)
             return json_response(500, {"error": "internal error; see the log"})
@@ -182,6 +187,14 @@ def parse_new_instance(body: bytes) -> NewInstance:
         check_name(variant, "variant") if variant is not None and variant != model else None,
     )
     return NewInstance(model, endpoint)
+
+
+def http_exception_as_json(exc: web.HTTPException) -> web.Response:
+    """aiohttp's own error answer (404 for an unknown path, 405 with its Allow) as JSON."""
+    answer = json_response(exc.status, {"error": exc.reason})
+    if "Allow" in exc.headers:
+        answer.headers["Allow"] = exc.headers["Allow"]
+    return answer
 
 
 def json_response(status: int, payload: object) -> web.Response:

@@ -22,6 +22,7 @@ from allocator.planner.isolated import PlannerCrashed, plan_in_child
 from allocator.planner.plan import Plan
 from allocator.planner.request import PlanRequest, PlanRequestError, parse_plan_request
 from allocator.planner.solve import PlanInfeasible, PlanTimeout
+from gateway.admin import Handler, http_exception_as_json
 from gateway.profiles import ProfileSet
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -46,7 +47,16 @@ def _busy(message: str) -> web.Response:
 
 
 def make_app(profiles: ProfileSet, options: ServiceOptions = ServiceOptions()) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    @web.middleware
+    async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return http_exception_as_json(exc)
+
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
     solving = asyncio.Semaphore(options.workers)
     waiting = 0
 
@@ -67,6 +77,8 @@ def make_app(profiles: ProfileSet, options: ServiceOptions = ServiceOptions()) -
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        except web.RequestPayloadError:  # a Content-Encoding the body does not decode as
+            return _error(400, "the request body could not be read (its Content-Encoding?)")
         if waiting >= options.workers + options.queue:  # before the parse: a refusal costs nothing
             return _busy("the planner is busy; retry")
         waiting += 1

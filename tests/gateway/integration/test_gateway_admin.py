@@ -161,6 +161,12 @@ async def test_admin_errors_are_clear(pool: RunningPool, gw: RunningGateway) -> 
         assert status == 404 and "no instance named 'nope'" in doc["error"]
         status, _ = await call(s, "DELETE", f"{admin}/nope")
         assert status == 404
+        # aiohttp's own answers as JSON too; a body that does not decode as its encoding is a 400.
+        status, doc = await call(s, "GET", f"{admin}/nope/more/path")
+        assert status in (404, 405) and doc["error"]
+        async with aiohttp.ClientSession() as other:  # the server closes that connection after it
+            status, doc = await call(other, "POST", admin, data=b"not gzip", headers={"Content-Encoding": "gzip"})
+        assert status == 400 and "Content-Encoding" in doc["error"]
         # An instance that is not there yet is added out of rotation and waits for its probe.
         status, doc = await call(s, "POST", admin, json={"model": MODEL, "type": "r5n.large", "http": "http://127.0.0.1:9"})
         assert status == 201 and doc["state"] == "unhealthy" and doc["name"] == "r5n.large-2"
