@@ -23,6 +23,7 @@ MAX_MODELS = 200
 MAX_VARIANTS = 16
 MAX_CLASSES = 8
 MAX_RATE_QPS = 1e7
+MIN_PLANNED_QPS = 1e-3
 MAX_TARGET_MS = 3.6e6
 MAX_COUNT = 100_000
 MAX_PRICE = 1e6
@@ -358,7 +359,7 @@ def _loads(raw: Any, path: str, classes: tuple[ClassSpec, ...]) -> dict[str, Loa
                     raise PlanRequestError(f"{where}.quantiles.{clipped(level)}: expected a level in (0, 1) as the key") from None
                 if not 0.0 < lv < 1.0:
                     raise PlanRequestError(f"{where}.quantiles.{clipped(level)}: expected a level in (0, 1) as the key")
-                pairs.append((lv, q.float(level, positive=False, lo=0, hi=MAX_RATE_QPS)))
+                pairs.append((lv, _planned(q.float(level, positive=False, lo=0, hi=MAX_RATE_QPS))))
             pairs.sort()
             if len({p[0] for p in pairs}) != len(pairs):
                 raise PlanRequestError(f"{where}.quantiles: a level is given twice")
@@ -366,8 +367,14 @@ def _loads(raw: Any, path: str, classes: tuple[ClassSpec, ...]) -> dict[str, Loa
                 raise PlanRequestError(f"{where}.quantiles: expected rates that do not fall as the level rises")
             out[name] = Load(tuple(p[0] for p in pairs), tuple(p[1] for p in pairs))
         else:
-            out[name] = Load((0.5,), (f.float(name, positive=False, lo=0, hi=MAX_RATE_QPS),))
+            out[name] = Load((0.5,), (_planned(f.float(name, positive=False, lo=0, hi=MAX_RATE_QPS)),))
     return out
+
+
+def _planned(rate: float) -> float:
+    """A positive load below MIN_PLANNED_QPS is planned as that: any load takes a replica, and
+    the solver cannot tell a smaller one from none (1e-7 q/s got a plan of nothing)."""
+    return rate if rate == 0.0 else max(rate, MIN_PLANNED_QPS)
 
 
 def _mix(raw: Any, path: str) -> BatchMix:

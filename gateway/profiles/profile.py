@@ -159,6 +159,9 @@ class ProfileSet:
         return sorted(t for m, t in self.profiles if m == model)
 
 
+MIN_SERVICE_MS = 0.001
+
+
 def parse_profile_file(data: Any) -> list[LatencyProfile]:
     """The profiles of one profile file (format: docs/profiles.md); ProfileError naming what is
     wrong in a file that is not one."""
@@ -186,8 +189,10 @@ def parse_profile_file(data: Any) -> list[LatencyProfile]:
             raise ProfileError(f"{where}.batch: expected increasing batch sizes from 1 up")
         if batches[-1] > MAX_BATCH_SIZE or np.any(batches != np.round(batches)):
             raise ProfileError(f"{where}.batch: expected whole batch sizes of at most {MAX_BATCH_SIZE:,}")
-        if means.shape != batches.shape or np.any(means <= 0):
-            raise ProfileError(f"{where}.mean: expected one positive mean (ms) per batch size")
+        if means.shape != batches.shape or np.any(means < MIN_SERVICE_MS):
+            # Below a microsecond a replica's capacity is beyond what the planner's solver tells
+            # from none: a load of 10 q/s got a plan that served nothing.
+            raise ProfileError(f"{where}.mean: expected one mean of at least {MIN_SERVICE_MS:g} ms per batch size")
         if quantiles.shape != (len(batches), len(levels)) or np.any(np.diff(quantiles, axis=1) < 0):
             raise ProfileError(
                 f"{where}.quantiles: expected one non-decreasing row of {len(levels)} values per batch size"

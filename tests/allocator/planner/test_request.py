@@ -706,3 +706,24 @@ def test_a_batch_mix_takes_ascii_digits_only(text: str) -> None:
 
     with pytest.raises(ConfigError, match="batch mix"):
         parse_batch_mix(text)
+
+
+@pytest.mark.parametrize("load", [1e-7, 1e-6, 1e-4])
+def test_a_tiny_load_is_planned_as_a_small_one(profiles: ProfileSet, load: float) -> None:
+    # Below the solver's tolerance: 1e-7 q/s got a 200 plan of nothing, 1e-6 a 422, 1e-4 a plan
+    # that served 95% of it.
+    from allocator.planner.plan import make_plan
+
+    raw = {"types": TYPES, "models": [{"name": "rm2", "classes": [{"name": "default", "target_ms": 350}],
+                                       "load": load}], "objective": {"kind": "min_cost"}}
+    plan = make_plan(parse(raw, profiles))
+    assert sum(a.count for a in plan.allocations) == 1
+    assert plan.outcome("rm2", "default").within_target >= 0.99
+
+
+def test_a_profile_faster_than_a_microsecond_is_refused(profiles: ProfileSet) -> None:
+    raw = edited()
+    raw["models"][0]["profiles"] = {"quantile_levels": [0, 0.5, 1],
+                                    "types": {"r5n.large": {"batch": [1], "mean": [1e-9], "quantiles": [[0, 0, 0]]}}}
+    with pytest.raises(PlanRequestError, match=r"types.r5n.large.mean: expected one mean of at least 0.001 ms"):
+        parse(raw, profiles)
