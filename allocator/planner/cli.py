@@ -86,7 +86,9 @@ def _serve(argv: list[str]) -> int:
 
     app = make_app(load_profiles(), ServiceOptions(workers=args.workers, max_time_s=args.max_time))
     print(f"{PROG}: serving POST /plan on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-    web.run_app(app, host=args.host, port=args.port, print=None, handle_signals=True)
+    # A client that leaves cancels its handler, and so its solve: abandoned solves held the
+    # workers (503 busy for the others) for up to --max-time each.
+    web.run_app(app, host=args.host, port=args.port, print=None, handle_signals=True, handler_cancellation=True)
     return 0
 
 

@@ -1,12 +1,15 @@
 """``kairos-plan serve``: the planner over HTTP (aiohttp), for a control loop or a person with curl.
 
   POST /plan    a plan request (JSON) -> 200 the plan | 400 a malformed request, the field named |
+                408 its body not in within body_timeout_s |
                 422 no plan meets it, with the reason | 413 too large | 503 busy, or no plan found
                 within the time limit | 500 the planner failed
   GET  /health  200 {"status": "ok"}
 Plans are solved in child processes (the loop keeps answering), at most ``workers`` at a time and
 ``queue`` waiting; each plan's time limit (the solve and any refinement) is capped at ``max_time_s``,
 and a child still solving ``grace_s`` after it is stopped (503): no request holds a worker for good.
+A request past ``workers`` + ``queue`` is refused before its body is read; a client that leaves
+stops its solve (``kairos-plan serve`` runs with handler cancellation).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class ServiceOptions:
     queue: int = 8
     max_time_s: float = 30.0
     grace_s: float = 5.0
+    body_timeout_s: float = 10.0  # a request's body must arrive within this (it holds a place)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -73,16 +77,19 @@ def make_app(profiles: ProfileSet, options: ServiceOptions = ServiceOptions()) -
 
     async def plan(request: web.Request) -> web.Response:
         nonlocal waiting
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
-        except web.RequestPayloadError:  # a Content-Encoding the body does not decode as
-            return _error(400, "the request body could not be read (its Content-Encoding?)")
-        if waiting >= options.workers + options.queue:  # before the parse: a refusal costs nothing
+        if waiting >= options.workers + options.queue:  # before the body: a refusal costs nothing
             return _busy("the planner is busy; retry")
         waiting += 1
         try:
+            try:
+                async with asyncio.timeout(options.body_timeout_s):
+                    body = await request.read()
+            except TimeoutError:
+                return _error(408, f"the request body did not arrive within {options.body_timeout_s:g} s")
+            except web.HTTPRequestEntityTooLarge:
+                return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
+            except web.RequestPayloadError:  # a Content-Encoding the body does not decode as
+                return _error(400, "the request body could not be read (its Content-Encoding?)")
             req = await asyncio.to_thread(_parse, body)  # up to 8 MiB: not on the loop
             async with solving:
                 result = await _solve(req)

@@ -407,3 +407,39 @@ def test_a_solve_that_overruns_is_stopped_and_the_next_plan_is_served(tmp_path: 
     assert status == 503 and "the solve was stopped" in doc["error"], doc
     assert waited < 1.5 + 5.0  # the limit, the grace, and a process start
     assert health == 200 and after == 200
+
+
+def test_a_client_that_leaves_stops_its_solve(service: Service) -> None:
+    """Clients that gave up left their solves running (up to --max-time each): the next ones
+    waited, or were refused as busy. `kairos-plan serve` cancels a handler whose client left, and
+    with it the solve's process, freeing the worker."""
+    slow = json.dumps(_request(time_limit_s=10.0, refine={"queries": 200_000, "max_simulations": 20})).encode()
+    with pytest.raises(TimeoutError):  # a 10 s solve (20 s alone on this machine; stopped at 10)
+        service.call("POST", "/plan", slow, timeout=1.5)
+    started = time.monotonic()
+    assert service.call("POST", "/plan", json.dumps(_request()).encode())[0] == 200
+    assert time.monotonic() - started < 6.0  # not the 8.5 s the abandoned solve had left
+
+
+def test_a_body_that_does_not_arrive_is_408_and_frees_its_place() -> None:
+    """Stalled uploads held their places (1,100 were all still held after 30 s)."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from allocator.planner.service import ServiceOptions, make_app
+    from gateway.profiles import load_profiles
+
+    async def main() -> tuple[bytes, int]:
+        app = make_app(load_profiles(), ServiceOptions(workers=1, queue=0, body_timeout_s=0.5))
+        async with TestClient(TestServer(app)) as client:
+            reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+            writer.write(b"POST /plan HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"types\":")  # and nothing more
+            answer = await asyncio.wait_for(reader.read(200), 5.0)
+            writer.close()
+            resp = await client.post("/plan", json=_request())  # its place is free again
+            return answer, resp.status
+
+    answer, status = asyncio.run(main())
+    assert answer.startswith(b"HTTP/1.1 408") and status == 200
