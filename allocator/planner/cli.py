@@ -74,17 +74,21 @@ def build_serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8010, help="port (default 8010)")
     p.add_argument("--workers", type=int, default=1, help="plans solved at once (default 1)")
     p.add_argument("--max-time", type=float, default=30.0, metavar="S", help="cap on a plan's time limit (default 30 s)")
+    p.add_argument("--max-memory", type=float, default=4.0, metavar="GIB",
+                   help="memory one solve may take, in GiB (default 4; a plan past it is a 413)")
     return p
 
 
 def _serve(argv: list[str]) -> int:
     args = build_serve_parser().parse_args(argv)
-    if not 0 <= args.port <= 65535 or args.workers < 1 or not args.max_time > 0:
-        print(f"{PROG}: error: --port 0..65535, --workers >= 1 and --max-time > 0", file=sys.stderr)
+    if not 0 <= args.port <= 65535 or args.workers < 1 or not args.max_time > 0 or not 1 <= args.max_memory <= 1024:
+        print(f"{PROG}: error: --port 0..65535, --workers >= 1, --max-time > 0 and --max-memory 1..1024 GiB",
+              file=sys.stderr)
         return 2
     from aiohttp import web
 
-    app = make_app(load_profiles(), ServiceOptions(workers=args.workers, max_time_s=args.max_time))
+    app = make_app(load_profiles(), ServiceOptions(workers=args.workers, max_time_s=args.max_time,
+                                                   max_memory_bytes=int(args.max_memory * 2**30)))
     print(f"{PROG}: serving POST /plan on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     # A client that leaves cancels its handler, and so its solve: abandoned solves held the
     # workers (503 busy for the others) for up to --max-time each.

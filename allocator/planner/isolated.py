@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import resource
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -26,10 +27,20 @@ class PlannerCrashed(RuntimeError):
     """The child ended without an answer, or the plan raised something unexpected."""
 
 
-def _solve(req: PlanRequest, conn: Connection) -> None:
+class PlanTooLarge(RuntimeError):
+    """The plan needed more memory than the child may have."""
+
+
+def _solve(req: PlanRequest, conn: Connection, memory_bytes: int | None) -> None:
     answer: tuple[str, Any]
     try:
+        if memory_bytes is not None:  # the address space: what a plan may take of the machine's memory
+            resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
         answer = ("plan", make_plan(req))
+    except MemoryError:
+        limit = f"{memory_bytes / 2**30:g} GiB" if memory_bytes is not None else "the memory there is"
+        answer = ("memory", f"the plan needs more than {limit} of memory; split the request"
+                            " (fewer models, variants or classes) or raise the service's --max-memory")
     except PlanTimeout as exc:
         answer = ("timeout", str(exc))
     except PlanInfeasible as exc:
@@ -40,11 +51,12 @@ def _solve(req: PlanRequest, conn: Connection) -> None:
     conn.close()
 
 
-async def plan_in_child(req: PlanRequest, deadline_s: float) -> Plan:
-    """``make_plan(req)`` in a child; PlanTimeout once ``deadline_s`` has passed (the child is
-    killed), PlanInfeasible as the plan's own, PlannerCrashed for anything else."""
+async def plan_in_child(req: PlanRequest, deadline_s: float, memory_bytes: int | None = None) -> Plan:
+    """``make_plan(req)`` in a child of at most ``memory_bytes`` of address space; PlanTimeout once
+    ``deadline_s`` has passed (the child is killed), PlanInfeasible as the plan's own, PlanTooLarge
+    past the memory, PlannerCrashed for anything else."""
     receive, send = _CONTEXT.Pipe(duplex=False)
-    child = _CONTEXT.Process(target=_solve, args=(req, send), daemon=True)
+    child = _CONTEXT.Process(target=_solve, args=(req, send, memory_bytes), daemon=True)
     await asyncio.to_thread(child.start)  # a round trip to the fork server
     send.close()
     answer = asyncio.ensure_future(asyncio.to_thread(receive.recv))
@@ -56,13 +68,16 @@ async def plan_in_child(req: PlanRequest, deadline_s: float) -> Plan:
         try:
             kind, payload = answer.result()
         except EOFError:
-            raise PlannerCrashed(f"the planner's process ended without an answer (exit code {child.exitcode})") from None
+            kind, payload = "ended", None
     finally:
         if child.is_alive():
             child.kill()
         await asyncio.gather(answer, return_exceptions=True)  # the reader ends at the child's exit
         await asyncio.to_thread(child.join)
         receive.close()
+    if kind == "ended":  # joined by now: its exit code is known
+        hint = f"; out of its {memory_bytes / 2**30:g} GiB of memory?" if memory_bytes is not None else ""
+        raise PlannerCrashed(f"the planner's process ended without an answer (exit code {child.exitcode}{hint})")
     if kind == "plan":
         assert isinstance(payload, Plan)
         return payload
@@ -70,4 +85,6 @@ async def plan_in_child(req: PlanRequest, deadline_s: float) -> Plan:
         raise PlanTimeout(payload)
     if kind == "infeasible":
         raise PlanInfeasible(payload)
+    if kind == "memory":
+        raise PlanTooLarge(payload)
     raise PlannerCrashed(payload)

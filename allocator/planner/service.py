@@ -1,7 +1,7 @@
 """``kairos-plan serve``: the planner over HTTP (aiohttp), for a control loop or a person with curl.
 
   POST /plan    a plan request (JSON) -> 200 the plan | 400 a malformed request, the field named |
-                408 its body not in within body_timeout_s |
+                408 its body not in within body_timeout_s | 413 too large, or its plan past max_memory_bytes |
                 422 no plan meets it, with the reason | 413 too large | 503 busy, or no plan found
                 within the time limit | 500 the planner failed
   GET  /health  200 {"status": "ok"}
@@ -21,7 +21,7 @@ import logging
 import orjson
 from aiohttp import web
 
-from allocator.planner.isolated import PlannerCrashed, plan_in_child
+from allocator.planner.isolated import PlannerCrashed, PlanTooLarge, plan_in_child
 from allocator.planner.plan import Plan
 from allocator.planner.request import PlanRequest, PlanRequestError, parse_plan_request
 from allocator.planner.solve import PlanInfeasible, PlanTimeout
@@ -39,6 +39,7 @@ class ServiceOptions:
     max_time_s: float = 30.0
     grace_s: float = 5.0
     body_timeout_s: float = 10.0  # a request's body must arrive within this (it holds a place)
+    max_memory_bytes: int | None = 4 << 30  # each solve's address space (a large request took 1.6 GB)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -66,7 +67,8 @@ def make_app(profiles: ProfileSet, options: ServiceOptions = ServiceOptions()) -
 
     async def _solve(req: PlanRequest) -> Plan:
         limit = min(req.time_limit_s, options.max_time_s)
-        return await plan_in_child(dataclasses.replace(req, time_limit_s=limit), limit + options.grace_s)
+        return await plan_in_child(dataclasses.replace(req, time_limit_s=limit), limit + options.grace_s,
+                                   options.max_memory_bytes)
 
     def _parse(body: bytes) -> PlanRequest:
         try:
@@ -99,6 +101,8 @@ def make_app(profiles: ProfileSet, options: ServiceOptions = ServiceOptions()) -
             return _busy(str(exc))
         except PlanInfeasible as exc:
             return _error(422, str(exc))
+        except PlanTooLarge as exc:
+            return _error(413, str(exc))
         except PlannerCrashed as exc:
             log.error("plan failed: %s", exc)
             return _error(500, f"the planner failed: {exc}")

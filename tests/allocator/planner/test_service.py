@@ -443,3 +443,40 @@ def test_a_body_that_does_not_arrive_is_408_and_frees_its_place() -> None:
 
     answer, status = asyncio.run(main())
     assert answer.startswith(b"HTTP/1.1 408") and status == 200
+
+
+def _many_curves(models: int) -> dict[str, Any]:
+    """``models`` models of 5 variants and 8 prioritised classes: thousands of capacity curves."""
+    variants = [{"name": f"v{i}", "profile": p} for i, p in enumerate(("rm2", "ncf", "dien", "wnd", "mtwnd"))]
+
+    def classes(i: int) -> list[dict[str, Any]]:  # each model its own targets: curves of their own
+        return [{"name": f"c{k}", "target_ms": round(300.0 + 7 * i + 53.3 * k, 1),
+                 "attainment": round(0.9 + 1e-5 * i + 0.0111 * k, 5), "priority": k} for k in range(8)]
+
+    return {"types": [{"name": "g4dn.xlarge", "price_per_hour": 0.526, "accelerator": True},
+                      {"name": "c5n.2xlarge", "price_per_hour": 0.432}, {"name": "r5n.large", "price_per_hour": 0.149},
+                      {"name": "t3.xlarge", "price_per_hour": 0.1664}],
+            "models": [{"name": f"m{i}", "variants": variants, "classes": classes(i),
+                        "load": {f"c{k}": 1 for k in range(8)}} for i in range(models)],
+            "objective": {"kind": "min_cost"}, "time_limit_s": 60}
+
+
+def test_a_plan_past_the_memory_it_may_take_is_413() -> None:
+    """A 183 KB request took 1.6 GB in its solve: each solve's address space is capped."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from allocator.planner.service import ServiceOptions, make_app
+    from gateway.profiles import load_profiles
+
+    async def main() -> tuple[int, dict[str, Any], int]:
+        app = make_app(load_profiles(), ServiceOptions(max_memory_bytes=500 << 20))
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.post("/plan", json=_many_curves(40))
+            answer = resp.status, await resp.json()
+            return (*answer, (await client.post("/plan", json=_request())).status)
+
+    status, doc, after = asyncio.run(main())
+    assert status == 413 and "needs more than 0.488281 GiB of memory" in doc["error"], doc
+    assert after == 200
