@@ -145,6 +145,18 @@ def prior_for(model: ModelConfig, kind: str, profiles: ProfileSet, kinds: Sequen
 Endpoints = Sequence[Endpoint] | Mapping[str, Sequence[Endpoint]]
 
 
+def _same_server(e: Endpoint, others: Sequence[Endpoint]) -> Endpoint | None:
+    """The first of ``others`` at one of ``e``'s addresses serving the same variant (one server
+    serving two models, or two variants, is two instances; the same one twice is not)."""
+    for o in others:
+        if o.variant == e.variant and (
+            (e.http_url is not None and e.http_url == o.http_url)
+            or (e.grpc_address is not None and e.grpc_address == o.grpc_address)
+        ):
+            return o
+    return None
+
+
 class Gateway:
     def __init__(self, config: Config, instances: Endpoints, settings: GatewaySettings) -> None:
         """``instances``: per model name; a plain sequence is the first model's (one model)."""
@@ -166,6 +178,11 @@ class Gateway:
             if name in seen:
                 raise ConfigError(f"instances: name {name!r} is used twice; instance names are unique across models")
             seen.add(name)
+        for model, endpoints in by_model.items():
+            for k, e in enumerate(endpoints):
+                if (twin := _same_server(e, endpoints[:k])) is not None:
+                    raise ConfigError(f"instances: {twin.name} and {e.name} of model {model!r} are one server "
+                                      "(the same address and variant): its capacity would count twice")
         try:
             self.profiles = config.profile_set()
         except ProfileError as exc:
@@ -269,6 +286,11 @@ class Gateway:
                 raise BadRequest(f"type {endpoint.type[:40]!r}...: too long to name its instances; give a name")
         if any(s.core.instance(endpoint.name) is not None for s in self.registry):
             raise Conflict(f"an instance named {endpoint.name!r} is already in the pool")
+        present = [self.endpoints[i.name] for i in service.core.dispatcher.instances
+                   if i.name in self.endpoints and i.state not in ("draining", "removed")]  # one leaving may come back
+        if (twin := _same_server(endpoint, present)) is not None:
+            raise Conflict(f"{twin.name} of model {new.model!r} is that server already (the same address and "
+                           "variant): its capacity would count twice")
         held = sum(len(s.core.dispatcher.instances) for s in self.registry)
         if held >= self.config.gateway.max_instances:
             raise Conflict(f"the pools hold {held} instances, the most gateway.max_instances allows; remove one first")

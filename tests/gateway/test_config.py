@@ -129,6 +129,16 @@ def test_a_model_with_its_own_instances_and_types_needs_no_pool() -> None:
         ({"instances": [{"type": "local-cpu", "http": "http://a:99999"}]}, "instances[0].http: expected http://HOST:PORT"),
         ({"instances": [{"type": "local-cpu", "http": "http://[::1:80"}]}, "instances[0].http: expected http://HOST:PORT"),
         ({"instances": [{"type": "local-cpu", "http": "http://[zz]:80"}]}, "instances[0].http: expected http://HOST:PORT"),
+        # Accepted and left unhealthy for good, or worse (credentials echoed back by the admin API).
+        ({"instances": [{"type": "local-cpu", "http": "http://a b:80"}]}, "instances[0].http: expected http://HOST:PORT"),
+        ({"instances": [{"type": "local-cpu", "http": "http://h\n:80"}]}, "instances[0].http: expected http://HOST:PORT"),
+        ({"instances": [{"type": "local-cpu", "http": "http://0.0.0.0:80"}]}, "instances[0].http: expected http://HOST:PORT"),
+        ({"instances": [{"type": "local-cpu", "http": "http://u:pw@h:80"}]}, "instances[0].http: expected http://HOST:PORT"),
+        ({"instances": [{"type": "local-cpu", "http": "http://h:80/a\x00b"}]}, "instances[0].http: expected http://HOST:PORT"),
+        ({"instances": [{"type": "local-cpu", "http": "http://h\u00e9:80"}]}, "instances[0].http: expected http://HOST:PORT"),
+        ({"instances": [{"type": "local-cpu", "grpc": "::1:8001"}]}, "instances[0].grpc: expected HOST:PORT"),
+        ({"instances": [{"type": "local-cpu", "grpc": "0.0.0.0:8001"}]}, "instances[0].grpc: expected HOST:PORT"),
+        ({"instances": [{"type": "local-cpu", "grpc": "a b:8001"}]}, "instances[0].grpc: expected HOST:PORT"),
         # Variants without the model's own name: an entry without a variant would serve nothing
         # (every query answered 500 once served).
         ({"variants": [{"name": "iris-small"}, {"name": "iris-big"}]},

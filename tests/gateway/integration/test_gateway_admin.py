@@ -157,6 +157,11 @@ async def test_admin_errors_are_clear(pool: RunningPool, gw: RunningGateway) -> 
         assert status == 404 and "unknown model 'ncf'" in doc["error"]
         status, doc = await call(s, "POST", admin, json={"model": MODEL, "type": "r5n.large", "name": a0.name, **endpoint(a0)})
         assert status == 409
+        status, doc = await call(s, "POST", admin, json={"model": MODEL, "type": "r5n.large", "name": "twin", **endpoint(a0)})
+        assert status == 409 and f"{a0.name} of model {MODEL!r} is that server already" in doc["error"]
+        for junk in ("http://a b:80", "http://0.0.0.0:80", "http://u:pw@h:80", "http://h:80/a\r\nX: y"):
+            status, doc = await call(s, "POST", admin, json={"model": MODEL, "type": "r5n.large", "http": junk})
+            assert status == 400 and "expected http://HOST:PORT" in doc["error"], junk
         status, doc = await call(s, "POST", f"{admin}/nope/drain")
         assert status == 404 and "no instance named 'nope'" in doc["error"]
         status, _ = await call(s, "DELETE", f"{admin}/nope")
