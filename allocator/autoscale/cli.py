@@ -233,7 +233,7 @@ def arg_problem(args: argparse.Namespace, config: Config) -> str | None:
     pool = sum(e.count for m in config.models for e in m.pool)
     checks = [
         (args.tick >= MIN_TICK_S, f"--tick {args.tick:g}: expected at least {MIN_TICK_S:g} s (each tick reads both admin APIs)"),
-        (abs(steps - round(steps)) < 1e-6 and round(steps) >= 1,
+        (round(steps) >= 1 and abs(steps - round(steps)) <= 0.01 * round(steps),  # printed rounded, as 10/15 s
          f"--step {args.step:g}: expected a whole multiple of --tick ({args.tick:g} s): the forecaster counts whole ticks"),
         (args.horizon / args.step <= MAX_HORIZON_STEPS,
          f"--horizon {args.horizon:g}: expected at most {MAX_HORIZON_STEPS} steps of {args.step:g} s"),

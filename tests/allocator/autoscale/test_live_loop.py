@@ -372,6 +372,13 @@ def test_a_loop_that_never_reaches_the_pool_exits_1_saying_why(
     assert exc.value.code == 1 and "error: no tick could read the pool and the gateway's metrics" in err
 
 
+def test_a_step_of_whole_ticks_given_rounded_passes(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model": MODEL, "pool": [{"type": TYPE, "count": 3}]}))
+    args = build_parser().parse_args(["--config", str(cfg), *_LOOP_ARGS, "--tick", "0.666667", "--step", "4"])
+    assert arg_problem(args, load_config(cfg)) is None  # 10 s and 60 s compressed 15x, as printed
+
+
 def test_good_loop_flags_pass_the_checks(tmp_path: Path) -> None:
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"model": MODEL, "pool": [{"type": TYPE, "count": 3}]}))
