@@ -145,6 +145,7 @@ class ServersConfig:
     # (0: any free one; None: not served) and host, as the gateway's admin API.
     admin_port: int | None = None
     admin_host: str = "127.0.0.1"
+    max_started: int = 1024  # instances the admin API may have started at once (each holds two sockets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +296,7 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
             raise ConfigError(f"profiles: no such file or directory {str(profiles)!r}")
 
     s = Fields(top.get("servers", {}), "servers")
-    s.unknown({"http_port", "grpc_port", "workers", "address_file", "seed", "admin_port", "admin_host"})
+    s.unknown({f for f in ServersConfig.__dataclass_fields__})
     d = ServersConfig()
     servers = ServersConfig(
         http_port=_port(s, "http_port", d.http_port),
@@ -305,6 +306,7 @@ def parse_config(raw: Any, catalogue: Catalogue | None = None, base_dir: Path | 
         seed=s.int("seed", d.seed),
         admin_port=_port(s, "admin_port", 0) if s.raw.get("admin_port") is not None else None,
         admin_host=s.str("admin_host", d.admin_host),
+        max_started=s.int("max_started", d.max_started, lo=1, hi=MAX_INSTANCES),
     )
     g = Fields(top.get("gateway", {}), "gateway")
     g.unknown({f for f in GatewayConfig.__dataclass_fields__})

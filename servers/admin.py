@@ -55,12 +55,14 @@ class ServersAdmin:
         token: str | None,
         lost: dict[str, InstanceAddress] | None = None,
         variants: Mapping[str, Sequence[str]] | None = None,
+        max_started: int = 1024,
     ) -> None:
         """``group``: where run-time instances are served; ``existing``: the instances started
         at launch (listed, and their names taken); ``changed``: told the run-time instances after
         every change (the launcher rewrites its address file); ``lost``: the launcher's pool
         instances whose worker died (listed ``failed`` until deleted); ``variants``: per model, its
-        variants other than itself (the config's)."""
+        variants other than itself (the config's); ``max_started``: run-time instances at once."""
+        self.max_started = max_started
         self.group = group
         self.profiles = profiles
         self.host = host
@@ -116,6 +118,8 @@ class ServersAdmin:
         name = check_name(name, "name")
         if name in taken:
             raise Conflict(f"an instance named {name!r} is already running")
+        if len(self.managed) >= self.max_started:  # each holds two sockets from its start
+            raise Conflict(f"{len(self.managed)} instances started at run time, servers.max_started; stop one first")
         reserved = Reserved.on(self.host)
         self._next_index += 1
         spec = InstanceSpec(self._next_index, name, type_name, served, self.host, 0, 0,

@@ -261,6 +261,7 @@ class Launcher:
         self.admin = ServersAdmin(
             group, profiles, self.config.host, lambda: self.launched, self._write_addresses, self.admin_token,
             lost=self.lost, variants={m.name: [v for v in m.variant_names if v != m.name] for m in self.config.models},
+            max_started=s.max_started,
         )
         self._admin_runner = web.AppRunner(self.admin.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._admin_runner.setup()

@@ -119,3 +119,22 @@ async def test_admin_errors(pool: RunningPool) -> None:
         assert status == 409 and "started with the pool" in doc["error"]
         status, doc = await call(s, "DELETE", f"{url}/nope")
         assert status == 404
+
+
+async def test_at_most_max_started_instances_run_at_once(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Each start holds two sockets: 300 took 600 file descriptors, 10,000 would run out of them.
+    with start_pool(tmp_path_factory.mktemp("capped"), pool={"r5n.large": 1}, model="rm2", admin_port=0,
+                    max_started=2) as capped:
+        url = admin(capped)
+        async with aiohttp.ClientSession() as s:
+            names = []
+            for _ in range(2):
+                status, doc = await call(s, "POST", url, json={"model": "rm2", "type": "r5n.large", "startup_delay_s": 60})
+                assert status == 202
+                names.append(doc["name"])
+            status, doc = await call(s, "POST", url, json={"model": "rm2", "type": "r5n.large"})
+            assert status == 409 and "servers.max_started" in doc["error"]
+            status, _ = await call(s, "DELETE", f"{url}/{names[0]}")
+            assert status in (200, 202)
+            status, _ = await call(s, "POST", url, json={"model": "rm2", "type": "r5n.large"})
+            assert status == 202  # room again
