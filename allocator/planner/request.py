@@ -12,7 +12,7 @@ import numpy as np
 
 from gateway.config import DEFAULT_ATTAINMENT, check_model_name
 from gateway.errors import ConfigError, ProfileError
-from gateway.fields import REQUIRED, Fields, clipped, kind
+from gateway.fields import REQUIRED, Fields, clipped, kind, shown
 from gateway.profiles import LatencyProfile, ProfileSet
 from gateway.profiles.profile import parse_profile_file
 from gateway.workload import BatchMix, parse_batch_mix
@@ -289,6 +289,8 @@ def _variant(
     accuracy = None if f.raw.get("accuracy") is None else f.float("accuracy", positive=False, lo=0, hi=1)
     key = f"{path}:{name}"  # a private key for inline profiles: never collides with a shipped name
     if "profiles" in f.raw:
+        if "profile" in f.raw:
+            raise PlanRequestError(f"{path}: give profile (shipped) or profiles (inline), not both")
         doc = f.raw["profiles"]
         try:
             found = parse_profile_file({"model": key, **doc} if isinstance(doc, dict) else doc)
@@ -403,17 +405,19 @@ def _objective(raw: Any) -> Objective:
 def _current(raw: Any, models: tuple[ModelSpec, ...], type_names: tuple[str, ...]) -> tuple[Current, ...]:
     if not isinstance(raw, list) or len(raw) > MAX_COUNT:
         raise PlanRequestError(f"current: expected a list of {{model, variant, type, count}}, got {kind(raw)}")
-    out = []
+    out: list[Current] = []
     for i, item in enumerate(raw):
         f = Fields(item, f"current[{i}]")
         f.unknown({"model", "variant", "type", "count"})
         model = f.str("model")
         spec = next((m for m in models if m.name == model), None)
         if spec is None:
-            raise PlanRequestError(f"current[{i}].model: {model!r} is not among the request's models")
+            raise PlanRequestError(f"current[{i}].model: {shown(model)} is not among the request's models")
         variant = f.str("variant", model)
         if variant not in [v.name for v in spec.variants]:
-            raise PlanRequestError(f"current[{i}].variant: {model} has no variant {variant!r}")
+            raise PlanRequestError(f"current[{i}].variant: {model} has no variant {shown(variant)}")
         type_name = f.str("type", choices=type_names)
+        if any((c.model, c.variant, c.type) == (model, variant, type_name) for c in out):
+            raise PlanRequestError(f"current[{i}]: {model}/{variant} on {type_name} is listed twice")
         out.append(Current(model, variant, type_name, f.int("count", lo=0, hi=MAX_COUNT)))
     return tuple(out)

@@ -213,6 +213,8 @@ def parse_profile_file(data: Any) -> list[LatencyProfile]:
 
 
 def _floats(value: Any, where: str) -> np.ndarray:
+    if not _numbers(value):  # numpy reads "1.5" and true as numbers
+        raise ProfileError(f"{where}: expected numbers")
     try:
         array = np.asarray(value, dtype=float)
     except (TypeError, ValueError):
@@ -220,6 +222,13 @@ def _floats(value: Any, where: str) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise ProfileError(f"{where}: expected finite numbers")
     return array
+
+
+def _numbers(value: Any) -> bool:
+    """JSON numbers, or (nested) lists of them."""
+    if isinstance(value, list):
+        return all(_numbers(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def load_profile_file(path: Path) -> list[LatencyProfile]:

@@ -341,6 +341,10 @@ CASES: list[tuple[str, list[Edit], str]] = [
     ("current-count-negative", [(("current", 0, "count"), -1)], "current[0].count"),
     ("current-count-float", [(("current", 0, "count"), 1.5)], "current[0].count"),
     ("current-count-over-max", [(("current", 0, "count"), MAX_COUNT + 1)], "current[0].count"),
+    ("current-twice", [(("current",), [{"model": "rm2", "type": "r5n.large", "count": 2}] * 2)], "current[1]"),
+    ("variant-profile-and-profiles", [INLINE, ((*V0, "profile"), "wnd")], "models[1].variants[0]"),
+    ("variant-profiles-number-as-text", [INLINE, ((*G0, "mean"), ["5", "20", "100"])], f"{PROFILES}: types.g4dn.xlarge.mean"),
+    ("variant-profiles-bool", [INLINE, ((*G0, "batch"), [True, 2, 3])], f"{PROFILES}: types.g4dn.xlarge.batch"),
     # change_cost
     ("change-cost-not-object", [(("change_cost",), 5)], "change_cost"),
     ("change-cost-unknown-field", [(("change_cost", "migrate"), 1)], "change_cost.migrate"),
