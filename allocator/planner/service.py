@@ -67,8 +67,14 @@ def make_app(profiles: ProfileSet, options: ServiceOptions = ServiceOptions()) -
 
     async def _solve(req: PlanRequest) -> Plan:
         limit = min(req.time_limit_s, options.max_time_s)
-        return await plan_in_child(dataclasses.replace(req, time_limit_s=limit), limit + options.grace_s,
-                                   options.max_memory_bytes)
+        try:
+            return await plan_in_child(dataclasses.replace(req, time_limit_s=limit), limit + options.grace_s,
+                                       options.max_memory_bytes)
+        except PlanTimeout as exc:
+            if limit < req.time_limit_s:  # raising it would not help: the service caps it
+                raise PlanTimeout(f"no plan found within {limit:g} s, this service's cap on time_limit_s "
+                                  "(kairos-plan serve --max-time); simplify the request") from exc
+            raise
 
     def _parse(body: bytes) -> PlanRequest:
         try:

@@ -567,7 +567,7 @@ def _why_infeasible(req: PlanRequest, lay: Layout) -> str:
         dropped[(mi, k)] = dropped.get((mi, k), 0.0) + float(d[jd])
     worst = sorted(((v / lay.loads[key], key) for key, v in dropped.items() if v > 1e-6), reverse=True)[:3]
     shares = ", ".join(
-        f"{req.models[mi].name}/{req.models[mi].classes[k].name} {100 * share:.2g}%" for share, (mi, k) in worst
+        f"{req.models[mi].name}/{req.models[mi].classes[k].name} {100 * share:.3g}%" for share, (mi, k) in worst
     )
     return (
         f"the load does not fit within the limits ({what}) at the targets: the best plan within them would "

@@ -480,3 +480,23 @@ def test_a_plan_past_the_memory_it_may_take_is_413() -> None:
     status, doc, after = asyncio.run(main())
     assert status == 413 and "needs more than 0.488281 GiB of memory" in doc["error"], doc
     assert after == 200
+
+
+def test_a_timeout_under_the_services_cap_does_not_say_raise_time_limit_s() -> None:
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from allocator.planner.service import ServiceOptions, make_app
+    from gateway.profiles import load_profiles
+
+    slow = _request(time_limit_s=60.0, refine={"queries": 200_000, "max_simulations": 1})
+
+    async def main() -> tuple[int, dict[str, Any]]:
+        app = make_app(load_profiles(), ServiceOptions(workers=1, max_time_s=0.5, grace_s=1.0))
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.post("/plan", json=slow)
+            return resp.status, await resp.json()
+
+    status, doc = asyncio.run(main())
+    assert status == 503 and "this service's cap on time_limit_s" in doc["error"], doc
