@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plans never go below the rate measured over the last S seconds (default 30)")
     p.add_argument("--startup-delay", type=startup_delays, default=0.0, metavar="S|TYPE=S,...",
                    help="emulated model loading of each new instance: seconds, for all or per type")
+    p.add_argument("--decide-timeout", type=float, metavar="S",
+                   help="a decision (a plan: seconds with --refine) still running after S skips its tick "
+                        "(default two ticks)")
     p.add_argument("--start-timeout", type=float, metavar="S",
                    help="an instance not serving this long after its start-up is stuck: planned around and replaced "
                         "(default 300 s; 600 s with --kubernetes, from the pod's Ready turning false)")
@@ -175,7 +178,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
                                     start_timeout_s=args.start_timeout if args.start_timeout is not None else 300.0)
         control = ControlLoop(policy, GatewayCollector(session, args.gateway.rstrip("/") + "/metrics"), actuator,
                               {m.name: m.qos_ms for m in config.models},
-                              LoopSettings(args.tick, args.max_change, args.cap))
+                              LoopSettings(args.tick, args.max_change, args.cap, args.decide_timeout))
         runner = None
         if args.metrics_port is not None:
             async def metrics(_: web.Request) -> web.Response:
@@ -255,6 +258,8 @@ def arg_problem(args: argparse.Namespace, config: Config) -> str | None:
          f"--max-utilisation {args.max_utilisation}: expected a share in [0.05, 1]"),
         (args.duration is None or (math.isfinite(args.duration) and args.duration > 0),
          f"--duration {args.duration}: expected a positive number of seconds"),
+        (args.decide_timeout is None or 0 < args.decide_timeout <= MAX_PERIOD_S,
+         f"--decide-timeout {args.decide_timeout}: expected seconds in (0, {MAX_PERIOD_S:g}]"),
         (args.start_timeout is None or 0 < args.start_timeout <= MAX_PERIOD_S,
          f"--start-timeout {args.start_timeout}: expected seconds in (0, {MAX_PERIOD_S:g}]"),
         (args.metrics_port is None or 1 <= args.metrics_port <= 65535, f"--metrics-port {args.metrics_port}: expected 1-65535"),

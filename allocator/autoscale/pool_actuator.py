@@ -227,9 +227,12 @@ class PoolActuator:
                         drained, deadline = True, loop.time() + self.drain_timeout_s
                     assert deadline is not None
                     body = await self.pool.remove(name)
-                    if body.get("state") not in ("removed", None) and loop.time() <= deadline:
-                        await asyncio.sleep(self.drain_poll_s)
-                        continue
+                    if body.get("state") not in ("removed", None):
+                        if loop.time() <= deadline:
+                            await asyncio.sleep(self.drain_poll_s)
+                            continue
+                        log.warning("%s still holds %s queries after the drain timeout (%.0f s): stopping it", name,
+                                    body.get("in_flight", "some"), self.drain_timeout_s)
                     try:
                         await self._call("DELETE", f"{self.servers}/{name}", (200, 202, 404))
                     except PoolActuatorError as exc:

@@ -323,7 +323,7 @@ _LOOP_ARGS = ["--gateway", "http://x", "--gateway-admin", "http://x", "--servers
      (["--servers-admin", "http://h:99999"], "--servers-admin 'http://h:99999': the port"),
      (["--gateway-admin", "http://h:8002/admin"], "--gateway-admin 'http://h:8002/admin': expected http://HOST:PORT, with no path"),
      (["--tick", "0.001"], "--tick 0.001: expected at least 0.1 s"), (["--start-timeout", "0"], "--start-timeout 0.0"),
-     (["--start-timeout", "nan"], "--start-timeout nan"),
+     (["--start-timeout", "nan"], "--start-timeout nan"), (["--decide-timeout", "-1"], "--decide-timeout -1.0"),
      (["--tick", "10", "--step", "15"], "--step 15: expected a whole multiple of --tick (10 s)"),
      (["--horizon", "1e300"], "--horizon 1e+300: expected at most 604800 s"),
      (["--step", "1", "--tick", "1", "--horizon", "86400"], "--horizon 86400: expected at most 10080 steps of 1 s")],
