@@ -100,17 +100,13 @@ def admin_app(token: str | None) -> web.Application:
             return web.Response(status=error.status, body=error.body, headers=headers)
         except web.HTTPRequestEntityTooLarge:
             return json_response(413, {"error": f"request body larger than {MAX_BODY_BYTES} bytes"})
-        except web.RequestPayloadError:  # a Content-Encoding the body does not decode as
-            return json_response(400, {"error": "the request body could not be read (its Content-Encoding?)"})
-        except web.HTTPException as exc:  # aiohttp's own answers (405, 404 for an unknown path), as JSON
-            if exc.status < 400:
-                raise
-            return http_exception_as_json(exc)
+        except (web.HTTPException, web.RequestPayloadError):
+            raise  # json_http_errors answers them
         except Exception:  # a bug: one JSON error, logged, never a bare 500 page
             log.exception("admin %s %s failed", request.method, request.path)
             return json_response(500, {"error": "internal error; see the log"})
 
-    return web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[guard])
+    return web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_http_errors, guard])
 
 
 class AdminApi:
@@ -189,12 +185,21 @@ def parse_new_instance(body: bytes) -> NewInstance:
     return NewInstance(model, endpoint)
 
 
-def http_exception_as_json(exc: web.HTTPException) -> web.Response:
-    """aiohttp's own error answer (404 for an unknown path, 405 with its Allow) as JSON."""
-    answer = json_response(exc.status, {"error": exc.reason})
-    if "Allow" in exc.headers:
-        answer.headers["Allow"] = exc.headers["Allow"]
-    return answer
+@web.middleware
+async def json_http_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own error answers (404 for an unknown path, 405 with its Allow) and a body that
+    does not decode as its Content-Encoding, as JSON errors (the admin APIs', the planner's)."""
+    try:
+        return await handler(request)
+    except web.RequestPayloadError:
+        return json_response(400, {"error": "the request body could not be read (its Content-Encoding?)"})
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        answer = json_response(exc.status, {"error": exc.reason})
+        if "Allow" in exc.headers:
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
 
 
 def json_response(status: int, payload: object) -> web.Response:

@@ -52,9 +52,8 @@ def grpc_address(text: str) -> str:
     """An instance's gRPC ``HOST:PORT`` (a ``grpc://`` prefix dropped); ConfigError otherwise."""
     address = text.removeprefix("grpc://")
     host, sep, port = address.rpartition(":")
-    if not sep or not host or "/" in address or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{text!r}: expected HOST:PORT")
-    if host_problem(host):
+    if (not sep or not host or "/" in address or not port.isascii() or not port.isdigit()
+            or not 0 < int(port) < 65536 or host_problem(host)):
         raise ConfigError(f"{text!r}: expected HOST:PORT")
     return address
 

@@ -87,8 +87,9 @@ class HealthProber:
     """Probes every instance's readiness on a timer and reports each result by instance name.
     ``clients`` is read at each round: the pool's own live mapping, as instances come and go; a
     result is reported only while its instance still has the client it probed (not one removed,
-    nor a new one of the same name). An instance that keeps failing is probed every 2, 4, then
-    ``MAX_SKIP`` rounds: unreachable ones cost the loop a fraction of a connect a round each."""
+    nor a new one of the same name). An instance that keeps failing is probed 1, 2, then every
+    ``MAX_SKIP`` rounds after its last failure: unreachable ones cost the loop a fraction of a
+    connect a round each."""
 
     def __init__(
         self,

@@ -165,17 +165,16 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         loop.call_later(args.duration, stop.set)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         token = os.environ.get(TOKEN_ENV) or None  # the admin APIs' bearer token, if they want one
+        start_timeout = {} if args.start_timeout is None else {"start_timeout_s": args.start_timeout}
         actuator: Actuator
         if args.kubernetes is not None:
             from allocator.autoscale.kubernetes import KubernetesActuator
 
             actuator = KubernetesActuator(args.kubernetes or None,
-                                          gateway=GatewayPool(session, args.gateway_admin, token),
-                                          start_timeout_s=args.start_timeout or 600.0)
+                                          gateway=GatewayPool(session, args.gateway_admin, token), **start_timeout)
         else:
             actuator = PoolActuator(session, args.servers_admin, args.gateway_admin, startup_delay_s=args.startup_delay,
-                                    release_s=args.release_after, token=token,
-                                    start_timeout_s=args.start_timeout if args.start_timeout is not None else 300.0)
+                                    release_s=args.release_after, token=token, **start_timeout)
         control = ControlLoop(policy, GatewayCollector(session, args.gateway.rstrip("/") + "/metrics"), actuator,
                               {m.name: m.qos_ms for m in config.models},
                               LoopSettings(args.tick, args.max_change, args.cap, args.decide_timeout))

@@ -1,9 +1,9 @@
 """``kairos-plan serve``: the planner over HTTP (aiohttp), for a control loop or a person with curl.
 
   POST /plan    a plan request (JSON) -> 200 the plan | 400 a malformed request, the field named |
-                408 its body not in within body_timeout_s | 413 too large, or its plan past max_memory_bytes |
-                422 no plan meets it, with the reason | 413 too large | 503 busy, or no plan found
-                within the time limit | 500 the planner failed
+                408 its body not in within body_timeout_s | 413 too large, or its plan past
+                max_memory_bytes | 422 no plan meets it, with the reason | 503 busy, or no plan
+                found within the time limit | 500 the planner failed
   GET  /health  200 {"status": "ok"}
 Plans are solved in child processes (the loop keeps answering), at most ``workers`` at a time and
 ``queue`` waiting; each plan's time limit (the solve and any refinement) is capped at ``max_time_s``,
@@ -25,7 +25,7 @@ from allocator.planner.isolated import PlannerCrashed, PlanTooLarge, plan_in_chi
 from allocator.planner.plan import Plan
 from allocator.planner.request import PlanRequest, PlanRequestError, parse_plan_request
 from allocator.planner.solve import PlanInfeasible, PlanTimeout
-from gateway.admin import Handler, http_exception_as_json
+from gateway.admin import json_http_errors
 from gateway.profiles import ProfileSet
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -52,16 +52,7 @@ def _busy(message: str) -> web.Response:
 
 
 def make_app(profiles: ProfileSet, options: ServiceOptions = ServiceOptions()) -> web.Application:
-    @web.middleware
-    async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            return http_exception_as_json(exc)
-
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_http_errors])
     solving = asyncio.Semaphore(options.workers)
     waiting = 0
 
@@ -96,8 +87,6 @@ def make_app(profiles: ProfileSet, options: ServiceOptions = ServiceOptions()) -
                 return _error(408, f"the request body did not arrive within {options.body_timeout_s:g} s")
             except web.HTTPRequestEntityTooLarge:
                 return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
-            except web.RequestPayloadError:  # a Content-Encoding the body does not decode as
-                return _error(400, "the request body could not be read (its Content-Encoding?)")
             req = await asyncio.to_thread(_parse, body)  # up to 8 MiB: not on the loop
             async with solving:
                 result = await _solve(req)
