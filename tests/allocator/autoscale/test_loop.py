@@ -465,11 +465,11 @@ GPU_KEY, CPU_KEY = GroupKey("rm2", "rm2", "g4dn.xlarge"), GroupKey("rm2", "rm2",
 
 
 def hetero_view(now_s: float, rate_per_tick: int, groups: dict[GroupKey, GroupState],
-                late: bool = False) -> ClusterView:
+                late: bool = False, queued: int = 0) -> ClusterView:
     m = ModelView("rm2", 350.0, 10.0, groups=groups)
     for _ in range(6):
         m.record(Window(rate_per_tick, rate_per_tick, 100.0 * rate_per_tick,
-                        rate_per_tick // 5 if late else 0, 0, sum(s.ready for s in groups.values())))
+                        rate_per_tick // 5 if late else 0, queued, sum(s.ready for s in groups.values())))
     return ClusterView(now_s, 10.0, {"rm2": m}, None, sum(s.ready + s.starting for s in groups.values()))
 
 
@@ -557,11 +557,7 @@ def test_the_forecast_reaches_the_horizon_from_now_and_each_model_has_its_own_fo
 
 
 def queued_view(now_s: float, gpu: int, cpu: int, queued: int = 0) -> ClusterView:
-    groups = {GPU_KEY: GroupState(gpu), CPU_KEY: GroupState(cpu)}
-    m = ModelView("rm2", 350.0, 10.0, groups=groups)
-    for _ in range(6):
-        m.record(Window(200, 200, 20_000.0, 0, queued, gpu + cpu))
-    return ClusterView(now_s, 10.0, {"rm2": m}, None, gpu + cpu)
+    return hetero_view(now_s, 200, {GPU_KEY: GroupState(gpu), CPU_KEY: GroupState(cpu)}, queued=queued)
 
 
 def test_a_reaction_soon_after_a_plan_took_the_group_down_holds_the_next_down_longer() -> None:
